@@ -1,0 +1,559 @@
+//! Command-line parsing: one struct per task, all parsed here so every task receives typed flags
+//! and every usage mistake is reported the same way (one line, exit code 2).
+
+use std::{ffi::OsString, fmt, str::FromStr};
+
+use camino::Utf8PathBuf;
+
+pub const HELP: &str = "\
+cargo xtask: build, test and measure the Go services of this repository in containers
+
+USAGE:
+    cargo xtask <TASK> [FLAGS]
+
+TASKS:
+    e2e-gateway        build images, start a throwaway cluster, run the gateway E2E suite, collect coverage, tear down
+    build-images       build (and cache by content hash) the service images
+    covdata-report     summarise the coverage data in coverdata/ with `go tool covdata`
+    doctor             check the tools, ports and disk the other tasks need, and say how to fix what is missing
+    lint-dockerfiles   flag distribution upgrades, drifting base images and unpinned tags in Dockerfiles
+
+Run `cargo xtask <TASK> --help` for the flags of one task.
+";
+
+const BUILD_IMAGES_HELP: &str = "\
+cargo xtask build-images: build the service images, skipping those whose inputs did not change
+
+USAGE:
+    cargo xtask build-images [FLAGS]
+
+FLAGS:
+    --coverage                 build coverage-instrumented binaries (-cover -covermode=atomic)
+    --service NAME             build only this service (repeatable; default: all)
+    --build-mode host|container
+                               host: `go build` on the host, then a minimal runtime image (default)
+                               container: the multi-stage docker/<svc>-ubi9.Dockerfile
+    --engine podman|docker     container engine (default: podman if installed, else docker)
+    --no-cache                 rebuild even when an image with the same content hash exists
+    --archive                  also save each image to target/xtask/images/ (what a Kind load needs)
+    -h, --help                 print this help
+
+ENVIRONMENT:
+    BUILDER_IMAGE, BASE_IMAGE  container mode: override the Dockerfiles' base images
+";
+
+const DOCTOR_HELP: &str = "\
+cargo xtask doctor: check everything the other tasks need and say how to fix what is wrong
+
+USAGE:
+    cargo xtask doctor [FLAGS]
+
+FLAGS:
+    --cluster auto|kind|podman check for this cluster backend (default: auto)
+    --cluster-name NAME        the Kind cluster name to look for (default: gateway-e2e)
+    --engine podman|docker     container engine (default: podman if installed, else docker)
+    -h, --help                 print this help
+
+Exit code 1 when a required check fails.
+";
+
+const E2E_GATEWAY_HELP: &str = "\
+cargo xtask e2e-gateway: run the gateway E2E suite on a throwaway cluster
+
+USAGE:
+    cargo xtask e2e-gateway [FLAGS] [-- GO_TEST_ARGS...]
+
+FLAGS:
+    --coverage                 run coverage-instrumented services and report their coverage
+    --cluster auto|kind|podman kind: a Kind cluster; podman: `podman kube play`, no Kubernetes API;
+                               auto: kind when `kind` is on PATH, else podman (default)
+    --keep-cluster             leave the cluster running afterwards (prints how to delete it)
+    --reuse-cluster            reuse a running cluster of the same name instead of recreating it
+    --cluster-name NAME        Kind cluster name (default: gateway-e2e)
+    --build-mode host|container
+                               how images are built (default: host, see build-images --help)
+    --engine podman|docker     container engine (default: podman if installed, else docker)
+    -h, --help                 print this help
+
+Everything after `--` is passed to `go test`, e.g. `-- -run TestDedup`.
+";
+
+const COVDATA_REPORT_HELP: &str = "\
+cargo xtask covdata-report: summarise Go coverage data with `go tool covdata` and `go tool cover`
+
+USAGE:
+    cargo xtask covdata-report [FLAGS]
+
+FLAGS:
+    -i, --input DIR            a coverage directory (repeatable; default: every service under coverdata/)
+    --from-archive FILE        read an archived run (coverdata/archive/<timestamp>.tar.gz)
+    --html                     also write target/coverage/e2e.html
+    --min PCT                  exit 1 when total coverage is below PCT (0 to 100)
+    --with-unit                also run the Go unit tests with coverage and report unit, E2E and combined
+    -h, --help                 print this help
+
+Writes the merged profile to target/coverage/e2e.out.
+";
+
+const LINT_DOCKERFILES_HELP: &str = "\
+cargo xtask lint-dockerfiles: catch the slow-build mistakes in Dockerfiles
+
+USAGE:
+    cargo xtask lint-dockerfiles [FLAGS] [PATH...]
+
+Without PATH: every Dockerfile, *.Dockerfile and Containerfile under docker/ and the root.
+
+FLAGS:
+    --require-digest           a base image not pinned by digest is an error (default: info)
+    --deny-warnings            exit 1 on warnings too
+    -h, --help                 print this help
+";
+
+/// A command line we cannot act on: printed as one line, exit code 2.
+#[derive(Debug, PartialEq)]
+pub struct UsageError {
+    pub message: String,
+    /// The task whose `--help` to point at, if one was recognised.
+    pub task: Option<&'static str>,
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.task {
+            Some(task) => write!(f, "{} (see `cargo xtask {task} --help`)", self.message),
+            None => write!(f, "{} (see `cargo xtask --help`)", self.message),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Task {
+    Help(&'static str),
+    BuildImages(BuildImages),
+    Doctor(Doctor),
+    E2eGateway(E2eGateway),
+    CovdataReport(CovdataReport),
+    LintDockerfiles(LintDockerfiles),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BuildMode {
+    #[default]
+    Host,
+    Container,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Podman,
+    Docker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterBackend {
+    #[default]
+    Auto,
+    Kind,
+    Podman,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BuildImages {
+    pub coverage: bool,
+    pub services: Vec<String>,
+    pub build_mode: BuildMode,
+    pub engine: Option<Engine>,
+    pub no_cache: bool,
+    pub archive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doctor {
+    pub cluster: ClusterBackend,
+    pub cluster_name: String,
+    pub engine: Option<Engine>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct E2eGateway {
+    pub coverage: bool,
+    pub cluster: ClusterBackend,
+    pub keep_cluster: bool,
+    pub reuse_cluster: bool,
+    pub cluster_name: String,
+    pub build_mode: BuildMode,
+    pub engine: Option<Engine>,
+    pub go_test_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CovdataReport {
+    pub inputs: Vec<Utf8PathBuf>,
+    pub from_archive: Option<Utf8PathBuf>,
+    pub html: bool,
+    pub min: Option<f64>,
+    pub with_unit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LintDockerfiles {
+    pub paths: Vec<Utf8PathBuf>,
+    pub require_digest: bool,
+    pub deny_warnings: bool,
+}
+
+pub const DEFAULT_CLUSTER_NAME: &str = "gateway-e2e";
+
+impl FromStr for BuildMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host" => Ok(BuildMode::Host),
+            "container" => Ok(BuildMode::Container),
+            _ => Err(format!("expected host or container, got `{s}`")),
+        }
+    }
+}
+
+impl FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "podman" => Ok(Engine::Podman),
+            "docker" => Ok(Engine::Docker),
+            _ => Err(format!("expected podman or docker, got `{s}`")),
+        }
+    }
+}
+
+impl FromStr for ClusterBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ClusterBackend::Auto),
+            "kind" => Ok(ClusterBackend::Kind),
+            "podman" => Ok(ClusterBackend::Podman),
+            _ => Err(format!("expected auto, kind or podman, got `{s}`")),
+        }
+    }
+}
+
+impl Engine {
+    pub fn program(self) -> &'static str {
+        match self {
+            Engine::Podman => "podman",
+            Engine::Docker => "docker",
+        }
+    }
+}
+
+impl BuildMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildMode::Host => "host",
+            BuildMode::Container => "container",
+        }
+    }
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
+        _ => Err(format!("expected a number from 0 to 100, got `{s}`")),
+    }
+}
+
+/// Parses the whole command line (without the program name).
+pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
+    // Everything after a bare `--` belongs to `go test`; pico-args must not see it.
+    let (ours, passthrough) = match raw.iter().position(|a| a == "--") {
+        Some(i) => (raw[..i].to_vec(), raw[i + 1..].to_vec()),
+        None => (raw, Vec::new()),
+    };
+    let mut args = pico_args::Arguments::from_vec(ours);
+    let subcommand = args.subcommand().map_err(|e| usage(None, e))?;
+    let Some(subcommand) = subcommand else {
+        if args.contains(["-h", "--help"]) {
+            return Ok(Task::Help(HELP));
+        }
+        return match args.finish().first() {
+            Some(word) => Err(UsageError {
+                message: format!("expected a task before `{}`", word.to_string_lossy()),
+                task: None,
+            }),
+            None => Ok(Task::Help(HELP)),
+        };
+    };
+    let (task, help): (&'static str, &'static str) = match subcommand.as_str() {
+        "build-images" => ("build-images", BUILD_IMAGES_HELP),
+        "doctor" => ("doctor", DOCTOR_HELP),
+        "e2e-gateway" => ("e2e-gateway", E2E_GATEWAY_HELP),
+        "covdata-report" => ("covdata-report", COVDATA_REPORT_HELP),
+        "lint-dockerfiles" => ("lint-dockerfiles", LINT_DOCKERFILES_HELP),
+        "-h" | "--help" | "help" => return Ok(Task::Help(HELP)),
+        other if other.starts_with('-') => {
+            return Err(UsageError {
+                message: format!("expected a task before `{other}`"),
+                task: None,
+            })
+        }
+        other => {
+            return Err(UsageError {
+                message: format!(
+                    "unknown task `{other}`: expected one of e2e-gateway, build-images, covdata-report, doctor, lint-dockerfiles"
+                ),
+                task: None,
+            })
+        }
+    };
+    if args.contains(["-h", "--help"]) {
+        return Ok(Task::Help(help));
+    }
+    if !passthrough.is_empty() && task != "e2e-gateway" {
+        return Err(UsageError {
+            message: "`--` and the arguments after it are only accepted by e2e-gateway".into(),
+            task: Some(task),
+        });
+    }
+    let err = |e: pico_args::Error| usage(Some(task), e);
+    let parsed = match task {
+        "build-images" => Task::BuildImages(BuildImages {
+            coverage: args.contains("--coverage"),
+            services: args.values_from_str("--service").map_err(err)?,
+            build_mode: args
+                .opt_value_from_str("--build-mode")
+                .map_err(err)?
+                .unwrap_or_default(),
+            engine: args.opt_value_from_str("--engine").map_err(err)?,
+            no_cache: args.contains("--no-cache"),
+            archive: args.contains("--archive"),
+        }),
+        "doctor" => Task::Doctor(Doctor {
+            cluster: args
+                .opt_value_from_str("--cluster")
+                .map_err(err)?
+                .unwrap_or_default(),
+            cluster_name: cluster_name(&mut args).map_err(err)?,
+            engine: args.opt_value_from_str("--engine").map_err(err)?,
+        }),
+        "e2e-gateway" => Task::E2eGateway(E2eGateway {
+            coverage: args.contains("--coverage"),
+            cluster: args
+                .opt_value_from_str("--cluster")
+                .map_err(err)?
+                .unwrap_or_default(),
+            keep_cluster: args.contains("--keep-cluster"),
+            reuse_cluster: args.contains("--reuse-cluster"),
+            cluster_name: cluster_name(&mut args).map_err(err)?,
+            build_mode: args
+                .opt_value_from_str("--build-mode")
+                .map_err(err)?
+                .unwrap_or_default(),
+            engine: args.opt_value_from_str("--engine").map_err(err)?,
+            go_test_args: passthrough
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        }),
+        "covdata-report" => Task::CovdataReport(CovdataReport {
+            inputs: args.values_from_str(["-i", "--input"]).map_err(err)?,
+            from_archive: args.opt_value_from_str("--from-archive").map_err(err)?,
+            html: args.contains("--html"),
+            min: args
+                .opt_value_from_fn("--min", parse_percent)
+                .map_err(err)?,
+            with_unit: args.contains("--with-unit"),
+        }),
+        "lint-dockerfiles" => {
+            let require_digest = args.contains("--require-digest");
+            let deny_warnings = args.contains("--deny-warnings");
+            let mut paths = Vec::new();
+            while let Some(path) = args.opt_free_from_str::<String>().map_err(err)? {
+                if path.starts_with('-') {
+                    return Err(UsageError {
+                        message: format!("unknown flag `{path}`"),
+                        task: Some(task),
+                    });
+                }
+                paths.push(Utf8PathBuf::from(path));
+            }
+            Task::LintDockerfiles(LintDockerfiles {
+                paths,
+                require_digest,
+                deny_warnings,
+            })
+        }
+        _ => unreachable!("every task name is matched above"),
+    };
+    let rest = args.finish();
+    if let Some(word) = rest.first() {
+        let word = word.to_string_lossy();
+        let message = if word.starts_with('-') {
+            format!("unknown flag `{word}`")
+        } else {
+            format!("unexpected argument `{word}`")
+        };
+        return Err(UsageError {
+            message,
+            task: Some(task),
+        });
+    }
+    Ok(parsed)
+}
+
+fn cluster_name(args: &mut pico_args::Arguments) -> Result<String, pico_args::Error> {
+    let name: Option<String> = args.opt_value_from_fn("--cluster-name", |s: &str| {
+        let valid = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if valid {
+            Ok(s.to_string())
+        } else {
+            Err(format!(
+                "expected lowercase letters, digits and `-`, got `{s}`"
+            ))
+        }
+    })?;
+    Ok(name.unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()))
+}
+
+fn usage(task: Option<&'static str>, e: pico_args::Error) -> UsageError {
+    use pico_args::Error;
+    let message = match e {
+        Error::MissingOption(_) => "a required flag is missing".to_string(),
+        Error::OptionWithoutAValue(key) => format!("`{key}` needs a value"),
+        Error::Utf8ArgumentParsingFailed { cause, .. } => format!("invalid value: {cause}"),
+        Error::ArgumentParsingFailed { cause } => format!("bad value: {cause}"),
+        Error::NonUtf8Argument => "an argument is not valid UTF-8".to_string(),
+        Error::MissingArgument => "a required argument is missing".to_string(),
+    };
+    UsageError { message, task }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(line: &str) -> Result<Task, UsageError> {
+        parse(line.split_whitespace().map(OsString::from).collect())
+    }
+
+    fn message(line: &str) -> String {
+        parse_str(line).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn no_task_prints_overview() {
+        assert_eq!(parse_str(""), Ok(Task::Help(HELP)));
+        assert_eq!(parse_str("--help"), Ok(Task::Help(HELP)));
+    }
+
+    #[test]
+    fn task_help_lists_flags() {
+        let Ok(Task::Help(text)) = parse_str("build-images --help") else {
+            panic!("expected help");
+        };
+        for flag in [
+            "--coverage",
+            "--service",
+            "--build-mode",
+            "--engine",
+            "--no-cache",
+            "--archive",
+        ] {
+            assert!(text.contains(flag), "{flag} missing from help");
+        }
+    }
+
+    #[test]
+    fn build_images_flags() {
+        let task = parse_str(
+            "build-images --coverage --service gateway --service=datastorage --build-mode container --engine docker --no-cache --archive",
+        )
+        .unwrap();
+        assert_eq!(
+            task,
+            Task::BuildImages(BuildImages {
+                coverage: true,
+                services: vec!["gateway".into(), "datastorage".into()],
+                build_mode: BuildMode::Container,
+                engine: Some(Engine::Docker),
+                no_cache: true,
+                archive: true,
+            })
+        );
+        assert_eq!(
+            parse_str("build-images").unwrap(),
+            Task::BuildImages(BuildImages::default())
+        );
+    }
+
+    #[test]
+    fn e2e_defaults_and_passthrough() {
+        let Task::E2eGateway(flags) =
+            parse_str("e2e-gateway --coverage -- -run TestDedup -v").unwrap()
+        else {
+            panic!("expected e2e-gateway");
+        };
+        assert!(flags.coverage);
+        assert_eq!(flags.cluster, ClusterBackend::Auto);
+        assert_eq!(flags.cluster_name, "gateway-e2e");
+        assert_eq!(flags.go_test_args, ["-run", "TestDedup", "-v"]);
+        assert!(!flags.keep_cluster && !flags.reuse_cluster);
+    }
+
+    #[test]
+    fn e2e_flags() {
+        let Task::E2eGateway(flags) = parse_str(
+            "e2e-gateway --cluster podman --keep-cluster --reuse-cluster --cluster-name ci-1 --build-mode container --engine podman",
+        )
+        .unwrap() else {
+            panic!("expected e2e-gateway");
+        };
+        assert_eq!(flags.cluster, ClusterBackend::Podman);
+        assert!(flags.keep_cluster && flags.reuse_cluster);
+        assert_eq!(flags.cluster_name, "ci-1");
+        assert_eq!(flags.build_mode, BuildMode::Container);
+        assert_eq!(flags.engine, Some(Engine::Podman));
+    }
+
+    #[test]
+    fn covdata_and_lint_flags() {
+        assert_eq!(
+            parse_str("covdata-report -i a --input b --html --min 72.5 --with-unit").unwrap(),
+            Task::CovdataReport(CovdataReport {
+                inputs: vec!["a".into(), "b".into()],
+                from_archive: None,
+                html: true,
+                min: Some(72.5),
+                with_unit: true,
+            })
+        );
+        assert_eq!(
+            parse_str("lint-dockerfiles --deny-warnings docker/a.Dockerfile Containerfile")
+                .unwrap(),
+            Task::LintDockerfiles(LintDockerfiles {
+                paths: vec!["docker/a.Dockerfile".into(), "Containerfile".into()],
+                require_digest: false,
+                deny_warnings: true,
+            })
+        );
+    }
+
+    #[test]
+    fn usage_errors_name_the_bad_word() {
+        assert!(message("deploy").contains("unknown task `deploy`"));
+        assert!(message("build-images --fast").contains("unknown flag `--fast`"));
+        assert!(message("build-images --fast").contains("cargo xtask build-images --help"));
+        assert!(message("build-images --build-mode vm").contains("`vm`"));
+        assert!(message("build-images --service").contains("`--service` needs a value"));
+        assert!(message("e2e-gateway --cluster k8s").contains("`k8s`"));
+        assert!(message("e2e-gateway --cluster-name Bad_Name").contains("`Bad_Name`"));
+        assert!(message("covdata-report --min 101").contains("`101`"));
+        assert!(message("covdata-report --min lots").contains("`lots`"));
+        assert!(message("doctor extra").contains("unexpected argument `extra`"));
+        assert!(message("lint-dockerfiles --strict").contains("unknown flag `--strict`"));
+        assert!(message("build-images -- -v").contains("only accepted by e2e-gateway"));
+        assert!(message("--coverage").contains("expected a task"));
+    }
+}

@@ -1,0 +1,48 @@
+//! `cargo xtask`: parses the command line and dispatches to one module per task.
+
+mod build_images;
+mod covdata_report;
+mod doctor;
+mod e2e_gateway;
+mod flags;
+mod lint_dockerfiles;
+mod project;
+mod ui;
+
+use std::process::ExitCode;
+
+use flags::Task;
+use xshell::Shell;
+
+fn main() -> ExitCode {
+    let task = match flags::parse(std::env::args_os().skip(1).collect()) {
+        Ok(task) => task,
+        Err(usage) => {
+            eprintln!("error: {usage}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(project::root());
+    match task {
+        Task::Help(text) => {
+            print!("{text}");
+            Ok(())
+        }
+        Task::BuildImages(flags) => build_images::run(&sh, &flags),
+        Task::Doctor(flags) => doctor::run(&sh, &flags),
+        Task::E2eGateway(flags) => e2e_gateway::run(&sh, &flags),
+        Task::CovdataReport(flags) => covdata_report::run(&sh, &flags),
+        Task::LintDockerfiles(flags) => lint_dockerfiles::run(&sh, &flags),
+    }
+}

@@ -1,0 +1,57 @@
+//! Terminal output shared by the tasks: phase banners, GitHub Actions groups, `NO_COLOR`.
+
+use std::{
+    io::IsTerminal,
+    time::{Duration, Instant},
+};
+
+fn github_actions() -> bool {
+    std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
+}
+
+fn color() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+}
+
+pub fn bold(text: &str) -> String {
+    if color() {
+        format!("\x1b[1m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// A numbered pipeline phase. Prints its banner when started and its duration when finished.
+pub struct Phase {
+    pub number: usize,
+    pub name: &'static str,
+    started: Instant,
+}
+
+impl Phase {
+    pub fn start(number: usize, name: &'static str) -> Phase {
+        if github_actions() {
+            println!("::group::{number}. {name}");
+        }
+        println!("{}", bold(&format!("==> {number}. {name}")));
+        Phase {
+            number,
+            name,
+            started: Instant::now(),
+        }
+    }
+
+    /// Ends the phase and returns how long it took.
+    pub fn finish(self) -> Duration {
+        let took = self.started.elapsed();
+        println!("    {} done in {}", self.name, seconds(took));
+        if github_actions() {
+            println!("::endgroup::");
+        }
+        took
+    }
+}
+
+pub fn seconds(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
