@@ -97,3 +97,59 @@ pub fn which(name: &str) -> Option<Utf8PathBuf> {
         (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(candidate)
     })
 }
+
+/// The host port a service is reached on. `<SERVICE>_HOST_PORT` moves it when the default is
+/// taken on this machine (and lets tests run in parallel).
+pub fn host_port(service: Service) -> anyhow::Result<u16> {
+    use anyhow::Context;
+    let var = format!("{}_HOST_PORT", service.name.to_uppercase());
+    match std::env::var(&var) {
+        Ok(value) if !value.is_empty() => value.parse().with_context(|| {
+            format!(
+                "{var}={value} is not a port number: set it to a free port like {}",
+                service.host_port
+            )
+        }),
+        _ => Ok(service.host_port),
+    }
+}
+
+/// A UTC timestamp like `20261126T054500Z`, for run ids and archive names.
+pub fn utc_timestamp(time: std::time::SystemTime) -> String {
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "19700101T000000Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_671_900); // 2026-11-26 05:45:00 UTC
+        assert_eq!(utc_timestamp(t), "20261126T054500Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc_timestamp(leap), "20000229T000000Z");
+    }
+}

@@ -1,0 +1,443 @@
+//! `cargo xtask e2e-gateway` against fake podman, kind, kubectl and go: the order of the calls,
+//! the provider variable, failure handling and teardown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Sandbox;
+
+const KIND_TOOLS: &[&str] = &["podman", "kind", "kubectl", "go"];
+
+fn kind_sandbox(name: &str) -> Sandbox {
+    Sandbox::new(name, KIND_TOOLS)
+}
+
+/// Calls of one tool, without the extra env lines the fake records.
+fn tool_calls(sandbox: &Sandbox) -> Vec<String> {
+    sandbox
+        .calls()
+        .into_iter()
+        .filter(|c| !c.starts_with("kind-env") && !c.starts_with("go-test-env"))
+        .collect()
+}
+
+fn last_position(sandbox: &Sandbox, prefix: &str) -> usize {
+    let calls = sandbox.calls();
+    calls
+        .iter()
+        .rposition(|c| c.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no call starting with `{prefix}` in:\n{}", calls.join("\n")))
+}
+
+#[test]
+fn kind_pipeline_runs_in_strict_order() {
+    let sandbox = kind_sandbox("kind-order");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--coverage"]);
+    assert_eq!(run.code, 0, "{run}");
+
+    // Every image is built before the cluster exists.
+    let create = sandbox.position("kind create cluster");
+    assert!(last_position(&sandbox, "podman build") < create);
+    assert!(last_position(&sandbox, "podman save") < create);
+
+    // Between creation and the first load: only the node check, nothing slow.
+    let calls = tool_calls(&sandbox);
+    let create_i = calls
+        .iter()
+        .position(|c| c.starts_with("kind create cluster"))
+        .unwrap();
+    let load_i = calls
+        .iter()
+        .position(|c| c.starts_with("kind load image-archive"))
+        .unwrap();
+    let between = &calls[create_i + 1..load_i];
+    assert!(
+        between.iter().all(|c| c.starts_with("podman inspect")),
+        "only the node check may run between create and load: {between:?}"
+    );
+    assert_eq!(sandbox.count("kind load image-archive"), 2);
+
+    // Deploy, rollout in dependency order, test, scale down, delete.
+    let rollout_ds = sandbox.position("kubectl --kubeconfig");
+    assert!(rollout_ds > load_i);
+    let ds = sandbox.position("kubectl --kubeconfig");
+    let _ = ds;
+    let calls_all = sandbox.calls();
+    let rollout = |svc: &str| {
+        calls_all
+            .iter()
+            .position(|c| c.contains(&format!("rollout status deployment/{svc}")))
+            .unwrap()
+    };
+    assert!(rollout("datastorage") < rollout("gateway"));
+    let test = sandbox.position("go test -tags e2e -count=1 -v ./test/e2e/gateway/...");
+    let scale = sandbox.position("kubectl --kubeconfig");
+    let _ = scale;
+    let scale = calls_all
+        .iter()
+        .position(|c| c.contains(" scale "))
+        .unwrap();
+    let delete = sandbox.position("kind delete cluster");
+    assert!(rollout("gateway") < test && test < scale && scale < delete);
+
+    // The suite found the services through the environment.
+    let env = &calls_all[sandbox.position("go-test-env")];
+    assert!(env.contains("GATEWAY_URL=http://127.0.0.1:"), "{env}");
+    assert!(env.contains("DATASTORAGE_URL=http://127.0.0.1:"), "{env}");
+
+    // Output: counts, summary, last-run.txt.
+    assert!(
+        run.stdout.contains("2 passed, 0 failed, 1 skipped"),
+        "{run}"
+    );
+    let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
+    assert!(last_run.contains("passed (exit 0)"), "{last_run}");
+    assert!(last_run.contains("coverage total"), "{last_run}");
+    for phase in [
+        "1. preflight",
+        "2. build images",
+        "3. create cluster",
+        "4. load images",
+        "5. deploy",
+        "6. test",
+        "8. coverage",
+        "9. teardown",
+    ] {
+        assert!(
+            last_run.contains(phase),
+            "{phase} missing from summary:\n{last_run}"
+        );
+    }
+}
+
+#[test]
+fn every_kind_call_carries_the_provider_variable() {
+    let mut sandbox = kind_sandbox("kind-provider");
+    sandbox.env("FAKE_TEST_FAIL", "1"); // also exercises export logs
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    let calls = sandbox.calls();
+    let mut kind_calls = 0;
+    for (i, call) in calls.iter().enumerate() {
+        if call.starts_with("kind ") {
+            kind_calls += 1;
+            assert_eq!(
+                calls.get(i + 1).map(String::as_str),
+                Some("kind-env KIND_EXPERIMENTAL_PROVIDER=podman"),
+                "`{call}` ran without the provider variable"
+            );
+        }
+    }
+    for expected in [
+        "kind create cluster",
+        "kind load image-archive",
+        "kind export logs",
+        "kind delete cluster",
+        "kind get clusters",
+    ] {
+        assert!(
+            calls.iter().any(|c| c.starts_with(expected)),
+            "{expected} missing"
+        );
+    }
+    assert!(kind_calls >= 5);
+}
+
+#[test]
+fn idle_gap_is_reported_under_a_second() {
+    let sandbox = kind_sandbox("kind-gap");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 0, "{run}");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("idle gap"))
+        .unwrap_or_else(|| panic!("no idle gap line: {run}"));
+    let seconds: f64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix('s').and_then(|n| n.parse().ok()))
+        .unwrap();
+    assert!(seconds < 1.0, "{line}");
+}
+
+#[test]
+fn node_not_running_is_detected_before_any_load_and_fails_clearly() {
+    let mut sandbox = kind_sandbox("kind-node-down");
+    sandbox.env("FAKE_NODE_STATE", "exited");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(sandbox.count("kind load"), 0, "no load into a stopped node");
+    assert_eq!(
+        sandbox.count("kind create cluster"),
+        2,
+        "recreated exactly once"
+    );
+    assert!(run.stdout.contains("is exited, not running"), "{run}");
+    assert!(
+        run.stderr
+            .contains("gateway-e2e-control-plane is exited again after recreating"),
+        "{run}"
+    );
+    assert!(
+        last_position(&sandbox, "kind delete cluster")
+            > last_position(&sandbox, "kind create cluster")
+    );
+}
+
+#[test]
+fn node_down_once_is_recovered_by_one_recreation() {
+    let mut sandbox = kind_sandbox("kind-node-once");
+    sandbox.env("FAKE_NODE_STATE_ONCE", "exited");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(sandbox.count("kind create cluster"), 2);
+    assert_eq!(sandbox.count("kind load image-archive"), 2);
+}
+
+#[test]
+fn failing_build_creates_no_cluster() {
+    let mut sandbox = kind_sandbox("kind-build-fails");
+    sandbox.env("FAKE_FAIL", "^podman build");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(sandbox.count("kind create"), 0);
+    assert!(
+        run.stderr.contains("phase 2 (build images) failed"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains("image build failed for datastorage"),
+        "{run}"
+    );
+}
+
+#[test]
+fn failing_test_collects_diagnostics_before_scale_down_and_still_deletes() {
+    let mut sandbox = kind_sandbox("kind-test-fails");
+    sandbox.env("FAKE_TEST_FAIL", "1");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--coverage"]);
+    assert_eq!(run.code, 1, "{run}");
+    let calls = sandbox.calls();
+    let export = sandbox.position("kind export logs");
+    let describe = calls
+        .iter()
+        .position(|c| c.contains("describe pods"))
+        .unwrap();
+    let scale = calls.iter().position(|c| c.contains(" scale ")).unwrap();
+    let delete = sandbox.position("kind delete cluster");
+    assert!(
+        export < scale && describe < scale,
+        "diagnostics before scale-down"
+    );
+    assert!(scale < delete);
+    assert!(
+        run.stdout.contains("1 passed, 1 failed, 1 skipped"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("1 E2E test(s) failed"), "{run}");
+    let logs: Vec<_> = std::fs::read_dir(sandbox.root.join("target/xtask/logs"))
+        .unwrap()
+        .collect();
+    assert_eq!(logs.len(), 1);
+    let run_dir = logs[0].as_ref().unwrap().path();
+    for file in [
+        "go-test.log",
+        "pods.txt",
+        "events.txt",
+        "describe-pods.txt",
+        "gateway.log",
+        "datastorage.log",
+    ] {
+        assert!(
+            run_dir.join(file).exists(),
+            "{file} missing in {}",
+            run_dir.display()
+        );
+    }
+    assert!(run.stdout.contains("diagnostics written to"), "{run}");
+}
+
+#[test]
+fn keep_cluster_deletes_nothing_and_says_how() {
+    let sandbox = kind_sandbox("kind-keep");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--keep-cluster"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(sandbox.count("kind delete"), 0);
+    assert!(
+        run.stdout
+            .contains("kind delete cluster --name gateway-e2e"),
+        "{run}"
+    );
+    assert!(run.stdout.contains("KUBECONFIG="), "{run}");
+}
+
+#[test]
+fn stale_cluster_is_deleted_before_creation() {
+    let sandbox = kind_sandbox("kind-stale");
+    std::fs::create_dir_all(&sandbox.state).unwrap();
+    std::fs::write(sandbox.state.join("cluster"), "").unwrap();
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(sandbox.position("kind delete cluster") < sandbox.position("kind create cluster"));
+    assert!(
+        run.stdout
+            .contains("deleting the stale cluster gateway-e2e"),
+        "{run}"
+    );
+}
+
+#[test]
+fn reuse_cluster_keeps_a_healthy_one() {
+    let sandbox = kind_sandbox("kind-reuse");
+    std::fs::create_dir_all(&sandbox.state).unwrap();
+    std::fs::write(sandbox.state.join("cluster"), "").unwrap();
+    let run = sandbox.run(&[
+        "e2e-gateway",
+        "--cluster",
+        "kind",
+        "--reuse-cluster",
+        "--keep-cluster",
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(
+        sandbox.count("kind create"),
+        0,
+        "a healthy cluster is reused"
+    );
+    assert!(run.stdout.contains("reusing the running cluster"), "{run}");
+}
+
+#[test]
+fn transient_create_errors_are_retried_at_most_twice() {
+    let mut sandbox = kind_sandbox("kind-transient");
+    sandbox.env("FAKE_FAIL", "^kind create").env(
+        "FAKE_FAIL_MESSAGE",
+        "ERROR: failed to create cluster: OCI runtime error: container state improper",
+    );
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(
+        sandbox.count("kind create cluster"),
+        3,
+        "one try and two retries"
+    );
+    assert!(run.stderr.contains("failed 3 times"), "{run}");
+
+    let mut once = kind_sandbox("kind-transient-once");
+    once.env("FAKE_FAIL", "^kind create")
+        .env("FAKE_FAIL_TIMES", "1")
+        .env("FAKE_FAIL_MESSAGE", "OCI runtime exec failed");
+    let run = once.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(once.count("kind create cluster"), 2);
+}
+
+#[test]
+fn other_create_errors_are_not_retried() {
+    let mut sandbox = kind_sandbox("kind-create-fails");
+    sandbox
+        .env("FAKE_FAIL", "^kind create")
+        .env("FAKE_FAIL_MESSAGE", "ERROR: node image not found");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(sandbox.count("kind create cluster"), 1);
+    assert!(run.stderr.contains("node image not found"), "{run}");
+    assert!(
+        sandbox.count("kind delete cluster") >= 1,
+        "a half-created cluster is removed"
+    );
+}
+
+#[test]
+fn ctrl_c_during_tests_still_deletes_the_cluster() {
+    let mut sandbox = kind_sandbox("kind-ctrl-c");
+    sandbox.env("FAKE_TEST_SLEEP", "30");
+    let mut child = sandbox
+        .command(&["e2e-gateway", "--cluster", "kind"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !sandbox.calls().iter().any(|c| c.starts_with("go test")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "go test never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let interrupted = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(10),
+        "teardown did not wait for the tests"
+    );
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(sandbox.position("kind delete cluster") > sandbox.position("go test"));
+    assert!(!sandbox.state.join("cluster").exists());
+}
+
+#[test]
+fn podman_backend_plays_and_removes_the_same_manifests() {
+    let sandbox = Sandbox::new("podman-backend", &["podman", "go"]);
+    let run = sandbox.run(&["e2e-gateway", "--coverage"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout
+            .contains("cluster backend: podman (auto: kind is not on PATH"),
+        "{run}"
+    );
+    assert_eq!(sandbox.count("kind"), 0);
+    assert_eq!(sandbox.count("podman kube play"), 2);
+    let stop = sandbox.position("podman pod stop --time 30 datastorage-pod gateway-pod");
+    assert!(stop > sandbox.position("go test"));
+    assert!(last_position(&sandbox, "podman kube down") > stop);
+    let rendered =
+        std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
+    assert!(
+        rendered.contains("image: localhost/gateway:e2e-"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("http://host.containers.internal:"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(sandbox.root.join("coverdata").as_str()),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("kind: Service"), "{rendered}");
+    assert!(!rendered.contains("${"), "{rendered}");
+    for pod in ["gateway-pod", "datastorage-pod"] {
+        assert!(
+            !sandbox.state.join(format!("pod-{pod}")).exists(),
+            "{pod} left behind"
+        );
+    }
+}
+
+#[test]
+fn go_test_arguments_after_double_dash_are_passed_through() {
+    let sandbox = Sandbox::new("passthrough", &["podman", "go"]);
+    let run = sandbox.run(&[
+        "e2e-gateway",
+        "--cluster",
+        "podman",
+        "--",
+        "-run",
+        "TestDedup",
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(sandbox
+        .calls()
+        .iter()
+        .any(|c| c == "go test -tags e2e -count=1 -v ./test/e2e/gateway/... -run TestDedup"));
+}
