@@ -354,7 +354,7 @@ fn check_file(file: &Parsed, require_digest: bool) -> Vec<Finding> {
                     findings.push(UNPINNED_TAG.finding(&file.path, base.line, fix));
                 }
                 let fix = format!(
-                    "pin {shown} by digest, `{}@sha256:<digest>` (`skopeo inspect --format '{{{{.Digest}}}}' docker://{}` prints it)",
+                    "pin {shown} by digest: `{}@sha256:<digest>`, the digest that `skopeo inspect --format '{{{{.Digest}}}}' docker://{}` prints",
                     image.name, image.name
                 );
                 let mut finding = NO_DIGEST.finding(&file.path, base.line, fix);
@@ -499,6 +499,7 @@ struct Dockerfile {
 }
 
 fn parse(text: &str) -> Dockerfile {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text.lines().collect();
     let mut escape = '\\';
     let mut i = 0;
@@ -890,7 +891,7 @@ fn run_upgrades(instruction: &Instruction, start: usize) -> Vec<Upgrade> {
             argv.first().is_some_and(|p| is_shell(p))
                 && argv[1..]
                     .iter()
-                    .all(|a| a.starts_with('-') && !a.contains('c'))
+                    .all(|a| a.starts_with("--") || (a.starts_with('-') && !a.contains('c')))
         }
     };
     if script_on_stdin {
@@ -1683,8 +1684,12 @@ RUN dnf clean all
         let text = "FROM a:1@sha256:abc\nRUN <<\"EOF\" bash\ndnf update -y\nEOF\n";
         assert_eq!(rules(text), [(3, "distro-upgrade")]);
         assert_eq!(
-            rules("FROM a:1@sha256:abc\nRUN bash -e <<EOF\nmicrodnf update\nEOF\n"),
+            rules("FROM a:1@sha256:abc\nRUN bash -e --norc <<EOF\nmicrodnf update\nEOF\n"),
             [(3, "distro-upgrade")]
+        );
+        assert_eq!(
+            rules("FROM a:1@sha256:abc\nRUN bash -c 'echo hi' <<EOF\nmicrodnf update\nEOF\n"),
+            []
         );
         assert_eq!(
             rules("FROM a:1@sha256:abc\nRUN <<EOF\n#!/bin/bash\napk upgrade\nEOF\n"),
@@ -1714,6 +1719,50 @@ B
 RUN apk upgrade
 ";
         assert_eq!(rules(text), [(7, "distro-upgrade")]);
+    }
+
+    #[test]
+    fn shell_scripts_split_into_simple_commands() {
+        let words = |script: &str| -> Vec<Vec<String>> {
+            simple_commands(script)
+                .into_iter()
+                .map(|c| c.into_iter().map(|w| w.text).collect())
+                .collect()
+        };
+        assert_eq!(
+            words("a 'b c' \"d $x\" && e || f; g | h & i\n(j) # k"),
+            [
+                vec!["a", "b c", "d $x"],
+                vec!["e"],
+                vec!["f"],
+                vec!["g"],
+                vec!["h"],
+                vec!["i"],
+                vec!["j"]
+            ]
+        );
+        // Redirections and their targets are not arguments; a heredoc body is not commands.
+        assert_eq!(
+            words("cmd 2>&1 >/x <in 3</dev/null &>>log <<<s arg\ncat <<-E >f\n\tdnf update\n\tE\nnext \\\n  line"),
+            [vec!["cmd", "arg"], vec!["cat"], vec!["next", "line"]]
+        );
+        assert_eq!(
+            words("echo $(dnf update) `yum update` ${a:-b c}"),
+            [vec!["echo", "$(dnf update)", "`yum update`", "${a:-b c}"]]
+        );
+        // Offsets point into the script, so findings point at their line.
+        let commands = simple_commands("x\n  dnf update");
+        assert_eq!(commands[1][0].offset, 4);
+    }
+
+    #[test]
+    fn byte_order_mark_and_crlf_are_read() {
+        assert_eq!(
+            rules(
+                "\u{feff}# escape=`\r\nFROM a:1@sha256:aa\r\nRUN echo `\r\n  && dnf -y upgrade\r\n"
+            ),
+            [(4, "distro-upgrade")]
+        );
     }
 
     #[test]
@@ -1752,7 +1801,7 @@ FROM scratch
         assert!(
             findings[0]
                 .message
-                .starts_with("pin `alpine:3.20` by digest, `alpine:3.20@sha256:<digest>`"),
+                .starts_with("pin `alpine:3.20` by digest: `alpine:3.20@sha256:<digest>`, the digest that `skopeo inspect --format '{{.Digest}}' docker://alpine:3.20` prints"),
             "{}",
             findings[0].message
         );
