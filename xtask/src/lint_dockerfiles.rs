@@ -354,7 +354,7 @@ fn check_file(file: &Parsed, require_digest: bool) -> Vec<Finding> {
                     findings.push(UNPINNED_TAG.finding(&file.path, base.line, fix));
                 }
                 let fix = format!(
-                    "pin {shown} by digest: `{}@sha256:<digest>`, the digest that `skopeo inspect --format '{{{{.Digest}}}}' docker://{}` prints",
+                    "pin {shown} by digest, as `{}@sha256:<digest>` (`skopeo inspect docker://{}` shows it)",
                     image.name, image.name
                 );
                 let mut finding = NO_DIGEST.finding(&file.path, base.line, fix);
@@ -1801,7 +1801,7 @@ FROM scratch
         assert!(
             findings[0]
                 .message
-                .starts_with("pin `alpine:3.20` by digest: `alpine:3.20@sha256:<digest>`, the digest that `skopeo inspect --format '{{.Digest}}' docker://alpine:3.20` prints"),
+                .starts_with("pin `alpine:3.20` by digest, as `alpine:3.20@sha256:<digest>` (`skopeo inspect docker://alpine:3.20` shows it)"),
             "{}",
             findings[0].message
         );
