@@ -1,34 +1,2280 @@
-// Placeholder until the lint branch lands; replaced wholesale by it.
+//! `cargo xtask lint-dockerfiles`: catch the slow-build mistakes in Dockerfiles before they cost
+//! minutes.
+//!
+//! The seed of this project was a Dockerfile that started from an outdated base image and then
+//! ran `dnf update -y`, upgrading 58 packages on every build. The rules below turn that lesson
+//! into a check. Files are read the way BuildKit reads them (parser directives, line
+//! continuations, comments, heredocs, global `ARG`s in `FROM`, stage names) and `RUN` commands
+//! are split the way a shell splits them, so that look-alikes such as `echo "dnf update"`,
+//! `dnf update openssl` or `apt-get update` do not fire.
+//!
+//! Decisions worth knowing:
+//! - an upgrade subcommand followed only by options is a whole-distribution upgrade, also with
+//!   filters such as `dnf -y update --security` or `--exclude kernel`: it still rebuilds an
+//!   unbounded set of packages on every build; naming a package (`dnf update openssl`) is fine;
+//! - the cross-file rule compares repositories after dropping `docker.io/` and `library/`, and
+//!   also fires for two tags of one repository inside a single file;
+//! - commands inside `$(...)` or backticks are not inspected.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+};
+
+use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
-use crate::flags;
+use crate::{flags, project};
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     Error,
     Warning,
     Info,
 }
 
-pub struct Finding {
-    pub severity: Severity,
-}
-
-impl std::fmt::Display for Finding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.severity)
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        })
     }
 }
 
-pub fn lint_files(_paths: &[Utf8PathBuf], _require_digest: bool) -> anyhow::Result<Vec<Finding>> {
-    Ok(Vec::new())
+/// One problem at one line, printed like a compiler diagnostic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// Relative to the project root when the file is inside it.
+    pub path: Utf8PathBuf,
+    pub line: usize,
+    pub severity: Severity,
+    pub rule: &'static str,
+    /// How to fix it, then the rule's reason in parentheses.
+    pub message: String,
 }
 
-pub fn default_paths(_root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
-    Ok(Vec::new())
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}[{}]: {}",
+            self.path, self.line, self.severity, self.rule, self.message
+        )
+    }
 }
 
-pub fn run(_sh: &Shell, _flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+struct Rule {
+    id: &'static str,
+    severity: Severity,
+    /// One line: why this matters. Appended to every message of the rule.
+    reason: &'static str,
+}
+
+const DISTRO_UPGRADE: Rule = Rule {
+    id: "distro-upgrade",
+    severity: Severity::Error,
+    reason: "a whole-distribution upgrade rebuilds every package on every build",
+};
+const BASE_IMAGE_DRIFT: Rule = Rule {
+    id: "base-image-drift",
+    severity: Severity::Warning,
+    reason: "services on different base versions behave differently and share no cached layers",
+};
+const UNPINNED_TAG: Rule = Rule {
+    id: "unpinned-tag",
+    severity: Severity::Warning,
+    reason: "`:latest` or no tag changes under you, so builds stop being reproducible",
+};
+const NO_DIGEST: Rule = Rule {
+    id: "no-digest",
+    severity: Severity::Info,
+    reason: "a tag can be moved to another image; only a digest names exactly one",
+};
+const UNRESOLVED_BASE: Rule = Rule {
+    id: "unresolved-base",
+    severity: Severity::Warning,
+    reason: "a base image behind a build argument without a default cannot be checked",
+};
+
+impl Rule {
+    fn finding(&self, path: &Utf8Path, line: usize, fix: String) -> Finding {
+        Finding {
+            path: path.to_path_buf(),
+            line,
+            severity: self.severity,
+            rule: self.id,
+            message: format!("{fix} ({})", self.reason),
+        }
+    }
+}
+
+pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
+    let root = project::root();
+    let paths = if flags.paths.is_empty() {
+        default_paths(&root)?
+    } else {
+        // Paths typed on the command line mean what the user's shell completed: relative to the
+        // current directory (which is the root when run from there).
+        let cwd = std::env::current_dir()
+            .ok()
+            .and_then(|d| Utf8PathBuf::from_path_buf(d).ok())
+            .unwrap_or_else(|| root.clone());
+        flags.paths.iter().map(|p| cwd.join(p)).collect()
+    };
+    if paths.is_empty() {
+        println!("no Dockerfile, *.Dockerfile or Containerfile under {root}/docker or {root}: nothing to lint");
+        return Ok(());
+    }
+
+    let findings = lint_files(&paths, flags.require_digest)?;
+    let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    for finding in &findings {
+        println!("{finding}");
+        if github {
+            println!("{}", annotation(finding));
+        }
+    }
+    println!("{}", summary(&findings, paths.len()));
+
+    let errors = count(&findings, Severity::Error);
+    let warnings = count(&findings, Severity::Warning);
+    if errors > 0 {
+        anyhow::bail!(
+            "lint-dockerfiles found {}: fix each line marked `error` above as its message says, then rerun `cargo xtask lint-dockerfiles`",
+            plural(errors, "error")
+        );
+    }
+    if flags.deny_warnings && warnings > 0 {
+        anyhow::bail!(
+            "lint-dockerfiles found {} and --deny-warnings is set: fix each line marked `warning` above, then rerun `cargo xtask lint-dockerfiles --deny-warnings`",
+            plural(warnings, "warning")
+        );
+    }
+    Ok(())
+}
+
+/// Every `Dockerfile`, `Containerfile`, `*.Dockerfile` and `*.Containerfile` directly in the
+/// root and anywhere under `docker/`, sorted. Nothing else is walked, so `target/` never is.
+pub fn default_paths(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
+    let mut paths = Vec::new();
+    let entries = root
+        .read_dir_utf8()
+        .with_context(|| format!("listing {root}: check that the project root is readable"))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {root}"))?;
+        if is_dockerfile_name(entry.file_name()) && entry.path().is_file() {
+            paths.push(entry.path().to_path_buf());
+        }
+    }
+    let docker = root.join("docker");
+    if docker.is_dir() {
+        for entry in walkdir::WalkDir::new(&docker) {
+            let entry = entry.with_context(|| format!("listing {docker}"))?;
+            let Some(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if is_dockerfile_name(name) && entry.path().is_file() {
+                let path = Utf8PathBuf::from_path_buf(entry.path().to_path_buf())
+                    .map_err(|p| anyhow::anyhow!("{} is not UTF-8: rename it", p.display()))?;
+                paths.push(path);
+            }
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn is_dockerfile_name(name: &str) -> bool {
+    matches!(name, "Dockerfile" | "Containerfile")
+        || name.ends_with(".Dockerfile")
+        || name.ends_with(".Containerfile")
+}
+
+/// Reads and checks the files: every single-file rule, then the cross-file base image rule.
+pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result<Vec<Finding>> {
+    let root = project::root();
+    let mut parsed = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("reading {path}: check the path, or run `cargo xtask lint-dockerfiles` without paths to check docker/")
+        })?;
+        let shown = path.strip_prefix(&root).unwrap_or(path);
+        parsed.push(analyze(shown, &text));
+    }
+    let mut findings: Vec<Finding> = parsed
+        .iter()
+        .flat_map(|file| check_file(file, require_digest))
+        .collect();
+    findings.extend(check_drift(&parsed));
+    findings.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
+    Ok(findings)
+}
+
+/// The single-file rules for one Dockerfile's text; `path` is only used in the findings.
+// Called by the unit tests; `lint_files` shares its parse with the cross-file rule instead.
+#[allow(dead_code)]
+pub fn lint_text(path: &Utf8Path, text: &str, require_digest: bool) -> Vec<Finding> {
+    check_file(&analyze(path, text), require_digest)
+}
+
+fn count(findings: &[Finding], severity: Severity) -> usize {
+    findings.iter().filter(|f| f.severity == severity).count()
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// `2 errors, 1 warning, 3 infos in 3 files`
+fn summary(findings: &[Finding], files: usize) -> String {
+    format!(
+        "{}, {}, {} in {}",
+        plural(count(findings, Severity::Error), "error"),
+        plural(count(findings, Severity::Warning), "warning"),
+        plural(count(findings, Severity::Info), "info"),
+        plural(files, "file"),
+    )
+}
+
+/// A GitHub Actions workflow command, so the finding shows up on the file in the pull request.
+fn annotation(finding: &Finding) -> String {
+    let level = match finding.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+        Severity::Info => "notice",
+    };
+    // Workflow commands need `%`, CR and LF escaped, and in properties also `:` and `,`.
+    let data = |s: &str| {
+        s.replace('%', "%25")
+            .replace('\r', "%0D")
+            .replace('\n', "%0A")
+    };
+    let property = |s: &str| data(s).replace(':', "%3A").replace(',', "%2C");
+    format!(
+        "::{level} file={},line={}::{}",
+        property(finding.path.as_str()),
+        finding.line,
+        data(&format!("[{}] {}", finding.rule, finding.message))
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rules, over parsed files.
+
+/// What the rules need from one Dockerfile.
+#[derive(Debug)]
+struct Parsed {
+    path: Utf8PathBuf,
+    bases: Vec<BaseImage>,
+    upgrades: Vec<Upgrade>,
+}
+
+#[derive(Debug)]
+struct BaseImage {
+    line: usize,
+    /// The image word as written after `FROM`, e.g. `${BASE_IMAGE}`.
+    written: String,
+    base: Base,
+}
+
+#[derive(Debug, PartialEq)]
+enum Base {
+    Scratch,
+    /// An earlier `FROM ... AS <name>`.
+    Stage,
+    Image(ImageRef),
+    /// `var` has no value: an ARG without default (`declared`) or no ARG at all.
+    Unresolved {
+        var: String,
+        declared: bool,
+    },
+}
+
+#[derive(Debug, PartialEq)]
+struct ImageRef {
+    /// The resolved reference, e.g. `registry.access.redhat.com/ubi9/ubi-minimal:9.6`.
+    name: String,
+    /// The repository without tag and digest, as written.
+    repository: String,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+/// A whole-distribution upgrade: its line and the command as written.
+#[derive(Debug, PartialEq)]
+struct Upgrade {
+    line: usize,
+    command: String,
+}
+
+fn check_file(file: &Parsed, require_digest: bool) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for upgrade in &file.upgrades {
+        let fix = format!(
+            "remove `{}`; pick a current base image instead, or update only the packages you need by name",
+            upgrade.command
+        );
+        findings.push(DISTRO_UPGRADE.finding(&file.path, upgrade.line, fix));
+    }
+    for base in &file.bases {
+        let shown = if base.written.contains('$') {
+            match &base.base {
+                Base::Image(image) => format!("`{}` (= `{}`)", base.written, image.name),
+                _ => format!("`{}`", base.written),
+            }
+        } else {
+            format!("`{}`", base.written)
+        };
+        match &base.base {
+            Base::Scratch | Base::Stage => {}
+            Base::Unresolved { var, declared } => {
+                let fix = if *declared {
+                    format!("cannot check base image {shown}: `ARG {var}` has no default; give it one, e.g. `ARG {var}=<image>:<version>`")
+                } else {
+                    format!("cannot check base image {shown}: `{var}` is not declared by an ARG before the first FROM; add `ARG {var}=<image>:<version>` there")
+                };
+                findings.push(UNRESOLVED_BASE.finding(&file.path, base.line, fix));
+            }
+            Base::Image(image) => {
+                if image.digest.is_some() {
+                    continue;
+                }
+                if image.tag.as_deref().is_none_or(|t| t == "latest") {
+                    let fix = format!(
+                        "pin {shown} to a version tag, e.g. `{}:<version>`, or to a digest",
+                        image.repository
+                    );
+                    findings.push(UNPINNED_TAG.finding(&file.path, base.line, fix));
+                }
+                let fix = format!(
+                    "pin {shown} by digest, as `{}@sha256:<digest>` (`skopeo inspect docker://{}` shows it)",
+                    image.name, image.name
+                );
+                let mut finding = NO_DIGEST.finding(&file.path, base.line, fix);
+                if require_digest {
+                    finding.severity = Severity::Error;
+                }
+                findings.push(finding);
+            }
+        }
+    }
+    findings
+}
+
+/// The cross-file rule: one repository used with different tags. Every use gets a finding that
+/// lists all of them, so each file is annotated.
+fn check_drift(files: &[Parsed]) -> Vec<Finding> {
+    let mut uses: BTreeMap<String, Vec<(&Utf8Path, usize, &ImageRef)>> = BTreeMap::new();
+    for file in files {
+        for base in &file.bases {
+            if let Base::Image(image) = &base.base {
+                uses.entry(normalized_repository(&image.repository))
+                    .or_default()
+                    .push((&file.path, base.line, image));
+            }
+        }
+    }
+    let mut findings = Vec::new();
+    for uses in uses.values() {
+        let version = |image: &ImageRef| {
+            image
+                .tag
+                .clone()
+                .or_else(|| image.digest.clone())
+                .unwrap_or_else(|| "latest".to_string())
+        };
+        let versions: BTreeSet<String> = uses.iter().map(|(_, _, image)| version(image)).collect();
+        if versions.len() < 2 {
+            continue;
+        }
+        let listing = uses
+            .iter()
+            .map(|(path, line, image)| format!("`{}` in {path}:{line}", version(image)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (path, line, image) in uses {
+            let fix = format!(
+                "`{}` is used with {} different tags: {listing}; move every file to the same current tag",
+                image.repository,
+                versions.len()
+            );
+            findings.push(BASE_IMAGE_DRIFT.finding(path, *line, fix));
+        }
+    }
+    findings
+}
+
+/// `docker.io/library/alpine` and `alpine` are the same repository.
+fn normalized_repository(repository: &str) -> String {
+    let lower = repository.to_ascii_lowercase();
+    let rest = ["docker.io/", "index.docker.io/", "registry-1.docker.io/"]
+        .iter()
+        .find_map(|host| lower.strip_prefix(host))
+        .unwrap_or(&lower);
+    rest.strip_prefix("library/").unwrap_or(rest).to_string()
+}
+
+/// `[registry[:port]/]path[:tag][@digest]`
+fn parse_image(name: &str) -> ImageRef {
+    let (rest, digest) = match name.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest.to_string())),
+        None => (name, None),
+    };
+    // A colon before the last `/` belongs to a registry port, not a tag.
+    let last_part = rest.rfind('/').map_or(0, |i| i + 1);
+    let (repository, tag) = match rest[last_part..].rfind(':') {
+        Some(i) => (
+            &rest[..last_part + i],
+            Some(&rest[last_part + i + 1..]).filter(|t| !t.is_empty()),
+        ),
+        None => (rest, None),
+    };
+    ImageRef {
+        name: name.to_string(),
+        repository: repository.to_string(),
+        tag: tag.map(str::to_string),
+        digest,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a Dockerfile.
+
+/// Text joined from physical lines, remembering where each line starts, so that a finding deep
+/// inside a continued `RUN` points at its own line.
+#[derive(Debug, Default)]
+struct Located {
+    text: String,
+    /// (byte offset in `text`, 1-based line number)
+    starts: Vec<(usize, usize)>,
+}
+
+impl Located {
+    fn push(&mut self, line: usize, s: &str) {
+        self.starts.push((self.text.len(), line));
+        self.text.push_str(s);
+    }
+
+    fn line_at(&self, offset: usize) -> usize {
+        self.starts
+            .iter()
+            .rev()
+            .find(|(start, _)| *start <= offset)
+            .or(self.starts.first())
+            .map_or(1, |(_, line)| *line)
+    }
+}
+
+#[derive(Debug)]
+struct Instruction {
+    /// Upper case, e.g. `RUN`.
+    keyword: String,
+    /// The whole logical line, continuations joined, comment lines dropped.
+    text: Located,
+    /// Where the arguments start in `text`.
+    args_start: usize,
+    heredocs: Vec<Located>,
+}
+
+impl Instruction {
+    fn args(&self) -> &str {
+        &self.text.text[self.args_start..]
+    }
+
+    fn line_at(&self, args_offset: usize) -> usize {
+        self.text.line_at(self.args_start + args_offset)
+    }
+}
+
+struct Dockerfile {
+    escape: char,
+    instructions: Vec<Instruction>,
+}
+
+fn parse(text: &str) -> Dockerfile {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut escape = '\\';
+    let mut i = 0;
+    // Parser directives count only at the very top: the first other line ends them.
+    while let Some((key, value)) = lines.get(i).and_then(|l| directive(l)) {
+        if key == "escape" && (value == "\\" || value == "`") {
+            escape = value.chars().next().unwrap_or('\\');
+        }
+        i += 1;
+    }
+
+    let mut instructions = Vec::new();
+    while i < lines.len() {
+        if is_blank_or_comment(lines[i]) {
+            i += 1;
+            continue;
+        }
+        let mut logical = Located::default();
+        loop {
+            let line = lines[i];
+            i += 1;
+            let Some(head) = continued(line, escape) else {
+                logical.push(i, line);
+                break;
+            };
+            logical.push(i, head);
+            // Comment and blank lines inside a continuation are dropped, not the end of it.
+            while i < lines.len() && is_blank_or_comment(lines[i]) {
+                i += 1;
+            }
+            if i == lines.len() {
+                break;
+            }
+        }
+
+        let trimmed = logical.text.trim_start();
+        let keyword_start = logical.text.len() - trimmed.len();
+        let keyword_len = trimmed.find(char::is_whitespace).unwrap_or(trimmed.len());
+        let keyword = trimmed[..keyword_len].to_ascii_uppercase();
+        let after = &logical.text[keyword_start + keyword_len..];
+        let args_start = logical.text.len() - after.trim_start().len();
+
+        let mut heredocs = Vec::new();
+        if matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") {
+            for (delimiter, strip_tabs) in heredoc_markers(&logical.text[args_start..], escape) {
+                let mut body = Located::default();
+                while i < lines.len() {
+                    let line = lines[i];
+                    i += 1;
+                    let line = if strip_tabs {
+                        line.trim_start_matches('\t')
+                    } else {
+                        line
+                    };
+                    if line == delimiter {
+                        break;
+                    }
+                    body.push(i, &format!("{line}\n"));
+                }
+                heredocs.push(body);
+            }
+        }
+        instructions.push(Instruction {
+            keyword,
+            text: logical,
+            args_start,
+            heredocs,
+        });
+    }
+    Dockerfile {
+        escape,
+        instructions,
+    }
+}
+
+/// `# key=value` at the top of the file, for the directives BuildKit knows.
+fn directive(line: &str) -> Option<(String, &str)> {
+    let rest = line.trim_start().strip_prefix('#')?;
+    let (key, value) = rest.split_once('=')?;
+    let key = key.trim().to_ascii_lowercase();
+    let known = matches!(key.as_str(), "syntax" | "escape" | "check");
+    (known && !value.trim().is_empty()).then_some((key, value.trim()))
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let line = line.trim_start();
+    line.is_empty() || line.starts_with('#')
+}
+
+/// The line without its trailing escape character when it continues on the next line.
+fn continued(line: &str, escape: char) -> Option<&str> {
+    line.trim_end().strip_suffix(escape)
+}
+
+/// The heredocs an instruction opens (`<<EOF`, `<<-EOF`, `<<'EOF'`, `2<<EOF`), in order:
+/// (delimiter, whether leading tabs are stripped).
+fn heredoc_markers(args: &str, escape: char) -> Vec<(String, bool)> {
+    let mut markers = Vec::new();
+    for (_, word) in raw_words(args, escape) {
+        let word = word.trim_start_matches(|c: char| c.is_ascii_digit());
+        let Some(rest) = word.strip_prefix("<<") else {
+            continue;
+        };
+        let (strip_tabs, rest) = match rest.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, rest),
+        };
+        // `<<<` is a here-string; `<<` alone is not a marker.
+        if rest.starts_with('<') {
+            continue;
+        }
+        let delimiter: String = rest
+            .chars()
+            .take_while(|c| !matches!(c, '>' | '|' | ';' | '&' | ')'))
+            .filter(|c| !matches!(c, '\'' | '"'))
+            .collect();
+        if !delimiter.is_empty() {
+            markers.push((delimiter, strip_tabs));
+        }
+    }
+    markers
+}
+
+/// Splits at unquoted whitespace, keeping quotes and escapes: (byte offset, word).
+fn raw_words(s: &str, escape: char) -> Vec<(usize, &str)> {
+    let mut words = Vec::new();
+    let mut start = None;
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        if c == escape && quote != Some('\'') {
+            escaped = true;
+            start.get_or_insert(i);
+            continue;
+        }
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+            }
+            None if c.is_whitespace() => {
+                if let Some(begin) = start.take() {
+                    words.push((begin, &s[begin..i]));
+                }
+            }
+            None => {
+                start.get_or_insert(i);
+                if c == '\'' || c == '"' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    if let Some(begin) = start {
+        words.push((begin, &s[begin..]));
+    }
+    words
+}
+
+/// Removes quotes and escape characters from a word of `raw_words`.
+fn unquote(word: &str, escape: char) -> String {
+    let mut out = String::new();
+    let mut quote = None;
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some('\'') if c == '\'' => quote = None,
+            Some('\'') => out.push(c),
+            _ if c == escape => out.extend(chars.next()),
+            Some(_) if c == '"' => quote = None,
+            None if c == '\'' || c == '"' => quote = Some(c),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A variable's value, or the name of the variable that left it without one.
+type Value = Result<String, String>;
+
+/// Expands `$VAR`, `${VAR}`, `${VAR:-word}`, `${VAR-word}`, `${VAR:+word}` and `${VAR+word}`
+/// as BuildKit does in `FROM` and global `ARG` defaults.
+fn expand(s: &str, vars: &HashMap<String, Value>, escape: char) -> Value {
+    let lookup = |name: &str| -> Value {
+        match vars.get(name) {
+            Some(value) => value.clone(),
+            None => Err(name.to_string()),
+        }
+    };
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == escape {
+            out.extend(chars.next());
+            continue;
+        }
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('{') => {
+                chars.next();
+                let mut inner = String::new();
+                let mut depth = 1;
+                for c in chars.by_ref() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        break;
+                    }
+                    inner.push(c);
+                }
+                let name_len = inner.find(|c| !is_name(c)).unwrap_or(inner.len());
+                let (name, op) = inner.split_at(name_len);
+                let value = lookup(name);
+                let set_and_not_empty = matches!(&value, Ok(v) if !v.is_empty());
+                let expanded = if let Some(word) = op.strip_prefix(":-") {
+                    if set_and_not_empty {
+                        value?
+                    } else {
+                        expand(word, vars, escape)?
+                    }
+                } else if let Some(word) = op.strip_prefix(":+") {
+                    if set_and_not_empty {
+                        expand(word, vars, escape)?
+                    } else {
+                        String::new()
+                    }
+                } else if let Some(word) = op.strip_prefix('-') {
+                    match value {
+                        Ok(v) => v,
+                        Err(_) => expand(word, vars, escape)?,
+                    }
+                } else if let Some(word) = op.strip_prefix('+') {
+                    match value {
+                        Ok(_) => expand(word, vars, escape)?,
+                        Err(_) => String::new(),
+                    }
+                } else {
+                    value?
+                };
+                out.push_str(&expanded);
+            }
+            Some(&c) if c.is_ascii_alphabetic() || c == '_' => {
+                let mut name = String::new();
+                while let Some(&c) = chars.peek().filter(|&&c| is_name(c)) {
+                    name.push(c);
+                    chars.next();
+                }
+                out.push_str(&lookup(&name)?);
+            }
+            _ => out.push('$'),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the base images and the distribution upgrades of one file.
+fn analyze(path: &Utf8Path, text: &str) -> Parsed {
+    let dockerfile = parse(text);
+    let escape = dockerfile.escape;
+    // Only ARGs before the first FROM are visible in FROM lines.
+    let mut global_args: HashMap<String, Value> = HashMap::new();
+    let mut seen_from = false;
+    let mut stages: Vec<String> = Vec::new();
+    let mut bases = Vec::new();
+    let mut upgrades = Vec::new();
+
+    for instruction in &dockerfile.instructions {
+        let args = instruction.args();
+        match instruction.keyword.as_str() {
+            "ARG" if !seen_from => {
+                for (_, word) in raw_words(args, escape) {
+                    let word = unquote(word, escape);
+                    match word.split_once('=') {
+                        Some((name, default)) => {
+                            let value = expand(default, &global_args, escape);
+                            global_args.insert(name.to_string(), value);
+                        }
+                        None => {
+                            global_args
+                                .entry(word.clone())
+                                .or_insert_with(|| Err(word.clone()));
+                        }
+                    }
+                }
+            }
+            "FROM" => {
+                seen_from = true;
+                let words = raw_words(args, escape);
+                // `--platform=...` and any other flag come first.
+                let mut words = words.iter().skip_while(|(_, w)| w.starts_with("--"));
+                let Some(&(offset, written)) = words.next() else {
+                    continue;
+                };
+                let base = match expand(written, &global_args, escape) {
+                    Err(var) => Base::Unresolved {
+                        declared: global_args.contains_key(&var),
+                        var,
+                    },
+                    Ok(name) if name.eq_ignore_ascii_case("scratch") => Base::Scratch,
+                    Ok(name) if stages.contains(&name.to_ascii_lowercase()) => Base::Stage,
+                    Ok(name) => Base::Image(parse_image(&name)),
+                };
+                if let (Some((_, as_word)), Some((_, stage))) = (words.next(), words.next()) {
+                    if as_word.eq_ignore_ascii_case("as") {
+                        stages.push(stage.to_ascii_lowercase());
+                    }
+                }
+                bases.push(BaseImage {
+                    line: instruction.line_at(offset),
+                    written: written.to_string(),
+                    base,
+                });
+            }
+            "RUN" => upgrades.extend(run_upgrades(instruction, 0)),
+            "ONBUILD" => {
+                // `ONBUILD RUN ...` runs in every build that starts from this image.
+                if let Some((_, word)) = raw_words(args, escape).first() {
+                    if word.eq_ignore_ascii_case("RUN") {
+                        let rest = &args[3..];
+                        let start = 3 + rest.len() - rest.trim_start().len();
+                        upgrades.extend(run_upgrades(instruction, start));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Parsed {
+        path: path.to_path_buf(),
+        bases,
+        upgrades,
+    }
+}
+
+/// The upgrades a `RUN` performs; its arguments start at `start` in `instruction.args()`.
+fn run_upgrades(instruction: &Instruction, start: usize) -> Vec<Upgrade> {
+    let args = &instruction.args()[start..];
+    // `--mount=...`, `--network=...`, `--security=...` come before the command.
+    let command_start = raw_words(args, '\\')
+        .into_iter()
+        .find(|(_, w)| !w.starts_with("--"))
+        .map_or(args.len(), |(offset, _)| offset);
+    let command = &args[command_start..];
+    let base = start + command_start;
+    let at = |found: Vec<Found>| -> Vec<Upgrade> {
+        found
+            .into_iter()
+            .map(|f| Upgrade {
+                line: instruction.line_at(base + f.offset),
+                command: f.command,
+            })
+            .collect()
+    };
+
+    if let Some(argv) = json_string_array(command) {
+        let words: Vec<Word> = argv
+            .into_iter()
+            .map(|text| Word { text, offset: 0 })
+            .collect();
+        return at(upgrades_in_command(&words));
+    }
+
+    let commands = simple_commands(command);
+    let mut upgrades = at(commands
+        .iter()
+        .flat_map(|c| upgrades_in_command(c))
+        .collect());
+    // `RUN <<EOF` and `RUN bash <<EOF` run the heredoc as a script; `RUN cat <<EOF >file` or
+    // `RUN python3 <<EOF` do not.
+    let script_on_stdin = match commands.first() {
+        None => true,
+        Some(words) => {
+            let argv: Vec<&str> = words[program_start(words)..]
+                .iter()
+                .map(|w| w.text.as_str())
+                .collect();
+            argv.first().is_some_and(|p| is_shell(p))
+                && argv[1..]
+                    .iter()
+                    .all(|a| a.starts_with("--") || (a.starts_with('-') && !a.contains('c')))
+        }
+    };
+    if script_on_stdin {
+        for body in &instruction.heredocs {
+            if body.text.starts_with("#!") && !shebang_is_shell(&body.text) {
+                continue;
+            }
+            for found in upgrades_in_script(&body.text) {
+                upgrades.push(Upgrade {
+                    line: body.line_at(found.offset),
+                    command: found.command,
+                });
+            }
+        }
+    }
+    upgrades
+}
+
+fn shebang_is_shell(script: &str) -> bool {
+    let first = script.lines().next().unwrap_or("");
+    let mut words = first.trim_start_matches("#!").split_whitespace();
+    match words.next().map(basename) {
+        Some("env") => words.find(|w| !w.starts_with('-')).is_some_and(is_shell),
+        Some(program) => is_shell(program),
+        None => false,
+    }
+}
+
+/// A parsed exec-form argument list, `["dnf", "update"]`; `None` means shell form.
+fn json_string_array(s: &str) -> Option<Vec<String>> {
+    let mut chars = s.trim().chars().peekable();
+    let skip_ws = |chars: &mut std::iter::Peekable<std::str::Chars>| {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    };
+    if chars.next()? != '[' {
+        return None;
+    }
+    let mut out = Vec::new();
+    skip_ws(&mut chars);
+    if chars.next_if_eq(&']').is_none() {
+        loop {
+            skip_ws(&mut chars);
+            if chars.next()? != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => value.push(match chars.next()? {
+                        'n' => '\n',
+                        't' => '\t',
+                        'r' => '\r',
+                        'b' => '\u{8}',
+                        'f' => '\u{c}',
+                        'u' => {
+                            let hex: String = chars.by_ref().take(4).collect();
+                            char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
+                        }
+                        c @ ('"' | '\\' | '/') => c,
+                        _ => return None,
+                    }),
+                    c => value.push(c),
+                }
+            }
+            out.push(value);
+            skip_ws(&mut chars);
+            match chars.next()? {
+                ',' => continue,
+                ']' => break,
+                _ => return None,
+            }
+        }
+    }
+    chars.next().is_none().then_some(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading shell commands.
+
+#[derive(Debug, Clone, PartialEq)]
+struct Word {
+    /// Without quotes and escapes.
+    text: String,
+    /// Byte offset of the word's start in the script.
+    offset: usize,
+}
+
+/// An upgrade found in a script: offset of its command in the script, the command as written.
+struct Found {
+    offset: usize,
+    command: String,
+}
+
+fn upgrades_in_script(script: &str) -> Vec<Found> {
+    simple_commands(script)
+        .iter()
+        .flat_map(|c| upgrades_in_command(c))
+        .collect()
+}
+
+fn upgrades_in_command(words: &[Word]) -> Vec<Found> {
+    let words = &words[program_start(words)..];
+    let argv: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
+    if let Some(i) = shell_script_argument(&argv) {
+        // `sh -c "dnf update -y"`: the finding points at the script argument.
+        return upgrades_in_script(&words[i].text)
+            .into_iter()
+            .map(|found| Found {
+                offset: words[i].offset,
+                command: found.command,
+            })
+            .collect();
+    }
+    if is_distro_upgrade(&argv) {
+        return vec![Found {
+            offset: words[0].offset,
+            command: argv.join(" "),
+        }];
+    }
+    Vec::new()
+}
+
+/// Splits a script into simple commands at `&&`, `||`, `;`, `|`, `&`, parentheses and newlines.
+/// Comments, redirections and the bodies of heredocs inside the script are dropped.
+fn simple_commands(script: &str) -> Vec<Vec<Word>> {
+    #[derive(Clone, Copy)]
+    enum Next {
+        Argument,
+        RedirectTarget,
+        HeredocDelimiter { strip_tabs: bool },
+    }
+    let chars: Vec<(usize, char)> = script.char_indices().collect();
+    let get = |j: usize| chars.get(j).map(|&(_, c)| c);
+    let mut commands = Vec::new();
+    let mut current = Vec::new();
+    let mut heredocs: Vec<(String, bool)> = Vec::new();
+    let mut next = Next::Argument;
+    let mut j = 0;
+    while j < chars.len() {
+        match chars[j].1 {
+            ' ' | '\t' | '\r' => j += 1,
+            '\\' if get(j + 1) == Some('\n') => j += 2,
+            '#' => {
+                while get(j).is_some_and(|c| c != '\n') {
+                    j += 1;
+                }
+            }
+            '\n' => {
+                commands.push(std::mem::take(&mut current));
+                j += 1;
+                // A heredoc body starts on the next line and runs to its delimiter: data.
+                for (delimiter, strip_tabs) in heredocs.drain(..) {
+                    while j < chars.len() {
+                        let end = (j..chars.len())
+                            .find(|&k| chars[k].1 == '\n')
+                            .unwrap_or(chars.len());
+                        let line: String = chars[j..end].iter().map(|&(_, c)| c).collect();
+                        j = end + 1;
+                        let line = if strip_tabs {
+                            line.trim_start_matches('\t')
+                        } else {
+                            &line
+                        };
+                        if line.trim_end_matches('\r') == delimiter {
+                            break;
+                        }
+                    }
+                }
+            }
+            '&' if get(j + 1) == Some('>') => {
+                // `&>file`, `&>>file`
+                j += 2;
+                if get(j) == Some('>') {
+                    j += 1;
+                }
+                next = Next::RedirectTarget;
+            }
+            ';' | '&' | '|' | '(' | ')' => {
+                commands.push(std::mem::take(&mut current));
+                j += 1;
+            }
+            c @ ('<' | '>') => {
+                j += 1;
+                if c == '<' && get(j) == Some('<') {
+                    j += 1;
+                    if get(j) == Some('<') {
+                        j += 1; // `<<<word`: a here-string
+                        next = Next::RedirectTarget;
+                    } else {
+                        let strip_tabs = get(j) == Some('-');
+                        if strip_tabs {
+                            j += 1;
+                        }
+                        next = Next::HeredocDelimiter { strip_tabs };
+                    }
+                } else {
+                    // `>>`, `>&`, `>|`, `<&`, `<>`
+                    if matches!(get(j), Some('>' | '&' | '|')) {
+                        j += 1;
+                    }
+                    next = Next::RedirectTarget;
+                }
+            }
+            _ => {
+                let (word, end, quoted) = read_word(&chars, j);
+                j = end;
+                // `2>&1`, `2>/dev/null`: a file descriptor glued to a redirection.
+                let fd = !quoted
+                    && word.text.chars().all(|c| c.is_ascii_digit())
+                    && matches!(get(j), Some('<' | '>'));
+                if fd {
+                    continue;
+                }
+                match next {
+                    Next::Argument => current.push(word),
+                    Next::RedirectTarget => {}
+                    Next::HeredocDelimiter { strip_tabs } => heredocs.push((word.text, strip_tabs)),
+                }
+                next = Next::Argument;
+            }
+        }
+    }
+    commands.push(current);
+    commands.retain(|c| !c.is_empty());
+    commands
+}
+
+/// One shell word starting at `j`: the word, where it ends, whether any of it was quoted.
+fn read_word(chars: &[(usize, char)], mut j: usize) -> (Word, usize, bool) {
+    let get = |j: usize| chars.get(j).map(|&(_, c)| c);
+    let offset = chars[j].0;
+    let mut text = String::new();
+    let mut quoted = false;
+    while let Some(c) = get(j) {
+        match c {
+            ' ' | '\t' | '\r' | '\n' | ';' | '&' | '|' | '(' | ')' | '<' | '>' => break,
+            '\\' => {
+                quoted = true;
+                if let Some(next) = get(j + 1).filter(|&n| n != '\n') {
+                    text.push(next);
+                }
+                j += 2;
+            }
+            '\'' => {
+                quoted = true;
+                j += 1;
+                while let Some(c) = get(j).filter(|&c| c != '\'') {
+                    text.push(c);
+                    j += 1;
+                }
+                j += 1;
+            }
+            '"' => {
+                quoted = true;
+                j += 1;
+                while let Some(c) = get(j).filter(|&c| c != '"') {
+                    if c == '\\' && matches!(get(j + 1), Some('"' | '\\' | '$' | '`' | '\n')) {
+                        j += 1;
+                        if get(j) != Some('\n') {
+                            text.extend(get(j));
+                        }
+                    } else {
+                        text.push(c);
+                    }
+                    j += 1;
+                }
+                j += 1;
+            }
+            // `$(...)`, `${...}` and backticks are kept as written, not inspected.
+            '$' if matches!(get(j + 1), Some('(' | '{')) => {
+                let (open, close) = if get(j + 1) == Some('(') {
+                    ('(', ')')
+                } else {
+                    ('{', '}')
+                };
+                text.push('$');
+                j += 1;
+                let mut depth = 0;
+                while let Some(c) = get(j) {
+                    text.push(c);
+                    j += 1;
+                    if c == open {
+                        depth += 1;
+                    } else if c == close {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+            '`' => {
+                text.push(c);
+                j += 1;
+                while let Some(c) = get(j) {
+                    text.push(c);
+                    j += 1;
+                    if c == '`' {
+                        break;
+                    }
+                }
+            }
+            _ => {
+                text.push(c);
+                j += 1;
+            }
+        }
+    }
+    (Word { text, offset }, j, quoted)
+}
+
+fn basename(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
+}
+
+fn is_shell(program: &str) -> bool {
+    matches!(
+        basename(program),
+        "sh" | "bash" | "ash" | "dash" | "zsh" | "ksh" | "mksh"
+    )
+}
+
+/// Where the program starts: after `VAR=value` assignments, reserved words such as `if` or `{`,
+/// and wrappers such as `sudo`, `env` or `nice` that run the command after their options.
+fn program_start(words: &[Word]) -> usize {
+    let is_assignment = |w: &str| {
+        w.split_once('=').is_some_and(|(name, _)| {
+            name.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    // Skips options (and the values of `with_value` options) from `k`.
+    let skip_options = |mut k: usize, with_value: &[&str]| {
+        while let Some(w) = words.get(k).map(|w| w.text.as_str()) {
+            if w == "--" {
+                return k + 1;
+            }
+            if !w.starts_with('-') {
+                break;
+            }
+            k += if with_value.contains(&w) { 2 } else { 1 };
+        }
+        k
+    };
+    let mut k = 0;
+    while let Some(word) = words.get(k) {
+        let w = word.text.as_str();
+        if is_assignment(w) {
+            k += 1;
+            continue;
+        }
+        k = match w {
+            "!" | "{" | "}" | "if" | "then" | "else" | "elif" | "do" | "while" | "until" | "fi"
+            | "done" | "esac" => k + 1,
+            // Compound commands whose words are not a command.
+            "for" | "case" | "select" | "function" => return words.len(),
+            _ => match basename(w) {
+                "sudo" | "doas" => skip_options(
+                    k + 1,
+                    &["-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-T"],
+                ),
+                "env" => {
+                    let mut k = skip_options(k + 1, &["-u", "-C", "-S", "--unset", "--chdir"]);
+                    while words.get(k).is_some_and(|w| is_assignment(&w.text)) {
+                        k += 1;
+                    }
+                    k
+                }
+                "exec" | "command" | "builtin" | "nohup" | "time" => skip_options(k + 1, &[]),
+                "nice" => skip_options(k + 1, &["-n", "--adjustment"]),
+                "timeout" => skip_options(k + 1, &["-s", "--signal", "-k", "--kill-after"]) + 1,
+                _ => return k,
+            },
+        };
+    }
+    words.len()
+}
+
+/// `sh -c 'script'`, `bash -ec "script"`: the index of the script argument.
+fn shell_script_argument(argv: &[&str]) -> Option<usize> {
+    if !argv.first().is_some_and(|p| is_shell(p)) {
+        return None;
+    }
+    let mut dash_c = false;
+    let mut k = 1;
+    while let Some(arg) = argv.get(k) {
+        if arg.starts_with("--") {
+            k += 1;
+        } else if let Some(flags) = arg.strip_prefix('-').filter(|f| !f.is_empty()) {
+            dash_c |= flags.contains('c');
+            k += if *arg == "-o" { 2 } else { 1 };
+        } else {
+            break;
+        }
+    }
+    (dash_c && k < argv.len()).then_some(k)
+}
+
+/// Package manager options that take the next word as their value.
+const DNF_VALUE_OPTIONS: &[&str] = &[
+    "-c",
+    "--config",
+    "--installroot",
+    "--releasever",
+    "--setopt",
+    "--enablerepo",
+    "--disablerepo",
+    "--repo",
+    "--repoid",
+    "-x",
+    "--exclude",
+    "--excludepkgs",
+    "-d",
+    "--debuglevel",
+    "-e",
+    "--errorlevel",
+    "-R",
+    "--randomwait",
+    "--rpmverbosity",
+    "--forcearch",
+    "--color",
+    "--disableplugin",
+    "--enableplugin",
+    "--repofrompath",
+    "--destdir",
+    "--downloaddir",
+    "--comment",
+    "--advisory",
+    "--advisories",
+    "--bz",
+    "--bzs",
+    "--cve",
+    "--cves",
+    "--sec-severity",
+    "--secseverity",
+];
+const APT_VALUE_OPTIONS: &[&str] = &[
+    "-o",
+    "--option",
+    "-c",
+    "--config-file",
+    "-t",
+    "--target-release",
+    "--default-release",
+    "-a",
+    "--host-architecture",
+];
+const APK_VALUE_OPTIONS: &[&str] = &[
+    "-X",
+    "--repository",
+    "-p",
+    "--root",
+    "--arch",
+    "--cache-dir",
+    "--keys-dir",
+    "--repositories-file",
+    "--cache-max-age",
+    "--timeout",
+    "--wait",
+    "--progress-fd",
+];
+const ZYPPER_VALUE_OPTIONS: &[&str] = &["-R", "--root", "-r", "--repo", "--from", "-t", "--type"];
+
+/// Whether `argv` upgrades the whole distribution: an upgrade subcommand with no package name.
+fn is_distro_upgrade(argv: &[&str]) -> bool {
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    let (value_options, upgrades): (&[&str], &[&str]) = match basename(program) {
+        "dnf" | "dnf5" | "dnf-3" | "yum" | "microdnf" | "tdnf" => (
+            DNF_VALUE_OPTIONS,
+            &[
+                "update",
+                "upgrade",
+                "up",
+                "update-minimal",
+                "upgrade-minimal",
+                "distro-sync",
+                "distrosync",
+                "distribution-synchronization",
+                "dsync",
+                "dist-upgrade",
+            ],
+        ),
+        "apt-get" | "apt" | "aptitude" => (
+            APT_VALUE_OPTIONS,
+            &["upgrade", "dist-upgrade", "full-upgrade", "safe-upgrade"],
+        ),
+        "apk" => (APK_VALUE_OPTIONS, &["upgrade"]),
+        "zypper" => (
+            ZYPPER_VALUE_OPTIONS,
+            &["update", "up", "dist-upgrade", "dup"],
+        ),
+        _ => return false,
+    };
+    let takes_value = |arg: &str| value_options.contains(&arg);
+    let mut args = args.iter();
+    // The subcommand is the first word that is not an option or an option's value.
+    let subcommand = loop {
+        let Some(arg) = args.next() else {
+            return false;
+        };
+        if arg.starts_with('-') {
+            if takes_value(arg) {
+                args.next();
+            }
+            continue;
+        }
+        break *arg;
+    };
+    if !upgrades.contains(&subcommand) {
+        return false;
+    }
+    // Any package name makes it a targeted update, except a bare `*` which names every package.
+    while let Some(arg) = args.next() {
+        if *arg == "--" {
+            continue;
+        }
+        if arg.starts_with('-') {
+            if takes_value(arg) {
+                args.next();
+            }
+            continue;
+        }
+        return arg.chars().all(|c| c == '*');
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lint(text: &str) -> Vec<Finding> {
+        lint_text(Utf8Path::new("Dockerfile"), text, false)
+    }
+
+    /// (line, rule) of each finding, the shape most tests compare.
+    fn rules(text: &str) -> Vec<(usize, &'static str)> {
+        lint(text).iter().map(|f| (f.line, f.rule)).collect()
+    }
+
+    /// A RUN line on a pinned base, so only the RUN can produce findings.
+    fn run_rules(run: &str) -> Vec<(usize, &'static str)> {
+        rules(&format!("FROM alpine:3.20@sha256:abc\n{run}\n"))
+    }
+
+    fn upgrade_commands(text: &str) -> Vec<(usize, String)> {
+        analyze(Utf8Path::new("Dockerfile"), text)
+            .upgrades
+            .into_iter()
+            .map(|u| (u.line, u.command))
+            .collect()
+    }
+
+    #[test]
+    fn finding_prints_like_a_compiler() {
+        let finding = Finding {
+            path: "docker/gateway-ubi9.Dockerfile".into(),
+            line: 7,
+            severity: Severity::Error,
+            rule: "distro-upgrade",
+            message: "remove `dnf update -y`".into(),
+        };
+        assert_eq!(
+            finding.to_string(),
+            "docker/gateway-ubi9.Dockerfile:7: error[distro-upgrade]: remove `dnf update -y`"
+        );
+    }
+
+    #[test]
+    fn every_rule_has_an_id_a_severity_and_a_one_line_reason() {
+        let all = [
+            &DISTRO_UPGRADE,
+            &BASE_IMAGE_DRIFT,
+            &UNPINNED_TAG,
+            &NO_DIGEST,
+            &UNRESOLVED_BASE,
+        ];
+        let ids: BTreeSet<&str> = all.iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), all.len(), "rule ids must be unique");
+        for rule in all {
+            assert!(!rule.reason.is_empty() && !rule.reason.contains('\n'));
+            assert!(rule.id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
+        }
+        assert_eq!(DISTRO_UPGRADE.severity, Severity::Error);
+        assert_eq!(NO_DIGEST.severity, Severity::Info);
+    }
+
+    #[test]
+    fn distribution_upgrades_fire() {
+        for run in [
+            "RUN dnf update -y",
+            "RUN dnf upgrade -y",
+            "RUN dnf -y update",
+            "RUN dnf update -y --refresh",
+            "RUN dnf --refresh upgrade",
+            "RUN dnf distro-sync -y",
+            "RUN dnf -y --setopt=tsflags=nodocs update",
+            "RUN dnf --enablerepo ubi-9-appstream update -y",
+            "RUN dnf update -y --exclude kernel",
+            "RUN dnf -y update --security",
+            "RUN dnf update '*'",
+            "RUN /usr/bin/dnf update -y",
+            "RUN yum update -y",
+            "RUN yum -y update",
+            "RUN microdnf update",
+            "RUN microdnf upgrade -y",
+            "RUN apt-get upgrade -y",
+            "RUN apt-get -y dist-upgrade",
+            "RUN apt-get -o Dpkg::Options::=--force-confold full-upgrade -y",
+            "RUN apt upgrade",
+            "RUN apk upgrade",
+            "RUN apk upgrade --no-cache --available",
+            "RUN zypper -n update",
+        ] {
+            assert_eq!(run_rules(run), [(2, "distro-upgrade")], "{run}");
+        }
+    }
+
+    #[test]
+    fn look_alikes_do_not_fire() {
+        for run in [
+            "RUN echo \"dnf update\"",
+            "RUN echo dnf update -y",
+            "RUN printf '%s\\n' 'yum update'",
+            "# RUN dnf update -y",
+            "RUN true # dnf update -y",
+            "RUN dnf update openssl",
+            "RUN dnf -y update openssl tzdata",
+            "RUN dnf update -y --exclude kernel openssl",
+            "RUN dnf install -y git",
+            "RUN dnf check-update || true",
+            "RUN dnf makecache --refresh",
+            "RUN yum install -y update",
+            "RUN microdnf install -y tzdata",
+            "RUN apt-get update",
+            "RUN apt-get update && apt-get install -y curl",
+            "RUN apt-get install --only-upgrade -y openssl",
+            "RUN apk add -U curl",
+            "RUN apk add --upgrade curl",
+            "RUN apk upgrade musl",
+            "RUN ls /usr/bin/dnf update",
+            "RUN [\"echo\", \"dnf update\"]",
+            "RUN sh -c 'echo dnf update'",
+        ] {
+            assert_eq!(run_rules(run), [], "{run}");
+        }
+    }
+
+    #[test]
+    fn chains_and_wrappers_are_split_into_commands() {
+        for run in [
+            "RUN dnf install -y git && dnf update -y && dnf clean all",
+            "RUN dnf update -y || true",
+            "RUN set -e; dnf upgrade -y; dnf clean all",
+            "RUN yes | dnf update",
+            "RUN (cd /tmp && yum update -y)",
+            "RUN if true; then dnf update -y; fi",
+            "RUN { dnf update -y; }",
+            "RUN sudo -E -u root dnf update -y",
+            "RUN LANG=C DNF_VAR_x=1 dnf update -y",
+            "RUN env -i PATH=/usr/bin dnf update -y",
+            "RUN nice -n 10 dnf update -y",
+            "RUN dnf update -y 2>&1 >/var/log/dnf.log",
+            "RUN dnf update -y &>/dev/null",
+            "RUN bash -ec \"dnf update -y && dnf clean all\"",
+        ] {
+            assert_eq!(run_rules(run), [(2, "distro-upgrade")], "{run}");
+        }
+        // The message quotes the command as written, without the wrapper.
+        assert_eq!(
+            upgrade_commands("RUN sudo dnf -y update --refresh && dnf clean all"),
+            [(1, "dnf -y update --refresh".to_string())]
+        );
+        assert_eq!(
+            upgrade_commands("RUN apt-get update && apt-get -y upgrade"),
+            [(1, "apt-get -y upgrade".to_string())]
+        );
+    }
+
+    #[test]
+    fn message_says_how_to_fix_and_why() {
+        let findings = lint("FROM ubi9:9.6@sha256:abc\nRUN dnf update -y\n");
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].severity, Severity::Error);
+        assert_eq!(
+            findings[0].message,
+            "remove `dnf update -y`; pick a current base image instead, or update only the packages you need by name (a whole-distribution upgrade rebuilds every package on every build)"
+        );
+    }
+
+    #[test]
+    fn exec_form() {
+        assert_eq!(
+            run_rules(r#"RUN ["dnf", "update", "-y"]"#),
+            [(2, "distro-upgrade")]
+        );
+        assert_eq!(
+            run_rules(r#"RUN ["/bin/sh", "-c", "dnf install -y git && dnf update -y"]"#),
+            [(2, "distro-upgrade")]
+        );
+        assert_eq!(run_rules(r#"RUN ["dnf","install","-y","git"]"#), []);
+        // Not valid JSON: BuildKit runs it as shell form, and so do we.
+        assert_eq!(
+            run_rules("RUN [ -f /etc/x ] || dnf update -y"),
+            [(2, "distro-upgrade")]
+        );
+        assert_eq!(
+            json_string_array(r#" [ "a\"b", "\u0041\n" ] "#),
+            Some(vec!["a\"b".to_string(), "A\n".to_string()])
+        );
+        assert_eq!(json_string_array(r#"["a", 1]"#), None);
+        assert_eq!(json_string_array(r#"["a"] extra"#), None);
+        assert_eq!(json_string_array("[]"), Some(vec![]));
+    }
+
+    #[test]
+    fn run_flags_come_before_the_command() {
+        assert_eq!(
+            run_rules("RUN --mount=type=cache,target=/var/cache/dnf --network=host dnf update -y"),
+            [(2, "distro-upgrade")]
+        );
+        assert_eq!(
+            run_rules("RUN --mount=type=cache,target=/var/cache/dnf dnf install -y git"),
+            []
+        );
+    }
+
+    #[test]
+    fn continuations_point_at_the_physical_line() {
+        let text = "\
+FROM ubi9:9.6@sha256:abc
+RUN dnf install -y git \\
+    # a comment line inside the continuation is dropped
+    && echo dnf update \\
+
+    && dnf update -y --refresh \\
+    && dnf clean all
+RUN true
+";
+        assert_eq!(rules(text), [(6, "distro-upgrade")]);
+        // Joined, the comment line does not swallow the rest of the command.
+        assert_eq!(
+            upgrade_commands("RUN true \\\n# dnf install\n  && yum update\n"),
+            [(3, "yum update".to_string())]
+        );
+    }
+
+    #[test]
+    fn escape_directive_changes_the_continuation_character() {
+        let text = "\
+# escape=`
+FROM mcr.microsoft.com/windows/servercore:ltsc2022@sha256:abc
+RUN echo a `
+    && dnf update -y
+";
+        assert_eq!(rules(text), [(4, "distro-upgrade")]);
+        // With the backtick escape a trailing backslash does not continue the line, so
+        // `dnf update -y` is a separate (unknown) instruction, not part of the RUN.
+        let text = "# escape=`\nFROM a:1@sha256:abc\nRUN echo a \\\ndnf update -y\n";
+        assert_eq!(rules(text), []);
+        // A directive after the first instruction is only a comment: the backtick does not
+        // continue the RUN, and `&& dnf update -y` is a line of its own, not a command.
+        let text = "FROM a:1@sha256:abc\n# escape=`\nRUN echo a `\n && dnf update -y\n";
+        assert_eq!(rules(text), []);
+        let text = "# syntax=docker/dockerfile:1\n# escape=`\nFROM a:1@sha256:abc\nRUN echo `\n && yum update\n";
+        assert_eq!(rules(text), [(5, "distro-upgrade")]);
+    }
+
+    #[test]
+    fn heredocs() {
+        let text = "\
+FROM ubi9:9.6@sha256:abc
+RUN <<EOF
+set -e
+dnf install -y git
+dnf update -y
+EOF
+RUN dnf clean all
+";
+        assert_eq!(rules(text), [(5, "distro-upgrade")]);
+
+        // `<<-` strips leading tabs, also before the delimiter; quoted delimiters; RUN flags.
+        let text = "FROM a:1@sha256:abc\nRUN --network=none <<-'END'\n\tyum -y update\n\tEND\nRUN yum update\n";
+        assert_eq!(rules(text), [(3, "distro-upgrade"), (5, "distro-upgrade")]);
+        let text = "FROM a:1@sha256:abc\nRUN <<\"EOF\" bash\ndnf update -y\nEOF\n";
+        assert_eq!(rules(text), [(3, "distro-upgrade")]);
+        assert_eq!(
+            rules("FROM a:1@sha256:abc\nRUN bash -e --norc <<EOF\nmicrodnf update\nEOF\n"),
+            [(3, "distro-upgrade")]
+        );
+        assert_eq!(
+            rules("FROM a:1@sha256:abc\nRUN bash -c 'echo hi' <<EOF\nmicrodnf update\nEOF\n"),
+            []
+        );
+        assert_eq!(
+            rules("FROM a:1@sha256:abc\nRUN <<EOF\n#!/bin/bash\napk upgrade\nEOF\n"),
+            [(4, "distro-upgrade")]
+        );
+
+        // Heredocs that are data, not scripts.
+        for text in [
+            "FROM a:1@sha256:abc\nRUN cat <<EOF > /etc/motd\ndnf update -y\nEOF\n",
+            "FROM a:1@sha256:abc\nRUN python3 <<EOF\ndnf update -y\nEOF\n",
+            "FROM a:1@sha256:abc\nRUN <<EOF\n#!/usr/bin/env python3\ndnf update -y\nEOF\n",
+            "FROM a:1@sha256:abc\nCOPY <<EOF /usr/local/bin/update.sh\ndnf update -y\nEOF\n",
+            "FROM a:1@sha256:abc\nRUN <<EOF\ncat > /notes <<NOTE\ndnf update -y\nNOTE\necho done\nEOF\n",
+            "FROM a:1@sha256:abc\nRUN echo '<<EOF'\nRUN true\n",
+        ] {
+            assert_eq!(rules(text), [], "{text}");
+        }
+
+        // Two heredocs, each body read in turn; what follows is parsed as instructions again.
+        let text = "\
+FROM a:1@sha256:abc
+COPY <<A /a <<B /b
+dnf update -y
+A
+yum update -y
+B
+RUN apk upgrade
+";
+        assert_eq!(rules(text), [(7, "distro-upgrade")]);
+    }
+
+    #[test]
+    fn shell_scripts_split_into_simple_commands() {
+        let words = |script: &str| -> Vec<Vec<String>> {
+            simple_commands(script)
+                .into_iter()
+                .map(|c| c.into_iter().map(|w| w.text).collect())
+                .collect()
+        };
+        assert_eq!(
+            words("a 'b c' \"d $x\" && e || f; g | h & i\n(j) # k"),
+            [
+                vec!["a", "b c", "d $x"],
+                vec!["e"],
+                vec!["f"],
+                vec!["g"],
+                vec!["h"],
+                vec!["i"],
+                vec!["j"]
+            ]
+        );
+        // Redirections and their targets are not arguments; a heredoc body is not commands.
+        assert_eq!(
+            words("cmd 2>&1 >/x <in 3</dev/null &>>log <<<s arg\ncat <<-E >f\n\tdnf update\n\tE\nnext \\\n  line"),
+            [vec!["cmd", "arg"], vec!["cat"], vec!["next", "line"]]
+        );
+        assert_eq!(
+            words("echo $(dnf update) `yum update` ${a:-b c}"),
+            [vec!["echo", "$(dnf update)", "`yum update`", "${a:-b c}"]]
+        );
+        // Offsets point into the script, so findings point at their line.
+        let commands = simple_commands("x\n  dnf update");
+        assert_eq!(commands[1][0].offset, 4);
+    }
+
+    #[test]
+    fn byte_order_mark_and_crlf_are_read() {
+        assert_eq!(
+            rules(
+                "\u{feff}# escape=`\r\nFROM a:1@sha256:aa\r\nRUN echo `\r\n  && dnf -y upgrade\r\n"
+            ),
+            [(4, "distro-upgrade")]
+        );
+    }
+
+    #[test]
+    fn onbuild_run_is_checked() {
+        assert_eq!(
+            rules("FROM a:1@sha256:abc\nONBUILD RUN dnf update -y\n"),
+            [(2, "distro-upgrade")]
+        );
+    }
+
+    #[test]
+    fn base_image_tags_and_digests() {
+        let text = "\
+FROM alpine
+FROM alpine:latest
+FROM registry.access.redhat.com/ubi9/ubi-minimal:9.6
+FROM alpine:3.20@sha256:0123
+FROM alpine@sha256:0123
+FROM localhost:5000/tools
+FROM scratch
+";
+        assert_eq!(
+            rules(text),
+            [
+                (1, "unpinned-tag"),
+                (1, "no-digest"),
+                (2, "unpinned-tag"),
+                (2, "no-digest"),
+                (3, "no-digest"),
+                (6, "unpinned-tag"),
+                (6, "no-digest"),
+            ]
+        );
+        let findings = lint("FROM alpine:3.20\n");
+        assert_eq!(findings[0].severity, Severity::Info);
+        assert!(
+            findings[0]
+                .message
+                .starts_with("pin `alpine:3.20` by digest, as `alpine:3.20@sha256:<digest>` (`skopeo inspect docker://alpine:3.20` shows it)"),
+            "{}",
+            findings[0].message
+        );
+        let findings = lint_text(Utf8Path::new("Dockerfile"), "FROM alpine:3.20\n", true);
+        assert_eq!(findings[0].severity, Severity::Error);
+        let findings = lint("FROM localhost:5000/tools\n");
+        assert!(findings[0].message.starts_with(
+            "pin `localhost:5000/tools` to a version tag, e.g. `localhost:5000/tools:<version>`"
+        ));
+        assert_eq!(lint_text(Utf8Path::new("D"), "FROM scratch\n", true), []);
+    }
+
+    #[test]
+    fn parse_image_references() {
+        let image = parse_image("registry.access.redhat.com/ubi9/go-toolset:1.25");
+        assert_eq!(
+            image.repository,
+            "registry.access.redhat.com/ubi9/go-toolset"
+        );
+        assert_eq!(image.tag.as_deref(), Some("1.25"));
+        assert_eq!(image.digest, None);
+        let image = parse_image("localhost:5000/a/b:2@sha256:ff");
+        assert_eq!(image.repository, "localhost:5000/a/b");
+        assert_eq!(image.tag.as_deref(), Some("2"));
+        assert_eq!(image.digest.as_deref(), Some("sha256:ff"));
+        assert_eq!(normalized_repository("docker.io/library/Alpine"), "alpine");
+        assert_eq!(
+            normalized_repository("quay.io/library/x"),
+            "quay.io/library/x"
+        );
+    }
+
+    #[test]
+    fn from_resolves_global_args() {
+        let bases = |text: &str| -> Vec<Base> {
+            analyze(Utf8Path::new("D"), text)
+                .bases
+                .into_iter()
+                .map(|b| b.base)
+                .collect()
+        };
+        let image = |name: &str| Base::Image(parse_image(name));
+
+        let text = "\
+ARG REGISTRY=registry.access.redhat.com
+ARG TAG=\"9.6\"
+ARG BASE_IMAGE=${REGISTRY}/ubi9/ubi-minimal:${TAG}
+FROM $BASE_IMAGE
+FROM ${BASE_IMAGE}
+FROM ${MISSING:-alpine:3.20}
+FROM ${REGISTRY:+quay.io}/x:${TAG-1}
+";
+        assert_eq!(
+            bases(text),
+            [
+                image("registry.access.redhat.com/ubi9/ubi-minimal:9.6"),
+                image("registry.access.redhat.com/ubi9/ubi-minimal:9.6"),
+                image("alpine:3.20"),
+                image("quay.io/x:9.6"),
+            ]
+        );
+
+        // ARGs after the first FROM belong to a stage and do not reach later FROM lines.
+        let text = "ARG A=alpine:3.19\nFROM $A\nARG B=alpine:3.20\nFROM ${B}\nARG C\nFROM ${C}\n";
+        assert_eq!(
+            bases(text),
+            [
+                image("alpine:3.19"),
+                Base::Unresolved {
+                    var: "B".into(),
+                    declared: false
+                },
+                Base::Unresolved {
+                    var: "C".into(),
+                    declared: false
+                },
+            ]
+        );
+
+        // A default that depends on an ARG without one is as unresolved as that ARG.
+        let text = "ARG TAG\nARG IMAGE=alpine:${TAG}\nFROM ${IMAGE}\n";
+        assert_eq!(
+            bases(text),
+            [Base::Unresolved {
+                var: "TAG".into(),
+                declared: true
+            }]
+        );
+    }
+
+    #[test]
+    fn unresolvable_base_image_is_a_warning_that_says_why() {
+        let findings = lint("ARG BUILDER_IMAGE\nFROM ${BUILDER_IMAGE} AS builder\nFROM builder\n");
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].rule, "unresolved-base");
+        assert_eq!(findings[0].severity, Severity::Warning);
+        assert_eq!(findings[0].line, 2);
+        assert!(findings[0].message.starts_with(
+            "cannot check base image `${BUILDER_IMAGE}`: `ARG BUILDER_IMAGE` has no default; give it one"
+        ));
+        let findings = lint("FROM $NOPE\n");
+        assert!(
+            findings[0]
+                .message
+                .contains("`NOPE` is not declared by an ARG before the first FROM"),
+            "{}",
+            findings[0].message
+        );
+    }
+
+    #[test]
+    fn stage_names_are_not_images() {
+        let text = "\
+FROM --platform=$BUILDPLATFORM golang:1.25@sha256:aa AS Build
+FROM build AS test
+FROM --platform=linux/amd64 BUILD
+FROM later
+FROM alpine:3.20@sha256:bb AS later
+";
+        let findings = lint(text);
+        // `later` is used before it is defined, so it is an image reference.
+        assert_eq!(
+            findings
+                .iter()
+                .map(|f| (f.line, f.rule))
+                .collect::<Vec<_>>(),
+            [(4, "unpinned-tag"), (4, "no-digest")]
+        );
+        let text = "ARG STAGE=builder\nFROM a:1@sha256:aa AS builder\nFROM ${STAGE}\n";
+        assert_eq!(rules(text), []);
+    }
+
+    #[test]
+    fn base_image_drift_across_files_lists_each_file_and_tag() {
+        let files = [
+            analyze(
+                "docker/gateway-ubi9.Dockerfile".into(),
+                "ARG B=registry.access.redhat.com/ubi9/go-toolset:1.24\nFROM ${B} AS builder\nFROM builder\n",
+            ),
+            analyze(
+                "docker/datastorage-ubi9.Dockerfile".into(),
+                "\n\nFROM registry.access.redhat.com/ubi9/go-toolset:1.25 AS builder\nFROM scratch\n",
+            ),
+            analyze(
+                "docker/runtime.Dockerfile".into(),
+                "FROM registry.access.redhat.com/ubi9/ubi-minimal:9.6\n",
+            ),
+        ];
+        let findings = check_drift(&files);
+        let expected = "`registry.access.redhat.com/ubi9/go-toolset` is used with 2 different tags: \
+`1.24` in docker/gateway-ubi9.Dockerfile:2, `1.25` in docker/datastorage-ubi9.Dockerfile:3; \
+move every file to the same current tag (services on different base versions behave differently and share no cached layers)";
+        assert_eq!(
+            findings,
+            [
+                Finding {
+                    path: "docker/gateway-ubi9.Dockerfile".into(),
+                    line: 2,
+                    severity: Severity::Warning,
+                    rule: "base-image-drift",
+                    message: expected.to_string(),
+                },
+                Finding {
+                    path: "docker/datastorage-ubi9.Dockerfile".into(),
+                    line: 3,
+                    severity: Severity::Warning,
+                    rule: "base-image-drift",
+                    message: expected.to_string(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn no_drift_for_the_same_tag_and_drift_across_registry_spellings() {
+        let same = [
+            analyze("a".into(), "FROM alpine:3.20\n"),
+            analyze("b".into(), "FROM alpine:3.20@sha256:aa\n"),
+        ];
+        assert_eq!(check_drift(&same), []);
+        let spelled = [
+            analyze("a".into(), "FROM docker.io/library/alpine:3.19\n"),
+            analyze("b".into(), "FROM alpine\n"),
+        ];
+        let findings = check_drift(&spelled);
+        assert_eq!(findings.len(), 2);
+        assert!(findings[0]
+            .message
+            .contains("`3.19` in a:1, `latest` in b:1"));
+        // Within one file too.
+        let one = [analyze(
+            "a".into(),
+            "FROM golang:1.24 AS a\nFROM golang:1.25\n",
+        )];
+        assert_eq!(check_drift(&one).len(), 2);
+    }
+
+    /// What the project's own Dockerfiles look like (written on another branch).
+    const BUILDER_SAMPLE: &str = "\
+# syntax=docker/dockerfile:1
+# Multi-stage build of one service: hermetic, as CI and releases build it.
+ARG BUILDER_IMAGE=registry.access.redhat.com/ubi9/go-toolset:1.25
+ARG BASE_IMAGE=registry.access.redhat.com/ubi9/ubi-minimal:9.6
+
+FROM ${BUILDER_IMAGE} AS builder
+USER root
+RUN dnf install -y git ca-certificates tzdata && dnf clean all
+WORKDIR /src
+COPY go.mod ./
+COPY cmd/ cmd/
+COPY internal/ internal/
+ARG COVERAGE=false
+RUN if [ \"$COVERAGE\" = true ]; then \\
+      CGO_ENABLED=0 go build -cover -covermode=atomic -o /out/gateway ./cmd/gateway; \\
+    else \\
+      CGO_ENABLED=0 go build -o /out/gateway ./cmd/gateway; \\
+    fi
+
+FROM ${BASE_IMAGE}
+COPY --from=builder /out/gateway /usr/local/bin/gateway
+USER 1001
+ENTRYPOINT [\"/usr/local/bin/gateway\"]
+";
+    const RUNTIME_SAMPLE: &str = "\
+ARG BASE_IMAGE=scratch
+FROM ${BASE_IMAGE}
+ARG SERVICE
+COPY ${SERVICE} /service
+ENTRYPOINT [\"/service\"]
+";
+
+    #[test]
+    fn samples_like_the_project_dockerfiles_have_no_errors() {
+        let builder = lint_text(
+            "docker/gateway-ubi9.Dockerfile".into(),
+            BUILDER_SAMPLE,
+            false,
+        );
+        assert_eq!(
+            builder
+                .iter()
+                .map(|f| (f.line, f.rule, f.severity))
+                .collect::<Vec<_>>(),
+            [
+                (6, "no-digest", Severity::Info),
+                (20, "no-digest", Severity::Info)
+            ]
+        );
+        assert!(builder[0].message.starts_with(
+            "pin `${BUILDER_IMAGE}` (= `registry.access.redhat.com/ubi9/go-toolset:1.25`) by digest"
+        ));
+        assert_eq!(
+            lint_text("docker/runtime.Dockerfile".into(), RUNTIME_SAMPLE, true),
+            []
+        );
+        let files = [
+            analyze("a".into(), BUILDER_SAMPLE),
+            analyze(
+                "b".into(),
+                &BUILDER_SAMPLE.replace("gateway", "datastorage"),
+            ),
+            analyze("c".into(), RUNTIME_SAMPLE),
+        ];
+        assert_eq!(check_drift(&files), []);
+        // The seed's mistake, in the same shape, is caught.
+        let seed = BUILDER_SAMPLE
+            .replace("go-toolset:1.25", "go-toolset:1.24")
+            .replace("dnf install", "dnf update -y && dnf install");
+        assert_eq!(
+            lint_text("a".into(), &seed, false)
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .map(|f| (f.line, f.rule))
+                .collect::<Vec<_>>(),
+            [(8, "distro-upgrade")]
+        );
+        let files = [
+            analyze("a".into(), &seed),
+            analyze("b".into(), BUILDER_SAMPLE),
+        ];
+        assert_eq!(check_drift(&files).len(), 2);
+    }
+
+    #[test]
+    fn the_project_dockerfiles_have_no_errors() {
+        let root = project::root();
+        let docker = root.join("docker");
+        if !docker.is_dir() {
+            eprintln!("note: {docker} does not exist yet; skipping the check of the project's Dockerfiles");
+            return;
+        }
+        let paths: Vec<Utf8PathBuf> = default_paths(&root)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.starts_with(&docker) && p.as_str().ends_with(".Dockerfile"))
+            .collect();
+        assert!(!paths.is_empty(), "no *.Dockerfile found in {docker}");
+        let findings = lint_files(&paths, false).unwrap();
+        let errors: Vec<String> = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+    }
+
+    #[test]
+    fn summary_and_annotations() {
+        let finding = |severity| Finding {
+            path: "docker/a,b:c.Dockerfile".into(),
+            line: 3,
+            severity,
+            rule: "no-digest",
+            message: "pin it: 100%\nnow".into(),
+        };
+        let findings = [
+            finding(Severity::Error),
+            finding(Severity::Error),
+            finding(Severity::Warning),
+            finding(Severity::Info),
+            finding(Severity::Info),
+            finding(Severity::Info),
+        ];
+        assert_eq!(
+            summary(&findings, 3),
+            "2 errors, 1 warning, 3 infos in 3 files"
+        );
+        assert_eq!(summary(&[], 1), "0 errors, 0 warnings, 0 infos in 1 file");
+        assert_eq!(
+            annotation(&findings[0]),
+            "::error file=docker/a%2Cb%3Ac.Dockerfile,line=3::[no-digest] pin it: 100%25%0Anow"
+        );
+        assert!(annotation(&findings[2]).starts_with("::warning "));
+        assert!(annotation(&findings[3]).starts_with("::notice "));
+    }
+
+    /// A scratch directory for one test, removed when dropped.
+    struct TempDir(Utf8PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+                .unwrap()
+                .join(format!("xtask-lint-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn write(&self, path: &str, text: &str) -> Utf8PathBuf {
+            let path = self.0.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn default_paths_finds_dockerfiles_in_docker_and_the_root_only() {
+        let dir = TempDir::new("default-paths");
+        for path in [
+            "Dockerfile",
+            "Containerfile",
+            "docker/b.Dockerfile",
+            "docker/a.Dockerfile",
+            "docker/sub/Containerfile",
+            "docker/README.md",
+            "docker/a.Dockerfile.bak",
+            "target/x.Dockerfile",
+            "test/Dockerfile",
+            "notes.txt",
+        ] {
+            dir.write(path, "FROM scratch\n");
+        }
+        let found: Vec<String> = default_paths(&dir.0)
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(&dir.0).unwrap().to_string())
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "Containerfile",
+                "Dockerfile",
+                "docker/a.Dockerfile",
+                "docker/b.Dockerfile",
+                "docker/sub/Containerfile"
+            ]
+        );
+        // Without docker/ only the root is looked at.
+        let empty = TempDir::new("default-paths-empty");
+        assert_eq!(default_paths(&empty.0).unwrap(), Vec::<Utf8PathBuf>::new());
+    }
+
+    #[test]
+    fn lint_files_reads_files_and_checks_across_them() {
+        let dir = TempDir::new("lint-files");
+        let a = dir.write(
+            "a.Dockerfile",
+            "FROM golang:1.24@sha256:aa\nRUN dnf update -y\n",
+        );
+        let b = dir.write("b.Dockerfile", "FROM golang:1.25@sha256:bb\n");
+        let findings = lint_files(&[b.clone(), a.clone()], false).unwrap();
+        assert_eq!(
+            findings
+                .iter()
+                .map(|f| (f.path.as_str(), f.line, f.rule))
+                .collect::<Vec<_>>(),
+            [
+                (a.as_str(), 1, "base-image-drift"),
+                (a.as_str(), 2, "distro-upgrade"),
+                (b.as_str(), 1, "base-image-drift"),
+            ]
+        );
+        let missing = dir.0.join("nope.Dockerfile");
+        let err = lint_files(&[a, missing.clone()], false).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with(&format!("reading {missing}: check the path")),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn paths_inside_the_project_are_shown_relative_to_it() {
+        let root = project::root();
+        let dir = Utf8PathBuf::from(format!("target/xtask-lint-test-{}", std::process::id()));
+        std::fs::create_dir_all(root.join(&dir)).unwrap();
+        let path = root.join(&dir).join("x.Dockerfile");
+        std::fs::write(&path, "FROM alpine\n").unwrap();
+        let findings = lint_files(&[path], false);
+        std::fs::remove_dir_all(root.join(&dir)).unwrap();
+        assert_eq!(findings.unwrap()[0].path, dir.join("x.Dockerfile"));
+    }
+
+    #[test]
+    fn run_fails_on_errors_and_on_warnings_only_when_denied() {
+        let dir = TempDir::new("run");
+        let sh = Shell::new().unwrap();
+        let flags = |path: &Utf8PathBuf, deny_warnings: bool| flags::LintDockerfiles {
+            paths: vec![path.clone()],
+            require_digest: false,
+            deny_warnings,
+        };
+
+        let clean = dir.write("clean.Dockerfile", "FROM alpine:3.20\n");
+        run(&sh, &flags(&clean, true)).unwrap();
+
+        let warning = dir.write("warning.Dockerfile", "FROM alpine\n");
+        run(&sh, &flags(&warning, false)).unwrap();
+        let err = run(&sh, &flags(&warning, true)).unwrap_err().to_string();
+        assert!(
+            err.contains("found 1 warning and --deny-warnings is set"),
+            "{err}"
+        );
+
+        let error = dir.write("error.Dockerfile", "FROM alpine:3.20\nRUN yum -y update\n");
+        let err = run(&sh, &flags(&error, false)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("lint-dockerfiles found 1 error: fix each line"),
+            "{err}"
+        );
+
+        let require_digest = flags::LintDockerfiles {
+            paths: vec![clean],
+            require_digest: true,
+            deny_warnings: false,
+        };
+        assert!(run(&sh, &require_digest).is_err());
+    }
 }
