@@ -139,7 +139,14 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
             rows.push((name.clone(), package, pct));
         }
         let profile = out_dir.join(format!("services/{name}.out"));
-        let total = profile_total(&sh, root, &module, &[dir.clone()], &profile, &shown)?;
+        let total = profile_total(
+            &sh,
+            root,
+            &module,
+            std::slice::from_ref(dir),
+            &profile,
+            &shown,
+        )?;
         rows.push((name.clone(), "(total)".to_string(), total));
         services.push((name, total));
     }
@@ -166,9 +173,11 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
 /// such dir. A meta-data file is written when an instrumented process starts, its counters only
 /// when it exits normally, so a meta-data file without counters means a lost run.
 pub fn check_counters(dirs: &[Utf8PathBuf]) -> anyhow::Result<()> {
+    let root = project::root();
     let mut problems = Vec::new();
-    for dir in dirs {
-        let names = match fs::read_dir(dir) {
+    for path in dirs {
+        let dir = display(&root, path);
+        let names = match fs::read_dir(path) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().into_string().ok())
@@ -875,4 +884,392 @@ fn display(root: &Utf8Path, path: &Utf8Path) -> String {
     path.strip_prefix(root)
         .map(|p| p.to_string())
         .unwrap_or_else(|_| path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `go tool covdata percent` (Go 1.26) on a program with a package without statements
+    /// (`kinds`): its name is printed without a newline.
+    const PERCENT: &str = "\texample.com/covx/cmd/app\t\tcoverage: 100.0% of statements\n\
+        \texample.com/covx/kinds\t\t\texample.com/covx/lib\t\tcoverage: 37.5% of statements\n";
+
+    /// `go tool cover -func` (Go 1.26).
+    const FUNC: &str = "example.com/covx/cmd/app/main.go:11:\tmain\t\t100.0%\n\
+        example.com/covx/lib/lib.go:4:\t\tClassify\t60.0%\n\
+        example.com/covx/lib/lib.go:15:\t\tUnused\t\t0.0%\n\
+        total:\t\t\t\t\t(statements)\t44.4%\n";
+
+    /// `go tool covdata textfmt` on a directory with runs of two builds: `lib.go` changed
+    /// between them (captured).
+    const TWO_BUILDS: &str = "mode: atomic\n\
+        example.com/covx/cmd/app/main.go:10.13,12.2 1 2\n\
+        example.com/covx/lib/lib.go:4.29,5.11 1 2\n\
+        example.com/covx/lib/lib.go:5.11,7.3 1 0\n\
+        example.com/covx/lib/lib.go:8.2,8.12 1 2\n\
+        example.com/covx/lib/lib.go:8.12,9.13 1 0\n\
+        example.com/covx/lib/lib.go:8.12,10.3 1 0\n\
+        example.com/covx/lib/lib.go:9.13,11.4 1 0\n\
+        example.com/covx/lib/lib.go:11.2,11.19 1 1\n\
+        example.com/covx/lib/lib.go:12.3,12.16 1 0\n\
+        example.com/covx/lib/lib.go:14.2,14.19 1 1\n\
+        example.com/covx/lib/lib.go:15.19,19.2 3 0\n\
+        example.com/covx/lib/lib.go:18.19,22.2 3 0\n";
+
+    /// One build with closures, a goroutine, defer and switch: blocks touch but never overlap
+    /// (captured), and the same blocks repeated as a merge of two binaries prints them.
+    const ONE_BUILD: &str = "mode: atomic\n\
+        example.com/covx/clos/clos.go:5.21,9.25 4 1\n\
+        example.com/covx/clos/clos.go:9.25,11.18 2 3\n\
+        example.com/covx/clos/clos.go:11.18,11.73 4 3\n\
+        example.com/covx/clos/clos.go:13.2,13.23 1 1\n\
+        example.com/covx/clos/clos.go:13.23,14.12 1 1\n\
+        example.com/covx/clos/clos.go:14.12,16.4 1 1\n\
+        example.com/covx/clos/clos.go:17.3,17.11 1 0\n\
+        example.com/covx/clos/clos.go:19.2,19.15 1 1\n\
+        example.com/covx/clos/clos.go:19.15,19.26 1 1\n\
+        example.com/covx/clos/clos.go:20.2,21.24 2 1\n\
+        example.com/covx/clos/clos.go:22.14,23.11 1 0\n\
+        example.com/covx/clos/clos.go:24.10,25.21 1 1\n\
+        example.com/covx/clos/clos.go:25.21,25.37 1 1\n\
+        example.com/covx/clos/clos.go:5.21,9.25 4 1\n";
+
+    #[test]
+    fn percent_lines_become_packages_even_after_a_package_without_statements() {
+        assert_eq!(
+            parse_percent(PERCENT),
+            vec![
+                ("example.com/covx/cmd/app".to_string(), 100.0),
+                ("example.com/covx/lib".to_string(), 37.5),
+            ]
+        );
+        assert_eq!(parse_percent(""), vec![]);
+    }
+
+    #[test]
+    fn func_total_is_read_from_the_total_line() {
+        assert_eq!(parse_func_total(FUNC), Some(44.4));
+        assert_eq!(parse_func_total("example.com/m/a.go:3:\tf\t100.0%\n"), None);
+    }
+
+    #[test]
+    fn build_container_and_host_paths_become_import_paths() {
+        let root = Utf8Path::new("/home/dev/repo");
+        let profile = "mode: atomic\n\
+            /opt/app-root/src/cmd/gateway/main.go:10.13,12.2 1 1\n\
+            /home/dev/repo/internal/store/store.go:4.29,5.11 1 0\n\
+            example.com/gateway-e2e/internal/api/api.go:1.1,2.2 1 0\n\
+            /usr/lib/other.go:1.1,2.2 1 0\n";
+        assert_eq!(
+            rewrite_paths(profile, "example.com/gateway-e2e", root),
+            "mode: atomic\n\
+            example.com/gateway-e2e/cmd/gateway/main.go:10.13,12.2 1 1\n\
+            example.com/gateway-e2e/internal/store/store.go:4.29,5.11 1 0\n\
+            example.com/gateway-e2e/internal/api/api.go:1.1,2.2 1 0\n\
+            /usr/lib/other.go:1.1,2.2 1 0\n"
+        );
+    }
+
+    #[test]
+    fn blocks_of_two_builds_overlap_and_one_build_does_not() {
+        assert_eq!(
+            overlapping_files(TWO_BUILDS),
+            vec!["example.com/covx/lib/lib.go".to_string()]
+        );
+        assert_eq!(overlapping_files(ONE_BUILD), Vec::<String>::new());
+        // Same range, different statement count: also two versions of the file.
+        let changed = "mode: set\na.go:1.1,3.2 2 1\na.go:1.1,3.2 3 0\n";
+        assert_eq!(overlapping_files(changed), vec!["a.go".to_string()]);
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn counter_files_are_matched_to_their_meta_data_file() {
+        assert_eq!(
+            counter_problem(&names(&["covmeta.aa", "covcounters.aa.12.345"])),
+            None
+        );
+        let killed = counter_problem(&names(&["covmeta.aa"])).unwrap();
+        assert!(
+            killed.contains("covmeta.aa but no covcounters.*"),
+            "{killed}"
+        );
+        assert!(killed.contains(
+            "the process never exited normally (killed, or still running): stop it gracefully so the counters are written"
+        ));
+        // A finished run of one build does not hide a killed run of another.
+        let one_lost =
+            counter_problem(&names(&["covmeta.aa", "covcounters.aa.1.2", "covmeta.bb"])).unwrap();
+        assert!(one_lost.starts_with("covmeta.bb but"), "{one_lost}");
+        let empty = counter_problem(&names(&[".keep"])).unwrap();
+        assert!(
+            empty.contains("no coverage data") && empty.contains(PRODUCER),
+            "{empty}"
+        );
+        let no_meta = counter_problem(&names(&["covcounters.aa.1.2"])).unwrap();
+        assert!(no_meta.contains("no covmeta.*"), "{no_meta}");
+    }
+
+    /// A fresh directory below the system temp dir, unique per test and process.
+    fn scratch(name: &str) -> Utf8PathBuf {
+        let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+            .unwrap()
+            .join(format!("xtask-covdata-{}-{name}", std::process::id()));
+        recreate_dir(&dir).unwrap();
+        dir
+    }
+
+    fn touch(path: &Utf8Path, content: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    #[test]
+    fn check_counters_names_every_bad_directory() {
+        let tmp = scratch("check");
+        touch(&tmp.join("good/covmeta.aa"), "m");
+        touch(&tmp.join("good/covcounters.aa.1.2"), "c");
+        touch(&tmp.join("killed/covmeta.bb"), "m");
+        touch(&tmp.join("killed-too/covmeta.cc"), "m");
+        fs::create_dir_all(tmp.join("empty")).unwrap();
+        let dirs: Vec<Utf8PathBuf> = ["good", "killed", "empty", "missing", "killed-too"]
+            .iter()
+            .map(|d| tmp.join(d))
+            .collect();
+        let err = format!("{:#}", check_counters(&dirs).unwrap_err());
+        assert!(!err.contains("good"), "{err}");
+        for bad in ["killed", "killed-too"] {
+            assert!(
+                err.contains(&format!("{tmp}/{bad}: covmeta."))
+                    && err.contains("never exited normally"),
+                "{err}"
+            );
+        }
+        assert!(
+            err.contains(&format!("{tmp}/empty: no coverage data")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "{tmp}/missing: does not exist: produce it with `{PRODUCER}`"
+            )),
+            "{err}"
+        );
+        assert!(check_counters(&dirs[..1]).is_ok());
+        fs::remove_dir_all(tmp).unwrap();
+    }
+
+    #[test]
+    fn go_errors_are_explained() {
+        let clash = "error: counter mode clash while reading meta-data file /d/covmeta.f2: previous file had set, new file has atomic";
+        assert!(
+            explain_go_error(clash, "coverdata/gateway").contains("different -covermode values")
+        );
+        assert!(explain_go_error(clash, "coverdata/gateway").contains("`rm -rf coverdata/gateway`"));
+        for corrupt in [
+            "error: error: reading counter data file /d/covcounters.f2.1.2: unexpected EOF",
+            "error: error: decoding meta-file /d/covmeta.f2: invalid meta-data file magic string",
+        ] {
+            assert!(
+                explain_go_error(corrupt, "coverdata/x").contains("truncated or corrupt"),
+                "{corrupt}"
+            );
+        }
+        let module = "cover: no required module provides package example.com/other/cmd: go.mod file not found";
+        assert!(explain_go_error(module, "x").contains("checkout"));
+        assert!(explain_go_error("something else", "x").contains(PRODUCER));
+    }
+
+    #[test]
+    fn utc_timestamps_of_known_instants() {
+        let at = |secs: u64| utc_timestamp(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01T00-00-00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00-00-00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22-13-20Z");
+        assert_eq!(at(1_709_251_199), "2024-02-29T23-59-59Z");
+        assert_eq!(at(4_102_444_799), "2099-12-31T23-59-59Z");
+    }
+
+    #[test]
+    fn archives_sort_by_time_and_the_newest_five_are_kept() {
+        let tmp = scratch("sort");
+        for name in [
+            "2024-01-02T00-00-00Z.tar.gz",
+            "2023-12-31T23-59-59Z.tar.gz",
+            "2024-01-02T00-00-00Z-2.tar.gz",
+            "2024-01-01T00-00-00Z.tar.gz",
+            "notes.txt",
+            ".2024-01-03T00-00-00Z.tar.gz.partial",
+        ] {
+            touch(&tmp.join(name), "");
+        }
+        let list = archives(&tmp).unwrap();
+        let names: Vec<&str> = list.iter().map(|p| p.file_name().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "2023-12-31T23-59-59Z.tar.gz",
+                "2024-01-01T00-00-00Z.tar.gz",
+                "2024-01-02T00-00-00Z.tar.gz",
+                "2024-01-02T00-00-00Z-2.tar.gz",
+            ]
+        );
+        assert_eq!(prune(&list, 2), &list[..2]);
+        assert!(prune(&list, 5).is_empty());
+        fs::remove_dir_all(tmp).unwrap();
+    }
+
+    fn tree(dir: &Utf8Path) -> BTreeMap<String, String> {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let path = Utf8Path::from_path(e.path()).unwrap();
+                let rel = path.strip_prefix(dir).unwrap().to_string();
+                (
+                    rel,
+                    String::from_utf8_lossy(&fs::read(path).unwrap()).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn archive_round_trip_keeps_five_and_leaves_only_what_is_not_a_run() {
+        let root = scratch("archive");
+        let coverdata = root.join("coverdata");
+        touch(&coverdata.join(".gitkeep"), "");
+        touch(&coverdata.join("README.md"), "tracked");
+        touch(&coverdata.join("gateway/covmeta.aa"), "meta-a");
+        touch(&coverdata.join("gateway/covcounters.aa.1.2"), "counters-a");
+        touch(&coverdata.join("datastorage/covmeta.bb"), "meta-b");
+        touch(
+            &coverdata.join("datastorage/nested/covcounters.bb.3.4"),
+            "counters-b",
+        );
+        touch(&coverdata.join("loose.txt"), "loose");
+        fs::create_dir_all(coverdata.join("empty")).unwrap();
+        let before = tree(&coverdata);
+        for day in 1..=6 {
+            touch(
+                &coverdata.join(format!("archive/2020-01-0{day}T00-00-00Z.tar.gz")),
+                "old",
+            );
+        }
+
+        let archive = archive_previous(&root)
+            .unwrap()
+            .expect("there was data to archive");
+
+        assert!(archive.starts_with(coverdata.join("archive")));
+        let left = tree(&coverdata);
+        let mut not_archived: Vec<&str> = left
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| !k.starts_with("archive/"))
+            .collect();
+        not_archived.sort();
+        assert_eq!(not_archived, [".gitkeep", "README.md"]);
+        for gone in ["gateway", "datastorage", "empty", "loose.txt"] {
+            assert!(!coverdata.join(gone).exists(), "{gone} was not removed");
+        }
+        let kept: Vec<String> = archives(&coverdata.join("archive"))
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string())
+            .collect();
+        assert_eq!(kept.len(), KEEP_ARCHIVES, "{kept:?}");
+        assert_eq!(kept[0], "2020-01-03T00-00-00Z.tar.gz");
+        assert_eq!(kept.last().unwrap(), archive.file_name().unwrap());
+
+        let out = root.join("extracted");
+        fs::create_dir_all(&out).unwrap();
+        extract(&archive, &out).unwrap();
+        let mut expected = before.clone();
+        expected.remove(".gitkeep");
+        expected.remove("README.md");
+        assert_eq!(tree(&out), expected);
+
+        // Nothing left to archive, and a second run in the same second gets its own name.
+        assert_eq!(archive_previous(&root).unwrap(), None);
+        touch(&coverdata.join("gateway/covmeta.cc"), "meta-c");
+        let second = archive_previous(&root).unwrap().unwrap();
+        assert_ne!(second, archive);
+        assert!(archive.exists());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn nothing_is_deleted_when_the_archive_cannot_be_written() {
+        let root = scratch("archive-fails");
+        let coverdata = root.join("coverdata");
+        touch(&coverdata.join("gateway/covmeta.aa"), "meta-a");
+        // A file where the archive directory should be makes the archive step fail.
+        touch(&coverdata.join("archive"), "not a directory");
+        let before = tree(&coverdata);
+        let err = format!("{:#}", archive_previous(&root).unwrap_err());
+        assert!(err.contains("archive"), "{err}");
+        assert_eq!(tree(&coverdata), before);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_missing_archive_says_where_the_archives_are() {
+        let root = scratch("no-archive");
+        let err = format!(
+            "{:#}",
+            dirs_from_archive(&root, &root.join("nope.tar.gz")).unwrap_err()
+        );
+        assert!(
+            err.contains("nope.tar.gz not found") && err.contains("coverdata/archive"),
+            "{err}"
+        );
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn tables_show_every_number() {
+        let rows = vec![
+            (
+                "gateway".to_string(),
+                "example.com/m/cmd/gateway".to_string(),
+                100.0,
+            ),
+            ("gateway".to_string(), "(total)".to_string(), 44.44),
+        ];
+        assert_eq!(
+            table(&rows),
+            "service  package                    coverage\n\
+             gateway  example.com/m/cmd/gateway    100.0%\n\
+             gateway  (total)                       44.4%\n"
+        );
+        let cov = Coverage {
+            services: vec![
+                ("gateway".to_string(), 44.4),
+                ("datastorage".to_string(), 70.0),
+            ],
+            total: 60.0,
+            profile: "target/coverage/e2e.out".into(),
+        };
+        let md = markdown_summary(&cov, Some((25.0, 63.6)), Some((65.0, 63.6)));
+        assert!(
+            md.contains("| gateway | 44.4% |\n| datastorage | 70.0% |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| **all services (merged)** | **60.0%** |"),
+            "{md}"
+        );
+        assert!(md.contains("| total | 25.0% | 60.0% | 63.6% |"), "{md}");
+        assert!(
+            md.contains("Required: 65.0%, measured 63.6%: not met."),
+            "{md}"
+        );
+        assert!(!markdown_summary(&cov, None, None).contains("unit"));
+    }
 }

@@ -65,12 +65,15 @@ pub fn infrastructure_dir(root: &Utf8Path) -> Utf8PathBuf {
 pub fn go_module(root: &Utf8Path) -> anyhow::Result<String> {
     use anyhow::Context;
     let path = root.join("go.mod");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {path}: run the xtask from a checkout of the repository"))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("reading {path}: run the xtask from a checkout of the repository")
+    })?;
     text.lines()
         .find_map(|l| l.trim().strip_prefix("module "))
         .map(|m| m.trim().trim_matches('"').to_string())
-        .with_context(|| format!("{path} has no `module` line: add one, e.g. `module example.com/svc`"))
+        .with_context(|| {
+            format!("{path} has no `module` line: add one, e.g. `module example.com/svc`")
+        })
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
