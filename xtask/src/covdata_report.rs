@@ -659,7 +659,6 @@ pub fn archive_previous(root: &Utf8Path) -> anyhow::Result<Option<Utf8PathBuf>> 
         return Ok(None);
     }
     let archive_dir = coverdata.join("archive");
-    fs::create_dir_all(&archive_dir).with_context(|| format!("creating {archive_dir}"))?;
     let stamp = utc_timestamp(SystemTime::now());
     let mut archive = archive_dir.join(format!("{stamp}.tar.gz"));
     let mut n = 2;
@@ -671,8 +670,10 @@ pub fn archive_previous(root: &Utf8Path) -> anyhow::Result<Option<Utf8PathBuf>> 
         ".{}.partial",
         archive.file_name().unwrap_or("archive")
     ));
-    let written =
-        write_archive(&coverdata, &files, &partial).and_then(|()| verify_archive(&partial, &files));
+    let written = fs::create_dir_all(&archive_dir)
+        .with_context(|| format!("creating {archive_dir}"))
+        .and_then(|()| write_archive(&coverdata, &files, &partial))
+        .and_then(|()| verify_archive(&partial, &files));
     if let Err(err) = written {
         let _ = fs::remove_file(&partial);
         return Err(err.context(format!(
@@ -1213,7 +1214,7 @@ mod tests {
         touch(&coverdata.join("archive"), "not a directory");
         let before = tree(&coverdata);
         let err = format!("{:#}", archive_previous(&root).unwrap_err());
-        assert!(err.contains("archive"), "{err}");
+        assert!(err.contains("nothing was deleted"), "{err}");
         assert_eq!(tree(&coverdata), before);
         fs::remove_dir_all(root).unwrap();
     }
