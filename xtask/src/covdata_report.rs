@@ -360,9 +360,10 @@ fn go_output(what: &str, subject: &str, cmd: xshell::Cmd<'_>) -> anyhow::Result<
     })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
+        // covdata prefixes its messages with "error: " twice; main adds one of its own.
+        let message = stderr.trim().trim_start_matches("error: ");
         bail!(
-            "{what} failed for {subject}: {}\n{}",
-            stderr.trim(),
+            "{what} failed for {subject}: {message}\n{}",
             explain_go_error(&stderr, subject)
         );
     }
