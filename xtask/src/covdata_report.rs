@@ -40,6 +40,9 @@ pub struct Coverage {
 
 pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     let root = project::root();
+    // `go tool cover` resolves import paths through the go.mod of its current directory.
+    let sh = &sh.clone();
+    sh.change_dir(&root);
     let dirs = if let Some(archive) = &flags.from_archive {
         let archive = absolute(archive)?;
         let dirs = dirs_from_archive(&root, &archive)?;
@@ -78,9 +81,13 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     }
 
     // The gate applies to what the user asked to measure: combined when unit tests are included.
-    let (gated, gated_name) = match with_unit {
-        Some((_, combined)) => (combined, "combined (unit + E2E)"),
-        None => (e2e.total, "E2E"),
+    let (gated, gated_name, gated_profile) = match with_unit {
+        Some((_, combined)) => (
+            combined,
+            "combined (unit + E2E)",
+            root.join("target/coverage/combined.out"),
+        ),
+        None => (e2e.total, "E2E", e2e.profile.clone()),
     };
 
     if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
@@ -104,7 +111,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
             bail!(
                 "{gated_name} coverage {gated:.1}% is below the required {min:.1}% (--min): \
                  test the uncovered code (see {}) or lower --min",
-                display(&root, &e2e.profile)
+                display(&root, &gated_profile)
             );
         }
         println!("{gated_name} coverage {gated:.1}% meets the required {min:.1}%");
@@ -153,7 +160,7 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
 
     let profile = out_dir.join("e2e.out");
     let shown: Vec<String> = dirs.iter().map(|d| display(root, d)).collect();
-    let total = profile_total(&sh, root, &module, dirs, &profile, &shown.join(", "))?;
+    let total = profile_total(&sh, root, &module, dirs, &profile, &shown.join(" "))?;
     rows.push((
         "all services".to_string(),
         "(merged total)".to_string(),
@@ -321,7 +328,7 @@ fn profile_total(
     let mixed = overlapping_files(&text);
     if !mixed.is_empty() {
         bail!(
-            "{shown} holds data from more than one build of changed source ({} {} blocks that do not match): \
+            "{shown}: the data comes from more than one build of changed source ({} {} blocks that do not match): \
              the numbers would be wrong; start clean with `rm -rf {shown}` or a fresh `{PRODUCER}` \
              (which archives the old data first)",
             mixed.join(", "),
@@ -571,14 +578,8 @@ fn unit_coverage(sh: &Shell, root: &Utf8Path) -> anyhow::Result<f64> {
         bail!("the unit tests wrote no coverage data to {unit_dir}: the module has no tests; drop --with-unit");
     }
     let profile = root.join("target/coverage/unit.out");
-    profile_total(
-        &sh,
-        root,
-        &module,
-        &[unit_dir],
-        &profile,
-        "the unit test coverage",
-    )
+    let shown = display(root, &unit_dir);
+    profile_total(&sh, root, &module, &[unit_dir], &profile, &shown)
 }
 
 fn has_no_meta(dir: &Utf8Path) -> anyhow::Result<bool> {
@@ -599,20 +600,16 @@ fn combined_coverage(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyho
     let mut all = dirs.to_vec();
     all.push(root.join("target/coverage/unit"));
     let inputs = join_dirs(&all)?;
+    // Name the inputs, not the scratch output, in errors: the inputs are what a clean run fixes.
+    let shown: Vec<String> = all.iter().map(|d| display(root, d)).collect();
+    let shown = shown.join(" ");
     go_output(
         "go tool covdata merge",
-        "the unit and E2E data",
+        &shown,
         cmd!(sh, "go tool covdata merge -i {inputs} -o {combined}"),
     )?;
     let profile = root.join("target/coverage/combined.out");
-    profile_total(
-        &sh,
-        root,
-        &module,
-        &[combined],
-        &profile,
-        "the unit and E2E data",
-    )
+    profile_total(&sh, root, &module, &[combined], &profile, &shown)
 }
 
 /// Extracts an archived run into `target/coverage/from-archive/<name>/` and returns its

@@ -403,7 +403,7 @@ fn covdata_data_from_an_older_build_suggests_a_clean_run() {
 
     let err = fails(&xtask(&root, &[]), 1);
     assert!(
-        err.contains("coverdata/a holds data from more than one build of changed source"),
+        err.contains("coverdata/a: the data comes from more than one build of changed source"),
         "{err}"
     );
     assert!(err.contains("example.com/covtest/lib/lib.go"), "{err}");
