@@ -39,7 +39,7 @@ pub struct Coverage {
 }
 
 pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
-    let root = project::root();
+    let root = absolute(&project::root())?;
     // `go tool cover` resolves import paths through the go.mod of its current directory.
     let sh = &sh.clone();
     sh.change_dir(&root);
@@ -125,6 +125,8 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
         bail!("no coverage directories given: produce coverage data with `{PRODUCER}`");
     }
     check_counters(dirs)?;
+    // A relative root (XTASK_PROJECT_ROOT=.) would be resolved against the shell's directory.
+    let root = &absolute(root)?;
     // `go tool cover` resolves import paths through the go.mod of its current directory.
     let sh = sh.clone();
     sh.change_dir(root);
