@@ -182,7 +182,7 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
 /// such dir. A meta-data file is written when an instrumented process starts, its counters only
 /// when it exits normally, so a meta-data file without counters means a lost run.
 pub fn check_counters(dirs: &[Utf8PathBuf]) -> anyhow::Result<()> {
-    let root = project::root();
+    let root = absolute(&project::root())?;
     let mut problems = Vec::new();
     for path in dirs {
         let dir = display(&root, path);
