@@ -35,7 +35,6 @@ pub struct Image {
     pub service: Service,
     /// `localhost/<svc>:e2e-<12 hex>`
     pub reference: String,
-    pub built: bool,
     /// The `docker-archive` tarball a Kind load reads, when asked for.
     pub archive: Option<Utf8PathBuf>,
 }
@@ -164,7 +163,6 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         images.push(Image {
             service,
             reference,
-            built,
             archive,
         });
     }

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Cmd, Shell};
 
@@ -132,11 +131,11 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
     let mut notes = Vec::new();
     // Without any engine the engine row reports podman missing, with the install hint.
     let engine = resolve_engine(flags.engine).unwrap_or(Engine::Podman);
-    let ports = kind_host_ports(&root).unwrap_or_else(|err| {
+    let ports = host_ports().unwrap_or_else(|err| {
         notes.push(Check::fail(
-            "kind config",
+            "host ports",
             format!("{err:#}"),
-            "fix the `hostPort:` lines of test/infrastructure/kind-gateway-config.yaml",
+            "set GATEWAY_HOST_PORT / DATASTORAGE_HOST_PORT to port numbers, or unset them",
         ));
         project::SERVICES.map(|s| s.host_port).to_vec()
     });
@@ -154,7 +153,6 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
         covdata: true,
         kind,
         kubectl: kind,
-        // The podman backend publishes the same host ports as the Kind config.
         ports,
         disk: true,
         stale_cluster: kind.then(|| flags.cluster_name.clone()),
@@ -205,17 +203,12 @@ fn backend_name(backend: ClusterBackend) -> &'static str {
     }
 }
 
-/// The host ports declared as `hostPort:` in the Kind config, or the services' host ports when
-/// there is no Kind config.
-pub fn kind_host_ports(root: &Utf8Path) -> anyhow::Result<Vec<u16>> {
-    let path = project::infrastructure_dir(root).join("kind-gateway-config.yaml");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => parse_host_ports(&text).map_err(|e| anyhow::anyhow!("{path}: {e}")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(project::SERVICES.map(|s| s.host_port).to_vec())
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {path}")),
-    }
+/// The host ports both backends publish the services on (see `project::host_port`).
+pub fn host_ports() -> anyhow::Result<Vec<u16>> {
+    project::SERVICES
+        .into_iter()
+        .map(project::host_port)
+        .collect()
 }
 
 /// Environment for every kind call: Kind drives podman only when told to.
@@ -579,31 +572,6 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
         .collect()
 }
 
-/// `hostPort:` values of a Kind config, in file order.
-fn parse_host_ports(text: &str) -> Result<Vec<u16>, String> {
-    let mut ports = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim_start().trim_start_matches("- ").trim_start();
-        let Some(value) = line.strip_prefix("hostPort:") else {
-            continue;
-        };
-        let value = value
-            .split('#')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_matches(['"', '\'']);
-        let port = value.parse::<u16>().map_err(|_| {
-            format!(
-                "line {}: hostPort `{value}` is not a port number",
-                number + 1
-            )
-        })?;
-        ports.push(port);
-    }
-    Ok(ports)
-}
-
 /// `kind v0.27.0 go1.23.6 linux/amd64` -> ("v0.27.0", (0, 27, 0)).
 fn parse_kind_version(out: &str) -> Option<(String, (u32, u32, u32))> {
     let token = out.split_whitespace().find(|t| t.starts_with('v'))?;
@@ -868,18 +836,12 @@ mod tests {
     }
 
     #[test]
-    fn kind_config_host_ports() {
-        let config = "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n  - role: control-plane\n    extraPortMappings:\n      - containerPort: 30080\n        hostPort: 18080\n        protocol: TCP\n      - hostPort: \"18081\" # datastorage\n        containerPort: 30081\n    # hostPort: 9999 is commented out\n";
-        assert_eq!(parse_host_ports(config), Ok(vec![18080, 18081]));
-        assert_eq!(parse_host_ports("kind: Cluster\n"), Ok(vec![]));
-        let err = parse_host_ports("a: b\n    hostPort: http\n").unwrap_err();
-        assert!(err.contains("line 2") && err.contains("`http`"), "{err}");
-    }
-
-    #[test]
-    fn host_ports_fall_back_to_services() {
-        let root = Utf8Path::new("/nonexistent/xtask-doctor-root");
-        assert_eq!(kind_host_ports(root).unwrap(), vec![18081, 18080]);
+    fn host_ports_default_to_the_services() {
+        if std::env::var_os("GATEWAY_HOST_PORT").is_none()
+            && std::env::var_os("DATASTORAGE_HOST_PORT").is_none()
+        {
+            assert_eq!(host_ports().unwrap(), vec![18081, 18080]);
+        }
     }
 
     #[test]

@@ -23,8 +23,7 @@ pub fn bold(text: &str) -> String {
 
 /// A numbered pipeline phase. Prints its banner when started and its duration when finished.
 pub struct Phase {
-    pub number: usize,
-    pub name: &'static str,
+    name: &'static str,
     started: Instant,
 }
 
@@ -35,7 +34,6 @@ impl Phase {
         }
         println!("{}", bold(&format!("==> {number}. {name}")));
         Phase {
-            number,
             name,
             started: Instant::now(),
         }

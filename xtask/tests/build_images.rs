@@ -72,8 +72,7 @@ fn changing_one_service_rebuilds_only_that_service() {
     let last_go_build = sandbox
         .calls()
         .into_iter()
-        .filter(|c| c.starts_with("go build"))
-        .last();
+        .rfind(|c| c.starts_with("go build"));
     assert!(last_go_build.unwrap().ends_with("./cmd/gateway"));
 }
 

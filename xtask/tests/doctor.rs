@@ -45,6 +45,7 @@ echo "/dev/fake        209715200 10485760 ${FAKE_DF_AVAIL_KB:-104857600}      10
 /// A scratch directory with `bin/` (the whole PATH) and `root/` (the project root).
 struct Scratch {
     dir: PathBuf,
+    ports: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Scratch {
@@ -53,7 +54,10 @@ impl Scratch {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("bin")).unwrap();
         fs::create_dir_all(dir.join("root")).unwrap();
-        Scratch { dir }
+        Scratch {
+            dir,
+            ports: Default::default(),
+        }
     }
 
     fn root(&self) -> PathBuf {
@@ -75,19 +79,12 @@ impl Scratch {
             .fake("df", DF)
     }
 
-    /// The Kind config is where doctor takes the host ports from.
-    fn kind_config(&self, ports: &[u16]) -> &Scratch {
-        let dir = self.root().join("test/infrastructure");
-        fs::create_dir_all(&dir).unwrap();
-        let mut text =
-            "kind: Cluster\nnodes:\n  - role: control-plane\n    extraPortMappings:\n".to_string();
-        for (i, port) in ports.iter().enumerate() {
-            text.push_str(&format!(
-                "      - containerPort: {}\n        hostPort: {port}\n",
-                30080 + i
-            ));
-        }
-        fs::write(dir.join("kind-gateway-config.yaml"), text).unwrap();
+    /// The host ports doctor checks: `GATEWAY_HOST_PORT`, `DATASTORAGE_HOST_PORT`.
+    fn host_ports(&self, gateway: u16, datastorage: u16) -> &Scratch {
+        *self.ports.borrow_mut() = vec![
+            ("GATEWAY_HOST_PORT".into(), gateway.to_string()),
+            ("DATASTORAGE_HOST_PORT".into(), datastorage.to_string()),
+        ];
         self
     }
 
@@ -106,6 +103,7 @@ impl Scratch {
             .env_remove("CONTAINERS_CONF")
             .env_remove("KIND_EXPERIMENTAL_PROVIDER")
             .env_remove("GITHUB_ACTIONS")
+            .envs(self.ports.borrow().iter().cloned())
             .envs(env.iter().copied())
             .output()
             .unwrap();
@@ -187,7 +185,7 @@ fn free_port() -> u16 {
 fn all_ok_exits_zero_and_asks_the_engine_once() {
     let s = Scratch::new("all-ok");
     let port = free_port();
-    s.healthy().kind_config(&[port]);
+    s.healthy().host_ports(port, free_port());
     let run = s.doctor(&["--cluster", "kind"], &[]);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     assert!(run
@@ -224,7 +222,7 @@ fn all_ok_exits_zero_and_asks_the_engine_once() {
 #[test]
 fn every_missing_tool_is_listed_in_one_run_with_a_hint() {
     let s = Scratch::new("missing");
-    s.fake("df", DF).kind_config(&[free_port()]);
+    s.fake("df", DF).host_ports(free_port(), free_port());
     // Too little disk as well: still one run, every problem.
     let run = s.doctor(&["--cluster", "kind"], &[("FAKE_DF_AVAIL_KB", "1048576")]);
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
@@ -258,7 +256,7 @@ fn auto_without_kind_warns_uses_podman_and_passes() {
     s.fake("podman", PODMAN)
         .fake("go", GO)
         .fake("df", DF)
-        .kind_config(&[free_port()]);
+        .host_ports(free_port(), free_port());
     let run = s.doctor(&[], &[]);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     assert!(run
@@ -276,7 +274,7 @@ fn auto_without_kind_warns_uses_podman_and_passes() {
 #[test]
 fn podman_present_but_not_answering_fails_with_a_hint() {
     let s = Scratch::new("podman-info");
-    s.healthy().kind_config(&[free_port()]);
+    s.healthy().host_ports(free_port(), free_port());
     let run = s.doctor(
         &["--cluster", "podman"],
         &[("FAKE_PODMAN_INFO_FAIL", "cannot set up namespace")],
@@ -307,7 +305,7 @@ fn a_held_port_fails_naming_the_process() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let held = listener.local_addr().unwrap().port();
     let free = free_port();
-    s.healthy().kind_config(&[held, free]);
+    s.healthy().host_ports(held, free);
     let run = s.doctor(&["--cluster", "podman"], &[]);
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
     let comm = fs::read_to_string("/proc/self/comm").unwrap();
@@ -331,7 +329,7 @@ fn a_held_port_fails_naming_the_process() {
 #[test]
 fn a_stale_cluster_warns_and_every_kind_call_carries_the_provider() {
     let s = Scratch::new("stale");
-    s.healthy().kind_config(&[free_port()]);
+    s.healthy().host_ports(free_port(), free_port());
     let run = s.doctor(&[], &[("FAKE_KIND_CLUSTERS", "other gateway-e2e")]);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     assert!(run
@@ -376,7 +374,7 @@ fn docker_is_the_fallback_engine_and_kind_gets_no_provider() {
         .fake("kind", KIND)
         .fake("kubectl", KUBECTL)
         .fake("df", DF)
-        .kind_config(&[free_port()]);
+        .host_ports(free_port(), free_port());
     let run = s.doctor(&[], &[]);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     assert!(run.row("docker").detail.starts_with("27.1.0 at "));
@@ -397,7 +395,7 @@ fn docker_is_the_fallback_engine_and_kind_gets_no_provider() {
 #[test]
 fn kind_older_than_v0_27_fails() {
     let s = Scratch::new("old-kind");
-    s.healthy().kind_config(&[free_port()]);
+    s.healthy().host_ports(free_port(), free_port());
     let run = s.doctor(
         &["--cluster", "kind"],
         &[("FAKE_KIND_VERSION", "kind v0.20.0 go1.20.4 linux/amd64")],
@@ -410,21 +408,14 @@ fn kind_older_than_v0_27_fails() {
 }
 
 #[test]
-fn a_malformed_kind_config_is_a_failure_not_a_crash() {
-    let s = Scratch::new("bad-config");
+fn a_malformed_host_port_is_a_failure_not_a_crash() {
+    let s = Scratch::new("bad-port");
     s.healthy();
-    let dir = s.root().join("test/infrastructure");
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(
-        dir.join("kind-gateway-config.yaml"),
-        "nodes:\n  - hostPort: http\n",
-    )
-    .unwrap();
-    let run = s.doctor(&["--cluster", "podman"], &[]);
+    let run = s.doctor(&["--cluster", "podman"], &[("GATEWAY_HOST_PORT", "http")]);
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
-    let row = run.row("kind config");
+    let row = run.row("host ports");
     assert_eq!(row.status, "FAIL");
-    assert!(row.detail.contains("`http`"), "{row:?}");
+    assert!(row.detail.contains("GATEWAY_HOST_PORT=http"), "{row:?}");
     // The other checks still ran.
     assert_eq!(run.row("podman").status, "ok");
 }

@@ -63,6 +63,7 @@ fn kind_pipeline_runs_in_strict_order() {
     assert!(rollout_ds > load_i);
     let ds = sandbox.position("kubectl --kubeconfig");
     let _ = ds;
+    assert!(sandbox.position("kubectl --kubeconfig") > last_position(&sandbox, "kind load"));
     let calls_all = sandbox.calls();
     let rollout = |svc: &str| {
         calls_all
@@ -72,8 +73,6 @@ fn kind_pipeline_runs_in_strict_order() {
     };
     assert!(rollout("datastorage") < rollout("gateway"));
     let test = sandbox.position("go test -tags e2e -count=1 -v ./test/e2e/gateway/...");
-    let scale = sandbox.position("kubectl --kubeconfig");
-    let _ = scale;
     let scale = calls_all
         .iter()
         .position(|c| c.contains(" scale "))
@@ -353,7 +352,7 @@ fn other_create_errors_are_not_retried() {
 fn ctrl_c_during_tests_still_deletes_the_cluster() {
     let mut sandbox = kind_sandbox("kind-ctrl-c");
     sandbox.env("FAKE_TEST_SLEEP", "30");
-    let mut child = sandbox
+    let child = sandbox
         .command(&["e2e-gateway", "--cluster", "kind"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -397,7 +396,7 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     );
     assert_eq!(sandbox.count("kind"), 0);
     assert_eq!(sandbox.count("podman kube play"), 2);
-    let stop = sandbox.position("podman pod stop --time 30 datastorage-pod gateway-pod");
+    let stop = sandbox.position("podman pod stop --time 30 datastorage-pod-0 gateway-pod-0");
     assert!(stop > sandbox.position("go test"));
     assert!(last_position(&sandbox, "podman kube down") > stop);
     let rendered =
@@ -416,7 +415,7 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     );
     assert!(!rendered.contains("kind: Service"), "{rendered}");
     assert!(!rendered.contains("${"), "{rendered}");
-    for pod in ["gateway-pod", "datastorage-pod"] {
+    for pod in ["gateway-pod-0", "datastorage-pod-0"] {
         assert!(
             !sandbox.state.join(format!("pod-{pod}")).exists(),
             "{pod} left behind"
@@ -440,4 +439,41 @@ fn go_test_arguments_after_double_dash_are_passed_through() {
         .calls()
         .iter()
         .any(|c| c == "go test -tags e2e -count=1 -v ./test/e2e/gateway/... -run TestDedup"));
+}
+
+#[test]
+fn a_service_without_counters_is_named() {
+    let mut sandbox = Sandbox::new("meta-only", &["podman", "go"]);
+    sandbox.env("FAKE_META_ONLY", "gateway");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("phase 8 (coverage) failed"), "{run}");
+    assert!(run.stderr.contains("coverdata/gateway"), "{run}");
+    assert!(!run.stderr.contains("coverdata/datastorage"), "{run}");
+    assert!(
+        run.stderr.contains("the process never exited normally"),
+        "{run}"
+    );
+    assert!(sandbox.count("podman kube down") >= 2, "still torn down");
+}
+
+#[test]
+fn a_coverage_run_archives_the_previous_data_first() {
+    let sandbox = Sandbox::new("archive-previous", &["podman", "go"]);
+    common::write(&sandbox.root.join("coverdata/gateway/covmeta.old"), "old");
+    common::write(
+        &sandbox.root.join("coverdata/gateway/covcounters.old.1.2"),
+        "old",
+    );
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.contains("previous coverage data archived to"),
+        "{run}"
+    );
+    let archives: Vec<_> = std::fs::read_dir(sandbox.root.join("coverdata/archive"))
+        .unwrap()
+        .collect();
+    assert_eq!(archives.len(), 1);
+    assert!(!sandbox.root.join("coverdata/gateway/covmeta.old").exists());
 }
