@@ -3,12 +3,7 @@
 //! parses their text output and explains their failures. It also archives a previous run's data
 //! (called by `e2e-gateway --coverage` before a new run).
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    io::Write,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, fs, io::Write, time::SystemTime};
 
 use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -39,7 +34,7 @@ pub struct Coverage {
 }
 
 pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
-    let root = absolute(&project::root())?;
+    let root = project::root();
     // `go tool cover` resolves import paths through the go.mod of its current directory.
     let sh = &sh.clone();
     sh.change_dir(&root);
@@ -125,8 +120,6 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
         bail!("no coverage directories given: produce coverage data with `{PRODUCER}`");
     }
     check_counters(dirs)?;
-    // A relative root (XTASK_PROJECT_ROOT=.) would be resolved against the shell's directory.
-    let root = &absolute(root)?;
     // `go tool cover` resolves import paths through the go.mod of its current directory.
     let sh = sh.clone();
     sh.change_dir(root);
@@ -182,7 +175,7 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
 /// such dir. A meta-data file is written when an instrumented process starts, its counters only
 /// when it exits normally, so a meta-data file without counters means a lost run.
 pub fn check_counters(dirs: &[Utf8PathBuf]) -> anyhow::Result<()> {
-    let root = absolute(&project::root())?;
+    let root = project::root();
     let mut problems = Vec::new();
     for path in dirs {
         let dir = display(&root, path);
@@ -659,7 +652,7 @@ pub fn archive_previous(root: &Utf8Path) -> anyhow::Result<Option<Utf8PathBuf>> 
         return Ok(None);
     }
     let archive_dir = coverdata.join("archive");
-    let stamp = utc_timestamp(SystemTime::now());
+    let stamp = project::utc_timestamp(SystemTime::now());
     let mut archive = archive_dir.join(format!("{stamp}.tar.gz"));
     let mut n = 2;
     while archive.exists() {
@@ -827,37 +820,6 @@ fn stem(path: &Utf8Path) -> &str {
 /// The archives to delete so that the newest `keep` remain (`sorted` is oldest first).
 fn prune(sorted: &[Utf8PathBuf], keep: usize) -> &[Utf8PathBuf] {
     &sorted[..sorted.len().saturating_sub(keep)]
-}
-
-/// `2023-11-14T22-13-20Z`: UTC, sortable, and without colons, which `tar` and some file
-/// systems read specially.
-fn utc_timestamp(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 fn recreate_dir(dir: &Utf8Path) -> anyhow::Result<()> {
@@ -1083,16 +1045,6 @@ mod tests {
         let module = "cover: no required module provides package example.com/other/cmd: go.mod file not found";
         assert!(explain_go_error(module, "x").contains("checkout"));
         assert!(explain_go_error("something else", "x").contains(PRODUCER));
-    }
-
-    #[test]
-    fn utc_timestamps_of_known_instants() {
-        let at = |secs: u64| utc_timestamp(UNIX_EPOCH + std::time::Duration::from_secs(secs));
-        assert_eq!(at(0), "1970-01-01T00-00-00Z");
-        assert_eq!(at(951_782_400), "2000-02-29T00-00-00Z");
-        assert_eq!(at(1_700_000_000), "2023-11-14T22-13-20Z");
-        assert_eq!(at(1_709_251_199), "2024-02-29T23-59-59Z");
-        assert_eq!(at(4_102_444_799), "2099-12-31T23-59-59Z");
     }
 
     #[test]

@@ -40,7 +40,11 @@ pub fn service_names() -> String {
 /// scratch copy of the project; everyone else gets the directory above this crate.
 pub fn root() -> Utf8PathBuf {
     match std::env::var("XTASK_PROJECT_ROOT") {
-        Ok(dir) if !dir.is_empty() => Utf8PathBuf::from(dir),
+        // Made absolute once, so commands run elsewhere (podman kube play) see the same paths.
+        Ok(dir) if !dir.is_empty() => std::path::absolute(&dir)
+            .ok()
+            .and_then(|p| Utf8PathBuf::from_path_buf(p).ok())
+            .unwrap_or_else(|| Utf8PathBuf::from(dir)),
         _ => Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("xtask lives one level below the project root")
@@ -114,7 +118,8 @@ pub fn host_port(service: Service) -> anyhow::Result<u16> {
     }
 }
 
-/// A UTC timestamp like `20261126T054500Z`, for run ids and archive names.
+/// A UTC timestamp like `2026-11-26T05-45-00Z`, for run ids and archive names: sortable, and
+/// without colons, which `tar` and some file systems read specially.
 pub fn utc_timestamp(time: std::time::SystemTime) -> String {
     let secs = time
         .duration_since(std::time::UNIX_EPOCH)
@@ -132,7 +137,7 @@ pub fn utc_timestamp(time: std::time::SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}Z",
         rest / 3600,
         rest % 3600 / 60,
         rest % 60
@@ -146,10 +151,12 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_calendar_dates() {
-        assert_eq!(utc_timestamp(UNIX_EPOCH), "19700101T000000Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_671_900); // 2026-11-26 05:45:00 UTC
-        assert_eq!(utc_timestamp(t), "20261126T054500Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(utc_timestamp(leap), "20000229T000000Z");
+        let at = |secs: u64| utc_timestamp(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01T00-00-00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00-00-00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22-13-20Z");
+        assert_eq!(at(1_709_251_199), "2024-02-29T23-59-59Z");
+        assert_eq!(at(1_795_671_900), "2026-11-26T05-45-00Z");
+        assert_eq!(at(4_102_444_799), "2099-12-31T23-59-59Z");
     }
 }
