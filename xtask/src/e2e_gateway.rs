@@ -82,7 +82,6 @@ struct Deployed {
 }
 
 pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
-    install_interrupt_handler();
     let root = project::root();
     let (resolved, reason) = doctor::resolve_cluster(flags.cluster);
     let backend = match resolved {
@@ -91,6 +90,17 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     };
     println!("cluster backend: {} ({reason})", backend_name(backend));
     let engine = doctor::resolve_engine(flags.engine)?;
+    install_interrupt_handler(match backend {
+        Backend::Kind => format!(
+            "KIND_EXPERIMENTAL_PROVIDER={} kind delete cluster --name {}",
+            engine.program(),
+            flags.cluster_name
+        ),
+        Backend::Podman => format!(
+            "podman pod rm --force {}",
+            project::SERVICES.map(podman_pod).join(" ")
+        ),
+    });
     let id = project::utc_timestamp(SystemTime::now());
     let xtask_dir = project::xtask_dir(&root);
     let mut ports = Vec::new();
@@ -131,7 +141,10 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let last_run = project::xtask_dir(&run.root).join("last-run.txt");
     std::fs::create_dir_all(project::xtask_dir(&run.root))?;
     std::fs::write(&last_run, &text).with_context(|| format!("writing {last_run}"))?;
-    phase.finish();
+    phase.finish(true);
+    if let (Err(_), Err(err)) = (&outcome, &teardown) {
+        eprintln!("error: {err:#}");
+    }
     outcome?;
     teardown
 }
@@ -234,23 +247,24 @@ fn timed<T>(
 ) -> anyhow::Result<T> {
     let phase = Phase::start(number, name);
     let result = f().with_context(|| format!("phase {number} ({name}) failed"));
-    let took = phase.finish();
+    let took = phase.finish(result.is_ok());
     summary.phases.push((format!("{number}. {name}"), took));
     result
 }
 
-fn install_interrupt_handler() {
+/// `leftover` says how to remove what a skipped teardown leaves behind.
+fn install_interrupt_handler(leftover: String) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static SIGNALS: AtomicUsize = AtomicUsize::new(0);
     // A second Ctrl-C means "stop now": say what may be left behind.
-    let _ = ctrlc::set_handler(|| {
+    let _ = ctrlc::set_handler(move || {
         if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
             eprintln!(
                 "\ninterrupted: stopping and tearing down (press Ctrl-C again to skip teardown)"
             );
             project::set_interrupted();
         } else {
-            eprintln!("teardown skipped: delete what is left with `kind delete cluster --name <name>` or `podman kube down target/xtask/rendered/*.yaml`");
+            eprintln!("teardown skipped: remove what is left with `{leftover}`");
             std::process::exit(1);
         }
     });
@@ -1108,6 +1122,129 @@ mod tests {
         let podman = without_services(manifest);
         assert!(podman.contains("kind: Deployment"));
         assert!(!podman.contains("kind: Service"));
+    }
+
+    fn sample_run() -> Run {
+        Run {
+            root: "/repo".into(),
+            id: "2026-11-26T05-45-00Z".into(),
+            backend: Backend::Kind,
+            engine: Engine::Podman,
+            flags: flags::E2eGateway {
+                coverage: true,
+                cluster: ClusterBackend::Kind,
+                keep_cluster: false,
+                reuse_cluster: false,
+                cluster_name: "gateway-e2e".into(),
+                build_mode: flags::BuildMode::Host,
+                engine: None,
+                go_test_args: Vec::new(),
+            },
+            ports: vec![(project::SERVICES[0], 18081), (project::SERVICES[1], 18080)],
+            logs_dir: "/repo/target/xtask/logs/x".into(),
+            kubeconfig: "/repo/target/xtask/kubeconfig-gateway-e2e".into(),
+            rendered_dir: "/repo/target/xtask/rendered".into(),
+        }
+    }
+
+    #[test]
+    fn summary_lists_phases_gap_tests_coverage_and_result() {
+        let summary = Summary {
+            backend: "kind".into(),
+            phases: vec![
+                ("1. preflight".into(), Duration::from_millis(300)),
+                ("6. test".into(), Duration::from_millis(1500)),
+            ],
+            idle_gap: Some(Duration::from_millis(40)),
+            tests: Some(TestCounts {
+                passed: 12,
+                failed: 1,
+                skipped: 0,
+            }),
+            coverage: Some(Coverage {
+                services: vec![("datastorage".into(), 69.5), ("gateway".into(), 74.04)],
+                total: 74.6,
+                profile: "/repo/target/coverage/e2e.out".into(),
+            }),
+            logs: Some("/repo/target/xtask/logs/x".into()),
+            error: Some("phase 6 (test) failed: 1 E2E test(s) failed\nmore".into()),
+        };
+        let text = summary.render(&sample_run());
+        let expected = [
+            "  run                      2026-11-26T05-45-00Z (kind backend)",
+            "  1. preflight             0.3s",
+            "  6. test                  1.5s",
+            "  idle gap                 0.0s (cluster ready to first load)",
+            "  tests                    12 passed, 1 failed, 0 skipped",
+            "  coverage datastorage     69.5%",
+            "  coverage gateway         74.0%",
+            "  coverage total           74.6%",
+            "  coverage profile         /repo/target/coverage/e2e.out",
+            "  logs                     /repo/target/xtask/logs/x",
+            "  result                   failed (exit 1): phase 6 (test) failed: 1 E2E test(s) failed",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn kind_and_podman_render_different_addresses_from_one_template() {
+        let mut run = sample_run();
+        let kind = template_vars(&run, &[]);
+        let get = |vars: &[(String, String)], k: &str| {
+            vars.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(get(&kind, "COVERDATA_NODE_PATH"), "/coverdata");
+        assert_eq!(get(&kind, "COVERDATA_HOST_PATH"), "/repo/coverdata");
+        assert_eq!(get(&kind, "DATASTORAGE_URL"), "http://datastorage:8081");
+        assert_eq!(get(&kind, "GATEWAY_HOST_PORT"), "18080");
+        run.backend = Backend::Podman;
+        let podman = template_vars(&run, &[]);
+        assert_eq!(get(&podman, "COVERDATA_NODE_PATH"), "/repo/coverdata");
+        assert_eq!(
+            get(&podman, "DATASTORAGE_URL"),
+            "http://host.containers.internal:18081"
+        );
+    }
+
+    #[test]
+    fn the_real_templates_render_for_both_backends() {
+        let repo = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let infra = project::infrastructure_dir(repo);
+        let images: Vec<Image> = project::SERVICES
+            .iter()
+            .map(|s| Image {
+                service: *s,
+                reference: format!("localhost/{}:e2e-0123456789ab", s.name),
+                archive: None,
+            })
+            .collect();
+        for backend in [Backend::Kind, Backend::Podman] {
+            let mut run = sample_run();
+            run.backend = backend;
+            let vars = template_vars(&run, &images);
+            for file in [
+                "kind-gateway-config.yaml",
+                "datastorage.yaml",
+                "gateway.yaml",
+            ] {
+                let path = infra.join(file);
+                let text = std::fs::read_to_string(&path).unwrap();
+                let rendered = render(&path, &text, &vars).unwrap();
+                assert!(!rendered.contains("${"), "{file}");
+            }
+            let gateway = render(
+                &infra.join("gateway.yaml"),
+                &std::fs::read_to_string(infra.join("gateway.yaml")).unwrap(),
+                &vars,
+            )
+            .unwrap();
+            assert!(gateway.contains("image: localhost/gateway:e2e-0123456789ab"));
+            assert!(gateway.contains("hostPort: 18080"));
+            assert!(gateway.contains("imagePullPolicy: IfNotPresent"));
+        }
     }
 
     #[test]

@@ -40,9 +40,10 @@ impl Phase {
     }
 
     /// Ends the phase and returns how long it took.
-    pub fn finish(self) -> Duration {
+    pub fn finish(self, succeeded: bool) -> Duration {
         let took = self.started.elapsed();
-        println!("    {} done in {}", self.name, seconds(took));
+        let outcome = if succeeded { "done in" } else { "failed after" };
+        println!("    {} {outcome} {}", self.name, seconds(took));
         if github_actions() {
             println!("::endgroup::");
         }
