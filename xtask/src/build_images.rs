@@ -112,7 +112,16 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
                 .into_iter()
                 .filter(|f| f.exists()),
         );
-        let settings = build_settings(req, &go, &module);
+        let mut settings = build_settings(req, &go, &module);
+        if req.build_mode == BuildMode::Container {
+            let text = std::fs::read_to_string(&dockerfile)
+                .with_context(|| format!("reading {dockerfile}"))?;
+            // A newer image pulled under the same tag must not count as a cache hit.
+            for reference in base_images(&text) {
+                let id = local_image_id(sh, req.engine, &reference)?;
+                settings.push(("base-image", format!("{reference}@{id}")));
+            }
+        }
         let hash = inputs_hash(root, &files, &settings)?;
         planned.push((
             service,
@@ -292,6 +301,47 @@ fn build_settings(req: &Request, go: &GoEnv, module: &str) -> Vec<(&'static str,
         }
     }
     settings
+}
+
+/// The images a container-mode Dockerfile builds from: `BUILDER_IMAGE` and `BASE_IMAGE`, from
+/// the environment when set there, else from the Dockerfile's `ARG NAME=default` lines.
+fn base_images(dockerfile: &str) -> Vec<String> {
+    ["BUILDER_IMAGE", "BASE_IMAGE"]
+        .into_iter()
+        .filter_map(|name| {
+            let from_env = std::env::var(name).ok().filter(|v| !v.is_empty());
+            from_env.or_else(|| {
+                dockerfile.lines().find_map(|line| {
+                    let value = line
+                        .trim()
+                        .strip_prefix("ARG ")?
+                        .trim()
+                        .strip_prefix(name)?
+                        .strip_prefix('=')?;
+                    Some(value.trim().trim_matches('"').to_string())
+                })
+            })
+        })
+        .collect()
+}
+
+/// The engine's ID of a local image, or `absent` when it has not been pulled or built yet.
+fn local_image_id(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<String> {
+    let program = engine.program();
+    let format = "{{.Id}}";
+    let output = cmd!(sh, "{program} image inspect --format {format} {reference}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .with_context(|| {
+            format!("running `{program} image inspect` failed: is {program} installed?")
+        })?;
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    Ok(if output.status.success() && !id.is_empty() {
+        id
+    } else {
+        "absent".to_string()
+    })
 }
 
 /// sha256 over the files (by path relative to the root, then content) and the settings;
@@ -693,6 +743,20 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
             ["gateway"]
         );
         assert_eq!(select_services(&[]).len(), 2);
+    }
+
+    #[test]
+    fn base_images_come_from_arg_defaults() {
+        let dockerfile = "ARG BUILDER_IMAGE=registry.example/go-toolset:1.25\nARG BASE_IMAGE=\"registry.example/minimal:9.6\"\nFROM ${BUILDER_IMAGE} AS builder\n";
+        if std::env::var_os("BUILDER_IMAGE").is_none() && std::env::var_os("BASE_IMAGE").is_none() {
+            assert_eq!(
+                base_images(dockerfile),
+                [
+                    "registry.example/go-toolset:1.25",
+                    "registry.example/minimal:9.6"
+                ]
+            );
+        }
     }
 
     #[test]

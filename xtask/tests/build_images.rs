@@ -204,3 +204,28 @@ fn bad_flags_exit_2_with_one_line() {
         "nothing runs on a bad command line"
     );
 }
+
+#[test]
+fn container_mode_rebuilds_when_the_builder_image_changes_under_the_same_tag() {
+    let mut sandbox = Sandbox::new("builder-id", TOOLS);
+    sandbox.env("BUILDER_IMAGE", "localhost/standin-builder:1");
+    let args = [
+        "build-images",
+        "--build-mode",
+        "container",
+        "--service",
+        "gateway",
+    ];
+    assert!(sandbox.run(&args).stdout.contains(" built "));
+    assert!(sandbox.run(&args).stdout.contains(" cached "));
+    assert!(sandbox
+        .calls()
+        .iter()
+        .any(|c| c == "podman image inspect --format {{.Id}} localhost/standin-builder:1"));
+    sandbox.env("FAKE_IMAGE_ID", "sha256:2222");
+    let run = sandbox.run(&args);
+    assert!(
+        run.stdout.contains(" built "),
+        "a new builder image means a new tag: {run}"
+    );
+}
