@@ -358,7 +358,7 @@ fn create_cluster(sh: &Shell, run: &Run, deployed: &mut Deployed) -> anyhow::Res
     }
     if exists {
         println!("    deleting the stale cluster {name}");
-        delete_cluster(&kind_sh, name)?;
+        delete_cluster(&kind_sh, run)?;
     }
     let config = render_kind_config(run)?;
     let kubeconfig = &run.kubeconfig;
@@ -391,7 +391,7 @@ fn create_cluster(sh: &Shell, run: &Run, deployed: &mut Deployed) -> anyhow::Res
             "    transient container runtime error, deleting and retrying ({}/{CREATE_RETRIES})",
             attempt + 1
         );
-        delete_cluster(&kind_sh, name)?;
+        delete_cluster(&kind_sh, run)?;
     }
     unreachable!("the loop returns or bails on its last attempt")
 }
@@ -405,11 +405,23 @@ fn cluster_exists(kind_sh: &Shell, name: &str) -> anyhow::Result<bool> {
     Ok(clusters.lines().any(|l| l.trim() == name))
 }
 
-fn delete_cluster(kind_sh: &Shell, name: &str) -> anyhow::Result<()> {
-    cmd!(kind_sh, "kind delete cluster --name {name}")
-        .quiet()
-        .run()
-        .with_context(|| format!("`kind delete cluster --name {name}` failed: delete it by hand and check `podman ps -a`"))
+/// Idempotent: kind succeeds when there is no such cluster. The kubeconfig is ours, so the
+/// user's ~/.kube/config is never edited.
+fn delete_cluster(kind_sh: &Shell, run: &Run) -> anyhow::Result<()> {
+    let name = &run.flags.cluster_name;
+    let kubeconfig = &run.kubeconfig;
+    cmd!(
+        kind_sh,
+        "kind delete cluster --name {name} --kubeconfig {kubeconfig}"
+    )
+    .quiet()
+    .run()
+    .with_context(|| {
+        format!(
+            "`kind delete cluster --name {name}` failed: delete it by hand and check `{} ps -a`",
+            run.engine.program()
+        )
+    })
 }
 
 /// The node container's state as the engine reports it (`running`, `exited`, ...).
@@ -467,7 +479,7 @@ fn load_images(
         println!(
             "    the Kind node container {node} is {state}, not running: images cannot be loaded into a stopped node (the \"container state improper\" failure); recreating the cluster once"
         );
-        delete_cluster(&kind_sh, name)?;
+        delete_cluster(&kind_sh, run)?;
         ready_at = create_cluster(sh, run, deployed)?;
         let state = node_state(sh, run)?;
         if state != "running" {
@@ -948,10 +960,11 @@ fn teardown(sh: &Shell, run: &Run, deployed: &Deployed) -> anyhow::Result<()> {
     if run.flags.keep_cluster {
         match run.backend {
             Backend::Kind => println!(
-                "    keeping the cluster: export KUBECONFIG={}\n    delete it with: KIND_EXPERIMENTAL_PROVIDER={} kind delete cluster --name {}",
+                "    keeping the cluster: export KUBECONFIG={}\n    delete it with: KIND_EXPERIMENTAL_PROVIDER={} kind delete cluster --name {} --kubeconfig {}",
                 run.kubeconfig,
                 run.engine.program(),
-                run.flags.cluster_name
+                run.flags.cluster_name,
+                run.kubeconfig
             ),
             Backend::Podman => println!(
                 "    keeping the pods: remove them with: podman kube down {}",
@@ -963,7 +976,7 @@ fn teardown(sh: &Shell, run: &Run, deployed: &Deployed) -> anyhow::Result<()> {
     match run.backend {
         Backend::Kind => {
             // `kind delete cluster` succeeds when there is nothing to delete: no check needed.
-            delete_cluster(&kind_shell(sh, run.engine), &run.flags.cluster_name)?;
+            delete_cluster(&kind_shell(sh, run.engine), run)?;
             println!("    deleted the cluster {}", run.flags.cluster_name);
         }
         Backend::Podman => {
