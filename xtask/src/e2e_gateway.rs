@@ -7,7 +7,8 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     os::unix::process::CommandExt,
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -75,10 +76,13 @@ struct TestCounts {
     skipped: usize,
 }
 
-/// What exists and must be torn down.
+/// What exists, so teardown, diagnostics and coverage know what to act on.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Deployed {
+    /// A cluster (Kind) or pods (podman) of ours may exist.
     cluster: bool,
+    /// The services were deployed, so they can be stopped for their coverage counters.
+    services: bool,
 }
 
 pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
@@ -92,9 +96,10 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let engine = doctor::resolve_engine(flags.engine)?;
     install_interrupt_handler(match backend {
         Backend::Kind => format!(
-            "KIND_EXPERIMENTAL_PROVIDER={} kind delete cluster --name {}",
+            "KIND_EXPERIMENTAL_PROVIDER={} kind delete cluster --name {} --kubeconfig {}",
             engine.program(),
-            flags.cluster_name
+            flags.cluster_name,
+            project::xtask_dir(&root).join(format!("kubeconfig-{}", flags.cluster_name))
         ),
         Backend::Podman => format!(
             "podman pod rm --force {}",
@@ -139,9 +144,12 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let text = summary.render(&run);
     print!("{text}");
     let last_run = project::xtask_dir(&run.root).join("last-run.txt");
-    std::fs::create_dir_all(project::xtask_dir(&run.root))?;
-    std::fs::write(&last_run, &text).with_context(|| format!("writing {last_run}"))?;
-    phase.finish(true);
+    let written = std::fs::create_dir_all(project::xtask_dir(&run.root))
+        .and_then(|()| std::fs::write(&last_run, &text));
+    if let Err(err) = &written {
+        eprintln!("warning: writing {last_run} failed: {err}; the summary above is complete");
+    }
+    phase.finish(written.is_ok());
     if let (Err(_), Err(err)) = (&outcome, &teardown) {
         eprintln!("error: {err:#}");
     }
@@ -156,7 +164,7 @@ fn pipeline(
     summary: &mut Summary,
     deployed: &mut Deployed,
 ) -> anyhow::Result<()> {
-    timed(summary, 1, "preflight", || preflight(sh, run))?;
+    let stale = timed(summary, 1, "preflight", || preflight(sh, run))?;
 
     let images = timed(summary, 2, "build images", || {
         prepare_coverdata(&run.root, run.flags.coverage)?;
@@ -175,12 +183,45 @@ fn pipeline(
     })?;
     check_interrupted()?;
 
+    let result = cluster_phases(sh, run, summary, deployed, &images, stale);
+    let interrupted = project::interrupted();
+    // Diagnostics come before anything is scaled down or deleted.
+    let mut diagnosed = false;
+    if result.is_err() && deployed.cluster && !interrupted {
+        diagnose(sh, run, summary);
+        diagnosed = true;
+    }
+    if run.flags.coverage && deployed.services && !interrupted {
+        match timed(summary, 8, "coverage", || collect_coverage(sh, run)) {
+            Ok(coverage) => summary.coverage = Some(coverage),
+            // A test failure stays the headline; the coverage problem is reported beside it.
+            Err(err) if result.is_err() => eprintln!("warning: {err:#}"),
+            Err(err) => {
+                if !diagnosed {
+                    diagnose(sh, run, summary);
+                }
+                return Err(err);
+            }
+        }
+    }
+    result
+}
+
+/// Phases 3 to 6: the cluster, the images in it, the services, the tests.
+fn cluster_phases(
+    sh: &Shell,
+    run: &Run,
+    summary: &mut Summary,
+    deployed: &mut Deployed,
+    images: &[Image],
+    stale: bool,
+) -> anyhow::Result<()> {
     if run.backend == Backend::Kind {
         let ready_at = timed(summary, 3, "create cluster", || {
-            create_cluster(sh, run, deployed)
+            create_cluster(sh, run, deployed, stale)
         })?;
         let gap = timed(summary, 4, "load images", || {
-            load_images(sh, run, &images, deployed, ready_at)
+            load_images(sh, run, images, deployed, ready_at)
         })?;
         summary.idle_gap = Some(gap);
     } else {
@@ -194,41 +235,35 @@ fn pipeline(
         })?;
     }
     check_interrupted()?;
+    timed(summary, 5, "deploy", || {
+        deploy(sh, run, images, deployed, stale)
+    })?;
+    check_interrupted()?;
+    let counts = timed(summary, 6, "test", || go_test(sh, run))?;
+    summary.tests = Some(counts);
+    println!("{}", counts.line());
+    if counts.failed > 0 {
+        bail!(
+            "{} E2E test(s) failed: see the output above and {}",
+            counts.failed,
+            run.logs_dir.join("go-test.log")
+        );
+    }
+    if counts.passed == 0 {
+        bail!("no E2E test ran: check the `go test` arguments after `--`");
+    }
+    Ok(())
+}
 
-    // From here on a failure is worth diagnostics, taken before anything is scaled down.
-    let deployed_and_tested = timed(summary, 5, "deploy", || deploy(sh, run, &images, deployed))
-        .and_then(|()| {
-            check_interrupted()?;
-            let counts = timed(summary, 6, "test", || go_test(sh, run))?;
-            summary.tests = Some(counts);
-            println!("{}", counts.line());
-            if counts.failed > 0 {
-                bail!(
-                    "{} E2E test(s) failed: see the output above and {}",
-                    counts.failed,
-                    run.logs_dir.join("go-test.log")
-                );
-            }
-            if counts.passed == 0 {
-                bail!("no E2E test ran: check the `go test` arguments after `--`");
-            }
-            Ok(())
-        });
-    if deployed_and_tested.is_err() && !project::interrupted() {
-        timed(summary, 7, "diagnostics", || diagnostics(sh, run))?;
-        summary.logs = Some(run.logs_dir.clone());
-        println!("    diagnostics written to {}", run.logs_dir);
-    }
-    if run.flags.coverage && !project::interrupted() {
-        let coverage = timed(summary, 8, "coverage", || collect_coverage(sh, run));
-        match (coverage, &deployed_and_tested) {
-            (Ok(coverage), _) => summary.coverage = Some(coverage),
-            // The test failure is the headline; a coverage failure after it is reported too.
-            (Err(err), Err(_)) => eprintln!("warning: coverage: {err:#}"),
-            (Err(err), Ok(())) => return Err(err),
+/// Phase 7; a failure to collect is a warning, never the reason the run failed.
+fn diagnose(sh: &Shell, run: &Run, summary: &mut Summary) {
+    match timed(summary, 7, "diagnostics", || diagnostics(sh, run)) {
+        Ok(()) => {
+            println!("    diagnostics written to {}", run.logs_dir);
+            summary.logs = Some(run.logs_dir.clone());
         }
+        Err(err) => eprintln!("warning: {err:#}"),
     }
-    deployed_and_tested
 }
 
 fn backend_name(backend: Backend) -> &'static str {
@@ -246,7 +281,15 @@ fn timed<T>(
     f: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let phase = Phase::start(number, name);
-    let result = f().with_context(|| format!("phase {number} ({name}) failed"));
+    let result = f().map_err(|err| {
+        // A step killed by the interrupt fails with a misleading error of its own.
+        if project::interrupted() {
+            anyhow::anyhow!("interrupted by a signal (Ctrl-C or SIGTERM)")
+        } else {
+            err
+        }
+    });
+    let result = result.with_context(|| format!("phase {number} ({name}) failed"));
     let took = phase.finish(result.is_ok());
     summary.phases.push((format!("{number}. {name}"), took));
     result
@@ -277,9 +320,21 @@ fn check_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn preflight(sh: &Shell, run: &Run) -> anyhow::Result<()> {
+/// Doctor's checks for this backend. Returns whether a cluster or pods of an earlier run exist:
+/// they hold our host ports, so the ports are checked after they are gone instead.
+fn preflight(sh: &Shell, run: &Run) -> anyhow::Result<bool> {
     let kind = run.backend == Backend::Kind;
-    let report = doctor::preflight(
+    let stale = match run.backend {
+        // Errors here mean a missing tool, which the checks below report properly.
+        Backend::Kind => {
+            cluster_exists(&kind_shell(sh, run.engine), &run.flags.cluster_name).unwrap_or(false)
+        }
+        Backend::Podman => project::SERVICES
+            .iter()
+            .any(|s| podman_pod_exists(sh, &podman_pod(*s)).unwrap_or(false)),
+    };
+    let ports: Vec<u16> = run.ports.iter().map(|(_, port)| *port).collect();
+    doctor::preflight(
         sh,
         &run.root,
         &doctor::Needs {
@@ -288,21 +343,42 @@ fn preflight(sh: &Shell, run: &Run) -> anyhow::Result<()> {
             covdata: run.flags.coverage,
             kind,
             kubectl: kind,
-            // A cluster being reused keeps its ports.
-            ports: if kind && run.flags.reuse_cluster {
-                Vec::new()
-            } else {
-                run.ports.iter().map(|(_, port)| *port).collect()
-            },
+            ports: if stale { Vec::new() } else { ports.clone() },
             disk: true,
             stale_cluster: kind.then(|| run.flags.cluster_name.clone()),
         },
     )?;
-    if report.stale_cluster_found && !run.flags.reuse_cluster {
+    if stale {
+        let what = match run.backend {
+            Backend::Kind if run.flags.reuse_cluster => format!(
+                "the cluster {} exists: it is reused if healthy, else recreated",
+                run.flags.cluster_name
+            ),
+            Backend::Kind => format!(
+                "a cluster named {} exists from an earlier run: it will be deleted and recreated (--reuse-cluster keeps a healthy one)",
+                run.flags.cluster_name
+            ),
+            Backend::Podman => "pods of an earlier run exist: they will be removed".to_string(),
+        };
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         println!(
-            "    a cluster named {} exists from an earlier run: it will be deleted and recreated (--reuse-cluster keeps a healthy one)",
-            run.flags.cluster_name
+            "    {what}; ports {} are checked once it is gone",
+            ports.join(", ")
         );
+    }
+    Ok(stale)
+}
+
+/// After removing a stale cluster or pods: our host ports must be free now.
+fn ensure_ports_free(run: &Run) -> anyhow::Result<()> {
+    for (service, port) in &run.ports {
+        if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err() {
+            bail!(
+                "port {port} ({}) is still in use after removing the earlier run: `cargo xtask doctor` shows who holds it; free it or set {}_HOST_PORT",
+                service.name,
+                service.name.to_uppercase()
+            );
+        }
     }
     Ok(())
 }
@@ -339,46 +415,46 @@ fn kind_shell(sh: &Shell, engine: Engine) -> Shell {
     kind_sh
 }
 
-fn node_container(run: &Run) -> String {
-    format!("{}-control-plane", run.flags.cluster_name)
-}
-
 /// Creates the cluster (or reuses a healthy one) and returns when it became ready.
-fn create_cluster(sh: &Shell, run: &Run, deployed: &mut Deployed) -> anyhow::Result<Instant> {
+fn create_cluster(
+    sh: &Shell,
+    run: &Run,
+    deployed: &mut Deployed,
+    stale: bool,
+) -> anyhow::Result<Instant> {
     let kind_sh = kind_shell(sh, run.engine);
     let name = &run.flags.cluster_name;
-    let exists = cluster_exists(&kind_sh, name)?;
-    if exists && run.flags.reuse_cluster {
-        if node_state(sh, run)? == "running" && api_answers(&kind_sh, run)? {
+    if stale && run.flags.reuse_cluster {
+        let nodes = node_states(sh, &kind_sh, run)?;
+        let all_running = !nodes.is_empty() && nodes.iter().all(|(_, state)| state == "running");
+        if all_running && api_answers(&kind_sh, sh, run)? {
             println!("    reusing the running cluster {name}");
             deployed.cluster = true;
             return Ok(Instant::now());
         }
-        println!("    the cluster {name} is not healthy: recreating it");
+        println!(
+            "    the cluster {name} is not healthy ({}): recreating it",
+            describe_nodes(&nodes)
+        );
     }
-    if exists {
+    if stale {
         println!("    deleting the stale cluster {name}");
         delete_cluster(&kind_sh, run)?;
+        ensure_ports_free(run)?;
     }
     let config = render_kind_config(run)?;
     let kubeconfig = &run.kubeconfig;
     for attempt in 0..=CREATE_RETRIES {
         deployed.cluster = true;
-        let output = cmd!(
+        let create = cmd!(
             kind_sh,
             "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
-        )
-        .quiet()
-        .ignore_status()
-        .output()
-        .context(
-            "running `kind create cluster` failed: is kind installed? (`cargo xtask doctor`)",
-        )?;
+        );
+        let output = run_interruptible(sh, create)?;
         if output.status.success() {
             return Ok(Instant::now());
         }
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        check_interrupted()?;
         let transient = TRANSIENT_CREATE_ERRORS.iter().any(|e| stderr.contains(e));
         if !transient || attempt == CREATE_RETRIES {
             bail!(
@@ -424,22 +500,50 @@ fn delete_cluster(kind_sh: &Shell, run: &Run) -> anyhow::Result<()> {
     })
 }
 
-/// The node container's state as the engine reports it (`running`, `exited`, ...).
-fn node_state(sh: &Shell, run: &Run) -> anyhow::Result<String> {
-    let program = run.engine.program();
-    let node = node_container(run);
-    let format = "{{.State.Status}}";
-    let output = cmd!(sh, "{program} inspect --format {format} {node}")
+/// Every node container of the cluster with its state as the engine reports it.
+fn node_states(sh: &Shell, kind_sh: &Shell, run: &Run) -> anyhow::Result<Vec<(String, String)>> {
+    let name = &run.flags.cluster_name;
+    let nodes = cmd!(kind_sh, "kind get nodes --name {name}")
         .quiet()
-        .ignore_status()
-        .output()?;
-    if !output.status.success() {
-        return Ok("missing".to_string());
+        .ignore_stderr()
+        .read()
+        .with_context(|| {
+            format!("`kind get nodes --name {name}` failed: run `cargo xtask doctor`")
+        })?;
+    let program = run.engine.program();
+    let format = "{{.State.Status}}";
+    let mut states = Vec::new();
+    for node in nodes.lines().map(str::trim).filter(|n| !n.is_empty()) {
+        let output = cmd!(sh, "{program} inspect --format {format} {node}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| {
+                format!("running `{program} inspect {node}` failed: is {program} installed?")
+            })?;
+        let state = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let state = if output.status.success() && !state.is_empty() {
+            state
+        } else {
+            "missing".to_string()
+        };
+        states.push((node.to_string(), state));
     }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    Ok(states)
 }
 
-fn api_answers(kind_sh: &Shell, run: &Run) -> anyhow::Result<bool> {
+fn describe_nodes(nodes: &[(String, String)]) -> String {
+    if nodes.is_empty() {
+        return "it has no node containers".to_string();
+    }
+    let described: Vec<String> = nodes
+        .iter()
+        .map(|(node, state)| format!("{node} is {state}"))
+        .collect();
+    described.join(", ")
+}
+
+fn api_answers(kind_sh: &Shell, sh: &Shell, run: &Run) -> anyhow::Result<bool> {
     let name = &run.flags.cluster_name;
     let kubeconfig = &run.kubeconfig;
     let exported = cmd!(
@@ -448,21 +552,28 @@ fn api_answers(kind_sh: &Shell, run: &Run) -> anyhow::Result<bool> {
     )
     .quiet()
     .ignore_status()
-    .output()?;
+    .output()
+    .context("running `kind export kubeconfig` failed: run `cargo xtask doctor`")?;
     if !exported.status.success() {
         return Ok(false);
     }
-    let readyz = cmd!(
-        kind_sh,
-        "kubectl --kubeconfig {kubeconfig} get --raw /readyz"
-    )
-    .quiet()
-    .ignore_status()
-    .output()?;
+    let readyz = kubectl(sh, run)
+        .args(["get", "--raw", "/readyz"])
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("running `kubectl get --raw /readyz` failed: run `cargo xtask doctor`")?;
     Ok(readyz.status.success())
 }
 
-/// Checks the node is running, then loads every archive; returns the idle gap between the
+/// kubectl on our cluster; its discovery cache stays under target/ too.
+fn kubectl<'a>(sh: &'a Shell, run: &Run) -> xshell::Cmd<'a> {
+    let kubeconfig = &run.kubeconfig;
+    let cache = project::xtask_dir(&run.root).join("kube-cache");
+    cmd!(sh, "kubectl --kubeconfig {kubeconfig} --cache-dir {cache}")
+}
+
+/// Checks every node is running, then loads every archive; returns the idle gap between the
 /// cluster becoming ready and the first load starting.
 fn load_images(
     sh: &Shell,
@@ -473,18 +584,22 @@ fn load_images(
 ) -> anyhow::Result<Duration> {
     let kind_sh = kind_shell(sh, run.engine);
     let name = &run.flags.cluster_name;
-    let node = node_container(run);
-    let state = node_state(sh, run)?;
-    if state != "running" {
+    let running = |nodes: &[(String, String)]| {
+        !nodes.is_empty() && nodes.iter().all(|(_, state)| state == "running")
+    };
+    let nodes = node_states(sh, &kind_sh, run)?;
+    if !running(&nodes) {
         println!(
-            "    the Kind node container {node} is {state}, not running: images cannot be loaded into a stopped node (the \"container state improper\" failure); recreating the cluster once"
+            "    the Kind node containers are not all running ({}): images cannot be loaded into a stopped node (the \"container state improper\" failure); recreating the cluster once",
+            describe_nodes(&nodes)
         );
         delete_cluster(&kind_sh, run)?;
-        ready_at = create_cluster(sh, run, deployed)?;
-        let state = node_state(sh, run)?;
-        if state != "running" {
+        ready_at = create_cluster(sh, run, deployed, false)?;
+        let nodes = node_states(sh, &kind_sh, run)?;
+        if !running(&nodes) {
             bail!(
-                "the Kind node container {node} is {state} again after recreating the cluster: check `{} logs {node}`, free memory and disk (`cargo xtask doctor`), then retry",
+                "the Kind node containers are still not running after recreating the cluster ({}): check `{} logs <node>`, free memory and disk (`cargo xtask doctor`), then retry",
+                describe_nodes(&nodes),
                 run.engine.program()
             );
         }
@@ -501,14 +616,13 @@ fn load_images(
                 image.service.name
             )
         })?;
-        let output = cmd!(kind_sh, "kind load image-archive {archive} --name {name}")
-            .quiet()
-            .ignore_status()
-            .output()
-            .context("running `kind load image-archive` failed")?;
+        let output = run_interruptible(
+            sh,
+            cmd!(kind_sh, "kind load image-archive {archive} --name {name}"),
+        )?;
         if !output.status.success() {
             bail!(
-                "`kind load image-archive {archive} --name {name}` failed for {}; kind said:\n{}\ncheck that the node {node} is running (`{} ps -a`)",
+                "`kind load image-archive {archive} --name {name}` failed for {}; kind said:\n{}\ncheck that the cluster's nodes are running (`{} ps -a`)",
                 image.service.name,
                 String::from_utf8_lossy(&output.stderr).trim_end(),
                 run.engine.program()
@@ -620,47 +734,53 @@ fn podman_pod(service: Service) -> String {
     format!("{}-pod-0", service.name)
 }
 
-fn deploy(sh: &Shell, run: &Run, images: &[Image], deployed: &mut Deployed) -> anyhow::Result<()> {
+fn deploy(
+    sh: &Shell,
+    run: &Run,
+    images: &[Image],
+    deployed: &mut Deployed,
+    stale: bool,
+) -> anyhow::Result<()> {
     let manifests = rendered_manifests(run, images)?;
     match run.backend {
         Backend::Kind => {
-            let kubeconfig = &run.kubeconfig;
+            deployed.services = true;
             for (_, manifest) in &manifests {
-                cmd!(sh, "kubectl --kubeconfig {kubeconfig} apply -f {manifest}")
-                    .quiet()
-                    .ignore_stdout()
-                    .run()
-                    .with_context(|| format!("`kubectl apply -f {manifest}` failed"))?;
+                run_step(
+                    sh,
+                    kubectl(sh, run).args(["apply", "-f", manifest.as_str()]),
+                    "check the manifest and the cluster (`cargo xtask doctor`)",
+                )?;
             }
             // Dependency order: gateway's readiness needs datastorage.
             for (service, _) in &manifests {
                 let deployment = format!("deployment/{}", service.name);
-                cmd!(sh, "kubectl --kubeconfig {kubeconfig} rollout status {deployment} --timeout {ROLLOUT_TIMEOUT}")
-                    .quiet()
-                    .ignore_stdout()
-                    .run()
-                    .with_context(|| format!("{} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events in the diagnostics", service.name))?;
+                run_step(
+                    sh,
+                    kubectl(sh, run).args(["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT]),
+                    &format!("{} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics", service.name),
+                )?;
             }
         }
         Backend::Podman => {
-            remove_podman_pods(sh, run, &manifests)?;
+            if stale {
+                remove_podman_pods(sh, run)?;
+                ensure_ports_free(run)?;
+            }
             deployed.cluster = true;
+            deployed.services = true;
             // podman kube play would treat a directory entry named like an image as a build
             // context: run it from a directory of our own.
             let _dir = sh.push_dir(&run.rendered_dir);
             for (service, manifest) in &manifests {
-                let output = cmd!(sh, "podman kube play {manifest}")
-                    .quiet()
-                    .ignore_status()
-                    .output()
-                    .context("running `podman kube play` failed")?;
-                if !output.status.success() {
-                    bail!(
-                        "`podman kube play {manifest}` failed for {}; podman said:\n{}",
-                        service.name,
-                        String::from_utf8_lossy(&output.stderr).trim_end()
-                    );
-                }
+                run_step(
+                    sh,
+                    cmd!(sh, "podman kube play {manifest}"),
+                    &format!(
+                        "{} could not be started: see its logs in the diagnostics",
+                        service.name
+                    ),
+                )?;
             }
         }
     }
@@ -719,60 +839,37 @@ fn parse_status_line(head: &str) -> Option<u16> {
 
 // ---- Test ------------------------------------------------------------------------------------
 
-/// Runs the Go E2E suite, streaming its output and a copy to the run's log directory.
+/// Runs the Go E2E suite, streaming its output, and a copy as it arrives to the run's log
+/// directory.
 fn go_test(sh: &Shell, run: &Run) -> anyhow::Result<TestCounts> {
     std::fs::create_dir_all(&run.logs_dir).with_context(|| format!("creating {}", run.logs_dir))?;
     let log_path = run.logs_dir.join("go-test.log");
-    let mut log =
-        std::fs::File::create(&log_path).with_context(|| format!("creating {log_path}"))?;
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {log_path}"))?;
+    let log = Mutex::new(log);
     let extra = &run.flags.go_test_args;
-    let mut command = Command::from(
-        cmd!(
-            sh,
-            "go test -tags e2e -count=1 -v ./test/e2e/gateway/... {extra...}"
-        )
-        .env("GATEWAY_URL", service_url(run, "gateway"))
-        .env("DATASTORAGE_URL", service_url(run, "datastorage")),
-    );
-    // Its own process group, so an interrupt can stop `go test` and the test binary it runs.
-    let mut child = command
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting `go test` failed: is Go installed? (`cargo xtask doctor`)")?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    // Read on a thread so the main thread can notice an interrupt and stop the child.
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("{line}");
-            lines.push(line);
+    let test = cmd!(
+        sh,
+        "go test -tags e2e -count=1 -v ./test/e2e/gateway/... {extra...}"
+    )
+    .env("GATEWAY_URL", service_url(run, "gateway"))
+    .env("DATASTORAGE_URL", service_url(run, "datastorage"));
+    let output = run_teed(sh, test, move |stream, line| {
+        match stream {
+            Stream::Stdout => println!("{line}"),
+            Stream::Stderr => eprintln!("{line}"),
         }
-        lines
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+        if let Ok(mut log) = log.lock() {
+            let _ = writeln!(log, "{line}");
         }
-        if project::interrupted() {
-            let group = format!("-{}", child.id());
-            let _ = cmd!(sh, "kill -TERM -- {group}")
-                .quiet()
-                .ignore_stderr()
-                .run();
-            let _ = child.wait();
-            bail!("interrupted during the tests");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let lines = reader.join().expect("the output reader does not panic");
-    for line in &lines {
-        writeln!(log, "{line}")?;
-    }
+    })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
     let counts = count_tests(&lines);
-    if !status.success() && counts.failed == 0 {
-        bail!("`go test` exited with {status} before reporting results: see the output above (a compile error in test/e2e?)");
+    if !output.status.success() && counts.failed == 0 {
+        bail!(
+            "`go test` exited with {} before reporting results (a compile error in test/e2e?): see the output above and {log_path}",
+            output.status
+        );
     }
     Ok(counts)
 }
@@ -787,13 +884,30 @@ fn service_url(run: &Run, name: &str) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// Counts leaf tests: a test with subtests is counted through its subtests, so a failing
+/// subtest is one failure, not two.
 fn count_tests(lines: &[String]) -> TestCounts {
+    let results: Vec<(&str, &str)> = lines
+        .iter()
+        .filter_map(|line| {
+            let (status, rest) = line.trim_start().strip_prefix("--- ")?.split_once(": ")?;
+            Some((status, rest.split_whitespace().next()?))
+        })
+        .collect();
     let mut counts = TestCounts::default();
-    for line in lines {
-        match line.trim_start().split(':').next() {
-            Some("--- PASS") => counts.passed += 1,
-            Some("--- FAIL") => counts.failed += 1,
-            Some("--- SKIP") => counts.skipped += 1,
+    for (status, name) in &results {
+        let has_subtests = results.iter().any(|(_, other)| {
+            other.len() > name.len()
+                && other.starts_with(name)
+                && other[name.len()..].starts_with('/')
+        });
+        if has_subtests {
+            continue;
+        }
+        match *status {
+            "PASS" => counts.passed += 1,
+            "FAIL" => counts.failed += 1,
+            "SKIP" => counts.skipped += 1,
             _ => {}
         }
     }
@@ -807,6 +921,97 @@ impl TestCounts {
             self.passed, self.failed, self.skipped
         )
     }
+}
+
+// ---- Running commands ------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Runs a long step and returns its output whatever its exit status; see `run_teed`.
+fn run_interruptible(sh: &Shell, cmd: xshell::Cmd<'_>) -> anyhow::Result<Output> {
+    run_teed(sh, cmd, |_, _| {})
+}
+
+/// Runs a long step; a failure names the command, shows what it printed, and says `fix`.
+fn run_step(sh: &Shell, cmd: xshell::Cmd<'_>, fix: &str) -> anyhow::Result<String> {
+    let shown = cmd.to_string();
+    let output = run_interruptible(sh, cmd)?;
+    if !output.status.success() {
+        bail!(
+            "`{shown}` failed ({}):\n{}\n{fix}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `cmd` in a process group of its own, handing each output line to `tee` as it arrives.
+/// On Ctrl-C or SIGTERM the whole group is stopped (`go test` and its test binary, kind and
+/// its podman calls) and the step fails at once instead of running to its own timeout.
+fn run_teed(
+    sh: &Shell,
+    cmd: xshell::Cmd<'_>,
+    tee: impl Fn(Stream, &str) + Send + Sync + 'static,
+) -> anyhow::Result<Output> {
+    let shown = cmd.to_string();
+    let mut child = Command::from(cmd)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("starting `{shown}` failed: is it installed? (`cargo xtask doctor`)")
+        })?;
+    let tee = Arc::new(tee);
+    let read = |stream: Stream, pipe: Box<dyn Read + Send>| {
+        let tee = Arc::clone(&tee);
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                tee(stream, &line);
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        })
+    };
+    let stdout = read(
+        Stream::Stdout,
+        Box::new(child.stdout.take().expect("stdout is piped")),
+    );
+    let stderr = read(
+        Stream::Stderr,
+        Box::new(child.stderr.take().expect("stderr is piped")),
+    );
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for `{shown}`"))?
+        {
+            break status;
+        }
+        if project::interrupted() {
+            let group = format!("-{}", child.id());
+            let _ = cmd!(sh, "kill -TERM -- {group}")
+                .quiet()
+                .ignore_stderr()
+                .run();
+            let _ = child.wait();
+            bail!("interrupted by a signal (Ctrl-C or SIGTERM) during `{shown}`");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default().into_bytes(),
+        stderr: stderr.join().unwrap_or_default().into_bytes(),
+    })
 }
 
 // ---- Diagnostics -----------------------------------------------------------------------------
@@ -842,13 +1047,7 @@ fn diagnostics(sh: &Shell, run: &Run) -> anyhow::Result<()> {
                     .ignore_status()
                     .output(),
             );
-            let kubeconfig = &run.kubeconfig;
-            let k = |args: &[&str]| {
-                cmd!(sh, "kubectl --kubeconfig {kubeconfig} {args...}")
-                    .quiet()
-                    .ignore_status()
-                    .output()
-            };
+            let k = |args: &[&str]| kubectl(sh, run).args(args).quiet().ignore_status().output();
             save(
                 "pods.txt",
                 k(&["get", "pods", "--all-namespaces", "-o", "wide"]),
@@ -905,41 +1104,34 @@ fn diagnostics(sh: &Shell, run: &Run) -> anyhow::Result<()> {
 fn collect_coverage(sh: &Shell, run: &Run) -> anyhow::Result<Coverage> {
     match run.backend {
         Backend::Kind => {
-            let kubeconfig = &run.kubeconfig;
             let deployments: Vec<String> = project::SERVICES
                 .iter()
                 .map(|s| format!("deployment/{}", s.name))
                 .collect();
-            cmd!(
+            run_step(
                 sh,
-                "kubectl --kubeconfig {kubeconfig} scale {deployments...} --replicas=0"
-            )
-            .quiet()
-            .ignore_stdout()
-            .run()
-            .context("scaling the services to zero failed; the coverage counters may be missing")?;
+                kubectl(sh, run)
+                    .arg("scale")
+                    .args(&deployments)
+                    .arg("--replicas=0"),
+                "the services could not be scaled to zero, so their coverage counters are missing",
+            )?;
             let selector = format!("app in ({})", project::SERVICES.map(|s| s.name).join(","));
             let timeout = format!("{}s", STOP_GRACE_SECONDS + 30);
-            cmd!(sh, "kubectl --kubeconfig {kubeconfig} wait --for=delete pod --selector {selector} --timeout {timeout}")
-                .quiet()
-                .ignore_stdout()
-                .run()
-                .with_context(|| format!("the service pods were not gone within {timeout}: their counters may be incomplete"))?;
+            run_step(
+                sh,
+                kubectl(sh, run).args(["wait", "--for=delete", "pod", "--selector", &selector, "--timeout", &timeout]),
+                &format!("the service pods were not gone within {timeout}: their counters may be incomplete"),
+            )?;
         }
         Backend::Podman => {
             let pods: Vec<String> = project::SERVICES.iter().map(|s| podman_pod(*s)).collect();
             let grace = STOP_GRACE_SECONDS.to_string();
-            // Captured: podman 4.3 logs harmless systemd healthcheck errors on stop here.
-            let output = cmd!(sh, "podman pod stop --time {grace} {pods...}")
-                .quiet()
-                .ignore_status()
-                .output()?;
-            if !output.status.success() {
-                bail!(
-                    "`podman pod stop` failed, so the coverage counters may be missing; podman said:\n{}",
-                    String::from_utf8_lossy(&output.stderr).trim_end()
-                );
-            }
+            run_step(
+                sh,
+                cmd!(sh, "podman pod stop --time {grace} {pods...}"),
+                "the pods could not be stopped, so their coverage counters may be missing",
+            )?;
         }
     }
     let dirs: Vec<Utf8PathBuf> = project::SERVICES
@@ -952,65 +1144,83 @@ fn collect_coverage(sh: &Shell, run: &Run) -> anyhow::Result<Coverage> {
 
 // ---- Teardown --------------------------------------------------------------------------------
 
+/// Idempotent, and runs after success, failure and interrupts alike. `--reuse-cluster` keeps
+/// the cluster too: reusing it next time is the point of the flag.
 fn teardown(sh: &Shell, run: &Run, deployed: &Deployed) -> anyhow::Result<()> {
     if !deployed.cluster {
         println!("    nothing to tear down");
         return Ok(());
     }
-    if run.flags.keep_cluster {
-        match run.backend {
-            Backend::Kind => println!(
-                "    keeping the cluster: export KUBECONFIG={}\n    delete it with: KIND_EXPERIMENTAL_PROVIDER={} kind delete cluster --name {} --kubeconfig {}",
-                run.kubeconfig,
-                run.engine.program(),
-                run.flags.cluster_name,
-                run.kubeconfig
-            ),
-            Backend::Podman => println!(
-                "    keeping the pods: remove them with: podman kube down {}",
-                run.rendered_dir.join("<service>.yaml")
-            ),
-        }
+    if run.flags.keep_cluster || run.flags.reuse_cluster {
+        print_kept(run, deployed);
         return Ok(());
     }
     match run.backend {
         Backend::Kind => {
-            // `kind delete cluster` succeeds when there is nothing to delete: no check needed.
             delete_cluster(&kind_shell(sh, run.engine), run)?;
             println!("    deleted the cluster {}", run.flags.cluster_name);
         }
         Backend::Podman => {
-            let manifests: Vec<(Service, Utf8PathBuf)> = project::SERVICES
-                .iter()
-                .map(|s| (*s, run.rendered_dir.join(format!("{}.yaml", s.name))))
-                .collect();
-            remove_podman_pods(sh, run, &manifests)?;
+            remove_podman_pods(sh, run)?;
             println!("    removed the pods");
         }
     }
     Ok(())
 }
 
-/// `podman kube down` every manifest whose pod exists, then check nothing of ours is left.
-/// Idempotent: safe before a deploy (stale pods) and after it.
-fn remove_podman_pods(
-    sh: &Shell,
-    run: &Run,
-    manifests: &[(Service, Utf8PathBuf)],
-) -> anyhow::Result<()> {
+fn print_kept(run: &Run, deployed: &Deployed) {
+    let pods: Vec<String> = project::SERVICES.iter().map(|s| podman_pod(*s)).collect();
+    let stopped = run.flags.coverage && deployed.services;
+    match run.backend {
+        Backend::Kind => {
+            println!(
+                "    keeping the cluster: export KUBECONFIG={}\n    delete it with: KIND_EXPERIMENTAL_PROVIDER={} kind delete cluster --name {} --kubeconfig {}",
+                run.kubeconfig,
+                run.engine.program(),
+                run.flags.cluster_name,
+                run.kubeconfig
+            );
+            if stopped {
+                let deployments = project::SERVICES.map(|s| format!("deployment/{}", s.name));
+                println!(
+                    "    the services were scaled to zero to flush coverage; start them with: kubectl --kubeconfig {} scale {} --replicas=1",
+                    run.kubeconfig,
+                    deployments.join(" ")
+                );
+            }
+        }
+        Backend::Podman => {
+            println!(
+                "    keeping the pods: remove them with: podman pod rm --force {}",
+                pods.join(" ")
+            );
+            if stopped {
+                println!(
+                    "    the pods were stopped to flush coverage; start them with: podman pod start {}",
+                    pods.join(" ")
+                );
+            }
+        }
+    }
+}
+
+/// Stops (gracefully: `kube down` alone gives no grace period) and removes every pod of ours,
+/// then checks none is left. Idempotent: used for stale pods before a deploy and at teardown.
+fn remove_podman_pods(sh: &Shell, run: &Run) -> anyhow::Result<()> {
+    // `kube down` of a file resolves names like `kube play` does: run it from our directory.
     let _dir = sh.push_dir(&run.rendered_dir);
-    for (service, manifest) in manifests {
-        let pod = podman_pod(*service);
+    for service in project::SERVICES {
+        let pod = podman_pod(service);
         if !podman_pod_exists(sh, &pod)? {
             continue;
         }
-        // A graceful stop first: `kube down` alone gives no grace period.
         let grace = STOP_GRACE_SECONDS.to_string();
         let _ = cmd!(sh, "podman pod stop --time {grace} {pod}")
             .quiet()
             .ignore_stdout()
             .ignore_stderr()
             .run();
+        let manifest = run.rendered_dir.join(format!("{}.yaml", service.name));
         let downed = manifest.exists()
             && cmd!(sh, "podman kube down {manifest}")
                 .quiet()
@@ -1088,27 +1298,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_counts_include_subtests() {
+    fn test_counts_are_leaf_tests() {
         let lines: Vec<String> = [
             "=== RUN   TestA",
             "--- PASS: TestA (0.00s)",
             "    --- PASS: TestA/sub (0.00s)",
             "--- FAIL: TestB (0.01s)",
             "--- SKIP: TestC (0.00s)",
+            "--- FAIL: TestD (0.00s)",
+            "    --- FAIL: TestD/bad_JSON (0.00s)",
+            "    --- PASS: TestD/missing_alerts (0.00s)",
+            "--- PASS: TestDx (0.00s)",
             "PASS: not a result line",
         ]
         .map(String::from)
         .to_vec();
         let counts = count_tests(&lines);
+        // TestA and TestD count through their subtests; TestDx is not TestD's subtest.
         assert_eq!(
             counts,
             TestCounts {
-                passed: 2,
-                failed: 1,
+                passed: 3,
+                failed: 2,
                 skipped: 1
             }
         );
-        assert_eq!(counts.line(), "2 passed, 1 failed, 1 skipped");
+        assert_eq!(counts.line(), "3 passed, 2 failed, 1 skipped");
     }
 
     #[test]

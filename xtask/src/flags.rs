@@ -68,7 +68,8 @@ FLAGS:
     --cluster auto|kind|podman kind: a Kind cluster; podman: `podman kube play`, no Kubernetes API;
                                auto: kind when `kind` is on PATH, else podman (default)
     --keep-cluster             leave the cluster running afterwards (prints how to delete it)
-    --reuse-cluster            reuse a running cluster of the same name instead of recreating it
+    --reuse-cluster            reuse a running cluster of the same name instead of recreating it,
+                               and keep it afterwards for the next run
     --cluster-name NAME        Kind cluster name (default: gateway-e2e)
     --build-mode host|container
                                how images are built (default: host, see build-images --help)

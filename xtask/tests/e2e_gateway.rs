@@ -53,7 +53,9 @@ fn kind_pipeline_runs_in_strict_order() {
         .unwrap();
     let between = &calls[create_i + 1..load_i];
     assert!(
-        between.iter().all(|c| c.starts_with("podman inspect")),
+        between
+            .iter()
+            .all(|c| c.starts_with("podman inspect") || c.starts_with("kind get nodes")),
         "only the node check may run between create and load: {between:?}"
     );
     assert_eq!(sandbox.count("kind load image-archive"), 2);
@@ -172,10 +174,15 @@ fn node_not_running_is_detected_before_any_load_and_fails_clearly() {
         2,
         "recreated exactly once"
     );
-    assert!(run.stdout.contains("is exited, not running"), "{run}");
     assert!(
-        run.stderr
-            .contains("gateway-e2e-control-plane is exited again after recreating"),
+        run.stdout
+            .contains("not all running (gateway-e2e-control-plane is exited)"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains(
+            "still not running after recreating the cluster (gateway-e2e-control-plane is exited)"
+        ),
         "{run}"
     );
     assert!(
@@ -287,17 +294,11 @@ fn stale_cluster_is_deleted_before_creation() {
 }
 
 #[test]
-fn reuse_cluster_keeps_a_healthy_one() {
+fn reuse_cluster_keeps_a_healthy_one_and_keeps_it_afterwards() {
     let sandbox = kind_sandbox("kind-reuse");
     std::fs::create_dir_all(&sandbox.state).unwrap();
     std::fs::write(sandbox.state.join("cluster"), "").unwrap();
-    let run = sandbox.run(&[
-        "e2e-gateway",
-        "--cluster",
-        "kind",
-        "--reuse-cluster",
-        "--keep-cluster",
-    ]);
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster"]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(
         sandbox.count("kind create"),
@@ -305,6 +306,145 @@ fn reuse_cluster_keeps_a_healthy_one() {
         "a healthy cluster is reused"
     );
     assert!(run.stdout.contains("reusing the running cluster"), "{run}");
+    assert_eq!(
+        sandbox.count("kind delete"),
+        0,
+        "--reuse-cluster keeps it for next time"
+    );
+    assert!(
+        sandbox.count("kind get nodes") >= 1,
+        "every node is checked"
+    );
+}
+
+#[test]
+fn reuse_cluster_recreates_an_unhealthy_one() {
+    let mut sandbox = kind_sandbox("kind-reuse-unhealthy");
+    std::fs::create_dir_all(&sandbox.state).unwrap();
+    std::fs::write(sandbox.state.join("cluster"), "").unwrap();
+    sandbox.env("FAKE_NODE_STATE_ONCE", "exited");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout
+            .contains("is not healthy (gateway-e2e-control-plane is exited)"),
+        "{run}"
+    );
+    assert!(sandbox.position("kind delete cluster") < sandbox.position("kind create cluster"));
+}
+
+#[test]
+fn a_kept_cluster_holding_our_ports_is_replaced_by_the_next_run() {
+    let sandbox = kind_sandbox("kind-kept-then-rerun");
+    let kept = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--keep-cluster"]);
+    assert_eq!(kept.code, 0, "{kept}");
+    // The kept cluster's services still listen on the host ports.
+    let calls_before = sandbox.calls().len();
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("are checked once it is gone"), "{run}");
+    let calls = &sandbox.calls()[calls_before..];
+    let delete = calls
+        .iter()
+        .position(|c| c.starts_with("kind delete cluster"))
+        .unwrap();
+    let create = calls
+        .iter()
+        .position(|c| c.starts_with("kind create cluster"))
+        .unwrap();
+    assert!(delete < create, "{calls:?}");
+}
+
+#[test]
+fn kept_podman_pods_are_replaced_by_the_next_run() {
+    let sandbox = Sandbox::new("podman-kept-then-rerun", &["podman", "go"]);
+    let kept = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--keep-cluster"]);
+    assert_eq!(kept.code, 0, "{kept}");
+    assert!(
+        kept.stdout
+            .contains("podman pod rm --force datastorage-pod-0 gateway-pod-0"),
+        "{kept}"
+    );
+    let calls_before = sandbox.calls().len();
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
+    assert_eq!(run.code, 0, "{run}");
+    let calls = &sandbox.calls()[calls_before..];
+    let down = calls
+        .iter()
+        .position(|c| c.starts_with("podman kube down"))
+        .unwrap();
+    let play = calls
+        .iter()
+        .position(|c| c.starts_with("podman kube play"))
+        .unwrap();
+    assert!(
+        down < play,
+        "stale pods are removed before the new ones start: {calls:?}"
+    );
+}
+
+#[test]
+fn a_failed_load_is_diagnosed_before_the_cluster_is_deleted() {
+    let mut sandbox = kind_sandbox("kind-load-fails");
+    sandbox.env("FAKE_FAIL", "^kind load");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("phase 4 (load images) failed"), "{run}");
+    assert!(sandbox.position("kind export logs") < sandbox.position("kind delete cluster"));
+    assert!(run.stdout.contains("diagnostics written to"), "{run}");
+}
+
+#[test]
+fn missing_counters_are_diagnosed_with_the_service_logs() {
+    let mut sandbox = Sandbox::new("meta-only-diagnosed", &["podman", "go"]);
+    sandbox.env("FAKE_META_ONLY", "datastorage");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(sandbox.position("podman logs") < sandbox.position("podman kube down"));
+}
+
+#[test]
+fn sigterm_during_a_rollout_stops_waiting_and_deletes_the_cluster() {
+    let mut sandbox = kind_sandbox("kind-sigterm");
+    sandbox.env("FAKE_ROLLOUT_SLEEP", "60");
+    let child = sandbox
+        .command(&["e2e-gateway", "--cluster", "kind"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !sandbox
+        .calls()
+        .iter()
+        .any(|c| c.contains(" rollout status "))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "rollout never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "waited for the rollout timeout"
+    );
+    assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    assert_eq!(
+        sandbox.count("kind export logs"),
+        0,
+        "no diagnostics after an interrupt"
+    );
+    assert!(sandbox.position("kind delete cluster") > sandbox.position("kubectl"));
 }
 
 #[test]
