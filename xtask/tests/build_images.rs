@@ -229,3 +229,60 @@ fn container_mode_rebuilds_when_the_builder_image_changes_under_the_same_tag() {
         "a new builder image means a new tag: {run}"
     );
 }
+
+// The harness itself (tests/common): these guard every fake-tool test file.
+
+#[test]
+fn sandbox_path_holds_only_fakes_and_basic_tools() {
+    let sandbox = Sandbox::new("harness-path", &["go"]);
+    let run = sandbox.run_fake("go", &["version"]);
+    assert_eq!(run.code, 0, "{run}");
+    let tools: Vec<String> = std::fs::read_dir(&sandbox.tools)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    for engine_or_cluster_tool in ["podman", "docker", "kind", "kubectl", "go", "python3"] {
+        assert!(
+            !tools.iter().any(|t| t == engine_or_cluster_tool),
+            "{engine_or_cluster_tool} must come from a fake only: {tools:?}"
+        );
+    }
+    // xtask sees no podman although the sandbox is otherwise complete.
+    let run = sandbox.run(&["build-images"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("no container engine"), "{run}");
+}
+
+#[test]
+fn dropping_a_sandbox_stops_the_fake_servers() {
+    let sandbox = Sandbox::new("harness-servers", &["kubectl"]);
+    let run = sandbox.run_fake("kubectl", &["apply", "-f", "x.yaml"]);
+    assert_eq!(run.code, 0, "{run}");
+    let pids: Vec<String> = std::fs::read_to_string(sandbox.state.join("servers"))
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let alive = |pid: &str| {
+        // A zombie (state Z) has exited; only its parent has not reaped it yet.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    assert!(pids.iter().all(|p| alive(p)), "servers started: {pids:?}");
+    drop(sandbox);
+    let started = std::time::Instant::now();
+    while pids.iter().any(|p| alive(p)) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "servers still running after drop: {pids:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
