@@ -327,21 +327,27 @@ fn base_images(dockerfile: &str) -> Vec<String> {
 
 /// The engine's ID of a local image, or `absent` when it has not been pulled or built yet.
 fn local_image_id(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<String> {
+    Ok(inspect(sh, engine, reference, "{{.Id}}")?.unwrap_or_else(|| "absent".to_string()))
+}
+
+/// `<engine> image inspect --format <format> <reference>`; `None` when the engine has no such
+/// image (or prints nothing for the field).
+fn inspect(
+    sh: &Shell,
+    engine: Engine,
+    reference: &str,
+    format: &str,
+) -> anyhow::Result<Option<String>> {
     let program = engine.program();
-    let format = "{{.Id}}";
     let output = cmd!(sh, "{program} image inspect --format {format} {reference}")
         .quiet()
         .ignore_status()
         .output()
         .with_context(|| {
-            format!("running `{program} image inspect` failed: is {program} installed?")
+            format!("running `{program} image inspect` failed: is {program} installed? (`cargo xtask doctor`)")
         })?;
-    let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    Ok(if output.status.success() && !id.is_empty() {
-        id
-    } else {
-        "absent".to_string()
-    })
+    let value = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    Ok((output.status.success() && !value.is_empty()).then_some(value))
 }
 
 /// sha256 over the files (by path relative to the root, then content) and the settings;
@@ -605,11 +611,13 @@ fn remove_older_archives(dir: &Utf8Path, service: Service, keep: &Utf8Path) -> a
 
 fn image_size(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<String> {
     let program = engine.program();
-    let format = "{{.Size}}";
-    let bytes = cmd!(sh, "{program} image inspect --format {format} {reference}")
-        .quiet()
-        .read()
-        .with_context(|| format!("inspecting {reference} failed"))?;
+    let bytes = inspect(sh, engine, reference, "{{.Size}}")?.with_context(|| {
+        format!(
+            "inspecting {reference} for its size failed: {program} no longer has the image; \
+             rebuild it with `cargo xtask build-images --no-cache` (and run `cargo xtask doctor` \
+             if {program} does not answer)"
+        )
+    })?;
     Ok(match bytes.trim().parse::<f64>() {
         Ok(b) => format!("{:.1} MB", b / 1_000_000.0),
         Err(_) => bytes.trim().to_string(),

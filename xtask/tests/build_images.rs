@@ -286,3 +286,21 @@ fn dropping_a_sandbox_stops_the_fake_servers() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn an_image_that_cannot_be_inspected_is_named_with_a_fix() {
+    let mut sandbox = Sandbox::new("inspect-fails", TOOLS);
+    sandbox.env("FAKE_FAIL", "^podman image inspect --format [{]{2}.Size");
+    let run = sandbox.run(&["build-images", "--service", "gateway"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("inspecting localhost/gateway:e2e-")
+            && run.stderr.contains("for its size failed"),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("rebuild it with `cargo xtask build-images --no-cache`"),
+        "{run}"
+    );
+}
