@@ -117,7 +117,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
             let text = std::fs::read_to_string(&dockerfile)
                 .with_context(|| format!("reading {dockerfile}"))?;
             // A newer image pulled under the same tag must not count as a cache hit.
-            for reference in base_images(&text) {
+            for (_, reference) in base_images(&text) {
                 let id = local_image_id(sh, req.engine, &reference)?;
                 settings.push(("base-image", format!("{reference}@{id}")));
             }
@@ -303,14 +303,23 @@ fn build_settings(req: &Request, go: &GoEnv, module: &str) -> Vec<(&'static str,
     settings
 }
 
-/// The images a container-mode Dockerfile builds from: `BUILDER_IMAGE` and `BASE_IMAGE`, from
-/// the environment when set there, else from the Dockerfile's `ARG NAME=default` lines.
-fn base_images(dockerfile: &str) -> Vec<String> {
+/// The images a container-mode Dockerfile builds from, from the process environment; see
+/// `base_images_from`.
+fn base_images(dockerfile: &str) -> Vec<(&'static str, String)> {
+    base_images_from(dockerfile, |name| std::env::var(name).ok())
+}
+
+/// `(argument, image)` for `BUILDER_IMAGE` and `BASE_IMAGE`: from `env` when set there (and not
+/// empty), else from the Dockerfile's `ARG NAME=default` lines.
+fn base_images_from(
+    dockerfile: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, String)> {
     ["BUILDER_IMAGE", "BASE_IMAGE"]
         .into_iter()
         .filter_map(|name| {
-            let from_env = std::env::var(name).ok().filter(|v| !v.is_empty());
-            from_env.or_else(|| {
+            let from_env = env(name).filter(|v| !v.is_empty());
+            let image = from_env.or_else(|| {
                 dockerfile.lines().find_map(|line| {
                     let value = line
                         .trim()
@@ -320,7 +329,8 @@ fn base_images(dockerfile: &str) -> Vec<String> {
                         .strip_prefix('=')?;
                     Some(value.trim().trim_matches('"').to_string())
                 })
-            })
+            });
+            image.map(|image| (name, image))
         })
         .collect()
 }
@@ -754,17 +764,45 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
     }
 
     #[test]
-    fn base_images_come_from_arg_defaults() {
+    fn base_images_come_from_arg_defaults_unless_overridden() {
         let dockerfile = "ARG BUILDER_IMAGE=registry.example/go-toolset:1.25\nARG BASE_IMAGE=\"registry.example/minimal:9.6\"\nFROM ${BUILDER_IMAGE} AS builder\n";
-        if std::env::var_os("BUILDER_IMAGE").is_none() && std::env::var_os("BASE_IMAGE").is_none() {
-            assert_eq!(
-                base_images(dockerfile),
-                [
-                    "registry.example/go-toolset:1.25",
-                    "registry.example/minimal:9.6"
-                ]
-            );
-        }
+        let unset = |_: &str| None;
+        assert_eq!(
+            base_images_from(dockerfile, unset),
+            [
+                (
+                    "BUILDER_IMAGE",
+                    "registry.example/go-toolset:1.25".to_string()
+                ),
+                ("BASE_IMAGE", "registry.example/minimal:9.6".to_string())
+            ]
+        );
+        let builder_only =
+            |name: &str| (name == "BUILDER_IMAGE").then(|| "localhost/standin:1".to_string());
+        assert_eq!(
+            base_images_from(dockerfile, builder_only),
+            [
+                ("BUILDER_IMAGE", "localhost/standin:1".to_string()),
+                ("BASE_IMAGE", "registry.example/minimal:9.6".to_string())
+            ]
+        );
+        // An empty variable is no override.
+        let both = |name: &str| match name {
+            "BUILDER_IMAGE" => Some(String::new()),
+            _ => Some("scratch".to_string()),
+        };
+        assert_eq!(
+            base_images_from(dockerfile, both),
+            [
+                (
+                    "BUILDER_IMAGE",
+                    "registry.example/go-toolset:1.25".to_string()
+                ),
+                ("BASE_IMAGE", "scratch".to_string())
+            ]
+        );
+        // No ARG default and nothing in the environment: nothing to resolve.
+        assert!(base_images_from("FROM scratch\n", unset).is_empty());
     }
 
     #[test]
