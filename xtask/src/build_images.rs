@@ -84,57 +84,16 @@ pub fn select_services(names: &[String]) -> Vec<Service> {
 pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<Image>> {
     let go = go_env(sh, root)?;
     let module = project::go_module(root)?;
-    let packages = go_packages(sh, root, &go.arch, &req.services)?;
     if req.build_mode == BuildMode::Container {
         lint_before_container_build(root)?;
     }
-
-    let mut planned = Vec::new();
-    for &service in &req.services {
-        let dockerfile = dockerfile(root, req.build_mode, service);
-        if !dockerfile.exists() {
-            bail!(
-                "missing Dockerfile for {}: {dockerfile} does not exist; restore it from version control",
-                service.name
-            );
-        }
-        let main_package = format!("{module}/cmd/{}", service.name);
-        let mut files = source_files(&packages, &main_package).with_context(|| {
-            format!(
-                "finding the Go sources of {}: is ./cmd/{} a main package?",
-                service.name, service.name
-            )
-        })?;
-        files.push(dockerfile.clone());
-        files.extend(
-            ["go.mod", "go.sum"]
-                .map(|f| root.join(f))
-                .into_iter()
-                .filter(|f| f.exists()),
-        );
-        let mut settings = build_settings(req, &go, &module);
-        if req.build_mode == BuildMode::Container {
-            let text = std::fs::read_to_string(&dockerfile)
-                .with_context(|| format!("reading {dockerfile}"))?;
-            // A newer image pulled under the same tag must not count as a cache hit.
-            for (_, reference) in base_images(&text) {
-                let id = local_image_id(sh, req.engine, &reference)?;
-                settings.push(("base-image", format!("{reference}@{id}")));
-            }
-        }
-        let hash = inputs_hash(root, &files, &settings)?;
-        planned.push((
-            service,
-            dockerfile,
-            format!("localhost/{}:e2e-{hash}", service.name),
-        ));
-    }
+    let planned = plan(sh, root, req, &go, &module)?;
 
     let existing = existing_images(sh, req.engine)?;
     let to_build: Vec<Service> = planned
         .iter()
-        .filter(|(_, _, reference)| req.no_cache || !existing.contains(reference))
-        .map(|(service, _, _)| *service)
+        .filter(|p| req.no_cache || !existing.contains(&p.reference))
+        .map(|p| p.service)
         .collect();
 
     if req.build_mode == BuildMode::Host && !to_build.is_empty() {
@@ -149,7 +108,12 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
     }
 
     let mut images = Vec::new();
-    for (service, dockerfile, reference) in planned {
+    for Planned {
+        service,
+        dockerfile,
+        reference,
+    } in planned
+    {
         let started = Instant::now();
         let built = to_build.contains(&service);
         if built {
@@ -176,6 +140,73 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         });
     }
     Ok(images)
+}
+
+/// One image to build or reuse.
+struct Planned {
+    service: Service,
+    dockerfile: Utf8PathBuf,
+    /// `localhost/<svc>:e2e-<hash of the inputs>`
+    reference: String,
+}
+
+/// The image reference of every requested service, from the Go sources it is built from, its
+/// Dockerfile and the build settings. Needs the engine only in container mode (base image IDs).
+fn plan(
+    sh: &Shell,
+    root: &Utf8Path,
+    req: &Request,
+    go: &GoEnv,
+    module: &str,
+) -> anyhow::Result<Vec<Planned>> {
+    let packages = go_packages(sh, root, &go.arch, &req.services)?;
+    // Both services build from the same base images: resolve (and pull) each once.
+    let mut base_ids: BTreeMap<String, String> = BTreeMap::new();
+    let mut planned = Vec::new();
+    for &service in &req.services {
+        let dockerfile = dockerfile(root, req.build_mode, service);
+        if !dockerfile.exists() {
+            bail!(
+                "missing Dockerfile for {}: {dockerfile} does not exist; restore it from version control",
+                service.name
+            );
+        }
+        let main_package = format!("{module}/cmd/{}", service.name);
+        let mut files = source_files(&packages, &main_package).with_context(|| {
+            format!(
+                "finding the Go sources of {}: is ./cmd/{} a main package?",
+                service.name, service.name
+            )
+        })?;
+        files.push(dockerfile.clone());
+        files.extend(
+            ["go.mod", "go.sum"]
+                .map(|f| root.join(f))
+                .into_iter()
+                .filter(|f| f.exists()),
+        );
+        let mut settings = build_settings(req, go, module);
+        if req.build_mode == BuildMode::Container {
+            let text = std::fs::read_to_string(&dockerfile)
+                .with_context(|| format!("reading {dockerfile}"))?;
+            // A newer image pulled under the same tag must not count as a cache hit.
+            for (arg, reference) in base_images(&text) {
+                let id = match base_ids.get(&reference) {
+                    Some(id) => id.clone(),
+                    None => base_image_id(sh, req.engine, arg, &reference)?,
+                };
+                settings.push(("base-image", format!("{reference}@{id}")));
+                base_ids.insert(reference, id);
+            }
+        }
+        let hash = inputs_hash(root, &files, &settings)?;
+        planned.push(Planned {
+            service,
+            dockerfile,
+            reference: format!("localhost/{}:e2e-{hash}", service.name),
+        });
+    }
+    Ok(planned)
 }
 
 struct GoEnv {
@@ -335,9 +366,34 @@ fn base_images_from(
         .collect()
 }
 
-/// The engine's ID of a local image, or `absent` when it has not been pulled or built yet.
-fn local_image_id(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<String> {
-    Ok(inspect(sh, engine, reference, "{{.Id}}")?.unwrap_or_else(|| "absent".to_string()))
+/// The engine's ID of a base image, pulled first when it is not local: hashed as missing, the
+/// tag would change once the build pulled it, and the next unchanged run would rebuild.
+fn base_image_id(sh: &Shell, engine: Engine, arg: &str, reference: &str) -> anyhow::Result<String> {
+    // `FROM scratch` is no image; nothing to pull or inspect.
+    if reference == "scratch" {
+        return Ok("scratch".to_string());
+    }
+    if let Some(id) = inspect(sh, engine, reference, "{{.Id}}")? {
+        return Ok(id);
+    }
+    let program = engine.program();
+    println!("pulling base image {reference} ({arg}): it is not in {program}'s store");
+    let output = cmd!(sh, "{program} pull {reference}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .with_context(|| format!("running `{program} pull` failed: is {program} installed?"))?;
+    if !output.status.success() {
+        bail!(
+            "pulling base image {reference} ({arg}) failed: it is not local and `{program} pull {reference}` exited with {}; \
+             where no registry is reachable, set {arg} to a local image (`{program} images` lists them):\n{}",
+            output.status,
+            tail(&String::from_utf8_lossy(&output.stderr), 10).trim_end()
+        );
+    }
+    inspect(sh, engine, reference, "{{.Id}}")?.with_context(|| {
+        format!("{reference} was pulled but `{program} image inspect {reference}` does not find it; run `cargo xtask doctor`")
+    })
 }
 
 /// `<engine> image inspect --format <format> <reference>`; `None` when the engine has no such

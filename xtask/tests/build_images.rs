@@ -304,3 +304,79 @@ fn an_image_that_cannot_be_inspected_is_named_with_a_fix() {
         "{run}"
     );
 }
+
+const REGISTRY_BUILDER: &str = "registry.access.redhat.com/ubi9/go-toolset:1.25";
+const REGISTRY_BASE: &str = "registry.access.redhat.com/ubi9/ubi-minimal:9.6";
+
+#[test]
+fn container_mode_pulls_missing_base_images_first_so_the_second_run_is_cached() {
+    let sandbox = Sandbox::new("pull-base", TOOLS);
+    let args = ["build-images", "--build-mode", "container"];
+    let first = sandbox.run(&args);
+    assert_eq!(first.code, 0, "{first}");
+    assert_eq!(first.stdout.matches(" built ").count(), 2, "{first}");
+    for image in [REGISTRY_BUILDER, REGISTRY_BASE] {
+        let pull = format!("podman pull {image}");
+        assert_eq!(sandbox.count(&pull), 1, "once for both services");
+        assert!(sandbox.position(&pull) < sandbox.position("podman build"));
+    }
+
+    let second = sandbox.run(&args);
+    assert_eq!(second.code, 0, "{second}");
+    assert_eq!(
+        second.stdout.matches(" cached ").count(),
+        2,
+        "nothing changed, so nothing is built: {second}"
+    );
+    assert_eq!(sandbox.count("podman pull"), 2, "nothing pulled again");
+    assert_eq!(sandbox.count("podman build"), 2);
+}
+
+#[test]
+fn scratch_is_not_pulled_and_a_local_builder_is_not_pulled() {
+    let mut sandbox = Sandbox::new("no-pull", TOOLS);
+    sandbox
+        .env("BUILDER_IMAGE", "localhost/standin-builder:1")
+        .env("BASE_IMAGE", "scratch");
+    std::fs::create_dir_all(&sandbox.state).unwrap();
+    std::fs::write(
+        sandbox.state.join("images"),
+        "localhost/standin-builder:1\n",
+    )
+    .unwrap();
+    let run = sandbox.run(&["build-images", "--build-mode", "container"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(sandbox.count("podman pull"), 0, "{:?}", sandbox.calls());
+    assert!(
+        !sandbox.calls().iter().any(|c| c.ends_with(" scratch")),
+        "scratch is not an image: {:?}",
+        sandbox.calls()
+    );
+}
+
+#[test]
+fn an_unpullable_base_image_is_named_with_the_variable_to_set() {
+    let mut sandbox = Sandbox::new("pull-fails", TOOLS);
+    sandbox
+        .env("FAKE_FAIL", "^podman pull")
+        .env(
+            "FAKE_FAIL_MESSAGE",
+            "Error: dial tcp: lookup registry.access.redhat.com: no such host",
+        )
+        .env("FAKE_FAIL_CODE", "125");
+    let run = sandbox.run(&["build-images", "--build-mode", "container"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "pulling base image {REGISTRY_BUILDER} (BUILDER_IMAGE) failed"
+        )),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("set BUILDER_IMAGE to a local image (`podman images` lists them)"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("no such host"), "{run}");
+    assert_eq!(sandbox.count("podman build"), 0);
+}
