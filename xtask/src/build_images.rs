@@ -628,9 +628,20 @@ fn save_archive(
     let tag = reference.rsplit(':').next().unwrap_or(reference);
     let archive = dir.join(format!("{}-{tag}.tar", service.name));
     if archive.exists() {
+        // Its modification time says when it was last used; see `remove_older_archives`.
+        std::fs::File::options()
+            .append(true)
+            .open(&archive)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .with_context(|| format!("touching {archive}"))?;
         return Ok(archive);
     }
-    let partial = dir.join(format!("{}-{tag}.tar.partial", service.name));
+    // Unique per process: two runs saving the same tag must not write into one file.
+    let partial = dir.join(format!(
+        "{}-{tag}.tar.{}.partial",
+        service.name,
+        std::process::id()
+    ));
     if partial.exists() {
         std::fs::remove_file(&partial).with_context(|| format!("removing {partial}"))?;
     }
@@ -659,18 +670,30 @@ fn save_archive(
     Ok(archive)
 }
 
-/// Only the newest archive of a service is useful; older tags would fill the disk.
+/// Archives of a service kept: the plain and the coverage build, so alternating between them
+/// re-saves nothing.
+const ARCHIVES_KEPT: usize = 2;
+
+/// Keeps the `ARCHIVES_KEPT` most recently used archives of a service (`keep`, just written,
+/// among them); older tags would only fill the disk.
 fn remove_older_archives(dir: &Utf8Path, service: Service, keep: &Utf8Path) -> anyhow::Result<()> {
     let prefix = format!("{}-e2e-", service.name);
+    let mut archives = Vec::new();
     for entry in dir
         .read_dir_utf8()
         .with_context(|| format!("reading {dir}"))?
     {
-        let path = entry?.into_path();
-        let name = path.file_name().unwrap_or_default();
-        if name.starts_with(&prefix) && name.ends_with(".tar") && path != keep {
-            std::fs::remove_file(&path).with_context(|| format!("removing old archive {path}"))?;
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.starts_with(&prefix) && name.ends_with(".tar") && entry.path() != keep {
+            let used = entry.metadata()?.modified()?;
+            archives.push((used, entry.into_path()));
         }
+    }
+    archives.sort();
+    let remove = archives.len().saturating_sub(ARCHIVES_KEPT - 1);
+    for (_, path) in &archives[..remove] {
+        std::fs::remove_file(path).with_context(|| format!("removing old archive {path}"))?;
     }
     Ok(())
 }

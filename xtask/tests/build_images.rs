@@ -380,3 +380,65 @@ fn an_unpullable_base_image_is_named_with_the_variable_to_set() {
     assert!(run.stderr.contains("no such host"), "{run}");
     assert_eq!(sandbox.count("podman build"), 0);
 }
+
+#[test]
+fn archives_of_plain_and_coverage_builds_are_both_kept_and_the_least_recent_goes() {
+    let sandbox = Sandbox::new("archive-variants", TOOLS);
+    let plain = ["build-images", "--archive", "--service", "gateway"];
+    let cover = [&plain[..], &["--coverage"]].concat();
+    let archive_of = |run: &common::Run| {
+        let reference = run
+            .stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("localhost/gateway:e2e-"))
+            .unwrap_or_else(|| panic!("no image reference in {run}"));
+        format!("gateway-{}.tar", reference.rsplit(':').next().unwrap())
+    };
+    let archives = || {
+        let mut names: Vec<String> = std::fs::read_dir(sandbox.root.join("target/xtask/images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+
+    let plain_1 = archive_of(&sandbox.run(&plain));
+    let cover_1 = archive_of(&sandbox.run(&cover));
+    assert_eq!(sandbox.run(&plain).code, 0);
+    assert_eq!(sandbox.run(&cover).code, 0);
+    assert_eq!(
+        sandbox.count("podman save"),
+        2,
+        "alternating re-saves nothing"
+    );
+    let mut expected = vec![cover_1.clone(), plain_1.clone()];
+    expected.sort();
+    assert_eq!(archives(), expected);
+
+    // Written under a name of this process's own, then renamed.
+    let save = &sandbox.calls()[sandbox.position("podman save")];
+    let output = save
+        .split_whitespace()
+        .skip_while(|w| *w != "--output")
+        .nth(1)
+        .unwrap();
+    let pid = output
+        .strip_suffix(".partial")
+        .and_then(|o| o.rsplit_once(".tar."))
+        .map(|(_, pid)| pid)
+        .unwrap_or_else(|| panic!("{save}"));
+    assert!(pid.parse::<u32>().is_ok(), "{save}");
+
+    // A third tag: the least recently used archive (the plain one, used before the coverage
+    // one) goes.
+    common::write(
+        &sandbox.root.join("cmd/gateway/main.go"),
+        "package main\n\nfunc main() { println() }\n",
+    );
+    let plain_2 = archive_of(&sandbox.run(&plain));
+    assert_ne!(plain_2, plain_1);
+    let mut expected = vec![cover_1, plain_2];
+    expected.sort();
+    assert_eq!(archives(), expected);
+}
