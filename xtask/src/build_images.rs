@@ -84,57 +84,16 @@ pub fn select_services(names: &[String]) -> Vec<Service> {
 pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<Image>> {
     let go = go_env(sh, root)?;
     let module = project::go_module(root)?;
-    let packages = go_packages(sh, root, &go.arch, &req.services)?;
     if req.build_mode == BuildMode::Container {
         lint_before_container_build(root)?;
     }
-
-    let mut planned = Vec::new();
-    for &service in &req.services {
-        let dockerfile = dockerfile(root, req.build_mode, service);
-        if !dockerfile.exists() {
-            bail!(
-                "missing Dockerfile for {}: {dockerfile} does not exist; restore it from version control",
-                service.name
-            );
-        }
-        let main_package = format!("{module}/cmd/{}", service.name);
-        let mut files = source_files(&packages, &main_package).with_context(|| {
-            format!(
-                "finding the Go sources of {}: is ./cmd/{} a main package?",
-                service.name, service.name
-            )
-        })?;
-        files.push(dockerfile.clone());
-        files.extend(
-            ["go.mod", "go.sum"]
-                .map(|f| root.join(f))
-                .into_iter()
-                .filter(|f| f.exists()),
-        );
-        let mut settings = build_settings(req, &go, &module);
-        if req.build_mode == BuildMode::Container {
-            let text = std::fs::read_to_string(&dockerfile)
-                .with_context(|| format!("reading {dockerfile}"))?;
-            // A newer image pulled under the same tag must not count as a cache hit.
-            for reference in base_images(&text) {
-                let id = local_image_id(sh, req.engine, &reference)?;
-                settings.push(("base-image", format!("{reference}@{id}")));
-            }
-        }
-        let hash = inputs_hash(root, &files, &settings)?;
-        planned.push((
-            service,
-            dockerfile,
-            format!("localhost/{}:e2e-{hash}", service.name),
-        ));
-    }
+    let planned = plan(sh, root, req, &go, &module)?;
 
     let existing = existing_images(sh, req.engine)?;
     let to_build: Vec<Service> = planned
         .iter()
-        .filter(|(_, _, reference)| req.no_cache || !existing.contains(reference))
-        .map(|(service, _, _)| *service)
+        .filter(|p| req.no_cache || !existing.contains(&p.reference))
+        .map(|p| p.service)
         .collect();
 
     if req.build_mode == BuildMode::Host && !to_build.is_empty() {
@@ -149,7 +108,12 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
     }
 
     let mut images = Vec::new();
-    for (service, dockerfile, reference) in planned {
+    for Planned {
+        service,
+        dockerfile,
+        reference,
+    } in planned
+    {
         let started = Instant::now();
         let built = to_build.contains(&service);
         if built {
@@ -176,6 +140,73 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         });
     }
     Ok(images)
+}
+
+/// One image to build or reuse.
+struct Planned {
+    service: Service,
+    dockerfile: Utf8PathBuf,
+    /// `localhost/<svc>:e2e-<hash of the inputs>`
+    reference: String,
+}
+
+/// The image reference of every requested service, from the Go sources it is built from, its
+/// Dockerfile and the build settings. Needs the engine only in container mode (base image IDs).
+fn plan(
+    sh: &Shell,
+    root: &Utf8Path,
+    req: &Request,
+    go: &GoEnv,
+    module: &str,
+) -> anyhow::Result<Vec<Planned>> {
+    let packages = go_packages(sh, root, &go.arch, &req.services)?;
+    // Both services build from the same base images: resolve (and pull) each once.
+    let mut base_ids: BTreeMap<String, String> = BTreeMap::new();
+    let mut planned = Vec::new();
+    for &service in &req.services {
+        let dockerfile = dockerfile(root, req.build_mode, service);
+        if !dockerfile.exists() {
+            bail!(
+                "missing Dockerfile for {}: {dockerfile} does not exist; restore it from version control",
+                service.name
+            );
+        }
+        let main_package = format!("{module}/cmd/{}", service.name);
+        let mut files = source_files(&packages, &main_package).with_context(|| {
+            format!(
+                "finding the Go sources of {}: is ./cmd/{} a main package?",
+                service.name, service.name
+            )
+        })?;
+        files.push(dockerfile.clone());
+        files.extend(
+            ["go.mod", "go.sum"]
+                .map(|f| root.join(f))
+                .into_iter()
+                .filter(|f| f.exists()),
+        );
+        let mut settings = build_settings(req, go, module);
+        if req.build_mode == BuildMode::Container {
+            let text = std::fs::read_to_string(&dockerfile)
+                .with_context(|| format!("reading {dockerfile}"))?;
+            // A newer image pulled under the same tag must not count as a cache hit.
+            for (arg, reference) in base_images(&text) {
+                let id = match base_ids.get(&reference) {
+                    Some(id) => id.clone(),
+                    None => base_image_id(sh, req.engine, arg, &reference)?,
+                };
+                settings.push(("base-image", format!("{reference}@{id}")));
+                base_ids.insert(reference, id);
+            }
+        }
+        let hash = inputs_hash(root, &files, &settings)?;
+        planned.push(Planned {
+            service,
+            dockerfile,
+            reference: format!("localhost/{}:e2e-{hash}", service.name),
+        });
+    }
+    Ok(planned)
 }
 
 struct GoEnv {
@@ -303,14 +334,23 @@ fn build_settings(req: &Request, go: &GoEnv, module: &str) -> Vec<(&'static str,
     settings
 }
 
-/// The images a container-mode Dockerfile builds from: `BUILDER_IMAGE` and `BASE_IMAGE`, from
-/// the environment when set there, else from the Dockerfile's `ARG NAME=default` lines.
-fn base_images(dockerfile: &str) -> Vec<String> {
+/// The images a container-mode Dockerfile builds from, from the process environment; see
+/// `base_images_from`.
+fn base_images(dockerfile: &str) -> Vec<(&'static str, String)> {
+    base_images_from(dockerfile, |name| std::env::var(name).ok())
+}
+
+/// `(argument, image)` for `BUILDER_IMAGE` and `BASE_IMAGE`: from `env` when set there (and not
+/// empty), else from the Dockerfile's `ARG NAME=default` lines.
+fn base_images_from(
+    dockerfile: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, String)> {
     ["BUILDER_IMAGE", "BASE_IMAGE"]
         .into_iter()
         .filter_map(|name| {
-            let from_env = std::env::var(name).ok().filter(|v| !v.is_empty());
-            from_env.or_else(|| {
+            let from_env = env(name).filter(|v| !v.is_empty());
+            let image = from_env.or_else(|| {
                 dockerfile.lines().find_map(|line| {
                     let value = line
                         .trim()
@@ -320,28 +360,60 @@ fn base_images(dockerfile: &str) -> Vec<String> {
                         .strip_prefix('=')?;
                     Some(value.trim().trim_matches('"').to_string())
                 })
-            })
+            });
+            image.map(|image| (name, image))
         })
         .collect()
 }
 
-/// The engine's ID of a local image, or `absent` when it has not been pulled or built yet.
-fn local_image_id(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<String> {
+/// The engine's ID of a base image, pulled first when it is not local: hashed as missing, the
+/// tag would change once the build pulled it, and the next unchanged run would rebuild.
+fn base_image_id(sh: &Shell, engine: Engine, arg: &str, reference: &str) -> anyhow::Result<String> {
+    // `FROM scratch` is no image; nothing to pull or inspect.
+    if reference == "scratch" {
+        return Ok("scratch".to_string());
+    }
+    if let Some(id) = inspect(sh, engine, reference, "{{.Id}}")? {
+        return Ok(id);
+    }
     let program = engine.program();
-    let format = "{{.Id}}";
+    println!("pulling base image {reference} ({arg}): it is not in {program}'s store");
+    let output = cmd!(sh, "{program} pull {reference}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .with_context(|| format!("running `{program} pull` failed: is {program} installed?"))?;
+    if !output.status.success() {
+        bail!(
+            "pulling base image {reference} ({arg}) failed: it is not local and `{program} pull {reference}` exited with {}; \
+             where no registry is reachable, set {arg} to a local image (`{program} images` lists them):\n{}",
+            output.status,
+            tail(&String::from_utf8_lossy(&output.stderr), 10).trim_end()
+        );
+    }
+    inspect(sh, engine, reference, "{{.Id}}")?.with_context(|| {
+        format!("{reference} was pulled but `{program} image inspect {reference}` does not find it; run `cargo xtask doctor`")
+    })
+}
+
+/// `<engine> image inspect --format <format> <reference>`; `None` when the engine has no such
+/// image (or prints nothing for the field).
+fn inspect(
+    sh: &Shell,
+    engine: Engine,
+    reference: &str,
+    format: &str,
+) -> anyhow::Result<Option<String>> {
+    let program = engine.program();
     let output = cmd!(sh, "{program} image inspect --format {format} {reference}")
         .quiet()
         .ignore_status()
         .output()
         .with_context(|| {
-            format!("running `{program} image inspect` failed: is {program} installed?")
+            format!("running `{program} image inspect` failed: is {program} installed? (`cargo xtask doctor`)")
         })?;
-    let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    Ok(if output.status.success() && !id.is_empty() {
-        id
-    } else {
-        "absent".to_string()
-    })
+    let value = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    Ok((output.status.success() && !value.is_empty()).then_some(value))
 }
 
 /// sha256 over the files (by path relative to the root, then content) and the settings;
@@ -556,9 +628,20 @@ fn save_archive(
     let tag = reference.rsplit(':').next().unwrap_or(reference);
     let archive = dir.join(format!("{}-{tag}.tar", service.name));
     if archive.exists() {
+        // Its modification time says when it was last used; see `remove_older_archives`.
+        std::fs::File::options()
+            .append(true)
+            .open(&archive)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .with_context(|| format!("touching {archive}"))?;
         return Ok(archive);
     }
-    let partial = dir.join(format!("{}-{tag}.tar.partial", service.name));
+    // Unique per process: two runs saving the same tag must not write into one file.
+    let partial = dir.join(format!(
+        "{}-{tag}.tar.{}.partial",
+        service.name,
+        std::process::id()
+    ));
     if partial.exists() {
         std::fs::remove_file(&partial).with_context(|| format!("removing {partial}"))?;
     }
@@ -587,29 +670,43 @@ fn save_archive(
     Ok(archive)
 }
 
-/// Only the newest archive of a service is useful; older tags would fill the disk.
+/// Archives of a service kept: the plain and the coverage build, so alternating between them
+/// re-saves nothing.
+const ARCHIVES_KEPT: usize = 2;
+
+/// Keeps the `ARCHIVES_KEPT` most recently used archives of a service (`keep`, just written,
+/// among them); older tags would only fill the disk.
 fn remove_older_archives(dir: &Utf8Path, service: Service, keep: &Utf8Path) -> anyhow::Result<()> {
     let prefix = format!("{}-e2e-", service.name);
+    let mut archives = Vec::new();
     for entry in dir
         .read_dir_utf8()
         .with_context(|| format!("reading {dir}"))?
     {
-        let path = entry?.into_path();
-        let name = path.file_name().unwrap_or_default();
-        if name.starts_with(&prefix) && name.ends_with(".tar") && path != keep {
-            std::fs::remove_file(&path).with_context(|| format!("removing old archive {path}"))?;
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.starts_with(&prefix) && name.ends_with(".tar") && entry.path() != keep {
+            let used = entry.metadata()?.modified()?;
+            archives.push((used, entry.into_path()));
         }
+    }
+    archives.sort();
+    let remove = archives.len().saturating_sub(ARCHIVES_KEPT - 1);
+    for (_, path) in &archives[..remove] {
+        std::fs::remove_file(path).with_context(|| format!("removing old archive {path}"))?;
     }
     Ok(())
 }
 
 fn image_size(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<String> {
     let program = engine.program();
-    let format = "{{.Size}}";
-    let bytes = cmd!(sh, "{program} image inspect --format {format} {reference}")
-        .quiet()
-        .read()
-        .with_context(|| format!("inspecting {reference} failed"))?;
+    let bytes = inspect(sh, engine, reference, "{{.Size}}")?.with_context(|| {
+        format!(
+            "inspecting {reference} for its size failed: {program} no longer has the image; \
+             rebuild it with `cargo xtask build-images --no-cache` (and run `cargo xtask doctor` \
+             if {program} does not answer)"
+        )
+    })?;
     Ok(match bytes.trim().parse::<f64>() {
         Ok(b) => format!("{:.1} MB", b / 1_000_000.0),
         Err(_) => bytes.trim().to_string(),
@@ -660,77 +757,185 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         assert!(source_files(&packages, "example.com/m/cmd/nope").is_err());
     }
 
-    fn scratch(name: &str) -> Utf8PathBuf {
-        let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir())
-            .unwrap()
-            .join(format!("hash-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for (file, content) in [
-            ("cmd/gateway/main.go", "package main\n"),
-            ("cmd/datastorage/main.go", "package main\n"),
-            ("internal/server/server.go", "package server\n"),
-            ("go.mod", "module example.com/m\n"),
-            ("README.md", "hello\n"),
-        ] {
-            std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
-            std::fs::write(dir.join(file), content).unwrap();
+    /// A scratch directory under the system temp dir, removed when dropped.
+    struct Scratch(Utf8PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+                .unwrap()
+                .join(format!("xtask-build-images-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
         }
-        dir
+
+        fn write(&self, file: &str, content: &str) {
+            let path = self.0.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+
+        fn append(&self, file: &str, content: &str) {
+            let path = self.0.join(file);
+            let old = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(path, old + content).unwrap();
+        }
     }
 
-    fn gateway_hash(root: &Utf8Path, settings: &[(&str, String)]) -> String {
-        let files: Vec<Utf8PathBuf> =
-            ["cmd/gateway/main.go", "internal/server/server.go", "go.mod"]
-                .iter()
-                .map(|f| root.join(f))
-                .collect();
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const GATEWAY_FILES: [&str; 3] = ["cmd/gateway/main.go", "internal/server/server.go", "go.mod"];
+
+    fn small_project(name: &str) -> Scratch {
+        let scratch = Scratch::new(name);
+        for (file, content) in [
+            ("cmd/gateway/main.go", "package main\n"),
+            ("internal/server/server.go", "package server\n"),
+            ("go.mod", "module example.com/m\n"),
+        ] {
+            scratch.write(file, content);
+        }
+        scratch
+    }
+
+    fn hash_of(root: &Utf8Path, files: &[&str], settings: &[(&str, String)]) -> String {
+        let files: Vec<Utf8PathBuf> = files.iter().map(|f| root.join(f)).collect();
         inputs_hash(root, &files, settings).unwrap()
     }
 
+    /// Which files are inputs is `plan`'s business (see the test below that runs `go list`);
+    /// here: every listed file's content and name, and every setting, reach the hash.
     #[test]
-    fn hash_changes_with_relevant_inputs_only() {
-        let root = scratch("relevance");
+    fn hash_covers_contents_names_and_settings() {
+        let project = small_project("hash");
+        let root = &project.0;
         let settings = vec![
             ("mode", "host".to_string()),
             ("coverage", "true".to_string()),
         ];
-        let before = gateway_hash(&root, &settings);
+        let before = hash_of(root, &GATEWAY_FILES, &settings);
         assert_eq!(before.len(), 12);
         assert!(before.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(hash_of(root, &GATEWAY_FILES, &settings), before, "stable");
 
-        // Unrelated files: README, another service's cmd/.
-        std::fs::write(root.join("README.md"), "changed\n").unwrap();
-        std::fs::write(root.join("cmd/datastorage/main.go"), "package main // x\n").unwrap();
-        assert_eq!(gateway_hash(&root, &settings), before);
+        project.append("internal/server/server.go", "// x\n");
+        let after_edit = hash_of(root, &GATEWAY_FILES, &settings);
+        assert_ne!(after_edit, before);
 
-        // A shared package the service imports.
-        std::fs::write(
-            root.join("internal/server/server.go"),
-            "package server // x\n",
-        )
-        .unwrap();
-        let after_internal = gateway_hash(&root, &settings);
-        assert_ne!(after_internal, before);
+        // The same content under another name is another input.
+        std::fs::rename(root.join("internal/server"), root.join("internal/srv")).unwrap();
+        let renamed = ["cmd/gateway/main.go", "internal/srv/server.go", "go.mod"];
+        assert_ne!(hash_of(root, &renamed, &settings), after_edit);
 
-        // Coverage and build mode are part of the tag.
         let no_coverage = vec![
             ("mode", "host".to_string()),
             ("coverage", "false".to_string()),
         ];
-        assert_ne!(gateway_hash(&root, &no_coverage), after_internal);
+        assert_ne!(
+            hash_of(root, &renamed, &no_coverage),
+            hash_of(root, &renamed, &settings)
+        );
         let container = vec![
             ("mode", "container".to_string()),
             ("coverage", "true".to_string()),
         ];
-        assert_ne!(gateway_hash(&root, &container), after_internal);
+        assert_ne!(
+            hash_of(root, &renamed, &container),
+            hash_of(root, &renamed, &settings)
+        );
     }
 
     #[test]
     fn hash_does_not_depend_on_checkout_location() {
-        let a = scratch("location-a");
-        let b = scratch("location-b");
+        let a = small_project("location-a");
+        let b = small_project("location-b");
         let settings = vec![("mode", "host".to_string())];
-        assert_eq!(gateway_hash(&a, &settings), gateway_hash(&b, &settings));
+        assert_eq!(
+            hash_of(&a.0, &GATEWAY_FILES, &settings),
+            hash_of(&b.0, &GATEWAY_FILES, &settings)
+        );
+    }
+
+    /// The real planning step on a copy of this repository: a tag changes exactly when a file
+    /// of the service's own Go import graph (or its Dockerfile) changes.
+    #[test]
+    #[ignore = "needs go"]
+    fn tags_follow_each_services_go_imports() {
+        let repo = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let project = Scratch::new("plan");
+        let root = project.0.clone();
+        for dir in ["cmd", "internal", "docker"] {
+            for entry in walkdir::WalkDir::new(repo.join(dir)) {
+                let entry = entry.unwrap();
+                let relative = entry.path().strip_prefix(repo).unwrap();
+                let target = root.join(relative.to_str().unwrap());
+                if entry.file_type().is_dir() {
+                    std::fs::create_dir_all(&target).unwrap();
+                } else {
+                    std::fs::copy(entry.path(), &target).unwrap();
+                }
+            }
+        }
+        std::fs::copy(repo.join("go.mod"), root.join("go.mod")).unwrap();
+        project.write("README.md", "readme\n");
+        project.write("xtask/src/main.rs", "fn main() {}\n");
+
+        let sh = Shell::new().unwrap();
+        sh.change_dir(&root);
+        let req = Request {
+            services: select_services(&[]),
+            coverage: true,
+            build_mode: BuildMode::Host,
+            engine: Engine::Podman,
+            no_cache: false,
+            archive: false,
+        };
+        let tags = || -> BTreeMap<&'static str, String> {
+            let go = go_env(&sh, &root).unwrap();
+            let module = project::go_module(&root).unwrap();
+            plan(&sh, &root, &req, &go, &module)
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.service.name, p.reference))
+                .collect()
+        };
+        // A non-test Go file of a package, to edit.
+        let go_file = |dir: &str| -> String {
+            let mut files: Vec<String> = std::fs::read_dir(root.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".go") && !n.ends_with("_test.go"))
+                .collect();
+            files.sort();
+            format!("{dir}/{}", files.first().expect("a Go file"))
+        };
+
+        let before = tags();
+        assert!(before["gateway"].starts_with("localhost/gateway:e2e-"));
+
+        project.append("README.md", "more\n");
+        project.append("xtask/src/main.rs", "// more\n");
+        project.append("cmd/datastorage/main.go", "\n// edited\n");
+        let after = tags();
+        assert_eq!(after["gateway"], before["gateway"], "unrelated edits");
+        assert_ne!(after["datastorage"], before["datastorage"]);
+
+        // internal/server is imported by both services.
+        project.append(&go_file("internal/server"), "\n// edited\n");
+        let shared = tags();
+        assert_ne!(shared["gateway"], after["gateway"]);
+        assert_ne!(shared["datastorage"], after["datastorage"]);
+
+        // internal/gateway only by the gateway.
+        project.append(&go_file("internal/gateway"), "\n// edited\n");
+        let own = tags();
+        assert_ne!(own["gateway"], shared["gateway"]);
+        assert_eq!(own["datastorage"], shared["datastorage"]);
     }
 
     #[test]
@@ -746,17 +951,45 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
     }
 
     #[test]
-    fn base_images_come_from_arg_defaults() {
+    fn base_images_come_from_arg_defaults_unless_overridden() {
         let dockerfile = "ARG BUILDER_IMAGE=registry.example/go-toolset:1.25\nARG BASE_IMAGE=\"registry.example/minimal:9.6\"\nFROM ${BUILDER_IMAGE} AS builder\n";
-        if std::env::var_os("BUILDER_IMAGE").is_none() && std::env::var_os("BASE_IMAGE").is_none() {
-            assert_eq!(
-                base_images(dockerfile),
-                [
-                    "registry.example/go-toolset:1.25",
-                    "registry.example/minimal:9.6"
-                ]
-            );
-        }
+        let unset = |_: &str| None;
+        assert_eq!(
+            base_images_from(dockerfile, unset),
+            [
+                (
+                    "BUILDER_IMAGE",
+                    "registry.example/go-toolset:1.25".to_string()
+                ),
+                ("BASE_IMAGE", "registry.example/minimal:9.6".to_string())
+            ]
+        );
+        let builder_only =
+            |name: &str| (name == "BUILDER_IMAGE").then(|| "localhost/standin:1".to_string());
+        assert_eq!(
+            base_images_from(dockerfile, builder_only),
+            [
+                ("BUILDER_IMAGE", "localhost/standin:1".to_string()),
+                ("BASE_IMAGE", "registry.example/minimal:9.6".to_string())
+            ]
+        );
+        // An empty variable is no override.
+        let both = |name: &str| match name {
+            "BUILDER_IMAGE" => Some(String::new()),
+            _ => Some("scratch".to_string()),
+        };
+        assert_eq!(
+            base_images_from(dockerfile, both),
+            [
+                (
+                    "BUILDER_IMAGE",
+                    "registry.example/go-toolset:1.25".to_string()
+                ),
+                ("BASE_IMAGE", "scratch".to_string())
+            ]
+        );
+        // No ARG default and nothing in the environment: nothing to resolve.
+        assert!(base_images_from("FROM scratch\n", unset).is_empty());
     }
 
     #[test]

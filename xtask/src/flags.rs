@@ -320,39 +320,37 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
     let parsed = match task {
         "build-images" => Task::BuildImages(BuildImages {
             coverage: args.contains("--coverage"),
-            services: args
-                .values_from_fn("--service", known_service)
-                .map_err(err)?,
-            build_mode: args
-                .opt_value_from_str("--build-mode")
+            services: values(&mut args, "--service", known_service).map_err(err)?,
+            build_mode: opt_value(&mut args, "--build-mode", str::parse)
                 .map_err(err)?
                 .unwrap_or_default(),
-            engine: args.opt_value_from_str("--engine").map_err(err)?,
+            engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
             no_cache: args.contains("--no-cache"),
             archive: args.contains("--archive"),
         }),
         "doctor" => Task::Doctor(Doctor {
-            cluster: args
-                .opt_value_from_str("--cluster")
+            cluster: opt_value(&mut args, "--cluster", str::parse)
                 .map_err(err)?
                 .unwrap_or_default(),
-            cluster_name: cluster_name(&mut args).map_err(err)?,
-            engine: args.opt_value_from_str("--engine").map_err(err)?,
+            cluster_name: opt_value(&mut args, "--cluster-name", cluster_name)
+                .map_err(err)?
+                .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
+            engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
         }),
         "e2e-gateway" => Task::E2eGateway(E2eGateway {
             coverage: args.contains("--coverage"),
-            cluster: args
-                .opt_value_from_str("--cluster")
+            cluster: opt_value(&mut args, "--cluster", str::parse)
                 .map_err(err)?
                 .unwrap_or_default(),
             keep_cluster: args.contains("--keep-cluster"),
             reuse_cluster: args.contains("--reuse-cluster"),
-            cluster_name: cluster_name(&mut args).map_err(err)?,
-            build_mode: args
-                .opt_value_from_str("--build-mode")
+            cluster_name: opt_value(&mut args, "--cluster-name", cluster_name)
+                .map_err(err)?
+                .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
+            build_mode: opt_value(&mut args, "--build-mode", str::parse)
                 .map_err(err)?
                 .unwrap_or_default(),
-            engine: args.opt_value_from_str("--engine").map_err(err)?,
+            engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
             go_test_args: passthrough
                 .into_iter()
                 .map(|a| a.to_string_lossy().into_owned())
@@ -362,9 +360,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
             inputs: args.values_from_str(["-i", "--input"]).map_err(err)?,
             from_archive: args.opt_value_from_str("--from-archive").map_err(err)?,
             html: args.contains("--html"),
-            min: args
-                .opt_value_from_fn("--min", parse_percent)
-                .map_err(err)?,
+            min: opt_value(&mut args, "--min", parse_percent).map_err(err)?,
             with_unit: args.contains("--with-unit"),
         }),
         "lint-dockerfiles" => {
@@ -414,20 +410,50 @@ fn known_service(name: &str) -> Result<String, String> {
     }
 }
 
-fn cluster_name(args: &mut pico_args::Arguments) -> Result<String, pico_args::Error> {
-    let name: Option<String> = args.opt_value_from_fn("--cluster-name", |s: &str| {
-        let valid = !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if valid {
-            Ok(s.to_string())
-        } else {
-            Err(format!(
-                "expected lowercase letters, digits and `-`, got `{s}`"
-            ))
-        }
-    })?;
-    Ok(name.unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()))
+fn cluster_name(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected lowercase letters, digits and `-`, got `{s}`"
+        ))
+    }
+}
+
+/// The value of `key`, if given. pico-args does not say which flag a bad value belongs to (and
+/// takes only plain `fn` parsers, which cannot know it), so the value is read as a string and
+/// converted here, with the flag in the message.
+fn opt_value<T>(
+    args: &mut pico_args::Arguments,
+    key: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, pico_args::Error> {
+    let value: Option<String> = args.opt_value_from_str(key)?;
+    value.map(|v| convert(key, v, parse)).transpose()
+}
+
+/// Every value of a repeatable `key`; a bad one names the flag, as in `opt_value`.
+fn values<T>(
+    args: &mut pico_args::Arguments,
+    key: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, pico_args::Error> {
+    let values: Vec<String> = args.values_from_str(key)?;
+    values.into_iter().map(|v| convert(key, v, parse)).collect()
+}
+
+fn convert<T>(
+    key: &str,
+    value: String,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, pico_args::Error> {
+    parse(&value).map_err(|e| pico_args::Error::Utf8ArgumentParsingFailed {
+        cause: format!("`{key}`: {e}"),
+        value,
+    })
 }
 
 fn usage(task: Option<&'static str>, e: pico_args::Error) -> UsageError {
@@ -435,7 +461,8 @@ fn usage(task: Option<&'static str>, e: pico_args::Error) -> UsageError {
     let message = match e {
         Error::MissingOption(_) => "a required flag is missing".to_string(),
         Error::OptionWithoutAValue(key) => format!("`{key}` needs a value"),
-        Error::Utf8ArgumentParsingFailed { cause, .. } => format!("invalid value: {cause}"),
+        // Our parsers (see `opt_value`) already name the flag and the bad value.
+        Error::Utf8ArgumentParsingFailed { cause, .. } => cause,
         Error::ArgumentParsingFailed { cause } => format!("bad value: {cause}"),
         Error::NonUtf8Argument => "an argument is not valid UTF-8".to_string(),
         Error::MissingArgument => "a required argument is missing".to_string(),
@@ -558,17 +585,67 @@ mod tests {
         assert!(message("deploy").contains("unknown task `deploy`"));
         assert!(message("build-images --fast").contains("unknown flag `--fast`"));
         assert!(message("build-images --fast").contains("cargo xtask build-images --help"));
-        assert!(message("build-images --build-mode vm").contains("`vm`"));
         assert!(message("build-images --service").contains("`--service` needs a value"));
-        assert!(message("build-images --service gatway")
-            .contains("unknown service `gatway`: the services are datastorage, gateway"));
-        assert!(message("e2e-gateway --cluster k8s").contains("`k8s`"));
-        assert!(message("e2e-gateway --cluster-name Bad_Name").contains("`Bad_Name`"));
-        assert!(message("covdata-report --min 101").contains("`101`"));
-        assert!(message("covdata-report --min lots").contains("`lots`"));
         assert!(message("doctor extra").contains("unexpected argument `extra`"));
         assert!(message("lint-dockerfiles --strict").contains("unknown flag `--strict`"));
         assert!(message("build-images -- -v").contains("only accepted by e2e-gateway"));
         assert!(message("--coverage").contains("expected a task"));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_flag_and_the_value() {
+        for (line, expected) in [
+            (
+                "build-images --build-mode vm",
+                "`--build-mode`: expected host or container, got `vm`",
+            ),
+            (
+                "build-images --engine=rkt",
+                "`--engine`: expected podman or docker, got `rkt`",
+            ),
+            (
+                "build-images --service gatway",
+                "`--service`: unknown service `gatway`: the services are datastorage, gateway",
+            ),
+            (
+                "doctor --cluster foo",
+                "`--cluster`: expected auto, kind or podman, got `foo`",
+            ),
+            (
+                "doctor --cluster-name Bad_Name",
+                "`--cluster-name`: expected lowercase letters, digits and `-`, got `Bad_Name`",
+            ),
+            (
+                "doctor --engine rkt",
+                "`--engine`: expected podman or docker, got `rkt`",
+            ),
+            (
+                "e2e-gateway --cluster k8s",
+                "`--cluster`: expected auto, kind or podman, got `k8s`",
+            ),
+            (
+                "e2e-gateway --cluster-name Bad_Name",
+                "`--cluster-name`: expected lowercase letters",
+            ),
+            (
+                "e2e-gateway --build-mode vm",
+                "`--build-mode`: expected host or container, got `vm`",
+            ),
+            (
+                "e2e-gateway --engine rkt",
+                "`--engine`: expected podman or docker, got `rkt`",
+            ),
+            (
+                "covdata-report --min 101",
+                "`--min`: expected a number from 0 to 100, got `101`",
+            ),
+            (
+                "covdata-report --min lots",
+                "`--min`: expected a number from 0 to 100, got `lots`",
+            ),
+        ] {
+            let message = message(line);
+            assert!(message.starts_with(expected), "{line}: {message}");
+        }
     }
 }

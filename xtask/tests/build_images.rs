@@ -229,3 +229,216 @@ fn container_mode_rebuilds_when_the_builder_image_changes_under_the_same_tag() {
         "a new builder image means a new tag: {run}"
     );
 }
+
+// The harness itself (tests/common): these guard every fake-tool test file.
+
+#[test]
+fn sandbox_path_holds_only_fakes_and_basic_tools() {
+    let sandbox = Sandbox::new("harness-path", &["go"]);
+    let run = sandbox.run_fake("go", &["version"]);
+    assert_eq!(run.code, 0, "{run}");
+    let tools: Vec<String> = std::fs::read_dir(&sandbox.tools)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    for engine_or_cluster_tool in ["podman", "docker", "kind", "kubectl", "go", "python3"] {
+        assert!(
+            !tools.iter().any(|t| t == engine_or_cluster_tool),
+            "{engine_or_cluster_tool} must come from a fake only: {tools:?}"
+        );
+    }
+    // xtask sees no podman although the sandbox is otherwise complete.
+    let run = sandbox.run(&["build-images"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("no container engine"), "{run}");
+}
+
+#[test]
+fn dropping_a_sandbox_stops_the_fake_servers() {
+    let sandbox = Sandbox::new("harness-servers", &["kubectl"]);
+    let run = sandbox.run_fake("kubectl", &["apply", "-f", "x.yaml"]);
+    assert_eq!(run.code, 0, "{run}");
+    let pids: Vec<String> = std::fs::read_to_string(sandbox.state.join("servers"))
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let alive = |pid: &str| {
+        // A zombie (state Z) has exited; only its parent has not reaped it yet.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    assert!(pids.iter().all(|p| alive(p)), "servers started: {pids:?}");
+    drop(sandbox);
+    let started = std::time::Instant::now();
+    while pids.iter().any(|p| alive(p)) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "servers still running after drop: {pids:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_image_that_cannot_be_inspected_is_named_with_a_fix() {
+    let mut sandbox = Sandbox::new("inspect-fails", TOOLS);
+    sandbox.env("FAKE_FAIL", "^podman image inspect --format [{]{2}.Size");
+    let run = sandbox.run(&["build-images", "--service", "gateway"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("inspecting localhost/gateway:e2e-")
+            && run.stderr.contains("for its size failed"),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("rebuild it with `cargo xtask build-images --no-cache`"),
+        "{run}"
+    );
+}
+
+const REGISTRY_BUILDER: &str = "registry.access.redhat.com/ubi9/go-toolset:1.25";
+const REGISTRY_BASE: &str = "registry.access.redhat.com/ubi9/ubi-minimal:9.6";
+
+#[test]
+fn container_mode_pulls_missing_base_images_first_so_the_second_run_is_cached() {
+    let sandbox = Sandbox::new("pull-base", TOOLS);
+    let args = ["build-images", "--build-mode", "container"];
+    let first = sandbox.run(&args);
+    assert_eq!(first.code, 0, "{first}");
+    assert_eq!(first.stdout.matches(" built ").count(), 2, "{first}");
+    for image in [REGISTRY_BUILDER, REGISTRY_BASE] {
+        let pull = format!("podman pull {image}");
+        assert_eq!(sandbox.count(&pull), 1, "once for both services");
+        assert!(sandbox.position(&pull) < sandbox.position("podman build"));
+    }
+
+    let second = sandbox.run(&args);
+    assert_eq!(second.code, 0, "{second}");
+    assert_eq!(
+        second.stdout.matches(" cached ").count(),
+        2,
+        "nothing changed, so nothing is built: {second}"
+    );
+    assert_eq!(sandbox.count("podman pull"), 2, "nothing pulled again");
+    assert_eq!(sandbox.count("podman build"), 2);
+}
+
+#[test]
+fn scratch_is_not_pulled_and_a_local_builder_is_not_pulled() {
+    let mut sandbox = Sandbox::new("no-pull", TOOLS);
+    sandbox
+        .env("BUILDER_IMAGE", "localhost/standin-builder:1")
+        .env("BASE_IMAGE", "scratch");
+    std::fs::create_dir_all(&sandbox.state).unwrap();
+    std::fs::write(
+        sandbox.state.join("images"),
+        "localhost/standin-builder:1\n",
+    )
+    .unwrap();
+    let run = sandbox.run(&["build-images", "--build-mode", "container"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(sandbox.count("podman pull"), 0, "{:?}", sandbox.calls());
+    assert!(
+        !sandbox.calls().iter().any(|c| c.ends_with(" scratch")),
+        "scratch is not an image: {:?}",
+        sandbox.calls()
+    );
+}
+
+#[test]
+fn an_unpullable_base_image_is_named_with_the_variable_to_set() {
+    let mut sandbox = Sandbox::new("pull-fails", TOOLS);
+    sandbox
+        .env("FAKE_FAIL", "^podman pull")
+        .env(
+            "FAKE_FAIL_MESSAGE",
+            "Error: dial tcp: lookup registry.access.redhat.com: no such host",
+        )
+        .env("FAKE_FAIL_CODE", "125");
+    let run = sandbox.run(&["build-images", "--build-mode", "container"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "pulling base image {REGISTRY_BUILDER} (BUILDER_IMAGE) failed"
+        )),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("set BUILDER_IMAGE to a local image (`podman images` lists them)"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("no such host"), "{run}");
+    assert_eq!(sandbox.count("podman build"), 0);
+}
+
+#[test]
+fn archives_of_plain_and_coverage_builds_are_both_kept_and_the_least_recent_goes() {
+    let sandbox = Sandbox::new("archive-variants", TOOLS);
+    let plain = ["build-images", "--archive", "--service", "gateway"];
+    let cover = [&plain[..], &["--coverage"]].concat();
+    let archive_of = |run: &common::Run| {
+        let reference = run
+            .stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("localhost/gateway:e2e-"))
+            .unwrap_or_else(|| panic!("no image reference in {run}"));
+        format!("gateway-{}.tar", reference.rsplit(':').next().unwrap())
+    };
+    let archives = || {
+        let mut names: Vec<String> = std::fs::read_dir(sandbox.root.join("target/xtask/images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+
+    let plain_1 = archive_of(&sandbox.run(&plain));
+    let cover_1 = archive_of(&sandbox.run(&cover));
+    assert_eq!(sandbox.run(&plain).code, 0);
+    assert_eq!(sandbox.run(&cover).code, 0);
+    assert_eq!(
+        sandbox.count("podman save"),
+        2,
+        "alternating re-saves nothing"
+    );
+    let mut expected = vec![cover_1.clone(), plain_1.clone()];
+    expected.sort();
+    assert_eq!(archives(), expected);
+
+    // Written under a name of this process's own, then renamed.
+    let save = &sandbox.calls()[sandbox.position("podman save")];
+    let output = save
+        .split_whitespace()
+        .skip_while(|w| *w != "--output")
+        .nth(1)
+        .unwrap();
+    let pid = output
+        .strip_suffix(".partial")
+        .and_then(|o| o.rsplit_once(".tar."))
+        .map(|(_, pid)| pid)
+        .unwrap_or_else(|| panic!("{save}"));
+    assert!(pid.parse::<u32>().is_ok(), "{save}");
+
+    // A third tag: the least recently used archive (the plain one, used before the coverage
+    // one) goes.
+    common::write(
+        &sandbox.root.join("cmd/gateway/main.go"),
+        "package main\n\nfunc main() { println() }\n",
+    );
+    let plain_2 = archive_of(&sandbox.run(&plain));
+    assert_ne!(plain_2, plain_1);
+    let mut expected = vec![cover_1, plain_2];
+    expected.sort();
+    assert_eq!(archives(), expected);
+}

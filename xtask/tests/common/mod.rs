@@ -1,13 +1,21 @@
 //! Runs the real xtask binary against a scratch copy of the project, with fake
-//! podman/kind/kubectl/go first on PATH (see tests/fakes/fake). Each sandbox has its own
+//! podman/kind/kubectl/go/docker/df on PATH (see tests/fakes/fake). Each sandbox has its own
 //! directory, log and ports, so tests run in parallel.
+//!
+//! PATH holds only the sandbox's fakes and links to `BASIC_TOOLS`, never the system's bin
+//! directories: a real kind, kubectl, podman or docker installed there must not stand in for a
+//! fake the test left out on purpose.
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 use std::{
     os::unix::fs::PermissionsExt,
+    path::PathBuf,
     process::{Command, Output},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        OnceLock,
+    },
 };
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -19,10 +27,44 @@ pub fn repo_root() -> Utf8PathBuf {
         .to_path_buf()
 }
 
+/// Everything besides the fakes that the fake script (bash, coreutils, busybox httpd for the
+/// readiness endpoints) and xtask itself (`df -Pk`, `kill` on Ctrl-C) run.
+const BASIC_TOOLS: &[&str] = &[
+    "bash", "sh", "env", "basename", "cat", "mkdir", "rm", "grep", "sleep", "kill", "df", "busybox",
+];
+
+/// `BASIC_TOOLS` resolved once from the test process's PATH.
+fn basic_tools() -> &'static [(&'static str, PathBuf)] {
+    static TOOLS: OnceLock<Vec<(&'static str, PathBuf)>> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        BASIC_TOOLS
+            .iter()
+            .map(|&tool| {
+                let found = dirs.iter().map(|d| d.join(tool)).find(|p| {
+                    p.metadata()
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                });
+                let found = found.unwrap_or_else(|| {
+                    panic!(
+                        "test setup: `{tool}` is not on PATH; the fake tools need it \
+                         (busybox: `apt-get install -y busybox-static`)"
+                    )
+                });
+                (tool, found)
+            })
+            .collect()
+    })
+}
+
 pub struct Sandbox {
     pub dir: Utf8PathBuf,
     pub root: Utf8PathBuf,
+    /// The fakes; first on PATH.
     pub bin: Utf8PathBuf,
+    /// Links to `BASIC_TOOLS`; the rest of PATH.
+    pub tools: Utf8PathBuf,
     pub log: Utf8PathBuf,
     pub state: Utf8PathBuf,
     env: Vec<(String, String)>,
@@ -41,16 +83,21 @@ pub fn free_port() -> u16 {
 
 impl Sandbox {
     /// A scratch project with minimal Go mains, the real Dockerfiles and manifests, and fakes
-    /// for `tools` (a subset of podman, kind, kubectl, go, docker).
-    pub fn new(name: &str, tools: &[&str]) -> Sandbox {
+    /// for `fakes` (a subset of podman, kind, kubectl, go, docker, df). A tool left out is
+    /// simply missing: nothing else on PATH can answer in its place.
+    pub fn new(name: &str, fakes: &[&str]) -> Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let root = dir.join("project");
         let bin = dir.join("bin");
-        for d in [&root, &bin] {
+        let tools = dir.join("tools");
+        for d in [&root, &bin, &tools] {
             std::fs::create_dir_all(d).unwrap();
+        }
+        for (tool, path) in basic_tools() {
+            std::os::unix::fs::symlink(path, tools.join(tool)).unwrap();
         }
         std::fs::write(
             root.join("go.mod"),
@@ -68,8 +115,8 @@ impl Sandbox {
             copy_dir(&repo.join(sub), &root.join(sub));
         }
         let fake = repo.join("xtask/tests/fakes/fake");
-        for tool in tools {
-            let target = bin.join(tool);
+        for fake_name in fakes {
+            let target = bin.join(fake_name);
             std::fs::copy(&fake, &target).unwrap();
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
@@ -83,6 +130,7 @@ impl Sandbox {
             dir,
             root,
             bin,
+            tools,
             log,
             state,
             env,
@@ -94,27 +142,44 @@ impl Sandbox {
         self
     }
 
+    /// The xtask binary with `args`, in this sandbox's environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        self.command_for(env!("CARGO_BIN_EXE_xtask").as_ref(), args)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().unwrap();
+        Run::from(output)
+    }
+
+    /// Runs one of the installed fakes directly, as xtask would (for tests of the harness).
+    pub fn run_fake(&self, tool: &str, args: &[&str]) -> Run {
+        let output = self
+            .command_for(&self.bin.join(tool), args)
+            .output()
+            .unwrap();
+        Run::from(output)
+    }
+
+    fn command_for(&self, program: &Utf8Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(&self.dir)
-            .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin))
+            .env("PATH", format!("{}:{}", self.bin, self.tools))
             .env("XTASK_PROJECT_ROOT", &self.root)
             .env("FAKE_LOG", &self.log)
             .env("FAKE_STATE", &self.state)
             .env_remove("GITHUB_ACTIONS")
             .env_remove("GITHUB_STEP_SUMMARY")
             .env_remove("KIND_EXPERIMENTAL_PROVIDER")
+            .env_remove("CONTAINERS_CONF")
+            .env_remove("BUILDER_IMAGE")
+            .env_remove("BASE_IMAGE")
             .env("NO_COLOR", "1");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         cmd
-    }
-
-    pub fn run(&self, args: &[&str]) -> Run {
-        let output = self.command(args).output().unwrap();
-        Run::from(output)
     }
 
     /// Every recorded call, one "<tool> <args>" line each.
@@ -140,6 +205,20 @@ impl Sandbox {
             .iter()
             .filter(|c| c.starts_with(prefix))
             .count()
+    }
+}
+
+/// The fake starts HTTP servers for the readiness endpoints and stops them only when the
+/// cluster goes away; a test that keeps the cluster, or panics, must not leave them running.
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let Ok(pids) = std::fs::read_to_string(self.state.join("servers")) else {
+            return;
+        };
+        let pids: Vec<&str> = pids.split_whitespace().collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").args(&pids).output();
+        }
     }
 }
 
