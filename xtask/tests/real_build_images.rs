@@ -30,7 +30,7 @@ fn host_mode_images_run_write_coverage_and_are_cached() {
     let scratch = Scratch::new("real-host");
 
     let first = scratch.xtask(&["build-images", "--coverage", "--no-cache"], &[]);
-    let images = images(&first, &mut guard);
+    let images = own_images(&first, &mut guard);
     assert_eq!(first.code, 0, "{first}");
     assert_eq!(
         statuses(&images),
@@ -46,7 +46,7 @@ fn host_mode_images_run_write_coverage_and_are_cached() {
 
     let second = scratch.xtask(&["build-images", "--coverage"], &[]);
     assert_eq!(second.code, 0, "{second}");
-    let again = images_of(&second);
+    let again = own_images(&second, &mut guard);
     assert_eq!(
         statuses(&again),
         [("datastorage", "cached"), ("gateway", "cached")],
@@ -83,7 +83,7 @@ fn container_mode_with_standin_base_images_writes_coverage() {
         "gateway",
     ];
     let built = scratch.xtask(&args, &env);
-    let images = images(&built, &mut guard);
+    let images = own_images(&built, &mut guard);
     assert_eq!(built.code, 0, "{built}");
     assert_eq!(statuses(&images), [("gateway", "built")], "{built}");
 
@@ -330,7 +330,7 @@ fn images_of(run: &Run) -> Vec<Image> {
 
 /// Like `images_of`; the images are this test's own (see `Scratch::new`), so the guard removes
 /// them.
-fn images(run: &Run, guard: &mut Cleanup) -> Vec<Image> {
+fn own_images(run: &Run, guard: &mut Cleanup) -> Vec<Image> {
     let images = images_of(run);
     guard
         .images
