@@ -89,11 +89,16 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
     }
     let planned = plan(sh, root, req, &go, &module)?;
 
-    let existing = existing_images(sh, req.engine)?;
+    // One inspect per image rather than listing the store, which grows slow with its size.
+    let mut existing = Vec::new();
+    for p in &planned {
+        existing.push(inspect(sh, req.engine, &p.reference, "{{.Id}} {{.Size}}")?);
+    }
     let to_build: Vec<Service> = planned
         .iter()
-        .filter(|p| req.no_cache || !existing.contains(&p.reference))
-        .map(|p| p.service)
+        .zip(&existing)
+        .filter(|(_, found)| req.no_cache || found.is_none())
+        .map(|(p, _)| p.service)
         .collect();
 
     if req.build_mode == BuildMode::Host && !to_build.is_empty() {
@@ -108,23 +113,36 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
     }
 
     let mut images = Vec::new();
-    for Planned {
-        service,
-        dockerfile,
-        reference,
-    } in planned
+    for (
+        Planned {
+            service,
+            dockerfile,
+            reference,
+        },
+        found,
+    ) in planned.into_iter().zip(existing)
     {
         let started = Instant::now();
         let built = to_build.contains(&service);
+        let (old_id, cached_size) = match found.as_deref().and_then(|f| f.split_once(' ')) {
+            Some((id, size)) => (Some(id.to_string()), Some(size.to_string())),
+            None => (None, None),
+        };
         if built {
             engine_build(sh, root, req, &module, service, &dockerfile, &reference)?;
+            if let Some(old_id) = old_id {
+                remove_replaced_image(sh, req.engine, &old_id);
+            }
         }
         let archive = if req.archive {
             Some(save_archive(sh, root, req.engine, service, &reference)?)
         } else {
             None
         };
-        let size = image_size(sh, req.engine, &reference)?;
+        let size = match cached_size.filter(|_| !built) {
+            Some(bytes) => megabytes(&bytes),
+            None => image_size(sh, req.engine, &reference)?,
+        };
         println!(
             "{:<12} {:<40} {:<6} {:>6} {:>9}",
             service.name,
@@ -473,14 +491,16 @@ fn container_build_args(coverage: bool, module: &str) -> Vec<(&'static str, Stri
     args
 }
 
-fn existing_images(sh: &Shell, engine: Engine) -> anyhow::Result<BTreeSet<String>> {
+/// `--no-cache` moved the tag to a new image; the old one would linger untagged. Best effort:
+/// an image still used by a container stays, and that is fine.
+fn remove_replaced_image(sh: &Shell, engine: Engine, id: &str) {
     let program = engine.program();
-    let format = "{{.Repository}}:{{.Tag}}";
-    let out = cmd!(sh, "{program} images --format {format}")
+    let _ = cmd!(sh, "{program} rmi {id}")
         .quiet()
-        .read()
-        .with_context(|| format!("listing images with `{program} images` failed: run `cargo xtask doctor` to see why {program} does not answer"))?;
-    Ok(out.lines().map(|l| l.trim().to_string()).collect())
+        .ignore_status()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run();
 }
 
 /// One `go build` for every service that needs building: static linux binaries for the node's
@@ -555,6 +575,10 @@ fn engine_build(
     let program = req.engine.program();
     let mut args: Vec<String> = vec!["build".into(), "--file".into(), dockerfile.to_string()];
     args.extend(["--tag".into(), reference.to_string()]);
+    if req.engine == Engine::Podman && req.build_mode == BuildMode::Host {
+        // A single COPY: intermediate images would only pile up untagged in the store.
+        args.push("--layers=false".into());
+    }
     if req.no_cache {
         args.push("--no-cache".into());
     }
@@ -707,10 +731,14 @@ fn image_size(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<Str
              if {program} does not answer)"
         )
     })?;
-    Ok(match bytes.trim().parse::<f64>() {
+    Ok(megabytes(&bytes))
+}
+
+fn megabytes(bytes: &str) -> String {
+    match bytes.trim().parse::<f64>() {
         Ok(b) => format!("{:.1} MB", b / 1_000_000.0),
         Err(_) => bytes.trim().to_string(),
-    })
+    }
 }
 
 #[cfg(test)]
