@@ -39,7 +39,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     let sh = &sh.clone();
     sh.change_dir(&root);
     let dirs = if let Some(archive) = &flags.from_archive {
-        let archive = absolute(archive)?;
+        let archive = project::absolute(archive)?;
         let dirs = dirs_from_archive(&root, &archive)?;
         println!("reading {}", display(&root, &archive));
         dirs
@@ -47,7 +47,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
         flags
             .inputs
             .iter()
-            .map(|d| absolute(d))
+            .map(|d| project::absolute(d))
             .collect::<anyhow::Result<_>>()?
     } else {
         default_dirs(&root)?
@@ -832,16 +832,6 @@ fn recreate_dir(dir: &Utf8Path) -> anyhow::Result<()> {
 }
 
 /// A path given on the command line, relative to where the user ran the command.
-fn absolute(path: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    let cwd = Utf8PathBuf::from_path_buf(cwd)
-        .map_err(|p| anyhow::anyhow!("the current directory {} is not UTF-8", p.display()))?;
-    Ok(cwd.join(path))
-}
-
 /// A path as the user should see it: relative to the project root when below it.
 fn display(root: &Utf8Path, path: &Utf8Path) -> String {
     path.strip_prefix(root)

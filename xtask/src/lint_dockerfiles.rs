@@ -25,7 +25,7 @@ use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
-use crate::{flags, project};
+use crate::{flags, project, ui};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -116,13 +116,11 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
     let paths = if flags.paths.is_empty() {
         default_paths(&root)?
     } else {
-        // Paths typed on the command line mean what the user's shell completed: relative to the
-        // current directory (which is the root when run from there).
-        let cwd = std::env::current_dir()
-            .ok()
-            .and_then(|d| Utf8PathBuf::from_path_buf(d).ok())
-            .unwrap_or_else(|| root.clone());
-        flags.paths.iter().map(|p| cwd.join(p)).collect()
+        flags
+            .paths
+            .iter()
+            .map(|p| project::absolute(p))
+            .collect::<anyhow::Result<_>>()?
     };
     if paths.is_empty() {
         println!("no Dockerfile, *.Dockerfile or Containerfile under {root}/docker or {root}: nothing to lint");
@@ -130,7 +128,7 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
     }
 
     let findings = lint_files(&paths, flags.require_digest)?;
-    let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    let github = ui::github_actions();
     for finding in &findings {
         println!("{finding}");
         if github {

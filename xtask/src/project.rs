@@ -41,15 +41,26 @@ pub fn service_names() -> String {
 pub fn root() -> Utf8PathBuf {
     match std::env::var("XTASK_PROJECT_ROOT") {
         // Made absolute once, so commands run elsewhere (podman kube play) see the same paths.
-        Ok(dir) if !dir.is_empty() => std::path::absolute(&dir)
-            .ok()
-            .and_then(|p| Utf8PathBuf::from_path_buf(p).ok())
-            .unwrap_or_else(|| Utf8PathBuf::from(dir)),
+        Ok(dir) if !dir.is_empty() => {
+            absolute(Utf8Path::new(&dir)).unwrap_or_else(|_| Utf8PathBuf::from(dir))
+        }
         _ => Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("xtask lives one level below the project root")
             .to_path_buf(),
     }
+}
+
+/// A path the user typed (on the command line, or in `XTASK_PROJECT_ROOT`), made absolute
+/// against the current directory, which is what their shell completed it against. Only for
+/// such paths: everything the xtask names itself is anchored at `root()`. `..` is kept.
+pub fn absolute(path: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
+    use anyhow::Context;
+    let path = std::path::absolute(path).with_context(|| {
+        format!("making {path} absolute: the current directory is unreadable; cd to an existing directory and rerun")
+    })?;
+    Utf8PathBuf::from_path_buf(path)
+        .map_err(|p| anyhow::anyhow!("{} is not UTF-8: use a UTF-8 path", p.display()))
 }
 
 /// Everything the xtask writes lives below `target/xtask/` (and `coverdata/`).
@@ -148,6 +159,16 @@ pub fn utc_timestamp(time: std::time::SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn absolute_joins_the_current_directory() {
+        let cwd = Utf8PathBuf::from_path_buf(std::env::current_dir().unwrap()).unwrap();
+        assert_eq!(
+            absolute(Utf8Path::new("docker/x.Dockerfile")).unwrap(),
+            cwd.join("docker/x.Dockerfile")
+        );
+        assert_eq!(absolute(Utf8Path::new("/a/b")).unwrap(), "/a/b");
+    }
 
     #[test]
     fn timestamps_are_utc_calendar_dates() {
