@@ -126,7 +126,7 @@ const GO_TOOL: Duration = Duration::from_secs(180);
 pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
     let root = project::root();
     let (backend, why) = resolve_cluster(flags.cluster);
-    println!("cluster backend: {} ({why})", backend_name(backend));
+    println!("cluster backend: {} ({why})", backend.name());
 
     let mut notes = Vec::new();
     // Without any engine the engine row reports podman missing, with the install hint.
@@ -139,14 +139,14 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
         ));
         project::SERVICES.map(|s| s.host_port).to_vec()
     });
-    if flags.cluster == ClusterBackend::Auto && backend == ClusterBackend::Podman {
+    if flags.cluster == ClusterBackend::Auto && backend == Backend::Podman {
         notes.push(Check::warn(
             "kind",
             "not found on PATH",
             format!("the podman backend will be used; for the Kind backend install kind >= v0.27: {KIND_INSTALL}"),
         ));
     }
-    let kind = backend == ClusterBackend::Kind;
+    let kind = backend == Backend::Kind;
     let needs = Needs {
         engine,
         go: true,
@@ -183,23 +183,31 @@ pub fn resolve_engine(requested: Option<Engine>) -> anyhow::Result<Engine> {
     )
 }
 
-/// `auto` means kind when `kind` is on PATH, else podman. Returns the backend and why.
-pub fn resolve_cluster(requested: ClusterBackend) -> (ClusterBackend, String) {
-    match requested {
-        ClusterBackend::Kind => (ClusterBackend::Kind, "--cluster kind".into()),
-        ClusterBackend::Podman => (ClusterBackend::Podman, "--cluster podman".into()),
-        ClusterBackend::Auto => match project::which("kind") {
-            Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
-            None => (ClusterBackend::Podman, "auto: kind is not on PATH".into()),
-        },
+/// The cluster backend a run uses: `flags::ClusterBackend` with `auto` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Kind,
+    Podman,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kind => "kind",
+            Backend::Podman => "podman",
+        }
     }
 }
 
-fn backend_name(backend: ClusterBackend) -> &'static str {
-    match backend {
-        ClusterBackend::Auto => "auto",
-        ClusterBackend::Kind => "kind",
-        ClusterBackend::Podman => "podman",
+/// `auto` means kind when `kind` is on PATH, else podman. Returns the backend and why.
+pub fn resolve_cluster(requested: ClusterBackend) -> (Backend, String) {
+    match requested {
+        ClusterBackend::Kind => (Backend::Kind, "--cluster kind".into()),
+        ClusterBackend::Podman => (Backend::Podman, "--cluster podman".into()),
+        ClusterBackend::Auto => match project::which("kind") {
+            Some(path) => (Backend::Kind, format!("auto: kind found at {path}")),
+            None => (Backend::Podman, "auto: kind is not on PATH".into()),
+        },
     }
 }
 
@@ -219,12 +227,14 @@ pub fn kind_provider_env(engine: Engine) -> Option<(&'static str, &'static str)>
     }
 }
 
-fn kind_cmd<'a>(sh: &'a Shell, engine: Engine, args: &[&str]) -> Cmd<'a> {
-    let cmd = cmd!(sh, "kind {args...}");
-    match kind_provider_env(engine) {
-        Some((key, value)) => cmd.env(key, value),
-        None => cmd,
+/// A clone of `sh` whose every command carries the Kind provider variable: use it for every
+/// kind call (create, get, load, export, delete).
+pub fn kind_shell(sh: &Shell, engine: Engine) -> Shell {
+    let kind_sh = sh.clone();
+    if let Some((key, value)) = kind_provider_env(engine) {
+        kind_sh.set_var(key, value);
     }
+    kind_sh
 }
 
 fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyhow::Result<Report> {
@@ -234,6 +244,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
     let go_path = project::which("go");
     let kind_path = project::which("kind");
     let kubectl_path = project::which("kubectl");
+    let kind_sh = kind_shell(sh, engine);
 
     // Start every probe first so they overlap; each is judged below in table order.
     let start = |wanted: bool, path: &Option<Utf8PathBuf>, cmd: Cmd<'_>, limit| {
@@ -256,12 +267,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
         cmd!(sh, "go tool -n covdata"),
         GO_TOOL,
     );
-    let kind_probe = start(
-        needs.kind,
-        &kind_path,
-        kind_cmd(sh, engine, &["version"]),
-        SHORT,
-    );
+    let kind_probe = start(needs.kind, &kind_path, cmd!(kind_sh, "kind version"), SHORT);
     let kubectl_probe = start(
         needs.kubectl,
         &kubectl_path,
@@ -271,7 +277,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
     let clusters_probe = start(
         needs.stale_cluster.is_some(),
         &kind_path,
-        kind_cmd(sh, engine, &["get", "clusters"]),
+        cmd!(kind_sh, "kind get clusters"),
         SHORT,
     );
     let disk_dir = nearest_existing(&root.join("target"));
@@ -842,6 +848,33 @@ mod tests {
         {
             assert_eq!(host_ports().unwrap(), vec![18081, 18080]);
         }
+    }
+
+    #[test]
+    fn explicit_backends_need_no_lookup() {
+        assert_eq!(
+            resolve_cluster(ClusterBackend::Kind),
+            (Backend::Kind, "--cluster kind".to_string())
+        );
+        assert_eq!(resolve_cluster(ClusterBackend::Podman).0, Backend::Podman);
+        assert_eq!(
+            [Backend::Kind.name(), Backend::Podman.name()],
+            ["kind", "podman"]
+        );
+    }
+
+    #[test]
+    fn kind_shell_sets_the_provider_on_its_clone_only() {
+        let sh = Shell::new().unwrap();
+        let kind_sh = kind_shell(&sh, Engine::Podman);
+        let value = cmd!(kind_sh, "printenv KIND_EXPERIMENTAL_PROVIDER")
+            .read()
+            .unwrap();
+        assert_eq!(value, "podman");
+        assert_eq!(
+            sh.var("KIND_EXPERIMENTAL_PROVIDER").ok(),
+            std::env::var("KIND_EXPERIMENTAL_PROVIDER").ok()
+        );
     }
 
     #[test]
