@@ -643,8 +643,6 @@ fn extract(archive: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<()> {
 /// keeps the newest five archives, then removes what it archived. Returns None when there was
 /// nothing to archive. Nothing is deleted before the archive is complete, read back and renamed
 /// into place, and only the archived files (and directories left empty) are removed.
-// Called by `e2e_gateway` before a coverage run.
-#[allow(dead_code)]
 pub fn archive_previous(root: &Utf8Path) -> anyhow::Result<Option<Utf8PathBuf>> {
     let coverdata = project::coverdata_dir(root);
     let files = archivable_files(&coverdata)?;

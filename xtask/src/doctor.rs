@@ -42,23 +42,16 @@ pub struct Needs {
     pub stale_cluster: Option<String>,
 }
 
-/// What the checks found. Returned only when no required check failed.
-// Read by e2e-gateway (stale_cluster_found decides whether to delete first) and build-images.
-#[allow(dead_code)]
+/// What a caller needs from the checks besides pass or fail. Returned only when no required
+/// check failed.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    pub checks: Vec<Check>,
-    pub engine_version: Option<String>,
-    pub go_version: Option<String>,
-    pub kind_version: Option<String>,
-    pub kubectl_version: Option<String>,
-    /// Free bytes on the filesystem holding `target/`.
-    pub disk_free: Option<u64>,
+    /// A Kind cluster named `Needs::stale_cluster` exists (e2e-gateway says it will replace it).
     pub stale_cluster_found: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+enum Status {
     Ok,
     Warn,
     Fail,
@@ -66,11 +59,11 @@ pub enum Status {
 
 /// One row of the table. `hint` is empty on `ok` rows and never empty otherwise.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Check {
-    pub name: String,
-    pub status: Status,
-    pub detail: String,
-    pub hint: String,
+struct Check {
+    name: String,
+    status: Status,
+    detail: String,
+    hint: String,
 }
 
 impl Check {
@@ -162,8 +155,6 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
 }
 
 /// Runs the checks, prints the table, and fails naming every failed required check.
-// Called by e2e-gateway and build-images before they start anything.
-#[allow(dead_code)]
 pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs) -> anyhow::Result<Report> {
     check(sh, root, needs, Vec::new())
 }
@@ -301,7 +292,6 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
                     Some(v) => format!("{v} at {path}, answering"),
                     None => format!("{path}, answering"),
                 };
-                report.engine_version = version;
                 checks.push(Check::ok(program, detail));
             }
             Err(problem) => checks.push(Check::fail(
@@ -318,10 +308,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
             (None, _) | (_, None) => Check::fail("go", "not found on PATH", GO_INSTALL),
             (Some(_), Some(Err(problem))) => Check::fail("go", problem, GO_INSTALL),
             (Some(path), Some(Ok(out))) => match parse_go_version(&out) {
-                Some(v) => {
-                    report.go_version = Some(v.clone());
-                    Check::ok("go", format!("{v} at {path}"))
-                }
+                Some(v) => Check::ok("go", format!("{v} at {path}")),
                 None => Check::warn(
                     "go",
                     format!(
@@ -350,7 +337,6 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
             (Some(_), Some(Err(problem))) => Check::fail("kind", problem, hint),
             (Some(path), Some(Ok(out))) => match parse_kind_version(&out) {
                 Some((text, version)) if (version.0, version.1) >= MIN_KIND => {
-                    report.kind_version = Some(text.clone());
                     Check::ok("kind", format!("{text} at {path}"))
                 }
                 Some((text, _)) => Check::fail(
@@ -375,10 +361,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
             (None, _) | (_, None) => Check::fail("kubectl", "not found on PATH", KUBECTL_INSTALL),
             (Some(_), Some(Err(problem))) => Check::fail("kubectl", problem, KUBECTL_INSTALL),
             (Some(path), Some(Ok(out))) => match parse_kubectl_version(&out) {
-                Some(v) => {
-                    report.kubectl_version = Some(v.clone());
-                    Check::ok("kubectl", format!("{v} at {path}"))
-                }
+                Some(v) => Check::ok("kubectl", format!("{v} at {path}")),
                 None => Check::warn(
                     "kubectl",
                     format!(
@@ -428,7 +411,6 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
             match probe.finish().map(|out| parse_df_available_kb(&out)) {
                 Ok(Some(kb)) => {
                     let free = kb.saturating_mul(1024);
-                    report.disk_free = Some(free);
                     let detail = format!("{} free at {disk_dir}", gib(free));
                     if free >= DISK_FLOOR {
                         Check::ok("disk", detail)
@@ -462,7 +444,6 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
             failed.join(", ")
         );
     }
-    report.checks = checks;
     Ok(report)
 }
 

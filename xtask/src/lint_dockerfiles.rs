@@ -212,9 +212,9 @@ pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result
 }
 
 /// The single-file rules for one Dockerfile's text; `path` is only used in the findings.
-// Called by the unit tests; `lint_files` shares its parse with the cross-file rule instead.
-#[allow(dead_code)]
-pub fn lint_text(path: &Utf8Path, text: &str, require_digest: bool) -> Vec<Finding> {
+/// For the unit tests: `lint_files` shares its parse with the cross-file rule instead.
+#[cfg(test)]
+fn lint_text(path: &Utf8Path, text: &str, require_digest: bool) -> Vec<Finding> {
     check_file(&analyze(path, text), require_digest)
 }
 
