@@ -35,9 +35,6 @@ pub struct Coverage {
 
 pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     let root = project::root();
-    // `go tool cover` resolves import paths through the go.mod of its current directory.
-    let sh = &sh.clone();
-    sh.change_dir(&root);
     let dirs = if let Some(archive) = &flags.from_archive {
         let archive = project::absolute(archive)?;
         let dirs = dirs_from_archive(&root, &archive)?;
@@ -115,14 +112,13 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
 }
 
 /// Prints the per-service and per-package table and the totals, writes target/coverage/e2e.out.
+/// `sh` must be in the project root (main.rs puts it there): `go tool cover` resolves import
+/// paths through the go.mod of its current directory.
 pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Result<Coverage> {
     if dirs.is_empty() {
         bail!("no coverage directories given: produce coverage data with `{PRODUCER}`");
     }
     check_counters(dirs)?;
-    // `go tool cover` resolves import paths through the go.mod of its current directory.
-    let sh = sh.clone();
-    sh.change_dir(root);
     let module = project::go_module(root)?;
     let out_dir = root.join("target/coverage");
     fs::create_dir_all(out_dir.join("services")).with_context(|| format!("creating {out_dir}"))?;
@@ -142,7 +138,7 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
         }
         let profile = out_dir.join(format!("services/{name}.out"));
         let total = profile_total(
-            &sh,
+            sh,
             root,
             &module,
             std::slice::from_ref(dir),
@@ -155,7 +151,7 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
 
     let profile = out_dir.join("e2e.out");
     let shown: Vec<String> = dirs.iter().map(|d| display(root, d)).collect();
-    let total = profile_total(&sh, root, &module, dirs, &profile, &shown.join(" "))?;
+    let total = profile_total(sh, root, &module, dirs, &profile, &shown.join(" "))?;
     rows.push((
         "all services".to_string(),
         "(merged total)".to_string(),
@@ -560,8 +556,6 @@ fn markdown_summary(
 
 /// Runs the Go unit tests with binary coverage into `target/coverage/unit` and returns their total.
 fn unit_coverage(sh: &Shell, root: &Utf8Path) -> anyhow::Result<f64> {
-    let sh = sh.clone();
-    sh.change_dir(root);
     let module = project::go_module(root)?;
     let unit_dir = root.join("target/coverage/unit");
     recreate_dir(&unit_dir)?;
@@ -574,7 +568,7 @@ fn unit_coverage(sh: &Shell, root: &Utf8Path) -> anyhow::Result<f64> {
     }
     let profile = root.join("target/coverage/unit.out");
     let shown = display(root, &unit_dir);
-    profile_total(&sh, root, &module, &[unit_dir], &profile, &shown)
+    profile_total(sh, root, &module, &[unit_dir], &profile, &shown)
 }
 
 fn has_no_meta(dir: &Utf8Path) -> anyhow::Result<bool> {
@@ -587,8 +581,6 @@ fn has_no_meta(dir: &Utf8Path) -> anyhow::Result<bool> {
 /// `covdata merge` of the E2E directories and the unit data into `target/coverage/combined`
 /// (a GOCOVERDIR that can be given to `-i` later), and its total.
 fn combined_coverage(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Result<f64> {
-    let sh = sh.clone();
-    sh.change_dir(root);
     let module = project::go_module(root)?;
     let combined = root.join("target/coverage/combined");
     recreate_dir(&combined)?;
@@ -604,7 +596,7 @@ fn combined_coverage(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyho
         cmd!(sh, "go tool covdata merge -i {inputs} -o {combined}"),
     )?;
     let profile = root.join("target/coverage/combined.out");
-    profile_total(&sh, root, &module, &[combined], &profile, &shown)
+    profile_total(sh, root, &module, &[combined], &profile, &shown)
 }
 
 /// Extracts an archived run into `target/coverage/from-archive/<name>/` and returns its
