@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use crate::{flags, project};
+use crate::{doctor, flags, project};
 
 /// The command that produces coverage data, named in every "no data" message.
 const PRODUCER: &str = "cargo xtask e2e-gateway --coverage";
@@ -35,6 +35,16 @@ pub struct Coverage {
 
 pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     let root = project::root();
+    doctor::preflight(
+        sh,
+        &root,
+        &doctor::Needs {
+            engine: None,
+            go: true,
+            covdata: true,
+            ..doctor::Needs::default()
+        },
+    )?;
     let dirs = if let Some(archive) = &flags.from_archive {
         let archive = project::absolute(archive)?;
         let dirs = dirs_from_archive(&root, &archive)?;

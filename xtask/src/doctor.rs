@@ -21,11 +21,12 @@ use crate::{
     project, ui,
 };
 
-/// What a task needs; each task checks only that.
-#[derive(Debug, Clone, PartialEq)]
+/// What a task needs; each task checks only that. `Needs::default()` checks nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Needs {
     /// Resolved engine (see `resolve_engine`): present and answering `<engine> info`.
-    pub engine: Engine,
+    /// `None`: the task runs no container engine, so none is checked.
+    pub engine: Option<Engine>,
     /// `go` present (`go env GOVERSION`), version shown.
     pub go: bool,
     /// `go tool -n covdata` works.
@@ -141,7 +142,7 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
     }
     let kind = backend == Backend::Kind;
     let needs = Needs {
-        engine,
+        engine: Some(engine),
         go: true,
         covdata: true,
         kind,
@@ -150,13 +151,47 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
         disk: true,
         stale_cluster: kind.then(|| flags.cluster_name.clone()),
     };
-    check(sh, &root, &needs, notes)?;
-    Ok(())
+    let (checks, _) = check(sh, &root, &needs, notes);
+    print!("{}", render(&checks, ui::bold));
+    fail_on(&checks)
 }
 
-/// Runs the checks, prints the table, and fails naming every failed required check.
+/// The checks a task runs before it starts anything. Prints one line when all pass and the
+/// whole table when anything warns or fails; fails naming every failed required check.
 pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs) -> anyhow::Result<Report> {
-    check(sh, root, needs, Vec::new())
+    let (checks, report) = check(sh, root, needs, Vec::new());
+    print!("{}", summary(&checks, ui::bold));
+    fail_on(&checks)?;
+    Ok(report)
+}
+
+/// `preflight: 2 checks ok (go, go tool covdata)` when all passed, else the table.
+fn summary(checks: &[Check], emphasize: fn(&str) -> String) -> String {
+    if checks.iter().all(|c| c.status == Status::Ok) {
+        let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+        format!(
+            "preflight: {} checks ok ({})\n",
+            checks.len(),
+            names.join(", ")
+        )
+    } else {
+        render(checks, emphasize)
+    }
+}
+
+fn fail_on(checks: &[Check]) -> anyhow::Result<()> {
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.status == Status::Fail)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "preflight failed ({}): apply the fix lines above, then rerun `cargo xtask doctor`",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// `--engine` if given, else podman if on PATH, else docker.
@@ -228,29 +263,33 @@ pub fn kind_shell(sh: &Shell, engine: Engine) -> Shell {
     kind_sh
 }
 
-fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyhow::Result<Report> {
-    let engine = needs.engine;
-    let program = engine.program();
-    let engine_path = project::which(program);
+/// Runs every check `needs` asks for (`notes` go in before the ports) and returns the rows in
+/// table order; prints nothing.
+fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<Check>, Report) {
     let go_path = project::which("go");
     let kind_path = project::which("kind");
     let kubectl_path = project::which("kubectl");
-    let kind_sh = kind_shell(sh, engine);
+    // Kind is told the provider only when we know the engine; a task that needs kind names it.
+    let kind_sh = match needs.engine {
+        Some(engine) => kind_shell(sh, engine),
+        None => sh.clone(),
+    };
 
     // Start every probe first so they overlap; each is judged below in table order.
     let start = |wanted: bool, path: &Option<Utf8PathBuf>, cmd: Cmd<'_>, limit| {
         (wanted && path.is_some()).then(|| Probe::start(cmd, limit))
     };
-    let info_format = match engine {
-        Engine::Podman => "{{.Version.Version}}",
-        Engine::Docker => "{{.ServerVersion}}",
-    };
-    let engine_probe = start(
-        true,
-        &engine_path,
-        cmd!(sh, "{program} info --format {info_format}"),
-        SHORT,
-    );
+    let engine_probe = needs.engine.map(|engine| {
+        let program = engine.program();
+        let path = project::which(program);
+        let info_format = match engine {
+            Engine::Podman => "{{.Version.Version}}",
+            Engine::Docker => "{{.ServerVersion}}",
+        };
+        let cmd = cmd!(sh, "{program} info --format {info_format}");
+        let probe = start(true, &path, cmd, SHORT);
+        (engine, path, probe)
+    });
     let go_probe = start(needs.go, &go_path, cmd!(sh, "go env GOVERSION"), SHORT);
     let covdata_probe = start(
         needs.covdata,
@@ -279,28 +318,22 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
     let mut report = Report::default();
     let mut checks = Vec::new();
 
-    match (&engine_path, engine_probe) {
-        (None, _) => checks.push(Check::fail(
-            program,
-            "not found on PATH",
-            engine_install_hint(engine, root),
-        )),
-        (Some(path), Some(probe)) => match probe.finish() {
-            Ok(out) => {
-                let version = first_version_line(&out);
-                let detail = match &version {
-                    Some(v) => format!("{v} at {path}, answering"),
-                    None => format!("{path}, answering"),
-                };
-                checks.push(Check::ok(program, detail));
-            }
-            Err(problem) => checks.push(Check::fail(
+    if let Some((engine, path, probe)) = engine_probe {
+        let program = engine.program();
+        checks.push(match (path, probe.map(Probe::finish)) {
+            (None, _) | (_, None) => Check::fail(
                 program,
-                problem,
-                engine_broken_hint(engine, root),
-            )),
-        },
-        (Some(_), None) => unreachable!("the engine probe starts whenever the engine is on PATH"),
+                "not found on PATH",
+                engine_install_hint(engine, root),
+            ),
+            (Some(path), Some(Ok(out))) => match first_version_line(&out) {
+                Some(v) => Check::ok(program, format!("{v} at {path}, answering")),
+                None => Check::ok(program, format!("{path}, answering")),
+            },
+            (Some(_), Some(Err(problem))) => {
+                Check::fail(program, problem, engine_broken_hint(engine, root))
+            }
+        });
     }
 
     if needs.go {
@@ -380,7 +413,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
         checks.push(match probe.finish() {
             Ok(out) if out.lines().any(|l| l.trim() == name) => {
                 report.stale_cluster_found = true;
-                let env = match kind_provider_env(engine) {
+                let env = match needs.engine.and_then(kind_provider_env) {
                     Some((key, value)) => format!("{key}={value} "),
                     None => String::new(),
                 };
@@ -432,19 +465,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
         );
     }
 
-    print!("{}", render(&checks, ui::bold));
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|c| c.status == Status::Fail)
-        .map(|c| c.name.as_str())
-        .collect();
-    if !failed.is_empty() {
-        anyhow::bail!(
-            "preflight failed ({}): apply the fix lines above, then rerun `cargo xtask doctor`",
-            failed.join(", ")
-        );
-    }
-    Ok(report)
+    (checks, report)
 }
 
 fn engine_install_hint(engine: Engine, root: &Utf8Path) -> String {
@@ -888,6 +909,27 @@ port 18080  <FAIL  >  in use by nc (pid 7)
         let plain = render(&checks, str::to_string);
         assert!(plain.lines().all(|l| !l.contains('\x1b')));
         assert!(plain.contains("kind        warn    not found on PATH\n"));
+    }
+
+    #[test]
+    fn preflight_prints_one_line_unless_something_needs_attention() {
+        let mut checks = vec![
+            Check::ok("go", "go1.26.0 at /usr/local/go/bin/go"),
+            Check::ok("go tool covdata", "available"),
+        ];
+        assert_eq!(
+            summary(&checks, str::to_string),
+            "preflight: 2 checks ok (go, go tool covdata)\n"
+        );
+        checks.push(Check::warn("disk", "cannot read `df -Pk` output", "run df"));
+        assert_eq!(
+            summary(&checks, str::to_string),
+            render(&checks, str::to_string)
+        );
+        assert!(fail_on(&checks).is_ok());
+        checks.push(Check::fail("kind", "not found on PATH", "install kind"));
+        let err = fail_on(&checks).unwrap_err().to_string();
+        assert!(err.starts_with("preflight failed (kind): "), "{err}");
     }
 
     #[test]

@@ -265,7 +265,7 @@ fn preflight(sh: &Shell, run: &Run) -> anyhow::Result<()> {
         sh,
         &run.root,
         &doctor::Needs {
-            engine: run.engine,
+            engine: Some(run.engine),
             go: true,
             covdata: run.flags.coverage,
             kind,
