@@ -21,6 +21,9 @@ const KEEP_ARCHIVES: usize = 5;
 /// package was built outside module mode, and `go tool cover` cannot resolve such paths here.
 const BUILD_PREFIXES: [&str; 3] = ["/opt/app-root/src/", "/workspace/", "/src/"];
 
+/// The fix for a failed write below target/.
+const WRITABLE_TARGET: &str = "make target/ writable and check free space (`df -h target`)";
+
 /// Files in `coverdata/` that belong to the repository, not to a run: never archived or removed.
 const TRACKED: [&str; 1] = ["README.md"];
 
@@ -75,10 +78,11 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     if flags.html {
         let html = root.join("target/coverage/e2e.html");
         let profile = &e2e.profile;
-        cmd!(sh, "go tool cover -html={profile} -o {html}")
-            .quiet()
-            .run()
-            .context("writing the HTML coverage page with `go tool cover -html`")?;
+        go_output(
+            "go tool cover -html",
+            &display(&root, profile),
+            cmd!(sh, "go tool cover -html={profile} -o {html}"),
+        )?;
         println!("wrote {}", display(&root, &html));
     }
 
@@ -99,12 +103,9 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
                 .create(true)
                 .append(true)
                 .open(&path)
-                .with_context(|| {
-                    format!("appending the coverage table to GITHUB_STEP_SUMMARY ({path})")
-                })?;
-            file.write_all(text.as_bytes()).with_context(|| {
-                format!("appending the coverage table to GITHUB_STEP_SUMMARY ({path})")
-            })?;
+                .with_context(|| step_summary_error(&path))?;
+            file.write_all(text.as_bytes())
+                .with_context(|| step_summary_error(&path))?;
         }
     }
 
@@ -121,6 +122,10 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn step_summary_error(path: &str) -> String {
+    format!("appending the coverage table to GITHUB_STEP_SUMMARY ({path}): point GITHUB_STEP_SUMMARY at a writable file, or unset it")
+}
+
 /// Prints the per-service and per-package table and the totals, writes target/coverage/e2e.out.
 /// `sh` must be in the project root (main.rs puts it there): `go tool cover` resolves import
 /// paths through the go.mod of its current directory.
@@ -131,7 +136,9 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
     check_counters(dirs)?;
     let module = project::go_module(root)?;
     let out_dir = root.join("target/coverage");
-    fs::create_dir_all(out_dir.join("services")).with_context(|| format!("creating {out_dir}"))?;
+    fs::create_dir_all(out_dir.join("services")).with_context(|| {
+        format!("creating {out_dir} for the coverage profiles: {WRITABLE_TARGET}")
+    })?;
 
     let mut rows = Vec::new();
     let mut services = Vec::new();
@@ -283,17 +290,17 @@ fn service_dirs(parent: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let entries = match parent.read_dir_utf8() {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(dirs),
-        Err(err) => return Err(err).with_context(|| format!("listing {parent}")),
+        Err(err) => return Err(err).with_context(|| listing_error(parent)),
     };
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing {parent}"))?;
+        let entry = entry.with_context(|| listing_error(parent))?;
         let name = entry.file_name();
         if name == "archive" || name.starts_with('.') {
             continue;
         }
         if entry
             .file_type()
-            .with_context(|| format!("listing {parent}"))?
+            .with_context(|| listing_error(parent))?
             .is_dir()
         {
             dirs.push(entry.into_path());
@@ -301,6 +308,10 @@ fn service_dirs(parent: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     }
     dirs.sort();
     Ok(dirs)
+}
+
+fn listing_error(dir: &Utf8Path) -> String {
+    format!("listing {dir}: check that it is readable (`ls -ld {dir}`)")
 }
 
 fn service_name(dir: &Utf8Path) -> String {
@@ -323,9 +334,14 @@ fn profile_total(
         shown,
         cmd!(sh, "go tool covdata textfmt -i {inputs} -o {profile}"),
     )?;
-    let text = fs::read_to_string(profile).with_context(|| format!("reading {profile}"))?;
+    let text = fs::read_to_string(profile).with_context(|| {
+        format!(
+            "reading the profile {profile} that `go tool covdata textfmt` wrote: {WRITABLE_TARGET}"
+        )
+    })?;
     let text = rewrite_paths(&text, module, root);
-    fs::write(profile, &text).with_context(|| format!("writing {profile}"))?;
+    fs::write(profile, &text)
+        .with_context(|| format!("rewriting the source paths in {profile}: {WRITABLE_TARGET}"))?;
     let mixed = overlapping_files(&text);
     if !mixed.is_empty() {
         bail!(
@@ -582,9 +598,7 @@ fn unit_coverage(sh: &Shell, root: &Utf8Path) -> anyhow::Result<f64> {
 }
 
 fn has_no_meta(dir: &Utf8Path) -> anyhow::Result<bool> {
-    let mut entries = dir
-        .read_dir_utf8()
-        .with_context(|| format!("listing {dir}"))?;
+    let mut entries = dir.read_dir_utf8().with_context(|| listing_error(dir))?;
     Ok(!entries.any(|e| e.is_ok_and(|e| e.file_name().starts_with("covmeta."))))
 }
 
@@ -633,7 +647,8 @@ fn dirs_from_archive(root: &Utf8Path, archive: &Utf8Path) -> anyhow::Result<Vec<
 }
 
 fn extract(archive: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<()> {
-    let file = fs::File::open(archive).with_context(|| format!("opening {archive}"))?;
+    let file = fs::File::open(archive)
+        .with_context(|| format!("opening {archive}: check that it is readable"))?;
     // `unpack` refuses entries that would land outside `dest`.
     tar::Archive::new(flate2::read::GzDecoder::new(file))
         .unpack(dest)
@@ -674,14 +689,20 @@ pub fn archive_previous(root: &Utf8Path) -> anyhow::Result<Option<Utf8PathBuf>> 
              free disk space or move {coverdata} away by hand"
         )));
     }
-    fs::rename(&partial, &archive).with_context(|| format!("renaming {partial} to {archive}"))?;
+    fs::rename(&partial, &archive).with_context(|| {
+        format!("renaming {partial} to {archive}: nothing was deleted; make {archive_dir} writable")
+    })?;
 
     for old in prune(&archives(&archive_dir)?, KEEP_ARCHIVES) {
-        fs::remove_file(old).with_context(|| format!("removing the old archive {old}"))?;
+        fs::remove_file(old).with_context(|| {
+            format!("removing the old archive {old} (only the newest {KEEP_ARCHIVES} are kept): make {archive_dir} writable, or remove it by hand")
+        })?;
     }
     for (rel, _) in &files {
         let path = coverdata.join(rel);
-        fs::remove_file(&path).with_context(|| format!("removing archived {path}"))?;
+        fs::remove_file(&path).with_context(|| {
+            format!("removing {path} after archiving it into {archive}: make it writable, or remove it by hand")
+        })?;
     }
     // Directories emptied by the removal go too; anything written meanwhile keeps its directory.
     for entry in top_level_entries(&coverdata)? {
@@ -701,10 +722,10 @@ fn top_level_entries(coverdata: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let list = match coverdata.read_dir_utf8() {
         Ok(list) => list,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(entries),
-        Err(err) => return Err(err).with_context(|| format!("listing {coverdata}")),
+        Err(err) => return Err(err).with_context(|| listing_error(coverdata)),
     };
     for entry in list {
-        let entry = entry.with_context(|| format!("listing {coverdata}"))?;
+        let entry = entry.with_context(|| listing_error(coverdata))?;
         let name = entry.file_name();
         if name == "archive" || name.starts_with('.') || TRACKED.contains(&name) {
             continue;
@@ -720,7 +741,7 @@ fn archivable_files(coverdata: &Utf8Path) -> anyhow::Result<Vec<(Utf8PathBuf, u6
     let mut files = Vec::new();
     for entry in top_level_entries(coverdata)? {
         for item in walkdir::WalkDir::new(&entry).sort_by_file_name() {
-            let item = item.with_context(|| format!("listing {entry}"))?;
+            let item = item.with_context(|| listing_error(&entry))?;
             if item.file_type().is_dir() {
                 continue;
             }
@@ -734,9 +755,9 @@ fn archivable_files(coverdata: &Utf8Path) -> anyhow::Result<Vec<(Utf8PathBuf, u6
             let size = if item.path_is_symlink() {
                 0
             } else {
-                item.metadata()
-                    .map(|m| m.len())
-                    .with_context(|| format!("reading {path}"))?
+                item.metadata().map(|m| m.len()).with_context(|| {
+                    format!("reading the size of {path}: check that it is readable")
+                })?
             };
             files.push((rel, size));
         }
@@ -800,10 +821,10 @@ fn archives(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let entries = match dir.read_dir_utf8() {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(list),
-        Err(err) => return Err(err).with_context(|| format!("listing {dir}")),
+        Err(err) => return Err(err).with_context(|| listing_error(dir)),
     };
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing {dir}"))?;
+        let entry = entry.with_context(|| listing_error(dir))?;
         let name = entry.file_name();
         if name.ends_with(".tar.gz") && !name.starts_with('.') {
             list.push(entry.into_path());
@@ -826,12 +847,15 @@ fn recreate_dir(dir: &Utf8Path) -> anyhow::Result<()> {
     match fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err).with_context(|| format!("clearing {dir}")),
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!("clearing {dir} (scratch output): remove it by hand with `rm -rf {dir}`")
+            })
+        }
     }
-    fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))
+    fs::create_dir_all(dir).with_context(|| format!("creating {dir}: {WRITABLE_TARGET}"))
 }
 
-/// A path given on the command line, relative to where the user ran the command.
 /// A path as the user should see it: relative to the project root when below it.
 fn display(root: &Utf8Path, path: &Utf8Path) -> String {
     path.strip_prefix(root)

@@ -158,11 +158,10 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
 /// root and anywhere under `docker/`, sorted. Nothing else is walked, so `target/` never is.
 pub fn default_paths(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let mut paths = Vec::new();
-    let entries = root
-        .read_dir_utf8()
-        .with_context(|| format!("listing {root}: check that the project root is readable"))?;
+    let unreadable = || format!("listing {root}: check that the project root is readable");
+    let entries = root.read_dir_utf8().with_context(unreadable)?;
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing {root}"))?;
+        let entry = entry.with_context(unreadable)?;
         if is_dockerfile_name(entry.file_name()) && entry.path().is_file() {
             paths.push(entry.path().to_path_buf());
         }
@@ -170,7 +169,9 @@ pub fn default_paths(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let docker = root.join("docker");
     if docker.is_dir() {
         for entry in walkdir::WalkDir::new(&docker) {
-            let entry = entry.with_context(|| format!("listing {docker}"))?;
+            let entry = entry.with_context(|| {
+                format!("listing {docker}: check that it is readable, or name the files to lint")
+            })?;
             let Some(name) = entry.file_name().to_str() else {
                 continue;
             };
