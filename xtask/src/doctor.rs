@@ -412,14 +412,10 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
         checks.push(match probe.finish() {
             Ok(out) if out.lines().any(|l| l.trim() == name) => {
                 report.stale_cluster_found = true;
-                let env = match needs.engine.and_then(kind_provider_env) {
-                    Some((key, value)) => format!("{key}={value} "),
-                    None => String::new(),
-                };
                 Check::warn(
                     row,
                     "a Kind cluster with this name exists already",
-                    format!("delete it with `{env}kind delete cluster --name {name}`, or keep it with `cargo xtask e2e-gateway --reuse-cluster`"),
+                    stale_cluster_hint(needs.engine, root, name),
                 )
             }
             Ok(_) => Check::ok(row, "no stale cluster"),
@@ -465,6 +461,16 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
     }
 
     (checks, report)
+}
+
+/// The delete command names our kubeconfig, so following the hint never edits ~/.kube/config.
+fn stale_cluster_hint(engine: Option<Engine>, root: &Utf8Path, name: &str) -> String {
+    let env = match engine.and_then(kind_provider_env) {
+        Some((key, value)) => format!("{key}={value} "),
+        None => String::new(),
+    };
+    let kubeconfig = project::kubeconfig(root, name);
+    format!("delete it with `{env}kind delete cluster --name {name} --kubeconfig {kubeconfig}`, or keep it with `cargo xtask e2e-gateway --reuse-cluster`")
 }
 
 fn engine_install_hint(engine: Engine, root: &Utf8Path) -> String {
@@ -875,6 +881,20 @@ mod tests {
         assert_eq!(
             sh.var("KIND_EXPERIMENTAL_PROVIDER").ok(),
             std::env::var("KIND_EXPERIMENTAL_PROVIDER").ok()
+        );
+    }
+
+    #[test]
+    fn stale_cluster_hint_deletes_with_our_kubeconfig() {
+        let hint = stale_cluster_hint(Some(Engine::Podman), Utf8Path::new("/repo"), "e2e");
+        assert!(
+            hint.contains("`KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e --kubeconfig /repo/target/xtask/kubeconfig-e2e`"),
+            "{hint}"
+        );
+        let hint = stale_cluster_hint(Some(Engine::Docker), Utf8Path::new("/repo"), "e2e");
+        assert!(
+            hint.contains("`kind delete cluster --name e2e --kubeconfig "),
+            "{hint}"
         );
     }
 

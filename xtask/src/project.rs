@@ -68,6 +68,12 @@ pub fn xtask_dir(root: &Utf8Path) -> Utf8PathBuf {
     root.join("target/xtask")
 }
 
+/// The kubeconfig of our Kind cluster `cluster_name`: every kind and kubectl call names it, so
+/// nothing the xtask does (or tells the user to do) edits ~/.kube/config.
+pub fn kubeconfig(root: &Utf8Path, cluster_name: &str) -> Utf8PathBuf {
+    xtask_dir(root).join(format!("kubeconfig-{cluster_name}"))
+}
+
 pub fn coverdata_dir(root: &Utf8Path) -> Utf8PathBuf {
     root.join("coverdata")
 }
