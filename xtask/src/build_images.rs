@@ -47,7 +47,7 @@ pub fn run(sh: &Shell, flags: &flags::BuildImages) -> anyhow::Result<()> {
         sh,
         &root,
         &doctor::Needs {
-            engine,
+            engine: Some(engine),
             go: true,
             covdata: false,
             kind: false,

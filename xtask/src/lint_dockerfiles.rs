@@ -25,7 +25,7 @@ use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
-use crate::{flags, project};
+use crate::{flags, project, ui};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -116,13 +116,11 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
     let paths = if flags.paths.is_empty() {
         default_paths(&root)?
     } else {
-        // Paths typed on the command line mean what the user's shell completed: relative to the
-        // current directory (which is the root when run from there).
-        let cwd = std::env::current_dir()
-            .ok()
-            .and_then(|d| Utf8PathBuf::from_path_buf(d).ok())
-            .unwrap_or_else(|| root.clone());
-        flags.paths.iter().map(|p| cwd.join(p)).collect()
+        flags
+            .paths
+            .iter()
+            .map(|p| project::absolute(p))
+            .collect::<anyhow::Result<_>>()?
     };
     if paths.is_empty() {
         println!("no Dockerfile, *.Dockerfile or Containerfile under {root}/docker or {root}: nothing to lint");
@@ -130,7 +128,7 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
     }
 
     let findings = lint_files(&paths, flags.require_digest)?;
-    let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    let github = ui::github_actions();
     for finding in &findings {
         println!("{finding}");
         if github {
@@ -160,11 +158,10 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
 /// root and anywhere under `docker/`, sorted. Nothing else is walked, so `target/` never is.
 pub fn default_paths(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let mut paths = Vec::new();
-    let entries = root
-        .read_dir_utf8()
-        .with_context(|| format!("listing {root}: check that the project root is readable"))?;
+    let unreadable = || format!("listing {root}: check that the project root is readable");
+    let entries = root.read_dir_utf8().with_context(unreadable)?;
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing {root}"))?;
+        let entry = entry.with_context(unreadable)?;
         if is_dockerfile_name(entry.file_name()) && entry.path().is_file() {
             paths.push(entry.path().to_path_buf());
         }
@@ -172,7 +169,9 @@ pub fn default_paths(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let docker = root.join("docker");
     if docker.is_dir() {
         for entry in walkdir::WalkDir::new(&docker) {
-            let entry = entry.with_context(|| format!("listing {docker}"))?;
+            let entry = entry.with_context(|| {
+                format!("listing {docker}: check that it is readable, or name the files to lint")
+            })?;
             let Some(name) = entry.file_name().to_str() else {
                 continue;
             };
@@ -214,9 +213,9 @@ pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result
 }
 
 /// The single-file rules for one Dockerfile's text; `path` is only used in the findings.
-// Called by the unit tests; `lint_files` shares its parse with the cross-file rule instead.
-#[allow(dead_code)]
-pub fn lint_text(path: &Utf8Path, text: &str, require_digest: bool) -> Vec<Finding> {
+/// For the unit tests: `lint_files` shares its parse with the cross-file rule instead.
+#[cfg(test)]
+fn lint_text(path: &Utf8Path, text: &str, require_digest: bool) -> Vec<Finding> {
     check_file(&analyze(path, text), require_digest)
 }
 

@@ -41,10 +41,9 @@ pub fn service_names() -> String {
 pub fn root() -> Utf8PathBuf {
     match std::env::var("XTASK_PROJECT_ROOT") {
         // Made absolute once, so commands run elsewhere (podman kube play) see the same paths.
-        Ok(dir) if !dir.is_empty() => std::path::absolute(&dir)
-            .ok()
-            .and_then(|p| Utf8PathBuf::from_path_buf(p).ok())
-            .unwrap_or_else(|| Utf8PathBuf::from(dir)),
+        Ok(dir) if !dir.is_empty() => {
+            absolute(Utf8Path::new(&dir)).unwrap_or_else(|_| Utf8PathBuf::from(dir))
+        }
         _ => Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("xtask lives one level below the project root")
@@ -52,9 +51,27 @@ pub fn root() -> Utf8PathBuf {
     }
 }
 
+/// A path the user typed (on the command line, or in `XTASK_PROJECT_ROOT`), made absolute
+/// against the current directory, which is what their shell completed it against. Only for
+/// such paths: everything the xtask names itself is anchored at `root()`. `..` is kept.
+pub fn absolute(path: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
+    use anyhow::Context;
+    let path = std::path::absolute(path).with_context(|| {
+        format!("making {path} absolute: the current directory is unreadable; cd to an existing directory and rerun")
+    })?;
+    Utf8PathBuf::from_path_buf(path)
+        .map_err(|p| anyhow::anyhow!("{} is not UTF-8: use a UTF-8 path", p.display()))
+}
+
 /// Everything the xtask writes lives below `target/xtask/` (and `coverdata/`).
 pub fn xtask_dir(root: &Utf8Path) -> Utf8PathBuf {
     root.join("target/xtask")
+}
+
+/// The kubeconfig of our Kind cluster `cluster_name`: every kind and kubectl call names it, so
+/// nothing the xtask does (or tells the user to do) edits ~/.kube/config.
+pub fn kubeconfig(root: &Utf8Path, cluster_name: &str) -> Utf8PathBuf {
+    xtask_dir(root).join(format!("kubeconfig-{cluster_name}"))
 }
 
 pub fn coverdata_dir(root: &Utf8Path) -> Utf8PathBuf {
@@ -148,6 +165,16 @@ pub fn utc_timestamp(time: std::time::SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn absolute_joins_the_current_directory() {
+        let cwd = Utf8PathBuf::from_path_buf(std::env::current_dir().unwrap()).unwrap();
+        assert_eq!(
+            absolute(Utf8Path::new("docker/x.Dockerfile")).unwrap(),
+            cwd.join("docker/x.Dockerfile")
+        );
+        assert_eq!(absolute(Utf8Path::new("/a/b")).unwrap(), "/a/b");
+    }
 
     #[test]
     fn timestamps_are_utc_calendar_dates() {

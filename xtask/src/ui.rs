@@ -5,7 +5,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-fn github_actions() -> bool {
+/// Running as a GitHub Actions step: print `::group::` and annotation workflow commands.
+pub fn github_actions() -> bool {
     std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
 }
 

