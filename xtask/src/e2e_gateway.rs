@@ -88,7 +88,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
             "KIND_EXPERIMENTAL_PROVIDER={} kind delete cluster --name {} --kubeconfig {}",
             engine.program(),
             flags.cluster_name,
-            project::xtask_dir(&root).join(format!("kubeconfig-{}", flags.cluster_name))
+            project::kubeconfig(&root, &flags.cluster_name)
         ),
         Backend::Podman => format!(
             "podman pod rm --force {}",
@@ -103,7 +103,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     }
     let run = Run {
         logs_dir: xtask_dir.join("logs").join(&id),
-        kubeconfig: xtask_dir.join(format!("kubeconfig-{}", flags.cluster_name)),
+        kubeconfig: project::kubeconfig(&root, &flags.cluster_name),
         rendered_dir: xtask_dir.join("rendered"),
         root,
         id,
@@ -309,7 +309,8 @@ fn preflight(sh: &Shell, run: &Run) -> anyhow::Result<bool> {
     let stale = match run.backend {
         // Errors here mean a missing tool, which the checks below report properly.
         Backend::Kind => {
-            cluster_exists(&kind_shell(sh, run.engine), &run.flags.cluster_name).unwrap_or(false)
+            cluster_exists(&doctor::kind_shell(sh, run.engine), &run.flags.cluster_name)
+                .unwrap_or(false)
         }
         Backend::Podman => project::SERVICES
             .iter()
@@ -388,15 +389,6 @@ fn prepare_coverdata(root: &Utf8Path, coverage: bool) -> anyhow::Result<()> {
 
 // ---- Kind ------------------------------------------------------------------------------------
 
-/// A shell whose every command carries the Kind provider variable.
-fn kind_shell(sh: &Shell, engine: Engine) -> Shell {
-    let kind_sh = sh.clone();
-    if let Some((key, value)) = doctor::kind_provider_env(engine) {
-        kind_sh.set_var(key, value);
-    }
-    kind_sh
-}
-
 /// Creates the cluster (or reuses a healthy one) and returns when it became ready.
 fn create_cluster(
     sh: &Shell,
@@ -404,7 +396,7 @@ fn create_cluster(
     deployed: &mut Deployed,
     stale: bool,
 ) -> anyhow::Result<Instant> {
-    let kind_sh = kind_shell(sh, run.engine);
+    let kind_sh = doctor::kind_shell(sh, run.engine);
     let name = &run.flags.cluster_name;
     if stale && run.flags.reuse_cluster {
         let nodes = node_states(sh, &kind_sh, run)?;
@@ -564,7 +556,7 @@ fn load_images(
     deployed: &mut Deployed,
     mut ready_at: Instant,
 ) -> anyhow::Result<Duration> {
-    let kind_sh = kind_shell(sh, run.engine);
+    let kind_sh = doctor::kind_shell(sh, run.engine);
     let name = &run.flags.cluster_name;
     let running = |nodes: &[(String, String)]| {
         !nodes.is_empty() && nodes.iter().all(|(_, state)| state == "running")
@@ -1019,7 +1011,7 @@ fn diagnostics(sh: &Shell, run: &Run) -> anyhow::Result<()> {
     };
     match run.backend {
         Backend::Kind => {
-            let kind_sh = kind_shell(sh, run.engine);
+            let kind_sh = doctor::kind_shell(sh, run.engine);
             let name = &run.flags.cluster_name;
             let kind_logs = dir.join("kind");
             save(
@@ -1139,7 +1131,7 @@ fn teardown(sh: &Shell, run: &Run, deployed: &Deployed) -> anyhow::Result<()> {
     }
     match run.backend {
         Backend::Kind => {
-            delete_cluster(&kind_shell(sh, run.engine), run)?;
+            delete_cluster(&doctor::kind_shell(sh, run.engine), run)?;
             println!("    deleted the cluster {}", run.flags.cluster_name);
         }
         Backend::Podman => {

@@ -214,7 +214,10 @@ fn a_stale_cluster_warns_and_every_kind_call_carries_the_provider() {
     assert!(stale
         .fix
         .unwrap()
-        .contains("`KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name gateway-e2e`"));
+        .contains(&format!(
+            "`KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name gateway-e2e --kubeconfig {}/target/xtask/kubeconfig-gateway-e2e`",
+            s.root
+        )));
     let calls = kind_calls(&s);
     assert!(
         calls.iter().any(|(c, _)| c == "kind get clusters"),
