@@ -580,8 +580,8 @@ fn load_images(
     }
     let gap = ready_at.elapsed();
     println!(
-        "    idle gap (cluster ready to first load): {}",
-        ui::seconds(gap)
+        "    idle gap (cluster ready to first load): {} ms",
+        gap.as_millis()
     );
     for image in images {
         let archive = image.archive.as_ref().with_context(|| {
@@ -1239,7 +1239,7 @@ impl Summary {
         if let Some(gap) = self.idle_gap {
             line(
                 "idle gap",
-                format!("{} (cluster ready to first load)", ui::seconds(gap)),
+                format!("{} ms (cluster ready to first load)", gap.as_millis()),
             );
         }
         match self.tests {
@@ -1376,7 +1376,7 @@ mod tests {
             "  run                      2026-11-26T05-45-00Z (kind backend)",
             "  1. preflight             0.3s",
             "  6. test                  1.5s",
-            "  idle gap                 0.0s (cluster ready to first load)",
+            "  idle gap                 40 ms (cluster ready to first load)",
             "  tests                    12 passed, 1 failed, 0 skipped",
             "  coverage datastorage     69.5%",
             "  coverage gateway         74.0%",
