@@ -25,6 +25,8 @@ use crate::{
     ui::{self, Phase},
 };
 
+/// The network `podman kube play` creates when it is missing.
+const KUBE_NETWORK: &str = "podman-default-kube-network";
 /// Grace period for the services to flush coverage counters on SIGTERM.
 const STOP_GRACE_SECONDS: u32 = 30;
 const ROLLOUT_TIMEOUT: &str = "180s";
@@ -76,6 +78,8 @@ struct Deployed {
     cluster: bool,
     /// The services were deployed, so they can be stopped for their coverage counters.
     services: bool,
+    /// `podman kube play` created its default network for us (it did not exist before).
+    kube_network: bool,
 }
 
 pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
@@ -743,6 +747,7 @@ fn deploy(
             }
             deployed.cluster = true;
             deployed.services = true;
+            deployed.kube_network = !podman_exists(sh, "network", KUBE_NETWORK)?;
             // podman kube play would treat a directory entry named like an image as a build
             // context: run it from a directory of our own.
             let _dir = sh.push_dir(&run.rendered_dir);
@@ -1137,6 +1142,15 @@ fn teardown(sh: &Shell, run: &Run, deployed: &Deployed) -> anyhow::Result<()> {
         Backend::Podman => {
             remove_podman_pods(sh, run)?;
             println!("    removed the pods");
+            // Only a network our run created; another user's pods may still need theirs.
+            if deployed.kube_network && podman_exists(sh, "network", KUBE_NETWORK)? {
+                cmd!(sh, "podman network rm {KUBE_NETWORK}")
+                    .quiet()
+                    .ignore_stdout()
+                    .run()
+                    .with_context(|| format!("removing the network {KUBE_NETWORK} failed: remove it with `podman network rm {KUBE_NETWORK}`"))?;
+                println!("    removed the network {KUBE_NETWORK}");
+            }
         }
     }
     Ok(())
@@ -1217,11 +1231,16 @@ fn remove_podman_pods(sh: &Shell, run: &Run) -> anyhow::Result<()> {
 }
 
 fn podman_pod_exists(sh: &Shell, pod: &str) -> anyhow::Result<bool> {
-    let output = cmd!(sh, "podman pod exists {pod}")
+    podman_exists(sh, "pod", pod)
+}
+
+/// `podman <kind> exists <name>`, for pods and networks.
+fn podman_exists(sh: &Shell, kind: &str, name: &str) -> anyhow::Result<bool> {
+    let output = cmd!(sh, "podman {kind} exists {name}")
         .quiet()
         .ignore_status()
         .output()
-        .context("running `podman pod exists` failed")?;
+        .with_context(|| format!("running `podman {kind} exists` failed: is podman installed? (`cargo xtask doctor`)"))?;
     Ok(output.status.success())
 }
 

@@ -555,6 +555,12 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     );
     assert!(!rendered.contains("kind: Service"), "{rendered}");
     assert!(!rendered.contains("${"), "{rendered}");
+    assert!(
+        sandbox.position("podman network rm podman-default-kube-network")
+            > last_position(&sandbox, "podman kube down"),
+        "the network kube play created is removed"
+    );
+    assert!(!sandbox.state.join("kube-network").exists());
     for pod in ["gateway-pod-0", "datastorage-pod-0"] {
         assert!(
             !sandbox.state.join(format!("pod-{pod}")).exists(),
@@ -616,4 +622,15 @@ fn a_coverage_run_archives_the_previous_data_first() {
         .collect();
     assert_eq!(archives.len(), 1);
     assert!(!sandbox.root.join("coverdata/gateway/covmeta.old").exists());
+}
+
+#[test]
+fn a_kube_network_that_existed_before_is_left_alone() {
+    let sandbox = Sandbox::new("kube-network-kept", &["podman", "go"]);
+    std::fs::create_dir_all(&sandbox.state).unwrap();
+    std::fs::write(sandbox.state.join("kube-network"), "").unwrap();
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(sandbox.count("podman network rm"), 0);
+    assert!(sandbox.state.join("kube-network").exists());
 }

@@ -23,6 +23,8 @@ fn e2e_with_coverage_on_podman_passes_and_leaves_nothing_behind() {
     let mut guard = Cleanup::default();
     let scratch = Scratch(scratch_project());
     let root = &scratch.0;
+    let network = "podman-default-kube-network";
+    let network_existed = podman(&["network", "exists", network]).status.success();
 
     let run = xtask(
         root,
@@ -43,6 +45,12 @@ fn e2e_with_coverage_on_podman_passes_and_leaves_nothing_behind() {
         run.stdout.matches(" built ").count(),
         2,
         "a clean state builds both images:\n{run}"
+    );
+
+    assert_eq!(
+        podman(&["network", "exists", network]).status.success(),
+        network_existed,
+        "the run must leave {network} as it found it:\n{run}"
     );
 
     let (passed, failed) =
