@@ -407,38 +407,17 @@ fn missing_counters_are_diagnosed_with_the_service_logs() {
 fn sigterm_during_a_rollout_stops_waiting_and_deletes_the_cluster() {
     let mut sandbox = kind_sandbox("kind-sigterm");
     sandbox.env("FAKE_ROLLOUT_SLEEP", "60");
-    let child = sandbox
-        .command(&["e2e-gateway", "--cluster", "kind"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !sandbox
-        .calls()
-        .iter()
-        .any(|c| c.contains(" rollout status "))
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "rollout never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let signalled = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let interrupted = interrupt_when(&sandbox, "-TERM", |call| call.contains(" rollout status "));
+    assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
     assert!(
-        signalled.elapsed() < Duration::from_secs(10),
+        interrupted.took < Duration::from_secs(10),
         "waited for the rollout timeout"
     );
-    assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    assert!(
+        interrupted.stderr.contains("interrupted by a signal"),
+        "{}",
+        interrupted.stderr
+    );
     assert_eq!(
         sandbox.count("kind export logs"),
         0,
@@ -492,6 +471,31 @@ fn other_create_errors_are_not_retried() {
 fn ctrl_c_during_tests_still_deletes_the_cluster() {
     let mut sandbox = kind_sandbox("kind-ctrl-c");
     sandbox.env("FAKE_TEST_SLEEP", "30");
+    let interrupted = interrupt_when(&sandbox, "-INT", |call| call.starts_with("go test"));
+    assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
+    assert!(
+        interrupted.took < Duration::from_secs(10),
+        "teardown did not wait for the tests"
+    );
+    assert!(
+        interrupted.stderr.contains("interrupted"),
+        "{}",
+        interrupted.stderr
+    );
+    assert!(sandbox.position("kind delete cluster") > sandbox.position("go test"));
+    assert!(!sandbox.state.join("cluster").exists());
+}
+
+/// The outcome of a run that got a signal.
+struct Interrupted {
+    code: i32,
+    stderr: String,
+    /// From the signal to the exit.
+    took: Duration,
+}
+
+/// Runs the Kind pipeline and sends `signal` to the xtask once a recorded call matches `when`.
+fn interrupt_when(sandbox: &Sandbox, signal: &str, when: impl Fn(&str) -> bool) -> Interrupted {
     let child = sandbox
         .command(&["e2e-gateway", "--cluster", "kind"])
         .stdout(std::process::Stdio::null())
@@ -499,29 +503,25 @@ fn ctrl_c_during_tests_still_deletes_the_cluster() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while !sandbox.calls().iter().any(|c| c.starts_with("go test")) {
+    while !sandbox.calls().iter().any(|c| when(c)) {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "go test never started"
+            "the awaited call never came"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let interrupted = Instant::now();
+    let signalled = Instant::now();
     let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        interrupted.elapsed() < Duration::from_secs(10),
-        "teardown did not wait for the tests"
-    );
-    assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(sandbox.position("kind delete cluster") > sandbox.position("go test"));
-    assert!(!sandbox.state.join("cluster").exists());
+    Interrupted {
+        code: output.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        took: signalled.elapsed(),
+    }
 }
 
 #[test]
