@@ -634,3 +634,15 @@ fn a_kube_network_that_existed_before_is_left_alone() {
     assert_eq!(sandbox.count("podman network rm"), 0);
     assert!(sandbox.state.join("kube-network").exists());
 }
+
+#[test]
+fn pods_gone_before_kubectl_wait_looks_are_not_a_failure() {
+    let mut sandbox = kind_sandbox("kind-pods-gone");
+    sandbox.env("FAKE_PODS_ALREADY_GONE", "1");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--coverage"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(sandbox
+        .calls()
+        .iter()
+        .any(|c| c.contains(" wait --for=delete pod ")));
+}
