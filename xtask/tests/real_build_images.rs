@@ -1,11 +1,8 @@
 //! `cargo xtask build-images` with the real podman and go: the images it builds run, write
 //! coverage on a graceful stop, and a second build is a cache hit.
 //!
-//! Each test works on its own scratch copy of the project. A comment line unique to the run is
-//! appended to the scratch copy's Dockerfiles: it is part of the image hash, so the tags are the
-//! test's own (no clash with the checkout's images or a parallel test), while podman's layer
-//! cache and Go's build cache still apply. Every container and image a test creates is removed
-//! by a guard, also when an assertion fails.
+//! Each test works on its own scratch copy of the project, with its own image tags, and removes
+//! what it created (see `common::real`).
 
 mod common;
 
@@ -13,13 +10,18 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     os::unix::fs::PermissionsExt,
-    process::{Command, Output},
-    sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    process::Command,
+    time::{Duration, Instant},
 };
 
 use camino::{Utf8Path, Utf8PathBuf};
-use common::{free_port, repo_root, Run};
+use common::{
+    free_port,
+    real::{
+        assert_covmeta_and_covcounters, images_of, podman, text, unique, Cleanup, Image, Scratch,
+    },
+    repo_root, Run,
+};
 
 const STANDIN_BUILDER: &str = "localhost/standin-go-builder:test";
 
@@ -42,7 +44,7 @@ fn host_mode_images_run_write_coverage_and_are_cached() {
     let gateway = &images[1].reference;
     let cov = scratch.coverage_dir("gateway");
     run_until_graceful_stop(&mut guard, gateway, 8080, &cov);
-    assert_covmeta_and_covcounters(&cov);
+    assert_covmeta_and_covcounters(&cov, "");
 
     let second = scratch.xtask(&["build-images", "--coverage"], &[]);
     assert_eq!(second.code, 0, "{second}");
@@ -90,7 +92,7 @@ fn container_mode_with_standin_base_images_writes_coverage() {
     // The UBI9 Dockerfiles run the service as uid 1001.
     let cov = scratch.coverage_dir("gateway");
     run_until_graceful_stop(&mut guard, &images[0].reference, 8080, &cov);
-    assert_covmeta_and_covcounters(&cov);
+    assert_covmeta_and_covcounters(&cov, "");
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -149,22 +151,6 @@ fn run_until_graceful_stop(guard: &mut Cleanup, image: &str, container_port: u16
     );
 }
 
-fn assert_covmeta_and_covcounters(dir: &Utf8Path) {
-    let names: Vec<String> = dir
-        .read_dir_utf8()
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string())
-        .collect();
-    assert!(
-        names.iter().any(|n| n.starts_with("covmeta.")),
-        "no covmeta.* in {dir}: {names:?}"
-    );
-    assert!(
-        names.iter().any(|n| n.starts_with("covcounters.")),
-        "no covcounters.* in {dir} (the process did not exit normally): {names:?}"
-    );
-}
-
 /// Builds the stand-in for the UBI9 go-toolset image (see xtask/tests/standin/builder.Dockerfile)
 /// unless it exists: it takes a while and never changes between runs.
 fn ensure_standin_builder() {
@@ -220,114 +206,6 @@ fn ensure_standin_builder() {
     );
 }
 
-/// A copy of the project's Go sources, Dockerfiles and test assets in a directory of its own.
-struct Scratch {
-    root: Utf8PathBuf,
-}
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let id = unique(name);
-        let root = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&id);
-        let _ = std::fs::remove_dir_all(&root);
-        let repo = repo_root();
-        for entry in ["go.mod", "go.sum", ".containerignore", ".dockerignore"] {
-            if repo.join(entry).exists() {
-                std::fs::create_dir_all(&root).unwrap();
-                std::fs::copy(repo.join(entry), root.join(entry)).unwrap();
-            }
-        }
-        for dir in ["cmd", "internal", "docker", "test"] {
-            copy_dir(&repo.join(dir), &root.join(dir));
-        }
-        // Makes this run's image tags unique (the Dockerfiles are hashed) without changing what
-        // is built: a comment creates no layer, so podman's layer cache still applies.
-        for entry in root.join("docker").read_dir_utf8().unwrap() {
-            let path = entry.unwrap().into_path();
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap();
-            writeln!(file, "# scratch copy for the test run {id}").unwrap();
-        }
-        Scratch { root }
-    }
-
-    fn xtask(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        cmd.args(args)
-            .current_dir(&self.root)
-            .env("XTASK_PROJECT_ROOT", &self.root)
-            .env("NO_COLOR", "1")
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("BUILDER_IMAGE")
-            .env_remove("BASE_IMAGE");
-        cmd.envs(env.iter().copied());
-        Run::from(cmd.output().unwrap())
-    }
-
-    /// An empty directory any container user (65532 in host mode, 1001 in UBI9) can write.
-    fn coverage_dir(&self, name: &str) -> Utf8PathBuf {
-        let dir = self.root.join("target/cov").join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        dir
-    }
-}
-
-impl Drop for Scratch {
-    /// Kept when the test failed, to look at.
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
-}
-
-/// Removes what a test started, whether it passed or panicked.
-#[derive(Default)]
-struct Cleanup {
-    containers: Vec<String>,
-    images: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.containers {
-            let _ = podman(&["rm", "--force", "--time", "0", name]);
-        }
-        for image in &self.images {
-            let _ = podman(&["rmi", image]);
-        }
-    }
-}
-
-struct Image {
-    service: String,
-    reference: String,
-    status: String,
-}
-
-/// The `name  reference  built|cached  seconds  size` lines of build-images.
-fn images_of(run: &Run) -> Vec<Image> {
-    run.stdout
-        .lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                [service, reference, status, ..] if reference.starts_with("localhost/") => {
-                    Some(Image {
-                        service: service.to_string(),
-                        reference: reference.to_string(),
-                        status: status.to_string(),
-                    })
-                }
-                _ => None,
-            }
-        })
-        .collect()
-}
-
 /// Like `images_of`; the images are this test's own (see `Scratch::new`), so the guard removes
 /// them.
 fn own_images(run: &Run, guard: &mut Cleanup) -> Vec<Image> {
@@ -359,19 +237,6 @@ fn image_id(reference: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn podman(args: &[&str]) -> Output {
-    Command::new("podman").args(args).output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
@@ -384,31 +249,4 @@ fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other("not an HTTP response"))
-}
-
-/// A name no other test or test process uses.
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-fn copy_dir(from: &Utf8Path, to: &Utf8Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in from.read_dir_utf8().unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }

@@ -20,6 +20,8 @@ use std::{
 
 use camino::{Utf8Path, Utf8PathBuf};
 
+pub mod real;
+
 pub fn repo_root() -> Utf8PathBuf {
     Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -253,15 +255,19 @@ pub fn write(path: &Utf8Path, content: &str) {
     std::fs::write(path, content).unwrap();
 }
 
-fn copy_dir(from: &Utf8Path, to: &Utf8Path) {
-    let Ok(entries) = from.read_dir_utf8() else {
-        return;
-    };
+/// Copies the directory tree `from` to `to`.
+pub fn copy_dir(from: &Utf8Path, to: &Utf8Path) {
+    let entries = from
+        .read_dir_utf8()
+        .unwrap_or_else(|err| panic!("test setup: reading {from}: {err}"));
     std::fs::create_dir_all(to).unwrap();
     for entry in entries {
         let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
         }
     }
 }
