@@ -501,6 +501,17 @@ fn engine_broken_hint(engine: Engine, root: &Utf8Path) -> String {
 
 fn check_port(port: u16) -> Check {
     let name = format!("port {port}");
+    // Our own ports can move instead: name the variable that does it.
+    let or_move = project::SERVICES
+        .into_iter()
+        .find(|s| project::host_port(*s).is_ok_and(|p| p == port))
+        .map(|s| {
+            format!(
+                ", or set {}_HOST_PORT to a free port",
+                s.name.to_uppercase()
+            )
+        })
+        .unwrap_or_default();
     // Look in /proc before binding: our own test listener would otherwise be the owner.
     let owner = port_owner(port);
     // The bind also catches what /proc cannot show (another network namespace, another user).
@@ -509,17 +520,17 @@ fn check_port(port: u16) -> Check {
         (Some(Some((pid, comm))), _) => Check::fail(
             name,
             format!("in use by {comm} (pid {pid})"),
-            format!("stop {comm} (pid {pid}), e.g. `kill {pid}`, or free port {port}"),
+            format!("stop {comm} (pid {pid}), e.g. `kill {pid}`, or free port {port}{or_move}"),
         ),
         (Some(None), _) => Check::fail(
             name,
             "in use by a process this user cannot see",
-            format!("free port {port}: {PORT_PROBE_HINT}"),
+            format!("free port {port}{or_move}: {PORT_PROBE_HINT}"),
         ),
         (None, Err(err)) => Check::fail(
             name,
             format!("cannot bind 127.0.0.1:{port}: {err}"),
-            format!("free port {port}: {PORT_PROBE_HINT}"),
+            format!("free port {port}{or_move}: {PORT_PROBE_HINT}"),
         ),
         (None, Ok(_)) => Check::ok(name, "free"),
     }

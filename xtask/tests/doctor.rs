@@ -193,6 +193,10 @@ fn a_held_port_fails_naming_the_process() {
         "{fix}"
     );
     assert!(fix.contains(&format!("free port {held}")), "{fix}");
+    assert!(
+        fix.contains("or set GATEWAY_HOST_PORT to a free port"),
+        "{fix}"
+    );
     assert_eq!(row(&run, &format!("port {free}")).status, "ok");
     assert!(run
         .stderr
