@@ -135,7 +135,9 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
             }
         }
         let archive = if req.archive {
-            Some(save_archive(sh, root, req.engine, service, &reference)?)
+            Some(save_archive(
+                sh, root, req.engine, service, &reference, built,
+            )?)
         } else {
             None
         };
@@ -646,11 +648,17 @@ fn save_archive(
     engine: Engine,
     service: Service,
     reference: &str,
+    rebuilt: bool,
 ) -> anyhow::Result<Utf8PathBuf> {
     let dir = project::xtask_dir(root).join("images");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
     let tag = reference.rsplit(':').next().unwrap_or(reference);
     let archive = dir.join(format!("{}-{tag}.tar", service.name));
+    // `--no-cache` rebuilds under the same tag: the old archive holds the old image.
+    if rebuilt && archive.exists() {
+        std::fs::remove_file(&archive)
+            .with_context(|| format!("removing the outdated {archive}"))?;
+    }
     if archive.exists() {
         // Its modification time says when it was last used; see `remove_older_archives`.
         std::fs::File::options()

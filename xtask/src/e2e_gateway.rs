@@ -8,7 +8,10 @@ use std::{
     net::TcpStream,
     os::unix::process::CommandExt,
     process::{Command, Output, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -157,7 +160,7 @@ fn pipeline(
     summary: &mut Summary,
     deployed: &mut Deployed,
 ) -> anyhow::Result<()> {
-    let stale = timed(summary, 1, "preflight", || preflight(sh, run))?;
+    let reuse = timed(summary, 1, "preflight", || preflight(sh, run))?;
 
     let images = timed(summary, 2, "build images", || {
         prepare_coverdata(&run.root, run.flags.coverage)?;
@@ -176,7 +179,7 @@ fn pipeline(
     })?;
     check_interrupted()?;
 
-    let result = cluster_phases(sh, run, summary, deployed, &images, stale);
+    let result = cluster_phases(sh, run, summary, deployed, &images, reuse);
     let interrupted = project::interrupted();
     // Diagnostics come before anything is scaled down or deleted.
     let mut diagnosed = false;
@@ -190,7 +193,7 @@ fn pipeline(
             // A test failure stays the headline; the coverage problem is reported beside it.
             Err(err) if result.is_err() => eprintln!("warning: {err:#}"),
             Err(err) => {
-                if !diagnosed {
+                if !diagnosed && !project::interrupted() {
                     diagnose(sh, run, summary);
                 }
                 return Err(err);
@@ -207,11 +210,11 @@ fn cluster_phases(
     summary: &mut Summary,
     deployed: &mut Deployed,
     images: &[Image],
-    stale: bool,
+    reuse: bool,
 ) -> anyhow::Result<()> {
     if run.backend == Backend::Kind {
         let ready_at = timed(summary, 3, "create cluster", || {
-            create_cluster(sh, run, deployed, stale)
+            create_cluster(sh, run, deployed, reuse)
         })?;
         let gap = timed(summary, 4, "load images", || {
             load_images(sh, run, images, deployed, ready_at)
@@ -228,9 +231,7 @@ fn cluster_phases(
         })?;
     }
     check_interrupted()?;
-    timed(summary, 5, "deploy", || {
-        deploy(sh, run, images, deployed, stale)
-    })?;
+    timed(summary, 5, "deploy", || deploy(sh, run, images, deployed))?;
     check_interrupted()?;
     let counts = timed(summary, 6, "test", || go_test(sh, run))?;
     summary.tests = Some(counts);
@@ -267,9 +268,11 @@ fn timed<T>(
     f: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let phase = Phase::start(number, name);
+    let interrupted_before = project::interrupted();
     let result = f().map_err(|err| {
-        // A step killed by the interrupt fails with a misleading error of its own.
-        if project::interrupted() {
+        // A step killed by the interrupt fails with a misleading error of its own; a step run
+        // after it (teardown) keeps its real error.
+        if !interrupted_before && project::interrupted() {
             anyhow::anyhow!("interrupted by a signal (Ctrl-C or SIGTERM)")
         } else {
             err
@@ -283,7 +286,6 @@ fn timed<T>(
 
 /// `leftover` says how to remove what a skipped teardown leaves behind.
 fn install_interrupt_handler(leftover: String) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     static SIGNALS: AtomicUsize = AtomicUsize::new(0);
     // A second Ctrl-C means "stop now": say what may be left behind.
     let _ = ctrlc::set_handler(move || {
@@ -293,6 +295,13 @@ fn install_interrupt_handler(leftover: String) {
             );
             project::set_interrupted();
         } else {
+            // The running step is in its own process group: the terminal's signal missed it.
+            let group = RUNNING_GROUP.load(Ordering::SeqCst);
+            if group != 0 {
+                if let Ok(sh) = Shell::new() {
+                    stop_group(&sh, group);
+                }
+            }
             eprintln!("teardown skipped: remove what is left with `{leftover}`");
             std::process::exit(1);
         }
@@ -320,7 +329,6 @@ fn preflight(sh: &Shell, run: &Run) -> anyhow::Result<bool> {
             .iter()
             .any(|s| podman_pod_exists(sh, &podman_pod(*s)).unwrap_or(false)),
     };
-    let ports: Vec<u16> = run.ports.iter().map(|(_, port)| *port).collect();
     doctor::preflight(
         sh,
         &run.root,
@@ -330,30 +338,55 @@ fn preflight(sh: &Shell, run: &Run) -> anyhow::Result<bool> {
             covdata: run.flags.coverage,
             kind,
             kubectl: kind,
-            ports: if stale { Vec::new() } else { ports.clone() },
+            // An earlier run's cluster or pods hold our ports: checked once they are gone.
+            ports: if stale {
+                Vec::new()
+            } else {
+                run.ports.iter().map(|(_, port)| *port).collect()
+            },
             disk: true,
             stale_cluster: kind.then(|| run.flags.cluster_name.clone()),
         },
     )?;
     if stale {
-        let what = match run.backend {
-            Backend::Kind if run.flags.reuse_cluster => format!(
-                "the cluster {} exists: it is reused if healthy, else recreated",
-                run.flags.cluster_name
-            ),
-            Backend::Kind => format!(
-                "a cluster named {} exists from an earlier run: it will be deleted and recreated (--reuse-cluster keeps a healthy one)",
-                run.flags.cluster_name
-            ),
-            Backend::Podman => "pods of an earlier run exist: they will be removed".to_string(),
-        };
-        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-        println!(
-            "    {what}; ports {} are checked once it is gone",
-            ports.join(", ")
-        );
+        clear_earlier_run(sh, run)
+    } else {
+        Ok(false)
     }
-    Ok(stale)
+}
+
+/// Removes what an earlier run left (a kept or interrupted cluster, pods), before this run
+/// archives coverdata/: its services write their last counters when they stop. Returns whether
+/// a cluster is kept for `--reuse-cluster`.
+fn clear_earlier_run(sh: &Shell, run: &Run) -> anyhow::Result<bool> {
+    match run.backend {
+        Backend::Kind if run.flags.reuse_cluster => {
+            println!(
+                "    the cluster {} exists: it is reused if healthy, else recreated",
+                run.flags.cluster_name
+            );
+            if run.flags.coverage {
+                // Best effort: an unhealthy cluster is recreated anyway.
+                if let Err(err) = stop_services(sh, run) {
+                    println!("    could not stop its services ({err:#}): it will be checked next");
+                }
+            }
+            return Ok(true);
+        }
+        Backend::Kind => {
+            println!(
+                "    deleting the stale cluster {} of an earlier run (--reuse-cluster keeps a healthy one)",
+                run.flags.cluster_name
+            );
+            delete_cluster(&doctor::kind_shell(sh, run.engine), run)?;
+        }
+        Backend::Podman => {
+            println!("    removing the pods of an earlier run");
+            remove_podman_pods(sh, run)?;
+        }
+    }
+    ensure_ports_free(run)?;
+    Ok(false)
 }
 
 /// After removing a stale cluster or pods: our host ports must be free now.
@@ -398,11 +431,11 @@ fn create_cluster(
     sh: &Shell,
     run: &Run,
     deployed: &mut Deployed,
-    stale: bool,
+    reuse: bool,
 ) -> anyhow::Result<Instant> {
     let kind_sh = doctor::kind_shell(sh, run.engine);
     let name = &run.flags.cluster_name;
-    if stale && run.flags.reuse_cluster {
+    if reuse {
         let nodes = node_states(sh, &kind_sh, run)?;
         let all_running = !nodes.is_empty() && nodes.iter().all(|(_, state)| state == "running");
         if all_running && api_answers(&kind_sh, sh, run)? {
@@ -414,9 +447,6 @@ fn create_cluster(
             "    the cluster {name} is not healthy ({}): recreating it",
             describe_nodes(&nodes)
         );
-    }
-    if stale {
-        println!("    deleting the stale cluster {name}");
         delete_cluster(&kind_sh, run)?;
         ensure_ports_free(run)?;
     }
@@ -712,13 +742,7 @@ fn podman_pod(service: Service) -> String {
     format!("{}-pod-0", service.name)
 }
 
-fn deploy(
-    sh: &Shell,
-    run: &Run,
-    images: &[Image],
-    deployed: &mut Deployed,
-    stale: bool,
-) -> anyhow::Result<()> {
+fn deploy(sh: &Shell, run: &Run, images: &[Image], deployed: &mut Deployed) -> anyhow::Result<()> {
     let manifests = rendered_manifests(run, images)?;
     match run.backend {
         Backend::Kind => {
@@ -741,10 +765,6 @@ fn deploy(
             }
         }
         Backend::Podman => {
-            if stale {
-                remove_podman_pods(sh, run)?;
-                ensure_ports_free(run)?;
-            }
             deployed.cluster = true;
             deployed.services = true;
             deployed.kube_network = !podman_exists(sh, "network", KUBE_NETWORK)?;
@@ -845,8 +865,15 @@ fn go_test(sh: &Shell, run: &Run) -> anyhow::Result<TestCounts> {
     let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
     let counts = count_tests(&lines);
     if !output.status.success() && counts.failed == 0 {
+        let why = if stdout.contains("panic: test timed out") {
+            "the suite hit `go test`'s -timeout (10m by default): find the hanging test in the log, or pass `-- -timeout 30m`"
+        } else if stdout.contains("[build failed]") || stdout.contains("[setup failed]") {
+            "the suite does not compile: fix test/e2e/gateway (`go vet -tags e2e ./test/e2e/...`)"
+        } else {
+            "it reported no test result"
+        };
         bail!(
-            "`go test` exited with {} before reporting results (a compile error in test/e2e?): see the output above and {log_path}",
+            "`go test` exited with {}: {why}; see the output above and {log_path}",
             output.status
         );
     }
@@ -910,6 +937,35 @@ enum Stream {
     Stderr,
 }
 
+/// The process group of the step running now (0: none), for the second Ctrl-C to stop it.
+static RUNNING_GROUP: AtomicU32 = AtomicU32::new(0);
+
+/// Publishes the running step's group in `RUNNING_GROUP` until dropped.
+struct RunningGroup;
+
+impl RunningGroup {
+    fn set(group: u32) -> RunningGroup {
+        RUNNING_GROUP.store(group, Ordering::SeqCst);
+        RunningGroup
+    }
+}
+
+impl Drop for RunningGroup {
+    fn drop(&mut self) {
+        RUNNING_GROUP.store(0, Ordering::SeqCst);
+    }
+}
+
+/// SIGTERM to a whole process group: the step and whatever it started.
+fn stop_group(sh: &Shell, group: u32) {
+    let group = format!("-{group}");
+    let _ = cmd!(sh, "kill -TERM -- {group}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run();
+}
+
 /// Runs a long step and returns its output whatever its exit status; see `run_teed`.
 fn run_interruptible(sh: &Shell, cmd: xshell::Cmd<'_>) -> anyhow::Result<Output> {
     run_teed(sh, cmd, |_, _| {})
@@ -947,15 +1003,23 @@ fn run_teed(
         .with_context(|| {
             format!("starting `{shown}` failed: is it installed? (`cargo xtask doctor`)")
         })?;
+    let _running = RunningGroup::set(child.id());
     let tee = Arc::new(tee);
     let read = |stream: Stream, pipe: Box<dyn Read + Send>| {
         let tee = Arc::clone(&tee);
         std::thread::spawn(move || {
+            // Bytes, not `lines()`: one invalid UTF-8 byte must not stop the reading (the
+            // child would then die of SIGPIPE).
+            let mut reader = BufReader::new(pipe);
             let mut all = String::new();
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                tee(stream, &line);
-                all.push_str(&line);
+            let mut buf = Vec::new();
+            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']);
+                tee(stream, line);
+                all.push_str(line);
                 all.push('\n');
+                buf.clear();
             }
             all
         })
@@ -976,11 +1040,9 @@ fn run_teed(
             break status;
         }
         if project::interrupted() {
-            let group = format!("-{}", child.id());
-            let _ = cmd!(sh, "kill -TERM -- {group}")
-                .quiet()
-                .ignore_stderr()
-                .run();
+            stop_group(sh, child.id());
+            // Without the `kill` command (no procps) at least the step itself stops.
+            let _ = child.kill();
             let _ = child.wait();
             bail!("interrupted by a signal (Ctrl-C or SIGTERM) during `{shown}`");
         }
@@ -1081,6 +1143,18 @@ fn diagnostics(sh: &Shell, run: &Run) -> anyhow::Result<()> {
 /// Stops the services gracefully (counters are only written on a normal exit), checks each
 /// left counters, and reports.
 fn collect_coverage(sh: &Shell, run: &Run) -> anyhow::Result<Coverage> {
+    stop_services(sh, run)?;
+    let dirs: Vec<Utf8PathBuf> = project::SERVICES
+        .iter()
+        .map(|s| project::coverdata_dir(&run.root).join(s.name))
+        .collect();
+    covdata_report::check_counters(&dirs)?;
+    covdata_report::report(sh, &run.root, &dirs)
+}
+
+/// Stops the services gracefully and waits until they are gone: their counters are written
+/// when they exit.
+fn stop_services(sh: &Shell, run: &Run) -> anyhow::Result<()> {
     match run.backend {
         Backend::Kind => {
             let deployments: Vec<String> = project::SERVICES
@@ -1128,12 +1202,7 @@ fn collect_coverage(sh: &Shell, run: &Run) -> anyhow::Result<Coverage> {
             )?;
         }
     }
-    let dirs: Vec<Utf8PathBuf> = project::SERVICES
-        .iter()
-        .map(|s| project::coverdata_dir(&run.root).join(s.name))
-        .collect();
-    covdata_report::check_counters(&dirs)?;
-    covdata_report::report(sh, &run.root, &dirs)
+    Ok(())
 }
 
 // ---- Teardown --------------------------------------------------------------------------------

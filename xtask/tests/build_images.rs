@@ -442,3 +442,17 @@ fn archives_of_plain_and_coverage_builds_are_both_kept_and_the_least_recent_goes
     expected.sort();
     assert_eq!(archives(), expected);
 }
+
+#[test]
+fn no_cache_saves_the_rebuilt_image_again() {
+    let sandbox = Sandbox::new("archive-no-cache", TOOLS);
+    assert_eq!(sandbox.run(&["build-images", "--archive"]).code, 0);
+    assert_eq!(sandbox.count("podman save"), 2);
+    let run = sandbox.run(&["build-images", "--archive", "--no-cache"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(
+        sandbox.count("podman save"),
+        4,
+        "a rebuilt image replaces its archive"
+    );
+}

@@ -342,7 +342,11 @@ fn a_kept_cluster_holding_our_ports_is_replaced_by_the_next_run() {
     let calls_before = sandbox.calls().len();
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(run.stdout.contains("are checked once it is gone"), "{run}");
+    assert!(
+        run.stdout
+            .contains("deleting the stale cluster gateway-e2e of an earlier run"),
+        "{run}"
+    );
     let calls = &sandbox.calls()[calls_before..];
     let delete = calls
         .iter()
@@ -353,6 +357,11 @@ fn a_kept_cluster_holding_our_ports_is_replaced_by_the_next_run() {
         .position(|c| c.starts_with("kind create cluster"))
         .unwrap();
     assert!(delete < create, "{calls:?}");
+    let build = calls.iter().position(|c| c.starts_with("go list")).unwrap();
+    assert!(
+        delete < build,
+        "the old cluster goes before coverdata/ is archived: {calls:?}"
+    );
 }
 
 #[test]
@@ -373,6 +382,9 @@ fn kept_podman_pods_are_replaced_by_the_next_run() {
         .iter()
         .position(|c| c.starts_with("podman kube down"))
         .unwrap();
+    // Before the build phase archives coverdata/: the old services write counters as they stop.
+    let build = calls.iter().position(|c| c.starts_with("go list")).unwrap();
+    assert!(down < build, "{calls:?}");
     let play = calls
         .iter()
         .position(|c| c.starts_with("podman kube play"))
@@ -645,4 +657,66 @@ fn pods_gone_before_kubectl_wait_looks_are_not_a_failure() {
         .calls()
         .iter()
         .any(|c| c.contains(" wait --for=delete pod ")));
+}
+
+#[test]
+fn reusing_a_cluster_for_coverage_stops_its_old_services_before_archiving() {
+    let sandbox = kind_sandbox("kind-reuse-coverage");
+    std::fs::create_dir_all(&sandbox.state).unwrap();
+    std::fs::write(sandbox.state.join("cluster"), "").unwrap();
+    let run = sandbox.run(&[
+        "e2e-gateway",
+        "--cluster",
+        "kind",
+        "--reuse-cluster",
+        "--coverage",
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    let calls = sandbox.calls();
+    let first_scale = calls.iter().position(|c| c.contains(" scale ")).unwrap();
+    assert!(first_scale < sandbox.position("go list"), "{calls:?}");
+    assert!(
+        run.stdout.contains("previous coverage data archived to"),
+        "{run}"
+    );
+}
+
+#[test]
+fn invalid_utf8_in_the_test_output_does_not_stop_the_run() {
+    let mut sandbox = Sandbox::new("test-noise", &["podman", "go"]);
+    sandbox.env("FAKE_TEST_NOISE", "1");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.contains("2 passed, 0 failed, 1 skipped"),
+        "{run}"
+    );
+    assert!(run.stdout.contains("noise line 2999"), "{run}");
+}
+
+#[test]
+fn a_test_timeout_is_named_as_such() {
+    let mut sandbox = Sandbox::new("test-timeout", &["podman", "go"]);
+    sandbox.env("FAKE_TEST_TIMEOUT", "1");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("hit `go test`'s -timeout"), "{run}");
+    assert!(run.stderr.contains("-- -timeout 30m"), "{run}");
+}
+
+#[test]
+fn a_failed_teardown_after_ctrl_c_keeps_its_own_error() {
+    let mut sandbox = kind_sandbox("kind-ctrl-c-teardown-fails");
+    sandbox
+        .env("FAKE_TEST_SLEEP", "30")
+        .env("FAKE_FAIL", "^kind delete");
+    let interrupted = interrupt_when(&sandbox, "-INT", |call| call.starts_with("go test"));
+    assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
+    assert!(
+        interrupted
+            .stderr
+            .contains("phase 9 (teardown) failed: `kind delete cluster --name gateway-e2e` failed: delete it by hand"),
+        "{}",
+        interrupted.stderr
+    );
 }
