@@ -315,8 +315,9 @@ fn check_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Doctor's checks for this backend. Returns whether a cluster or pods of an earlier run exist:
-/// they hold our host ports, so the ports are checked after they are gone instead.
+/// Doctor's checks for this backend, then the earlier run's cluster or pods are cleared (they
+/// hold our host ports, which are checked once they are gone). Returns whether an existing
+/// cluster is kept for `--reuse-cluster`.
 fn preflight(sh: &Shell, run: &Run) -> anyhow::Result<bool> {
     let kind = run.backend == Backend::Kind;
     let stale = match run.backend {
