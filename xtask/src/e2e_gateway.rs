@@ -4,13 +4,11 @@
 //! `kind load` in the old flow.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
-    os::unix::process::CommandExt,
-    process::{Command, Output, Stdio},
     sync::{
-        atomic::{AtomicU32, AtomicUsize, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -28,19 +26,20 @@ use crate::{
     ui::{self, Phase},
 };
 
-/// The network `podman kube play` creates when it is missing.
-const KUBE_NETWORK: &str = "podman-default-kube-network";
+mod kind;
+mod manifests;
+mod podman;
+mod process;
+
+use kind::{cluster_exists, create_cluster, delete_cluster, kubectl, load_images};
+use manifests::rendered_manifests;
+use podman::{podman_exists, podman_pod, podman_pod_exists, remove_podman_pods, KUBE_NETWORK};
+use process::{run_interruptible, run_step, run_teed, stop_group, Stream, RUNNING_GROUP};
+
 /// Grace period for the services to flush coverage counters on SIGTERM.
 const STOP_GRACE_SECONDS: u32 = 30;
 const ROLLOUT_TIMEOUT: &str = "180s";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
-/// Kind cluster creation is retried at most this many times, and only on these errors.
-const CREATE_RETRIES: usize = 2;
-const TRANSIENT_CREATE_ERRORS: &[&str] = &[
-    "OCI runtime",
-    "container state improper",
-    "could not find a log line that matches",
-];
 
 /// Everything the phases share, decided once at the start.
 struct Run {
@@ -425,323 +424,7 @@ fn prepare_coverdata(root: &Utf8Path, coverage: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ---- Kind ------------------------------------------------------------------------------------
-
-/// Creates the cluster (or reuses a healthy one) and returns when it became ready.
-fn create_cluster(
-    sh: &Shell,
-    run: &Run,
-    deployed: &mut Deployed,
-    reuse: bool,
-) -> anyhow::Result<Instant> {
-    let kind_sh = doctor::kind_shell(sh, run.engine);
-    let name = &run.flags.cluster_name;
-    if reuse {
-        let nodes = node_states(sh, &kind_sh, run)?;
-        let all_running = !nodes.is_empty() && nodes.iter().all(|(_, state)| state == "running");
-        if all_running && api_answers(&kind_sh, sh, run)? {
-            println!("    reusing the running cluster {name}");
-            deployed.cluster = true;
-            return Ok(Instant::now());
-        }
-        println!(
-            "    the cluster {name} is not healthy ({}): recreating it",
-            describe_nodes(&nodes)
-        );
-        delete_cluster(&kind_sh, run)?;
-        ensure_ports_free(run)?;
-    }
-    let config = render_kind_config(run)?;
-    let kubeconfig = &run.kubeconfig;
-    for attempt in 0..=CREATE_RETRIES {
-        deployed.cluster = true;
-        let create = cmd!(
-            kind_sh,
-            "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
-        );
-        let output = run_interruptible(sh, create)?;
-        if output.status.success() {
-            return Ok(Instant::now());
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let transient = TRANSIENT_CREATE_ERRORS.iter().any(|e| stderr.contains(e));
-        if !transient || attempt == CREATE_RETRIES {
-            bail!(
-                "`kind create cluster --name {name}` failed{}; kind said:\n{}\nrun `cargo xtask doctor`, then retry",
-                if transient { format!(" {} times", attempt + 1) } else { String::new() },
-                stderr.trim_end()
-            );
-        }
-        println!(
-            "    transient container runtime error, deleting and retrying ({}/{CREATE_RETRIES})",
-            attempt + 1
-        );
-        delete_cluster(&kind_sh, run)?;
-    }
-    unreachable!("the loop returns or bails on its last attempt")
-}
-
-fn cluster_exists(kind_sh: &Shell, name: &str) -> anyhow::Result<bool> {
-    let clusters = cmd!(kind_sh, "kind get clusters")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .context("`kind get clusters` failed: run `cargo xtask doctor`")?;
-    Ok(clusters.lines().any(|l| l.trim() == name))
-}
-
-/// Idempotent: kind succeeds when there is no such cluster. The kubeconfig is ours, so the
-/// user's ~/.kube/config is never edited.
-fn delete_cluster(kind_sh: &Shell, run: &Run) -> anyhow::Result<()> {
-    let name = &run.flags.cluster_name;
-    let kubeconfig = &run.kubeconfig;
-    cmd!(
-        kind_sh,
-        "kind delete cluster --name {name} --kubeconfig {kubeconfig}"
-    )
-    .quiet()
-    .run()
-    .with_context(|| {
-        format!(
-            "`kind delete cluster --name {name}` failed: delete it by hand and check `{} ps -a`",
-            run.engine.program()
-        )
-    })
-}
-
-/// Every node container of the cluster with its state as the engine reports it.
-fn node_states(sh: &Shell, kind_sh: &Shell, run: &Run) -> anyhow::Result<Vec<(String, String)>> {
-    let name = &run.flags.cluster_name;
-    let nodes = cmd!(kind_sh, "kind get nodes --name {name}")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .with_context(|| {
-            format!("`kind get nodes --name {name}` failed: run `cargo xtask doctor`")
-        })?;
-    let program = run.engine.program();
-    let format = "{{.State.Status}}";
-    let mut states = Vec::new();
-    for node in nodes.lines().map(str::trim).filter(|n| !n.is_empty()) {
-        let output = cmd!(sh, "{program} inspect --format {format} {node}")
-            .quiet()
-            .ignore_status()
-            .output()
-            .with_context(|| {
-                format!("running `{program} inspect {node}` failed: is {program} installed?")
-            })?;
-        let state = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        let state = if output.status.success() && !state.is_empty() {
-            state
-        } else {
-            "missing".to_string()
-        };
-        states.push((node.to_string(), state));
-    }
-    Ok(states)
-}
-
-fn describe_nodes(nodes: &[(String, String)]) -> String {
-    if nodes.is_empty() {
-        return "it has no node containers".to_string();
-    }
-    let described: Vec<String> = nodes
-        .iter()
-        .map(|(node, state)| format!("{node} is {state}"))
-        .collect();
-    described.join(", ")
-}
-
-fn api_answers(kind_sh: &Shell, sh: &Shell, run: &Run) -> anyhow::Result<bool> {
-    let name = &run.flags.cluster_name;
-    let kubeconfig = &run.kubeconfig;
-    let exported = cmd!(
-        kind_sh,
-        "kind export kubeconfig --name {name} --kubeconfig {kubeconfig}"
-    )
-    .quiet()
-    .ignore_status()
-    .output()
-    .context("running `kind export kubeconfig` failed: run `cargo xtask doctor`")?;
-    if !exported.status.success() {
-        return Ok(false);
-    }
-    let readyz = kubectl(sh, run)
-        .args(["get", "--raw", "/readyz"])
-        .quiet()
-        .ignore_status()
-        .output()
-        .context("running `kubectl get --raw /readyz` failed: run `cargo xtask doctor`")?;
-    Ok(readyz.status.success())
-}
-
-/// kubectl on our cluster; its discovery cache stays under target/ too.
-fn kubectl<'a>(sh: &'a Shell, run: &Run) -> xshell::Cmd<'a> {
-    let kubeconfig = &run.kubeconfig;
-    let cache = project::xtask_dir(&run.root).join("kube-cache");
-    cmd!(sh, "kubectl --kubeconfig {kubeconfig} --cache-dir {cache}")
-}
-
-/// Checks every node is running, then loads every archive; returns the idle gap between the
-/// cluster becoming ready and the first load starting.
-fn load_images(
-    sh: &Shell,
-    run: &Run,
-    images: &[Image],
-    deployed: &mut Deployed,
-    mut ready_at: Instant,
-) -> anyhow::Result<Duration> {
-    let kind_sh = doctor::kind_shell(sh, run.engine);
-    let name = &run.flags.cluster_name;
-    let running = |nodes: &[(String, String)]| {
-        !nodes.is_empty() && nodes.iter().all(|(_, state)| state == "running")
-    };
-    let nodes = node_states(sh, &kind_sh, run)?;
-    if !running(&nodes) {
-        println!(
-            "    the Kind node containers are not all running ({}): images cannot be loaded into a stopped node (the \"container state improper\" failure); recreating the cluster once",
-            describe_nodes(&nodes)
-        );
-        delete_cluster(&kind_sh, run)?;
-        ready_at = create_cluster(sh, run, deployed, false)?;
-        let nodes = node_states(sh, &kind_sh, run)?;
-        if !running(&nodes) {
-            bail!(
-                "the Kind node containers are still not running after recreating the cluster ({}): check `{} logs <node>`, free memory and disk (`cargo xtask doctor`), then retry",
-                describe_nodes(&nodes),
-                run.engine.program()
-            );
-        }
-    }
-    let gap = ready_at.elapsed();
-    println!(
-        "    idle gap (cluster ready to first load): {} ms",
-        gap.as_millis()
-    );
-    for image in images {
-        let archive = image.archive.as_ref().with_context(|| {
-            format!(
-                "no image archive for {}: this is a bug in the build phase",
-                image.service.name
-            )
-        })?;
-        let output = run_interruptible(
-            sh,
-            cmd!(kind_sh, "kind load image-archive {archive} --name {name}"),
-        )?;
-        if !output.status.success() {
-            bail!(
-                "`kind load image-archive {archive} --name {name}` failed for {}; kind said:\n{}\ncheck that the cluster's nodes are running (`{} ps -a`)",
-                image.service.name,
-                String::from_utf8_lossy(&output.stderr).trim_end(),
-                run.engine.program()
-            );
-        }
-        println!("    loaded {}", image.reference);
-    }
-    Ok(gap)
-}
-
-fn render_kind_config(run: &Run) -> anyhow::Result<Utf8PathBuf> {
-    let source = project::infrastructure_dir(&run.root).join("kind-gateway-config.yaml");
-    let text = std::fs::read_to_string(&source).with_context(|| format!("reading {source}"))?;
-    let rendered = render(&source, &text, &template_vars(run, &[]))?;
-    write_rendered(run, "kind-gateway-config.yaml", &rendered)
-}
-
 // ---- Deploy ----------------------------------------------------------------------------------
-
-/// Values of the `${NAME}` tokens in test/infrastructure/.
-fn template_vars(run: &Run, images: &[Image]) -> Vec<(String, String)> {
-    let host_path = project::coverdata_dir(&run.root).to_string();
-    let node_path = match run.backend {
-        // The Kind config mounts the host's coverdata/ at /coverdata in the node.
-        Backend::Kind => "/coverdata".to_string(),
-        Backend::Podman => host_path.clone(),
-    };
-    let mut vars = vec![
-        ("COVERDATA_HOST_PATH".to_string(), host_path),
-        ("COVERDATA_NODE_PATH".to_string(), node_path),
-    ];
-    for (service, port) in &run.ports {
-        vars.push((
-            format!("{}_HOST_PORT", service.name.to_uppercase()),
-            port.to_string(),
-        ));
-    }
-    let datastorage_port = project::SERVICES[0].container_port;
-    let datastorage_url = match run.backend {
-        Backend::Kind => format!("http://datastorage:{datastorage_port}"),
-        // podman kube play has no Service DNS: the gateway reaches datastorage via its host port.
-        Backend::Podman => format!("http://host.containers.internal:{}", run.ports[0].1),
-    };
-    vars.push(("DATASTORAGE_URL".to_string(), datastorage_url));
-    for image in images {
-        vars.push((
-            format!("{}_IMAGE", image.service.name.to_uppercase()),
-            image.reference.clone(),
-        ));
-    }
-    vars
-}
-
-/// Replaces `${NAME}` tokens; a token nobody provides is an error, not an empty string.
-fn render(source: &Utf8Path, text: &str, vars: &[(String, String)]) -> anyhow::Result<String> {
-    let mut out = text.to_string();
-    for (name, value) in vars {
-        out = out.replace(&format!("${{{name}}}"), value);
-    }
-    if let Some(start) = out.find("${") {
-        let token: String = out[start..].chars().take_while(|c| *c != '}').collect();
-        let known: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-        bail!(
-            "{source} uses {token}}}, which the xtask does not provide: use one of {}",
-            known.join(", ")
-        );
-    }
-    Ok(out)
-}
-
-/// Drops the documents of a kind `podman kube play` does not run (Services).
-fn without_services(manifest: &str) -> String {
-    manifest
-        .split("\n---")
-        .filter(|doc| !doc.lines().any(|l| l.trim() == "kind: Service"))
-        .collect::<Vec<_>>()
-        .join("\n---")
-}
-
-fn write_rendered(run: &Run, name: &str, text: &str) -> anyhow::Result<Utf8PathBuf> {
-    std::fs::create_dir_all(&run.rendered_dir)
-        .with_context(|| format!("creating {}", run.rendered_dir))?;
-    let path = run.rendered_dir.join(name);
-    std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
-    Ok(path)
-}
-
-fn rendered_manifests(run: &Run, images: &[Image]) -> anyhow::Result<Vec<(Service, Utf8PathBuf)>> {
-    let vars = template_vars(run, images);
-    let mut manifests = Vec::new();
-    for service in project::SERVICES {
-        let source = project::infrastructure_dir(&run.root).join(format!("{}.yaml", service.name));
-        let text = std::fs::read_to_string(&source).with_context(|| format!("reading {source}"))?;
-        let mut rendered = render(&source, &text, &vars)?;
-        if run.backend == Backend::Podman {
-            rendered = without_services(&rendered);
-        }
-        manifests.push((
-            service,
-            write_rendered(run, &format!("{}.yaml", service.name), &rendered)?,
-        ));
-    }
-    Ok(manifests)
-}
-
-/// Podman names the pod of a one-replica Deployment `<name>-pod-0`, its containers
-/// `<pod>-<container>`.
-fn podman_pod(service: Service) -> String {
-    format!("{}-pod-0", service.name)
-}
 
 fn deploy(sh: &Shell, run: &Run, images: &[Image], deployed: &mut Deployed) -> anyhow::Result<()> {
     let manifests = rendered_manifests(run, images)?;
@@ -928,132 +611,6 @@ impl TestCounts {
             self.passed, self.failed, self.skipped
         )
     }
-}
-
-// ---- Running commands ------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// The process group of the step running now (0: none), for the second Ctrl-C to stop it.
-static RUNNING_GROUP: AtomicU32 = AtomicU32::new(0);
-
-/// Publishes the running step's group in `RUNNING_GROUP` until dropped.
-struct RunningGroup;
-
-impl RunningGroup {
-    fn set(group: u32) -> RunningGroup {
-        RUNNING_GROUP.store(group, Ordering::SeqCst);
-        RunningGroup
-    }
-}
-
-impl Drop for RunningGroup {
-    fn drop(&mut self) {
-        RUNNING_GROUP.store(0, Ordering::SeqCst);
-    }
-}
-
-/// SIGTERM to a whole process group: the step and whatever it started.
-fn stop_group(sh: &Shell, group: u32) {
-    let group = format!("-{group}");
-    let _ = cmd!(sh, "kill -TERM -- {group}")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run();
-}
-
-/// Runs a long step and returns its output whatever its exit status; see `run_teed`.
-fn run_interruptible(sh: &Shell, cmd: xshell::Cmd<'_>) -> anyhow::Result<Output> {
-    run_teed(sh, cmd, |_, _| {})
-}
-
-/// Runs a long step; a failure names the command, shows what it printed, and says `fix`.
-fn run_step(sh: &Shell, cmd: xshell::Cmd<'_>, fix: &str) -> anyhow::Result<String> {
-    let shown = cmd.to_string();
-    let output = run_interruptible(sh, cmd)?;
-    if !output.status.success() {
-        bail!(
-            "`{shown}` failed ({}):\n{}\n{fix}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim_end()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Runs `cmd` in a process group of its own, handing each output line to `tee` as it arrives.
-/// On Ctrl-C or SIGTERM the whole group is stopped (`go test` and its test binary, kind and
-/// its podman calls) and the step fails at once instead of running to its own timeout.
-fn run_teed(
-    sh: &Shell,
-    cmd: xshell::Cmd<'_>,
-    tee: impl Fn(Stream, &str) + Send + Sync + 'static,
-) -> anyhow::Result<Output> {
-    let shown = cmd.to_string();
-    let mut child = Command::from(cmd)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| {
-            format!("starting `{shown}` failed: is it installed? (`cargo xtask doctor`)")
-        })?;
-    let _running = RunningGroup::set(child.id());
-    let tee = Arc::new(tee);
-    let read = |stream: Stream, pipe: Box<dyn Read + Send>| {
-        let tee = Arc::clone(&tee);
-        std::thread::spawn(move || {
-            // Bytes, not `lines()`: one invalid UTF-8 byte must not stop the reading (the
-            // child would then die of SIGPIPE).
-            let mut reader = BufReader::new(pipe);
-            let mut all = String::new();
-            let mut buf = Vec::new();
-            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-                let line = String::from_utf8_lossy(&buf);
-                let line = line.trim_end_matches(['\n', '\r']);
-                tee(stream, line);
-                all.push_str(line);
-                all.push('\n');
-                buf.clear();
-            }
-            all
-        })
-    };
-    let stdout = read(
-        Stream::Stdout,
-        Box::new(child.stdout.take().expect("stdout is piped")),
-    );
-    let stderr = read(
-        Stream::Stderr,
-        Box::new(child.stderr.take().expect("stderr is piped")),
-    );
-    let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .with_context(|| format!("waiting for `{shown}`"))?
-        {
-            break status;
-        }
-        if project::interrupted() {
-            stop_group(sh, child.id());
-            // Without the `kill` command (no procps) at least the step itself stops.
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("interrupted by a signal (Ctrl-C or SIGTERM) during `{shown}`");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Ok(Output {
-        status,
-        stdout: stdout.join().unwrap_or_default().into_bytes(),
-        stderr: stderr.join().unwrap_or_default().into_bytes(),
-    })
 }
 
 // ---- Diagnostics -----------------------------------------------------------------------------
@@ -1277,58 +834,6 @@ fn print_kept(run: &Run, deployed: &Deployed) {
     }
 }
 
-/// Stops (gracefully: `kube down` alone gives no grace period) and removes every pod of ours,
-/// then checks none is left. Idempotent: used for stale pods before a deploy and at teardown.
-fn remove_podman_pods(sh: &Shell, run: &Run) -> anyhow::Result<()> {
-    // `kube down` of a file resolves names like `kube play` does: run it from our directory.
-    let _dir = sh.push_dir(&run.rendered_dir);
-    for service in project::SERVICES {
-        let pod = podman_pod(service);
-        if !podman_pod_exists(sh, &pod)? {
-            continue;
-        }
-        let grace = STOP_GRACE_SECONDS.to_string();
-        let _ = cmd!(sh, "podman pod stop --time {grace} {pod}")
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run();
-        let manifest = run.rendered_dir.join(format!("{}.yaml", service.name));
-        let downed = manifest.exists()
-            && cmd!(sh, "podman kube down {manifest}")
-                .quiet()
-                .ignore_stdout()
-                .ignore_stderr()
-                .run()
-                .is_ok();
-        if !downed {
-            cmd!(sh, "podman pod rm --force {pod}")
-                .quiet()
-                .ignore_stdout()
-                .run()
-                .with_context(|| format!("removing the pod {pod} failed: remove it with `podman pod rm --force {pod}`"))?;
-        }
-        if podman_pod_exists(sh, &pod)? {
-            bail!("the pod {pod} is still there after `podman kube down`: remove it with `podman pod rm --force {pod}`");
-        }
-    }
-    Ok(())
-}
-
-fn podman_pod_exists(sh: &Shell, pod: &str) -> anyhow::Result<bool> {
-    podman_exists(sh, "pod", pod)
-}
-
-/// `podman <kind> exists <name>`, for pods and networks.
-fn podman_exists(sh: &Shell, kind: &str, name: &str) -> anyhow::Result<bool> {
-    let output = cmd!(sh, "podman {kind} exists {name}")
-        .quiet()
-        .ignore_status()
-        .output()
-        .with_context(|| format!("running `podman {kind} exists` failed: is podman installed? (`cargo xtask doctor`)"))?;
-    Ok(output.status.success())
-}
-
 // ---- Summary ---------------------------------------------------------------------------------
 
 impl Summary {
@@ -1373,6 +878,7 @@ impl Summary {
 
 #[cfg(test)]
 mod tests {
+    use super::manifests::{render, template_vars, without_services};
     use super::*;
 
     #[test]
