@@ -456,3 +456,43 @@ fn no_cache_saves_the_rebuilt_image_again() {
         "a rebuilt image replaces its archive"
     );
 }
+
+#[test]
+fn container_mode_lints_first_printing_warnings_and_stopping_on_errors() {
+    let sandbox = Sandbox::new("container-lint", TOOLS);
+    let dockerfile = sandbox.root.join("docker/datastorage-ubi9.Dockerfile");
+    let original = std::fs::read_to_string(&dockerfile).unwrap();
+    let drifted = original.replace("go-toolset:1.25", "go-toolset:1.24");
+    assert_ne!(
+        drifted, original,
+        "the sample Dockerfile names go-toolset:1.25"
+    );
+    std::fs::write(&dockerfile, &drifted).unwrap();
+    let args = ["build-images", "--build-mode", "container"];
+    let warned = sandbox.run(&args);
+    assert_eq!(warned.code, 0, "{warned}");
+    assert!(
+        warned.stdout.contains("warning[base-image-drift]"),
+        "{warned}"
+    );
+
+    let upgraded = drifted.replace(
+        "RUN dnf install -y git ca-certificates tzdata",
+        "RUN dnf update -y && dnf install -y git ca-certificates tzdata",
+    );
+    assert_ne!(upgraded, drifted);
+    std::fs::write(&dockerfile, upgraded).unwrap();
+    let builds_before = sandbox.count("podman build");
+    let failed = sandbox.run(&args);
+    assert_eq!(failed.code, 1, "{failed}");
+    assert!(failed.stdout.contains("error[distro-upgrade]"), "{failed}");
+    assert!(
+        failed.stderr.contains("lint-dockerfiles found 1 error"),
+        "{failed}"
+    );
+    assert_eq!(
+        sandbox.count("podman build"),
+        builds_before,
+        "nothing is built"
+    );
+}
