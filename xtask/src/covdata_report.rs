@@ -285,28 +285,10 @@ fn default_dirs(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     Ok(dirs)
 }
 
+/// The service directories of a coverdata/-like directory: its run entries that are directories.
 fn service_dirs(parent: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
-    let mut dirs = Vec::new();
-    let entries = match parent.read_dir_utf8() {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(dirs),
-        Err(err) => return Err(err).with_context(|| listing_error(parent)),
-    };
-    for entry in entries {
-        let entry = entry.with_context(|| listing_error(parent))?;
-        let name = entry.file_name();
-        if name == "archive" || name.starts_with('.') {
-            continue;
-        }
-        if entry
-            .file_type()
-            .with_context(|| listing_error(parent))?
-            .is_dir()
-        {
-            dirs.push(entry.into_path());
-        }
-    }
-    dirs.sort();
+    let mut dirs = top_level_entries(parent)?;
+    dirs.retain(|entry| entry.is_dir());
     Ok(dirs)
 }
 

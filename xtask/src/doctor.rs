@@ -178,6 +178,25 @@ fn summary(checks: &[Check], emphasize: fn(&str) -> String) -> String {
     }
 }
 
+/// The row of a tool found at `path` whose version command printed `probe`. `judge` reads the
+/// output into a row; `None` (no version in it) is a warning that quotes the output.
+fn version_check(
+    name: &str,
+    path: Option<&Utf8Path>,
+    probe: Option<Result<String, String>>,
+    (command, hint): (&str, &str),
+    judge: impl FnOnce(&str, &Utf8Path) -> Option<Check>,
+) -> Check {
+    match (path, probe) {
+        (None, _) | (_, None) => Check::fail(name, "not found on PATH", hint),
+        (Some(_), Some(Err(problem))) => Check::fail(name, problem, hint),
+        (Some(path), Some(Ok(out))) => judge(&out, path).unwrap_or_else(|| {
+            let detail = format!("cannot read a version from `{command}`: {}", one_line(&out));
+            Check::warn(name, detail, hint)
+        }),
+    }
+}
+
 fn fail_on(checks: &[Check]) -> anyhow::Result<()> {
     let failed: Vec<&str> = checks
         .iter()
@@ -336,21 +355,13 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
     }
 
     if needs.go {
-        checks.push(match (&go_path, go_probe.map(Probe::finish)) {
-            (None, _) | (_, None) => Check::fail("go", "not found on PATH", GO_INSTALL),
-            (Some(_), Some(Err(problem))) => Check::fail("go", problem, GO_INSTALL),
-            (Some(path), Some(Ok(out))) => match parse_go_version(&out) {
-                Some(v) => Check::ok("go", format!("{v} at {path}")),
-                None => Check::warn(
-                    "go",
-                    format!(
-                        "cannot read a version from `go env GOVERSION`: {}",
-                        one_line(&out)
-                    ),
-                    GO_INSTALL,
-                ),
-            },
-        });
+        checks.push(version_check(
+            "go",
+            go_path.as_deref(),
+            go_probe.map(Probe::finish),
+            ("go env GOVERSION", GO_INSTALL),
+            |out, path| parse_go_version(out).map(|v| Check::ok("go", format!("{v} at {path}"))),
+        ));
     }
 
     if needs.covdata {
@@ -364,46 +375,37 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
 
     if needs.kind {
         let hint = format!("install kind >= v0.27: {KIND_INSTALL}; or use --cluster podman");
-        checks.push(match (&kind_path, kind_probe.map(Probe::finish)) {
-            (None, _) | (_, None) => Check::fail("kind", "not found on PATH", hint),
-            (Some(_), Some(Err(problem))) => Check::fail("kind", problem, hint),
-            (Some(path), Some(Ok(out))) => match parse_kind_version(&out) {
-                Some((text, version)) if (version.0, version.1) >= MIN_KIND => {
-                    Check::ok("kind", format!("{text} at {path}"))
-                }
-                Some((text, _)) => Check::fail(
-                    "kind",
-                    format!("{text} at {path} is older than v0.27"),
-                    hint,
-                ),
-                None => Check::warn(
-                    "kind",
-                    format!(
-                        "cannot read a version from `kind version`: {}",
-                        one_line(&out)
-                    ),
-                    hint,
-                ),
+        checks.push(version_check(
+            "kind",
+            kind_path.as_deref(),
+            kind_probe.map(Probe::finish),
+            ("kind version", &hint),
+            |out, path| {
+                parse_kind_version(out).map(|(text, version)| {
+                    if (version.0, version.1) >= MIN_KIND {
+                        Check::ok("kind", format!("{text} at {path}"))
+                    } else {
+                        Check::fail(
+                            "kind",
+                            format!("{text} at {path} is older than v0.27"),
+                            &hint,
+                        )
+                    }
+                })
             },
-        });
+        ));
     }
 
     if needs.kubectl {
-        checks.push(match (&kubectl_path, kubectl_probe.map(Probe::finish)) {
-            (None, _) | (_, None) => Check::fail("kubectl", "not found on PATH", KUBECTL_INSTALL),
-            (Some(_), Some(Err(problem))) => Check::fail("kubectl", problem, KUBECTL_INSTALL),
-            (Some(path), Some(Ok(out))) => match parse_kubectl_version(&out) {
-                Some(v) => Check::ok("kubectl", format!("{v} at {path}")),
-                None => Check::warn(
-                    "kubectl",
-                    format!(
-                        "cannot read a version from `kubectl version --client`: {}",
-                        one_line(&out)
-                    ),
-                    KUBECTL_INSTALL,
-                ),
+        checks.push(version_check(
+            "kubectl",
+            kubectl_path.as_deref(),
+            kubectl_probe.map(Probe::finish),
+            ("kubectl version --client", KUBECTL_INSTALL),
+            |out, path| {
+                parse_kubectl_version(out).map(|v| Check::ok("kubectl", format!("{v} at {path}")))
             },
-        });
+        ));
     }
 
     // Without kind there is no cluster to find; the kind row already says what is missing.
