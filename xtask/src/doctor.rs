@@ -1,31 +1,27 @@
 //! `cargo xtask doctor`, and the preflight every task runs first: are the tools there and
-//! answering, are the host ports free, is there disk, is a stale Kind cluster in the way.
+//! answering, are the host ports free, is there disk.
 //!
 //! Every check runs even when an earlier one failed, so one run lists every problem, each with a
 //! fix. The slow probes (`podman info` above all) are started together and judged in table order.
 
-use std::{
-    fmt,
-    io::Read,
-    net::TcpListener,
-    process::{Child, Command, Stdio},
-    thread::{self, JoinHandle},
-    time::{Duration, Instant},
-};
+use std::{fmt, net::TcpListener, time::Duration};
 
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Cmd, Shell};
 
 use crate::{
+    cluster::{self, Settings},
+    cmd::{step, CmdError, Running},
+    engine,
     flags::{self, ClusterBackend, Engine},
-    project, ui,
+    project::{self, Service, Services},
+    ui,
 };
 
 /// What a task needs; each task checks only that. `Needs::default()` checks nothing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Needs {
-    /// Resolved engine (see `resolve_engine`): present and answering `<engine> info`.
-    /// `None`: the task runs no container engine, so none is checked.
+    /// Present and answering `<engine> info`. `None`: the task runs no container engine.
     pub engine: Option<Engine>,
     /// `go` present (`go env GOVERSION`), version shown.
     pub go: bool,
@@ -35,24 +31,14 @@ pub struct Needs {
     pub kind: bool,
     /// `kubectl` present, version shown.
     pub kubectl: bool,
-    /// Host ports that must be free.
-    pub ports: Vec<u16>,
+    /// Services whose host ports must be free.
+    pub ports: Vec<Service>,
     /// Free disk where `target/` lives above `DISK_FLOOR`.
     pub disk: bool,
-    /// A Kind cluster with this name existing already is a warning (not fatal).
-    pub stale_cluster: Option<String>,
-}
-
-/// What a caller needs from the checks besides pass or fail. Returned only when no required
-/// check failed.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    /// A Kind cluster named `Needs::stale_cluster` exists (e2e-gateway says it will replace it).
-    pub stale_cluster_found: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+pub enum Status {
     Ok,
     Warn,
     Fail,
@@ -60,7 +46,7 @@ enum Status {
 
 /// One row of the table. `hint` is empty on `ok` rows and never empty otherwise.
 #[derive(Debug, Clone, PartialEq)]
-struct Check {
+pub struct Check {
     name: String,
     status: Status,
     detail: String,
@@ -68,7 +54,7 @@ struct Check {
 }
 
 impl Check {
-    fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    pub fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check {
             name: name.into(),
             status: Status::Ok,
@@ -76,19 +62,37 @@ impl Check {
             hint: String::new(),
         }
     }
-    fn warn(name: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+    pub fn warn(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Check {
         Check {
             status: Status::Warn,
             hint: hint.into(),
             ..Check::ok(name, detail)
         }
     }
-    fn fail(name: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+    pub fn fail(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Check {
         Check {
             status: Status::Fail,
             hint: hint.into(),
             ..Check::ok(name, detail)
         }
+    }
+}
+
+impl Check {
+    pub fn is_ok(&self) -> bool {
+        self.status == Status::Ok
+    }
+
+    pub fn hint(&self) -> &str {
+        &self.hint
     }
 }
 
@@ -118,50 +122,86 @@ const GO_TOOL: Duration = Duration::from_secs(180);
 
 pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
     let root = project::root();
-    let (backend, why) = resolve_cluster(flags.cluster);
-    println!("cluster backend: {} ({why})", backend.name());
-
     let mut notes = Vec::new();
     // Without any engine the engine row reports podman missing, with the install hint.
-    let engine = resolve_engine(flags.engine).unwrap_or(Engine::Podman);
-    let ports = host_ports().unwrap_or_else(|err| {
+    let engine = engine::resolve(flags.engine).unwrap_or(Engine::Podman);
+    let services = Services::from_env().unwrap_or_else(|err| {
         notes.push(Check::fail(
             "host ports",
             format!("{err:#}"),
-            "set GATEWAY_HOST_PORT / DATASTORAGE_HOST_PORT to port numbers, or unset them",
+            "set GATEWAY_HOST_PORT / DATASTORAGE_HOST_PORT to free port numbers, or unset them",
         ));
-        project::SERVICES.map(|s| s.host_port).to_vec()
+        Services {
+            datastorage: project::DATASTORAGE,
+            gateway: project::GATEWAY,
+        }
     });
-    if flags.cluster == ClusterBackend::Auto && backend == Backend::Podman {
+    let cluster = cluster::pick(
+        flags.cluster,
+        Settings {
+            root: root.clone(),
+            name: flags.cluster_name.clone(),
+            engine,
+            services,
+        },
+    );
+    if flags.cluster == ClusterBackend::Auto && cluster.name() == "podman" {
         notes.push(Check::warn(
             "kind",
             "not found on PATH",
             format!("the podman backend will be used; for the Kind backend install kind >= v0.27: {KIND_INSTALL}"),
         ));
     }
-    let kind = backend == Backend::Kind;
-    let needs = Needs {
+    // A tool that cannot start is reported by its own row; there is nothing to look for then.
+    match cluster.leftover(sh) {
+        Ok(None) => notes.push(Check::ok("earlier run", "nothing left behind")),
+        Ok(Some(what)) => notes.push(Check::warn(
+            "earlier run",
+            what,
+            format!(
+                "remove it with `{}`, or let the next `cargo xtask e2e-gateway` replace it",
+                cluster.remove_command()
+            ),
+        )),
+        Err(err) if is_missing_tool(&err) => {}
+        Err(err) => notes.push(Check::warn(
+            "earlier run",
+            format!("cannot look: {}", first_line(&err)),
+            "run the command above by hand to see why",
+        )),
+    }
+    let mut needs = Needs {
         engine: Some(engine),
         go: true,
         covdata: true,
-        kind,
-        kubectl: kind,
-        ports,
+        ports: services.all().to_vec(),
         disk: true,
-        stale_cluster: kind.then(|| flags.cluster_name.clone()),
+        ..Needs::default()
     };
-    let (checks, _) = check(sh, &root, &needs, notes);
+    cluster.needs(&mut needs);
+    let checks = check(sh, &root, &needs, notes);
     print!("{}", render(&checks, ui::bold));
     fail_on(&checks)
 }
 
+fn is_missing_tool(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<CmdError>()
+        .is_some_and(|e| matches!(e.failure, crate::cmd::Failure::Start(_)))
+}
+
+fn first_line(err: &anyhow::Error) -> String {
+    match err.downcast_ref::<CmdError>() {
+        Some(cmd) => cmd.one_line(),
+        None => one_line(&format!("{err:#}")),
+    }
+}
+
 /// The checks a task runs before it starts anything. Prints one line when all pass and the
 /// whole table when anything warns or fails; fails naming every failed required check.
-pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs) -> anyhow::Result<Report> {
-    let (checks, report) = check(sh, root, needs, Vec::new());
+pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs) -> anyhow::Result<()> {
+    let checks = check(sh, root, needs, Vec::new());
     print!("{}", summary(&checks, ui::bold));
-    fail_on(&checks)?;
-    Ok(report)
+    fail_on(&checks)
 }
 
 /// `preflight: 2 checks ok (go, go tool covdata)` when all passed, else the table.
@@ -212,90 +252,21 @@ fn fail_on(checks: &[Check]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--engine` if given, else podman if on PATH, else docker.
-pub fn resolve_engine(requested: Option<Engine>) -> anyhow::Result<Engine> {
-    if let Some(engine) = requested {
-        return Ok(engine);
-    }
-    for engine in [Engine::Podman, Engine::Docker] {
-        if project::which(engine.program()).is_some() {
-            return Ok(engine);
-        }
-    }
-    anyhow::bail!(
-        "no container engine: neither podman nor docker is on PATH; install podman with `apt-get install -y podman runc`"
-    )
-}
-
-/// The cluster backend a run uses: `flags::ClusterBackend` with `auto` decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Kind,
-    Podman,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Kind => "kind",
-            Backend::Podman => "podman",
-        }
-    }
-}
-
-/// `auto` means kind when `kind` is on PATH, else podman. Returns the backend and why.
-pub fn resolve_cluster(requested: ClusterBackend) -> (Backend, String) {
-    match requested {
-        ClusterBackend::Kind => (Backend::Kind, "--cluster kind".into()),
-        ClusterBackend::Podman => (Backend::Podman, "--cluster podman".into()),
-        ClusterBackend::Auto => match project::which("kind") {
-            Some(path) => (Backend::Kind, format!("auto: kind found at {path}")),
-            None => (Backend::Podman, "auto: kind is not on PATH".into()),
-        },
-    }
-}
-
-/// The host ports both backends publish the services on (see `project::host_port`).
-pub fn host_ports() -> anyhow::Result<Vec<u16>> {
-    project::SERVICES
-        .into_iter()
-        .map(project::host_port)
-        .collect()
-}
-
-/// Environment for every kind call: Kind drives podman only when told to.
-pub fn kind_provider_env(engine: Engine) -> Option<(&'static str, &'static str)> {
-    match engine {
-        Engine::Podman => Some(("KIND_EXPERIMENTAL_PROVIDER", "podman")),
-        Engine::Docker => None,
-    }
-}
-
-/// A clone of `sh` whose every command carries the Kind provider variable: use it for every
-/// kind call (create, get, load, export, delete).
-pub fn kind_shell(sh: &Shell, engine: Engine) -> Shell {
-    let kind_sh = sh.clone();
-    if let Some((key, value)) = kind_provider_env(engine) {
-        kind_sh.set_var(key, value);
-    }
-    kind_sh
-}
-
 /// Runs every check `needs` asks for (`notes` go in before the ports) and returns the rows in
 /// table order; prints nothing.
-fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<Check>, Report) {
+fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<Check> {
     let go_path = project::which("go");
     let kind_path = project::which("kind");
     let kubectl_path = project::which("kubectl");
     // Kind is told the provider only when we know the engine; a task that needs kind names it.
     let kind_sh = match needs.engine {
-        Some(engine) => kind_shell(sh, engine),
+        Some(engine) => cluster::kind_shell(sh, engine),
         None => sh.clone(),
     };
 
     // Start every probe first so they overlap; each is judged below in table order.
     let start = |wanted: bool, path: &Option<Utf8PathBuf>, cmd: Cmd<'_>, limit| {
-        (wanted && path.is_some()).then(|| Probe::start(cmd, limit))
+        (wanted && path.is_some()).then(|| step(cmd).timeout(limit).spawn())
     };
     let engine_probe = needs.engine.map(|engine| {
         let program = engine.program();
@@ -322,23 +293,16 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
         cmd!(sh, "kubectl version --client"),
         SHORT,
     );
-    let clusters_probe = start(
-        needs.stale_cluster.is_some(),
-        &kind_path,
-        cmd!(kind_sh, "kind get clusters"),
-        SHORT,
-    );
     let disk_dir = nearest_existing(&root.join("target"));
     let df_probe = needs
         .disk
-        .then(|| Probe::start(cmd!(sh, "df -Pk {disk_dir}"), SHORT));
+        .then(|| step(cmd!(sh, "df -Pk {disk_dir}")).timeout(SHORT).spawn());
 
-    let mut report = Report::default();
     let mut checks = Vec::new();
 
     if let Some((engine, path, probe)) = engine_probe {
         let program = engine.program();
-        checks.push(match (path, probe.map(Probe::finish)) {
+        checks.push(match (path, probe.map(finish)) {
             (None, _) | (_, None) => Check::fail(
                 program,
                 "not found on PATH",
@@ -358,7 +322,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
         checks.push(version_check(
             "go",
             go_path.as_deref(),
-            go_probe.map(Probe::finish),
+            go_probe.map(finish),
             ("go env GOVERSION", GO_INSTALL),
             |out, path| parse_go_version(out).map(|v| Check::ok("go", format!("{v} at {path}"))),
         ));
@@ -366,7 +330,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
 
     if needs.covdata {
         let hint = format!("Go's coverage tool ships with Go >= 1.20: {GO_INSTALL}");
-        checks.push(match covdata_probe.map(Probe::finish) {
+        checks.push(match covdata_probe.map(finish) {
             None => Check::fail("go tool covdata", "needs go, which is not on PATH", hint),
             Some(Err(problem)) => Check::fail("go tool covdata", problem, hint),
             Some(Ok(_)) => Check::ok("go tool covdata", "available"),
@@ -378,7 +342,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
         checks.push(version_check(
             "kind",
             kind_path.as_deref(),
-            kind_probe.map(Probe::finish),
+            kind_probe.map(finish),
             ("kind version", &hint),
             |out, path| {
                 parse_kind_version(out).map(|(text, version)| {
@@ -400,7 +364,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
         checks.push(version_check(
             "kubectl",
             kubectl_path.as_deref(),
-            kubectl_probe.map(Probe::finish),
+            kubectl_probe.map(finish),
             ("kubectl version --client", KUBECTL_INSTALL),
             |out, path| {
                 parse_kubectl_version(out).map(|v| Check::ok("kubectl", format!("{v} at {path}")))
@@ -408,71 +372,46 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> (Vec<
         ));
     }
 
-    // Without kind there is no cluster to find; the kind row already says what is missing.
-    if let (Some(name), Some(probe)) = (&needs.stale_cluster, clusters_probe) {
-        let row = format!("cluster {name}");
-        checks.push(match probe.finish() {
-            Ok(out) if out.lines().any(|l| l.trim() == name) => {
-                report.stale_cluster_found = true;
-                Check::warn(
-                    row,
-                    "a Kind cluster with this name exists already",
-                    stale_cluster_hint(needs.engine, root, name),
-                )
-            }
-            Ok(_) => Check::ok(row, "no stale cluster"),
-            Err(problem) => Check::warn(
-                row,
-                format!("cannot list Kind clusters: {problem}"),
-                "run `kind get clusters` to see why",
-            ),
-        });
-    }
-
-    // The caller's own findings (the backend choice, a broken Kind config) go before the ports.
+    // The caller's own findings (the backend choice, an earlier run) go before the ports.
     checks.extend(notes);
-    for &port in &needs.ports {
-        checks.push(check_port(port));
+    for service in &needs.ports {
+        checks.push(check_port(*service));
     }
 
     if let Some(probe) = df_probe {
         let hint = "free space there: `podman system prune`, `cargo clean`, or remove target/xtask/images/";
-        checks.push(
-            match probe.finish().map(|out| parse_df_available_kb(&out)) {
-                Ok(Some(kb)) => {
-                    let free = kb.saturating_mul(1024);
-                    let detail = format!("{} free at {disk_dir}", gib(free));
-                    if free >= DISK_FLOOR {
-                        Check::ok("disk", detail)
-                    } else {
-                        Check::fail(
-                            "disk",
-                            format!("{detail}, below the {} floor", gib(DISK_FLOOR)),
-                            hint,
-                        )
-                    }
+        checks.push(match finish(probe).map(|out| parse_df_available_kb(&out)) {
+            Ok(Some(kb)) => {
+                let free = kb.saturating_mul(1024);
+                let detail = format!("{} free at {disk_dir}", gib(free));
+                if free >= DISK_FLOOR {
+                    Check::ok("disk", detail)
+                } else {
+                    Check::fail(
+                        "disk",
+                        format!("{detail}, below the {} floor", gib(DISK_FLOOR)),
+                        hint,
+                    )
                 }
-                Ok(None) => Check::warn(
-                    "disk",
-                    "cannot read `df -Pk` output",
-                    format!("run `df -Pk {disk_dir}`"),
-                ),
-                Err(problem) => Check::warn("disk", problem, format!("run `df -Pk {disk_dir}`")),
-            },
-        );
+            }
+            Ok(None) => Check::warn(
+                "disk",
+                "cannot read `df -Pk` output",
+                format!("run `df -Pk {disk_dir}`"),
+            ),
+            Err(problem) => Check::warn("disk", problem, format!("run `df -Pk {disk_dir}`")),
+        });
     }
 
-    (checks, report)
+    checks
 }
 
-/// The delete command names our kubeconfig, so following the hint never edits ~/.kube/config.
-fn stale_cluster_hint(engine: Option<Engine>, root: &Utf8Path, name: &str) -> String {
-    let env = match engine.and_then(kind_provider_env) {
-        Some((key, value)) => format!("{key}={value} "),
-        None => String::new(),
-    };
-    let kubeconfig = project::kubeconfig(root, name);
-    format!("delete it with `{env}kind delete cluster --name {name} --kubeconfig {kubeconfig}`, or keep it with `cargo xtask e2e-gateway --reuse-cluster`")
+/// A probe's stdout, or one line saying what went wrong.
+fn finish(probe: Running) -> Result<String, String> {
+    probe
+        .wait()
+        .map(|out| out.stdout)
+        .map_err(|err| err.one_line())
 }
 
 fn engine_install_hint(engine: Engine, root: &Utf8Path) -> String {
@@ -501,19 +440,12 @@ fn engine_broken_hint(engine: Engine, root: &Utf8Path) -> String {
     }
 }
 
-fn check_port(port: u16) -> Check {
+/// The host port of `service` is free; a busy one names who holds it and the variable that
+/// moves ours.
+pub fn check_port(service: Service) -> Check {
+    let port = service.host_port;
     let name = format!("port {port}");
-    // Our own ports can move instead: name the variable that does it.
-    let or_move = project::SERVICES
-        .into_iter()
-        .find(|s| project::host_port(*s).is_ok_and(|p| p == port))
-        .map(|s| {
-            format!(
-                ", or set {}_HOST_PORT to a free port",
-                s.name.to_uppercase()
-            )
-        })
-        .unwrap_or_default();
+    let or_move = format!(", or set {} to a free port", service.port_variable());
     // Look in /proc before binding: our own test listener would otherwise be the owner.
     let owner = port_owner(port);
     // The bind also catches what /proc cannot show (another network namespace, another user).
@@ -700,101 +632,6 @@ fn render(checks: &[Check], emphasize: fn(&str) -> String) -> String {
     out
 }
 
-/// A command running in the background with a time limit. Built with `cmd!` like every other
-/// command; turned into a `std::process::Command` only because xshell cannot spawn without
-/// waiting or give up after a timeout.
-struct Probe {
-    line: String,
-    limit: Duration,
-    started: Instant,
-    running: Result<Running, String>,
-}
-
-struct Running {
-    child: Child,
-    stdout: JoinHandle<Vec<u8>>,
-    stderr: JoinHandle<Vec<u8>>,
-}
-
-/// Pipes are drained on threads so a chatty tool cannot block on a full pipe.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
-
-impl Probe {
-    fn start(cmd: Cmd<'_>, limit: Duration) -> Probe {
-        let line = cmd.to_string();
-        let mut command = Command::from(cmd);
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let running = command
-            .spawn()
-            .map(|mut child| Running {
-                stdout: drain(child.stdout.take()),
-                stderr: drain(child.stderr.take()),
-                child,
-            })
-            .map_err(|e| format!("`{line}` could not start: {e}"));
-        Probe {
-            line,
-            limit,
-            started: Instant::now(),
-            running,
-        }
-    }
-
-    /// Stdout on success; otherwise a one-line account of what went wrong.
-    fn finish(self) -> Result<String, String> {
-        let Running {
-            mut child,
-            stdout,
-            stderr,
-        } = self.running?;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if self.started.elapsed() < self.limit => {
-                    thread::sleep(Duration::from_millis(2))
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    // The reader threads are left behind: a grandchild may still hold the pipes.
-                    return Err(format!(
-                        "`{}` did not answer within {} s",
-                        self.line,
-                        self.limit.as_secs()
-                    ));
-                }
-                Err(e) => return Err(format!("`{}`: {e}", self.line)),
-            }
-        };
-        let stdout = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
-        let stderr = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
-        if status.success() {
-            return Ok(stdout);
-        }
-        let last = stderr
-            .lines()
-            .chain(stdout.lines())
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or("(no output)");
-        let code = status
-            .code()
-            .map_or("a signal".to_string(), |c| c.to_string());
-        Err(format!("`{}` exited with {code}: {last}", self.line))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -862,65 +699,6 @@ mod tests {
     }
 
     #[test]
-    fn host_ports_default_to_the_services() {
-        if std::env::var_os("GATEWAY_HOST_PORT").is_none()
-            && std::env::var_os("DATASTORAGE_HOST_PORT").is_none()
-        {
-            assert_eq!(host_ports().unwrap(), vec![18081, 18080]);
-        }
-    }
-
-    #[test]
-    fn explicit_backends_need_no_lookup() {
-        assert_eq!(
-            resolve_cluster(ClusterBackend::Kind),
-            (Backend::Kind, "--cluster kind".to_string())
-        );
-        assert_eq!(resolve_cluster(ClusterBackend::Podman).0, Backend::Podman);
-        assert_eq!(
-            [Backend::Kind.name(), Backend::Podman.name()],
-            ["kind", "podman"]
-        );
-    }
-
-    #[test]
-    fn kind_shell_sets_the_provider_on_its_clone_only() {
-        let sh = Shell::new().unwrap();
-        let kind_sh = kind_shell(&sh, Engine::Podman);
-        let value = cmd!(kind_sh, "printenv KIND_EXPERIMENTAL_PROVIDER")
-            .read()
-            .unwrap();
-        assert_eq!(value, "podman");
-        assert_eq!(
-            sh.var("KIND_EXPERIMENTAL_PROVIDER").ok(),
-            std::env::var("KIND_EXPERIMENTAL_PROVIDER").ok()
-        );
-    }
-
-    #[test]
-    fn stale_cluster_hint_deletes_with_our_kubeconfig() {
-        let hint = stale_cluster_hint(Some(Engine::Podman), Utf8Path::new("/repo"), "e2e");
-        assert!(
-            hint.contains("`KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e --kubeconfig /repo/target/xtask/kubeconfig-e2e`"),
-            "{hint}"
-        );
-        let hint = stale_cluster_hint(Some(Engine::Docker), Utf8Path::new("/repo"), "e2e");
-        assert!(
-            hint.contains("`kind delete cluster --name e2e --kubeconfig "),
-            "{hint}"
-        );
-    }
-
-    #[test]
-    fn provider_env_only_for_podman() {
-        assert_eq!(
-            kind_provider_env(Engine::Podman),
-            Some(("KIND_EXPERIMENTAL_PROVIDER", "podman"))
-        );
-        assert_eq!(kind_provider_env(Engine::Docker), None);
-    }
-
-    #[test]
     fn table_aligns_and_hints_every_problem() {
         let checks = vec![
             Check::ok("podman", "4.3.1 at /usr/bin/podman, answering"),
@@ -962,30 +740,6 @@ port 18080  <FAIL  >  in use by nc (pid 7)
         checks.push(Check::fail("kind", "not found on PATH", "install kind"));
         let err = fail_on(&checks).unwrap_err().to_string();
         assert!(err.starts_with("preflight failed (kind): "), "{err}");
-    }
-
-    #[test]
-    fn probe_reports_exit_code_and_stderr_and_timeout() {
-        let sh = Shell::new().unwrap();
-        assert_eq!(
-            Probe::start(cmd!(sh, "echo hi"), SHORT).finish(),
-            Ok("hi\n".into())
-        );
-        let err = Probe::start(cmd!(sh, "ls /nonexistent-xtask-doctor"), SHORT)
-            .finish()
-            .unwrap_err();
-        assert!(
-            err.contains("exited with 2") && err.contains("nonexistent"),
-            "{err}"
-        );
-        let err = Probe::start(cmd!(sh, "sleep 5"), Duration::from_millis(50))
-            .finish()
-            .unwrap_err();
-        assert!(err.contains("did not answer"), "{err}");
-        let err = Probe::start(cmd!(sh, "no-such-tool-xtask"), SHORT)
-            .finish()
-            .unwrap_err();
-        assert!(err.contains("could not start"), "{err}");
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! `cargo xtask`: parses the command line and dispatches to one module per task.
 
 mod build_images;
+mod cluster;
+mod cmd;
 mod covdata_report;
+mod coverdata;
 mod doctor;
 mod e2e_gateway;
+mod engine;
 mod flags;
 mod lint_dockerfiles;
 mod project;
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
 }
 
 fn run(task: Task) -> anyhow::Result<()> {
+    cmd::install_signal_handler();
     let sh = Shell::new()?;
     sh.change_dir(project::root());
     match task {

@@ -1,7 +1,6 @@
-//! Where things are: the project root and the paths and services every task shares.
+//! Where things are: the project root, the paths every task shares, and the services.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
+use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 
 /// A service of the sample repository: its binary is `./cmd/<name>`.
@@ -14,48 +13,136 @@ pub struct Service {
     pub host_port: u16,
 }
 
+pub const DATASTORAGE: Service = Service {
+    name: "datastorage",
+    container_port: 8081,
+    host_port: 18081,
+};
+
+pub const GATEWAY: Service = Service {
+    name: "gateway",
+    container_port: 8080,
+    host_port: 18080,
+};
+
 /// In dependency order: datastorage must be ready before gateway.
-pub const SERVICES: [Service; 2] = [
-    Service {
-        name: "datastorage",
-        container_port: 8081,
-        host_port: 18081,
-    },
-    Service {
-        name: "gateway",
-        container_port: 8080,
-        host_port: 18080,
-    },
-];
+pub const SERVICES: [Service; 2] = [DATASTORAGE, GATEWAY];
 
 pub fn service(name: &str) -> Option<Service> {
-    SERVICES.iter().copied().find(|s| s.name == name)
+    SERVICES.into_iter().find(|s| s.name == name)
 }
 
 pub fn service_names() -> String {
     SERVICES.map(|s| s.name).join(", ")
 }
 
-/// The repository root. `XTASK_PROJECT_ROOT` exists so tests can run the real binary against a
-/// scratch copy of the project; everyone else gets the directory above this crate.
-pub fn root() -> Utf8PathBuf {
-    match std::env::var("XTASK_PROJECT_ROOT") {
-        // Made absolute once, so commands run elsewhere (podman kube play) see the same paths.
-        Ok(dir) if !dir.is_empty() => {
-            absolute(Utf8Path::new(&dir)).unwrap_or_else(|_| Utf8PathBuf::from(dir))
-        }
-        _ => Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("xtask lives one level below the project root")
-            .to_path_buf(),
+impl Service {
+    /// `GATEWAY_HOST_PORT`: moves the service's host port when the default is taken.
+    pub fn port_variable(&self) -> String {
+        format!("{}_HOST_PORT", self.name.to_uppercase())
     }
+}
+
+/// The services with their host ports for this run: `<SERVICE>_HOST_PORT` moves one when the
+/// default is taken on this machine (and lets runs share a machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    pub datastorage: Service,
+    pub gateway: Service,
+}
+
+impl Services {
+    pub fn from_env() -> anyhow::Result<Services> {
+        Services::from(|name| std::env::var(name).ok())
+    }
+
+    fn from(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Services> {
+        let with_port = |service: Service| -> anyhow::Result<Service> {
+            let var = service.port_variable();
+            let host_port = match env(&var).filter(|v| !v.is_empty()) {
+                None => service.host_port,
+                Some(value) => match value.parse::<u16>() {
+                    Ok(port) if port > 0 => port,
+                    _ => bail!(
+                        "{var}={value} is not a port number from 1 to 65535: set it to a free port like {}",
+                        service.host_port
+                    ),
+                },
+            };
+            Ok(Service {
+                host_port,
+                ..service
+            })
+        };
+        let services = Services {
+            datastorage: with_port(DATASTORAGE)?,
+            gateway: with_port(GATEWAY)?,
+        };
+        let [a, b] = services.all();
+        if a.host_port == b.host_port {
+            bail!(
+                "{} and {} would both use host port {}: set {} or {} to another free port",
+                a.name,
+                b.name,
+                a.host_port,
+                a.port_variable(),
+                b.port_variable()
+            );
+        }
+        Ok(services)
+    }
+
+    /// Both, in dependency order.
+    pub fn all(&self) -> [Service; 2] {
+        [self.datastorage, self.gateway]
+    }
+}
+
+/// The repository the xtask works on. `XTASK_PROJECT_ROOT` exists so tests can run the real
+/// binary against a scratch copy. Otherwise the checkout being run, not the one the binary was
+/// built in (a shared `CARGO_TARGET_DIR` serves several clones): `cargo run` sets
+/// `CARGO_MANIFEST_DIR` at run time; a binary run directly looks up from the current directory.
+pub fn root() -> Utf8PathBuf {
+    if let Some(dir) = std::env::var("XTASK_PROJECT_ROOT")
+        .ok()
+        .filter(|d| !d.is_empty())
+    {
+        // Made absolute once, so commands run elsewhere (podman kube play) see the same paths.
+        return absolute(Utf8Path::new(&dir)).unwrap_or_else(|_| Utf8PathBuf::from(dir));
+    }
+    let is_root = |dir: &Utf8Path| dir.join("xtask/Cargo.toml").is_file();
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").ok();
+    if let Some(parent) = manifest_dir
+        .as_deref()
+        .map(Utf8Path::new)
+        .and_then(Utf8Path::parent)
+    {
+        if is_root(parent) {
+            return parent.to_path_buf();
+        }
+    }
+    let cwd = std::env::current_dir()
+        .ok()
+        .and_then(|d| Utf8PathBuf::from_path_buf(d).ok());
+    if let Some(found) = cwd
+        .as_deref()
+        .and_then(|d| d.ancestors().find(|a| is_root(a)))
+    {
+        return found.to_path_buf();
+    }
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the project root")
+        .to_path_buf()
 }
 
 /// A path the user typed (on the command line, or in `XTASK_PROJECT_ROOT`), made absolute
 /// against the current directory, which is what their shell completed it against. Only for
 /// such paths: everything the xtask names itself is anchored at `root()`. `..` is kept.
 pub fn absolute(path: &Utf8Path) -> anyhow::Result<Utf8PathBuf> {
-    use anyhow::Context;
+    if path.as_str().is_empty() {
+        bail!("an empty path was given: name a file or directory");
+    }
     let path = std::path::absolute(path).with_context(|| {
         format!("making {path} absolute: the current directory is unreadable; cd to an existing directory and rerun")
     })?;
@@ -68,12 +155,6 @@ pub fn xtask_dir(root: &Utf8Path) -> Utf8PathBuf {
     root.join("target/xtask")
 }
 
-/// The kubeconfig of our Kind cluster `cluster_name`: every kind and kubectl call names it, so
-/// nothing the xtask does (or tells the user to do) edits ~/.kube/config.
-pub fn kubeconfig(root: &Utf8Path, cluster_name: &str) -> Utf8PathBuf {
-    xtask_dir(root).join(format!("kubeconfig-{cluster_name}"))
-}
-
 pub fn coverdata_dir(root: &Utf8Path) -> Utf8PathBuf {
     root.join("coverdata")
 }
@@ -84,7 +165,6 @@ pub fn infrastructure_dir(root: &Utf8Path) -> Utf8PathBuf {
 
 /// The Go module path, read from `go.mod`.
 pub fn go_module(root: &Utf8Path) -> anyhow::Result<String> {
-    use anyhow::Context;
     let path = root.join("go.mod");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!("reading {path}: run the xtask from a checkout of the repository")
@@ -95,17 +175,6 @@ pub fn go_module(root: &Utf8Path) -> anyhow::Result<String> {
         .with_context(|| {
             format!("{path} has no `module` line: add one, e.g. `module example.com/svc`")
         })
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Called from the Ctrl-C / SIGTERM handler; long-running steps poll `interrupted()`.
-pub fn set_interrupted() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// The first `name` on PATH, like `command -v`.
@@ -119,46 +188,12 @@ pub fn which(name: &str) -> Option<Utf8PathBuf> {
     })
 }
 
-/// The host port a service is reached on. `<SERVICE>_HOST_PORT` moves it when the default is
-/// taken on this machine (and lets tests run in parallel).
-pub fn host_port(service: Service) -> anyhow::Result<u16> {
-    use anyhow::Context;
-    let var = format!("{}_HOST_PORT", service.name.to_uppercase());
-    match std::env::var(&var) {
-        Ok(value) if !value.is_empty() => value.parse().with_context(|| {
-            format!(
-                "{var}={value} is not a port number: set it to a free port like {}",
-                service.host_port
-            )
-        }),
-        _ => Ok(service.host_port),
-    }
-}
-
 /// A UTC timestamp like `2026-11-26T05-45-00Z`, for run ids and archive names: sortable, and
 /// without colons, which `tar` and some file systems read specially.
 pub fn utc_timestamp(time: std::time::SystemTime) -> String {
-    let secs = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace(':', "-")
 }
 
 #[cfg(test)]
@@ -174,16 +209,48 @@ mod tests {
             cwd.join("docker/x.Dockerfile")
         );
         assert_eq!(absolute(Utf8Path::new("/a/b")).unwrap(), "/a/b");
+        let empty = absolute(Utf8Path::new("")).unwrap_err().to_string();
+        assert_eq!(empty, "an empty path was given: name a file or directory");
     }
 
     #[test]
-    fn timestamps_are_utc_calendar_dates() {
+    fn timestamps_have_no_colons() {
         let at = |secs: u64| utc_timestamp(UNIX_EPOCH + Duration::from_secs(secs));
         assert_eq!(at(0), "1970-01-01T00-00-00Z");
-        assert_eq!(at(951_782_400), "2000-02-29T00-00-00Z");
-        assert_eq!(at(1_700_000_000), "2023-11-14T22-13-20Z");
-        assert_eq!(at(1_709_251_199), "2024-02-29T23-59-59Z");
         assert_eq!(at(1_795_671_900), "2026-11-26T05-45-00Z");
-        assert_eq!(at(4_102_444_799), "2099-12-31T23-59-59Z");
+    }
+
+    #[test]
+    fn host_ports_come_from_the_environment_and_are_checked() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let defaults = Services::from(env(&[])).unwrap();
+        assert_eq!(defaults.all().map(|s| s.host_port), [18081, 18080]);
+        let moved = Services::from(env(&[("GATEWAY_HOST_PORT", "28080")])).unwrap();
+        assert_eq!(moved.gateway.host_port, 28080);
+        assert_eq!(moved.gateway.container_port, 8080);
+        for (pairs, expected) in [
+            (
+                &[("GATEWAY_HOST_PORT", "0")][..],
+                "GATEWAY_HOST_PORT=0 is not a port number from 1 to 65535",
+            ),
+            (
+                &[("DATASTORAGE_HOST_PORT", "http")][..],
+                "DATASTORAGE_HOST_PORT=http is not a port number",
+            ),
+            (
+                &[("GATEWAY_HOST_PORT", "18081")][..],
+                "datastorage and gateway would both use host port 18081: set DATASTORAGE_HOST_PORT or GATEWAY_HOST_PORT",
+            ),
+        ] {
+            let err = Services::from(env(pairs)).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
     }
 }

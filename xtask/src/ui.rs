@@ -22,19 +22,20 @@ pub fn bold(text: &str) -> String {
     }
 }
 
-/// A numbered pipeline phase. Prints its banner when started and its duration when finished.
-pub struct Phase {
+/// A numbered pipeline phase on the terminal: its banner when started and its duration when
+/// finished (a `::group::` in GitHub Actions).
+pub struct Banner {
     name: &'static str,
     started: Instant,
 }
 
-impl Phase {
-    pub fn start(number: usize, name: &'static str) -> Phase {
+impl Banner {
+    pub fn start(number: usize, name: &'static str) -> Banner {
         if github_actions() {
             println!("::group::{number}. {name}");
         }
         println!("{}", bold(&format!("==> {number}. {name}")));
-        Phase {
+        Banner {
             name,
             started: Instant::now(),
         }

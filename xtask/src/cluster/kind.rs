@@ -1,0 +1,553 @@
+//! The Kind backend: a throwaway cluster in the container engine, created right after the
+//! images are built and loaded at once, so the node never sits idle (the old flow's
+//! "container state improper").
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::{cmd, Cmd, Shell};
+
+use super::{save, write_file, Cluster, Manifest, Settings, STOP_GRACE_SECONDS};
+use crate::{
+    build_images::Image,
+    cmd::{step, CmdError},
+    doctor::Needs,
+    flags::Engine,
+    project,
+};
+
+/// Kind cluster creation is retried at most this many times, and only on these errors.
+const CREATE_RETRIES: usize = 2;
+const TRANSIENT_CREATE_ERRORS: &[&str] = &[
+    "OCI runtime",
+    "container state improper",
+    "could not find a log line that matches",
+];
+const ROLLOUT_TIMEOUT: &str = "180s";
+
+pub struct Kind {
+    settings: Settings,
+    /// Ours, under target/: no kind or kubectl call (or printed hint) edits ~/.kube/config.
+    kubeconfig: Utf8PathBuf,
+    /// A cluster of ours may exist.
+    exists: bool,
+    /// A healthy cluster of an earlier run is used (and kept afterwards).
+    reused: bool,
+    ready_at: Option<Instant>,
+    deployed: bool,
+}
+
+/// The state of a node container as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NodeState {
+    Running,
+    /// Exists in another state (`exited`, `paused`, ...).
+    Other(String),
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Node {
+    name: String,
+    state: NodeState,
+}
+
+/// A clone of `sh` whose every command carries the Kind provider variable: every kind call
+/// (create, get, load, export, delete) goes through it, since Kind drives podman only when
+/// told to.
+pub fn kind_shell(sh: &Shell, engine: Engine) -> Shell {
+    let kind_sh = sh.clone();
+    if let Some((key, value)) = provider(engine) {
+        kind_sh.set_var(key, value);
+    }
+    kind_sh
+}
+
+fn provider(engine: Engine) -> Option<(&'static str, &'static str)> {
+    (engine == Engine::Podman).then_some(("KIND_EXPERIMENTAL_PROVIDER", "podman"))
+}
+
+impl Kind {
+    pub fn new(settings: Settings) -> Kind {
+        let kubeconfig =
+            project::xtask_dir(&settings.root).join(format!("kubeconfig-{}", settings.name));
+        Kind {
+            settings,
+            kubeconfig,
+            exists: false,
+            reused: false,
+            ready_at: None,
+            deployed: false,
+        }
+    }
+
+    /// kubectl on our cluster; its discovery cache stays under target/ too.
+    fn kubectl<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
+        let kubeconfig = &self.kubeconfig;
+        let cache = project::xtask_dir(&self.settings.root).join("kube-cache");
+        cmd!(sh, "kubectl --kubeconfig {kubeconfig} --cache-dir {cache}")
+    }
+
+    /// The one definition of how our cluster is deleted: run, printed and suggested alike.
+    fn delete_args(&self) -> Vec<String> {
+        let (name, kubeconfig) = (&self.settings.name, &self.kubeconfig);
+        [
+            "delete",
+            "cluster",
+            "--name",
+            name,
+            "--kubeconfig",
+            kubeconfig.as_str(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Idempotent: kind succeeds when there is no such cluster.
+    fn delete_cluster(&mut self, sh: &Shell) -> anyhow::Result<()> {
+        let kind_sh = kind_shell(sh, self.settings.engine);
+        let args = self.delete_args();
+        step(cmd!(kind_sh, "kind {args...}"))
+            .hint(format!(
+                "delete it by hand and check `{} ps -a`",
+                self.settings.engine.program()
+            ))
+            .run()?;
+        self.exists = false;
+        Ok(())
+    }
+
+    fn create_cluster(&mut self, sh: &Shell) -> anyhow::Result<()> {
+        let vars = super::template_vars(self, &self.settings, &[]);
+        let text = super::render_file(&self.settings.root, "kind-gateway-config.yaml", &vars)?;
+        let config = write_file(
+            &self.settings.rendered_dir(),
+            "kind-gateway-config.yaml",
+            &text,
+        )?;
+        let kind_sh = kind_shell(sh, self.settings.engine);
+        let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
+        for attempt in 0..=CREATE_RETRIES {
+            self.exists = true;
+            let create = cmd!(
+                kind_sh,
+                "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
+            );
+            let err = match step(create)
+                .hint("run `cargo xtask doctor`, then retry")
+                .run()
+            {
+                Ok(_) => {
+                    self.ready_at = Some(Instant::now());
+                    return Ok(());
+                }
+                Err(err) => err,
+            };
+            let transient = TRANSIENT_CREATE_ERRORS
+                .iter()
+                .any(|e| err.stderr.contains(e));
+            if !transient || attempt == CREATE_RETRIES || err.is_interrupt() {
+                let tries = if transient {
+                    format!(" {} times", attempt + 1)
+                } else {
+                    String::new()
+                };
+                return Err(anyhow::Error::new(err)
+                    .context(format!("creating the Kind cluster {name} failed{tries}")));
+            }
+            println!(
+                "    transient container runtime error, deleting and retrying ({}/{CREATE_RETRIES})",
+                attempt + 1
+            );
+            self.delete_cluster(sh)?;
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Every node container of the cluster with its state.
+    fn nodes(&self, sh: &Shell) -> anyhow::Result<Vec<Node>> {
+        let kind_sh = kind_shell(sh, self.settings.engine);
+        let name = &self.settings.name;
+        let listed = step(cmd!(kind_sh, "kind get nodes --name {name}"))
+            .hint("run `cargo xtask doctor`")
+            .read()?;
+        let program = self.settings.engine.program();
+        let format = "{{.State.Status}}";
+        let mut nodes = Vec::new();
+        for node in listed.lines().map(str::trim).filter(|n| !n.is_empty()) {
+            let output = step(cmd!(sh, "{program} inspect --format {format} {node}")).output()?;
+            let state = match output.stdout.trim() {
+                _ if !output.success() => NodeState::Missing,
+                "running" => NodeState::Running,
+                "" => NodeState::Missing,
+                other => NodeState::Other(other.to_string()),
+            };
+            nodes.push(Node {
+                name: node.to_string(),
+                state,
+            });
+        }
+        Ok(nodes)
+    }
+
+    fn api_answers(&self, sh: &Shell) -> anyhow::Result<bool> {
+        let kind_sh = kind_shell(sh, self.settings.engine);
+        let (name, kubeconfig) = (&self.settings.name, &self.kubeconfig);
+        let exported = step(cmd!(
+            kind_sh,
+            "kind export kubeconfig --name {name} --kubeconfig {kubeconfig}"
+        ))
+        .output()?;
+        Ok(exported.success()
+            && step(self.kubectl(sh).args(["get", "--raw", "/readyz"]))
+                .output()?
+                .success())
+    }
+
+    fn kubectl_step(&self, sh: &Shell, args: &[&str], hint: &str) -> Result<(), CmdError> {
+        step(self.kubectl(sh).args(args)).hint(hint).run().map(drop)
+    }
+}
+
+fn all_running(nodes: &[Node]) -> bool {
+    !nodes.is_empty() && nodes.iter().all(|n| n.state == NodeState::Running)
+}
+
+fn describe(nodes: &[Node]) -> String {
+    if nodes.is_empty() {
+        return "it has no node containers".to_string();
+    }
+    let described: Vec<String> = nodes
+        .iter()
+        .map(|n| match &n.state {
+            NodeState::Running => format!("{} is running", n.name),
+            NodeState::Other(state) => format!("{} is {state}", n.name),
+            NodeState::Missing => format!("{} is missing", n.name),
+        })
+        .collect();
+    described.join(", ")
+}
+
+impl Cluster for Kind {
+    fn name(&self) -> &'static str {
+        "kind"
+    }
+
+    fn needs(&self, needs: &mut Needs) {
+        needs.kind = true;
+        needs.kubectl = true;
+    }
+
+    fn needs_archives(&self) -> bool {
+        true
+    }
+
+    fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>> {
+        let kind_sh = kind_shell(sh, self.settings.engine);
+        let clusters = step(cmd!(kind_sh, "kind get clusters"))
+            .hint("run `cargo xtask doctor`")
+            .read()?;
+        let name = &self.settings.name;
+        Ok(clusters
+            .lines()
+            .any(|l| l.trim() == name)
+            .then(|| format!("a Kind cluster named {name} exists already")))
+    }
+
+    fn clear_leftover(&mut self, sh: &Shell, reuse: bool, coverage: bool) -> anyhow::Result<bool> {
+        let name = self.settings.name.clone();
+        self.exists = true;
+        if reuse {
+            let nodes = self.nodes(sh)?;
+            if all_running(&nodes) && self.api_answers(sh)? {
+                println!("    the cluster {name} exists and is healthy: reusing it");
+                self.reused = true;
+                if coverage {
+                    // Its services write their last counters before coverdata/ is archived.
+                    if let Err(err) = self.stop_services(sh) {
+                        println!("    could not stop its services: {err:#}");
+                    }
+                }
+                return Ok(true);
+            }
+            println!(
+                "    the cluster {name} is not healthy ({}): recreating it",
+                describe(&nodes)
+            );
+        } else {
+            println!(
+                "    deleting the stale cluster {name} of an earlier run (--reuse-cluster keeps a healthy one)"
+            );
+        }
+        self.delete_cluster(sh)?;
+        Ok(false)
+    }
+
+    fn create(&mut self, sh: &Shell) -> anyhow::Result<()> {
+        if self.reused {
+            println!("    reusing the running cluster {}", self.settings.name);
+            self.ready_at = Some(Instant::now());
+            return Ok(());
+        }
+        self.create_cluster(sh)
+    }
+
+    /// Checks every node is running (a stopped node is the "container state improper"
+    /// failure), recreating the cluster once if not, then loads every archive.
+    fn load(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<Option<Duration>> {
+        let nodes = self.nodes(sh)?;
+        if !all_running(&nodes) {
+            println!(
+                "    the Kind node containers are not all running ({}): images cannot be loaded into a stopped node (the \"container state improper\" failure); recreating the cluster once",
+                describe(&nodes)
+            );
+            self.delete_cluster(sh)?;
+            self.create_cluster(sh)?;
+            let nodes = self.nodes(sh)?;
+            if !all_running(&nodes) {
+                bail!(
+                    "the Kind node containers are still not running after recreating the cluster ({}): check `{} logs <node>`, free memory and disk (`cargo xtask doctor`), then retry",
+                    describe(&nodes),
+                    self.settings.engine.program()
+                );
+            }
+        }
+        let gap = self.ready_at.map(|t| t.elapsed()).unwrap_or_default();
+        println!(
+            "    idle gap (cluster ready to first load): {} ms",
+            gap.as_millis()
+        );
+        let kind_sh = kind_shell(sh, self.settings.engine);
+        let name = &self.settings.name;
+        for image in images {
+            let archive = image.archive.as_ref().with_context(|| {
+                format!(
+                    "no image archive for {}: this is a bug in the build phase",
+                    image.service.name
+                )
+            })?;
+            step(cmd!(
+                kind_sh,
+                "kind load image-archive {archive} --name {name}"
+            ))
+            .hint(format!(
+                "check that the cluster's nodes are running (`{} ps -a`)",
+                self.settings.engine.program()
+            ))
+            .run()
+            .with_context(|| format!("loading the image of {}", image.service.name))?;
+            println!("    loaded {}", image.reference);
+        }
+        Ok(Some(gap))
+    }
+
+    fn template_vars(&self) -> Vec<(String, String)> {
+        vec![
+            // The Kind config mounts the host's coverdata/ at /coverdata in the node.
+            ("COVERDATA_NODE_PATH".into(), "/coverdata".into()),
+            (
+                "DATASTORAGE_URL".into(),
+                format!(
+                    "http://datastorage:{}",
+                    self.settings.services.datastorage.container_port
+                ),
+            ),
+        ]
+    }
+
+    fn deploy(&mut self, sh: &Shell, manifests: &[Manifest]) -> anyhow::Result<()> {
+        self.deployed = true;
+        let dir = self.settings.rendered_dir();
+        for manifest in manifests {
+            let file = write_file(
+                &dir,
+                &format!("{}.yaml", manifest.service.name),
+                &manifest.text,
+            )?;
+            self.kubectl_step(
+                sh,
+                &["apply", "-f", file.as_str()],
+                "check the manifest and the cluster (`cargo xtask doctor`)",
+            )?;
+        }
+        for manifest in manifests {
+            let deployment = format!("deployment/{}", manifest.service.name);
+            self.kubectl_step(
+                sh,
+                &["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT],
+                &format!(
+                    "{} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics",
+                    manifest.service.name
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn stop_services(&mut self, sh: &Shell) -> anyhow::Result<()> {
+        let services = self.settings.services.all();
+        let deployments = services.map(|s| format!("deployment/{}", s.name));
+        step(
+            self.kubectl(sh)
+                .arg("scale")
+                .args(&deployments)
+                .arg("--replicas=0"),
+        )
+        .hint("the services could not be scaled to zero, so their coverage counters are missing")
+        .run()?;
+        let selector = format!("app in ({})", services.map(|s| s.name).join(","));
+        let timeout = format!("{}s", STOP_GRACE_SECONDS + 30);
+        let wait = self.kubectl(sh).args([
+            "wait",
+            "--for=delete",
+            "pod",
+            "--selector",
+            &selector,
+            "--timeout",
+            &timeout,
+        ]);
+        match step(wait)
+            .hint(format!(
+                "the service pods were not gone within {timeout}: their counters may be incomplete"
+            ))
+            .run()
+        {
+            // kubectl fails when the pods are gone before it looks: that is the goal reached.
+            Err(err) if err.stderr.contains("no matching resources found") => Ok(()),
+            result => result.map(drop).map_err(Into::into),
+        }
+    }
+
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<()> {
+        let kind_sh = kind_shell(sh, self.settings.engine);
+        let name = &self.settings.name;
+        let kind_logs = dir.join("kind");
+        save(
+            dir,
+            "kind-export.txt",
+            step(cmd!(kind_sh, "kind export logs {kind_logs} --name {name}")).output(),
+        )?;
+        let kubectl = |args: &[&str]| step(self.kubectl(sh).args(args)).output();
+        save(
+            dir,
+            "pods.txt",
+            kubectl(&["get", "pods", "--all-namespaces", "-o", "wide"]),
+        )?;
+        save(
+            dir,
+            "events.txt",
+            kubectl(&[
+                "get",
+                "events",
+                "--all-namespaces",
+                "--sort-by=.lastTimestamp",
+            ]),
+        )?;
+        save(dir, "describe-pods.txt", kubectl(&["describe", "pods"]))?;
+        for service in self.settings.services.all() {
+            let deployment = format!("deployment/{}", service.name);
+            save(
+                dir,
+                &format!("{}.log", service.name),
+                kubectl(&["logs", &deployment, "--all-containers", "--timestamps"]),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
+        if !self.exists {
+            println!("    nothing to tear down");
+            return Ok(());
+        }
+        if keep || self.reused {
+            println!(
+                "    keeping the cluster: export KUBECONFIG={}\n    delete it with: {}",
+                self.kubeconfig,
+                self.remove_command()
+            );
+            if self.deployed {
+                let deployments = self
+                    .settings
+                    .services
+                    .all()
+                    .map(|s| format!("deployment/{}", s.name));
+                println!(
+                    "    if the services were scaled to zero to flush coverage, start them with: kubectl --kubeconfig {} scale {} --replicas=1",
+                    self.kubeconfig,
+                    deployments.join(" ")
+                );
+            }
+            return Ok(());
+        }
+        self.delete_cluster(sh)?;
+        println!("    deleted the cluster {}", self.settings.name);
+        Ok(())
+    }
+
+    fn remove_command(&self) -> String {
+        let env = provider(self.settings.engine)
+            .map(|(key, value)| format!("{key}={value} "))
+            .unwrap_or_default();
+        format!("{env}kind {}", self.delete_args().join(" "))
+    }
+
+    fn exists(&self) -> bool {
+        self.exists
+    }
+
+    fn deployed(&self) -> bool {
+        self.deployed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, state: NodeState) -> Node {
+        Node {
+            name: name.into(),
+            state,
+        }
+    }
+
+    #[test]
+    fn nodes_are_described_by_state() {
+        let nodes = [
+            node("cp", NodeState::Running),
+            node("w1", NodeState::Other("exited".into())),
+            node("w2", NodeState::Missing),
+        ];
+        assert_eq!(
+            describe(&nodes),
+            "cp is running, w1 is exited, w2 is missing"
+        );
+        assert!(!all_running(&nodes));
+        assert!(all_running(&nodes[..1]));
+        assert!(!all_running(&[]), "a cluster without nodes cannot load");
+        assert_eq!(describe(&[]), "it has no node containers");
+    }
+
+    #[test]
+    fn the_printed_delete_command_names_the_provider_and_our_kubeconfig() {
+        let settings = |engine| Settings {
+            root: "/repo".into(),
+            name: "e2e".into(),
+            engine,
+            services: crate::project::Services {
+                datastorage: project::DATASTORAGE,
+                gateway: project::GATEWAY,
+            },
+        };
+        assert_eq!(
+            Kind::new(settings(Engine::Podman)).remove_command(),
+            "KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e --kubeconfig /repo/target/xtask/kubeconfig-e2e"
+        );
+        assert_eq!(
+            Kind::new(settings(Engine::Docker)).remove_command(),
+            "kind delete cluster --name e2e --kubeconfig /repo/target/xtask/kubeconfig-e2e"
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! The podman backend: the same manifests run with `podman kube play`, without a Kubernetes
+//! API. A fast inner loop, and what runs where Kind cannot.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use camino::Utf8Path;
+use xshell::{cmd, Shell};
+
+use super::{save, write_file, Cluster, Manifest, Settings, STOP_GRACE_SECONDS};
+use crate::{build_images::Image, cmd::step, doctor::Needs, project::Service};
+
+/// The network `podman kube play` creates when it is missing.
+const KUBE_NETWORK: &str = "podman-default-kube-network";
+
+pub struct Podman {
+    settings: Settings,
+    exists: bool,
+    deployed: bool,
+    /// `podman kube play` created its default network for us (it did not exist before).
+    created_network: bool,
+}
+
+impl Podman {
+    pub fn new(settings: Settings) -> Podman {
+        Podman {
+            settings,
+            exists: false,
+            deployed: false,
+            created_network: false,
+        }
+    }
+
+    /// Podman names the pod of a one-replica Deployment `<name>-pod-0`.
+    fn pod(service: Service) -> String {
+        format!("{}-pod-0", service.name)
+    }
+
+    fn pods(&self) -> Vec<String> {
+        self.settings.services.all().map(Podman::pod).to_vec()
+    }
+
+    /// `podman <kind> exists <name>`, for pods and networks.
+    fn exists_in_podman(sh: &Shell, kind: &str, name: &str) -> anyhow::Result<bool> {
+        Ok(step(cmd!(sh, "podman {kind} exists {name}"))
+            .output()?
+            .success())
+    }
+
+    /// Stops (gracefully: `kube down` alone gives no grace period) and removes every pod of
+    /// ours, then checks none is left. Idempotent.
+    fn remove_pods(&mut self, sh: &Shell) -> anyhow::Result<()> {
+        let dir = self.settings.rendered_dir();
+        // `kube down` of a file resolves names like `kube play` does: run it from our directory.
+        std::fs::create_dir_all(&dir)?;
+        let _dir = sh.push_dir(&dir);
+        let grace = STOP_GRACE_SECONDS.to_string();
+        for service in self.settings.services.all() {
+            let pod = Podman::pod(service);
+            if !Podman::exists_in_podman(sh, "pod", &pod)? {
+                continue;
+            }
+            let _ = step(cmd!(sh, "podman pod stop --time {grace} {pod}")).run();
+            let manifest = dir.join(format!("{}.yaml", service.name));
+            let downed =
+                manifest.exists() && step(cmd!(sh, "podman kube down {manifest}")).run().is_ok();
+            if !downed {
+                step(cmd!(sh, "podman pod rm --force {pod}"))
+                    .hint(format!("remove it with `podman pod rm --force {pod}`"))
+                    .run()?;
+            }
+            if Podman::exists_in_podman(sh, "pod", &pod)? {
+                bail!("the pod {pod} is still there after `podman kube down`: remove it with `podman pod rm --force {pod}`");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cluster for Podman {
+    fn name(&self) -> &'static str {
+        "podman"
+    }
+
+    fn needs(&self, _needs: &mut Needs) {}
+
+    fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>> {
+        for pod in self.pods() {
+            if Podman::exists_in_podman(sh, "pod", &pod)? {
+                return Ok(Some(format!("the pods of an earlier run exist ({pod})")));
+            }
+        }
+        Ok(None)
+    }
+
+    fn clear_leftover(
+        &mut self,
+        sh: &Shell,
+        _reuse: bool,
+        _coverage: bool,
+    ) -> anyhow::Result<bool> {
+        println!("    removing the pods of an earlier run");
+        self.remove_pods(sh)?;
+        Ok(false)
+    }
+
+    fn create(&mut self, _sh: &Shell) -> anyhow::Result<()> {
+        println!("    podman backend: no cluster to create");
+        Ok(())
+    }
+
+    fn load(&mut self, _sh: &Shell, _images: &[Image]) -> anyhow::Result<Option<Duration>> {
+        println!("    podman backend: the images are already in podman's store");
+        Ok(None)
+    }
+
+    fn template_vars(&self) -> Vec<(String, String)> {
+        let coverdata = crate::project::coverdata_dir(&self.settings.root).to_string();
+        // podman kube play has no Service DNS: the gateway reaches datastorage via its host port.
+        let datastorage = format!(
+            "http://host.containers.internal:{}",
+            self.settings.services.datastorage.host_port
+        );
+        vec![
+            ("COVERDATA_NODE_PATH".into(), coverdata),
+            ("DATASTORAGE_URL".into(), datastorage),
+        ]
+    }
+
+    fn deploy(&mut self, sh: &Shell, manifests: &[Manifest]) -> anyhow::Result<()> {
+        self.exists = true;
+        self.deployed = true;
+        self.created_network = !Podman::exists_in_podman(sh, "network", KUBE_NETWORK)?;
+        let dir = self.settings.rendered_dir();
+        let mut files = Vec::new();
+        for manifest in manifests {
+            let name = format!("{}.yaml", manifest.service.name);
+            files.push((
+                manifest.service,
+                write_file(&dir, &name, &without_services(&manifest.text))?,
+            ));
+        }
+        // podman kube play would treat a directory entry named like an image as a build
+        // context: run it from a directory of our own.
+        let _dir = sh.push_dir(&dir);
+        for (service, file) in files {
+            step(cmd!(sh, "podman kube play {file}"))
+                .hint(format!(
+                    "{} could not be started: see its logs in the diagnostics",
+                    service.name
+                ))
+                .run()?;
+        }
+        Ok(())
+    }
+
+    fn stop_services(&mut self, sh: &Shell) -> anyhow::Result<()> {
+        let pods = self.pods();
+        let grace = STOP_GRACE_SECONDS.to_string();
+        step(cmd!(sh, "podman pod stop --time {grace} {pods...}"))
+            .hint("the pods could not be stopped, so their coverage counters may be missing")
+            .run()?;
+        Ok(())
+    }
+
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<()> {
+        for service in self.settings.services.all() {
+            let pod = Podman::pod(service);
+            let container = format!("{pod}-{}", service.name);
+            save(
+                dir,
+                &format!("{}.log", service.name),
+                step(cmd!(sh, "podman logs --timestamps {container}")).output(),
+            )?;
+            save(
+                dir,
+                &format!("{pod}-inspect.json"),
+                step(cmd!(sh, "podman pod inspect {pod}")).output(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
+        if !self.exists {
+            println!("    nothing to tear down");
+            return Ok(());
+        }
+        let pods = self.pods().join(" ");
+        if keep {
+            println!(
+                "    keeping the pods: remove them with: {}",
+                self.remove_command()
+            );
+            println!(
+                "    if they were stopped to flush coverage, start them with: podman pod start {pods}"
+            );
+            return Ok(());
+        }
+        self.remove_pods(sh)?;
+        println!("    removed the pods");
+        // Only a network our run created; another user's pods may still need theirs.
+        if self.created_network && Podman::exists_in_podman(sh, "network", KUBE_NETWORK)? {
+            step(cmd!(sh, "podman network rm {KUBE_NETWORK}"))
+                .hint(format!("remove it with `podman network rm {KUBE_NETWORK}`"))
+                .run()?;
+            println!("    removed the network {KUBE_NETWORK}");
+        }
+        Ok(())
+    }
+
+    fn remove_command(&self) -> String {
+        format!("podman pod rm --force {}", self.pods().join(" "))
+    }
+
+    fn exists(&self) -> bool {
+        self.exists
+    }
+
+    fn deployed(&self) -> bool {
+        self.deployed
+    }
+}
+
+/// Drops the documents of a kind `podman kube play` does not run (Services).
+fn without_services(manifest: &str) -> String {
+    manifest
+        .split("\n---")
+        .filter(|doc| !doc.lines().any(|l| l.trim() == "kind: Service"))
+        .collect::<Vec<_>>()
+        .join("\n---")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_are_dropped() {
+        let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: gateway\n";
+        let podman = without_services(manifest);
+        assert!(podman.contains("kind: Deployment"));
+        assert!(!podman.contains("kind: Service"));
+    }
+}
