@@ -89,6 +89,7 @@ pub trait Cluster {
     fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<()>;
 
     /// Removes what this run created, or with `keep` says how to use and remove it later.
+    /// Called only when something of ours may exist.
     fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()>;
 
     /// The command that removes everything this backend may have created.

@@ -64,7 +64,13 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     // Teardown runs on success, failure and Ctrl-C alike; `--reuse-cluster` keeps the cluster
     // too: reusing it next time is the point of the flag.
     let keep = flags.keep_cluster || flags.reuse_cluster;
-    let teardown = summary.phase(Phase::Teardown, || cluster.teardown(sh, keep));
+    let teardown = summary.phase(Phase::Teardown, || {
+        if !cluster.exists() {
+            println!("    nothing to tear down");
+            return Ok(());
+        }
+        cluster.teardown(sh, keep)
+    });
     if let Err(err) = outcome.as_ref().and(teardown.as_ref()) {
         summary.error = Some(format!("{err:#}"));
     }

@@ -205,37 +205,47 @@ pub struct LintDockerfiles {
 
 pub const DEFAULT_CLUSTER_NAME: &str = "gateway-e2e";
 
+/// The value of a flag that takes one of a few words.
+fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    match choices.iter().find(|(name, _)| *name == s) {
+        Some((_, value)) => Ok(*value),
+        None => {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            let (last, rest) = names.split_last().expect("at least one choice");
+            Err(format!("expected {} or {last}, got `{s}`", rest.join(", ")))
+        }
+    }
+}
+
 impl FromStr for BuildMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "host" => Ok(BuildMode::Host),
-            "container" => Ok(BuildMode::Container),
-            _ => Err(format!("expected host or container, got `{s}`")),
-        }
+        one_of(
+            s,
+            &[
+                ("host", BuildMode::Host),
+                ("container", BuildMode::Container),
+            ],
+        )
     }
 }
 
 impl FromStr for Engine {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "podman" => Ok(Engine::Podman),
-            "docker" => Ok(Engine::Docker),
-            _ => Err(format!("expected podman or docker, got `{s}`")),
-        }
+        one_of(s, &[("podman", Engine::Podman), ("docker", Engine::Docker)])
     }
 }
 
 impl FromStr for ClusterBackend {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(ClusterBackend::Auto),
-            "kind" => Ok(ClusterBackend::Kind),
-            "podman" => Ok(ClusterBackend::Podman),
-            _ => Err(format!("expected auto, kind or podman, got `{s}`")),
-        }
+        let choices = [
+            ("auto", ClusterBackend::Auto),
+            ("kind", ClusterBackend::Kind),
+            ("podman", ClusterBackend::Podman),
+        ];
+        one_of(s, &choices)
     }
 }
 

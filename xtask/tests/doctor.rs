@@ -55,20 +55,11 @@ fn has_row(run: &Run, name: &str) -> bool {
         .any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with("  ")))
 }
 
-/// Every kind call with the provider variable the fake recorded on the line after it.
+/// Every kind call with the provider variable the fake recorded for it.
 fn kind_calls(s: &Sandbox) -> Vec<(String, String)> {
-    let calls = s.calls();
-    calls
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.starts_with("kind "))
-        .map(|(i, c)| {
-            let env = calls
-                .get(i + 1)
-                .and_then(|e| e.strip_prefix("kind-env "))
-                .unwrap_or_else(|| panic!("`{c}` has no kind-env line after it"));
-            (c.clone(), env.to_string())
-        })
+    s.calls_with_env()
+        .into_iter()
+        .filter(|(c, _)| c.starts_with("kind "))
         .collect()
 }
 

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Sandbox;
+use nix::sys::signal::Signal;
 
 const KIND_TOOLS: &[&str] = &["podman", "kind", "kubectl", "go"];
 
@@ -13,45 +14,29 @@ fn kind_sandbox(name: &str) -> Sandbox {
     Sandbox::new(name, KIND_TOOLS)
 }
 
-/// Calls of one tool, without the extra env lines the fake records.
-fn tool_calls(sandbox: &Sandbox) -> Vec<String> {
-    sandbox
-        .calls()
-        .into_iter()
-        .filter(|c| !c.starts_with("kind-env") && !c.starts_with("go-test-env"))
-        .collect()
-}
-
-fn last_position(sandbox: &Sandbox, prefix: &str) -> usize {
-    let calls = sandbox.calls();
-    calls
-        .iter()
-        .rposition(|c| c.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no call starting with `{prefix}` in:\n{}", calls.join("\n")))
-}
-
 #[test]
 fn kind_pipeline_runs_in_strict_order() {
     let sandbox = kind_sandbox("kind-order");
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--coverage"]);
     assert_eq!(run.code, 0, "{run}");
+    let calls = sandbox.calls();
+    let first = |prefix: &str| sandbox.position(prefix);
+    let last = |prefix: &str| sandbox.last_position(prefix);
+    let containing = |part: &str| {
+        calls
+            .iter()
+            .position(|c| c.contains(part))
+            .unwrap_or_else(|| panic!("no call containing `{part}` in:\n{}", calls.join("\n")))
+    };
 
-    // Every image is built before the cluster exists.
-    let create = sandbox.position("kind create cluster");
-    assert!(last_position(&sandbox, "podman build") < create);
-    assert!(last_position(&sandbox, "podman save") < create);
+    // Every image is built and saved before the cluster exists.
+    let create = first("kind create cluster");
+    assert!(last("podman build") < create, "{calls:#?}");
+    assert!(last("podman save") < create, "{calls:#?}");
 
     // Between creation and the first load: only the node check, nothing slow.
-    let calls = tool_calls(&sandbox);
-    let create_i = calls
-        .iter()
-        .position(|c| c.starts_with("kind create cluster"))
-        .unwrap();
-    let load_i = calls
-        .iter()
-        .position(|c| c.starts_with("kind load image-archive"))
-        .unwrap();
-    let between = &calls[create_i + 1..load_i];
+    let load = first("kind load image-archive");
+    let between = &calls[create + 1..load];
     assert!(
         between
             .iter()
@@ -60,30 +45,33 @@ fn kind_pipeline_runs_in_strict_order() {
     );
     assert_eq!(sandbox.count("kind load image-archive"), 2);
 
-    // Deploy, rollout in dependency order, test, scale down, delete.
-    let rollout_ds = sandbox.position("kubectl --kubeconfig");
-    assert!(rollout_ds > load_i);
-    let ds = sandbox.position("kubectl --kubeconfig");
-    let _ = ds;
-    assert!(sandbox.position("kubectl --kubeconfig") > last_position(&sandbox, "kind load"));
-    let calls_all = sandbox.calls();
-    let rollout = |svc: &str| {
-        calls_all
-            .iter()
-            .position(|c| c.contains(&format!("rollout status deployment/{svc}")))
-            .unwrap()
-    };
-    assert!(rollout("datastorage") < rollout("gateway"));
-    let test = sandbox.position("go test -tags e2e -count=1 -v ./test/e2e/gateway/...");
-    let scale = calls_all
-        .iter()
-        .position(|c| c.contains(" scale "))
-        .unwrap();
-    let delete = sandbox.position("kind delete cluster");
-    assert!(rollout("gateway") < test && test < scale && scale < delete);
+    // Deploy after the last load, roll out in dependency order, test, scale down, delete.
+    let apply = containing(" apply -f ");
+    let datastorage = containing("rollout status deployment/datastorage");
+    let gateway = containing("rollout status deployment/gateway");
+    let test = first("go test -tags e2e -count=1 -v ./test/e2e/gateway/...");
+    let scale = containing(" scale ");
+    let delete = first("kind delete cluster");
+    let order = [
+        last("kind load"),
+        apply,
+        datastorage,
+        gateway,
+        test,
+        scale,
+        delete,
+    ];
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "{order:?} in {calls:#?}"
+    );
 
     // The suite found the services through the environment.
-    let env = &calls_all[sandbox.position("go-test-env")];
+    let (_, env) = sandbox
+        .calls_with_env()
+        .into_iter()
+        .find(|(c, _)| c.starts_with("go test"))
+        .unwrap();
     assert!(env.contains("GATEWAY_URL=http://127.0.0.1:"), "{env}");
     assert!(env.contains("DATASTORAGE_URL=http://127.0.0.1:"), "{env}");
 
@@ -95,21 +83,16 @@ fn kind_pipeline_runs_in_strict_order() {
     let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
     assert!(last_run.contains("passed (exit 0)"), "{last_run}");
     assert!(last_run.contains("coverage total"), "{last_run}");
-    for phase in [
-        "1. preflight",
-        "2. build images",
-        "3. create cluster",
-        "4. load images",
-        "5. deploy",
-        "6. test",
-        "8. coverage",
-        "9. teardown",
-    ] {
-        assert!(
-            last_run.contains(phase),
-            "{phase} missing from summary:\n{last_run}"
-        );
-    }
+    let phases: Vec<&str> = last_run
+        .lines()
+        .filter_map(|l| l.trim_start().split_once(". ").map(|(n, _)| n))
+        .filter(|n| n.parse::<usize>().is_ok())
+        .collect();
+    assert_eq!(
+        phases,
+        ["1", "2", "3", "4", "5", "6", "8", "9"],
+        "{last_run}"
+    );
 }
 
 #[test]
@@ -119,16 +102,16 @@ fn every_kind_call_carries_the_provider_variable() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     let calls = sandbox.calls();
-    let mut kind_calls = 0;
-    for (i, call) in calls.iter().enumerate() {
-        if call.starts_with("kind ") {
-            kind_calls += 1;
-            assert_eq!(
-                calls.get(i + 1).map(String::as_str),
-                Some("kind-env KIND_EXPERIMENTAL_PROVIDER=podman"),
-                "`{call}` ran without the provider variable"
-            );
-        }
+    let kind_calls: Vec<(String, String)> = sandbox
+        .calls_with_env()
+        .into_iter()
+        .filter(|(c, _)| c.starts_with("kind "))
+        .collect();
+    for (call, env) in &kind_calls {
+        assert_eq!(
+            env, "KIND_EXPERIMENTAL_PROVIDER=podman",
+            "`{call}` ran without the provider variable"
+        );
     }
     for expected in [
         "kind create cluster",
@@ -142,7 +125,7 @@ fn every_kind_call_carries_the_provider_variable() {
             "{expected} missing"
         );
     }
-    assert!(kind_calls >= 5);
+    assert!(kind_calls.len() >= 5);
 }
 
 #[test]
@@ -186,8 +169,7 @@ fn node_not_running_is_detected_before_any_load_and_fails_clearly() {
         "{run}"
     );
     assert!(
-        last_position(&sandbox, "kind delete cluster")
-            > last_position(&sandbox, "kind create cluster")
+        sandbox.last_position("kind delete cluster") > sandbox.last_position("kind create cluster")
     );
 }
 
@@ -419,7 +401,9 @@ fn missing_counters_are_diagnosed_with_the_service_logs() {
 fn sigterm_during_a_rollout_stops_waiting_and_deletes_the_cluster() {
     let mut sandbox = kind_sandbox("kind-sigterm");
     sandbox.env("FAKE_ROLLOUT_SLEEP", "60");
-    let interrupted = interrupt_when(&sandbox, "-TERM", |call| call.contains(" rollout status "));
+    let interrupted = interrupt_when(&sandbox, Signal::SIGTERM, |call| {
+        call.contains(" rollout status ")
+    });
     assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
     assert!(
         interrupted.took < Duration::from_secs(10),
@@ -483,7 +467,7 @@ fn other_create_errors_are_not_retried() {
 fn ctrl_c_during_tests_still_deletes_the_cluster() {
     let mut sandbox = kind_sandbox("kind-ctrl-c");
     sandbox.env("FAKE_TEST_SLEEP", "30");
-    let interrupted = interrupt_when(&sandbox, "-INT", |call| call.starts_with("go test"));
+    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| call.starts_with("go test"));
     assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
     assert!(
         interrupted.took < Duration::from_secs(10),
@@ -507,7 +491,7 @@ struct Interrupted {
 }
 
 /// Runs the Kind pipeline and sends `signal` to the xtask once a recorded call matches `when`.
-fn interrupt_when(sandbox: &Sandbox, signal: &str, when: impl Fn(&str) -> bool) -> Interrupted {
+fn interrupt_when(sandbox: &Sandbox, signal: Signal, when: impl Fn(&str) -> bool) -> Interrupted {
     let child = sandbox
         .command(&["e2e-gateway", "--cluster", "kind"])
         .stdout(std::process::Stdio::null())
@@ -523,11 +507,7 @@ fn interrupt_when(sandbox: &Sandbox, signal: &str, when: impl Fn(&str) -> bool) 
         std::thread::sleep(Duration::from_millis(50));
     }
     let signalled = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
     let output = child.wait_with_output().unwrap();
     Interrupted {
         code: output.status.code().unwrap_or(-1),
@@ -550,7 +530,7 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     assert_eq!(sandbox.count("podman kube play"), 2);
     let stop = sandbox.position("podman pod stop --time 30 datastorage-pod-0 gateway-pod-0");
     assert!(stop > sandbox.position("go test"));
-    assert!(last_position(&sandbox, "podman kube down") > stop);
+    assert!(sandbox.last_position("podman kube down") > stop);
     let rendered =
         std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
     assert!(
@@ -569,7 +549,7 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     assert!(!rendered.contains("${"), "{rendered}");
     assert!(
         sandbox.position("podman network rm podman-default-kube-network")
-            > last_position(&sandbox, "podman kube down"),
+            > sandbox.last_position("podman kube down"),
         "the network kube play created is removed"
     );
     assert!(!sandbox.state.join("kube-network").exists());
@@ -710,7 +690,7 @@ fn a_failed_teardown_after_ctrl_c_keeps_its_own_error() {
     sandbox
         .env("FAKE_TEST_SLEEP", "30")
         .env("FAKE_FAIL", "^kind delete");
-    let interrupted = interrupt_when(&sandbox, "-INT", |call| call.starts_with("go test"));
+    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| call.starts_with("go test"));
     assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
     let stderr = &interrupted.stderr;
     assert!(

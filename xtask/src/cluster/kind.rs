@@ -457,10 +457,6 @@ impl Cluster for Kind {
     }
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
-        if !self.exists {
-            println!("    nothing to tear down");
-            return Ok(());
-        }
         if keep || self.reused {
             println!(
                 "    keeping the cluster: export KUBECONFIG={}\n    delete it with: {}",

@@ -182,10 +182,6 @@ impl Cluster for Podman {
     }
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
-        if !self.exists {
-            println!("    nothing to tear down");
-            return Ok(());
-        }
         let pods = self.pods().join(" ");
         if keep {
             println!(

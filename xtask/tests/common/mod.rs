@@ -19,6 +19,7 @@ use std::{
 };
 
 use camino::{Utf8Path, Utf8PathBuf};
+use nix::sys::signal::Signal;
 
 pub mod real;
 
@@ -30,9 +31,9 @@ pub fn repo_root() -> Utf8PathBuf {
 }
 
 /// Everything besides the fakes that the fake script (bash, coreutils, busybox httpd for the
-/// readiness endpoints) and xtask itself (`df -Pk`, `kill` on Ctrl-C) run.
+/// readiness endpoints) and xtask itself (`df -Pk`) run.
 const BASIC_TOOLS: &[&str] = &[
-    "bash", "sh", "env", "basename", "cat", "mkdir", "rm", "grep", "sleep", "kill", "df", "busybox",
+    "bash", "sh", "env", "basename", "cat", "mkdir", "rm", "grep", "sleep", "df", "busybox",
 ];
 
 /// `BASIC_TOOLS` resolved once from the test process's PATH.
@@ -186,11 +187,29 @@ impl Sandbox {
 
     /// Every recorded call, one "<tool> <args>" line each.
     pub fn calls(&self) -> Vec<String> {
+        self.calls_with_env().into_iter().map(|(c, _)| c).collect()
+    }
+
+    /// Every recorded call with the environment the fake noted for it (kind: the provider
+    /// variable; go test: the service URLs), empty for other tools.
+    pub fn calls_with_env(&self) -> Vec<(String, String)> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .map(str::to_string)
+            .map(|l| {
+                let (call, env) = l.split_once('\t').unwrap_or((l, ""));
+                (call.to_string(), env.to_string())
+            })
             .collect()
+    }
+
+    /// Index of the last call starting with `prefix`; panics with the call log if none.
+    pub fn last_position(&self, prefix: &str) -> usize {
+        let calls = self.calls();
+        calls
+            .iter()
+            .rposition(|c| c.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no call starting with `{prefix}` in:\n{}", calls.join("\n")))
     }
 
     /// Index of the first call starting with `prefix`; panics with the call log if none.
@@ -217,9 +236,8 @@ impl Drop for Sandbox {
         let Ok(pids) = std::fs::read_to_string(self.state.join("servers")) else {
             return;
         };
-        let pids: Vec<&str> = pids.split_whitespace().collect();
-        if !pids.is_empty() {
-            let _ = Command::new("kill").args(&pids).output();
+        for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
         }
     }
 }
