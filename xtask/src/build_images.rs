@@ -43,7 +43,7 @@ pub struct Image {
 pub fn run(sh: &Shell, flags: &flags::BuildImages) -> anyhow::Result<()> {
     let root = project::root();
     let services = select_services(&flags.services);
-    let engine = engine::resolve(flags.engine)?;
+    let engine = engine::resolve(flags.engine);
     doctor::preflight(
         sh,
         &root,

@@ -13,6 +13,7 @@ use crate::{
     build_images::Image,
     cmd::{CmdError, Output},
     doctor::Needs,
+    engine,
     flags::{ClusterBackend, Engine},
     project::{self, Service, Services},
 };
@@ -20,7 +21,7 @@ use crate::{
 mod kind;
 mod podman;
 
-pub use kind::kind_shell;
+pub use kind::{kind_shell, node_minor as kind_node_minor};
 
 /// Grace period for the services to flush their coverage counters when stopped.
 pub const STOP_GRACE_SECONDS: u32 = 30;
@@ -33,6 +34,8 @@ pub struct Settings {
     pub name: String,
     pub engine: Engine,
     pub services: Services,
+    /// `--node-image`: Kind boots this instead of its default node image.
+    pub node_image: Option<String>,
 }
 
 impl Settings {
@@ -51,6 +54,8 @@ pub struct Manifest {
 pub trait Cluster {
     /// `kind`, `podman`.
     fn name(&self) -> &'static str;
+
+    fn settings(&self) -> &Settings;
 
     /// The tools this backend needs, added to what every run needs.
     fn needs(&self, needs: &mut Needs);
@@ -85,8 +90,9 @@ pub trait Cluster {
     fn stop_services(&mut self, sh: &Shell) -> anyhow::Result<()>;
 
     /// Writes what explains a failure into `dir`; a command that fails here is noted in its
-    /// file, not fatal.
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<()>;
+    /// file, not fatal. Returns false when there is nothing to collect (a cluster that never
+    /// became ready).
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool>;
 
     /// Removes what this run created, or with `keep` says how to use and remove it later.
     /// Called only when something of ours may exist.
@@ -102,9 +108,13 @@ pub trait Cluster {
     fn deployed(&self) -> bool;
 }
 
-/// The backend for `--cluster`: `auto` means kind when `kind` is on PATH, else podman. Says
-/// which and why.
-pub fn pick(requested: ClusterBackend, settings: Settings) -> Box<dyn Cluster> {
+/// The backend for `--cluster` and the engine it runs with: `auto` means kind when `kind` is on
+/// PATH, else podman. Says which and why.
+pub fn pick(
+    requested: ClusterBackend,
+    engine: Option<Engine>,
+    settings: impl FnOnce(Engine) -> Settings,
+) -> anyhow::Result<Box<dyn Cluster>> {
     let (kind, why) = match requested {
         ClusterBackend::Kind => (true, "--cluster kind".to_string()),
         ClusterBackend::Podman => (false, "--cluster podman".to_string()),
@@ -114,12 +124,18 @@ pub fn pick(requested: ClusterBackend, settings: Settings) -> Box<dyn Cluster> {
         },
     };
     let cluster: Box<dyn Cluster> = if kind {
-        Box::new(kind::Kind::new(settings))
+        Box::new(kind::Kind::new(settings(engine::resolve(engine))))
     } else {
-        Box::new(podman::Podman::new(settings))
+        // The pods run the images of podman's own store, whatever builds them.
+        if engine == Some(Engine::Docker) {
+            bail!(
+                "the podman backend runs images from podman's store, so it builds with podman: drop --engine docker, or use --cluster kind to run docker-built images on Kind"
+            );
+        }
+        Box::new(podman::Podman::new(settings(Engine::Podman)))
     };
     println!("cluster backend: {} ({why})", cluster.name());
-    cluster
+    Ok(cluster)
 }
 
 /// Values of the `${NAME}` tokens in test/infrastructure/: the backend's and the run's.
@@ -242,6 +258,7 @@ mod tests {
                 .to_path_buf(),
             name: "gateway-e2e".into(),
             engine: Engine::Podman,
+            node_image: None,
             services: Services {
                 datastorage: project::DATASTORAGE,
                 gateway: Service {

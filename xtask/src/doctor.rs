@@ -12,7 +12,6 @@ use xshell::{cmd, Cmd, Shell};
 use crate::{
     cluster::{self, Settings},
     cmd::{step, CmdError, Running},
-    engine,
     flags::{self, ClusterBackend, Engine},
     project::{self, Service, Services},
     ui,
@@ -31,6 +30,8 @@ pub struct Needs {
     pub kind: bool,
     /// `kubectl` present, version shown.
     pub kubectl: bool,
+    /// The Kind node image a run will boot (`--node-image`), for kubectl's version skew.
+    pub node_image: Option<String>,
     /// Services whose host ports must be free.
     pub ports: Vec<Service>,
     /// Free disk where `target/` lives above `DISK_FLOOR`.
@@ -120,8 +121,6 @@ const GO_TOOL: Duration = Duration::from_secs(180);
 pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
     let root = project::root();
     let mut notes = Vec::new();
-    // Without any engine the engine row reports podman missing, with the install hint.
-    let engine = engine::resolve(flags.engine).unwrap_or(Engine::Podman);
     let services = Services::from_env().unwrap_or_else(|err| {
         notes.push(Check::fail(
             "host ports",
@@ -133,15 +132,13 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
             gateway: project::GATEWAY,
         }
     });
-    let cluster = cluster::pick(
-        flags.cluster,
-        Settings {
-            root: root.clone(),
-            name: flags.cluster_name.clone(),
-            engine,
-            services,
-        },
-    );
+    let cluster = cluster::pick(flags.cluster, flags.engine, |engine| Settings {
+        root: root.clone(),
+        name: flags.cluster_name.clone(),
+        engine,
+        services,
+        node_image: flags.node_image.clone(),
+    })?;
     if flags.cluster == ClusterBackend::Auto && cluster.name() == "podman" {
         notes.push(Check::warn(
             "kind",
@@ -168,7 +165,6 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
         )),
     }
     let mut needs = Needs {
-        engine: Some(engine),
         go: true,
         covdata: true,
         ports: services.all().to_vec(),
@@ -176,9 +172,51 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
         ..Needs::default()
     };
     cluster.needs(&mut needs);
-    let checks = check(sh, &root, &needs, notes);
+    let mut checks = check(sh, &root, &needs, notes);
+    // `info` answering does not mean a container can start (ulimits, the OCI runtime): start
+    // one, once the engine and go (which builds it) are known to work.
+    let engine = cluster.settings().engine;
+    let ready = |name: &str| checks.iter().any(|c| c.name == name && c.is_ok());
+    if ready(engine.program()) && ready("go") {
+        checks.push(container_check(sh, &root, engine));
+    }
     print!("{}", render(&checks, ui::bold));
     fail_on(&checks)
+}
+
+/// Builds a tiny image from `scratch` (a static Go program that exits at once; no pull) and
+/// runs it.
+fn container_check(sh: &Shell, root: &Utf8Path, engine: Engine) -> Check {
+    let image = "localhost/xtask-probe:1";
+    let program = engine.program();
+    let dir = project::xtask_dir(root).join("probe");
+    let result = (|| -> anyhow::Result<()> {
+        if crate::engine::inspect(sh, engine, &[image.to_string()])?[0].is_none() {
+            cluster::write_file(&dir, "main.go", "package main\n\nfunc main() {}\n")?;
+            let containerfile = "FROM scratch\nCOPY probe /probe\nENTRYPOINT [\"/probe\"]\n";
+            cluster::write_file(&dir, "Containerfile", containerfile)?;
+            let (main, probe) = (dir.join("main.go"), dir.join("probe"));
+            let build = cmd!(sh, "go build -trimpath -o {probe} {main}")
+                .env("CGO_ENABLED", "0")
+                .env("GOOS", "linux")
+                .env("GOWORK", "off");
+            step(build).run()?;
+            step(cmd!(sh, "{program} build --tag {image} {dir}")).run()?;
+        }
+        step(cmd!(sh, "{program} run --rm {image}"))
+            .timeout(GO_TOOL)
+            .run()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Check::ok("container", format!("{image} started and exited")),
+        Err(err) => {
+            let output = format!("{err:#}");
+            let hint = crate::engine::known_fix(&output, root)
+                .unwrap_or_else(|| engine_broken_hint(engine, root));
+            Check::fail("container", first_line(&err), hint)
+        }
+    }
 }
 
 fn is_missing_tool(err: &anyhow::Error) -> bool {
@@ -334,12 +372,14 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
         });
     }
 
+    let kind_out = kind_probe.map(finish);
+    let kubectl_out = kubectl_probe.map(finish);
     if needs.kind {
         let hint = format!("install kind >= v0.27: {KIND_INSTALL}; or use --cluster podman");
         checks.push(version_check(
             "kind",
             kind_path.as_deref(),
-            kind_probe.map(finish),
+            kind_out.clone(),
             ("kind version", &hint),
             |out, path| {
                 parse_kind_version(out).map(|(text, version)| {
@@ -361,12 +401,15 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
         checks.push(version_check(
             "kubectl",
             kubectl_path.as_deref(),
-            kubectl_probe.map(finish),
+            kubectl_out.clone(),
             ("kubectl version --client", KUBECTL_INSTALL),
             |out, path| {
                 parse_kubectl_version(out).map(|v| Check::ok("kubectl", format!("{v} at {path}")))
             },
         ));
+    }
+    if let (Some(Ok(kind)), Some(Ok(kubectl))) = (&kind_out, &kubectl_out) {
+        checks.extend(version_skew(kind, kubectl, needs.node_image.as_deref()));
     }
 
     // The caller's own findings (the backend choice, an earlier run) go before the ports.
@@ -527,6 +570,37 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
         .collect()
 }
 
+/// kubectl supports an API server one minor version older or newer than itself: further apart,
+/// deploys fail in confusing ways. Nothing to say when a version cannot be read.
+fn version_skew(kind_out: &str, kubectl_out: &str, node_image: Option<&str>) -> Option<Check> {
+    let (kind, (_, kind_minor, _)) = parse_kind_version(kind_out)?;
+    let kubectl = parse_kubectl_version(kubectl_out)?;
+    let kubectl_minor: u32 = kubectl
+        .strip_prefix("v1.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()?;
+    let node_minor = cluster::kind_node_minor(kind_minor, node_image)?;
+    let node = match node_image {
+        Some(image) => format!("node image {image}"),
+        None => format!("kind {kind}'s default node"),
+    };
+    let detail = format!("kubectl {kubectl} and Kubernetes v1.{node_minor} ({node})");
+    if kubectl_minor.abs_diff(node_minor) <= 1 {
+        return Some(Check::ok("kubectl skew", format!("{detail}: supported")));
+    }
+    Some(Check::warn(
+        "kubectl skew",
+        format!("{detail} are further apart than kubectl's supported one minor version"),
+        format!(
+            "install kubectl v1.{}.x to v1.{}.x ({KUBECTL_INSTALL}), or boot a matching node with --node-image kindest/node:v1.{kubectl_minor}.<patch>",
+            node_minor - 1,
+            node_minor + 1
+        ),
+    ))
+}
+
 /// `kind v0.27.0 go1.23.6 linux/amd64` -> ("v0.27.0", (0, 27, 0)).
 fn parse_kind_version(out: &str) -> Option<(String, (u32, u32, u32))> {
     let token = out.split_whitespace().find(|t| t.starts_with('v'))?;
@@ -644,6 +718,28 @@ mod tests {
             Some((0, 20, 1))
         );
         assert_eq!(parse_kind_version("kind version unknown"), None);
+    }
+
+    #[test]
+    fn kubectl_more_than_one_minor_version_from_the_node_is_a_warning() {
+        let kind = "kind v0.33.0 go1.25.1 linux/amd64";
+        let kubectl = |v: &str| format!("Client Version: {v}\nKustomize Version: v5.5.0\n");
+        let skew = version_skew(kind, &kubectl("v1.32.4"), None).unwrap();
+        assert_eq!(skew.status, Status::Warn);
+        assert_eq!(
+            skew.detail,
+            "kubectl v1.32.4 and Kubernetes v1.37 (kind v0.33.0's default node) are further apart than kubectl's supported one minor version"
+        );
+        assert!(
+            skew.hint.contains("install kubectl v1.36.x to v1.38.x"),
+            "{}",
+            skew.hint
+        );
+        let near = version_skew(kind, &kubectl("v1.36.0"), None).unwrap();
+        assert_eq!(near.status, Status::Ok);
+        let chosen = version_skew(kind, &kubectl("v1.32.4"), Some("kindest/node:v1.33.1")).unwrap();
+        assert_eq!(chosen.status, Status::Ok, "{chosen:?}");
+        assert!(version_skew("kind v0.99.0", &kubectl("v1.32.4"), None).is_none());
     }
 
     #[test]

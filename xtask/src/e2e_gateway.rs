@@ -17,9 +17,10 @@ use xshell::Shell;
 use crate::{
     build_images::{self, Image},
     cluster::{self, Cluster, Settings},
-    cmd::{self, check_interrupted},
+    cmd::{self, check_interrupted, CmdError},
     covdata_report::{self, Coverage},
     coverdata, doctor, engine, flags,
+    lock::{self, Lock},
     project::{self, Service, Services},
     ui,
 };
@@ -40,18 +41,19 @@ struct Run {
 
 pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let root = project::root();
-    let settings = Settings {
+    let services = Services::from_env()?;
+    let mut cluster = cluster::pick(flags.cluster, flags.engine, |engine| Settings {
         root: root.clone(),
         name: flags.cluster_name.clone(),
-        engine: engine::resolve(flags.engine)?,
-        services: Services::from_env()?,
-    };
-    let mut cluster = cluster::pick(flags.cluster, settings.clone());
+        engine,
+        services,
+        node_image: flags.node_image.clone(),
+    })?;
     cmd::set_leftover(cluster.remove_command());
     let id = project::utc_timestamp(SystemTime::now());
     let run = Run {
         logs_dir: project::xtask_dir(&root).join("logs").join(&id),
-        settings,
+        settings: cluster.settings().clone(),
         flags: flags.clone(),
     };
     let mut summary = Summary {
@@ -60,10 +62,16 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         ..Summary::default()
     };
 
-    let outcome = pipeline(sh, &run, cluster.as_mut(), &mut summary);
+    // Held until the end, teardown included: see lock.rs.
+    let mut lock = None;
+    let outcome = pipeline(sh, &run, cluster.as_mut(), &mut summary, &mut lock);
     // Teardown runs on success, failure and Ctrl-C alike; `--reuse-cluster` keeps the cluster
     // too: reusing it next time is the point of the flag.
     let keep = flags.keep_cluster || flags.reuse_cluster;
+    // What the run wrote there (the test log, diagnostics), if anything.
+    if run.logs_dir.is_dir() {
+        summary.logs = Some(run.logs_dir.clone());
+    }
     let teardown = summary.phase(Phase::Teardown, || {
         if !cluster.exists() {
             println!("    nothing to tear down");
@@ -72,7 +80,13 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         cluster.teardown(sh, keep)
     });
     if let Err(err) = outcome.as_ref().and(teardown.as_ref()) {
-        summary.error = Some(format!("{err:#}"));
+        let text = format!("{err:#}");
+        summary.cause = err
+            .chain()
+            .find_map(|e| e.downcast_ref::<CmdError>())
+            .map(CmdError::one_line);
+        summary.fix = engine::known_fix(&text, &root);
+        summary.error = Some(text);
     }
 
     let banner = Phase::Summary.banner();
@@ -88,8 +102,13 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     if let (Err(_), Err(err)) = (&outcome, &teardown) {
         eprintln!("error: {err:#}");
     }
-    outcome?;
-    teardown
+    // The fix goes last, under the error it is for.
+    let with_fix = |err: anyhow::Error| match &summary.fix {
+        Some(fix) => anyhow::anyhow!("{err:#}\nfix: {fix}"),
+        None => err,
+    };
+    outcome.map_err(with_fix)?;
+    teardown.map_err(with_fix)
 }
 
 /// Phases 1 to 8. Returns Err on any failure, including failed tests.
@@ -98,8 +117,9 @@ fn pipeline(
     run: &Run,
     cluster: &mut dyn Cluster,
     summary: &mut Summary,
+    lock: &mut Option<Lock>,
 ) -> anyhow::Result<()> {
-    summary.phase(Phase::Preflight, || preflight(sh, run, cluster))?;
+    *lock = Some(summary.phase(Phase::Preflight, || preflight(sh, run, cluster))?);
     let images = summary.phase(Phase::BuildImages, || build(sh, run, cluster))?;
     check_interrupted()?;
 
@@ -168,15 +188,16 @@ fn cluster_phases(
     Ok(())
 }
 
-/// Phase 1: doctor's checks for this backend, then what an earlier run left is cleared (it
-/// holds our host ports, which are checked once it is gone), before the build phase archives
-/// coverdata/: its services write their last counters when they stop.
-fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<()> {
+/// Phase 1: the cluster name is ours alone (no live run uses it), doctor's checks for this
+/// backend, then what an earlier run left is cleared (it holds our host ports, which are
+/// checked once it is gone), before the build phase archives coverdata/: its services write
+/// their last counters when they stop.
+fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<Lock> {
+    let lock = lock::acquire(&run.settings.name, &run.settings.root)?;
     // An error here means a missing tool, which the checks below report properly.
     let leftover = cluster.leftover(sh).unwrap_or(None);
     let ports = run.settings.services.all().to_vec();
     let mut needs = doctor::Needs {
-        engine: Some(run.settings.engine),
         go: true,
         covdata: run.flags.coverage,
         // Held by the earlier run until it is cleared: checked below.
@@ -191,7 +212,7 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
     cluster.needs(&mut needs);
     doctor::preflight(sh, &run.settings.root, &needs)?;
     let Some(what) = leftover else {
-        return Ok(());
+        return Ok(lock);
     };
     println!("    {what}");
     let kept = cluster.clear_leftover(sh, run.flags.reuse_cluster, run.flags.coverage)?;
@@ -208,7 +229,7 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
             }
         }
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// Phase 2: every image, before any cluster exists (cache hits cost nothing).
@@ -299,8 +320,9 @@ fn parse_status_line(head: &str) -> Option<u16> {
 fn diagnostics(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<()> {
     std::fs::create_dir_all(&run.logs_dir)
         .with_context(|| format!("creating {}: make target/ writable", run.logs_dir))?;
-    cluster.diagnostics(sh, &run.logs_dir)?;
-    println!("    diagnostics written to {}", run.logs_dir);
+    if cluster.diagnostics(sh, &run.logs_dir)? {
+        println!("    diagnostics written to {}", run.logs_dir);
+    }
     Ok(())
 }
 

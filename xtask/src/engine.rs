@@ -1,22 +1,19 @@
 //! The container engine (podman or docker): which one, and what it knows about an image.
 
+use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
 use crate::{cmd::step, flags::Engine, project};
 
-/// `--engine` if given, else podman if on PATH, else docker.
-pub fn resolve(requested: Option<Engine>) -> anyhow::Result<Engine> {
-    if let Some(engine) = requested {
-        return Ok(engine);
-    }
-    [Engine::Podman, Engine::Docker]
-        .into_iter()
-        .find(|e| project::which(e.program()).is_some())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no container engine: neither podman nor docker is on PATH; install podman with `apt-get install -y podman runc`"
-            )
-        })
+/// `--engine` if given, else podman if on PATH, else docker if on PATH, else podman (whose
+/// missing row in the preflight says how to install it).
+pub fn resolve(requested: Option<Engine>) -> Engine {
+    requested.unwrap_or_else(|| {
+        [Engine::Podman, Engine::Docker]
+            .into_iter()
+            .find(|e| project::which(e.program()).is_some())
+            .unwrap_or(Engine::Podman)
+    })
 }
 
 /// What the engine's store holds under a reference.
@@ -86,6 +83,29 @@ fn is_missing_image(stderr: &str) -> bool {
         || stderr.contains("no such object")
 }
 
+/// The fix for an engine failure we know, read from what the engine printed.
+pub fn known_fix(output: &str, root: &Utf8Path) -> Option<String> {
+    let conf = format!("export CONTAINERS_CONF={root}/.ci/containers.conf");
+    if output.contains("error setting rlimit") {
+        Some(format!(
+            "podman may not raise the containers' ulimits on this machine: `{conf}` (runc and lower default ulimits), then rerun"
+        ))
+    } else if output.contains("crun") && output.contains("not found")
+        || output.contains("runc: executable file not found")
+    {
+        Some(format!(
+            "the OCI runtime is missing: `apt-get install -y runc` and `{conf}`, then rerun"
+        ))
+    } else if output.contains("no space left on device") {
+        Some(
+            "the disk is full: free space (`podman system prune`, `cargo clean`) and rerun"
+                .to_string(),
+        )
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +124,23 @@ mod tests {
         assert!(is_missing_image("Error: localhost/x:1: image not known\n"));
         assert!(is_missing_image("Error: No such image: x:1"));
         assert!(!is_missing_image("Error: cannot connect to podman"));
+    }
+
+    #[test]
+    fn known_engine_errors_get_their_fix() {
+        let root = Utf8Path::new("/repo");
+        let rlimit = "Error: runc: runc create failed: unable to start container process: error during container init: error setting rlimits for ready process: error setting rlimit type 7: operation not permitted: OCI permission denied";
+        let fix = known_fix(rlimit, root).unwrap();
+        assert!(
+            fix.contains("`export CONTAINERS_CONF=/repo/.ci/containers.conf`"),
+            "{fix}"
+        );
+        assert!(known_fix(
+            "Error: default OCI runtime \"crun\" not found: invalid argument",
+            root
+        )
+        .unwrap()
+        .contains("apt-get install -y runc"));
+        assert_eq!(known_fix("Error: image not known", root), None);
     }
 }

@@ -50,8 +50,10 @@ USAGE:
 
 FLAGS:
     --cluster auto|kind|podman check for this cluster backend (default: auto)
-    --cluster-name NAME        the Kind cluster name to look for (default: gateway-e2e)
+    --cluster-name NAME        the name of the run's cluster or pods to look for (default: gateway-e2e)
     --engine podman|docker     container engine (default: podman if installed, else docker)
+    --node-image IMAGE         the Kind node image the run will use (also E2E_NODE_IMAGE), for
+                               the kubectl version skew check
     -h, --help                 print this help
 
 Exit code 1 when a required check fails.
@@ -70,7 +72,11 @@ FLAGS:
     --keep-cluster             leave the cluster running afterwards (prints how to delete it)
     --reuse-cluster            reuse a running cluster of the same name instead of recreating it,
                                and keep it afterwards for the next run
-    --cluster-name NAME        Kind cluster name (default: gateway-e2e)
+    --cluster-name NAME        names the cluster, pods and network, and the lock that keeps two
+                               runs of one name apart (default: gateway-e2e); kind's rule:
+                               lowercase letters, digits, `-`, `.`, at most 50 characters
+    --node-image IMAGE         Kind node image to boot instead of kind's default, e.g. a local or
+                               mirrored kindest/node (also E2E_NODE_IMAGE)
     --build-mode host|container
                                how images are built (default: host, see build-images --help)
     --engine podman|docker     container engine (default: podman if installed, else docker)
@@ -173,6 +179,7 @@ pub struct Doctor {
     pub cluster: ClusterBackend,
     pub cluster_name: String,
     pub engine: Option<Engine>,
+    pub node_image: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +189,8 @@ pub struct E2eGateway {
     pub keep_cluster: bool,
     pub reuse_cluster: bool,
     pub cluster_name: String,
+    /// Kind's node image instead of its default (a local or mirrored one).
+    pub node_image: Option<String>,
     pub build_mode: BuildMode,
     pub engine: Option<Engine>,
     pub go_test_args: Vec<String>,
@@ -274,6 +283,31 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Every task with its help text, in the order the overview lists them.
+const TASKS: [(&str, &str); 5] = [
+    ("e2e-gateway", E2E_GATEWAY_HELP),
+    ("build-images", BUILD_IMAGES_HELP),
+    ("covdata-report", COVDATA_REPORT_HELP),
+    ("doctor", DOCTOR_HELP),
+    ("lint-dockerfiles", LINT_DOCKERFILES_HELP),
+];
+
+fn find_task(name: &str) -> Result<(&'static str, &'static str), UsageError> {
+    TASKS
+        .into_iter()
+        .find(|(task, _)| *task == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = TASKS.iter().map(|(task, _)| *task).collect();
+            UsageError {
+                message: format!(
+                    "unknown task `{name}`: expected one of {}",
+                    names.join(", ")
+                ),
+                task: None,
+            }
+        })
+}
+
 /// Parses the whole command line (without the program name).
 pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
     // Everything after a bare `--` belongs to `go test`; pico-args must not see it.
@@ -283,40 +317,34 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
     };
     let mut args = pico_args::Arguments::from_vec(ours);
     let subcommand = args.subcommand().map_err(|e| usage(None, e))?;
-    let Some(subcommand) = subcommand else {
-        if args.contains(["-h", "--help"]) {
-            return Ok(Task::Help(HELP));
+    let subcommand = match subcommand.as_deref() {
+        None if args.contains(["-h", "--help"]) => return Ok(Task::Help(HELP)),
+        None => {
+            return match args.finish().first() {
+                Some(word) => Err(UsageError {
+                    message: format!("expected a task before `{}`", word.to_string_lossy()),
+                    task: None,
+                }),
+                None => Ok(Task::Help(HELP)),
+            }
         }
-        return match args.finish().first() {
-            Some(word) => Err(UsageError {
-                message: format!("expected a task before `{}`", word.to_string_lossy()),
-                task: None,
-            }),
-            None => Ok(Task::Help(HELP)),
-        };
-    };
-    let (task, help): (&'static str, &'static str) = match subcommand.as_str() {
-        "build-images" => ("build-images", BUILD_IMAGES_HELP),
-        "doctor" => ("doctor", DOCTOR_HELP),
-        "e2e-gateway" => ("e2e-gateway", E2E_GATEWAY_HELP),
-        "covdata-report" => ("covdata-report", COVDATA_REPORT_HELP),
-        "lint-dockerfiles" => ("lint-dockerfiles", LINT_DOCKERFILES_HELP),
-        "-h" | "--help" | "help" => return Ok(Task::Help(HELP)),
-        other if other.starts_with('-') => {
+        // `help TASK` is `TASK --help`.
+        Some("help" | "-h" | "--help") => {
+            let topic: Option<String> = args.opt_free_from_str().map_err(|e| usage(None, e))?;
+            return match topic {
+                Some(topic) => Ok(Task::Help(find_task(&topic)?.1)),
+                None => Ok(Task::Help(HELP)),
+            };
+        }
+        Some(other) if other.starts_with('-') => {
             return Err(UsageError {
                 message: format!("expected a task before `{other}`"),
                 task: None,
             })
         }
-        other => {
-            return Err(UsageError {
-                message: format!(
-                    "unknown task `{other}`: expected one of e2e-gateway, build-images, covdata-report, doctor, lint-dockerfiles"
-                ),
-                task: None,
-            })
-        }
+        Some(other) => other.to_string(),
     };
+    let (task, help) = find_task(&subcommand)?;
     if args.contains(["-h", "--help"]) {
         return Ok(Task::Help(help));
     }
@@ -329,14 +357,14 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
     let err = |e: pico_args::Error| usage(Some(task), e);
     let parsed = match task {
         "build-images" => Task::BuildImages(BuildImages {
-            coverage: args.contains("--coverage"),
+            coverage: flag(&mut args, "--coverage"),
             services: values(&mut args, "--service", known_service).map_err(err)?,
             build_mode: opt_value(&mut args, "--build-mode", str::parse)
                 .map_err(err)?
                 .unwrap_or_default(),
             engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
-            no_cache: args.contains("--no-cache"),
-            archive: args.contains("--archive"),
+            no_cache: flag(&mut args, "--no-cache"),
+            archive: flag(&mut args, "--archive"),
         }),
         "doctor" => Task::Doctor(Doctor {
             cluster: opt_value(&mut args, "--cluster", str::parse)
@@ -346,17 +374,19 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
                 .map_err(err)?
                 .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
             engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
+            node_image: node_image(&mut args).map_err(err)?,
         }),
         "e2e-gateway" => Task::E2eGateway(E2eGateway {
-            coverage: args.contains("--coverage"),
+            coverage: flag(&mut args, "--coverage"),
             cluster: opt_value(&mut args, "--cluster", str::parse)
                 .map_err(err)?
                 .unwrap_or_default(),
-            keep_cluster: args.contains("--keep-cluster"),
-            reuse_cluster: args.contains("--reuse-cluster"),
+            keep_cluster: flag(&mut args, "--keep-cluster"),
+            reuse_cluster: flag(&mut args, "--reuse-cluster"),
             cluster_name: opt_value(&mut args, "--cluster-name", cluster_name)
                 .map_err(err)?
                 .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
+            node_image: node_image(&mut args).map_err(err)?,
             build_mode: opt_value(&mut args, "--build-mode", str::parse)
                 .map_err(err)?
                 .unwrap_or_default(),
@@ -366,16 +396,27 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
         }),
-        "covdata-report" => Task::CovdataReport(CovdataReport {
-            inputs: args.values_from_str(["-i", "--input"]).map_err(err)?,
-            from_archive: args.opt_value_from_str("--from-archive").map_err(err)?,
-            html: args.contains("--html"),
-            min: opt_value(&mut args, "--min", parse_percent).map_err(err)?,
-            with_unit: args.contains("--with-unit"),
-        }),
+        "covdata-report" => {
+            let inputs: Vec<Utf8PathBuf> = args.values_from_str(["-i", "--input"]).map_err(err)?;
+            let from_archive =
+                opt_value(&mut args, "--from-archive", |s| Ok(s.into())).map_err(err)?;
+            if from_archive.is_some() && !inputs.is_empty() {
+                return Err(UsageError {
+                    message: "`--from-archive` and `-i` name two different sources of data: give one of them".into(),
+                    task: Some(task),
+                });
+            }
+            Task::CovdataReport(CovdataReport {
+                inputs,
+                from_archive,
+                html: flag(&mut args, "--html"),
+                min: opt_value(&mut args, "--min", parse_percent).map_err(err)?,
+                with_unit: flag(&mut args, "--with-unit"),
+            })
+        }
         "lint-dockerfiles" => {
-            let require_digest = args.contains("--require-digest");
-            let deny_warnings = args.contains("--deny-warnings");
+            let require_digest = flag(&mut args, "--require-digest");
+            let deny_warnings = flag(&mut args, "--deny-warnings");
             let mut paths = Vec::new();
             while let Some(path) = args.opt_free_from_str::<String>().map_err(err)? {
                 if path.starts_with('-') {
@@ -410,6 +451,25 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
     Ok(parsed)
 }
 
+/// A flag without a value; saying it twice is saying it once.
+fn flag(args: &mut pico_args::Arguments, key: &'static str) -> bool {
+    let mut found = false;
+    while args.contains(key) {
+        found = true;
+    }
+    found
+}
+
+/// `--node-image`, else `E2E_NODE_IMAGE`.
+fn node_image(args: &mut pico_args::Arguments) -> Result<Option<String>, pico_args::Error> {
+    let given = opt_value(args, "--node-image", |s| Ok(s.to_string()))?;
+    Ok(given.or_else(|| {
+        std::env::var("E2E_NODE_IMAGE")
+            .ok()
+            .filter(|v| !v.is_empty())
+    }))
+}
+
 fn known_service(name: &str) -> Result<String, String> {
     match crate::project::service(name) {
         Some(service) => Ok(service.name.to_string()),
@@ -420,17 +480,25 @@ fn known_service(name: &str) -> Result<String, String> {
     }
 }
 
+/// Kind's own rule (`^[a-z0-9.-]+$`, at most 50 characters), starting with a letter or digit
+/// since the podman backend names pods and networks after it too.
 fn cluster_name(s: &str) -> Result<String, String> {
-    let valid = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "expected lowercase letters, digits and `-`, got `{s}`"
-        ))
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    if s.is_empty()
+        || !s.chars().all(allowed)
+        || !s.starts_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "expected lowercase letters, digits, `-` and `.`, starting with a letter or digit, got `{s}`"
+        ));
     }
+    if s.len() > 50 {
+        return Err(format!(
+            "`{s}` has {} characters; kind allows at most 50",
+            s.len()
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// The value of `key`, if given. pico-args does not say which flag a bad value belongs to (and
@@ -442,6 +510,13 @@ fn opt_value<T>(
     parse: fn(&str) -> Result<T, String>,
 ) -> Result<Option<T>, pico_args::Error> {
     let value: Option<String> = args.opt_value_from_str(key)?;
+    if let Some(again) = args.opt_value_from_str::<_, String>(key)? {
+        let first = value.unwrap_or_default();
+        return Err(pico_args::Error::Utf8ArgumentParsingFailed {
+            cause: format!("`{key}` is given twice (`{first}` and `{again}`): give it once"),
+            value: again,
+        });
+    }
     value.map(|v| convert(key, v, parse)).transpose()
 }
 
@@ -496,6 +571,59 @@ mod tests {
     fn no_task_prints_overview() {
         assert_eq!(parse_str(""), Ok(Task::Help(HELP)));
         assert_eq!(parse_str("--help"), Ok(Task::Help(HELP)));
+    }
+
+    #[test]
+    fn help_with_a_task_is_that_tasks_help() {
+        assert_eq!(
+            parse_str("help e2e-gateway"),
+            Ok(Task::Help(E2E_GATEWAY_HELP))
+        );
+        assert_eq!(
+            parse_str("e2e-gateway --help"),
+            Ok(Task::Help(E2E_GATEWAY_HELP))
+        );
+        assert_eq!(parse_str("help"), Ok(Task::Help(HELP)));
+        assert!(message("help deploy").contains("unknown task `deploy`"));
+    }
+
+    #[test]
+    fn a_value_given_twice_is_named_not_called_unknown() {
+        assert!(message("covdata-report --min 50 --min 60")
+            .starts_with("`--min` is given twice (`50` and `60`): give it once"));
+        assert!(message("e2e-gateway --cluster kind --cluster=podman")
+            .starts_with("`--cluster` is given twice"));
+        // A repeated switch means the same as one.
+        assert!(parse_str("e2e-gateway --coverage --coverage").is_ok());
+    }
+
+    #[test]
+    fn an_archive_and_inputs_are_two_sources() {
+        let message = message("covdata-report --from-archive a.tar.gz -i coverdata/gateway");
+        assert!(
+            message.starts_with("`--from-archive` and `-i` name two different sources"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn cluster_names_follow_kinds_rule() {
+        let name = |n: &str| match parse_str(&format!("e2e-gateway --cluster-name {n}")) {
+            Ok(Task::E2eGateway(flags)) => Ok(flags.cluster_name),
+            Ok(other) => panic!("{other:?}"),
+            Err(err) => Err(err.to_string()),
+        };
+        assert_eq!(name("ci-1.a"), Ok("ci-1.a".to_string()));
+        assert_eq!(name(&"a".repeat(50)), Ok("a".repeat(50)));
+        let long = name(&"a".repeat(51)).unwrap_err();
+        assert!(
+            long.contains("has 51 characters; kind allows at most 50"),
+            "{long}"
+        );
+        for bad in ["-", "-x", ".x", "Bad", "a_b"] {
+            let err = name(bad).unwrap_err();
+            assert!(err.contains("expected lowercase letters"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -623,7 +751,7 @@ mod tests {
             ),
             (
                 "doctor --cluster-name Bad_Name",
-                "`--cluster-name`: expected lowercase letters, digits and `-`, got `Bad_Name`",
+                "`--cluster-name`: expected lowercase letters, digits, `-` and `.`, starting with a letter or digit, got `Bad_Name`",
             ),
             (
                 "doctor --engine rkt",

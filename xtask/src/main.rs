@@ -10,6 +10,7 @@ mod e2e_gateway;
 mod engine;
 mod flags;
 mod lint_dockerfiles;
+mod lock;
 mod project;
 mod ui;
 

@@ -251,7 +251,11 @@ fn sandbox_path_holds_only_fakes_and_basic_tools() {
     // xtask sees no podman although the sandbox is otherwise complete.
     let run = sandbox.run(&["build-images"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("no container engine"), "{run}");
+    assert!(run.stderr.contains("preflight failed (podman)"), "{run}");
+    assert!(
+        run.stdout.contains("apt-get install -y podman runc"),
+        "{run}"
+    );
 }
 
 #[test]

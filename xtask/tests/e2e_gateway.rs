@@ -353,7 +353,7 @@ fn kept_podman_pods_are_replaced_by_the_next_run() {
     assert_eq!(kept.code, 0, "{kept}");
     assert!(
         kept.stdout
-            .contains("podman pod rm --force datastorage-pod-0 gateway-pod-0"),
+            .contains("podman pod rm --force gateway-e2e-datastorage-pod-0 gateway-e2e-gateway-pod-0; podman network rm xtask-gateway-e2e"),
         "{kept}"
     );
     let calls_before = sandbox.calls().len();
@@ -528,7 +528,9 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     );
     assert_eq!(sandbox.count("kind"), 0);
     assert_eq!(sandbox.count("podman kube play"), 2);
-    let stop = sandbox.position("podman pod stop --time 30 datastorage-pod-0 gateway-pod-0");
+    let stop = sandbox.position(
+        "podman pod stop --time 30 gateway-e2e-datastorage-pod-0 gateway-e2e-gateway-pod-0",
+    );
     assert!(stop > sandbox.position("go test"));
     assert!(sandbox.last_position("podman kube down") > stop);
     let rendered =
@@ -548,12 +550,12 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     assert!(!rendered.contains("kind: Service"), "{rendered}");
     assert!(!rendered.contains("${"), "{rendered}");
     assert!(
-        sandbox.position("podman network rm podman-default-kube-network")
+        sandbox.position("podman network rm xtask-gateway-e2e")
             > sandbox.last_position("podman kube down"),
-        "the network kube play created is removed"
+        "the network of the run is removed after its pods"
     );
-    assert!(!sandbox.state.join("kube-network").exists());
-    for pod in ["gateway-pod-0", "datastorage-pod-0"] {
+    assert!(!sandbox.state.join("network-xtask-gateway-e2e").exists());
+    for pod in ["gateway-e2e-gateway-pod-0", "gateway-e2e-datastorage-pod-0"] {
         assert!(
             !sandbox.state.join(format!("pod-{pod}")).exists(),
             "{pod} left behind"
@@ -617,14 +619,27 @@ fn a_coverage_run_archives_the_previous_data_first() {
 }
 
 #[test]
-fn a_kube_network_that_existed_before_is_left_alone() {
-    let sandbox = Sandbox::new("kube-network-kept", &["podman", "go"]);
+fn another_runs_network_is_left_alone_and_a_leftover_of_ours_is_removed_first() {
+    let sandbox = Sandbox::new("podman-networks", &["podman", "go"]);
     std::fs::create_dir_all(&sandbox.state).unwrap();
-    std::fs::write(sandbox.state.join("kube-network"), "").unwrap();
+    for network in ["xtask-other", "xtask-gateway-e2e"] {
+        std::fs::write(sandbox.state.join(format!("network-{network}")), "").unwrap();
+    }
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(sandbox.count("podman network rm"), 0);
-    assert!(sandbox.state.join("kube-network").exists());
+    assert!(
+        run.stdout
+            .contains("an earlier run left the network xtask-gateway-e2e"),
+        "{run}"
+    );
+    assert!(
+        sandbox.position("podman network rm xtask-gateway-e2e")
+            < sandbox.position("podman network create xtask-gateway-e2e"),
+        "{:#?}",
+        sandbox.calls()
+    );
+    assert_eq!(sandbox.count("podman network rm xtask-other"), 0);
+    assert!(sandbox.state.join("network-xtask-other").exists());
 }
 
 #[test]

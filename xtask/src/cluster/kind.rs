@@ -115,6 +115,7 @@ impl Kind {
             ))
             .run()?;
         self.exists = false;
+        self.ready_at = None;
         Ok(())
     }
 
@@ -128,22 +129,31 @@ impl Kind {
         )?;
         let kind_sh = kind_shell(sh, self.settings.engine);
         let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
+        let image_args: Vec<String> = match &self.settings.node_image {
+            Some(image) => vec!["--image".into(), image.clone()],
+            None => Vec::new(),
+        };
+        let image_args = &image_args;
         for attempt in 0..=CREATE_RETRIES {
             self.exists = true;
             let create = cmd!(
                 kind_sh,
-                "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
+                "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig} {image_args...}"
             );
-            let err = match step(create)
-                .hint("run `cargo xtask doctor`, then retry")
-                .run()
-            {
+            let err = match step(create).hint(CREATE_HINT).run() {
                 Ok(_) => {
                     self.ready_at = Some(Instant::now());
                     return Ok(());
                 }
                 Err(err) => err,
             };
+            if let Some(image) = unpullable_image(&err.stderr).map(str::to_string) {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "kind could not pull the node image {image}: where registries are out of reach (offline, air-gapped, a mirror), \
+                     load a kindest/node image into {} or mirror it, and pass it with --node-image (or E2E_NODE_IMAGE)",
+                    self.settings.engine.program()
+                )));
+            }
             let transient = TRANSIENT_CREATE_ERRORS
                 .iter()
                 .any(|e| err.stderr.contains(e));
@@ -210,6 +220,36 @@ impl Kind {
     }
 }
 
+const CREATE_HINT: &str = "run `cargo xtask doctor`, then retry";
+
+/// The image in kind's `failed to pull image "..."`, if that is why creation failed.
+fn unpullable_image(stderr: &str) -> Option<&str> {
+    let rest = &stderr[stderr.find("failed to pull image \"")? + 22..];
+    rest.split('"').next()
+}
+
+/// The Kubernetes minor version of the node image: from its tag (`kindest/node:v1.35.0`), else
+/// kind's default for its version (`pkg/apis/config/defaults/image.go` of each release).
+pub fn node_minor(kind_minor: u32, node_image: Option<&str>) -> Option<u32> {
+    if let Some(image) = node_image {
+        let tag = image.split('@').next()?.rsplit_once(':')?.1;
+        return tag.strip_prefix("v1.")?.split('.').next()?.parse().ok();
+    }
+    const DEFAULTS: [(u32, u32); 7] = [
+        (27, 32),
+        (28, 33),
+        (29, 33),
+        (30, 34),
+        (31, 35),
+        (32, 36),
+        (33, 37),
+    ];
+    DEFAULTS
+        .iter()
+        .find(|(kind, _)| *kind == kind_minor)
+        .map(|(_, node)| *node)
+}
+
 fn all_running(nodes: &[Node]) -> bool {
     !nodes.is_empty() && nodes.iter().all(|n| n.state == NodeState::Running)
 }
@@ -230,13 +270,19 @@ fn describe(nodes: &[Node]) -> String {
 }
 
 impl Cluster for Kind {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     fn name(&self) -> &'static str {
         "kind"
     }
 
     fn needs(&self, needs: &mut Needs) {
+        needs.engine = Some(self.settings.engine);
         needs.kind = true;
         needs.kubectl = true;
+        needs.node_image = self.settings.node_image.clone();
     }
 
     fn needs_archives(&self) -> bool {
@@ -346,6 +392,8 @@ impl Cluster for Kind {
         vec![
             // The Kind config mounts the host's coverdata/ at /coverdata in the node.
             ("COVERDATA_NODE_PATH".into(), "/coverdata".into()),
+            // The cluster is ours alone: the Deployments keep their plain names.
+            ("NAME_PREFIX".into(), String::new()),
             (
                 "DATASTORAGE_URL".into(),
                 format!(
@@ -419,7 +467,13 @@ impl Cluster for Kind {
         }
     }
 
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<()> {
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool> {
+        if self.ready_at.is_none() {
+            println!(
+                "    the cluster never became ready: nothing to collect beyond the error above"
+            );
+            return Ok(false);
+        }
         let kind_sh = kind_shell(sh, self.settings.engine);
         let name = &self.settings.name;
         let kind_logs = dir.join("kind");
@@ -453,7 +507,7 @@ impl Cluster for Kind {
                 kubectl(&["logs", &deployment, "--all-containers", "--timestamps"]),
             )?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
@@ -510,6 +564,29 @@ mod tests {
     }
 
     #[test]
+    fn node_versions_come_from_the_image_tag_or_kinds_default() {
+        assert_eq!(node_minor(33, None), Some(37));
+        assert_eq!(node_minor(27, None), Some(32));
+        assert_eq!(node_minor(99, None), None);
+        assert_eq!(
+            node_minor(33, Some("kindest/node:v1.33.1@sha256:0505")),
+            Some(33)
+        );
+        assert_eq!(
+            node_minor(33, Some("mirror.local:5000/kindest/node:v1.35.0")),
+            Some(35)
+        );
+        assert_eq!(node_minor(33, Some("my-node")), None);
+    }
+
+    #[test]
+    fn the_image_kind_could_not_pull_is_named() {
+        let stderr = "ERROR: failed to create cluster: failed to pull image \"kindest/node:v1.37.0\": command \"podman pull kindest/node:v1.37.0\" failed with error: exit status 125";
+        assert_eq!(unpullable_image(stderr), Some("kindest/node:v1.37.0"));
+        assert_eq!(unpullable_image("ERROR: node image not found"), None);
+    }
+
+    #[test]
     fn nodes_are_described_by_state() {
         let nodes = [
             node("cp", NodeState::Running),
@@ -532,6 +609,7 @@ mod tests {
             root: "/repo".into(),
             name: "e2e".into(),
             engine,
+            node_image: None,
             services: crate::project::Services {
                 datastorage: project::DATASTORAGE,
                 gateway: project::GATEWAY,

@@ -10,34 +10,33 @@ use xshell::{cmd, Shell};
 use super::{save, write_file, Cluster, Manifest, Settings, STOP_GRACE_SECONDS};
 use crate::{build_images::Image, cmd::step, doctor::Needs, project::Service};
 
-/// The network `podman kube play` creates when it is missing.
-const KUBE_NETWORK: &str = "podman-default-kube-network";
-
 pub struct Podman {
     settings: Settings,
+    /// Ours alone, named after the cluster name: removing it never touches another run's pods.
+    network: String,
     exists: bool,
     deployed: bool,
-    /// `podman kube play` created its default network for us (it did not exist before).
-    created_network: bool,
 }
 
 impl Podman {
     pub fn new(settings: Settings) -> Podman {
+        let network = format!("xtask-{}", settings.name);
         Podman {
             settings,
+            network,
             exists: false,
             deployed: false,
-            created_network: false,
         }
     }
 
-    /// Podman names the pod of a one-replica Deployment `<name>-pod-0`.
-    fn pod(service: Service) -> String {
-        format!("{}-pod-0", service.name)
+    /// The Deployment is named `<cluster name>-<service>` (see `template_vars`), and podman
+    /// names the pod of a one-replica Deployment `<name>-pod-0`.
+    fn pod(&self, service: Service) -> String {
+        format!("{}-{}-pod-0", self.settings.name, service.name)
     }
 
     fn pods(&self) -> Vec<String> {
-        self.settings.services.all().map(Podman::pod).to_vec()
+        self.settings.services.all().map(|s| self.pod(s)).to_vec()
     }
 
     /// `podman <kind> exists <name>`, for pods and networks.
@@ -56,7 +55,7 @@ impl Podman {
         let _dir = sh.push_dir(&dir);
         let grace = STOP_GRACE_SECONDS.to_string();
         for service in self.settings.services.all() {
-            let pod = Podman::pod(service);
+            let pod = self.pod(service);
             if !Podman::exists_in_podman(sh, "pod", &pod)? {
                 continue;
             }
@@ -73,24 +72,40 @@ impl Podman {
                 bail!("the pod {pod} is still there after `podman kube down`: remove it with `podman pod rm --force {pod}`");
             }
         }
+        let network = &self.network;
+        if Podman::exists_in_podman(sh, "network", network)? {
+            step(cmd!(sh, "podman network rm {network}"))
+                .hint(format!("remove it with `podman network rm {network}`"))
+                .run()?;
+        }
         Ok(())
     }
 }
 
 impl Cluster for Podman {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     fn name(&self) -> &'static str {
         "podman"
     }
 
-    fn needs(&self, _needs: &mut Needs) {}
+    fn needs(&self, needs: &mut Needs) {
+        needs.engine = Some(self.settings.engine);
+    }
 
     fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>> {
+        let mut left = Vec::new();
         for pod in self.pods() {
             if Podman::exists_in_podman(sh, "pod", &pod)? {
-                return Ok(Some(format!("the pods of an earlier run exist ({pod})")));
+                left.push(format!("the pod {pod}"));
             }
         }
-        Ok(None)
+        if Podman::exists_in_podman(sh, "network", &self.network)? {
+            left.push(format!("the network {}", self.network));
+        }
+        Ok((!left.is_empty()).then(|| format!("an earlier run left {}", left.join(", "))))
     }
 
     fn clear_leftover(
@@ -99,7 +114,7 @@ impl Cluster for Podman {
         _reuse: bool,
         _coverage: bool,
     ) -> anyhow::Result<bool> {
-        println!("    removing the pods of an earlier run");
+        println!("    removing what the earlier run left");
         self.remove_pods(sh)?;
         Ok(false)
     }
@@ -116,6 +131,7 @@ impl Cluster for Podman {
 
     fn template_vars(&self) -> Vec<(String, String)> {
         let coverdata = crate::project::coverdata_dir(&self.settings.root).to_string();
+        let prefix = format!("{}-", self.settings.name);
         // podman kube play has no Service DNS: the gateway reaches datastorage via its host port.
         let datastorage = format!(
             "http://host.containers.internal:{}",
@@ -124,13 +140,18 @@ impl Cluster for Podman {
         vec![
             ("COVERDATA_NODE_PATH".into(), coverdata),
             ("DATASTORAGE_URL".into(), datastorage),
+            ("NAME_PREFIX".into(), prefix),
         ]
     }
 
     fn deploy(&mut self, sh: &Shell, manifests: &[Manifest]) -> anyhow::Result<()> {
         self.exists = true;
-        self.deployed = true;
-        self.created_network = !Podman::exists_in_podman(sh, "network", KUBE_NETWORK)?;
+        let network = &self.network;
+        if !Podman::exists_in_podman(sh, "network", network)? {
+            step(cmd!(sh, "podman network create {network}"))
+                .hint("check that podman answers: `cargo xtask doctor`")
+                .run()?;
+        }
         let dir = self.settings.rendered_dir();
         let mut files = Vec::new();
         for manifest in manifests {
@@ -144,12 +165,14 @@ impl Cluster for Podman {
         // context: run it from a directory of our own.
         let _dir = sh.push_dir(&dir);
         for (service, file) in files {
-            step(cmd!(sh, "podman kube play {file}"))
+            step(cmd!(sh, "podman kube play --network {network} {file}"))
                 .hint(format!(
                     "{} could not be started: see its logs in the diagnostics",
                     service.name
                 ))
                 .run()?;
+            // Only services that started have counters to flush.
+            self.deployed = true;
         }
         Ok(())
     }
@@ -163,9 +186,9 @@ impl Cluster for Podman {
         Ok(())
     }
 
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<()> {
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool> {
         for service in self.settings.services.all() {
-            let pod = Podman::pod(service);
+            let pod = self.pod(service);
             let container = format!("{pod}-{}", service.name);
             save(
                 dir,
@@ -178,35 +201,32 @@ impl Cluster for Podman {
                 step(cmd!(sh, "podman pod inspect {pod}")).output(),
             )?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
-        let pods = self.pods().join(" ");
         if keep {
             println!(
                 "    keeping the pods: remove them with: {}",
                 self.remove_command()
             );
             println!(
-                "    if they were stopped to flush coverage, start them with: podman pod start {pods}"
+                "    if they were stopped to flush coverage, start them with: podman pod start {}",
+                self.pods().join(" ")
             );
             return Ok(());
         }
         self.remove_pods(sh)?;
-        println!("    removed the pods");
-        // Only a network our run created; another user's pods may still need theirs.
-        if self.created_network && Podman::exists_in_podman(sh, "network", KUBE_NETWORK)? {
-            step(cmd!(sh, "podman network rm {KUBE_NETWORK}"))
-                .hint(format!("remove it with `podman network rm {KUBE_NETWORK}`"))
-                .run()?;
-            println!("    removed the network {KUBE_NETWORK}");
-        }
+        println!("    removed the pods and the network {}", self.network);
         Ok(())
     }
 
     fn remove_command(&self) -> String {
-        format!("podman pod rm --force {}", self.pods().join(" "))
+        format!(
+            "podman pod rm --force {}; podman network rm {}",
+            self.pods().join(" "),
+            self.network
+        )
     }
 
     fn exists(&self) -> bool {

@@ -64,6 +64,10 @@ pub struct Summary {
     pub coverage: Option<Coverage>,
     pub logs: Option<Utf8PathBuf>,
     pub error: Option<String>,
+    /// The failed command and the last line it printed: the first line of `error` may not say.
+    pub cause: Option<String>,
+    /// What to do, for failures we recognise.
+    pub fix: Option<String>,
 }
 
 impl Summary {
@@ -129,6 +133,12 @@ impl Summary {
                 format!("failed (exit 1): {}", err.lines().next().unwrap_or("")),
             ),
         }
+        if let Some(cause) = &self.cause {
+            line("cause", cause.clone());
+        }
+        if let Some(fix) = &self.fix {
+            line("fix", fix.clone());
+        }
         out
     }
 }
@@ -177,6 +187,8 @@ mod tests {
             }),
             logs: Some("/repo/target/xtask/logs/x".into()),
             error: Some("phase 6 (test) failed: 1 E2E test(s) failed\nmore".into()),
+            cause: Some("`go test` exited with 1: FAIL".into()),
+            fix: None,
         };
         let text = summary.render();
         // expect-test strips common indentation: check it here, compare the rest below.
@@ -194,6 +206,7 @@ mod tests {
               coverage profile         /repo/target/coverage/e2e.out
               logs                     /repo/target/xtask/logs/x
               result                   failed (exit 1): phase 6 (test) failed: 1 E2E test(s) failed
+              cause                    `go test` exited with 1: FAIL
         "#]]
         .assert_eq(&unindented);
     }

@@ -172,6 +172,9 @@ impl Sandbox {
             .env("XTASK_PROJECT_ROOT", &self.root)
             .env("FAKE_LOG", &self.log)
             .env("FAKE_STATE", &self.state)
+            // The machine-wide lock of a cluster name lives in the temporary directory: each
+            // sandbox is a machine of its own, so tests in parallel never share one.
+            .env("TMPDIR", &self.dir)
             .env_remove("GITHUB_ACTIONS")
             .env_remove("GITHUB_STEP_SUMMARY")
             .env_remove("KIND_EXPERIMENTAL_PROVIDER")
