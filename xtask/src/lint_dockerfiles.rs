@@ -23,6 +23,7 @@ use std::{
 
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
+use parse_dockerfile::{Command, Instruction, RunInstruction};
 use xshell::Shell;
 
 use crate::{flags, project, ui};
@@ -99,6 +100,11 @@ const NO_DIGEST: Rule = Rule {
     id: "no-digest",
     severity: Severity::Info,
     reason: "a tag can be moved to another image; only a digest names exactly one",
+};
+const UNREADABLE: Rule = Rule {
+    id: "unreadable",
+    severity: Severity::Warning,
+    reason: "what cannot be read is not checked",
 };
 const UNRESOLVED_BASE: Rule = Rule {
     id: "unresolved-base",
@@ -273,6 +279,8 @@ struct Parsed {
     path: Utf8PathBuf,
     bases: Vec<BaseImage>,
     upgrades: Vec<Upgrade>,
+    /// Where reading stopped, and why: nothing after it was checked.
+    unreadable: Option<(usize, String)>,
 }
 
 #[derive(Debug)]
@@ -364,6 +372,10 @@ fn check_file(file: &Parsed, require_digest: bool) -> Vec<Finding> {
             }
         }
     }
+    if let Some((line, why)) = &file.unreadable {
+        let fix = format!("cannot read past here: {why}; fix the syntax so BuildKit accepts it (`docker build --check` shows its errors), then the rest of the file is checked");
+        findings.push(UNREADABLE.finding(&file.path, *line, fix));
+    }
     findings
 }
 
@@ -444,238 +456,288 @@ fn parse_image(name: &str) -> ImageRef {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reading a Dockerfile.
+// Reading a Dockerfile: the parse-dockerfile crate reads the instructions, we resolve FROM and
+// scan RUN.
 
-/// Text joined from physical lines, remembering where each line starts, so that a finding deep
-/// inside a continued `RUN` points at its own line.
-#[derive(Debug, Default)]
-struct Located {
+/// 1-based line numbers of byte offsets in one text.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Lines {
+        Lines(text.match_indices('\n').map(|(i, _)| i).collect())
+    }
+
+    fn at(&self, offset: usize) -> usize {
+        self.0.partition_point(|&newline| newline < offset) + 1
+    }
+}
+
+/// A heredoc body and the line it starts on.
+#[derive(Debug, Clone)]
+struct Body {
+    first_line: usize,
     text: String,
-    /// (byte offset in `text`, 1-based line number)
-    starts: Vec<(usize, usize)>,
 }
 
-impl Located {
-    fn push(&mut self, line: usize, s: &str) {
-        self.starts.push((self.text.len(), line));
-        self.text.push_str(s);
-    }
-
-    fn line_at(&self, offset: usize) -> usize {
-        self.starts
-            .iter()
-            .rev()
-            .find(|(start, _)| *start <= offset)
-            .or(self.starts.first())
-            .map_or(1, |(_, line)| *line)
-    }
+/// A `RUN` whose heredocs the crate did not read: parse-dockerfile 0.1.9 reads a RUN heredoc
+/// only when `<<` starts the command, and only one (`RUN <<EOF`), while BuildKit reads them
+/// anywhere (`RUN python3 <<EOF`, `RUN <<A <<B`). Their bodies start at `start`.
+struct MissedHeredocs {
+    run: usize,
+    start: usize,
+    delimiters: Vec<(String, bool)>,
 }
 
-#[derive(Debug)]
-struct Instruction {
-    /// Upper case, e.g. `RUN`.
-    keyword: String,
-    /// The whole logical line, continuations joined, comment lines dropped.
-    text: Located,
-    /// Where the arguments start in `text`.
-    args_start: usize,
-    heredocs: Vec<Located>,
-}
-
-impl Instruction {
-    fn args(&self) -> &str {
-        &self.text.text[self.args_start..]
-    }
-
-    fn line_at(&self, args_offset: usize) -> usize {
-        self.text.line_at(self.args_start + args_offset)
-    }
-}
-
-struct Dockerfile {
-    escape: char,
-    instructions: Vec<Instruction>,
-}
-
-fn parse(text: &str) -> Dockerfile {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<&str> = text.lines().collect();
-    let mut escape = '\\';
-    let mut i = 0;
-    // Parser directives count only at the very top: the first other line ends them.
-    while let Some((key, value)) = lines.get(i).and_then(|l| directive(l)) {
-        if key == "escape" && (value == "\\" || value == "`") {
-            escape = value.chars().next().unwrap_or('\\');
+/// Reads the base images and the distribution upgrades of one file.
+fn analyze(path: &Utf8Path, text: &str) -> Parsed {
+    // The crate skips a byte order mark and counts its offsets after it.
+    let mut text = text.strip_prefix('\u{feff}').unwrap_or(text).to_string();
+    // Heredoc bodies we read ourselves, by the offset of their RUN.
+    let mut bodies: HashMap<usize, Vec<Body>> = HashMap::new();
+    loop {
+        match read_pass(path, &text, &bodies) {
+            Ok(parsed) => return parsed,
+            Err(missed) => {
+                let read = take_heredoc_bodies(&mut text, &missed);
+                bodies.insert(missed.run, read);
+            }
         }
-        i += 1;
     }
+}
 
-    let mut instructions = Vec::new();
-    while i < lines.len() {
-        if is_blank_or_comment(lines[i]) {
-            i += 1;
-            continue;
-        }
-        let mut logical = Located::default();
-        loop {
-            let line = lines[i];
-            i += 1;
-            let Some(head) = continued(line, escape) else {
-                logical.push(i, line);
-                break;
+/// Reads the bodies of the heredocs the crate missed and turns their lines into comment lines
+/// of the same length, so that the crate reads on after them and offsets stay as they were.
+fn take_heredoc_bodies(text: &mut String, missed: &MissedHeredocs) -> Vec<Body> {
+    let lines = Lines::new(text);
+    let mut start = missed.start;
+    let mut bodies = Vec::new();
+    for (delimiter, strip_tabs) in &missed.delimiters {
+        let mut body = Body {
+            first_line: lines.at(start),
+            text: String::new(),
+        };
+        while start < text.len() {
+            let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+            let line = text[start..end].trim_end_matches('\r');
+            let line = if *strip_tabs {
+                line.trim_start_matches('\t')
+            } else {
+                line
             };
-            logical.push(i, head);
-            // Comment and blank lines inside a continuation are dropped, not the end of it.
-            while i < lines.len() && is_blank_or_comment(lines[i]) {
-                i += 1;
+            let last = line == delimiter;
+            if !last {
+                body.text.push_str(line);
+                body.text.push('\n');
             }
-            if i == lines.len() {
+            if end > start {
+                text.replace_range(start..end, &format!("#{}", " ".repeat(end - start - 1)));
+            }
+            start = end + 1;
+            if last {
                 break;
             }
         }
+        bodies.push(body);
+    }
+    bodies
+}
 
-        let trimmed = logical.text.trim_start();
-        let keyword_start = logical.text.len() - trimmed.len();
-        let keyword_len = trimmed.find(char::is_whitespace).unwrap_or(trimmed.len());
-        let keyword = trimmed[..keyword_len].to_ascii_uppercase();
-        let after = &logical.text[keyword_start + keyword_len..];
-        let args_start = logical.text.len() - after.trim_start().len();
-
-        let mut heredocs = Vec::new();
-        if matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") {
-            for (delimiter, strip_tabs) in heredoc_markers(&logical.text[args_start..], escape) {
-                let mut body = Located::default();
-                while i < lines.len() {
-                    let line = lines[i];
-                    i += 1;
-                    let line = if strip_tabs {
-                        line.trim_start_matches('\t')
-                    } else {
-                        line
-                    };
-                    if line == delimiter {
-                        break;
+/// One reading of the file with the crate, or the first RUN whose heredocs it missed.
+fn read_pass(
+    path: &Utf8Path,
+    text: &str,
+    bodies: &HashMap<usize, Vec<Body>>,
+) -> Result<Parsed, MissedHeredocs> {
+    let lines = Lines::new(text);
+    let mut parsed = Parsed {
+        path: path.to_path_buf(),
+        bases: Vec::new(),
+        upgrades: Vec::new(),
+        unreadable: None,
+    };
+    let items = match parse_dockerfile::parse_iter(text) {
+        Ok(iter) => iter.collect(),
+        Err(e) => vec![Err(e)],
+    };
+    // Only ARGs before the first FROM are visible in FROM lines.
+    let mut global_args: HashMap<String, Value> = HashMap::new();
+    let mut seen_from = false;
+    let mut stages: Vec<String> = Vec::new();
+    for item in &items {
+        let instruction = match item {
+            Ok(instruction) => instruction,
+            // The crate stops at its first error: report it, keep what it read before.
+            Err(e) => {
+                parsed.unreadable = Some((e.line().max(1), format!("{e:#}")));
+                break;
+            }
+        };
+        match instruction {
+            Instruction::Arg(arg) if !seen_from => {
+                let words = simple_commands(&arg.arguments.value).commands;
+                for word in words.into_iter().flatten() {
+                    match word.text.split_once('=') {
+                        Some((name, default)) => {
+                            let value = expand(default, &global_args);
+                            global_args.insert(name.to_string(), value);
+                        }
+                        None => {
+                            global_args
+                                .entry(word.text.clone())
+                                .or_insert(Err(word.text));
+                        }
                     }
-                    body.push(i, &format!("{line}\n"));
-                }
-                heredocs.push(body);
-            }
-        }
-        instructions.push(Instruction {
-            keyword,
-            text: logical,
-            args_start,
-            heredocs,
-        });
-    }
-    Dockerfile {
-        escape,
-        instructions,
-    }
-}
-
-/// `# key=value` at the top of the file, for the directives BuildKit knows.
-fn directive(line: &str) -> Option<(String, &str)> {
-    let rest = line.trim_start().strip_prefix('#')?;
-    let (key, value) = rest.split_once('=')?;
-    let key = key.trim().to_ascii_lowercase();
-    let known = matches!(key.as_str(), "syntax" | "escape" | "check");
-    (known && !value.trim().is_empty()).then_some((key, value.trim()))
-}
-
-fn is_blank_or_comment(line: &str) -> bool {
-    let line = line.trim_start();
-    line.is_empty() || line.starts_with('#')
-}
-
-/// The line without its trailing escape character when it continues on the next line.
-fn continued(line: &str, escape: char) -> Option<&str> {
-    line.trim_end().strip_suffix(escape)
-}
-
-/// The heredocs an instruction opens (`<<EOF`, `<<-EOF`, `<<'EOF'`, `2<<EOF`), in order:
-/// (delimiter, whether leading tabs are stripped).
-fn heredoc_markers(args: &str, escape: char) -> Vec<(String, bool)> {
-    let mut markers = Vec::new();
-    for (_, word) in raw_words(args, escape) {
-        let word = word.trim_start_matches(|c: char| c.is_ascii_digit());
-        let Some(rest) = word.strip_prefix("<<") else {
-            continue;
-        };
-        let (strip_tabs, rest) = match rest.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, rest),
-        };
-        // `<<<` is a here-string; `<<` alone is not a marker.
-        if rest.starts_with('<') {
-            continue;
-        }
-        let delimiter: String = rest
-            .chars()
-            .take_while(|c| !matches!(c, '>' | '|' | ';' | '&' | ')'))
-            .filter(|c| !matches!(c, '\'' | '"'))
-            .collect();
-        if !delimiter.is_empty() {
-            markers.push((delimiter, strip_tabs));
-        }
-    }
-    markers
-}
-
-/// Splits at unquoted whitespace, keeping quotes and escapes: (byte offset, word).
-fn raw_words(s: &str, escape: char) -> Vec<(usize, &str)> {
-    let mut words = Vec::new();
-    let mut start = None;
-    let mut quote = None;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        if c == escape && quote != Some('\'') {
-            escaped = true;
-            start.get_or_insert(i);
-            continue;
-        }
-        match quote {
-            Some(q) => {
-                if c == q {
-                    quote = None;
                 }
             }
-            None if c.is_whitespace() => {
-                if let Some(begin) = start.take() {
-                    words.push((begin, &s[begin..i]));
+            Instruction::From(from) => {
+                seen_from = true;
+                let written = from.image.value.to_string();
+                let base = match expand(&written, &global_args) {
+                    Err(var) => Base::Unresolved {
+                        declared: global_args.contains_key(&var),
+                        var,
+                    },
+                    Ok(name) if name.eq_ignore_ascii_case("scratch") => Base::Scratch,
+                    Ok(name) if stages.contains(&name.to_ascii_lowercase()) => Base::Stage,
+                    Ok(name) => Base::Image(parse_image(&name)),
+                };
+                if let Some((_, stage)) = &from.as_ {
+                    stages.push(stage.value.to_ascii_lowercase());
+                }
+                parsed.bases.push(BaseImage {
+                    line: lines.at(from.image.span.start),
+                    written,
+                    base,
+                });
+            }
+            Instruction::Run(run) => {
+                parsed
+                    .upgrades
+                    .extend(run_upgrades(run, text, &lines, bodies)?);
+            }
+            // `ONBUILD RUN ...` runs in every build that starts from this image.
+            Instruction::Onbuild(onbuild) => {
+                if let Instruction::Run(run) = &*onbuild.instruction {
+                    parsed
+                        .upgrades
+                        .extend(run_upgrades(run, text, &lines, bodies)?);
                 }
             }
+            _ => {}
+        }
+    }
+    Ok(parsed)
+}
+
+/// The upgrades a `RUN` performs, in its command and in the heredocs it runs as scripts.
+fn run_upgrades(
+    run: &RunInstruction,
+    text: &str,
+    lines: &Lines,
+    bodies: &HashMap<usize, Vec<Body>>,
+) -> Result<Vec<Upgrade>, MissedHeredocs> {
+    let at = |first_line: usize, script: &str, found: Found| Upgrade {
+        line: first_line + script[..found.offset].matches('\n').count(),
+        command: found.command,
+    };
+    let shell = match &run.arguments {
+        Command::Exec(argv) => {
+            let words: Vec<Word> = argv
+                .value
+                .iter()
+                .map(|arg| Word {
+                    text: arg.value.to_string(),
+                    offset: arg.span.start,
+                })
+                .collect();
+            let found = upgrades_in_command(&words).into_iter();
+            return Ok(found
+                .map(|f| Upgrade {
+                    line: lines.at(f.offset),
+                    command: f.command,
+                })
+                .collect());
+        }
+        Command::Shell(shell) => shell,
+        _ => return Ok(Vec::new()),
+    };
+    let first_line = lines.at(shell.span.start);
+    let command = shell_text(shell.value);
+    let script = simple_commands(&command);
+    let mut heredocs: Vec<Body> = run
+        .here_docs
+        .iter()
+        .map(|heredoc| Body {
+            first_line: lines.at(heredoc.span.start),
+            text: heredoc.value.to_string(),
+        })
+        .collect();
+    if !script.unread_heredocs.is_empty() {
+        match bodies.get(&run.run.span.start) {
+            Some(ours) => heredocs.extend(ours.iter().cloned()),
             None => {
-                start.get_or_insert(i);
-                if c == '\'' || c == '"' {
-                    quote = Some(c);
-                }
+                // After the RUN line, or after the delimiter of the heredoc the crate read.
+                let end = run.here_docs.last().map_or(shell.span.end, |h| h.span.end);
+                return Err(MissedHeredocs {
+                    run: run.run.span.start,
+                    start: text[end..].find('\n').map_or(text.len(), |i| end + i + 1),
+                    delimiters: script.unread_heredocs,
+                });
             }
         }
     }
-    if let Some(begin) = start {
-        words.push((begin, &s[begin..]));
+
+    let mut upgrades: Vec<Upgrade> = script
+        .commands
+        .iter()
+        .flat_map(|c| upgrades_in_command(c))
+        .map(|found| at(first_line, &command, found))
+        .collect();
+    // `RUN <<EOF` and `RUN bash <<EOF` run the heredoc as a script; `RUN cat <<EOF >file` or
+    // `RUN python3 <<EOF` do not.
+    let script_on_stdin = match script.commands.first() {
+        None => true,
+        Some(words) => {
+            let argv: Vec<&str> = words[program_start(words)..]
+                .iter()
+                .map(|w| w.text.as_str())
+                .collect();
+            argv.first().is_some_and(|p| is_shell(p))
+                && argv[1..]
+                    .iter()
+                    .all(|a| a.starts_with("--") || (a.starts_with('-') && !a.contains('c')))
+        }
+    };
+    if script_on_stdin {
+        for body in &heredocs {
+            if body.text.starts_with("#!") && !shebang_is_shell(&body.text) {
+                continue;
+            }
+            for found in upgrades_in_script(&body.text) {
+                upgrades.push(at(body.first_line, &body.text, found));
+            }
+        }
     }
-    words
+    Ok(upgrades)
 }
 
-/// Removes quotes and escape characters from a word of `raw_words`.
-fn unquote(word: &str, escape: char) -> String {
+/// The command of a shell-form `RUN` as the shell gets it. The crate keeps it as written and
+/// ended it where BuildKit does, so every line but the last ends in the escape character (`\`
+/// or a backtick) or is a comment or blank line inside the continuation, which BuildKit drops.
+/// Each line stays a line, continued with `\`, so that offsets still count lines.
+fn shell_text(raw: &str) -> String {
+    let lines: Vec<&str> = raw.split('\n').collect();
     let mut out = String::new();
-    let mut quote = None;
-    let mut chars = word.chars();
-    while let Some(c) = chars.next() {
-        match quote {
-            Some('\'') if c == '\'' => quote = None,
-            Some('\'') => out.push(c),
-            _ if c == escape => out.extend(chars.next()),
-            Some(_) if c == '"' => quote = None,
-            None if c == '\'' || c == '"' => quote = Some(c),
-            _ => out.push(c),
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim();
+        if i + 1 == lines.len() {
+            out.push_str(line);
+        } else if i > 0 && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            out.push_str("\\\n");
+        } else {
+            let line = line.trim_end();
+            out.push_str(line.strip_suffix(['\\', '`']).unwrap_or(line));
+            out.push_str("\\\n");
         }
     }
     out
@@ -686,7 +748,7 @@ type Value = Result<String, String>;
 
 /// Expands `$VAR`, `${VAR}`, `${VAR:-word}`, `${VAR-word}`, `${VAR:+word}` and `${VAR+word}`
 /// as BuildKit does in `FROM` and global `ARG` defaults.
-fn expand(s: &str, vars: &HashMap<String, Value>, escape: char) -> Value {
+fn expand(s: &str, vars: &HashMap<String, Value>) -> Value {
     let lookup = |name: &str| -> Value {
         match vars.get(name) {
             Some(value) => value.clone(),
@@ -697,7 +759,7 @@ fn expand(s: &str, vars: &HashMap<String, Value>, escape: char) -> Value {
     let mut out = String::new();
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == escape {
+        if c == '\\' {
             out.extend(chars.next());
             continue;
         }
@@ -729,22 +791,22 @@ fn expand(s: &str, vars: &HashMap<String, Value>, escape: char) -> Value {
                     if set_and_not_empty {
                         value?
                     } else {
-                        expand(word, vars, escape)?
+                        expand(word, vars)?
                     }
                 } else if let Some(word) = op.strip_prefix(":+") {
                     if set_and_not_empty {
-                        expand(word, vars, escape)?
+                        expand(word, vars)?
                     } else {
                         String::new()
                     }
                 } else if let Some(word) = op.strip_prefix('-') {
                     match value {
                         Ok(v) => v,
-                        Err(_) => expand(word, vars, escape)?,
+                        Err(_) => expand(word, vars)?,
                     }
                 } else if let Some(word) = op.strip_prefix('+') {
                     match value {
-                        Ok(_) => expand(word, vars, escape)?,
+                        Ok(_) => expand(word, vars)?,
                         Err(_) => String::new(),
                     }
                 } else {
@@ -764,198 +826,6 @@ fn expand(s: &str, vars: &HashMap<String, Value>, escape: char) -> Value {
         }
     }
     Ok(out)
-}
-
-/// Reads the base images and the distribution upgrades of one file.
-fn analyze(path: &Utf8Path, text: &str) -> Parsed {
-    let dockerfile = parse(text);
-    let escape = dockerfile.escape;
-    // Only ARGs before the first FROM are visible in FROM lines.
-    let mut global_args: HashMap<String, Value> = HashMap::new();
-    let mut seen_from = false;
-    let mut stages: Vec<String> = Vec::new();
-    let mut bases = Vec::new();
-    let mut upgrades = Vec::new();
-
-    for instruction in &dockerfile.instructions {
-        let args = instruction.args();
-        match instruction.keyword.as_str() {
-            "ARG" if !seen_from => {
-                for (_, word) in raw_words(args, escape) {
-                    let word = unquote(word, escape);
-                    match word.split_once('=') {
-                        Some((name, default)) => {
-                            let value = expand(default, &global_args, escape);
-                            global_args.insert(name.to_string(), value);
-                        }
-                        None => {
-                            global_args
-                                .entry(word.clone())
-                                .or_insert_with(|| Err(word.clone()));
-                        }
-                    }
-                }
-            }
-            "FROM" => {
-                seen_from = true;
-                let words = raw_words(args, escape);
-                // `--platform=...` and any other flag come first.
-                let mut words = words.iter().skip_while(|(_, w)| w.starts_with("--"));
-                let Some(&(offset, written)) = words.next() else {
-                    continue;
-                };
-                let base = match expand(written, &global_args, escape) {
-                    Err(var) => Base::Unresolved {
-                        declared: global_args.contains_key(&var),
-                        var,
-                    },
-                    Ok(name) if name.eq_ignore_ascii_case("scratch") => Base::Scratch,
-                    Ok(name) if stages.contains(&name.to_ascii_lowercase()) => Base::Stage,
-                    Ok(name) => Base::Image(parse_image(&name)),
-                };
-                if let (Some((_, as_word)), Some((_, stage))) = (words.next(), words.next()) {
-                    if as_word.eq_ignore_ascii_case("as") {
-                        stages.push(stage.to_ascii_lowercase());
-                    }
-                }
-                bases.push(BaseImage {
-                    line: instruction.line_at(offset),
-                    written: written.to_string(),
-                    base,
-                });
-            }
-            "RUN" => upgrades.extend(run_upgrades(instruction, 0)),
-            "ONBUILD" => {
-                // `ONBUILD RUN ...` runs in every build that starts from this image.
-                if let Some((_, word)) = raw_words(args, escape).first() {
-                    if word.eq_ignore_ascii_case("RUN") {
-                        let rest = &args[3..];
-                        let start = 3 + rest.len() - rest.trim_start().len();
-                        upgrades.extend(run_upgrades(instruction, start));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Parsed {
-        path: path.to_path_buf(),
-        bases,
-        upgrades,
-    }
-}
-
-/// The upgrades a `RUN` performs; its arguments start at `start` in `instruction.args()`.
-fn run_upgrades(instruction: &Instruction, start: usize) -> Vec<Upgrade> {
-    let args = &instruction.args()[start..];
-    // `--mount=...`, `--network=...`, `--security=...` come before the command.
-    let command_start = raw_words(args, '\\')
-        .into_iter()
-        .find(|(_, w)| !w.starts_with("--"))
-        .map_or(args.len(), |(offset, _)| offset);
-    let command = &args[command_start..];
-    let base = start + command_start;
-    let at = |found: Vec<Found>| -> Vec<Upgrade> {
-        found
-            .into_iter()
-            .map(|f| Upgrade {
-                line: instruction.line_at(base + f.offset),
-                command: f.command,
-            })
-            .collect()
-    };
-
-    if let Some(argv) = json_string_array(command) {
-        let words: Vec<Word> = argv
-            .into_iter()
-            .map(|text| Word { text, offset: 0 })
-            .collect();
-        return at(upgrades_in_command(&words));
-    }
-
-    let commands = simple_commands(command);
-    let mut upgrades = at(commands
-        .iter()
-        .flat_map(|c| upgrades_in_command(c))
-        .collect());
-    // `RUN <<EOF` and `RUN bash <<EOF` run the heredoc as a script; `RUN cat <<EOF >file` or
-    // `RUN python3 <<EOF` do not.
-    let script_on_stdin = match commands.first() {
-        None => true,
-        Some(words) => {
-            let argv: Vec<&str> = words[program_start(words)..]
-                .iter()
-                .map(|w| w.text.as_str())
-                .collect();
-            argv.first().is_some_and(|p| is_shell(p))
-                && argv[1..]
-                    .iter()
-                    .all(|a| a.starts_with("--") || (a.starts_with('-') && !a.contains('c')))
-        }
-    };
-    if script_on_stdin {
-        for body in &instruction.heredocs {
-            if body.text.starts_with("#!") && !shebang_is_shell(&body.text) {
-                continue;
-            }
-            for found in upgrades_in_script(&body.text) {
-                upgrades.push(Upgrade {
-                    line: body.line_at(found.offset),
-                    command: found.command,
-                });
-            }
-        }
-    }
-    upgrades
-}
-
-/// A parsed exec-form argument list, `["dnf", "update"]`; `None` means shell form.
-fn json_string_array(s: &str) -> Option<Vec<String>> {
-    let mut chars = s.trim().chars().peekable();
-    let skip_ws = |chars: &mut std::iter::Peekable<std::str::Chars>| {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-    };
-    if chars.next()? != '[' {
-        return None;
-    }
-    let mut out = Vec::new();
-    skip_ws(&mut chars);
-    if chars.next_if_eq(&']').is_none() {
-        loop {
-            skip_ws(&mut chars);
-            if chars.next()? != '"' {
-                return None;
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next()? {
-                    '"' => break,
-                    '\\' => value.push(match chars.next()? {
-                        'n' => '\n',
-                        't' => '\t',
-                        'r' => '\r',
-                        'b' => '\u{8}',
-                        'f' => '\u{c}',
-                        'u' => {
-                            let hex: String = chars.by_ref().take(4).collect();
-                            char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
-                        }
-                        c @ ('"' | '\\' | '/') => c,
-                        _ => return None,
-                    }),
-                    c => value.push(c),
-                }
-            }
-            out.push(value);
-            skip_ws(&mut chars);
-            match chars.next()? {
-                ',' => continue,
-                ']' => break,
-                _ => return None,
-            }
-        }
-    }
-    chars.next().is_none().then_some(out)
 }
 
 #[cfg(test)]
@@ -981,11 +851,13 @@ mod tests {
         rules(&format!("FROM alpine:3.20@sha256:abc\n{run}\n"))
     }
 
-    fn upgrade_commands(text: &str) -> Vec<(usize, String)> {
-        analyze(Utf8Path::new("Dockerfile"), text)
+    /// The upgrades in `run`, a RUN instruction, with lines counted in `run`.
+    fn upgrade_commands(run: &str) -> Vec<(usize, String)> {
+        // A RUN needs a FROM before it, or the file is not a Dockerfile.
+        analyze(Utf8Path::new("Dockerfile"), &format!("FROM a\n{run}"))
             .upgrades
             .into_iter()
-            .map(|u| (u.line, u.command))
+            .map(|u| (u.line - 1, u.command))
             .collect()
     }
 
@@ -1011,6 +883,7 @@ mod tests {
             &BASE_IMAGE_DRIFT,
             &UNPINNED_TAG,
             &NO_DIGEST,
+            &UNREADABLE,
             &UNRESOLVED_BASE,
         ];
         let ids: BTreeSet<&str> = all.iter().map(|r| r.id).collect();
@@ -1142,13 +1015,11 @@ mod tests {
             run_rules("RUN [ -f /etc/x ] || dnf update -y"),
             [(2, "distro-upgrade")]
         );
+        // JSON escapes are decoded before the command is matched.
         assert_eq!(
-            json_string_array(r#" [ "a\"b", "\u0041\n" ] "#),
-            Some(vec!["a\"b".to_string(), "A\n".to_string()])
+            run_rules(r#"RUN [ "dnf", "up\u0064ate" ]"#),
+            [(2, "distro-upgrade")]
         );
-        assert_eq!(json_string_array(r#"["a", 1]"#), None);
-        assert_eq!(json_string_array(r#"["a"] extra"#), None);
-        assert_eq!(json_string_array("[]"), Some(vec![]));
     }
 
     #[test]
@@ -1193,13 +1064,14 @@ RUN echo a `
 ";
         assert_eq!(rules(text), [(4, "distro-upgrade")]);
         // With the backtick escape a trailing backslash does not continue the line, so
-        // `dnf update -y` is a separate (unknown) instruction, not part of the RUN.
+        // `dnf update -y` is a separate, unknown instruction, not part of the RUN: BuildKit
+        // rejects the file, and we say where reading stopped.
         let text = "# escape=`\nFROM a:1@sha256:abc\nRUN echo a \\\ndnf update -y\n";
-        assert_eq!(rules(text), []);
+        assert_eq!(rules(text), [(4, "unreadable")]);
         // A directive after the first instruction is only a comment: the backtick does not
         // continue the RUN, and `&& dnf update -y` is a line of its own, not a command.
         let text = "FROM a:1@sha256:abc\n# escape=`\nRUN echo a `\n && dnf update -y\n";
-        assert_eq!(rules(text), []);
+        assert_eq!(rules(text), [(4, "unreadable")]);
         let text = "# syntax=docker/dockerfile:1\n# escape=`\nFROM a:1@sha256:abc\nRUN echo `\n && yum update\n";
         assert_eq!(rules(text), [(5, "distro-upgrade")]);
     }
@@ -1247,6 +1119,13 @@ RUN dnf clean all
             assert_eq!(rules(text), [], "{text}");
         }
 
+        // Heredocs the parser leaves unread (not first in the command, or a second one) are
+        // read here, and the instructions after them are read again.
+        let text = "FROM a:1@sha256:abc\nRUN cat <<A >/a && cat <<-B >/b\ndnf update -y\nA\n\tyum update\n\tB\nRUN apk upgrade\n";
+        assert_eq!(rules(text), [(7, "distro-upgrade")]);
+        let text = "FROM a:1@sha256:abc\nRUN <<A <<B\nset -e\nA\napk upgrade\nB\n";
+        assert_eq!(rules(text), [(5, "distro-upgrade")]);
+
         // Two heredocs, each body read in turn; what follows is parsed as instructions again.
         let text = "\
 FROM a:1@sha256:abc
@@ -1268,6 +1147,27 @@ RUN apk upgrade
             ),
             [(4, "distro-upgrade")]
         );
+    }
+
+    #[test]
+    fn where_the_parser_stops_is_a_warning_that_says_why() {
+        let findings = lint("FROM a:1@sha256:abc\nRUN true\ndnf update -y\nRUN yum update\n");
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!((findings[0].line, findings[0].rule), (3, "unreadable"));
+        assert_eq!(findings[0].severity, Severity::Warning);
+        assert!(
+            findings[0]
+                .message
+                .starts_with("cannot read past here: unknown instruction 'dnf'; fix"),
+            "{}",
+            findings[0].message
+        );
+        // What was read before it is still checked.
+        assert_eq!(
+            rules("FROM a:1@sha256:abc\nRUN apk upgrade\nCOPY a\n"),
+            [(2, "distro-upgrade"), (3, "unreadable")]
+        );
+        assert_eq!(rules("RUN true\nFROM a\n"), [(1, "unreadable")]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub(super) struct Found {
 
 pub(super) fn upgrades_in_script(script: &str) -> Vec<Found> {
     simple_commands(script)
+        .commands
         .iter()
         .flat_map(|c| upgrades_in_command(c))
         .collect()
@@ -45,9 +46,17 @@ pub(super) fn upgrades_in_command(words: &[Word]) -> Vec<Found> {
     Vec::new()
 }
 
+/// A script read as a shell reads it.
+pub(super) struct Script {
+    pub(super) commands: Vec<Vec<Word>>,
+    /// Heredocs opened on the script's last line, whose bodies are not in the script:
+    /// (delimiter, whether leading tabs are stripped).
+    pub(super) unread_heredocs: Vec<(String, bool)>,
+}
+
 /// Splits a script into simple commands at `&&`, `||`, `;`, `|`, `&`, parentheses and newlines.
 /// Comments, redirections and the bodies of heredocs inside the script are dropped.
-pub(super) fn simple_commands(script: &str) -> Vec<Vec<Word>> {
+pub(super) fn simple_commands(script: &str) -> Script {
     #[derive(Clone, Copy)]
     enum Next {
         Argument,
@@ -147,7 +156,10 @@ pub(super) fn simple_commands(script: &str) -> Vec<Vec<Word>> {
     }
     commands.push(current);
     commands.retain(|c| !c.is_empty());
-    commands
+    Script {
+        commands,
+        unread_heredocs: heredocs,
+    }
 }
 
 /// One shell word starting at `j`: the word, where it ends, whether any of it was quoted.
@@ -472,6 +484,7 @@ mod tests {
     fn shell_scripts_split_into_simple_commands() {
         let words = |script: &str| -> Vec<Vec<String>> {
             simple_commands(script)
+                .commands
                 .into_iter()
                 .map(|c| c.into_iter().map(|w| w.text).collect())
                 .collect()
@@ -498,7 +511,12 @@ mod tests {
             [vec!["echo", "$(dnf update)", "`yum update`", "${a:-b c}"]]
         );
         // Offsets point into the script, so findings point at their line.
-        let commands = simple_commands("x\n  dnf update");
+        let commands = simple_commands("x\n  dnf update").commands;
         assert_eq!(commands[1][0].offset, 4);
+        // Heredocs opened on the last line are left to the caller, whose text has the bodies.
+        assert_eq!(
+            simple_commands("cat <<A >x <<-'B'").unread_heredocs,
+            [("A".to_string(), false), ("B".to_string(), true)]
+        );
     }
 }
