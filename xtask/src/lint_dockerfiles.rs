@@ -31,7 +31,7 @@ use crate::{flags, project, ui};
 mod shell;
 
 use shell::{
-    is_shell, program_start, shebang_is_shell, simple_commands, upgrades_in_command,
+    heredoc_body, is_shell, program_start, shebang_is_shell, simple_commands, upgrades_in_command,
     upgrades_in_script, Found, Word,
 };
 
@@ -505,39 +505,25 @@ fn analyze(path: &Utf8Path, text: &str) -> Parsed {
     }
 }
 
-/// Reads the bodies of the heredocs the crate missed and turns their lines into comment lines
-/// of the same length, so that the crate reads on after them and offsets stay as they were.
+/// Reads the bodies of the heredocs the crate missed and blanks their lines out with spaces,
+/// so that the crate reads on after them and offsets stay as they were.
 fn take_heredoc_bodies(text: &mut String, missed: &MissedHeredocs) -> Vec<Body> {
     let lines = Lines::new(text);
     let mut start = missed.start;
     let mut bodies = Vec::new();
     for (delimiter, strip_tabs) in &missed.delimiters {
-        let mut body = Body {
+        let (body, len) = heredoc_body(&text[start..], delimiter, *strip_tabs);
+        bodies.push(Body {
             first_line: lines.at(start),
-            text: String::new(),
-        };
-        while start < text.len() {
-            let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
-            let line = text[start..end].trim_end_matches('\r');
-            let line = if *strip_tabs {
-                line.trim_start_matches('\t')
-            } else {
-                line
-            };
-            let last = line == delimiter;
-            if !last {
-                body.text.push_str(line);
-                body.text.push('\n');
-            }
-            if end > start {
-                text.replace_range(start..end, &format!("#{}", " ".repeat(end - start - 1)));
-            }
-            start = end + 1;
-            if last {
-                break;
-            }
-        }
-        bodies.push(body);
+            text: body,
+        });
+        let end = start + len;
+        let blank: String = text[start..end]
+            .bytes()
+            .map(|b| if b == b'\n' { '\n' } else { ' ' })
+            .collect();
+        text.replace_range(start..end, &blank);
+        start = end;
     }
     bodies
 }

@@ -84,21 +84,9 @@ pub(super) fn simple_commands(script: &str) -> Script {
                 j += 1;
                 // A heredoc body starts on the next line and runs to its delimiter: data.
                 for (delimiter, strip_tabs) in heredocs.drain(..) {
-                    while j < chars.len() {
-                        let end = (j..chars.len())
-                            .find(|&k| chars[k].1 == '\n')
-                            .unwrap_or(chars.len());
-                        let line: String = chars[j..end].iter().map(|&(_, c)| c).collect();
-                        j = end + 1;
-                        let line = if strip_tabs {
-                            line.trim_start_matches('\t')
-                        } else {
-                            &line
-                        };
-                        if line.trim_end_matches('\r') == delimiter {
-                            break;
-                        }
-                    }
+                    let start = chars.get(j).map_or(script.len(), |&(offset, _)| offset);
+                    let (_, len) = heredoc_body(&script[start..], &delimiter, strip_tabs);
+                    j = chars.partition_point(|&(offset, _)| offset < start + len);
                 }
             }
             '&' if get(j + 1) == Some('>') => {
@@ -160,6 +148,28 @@ pub(super) fn simple_commands(script: &str) -> Script {
         commands,
         unread_heredocs: heredocs,
     }
+}
+
+/// The body of the heredoc that starts `text`, and the bytes it takes with its delimiter line.
+/// Without a delimiter line the body runs to the end, as in a shell.
+pub(super) fn heredoc_body(text: &str, delimiter: &str, strip_tabs: bool) -> (String, usize) {
+    let mut body = String::new();
+    let mut len = 0;
+    for line in text.split_inclusive('\n') {
+        len += line.len();
+        let line = line.trim_end_matches(['\n', '\r']);
+        let line = if strip_tabs {
+            line.trim_start_matches('\t')
+        } else {
+            line
+        };
+        if line == delimiter {
+            break;
+        }
+        body.push_str(line);
+        body.push('\n');
+    }
+    (body, len)
 }
 
 /// One shell word starting at `j`: the word, where it ends, whether any of it was quoted.
@@ -335,104 +345,58 @@ fn shell_script_argument(argv: &[&str]) -> Option<usize> {
     (dash_c && k < argv.len()).then_some(k)
 }
 
-/// Package manager options that take the next word as their value.
-const DNF_VALUE_OPTIONS: &[&str] = &[
-    "-c",
-    "--config",
-    "--installroot",
-    "--releasever",
-    "--setopt",
-    "--enablerepo",
-    "--disablerepo",
-    "--repo",
-    "--repoid",
-    "-x",
-    "--exclude",
-    "--excludepkgs",
-    "-d",
-    "--debuglevel",
-    "-e",
-    "--errorlevel",
-    "-R",
-    "--randomwait",
-    "--rpmverbosity",
-    "--forcearch",
-    "--color",
-    "--disableplugin",
-    "--enableplugin",
-    "--repofrompath",
-    "--destdir",
-    "--downloaddir",
-    "--comment",
-    "--advisory",
-    "--advisories",
-    "--bz",
-    "--bzs",
-    "--cve",
-    "--cves",
-    "--sec-severity",
-    "--secseverity",
+/// A package manager: its program names, the subcommands that upgrade everything installed,
+/// and the options that take the next word as their value (a value is not a package name).
+/// Space-separated, so that the long lists stay readable.
+struct PackageManager {
+    programs: &'static str,
+    upgrades: &'static str,
+    value_options: &'static str,
+}
+
+const PACKAGE_MANAGERS: [PackageManager; 4] = [
+    PackageManager {
+        programs: "dnf dnf5 dnf-3 yum microdnf tdnf",
+        upgrades: "update upgrade up update-minimal upgrade-minimal distro-sync distrosync \
+            distribution-synchronization dsync dist-upgrade",
+        value_options: "-c --config --installroot --releasever --setopt --enablerepo \
+            --disablerepo --repo --repoid -x --exclude --excludepkgs -d --debuglevel \
+            -e --errorlevel -R --randomwait --rpmverbosity --forcearch --color \
+            --disableplugin --enableplugin --repofrompath --destdir --downloaddir --comment \
+            --advisory --advisories --bz --bzs --cve --cves --sec-severity --secseverity",
+    },
+    PackageManager {
+        programs: "apt-get apt aptitude",
+        upgrades: "upgrade dist-upgrade full-upgrade safe-upgrade",
+        value_options: "-o --option -c --config-file -t --target-release --default-release \
+            -a --host-architecture",
+    },
+    PackageManager {
+        programs: "apk",
+        upgrades: "upgrade",
+        value_options: "-X --repository -p --root --arch --cache-dir --keys-dir \
+            --repositories-file --cache-max-age --timeout --wait --progress-fd",
+    },
+    PackageManager {
+        programs: "zypper",
+        upgrades: "update up dist-upgrade dup",
+        value_options: "-R --root -r --repo --from -t --type",
+    },
 ];
-const APT_VALUE_OPTIONS: &[&str] = &[
-    "-o",
-    "--option",
-    "-c",
-    "--config-file",
-    "-t",
-    "--target-release",
-    "--default-release",
-    "-a",
-    "--host-architecture",
-];
-const APK_VALUE_OPTIONS: &[&str] = &[
-    "-X",
-    "--repository",
-    "-p",
-    "--root",
-    "--arch",
-    "--cache-dir",
-    "--keys-dir",
-    "--repositories-file",
-    "--cache-max-age",
-    "--timeout",
-    "--wait",
-    "--progress-fd",
-];
-const ZYPPER_VALUE_OPTIONS: &[&str] = &["-R", "--root", "-r", "--repo", "--from", "-t", "--type"];
 
 /// Whether `argv` upgrades the whole distribution: an upgrade subcommand with no package name.
 fn is_distro_upgrade(argv: &[&str]) -> bool {
+    let listed = |list: &str, word: &str| list.split_whitespace().any(|w| w == word);
     let Some((program, args)) = argv.split_first() else {
         return false;
     };
-    let (value_options, upgrades): (&[&str], &[&str]) = match basename(program) {
-        "dnf" | "dnf5" | "dnf-3" | "yum" | "microdnf" | "tdnf" => (
-            DNF_VALUE_OPTIONS,
-            &[
-                "update",
-                "upgrade",
-                "up",
-                "update-minimal",
-                "upgrade-minimal",
-                "distro-sync",
-                "distrosync",
-                "distribution-synchronization",
-                "dsync",
-                "dist-upgrade",
-            ],
-        ),
-        "apt-get" | "apt" | "aptitude" => (
-            APT_VALUE_OPTIONS,
-            &["upgrade", "dist-upgrade", "full-upgrade", "safe-upgrade"],
-        ),
-        "apk" => (APK_VALUE_OPTIONS, &["upgrade"]),
-        "zypper" => (
-            ZYPPER_VALUE_OPTIONS,
-            &["update", "up", "dist-upgrade", "dup"],
-        ),
-        _ => return false,
+    let Some(manager) = PACKAGE_MANAGERS
+        .iter()
+        .find(|m| listed(m.programs, basename(program)))
+    else {
+        return false;
     };
-    let takes_value = |arg: &str| value_options.contains(&arg);
+    let takes_value = |arg: &str| listed(manager.value_options, arg);
     let mut args = args.iter();
     // The subcommand is the first word that is not an option or an option's value.
     let subcommand = loop {
@@ -447,7 +411,7 @@ fn is_distro_upgrade(argv: &[&str]) -> bool {
         }
         break *arg;
     };
-    if !upgrades.contains(&subcommand) {
+    if !listed(manager.upgrades, subcommand) {
         return false;
     }
     // Any package name makes it a targeted update, except a bare `*` which names every package.
