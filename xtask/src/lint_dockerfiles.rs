@@ -129,14 +129,20 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
     let paths = if flags.paths.is_empty() {
         default_paths(&root)?
     } else {
-        flags
-            .paths
-            .iter()
-            .map(|p| project::absolute(p))
-            .collect::<anyhow::Result<_>>()?
+        named_paths(&flags.paths)?
     };
     if paths.is_empty() {
-        println!("no Dockerfile, *.Dockerfile or Containerfile under {root}/docker or {root}: nothing to lint");
+        let searched = if flags.paths.is_empty() {
+            format!("{root}/docker or {root}")
+        } else {
+            flags
+                .paths
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("no Dockerfile, Dockerfile.*, *.Dockerfile, Containerfile or *.Containerfile under {searched}: nothing to lint");
         return Ok(());
     }
 
@@ -167,8 +173,7 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every `Dockerfile`, `Containerfile`, `*.Dockerfile` and `*.Containerfile` directly in the
-/// root and anywhere under `docker/`, sorted. Nothing else is walked, so `target/` never is.
+/// The Dockerfiles directly in the root and anywhere under `docker/`, sorted.
 pub fn default_paths(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let mut paths = Vec::new();
     let unreadable = || format!("listing {root}: check that the project root is readable");
@@ -181,26 +186,59 @@ pub fn default_paths(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     }
     let docker = root.join("docker");
     if docker.is_dir() {
-        for entry in walkdir::WalkDir::new(&docker) {
-            let entry = entry.with_context(|| {
-                format!("listing {docker}: check that it is readable, or name the files to lint")
-            })?;
-            let Some(name) = entry.file_name().to_str() else {
-                continue;
-            };
-            if is_dockerfile_name(name) && entry.path().is_file() {
-                let path = Utf8PathBuf::from_path_buf(entry.path().to_path_buf())
-                    .map_err(|p| anyhow::anyhow!("{} is not UTF-8: rename it", p.display()))?;
-                paths.push(path);
-            }
+        paths.extend(dockerfiles_under(&docker)?);
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// The paths given on the command line: a directory stands for the Dockerfiles under it, a file
+/// for itself, whatever its name.
+fn named_paths(paths: &[Utf8PathBuf]) -> anyhow::Result<Vec<Utf8PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let path = project::absolute(path)?;
+        if path.is_dir() {
+            files.extend(dockerfiles_under(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// The Dockerfiles anywhere under `dir`, sorted, skipping `.git` and `target` directories.
+fn dockerfiles_under(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
+    let skipped = |entry: &walkdir::DirEntry| {
+        entry.depth() > 0
+            && entry.file_type().is_dir()
+            && matches!(entry.file_name().to_str(), Some(".git" | "target"))
+    };
+    let mut paths = Vec::new();
+    for entry in walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_entry(|e| !skipped(e))
+    {
+        let entry = entry.with_context(|| {
+            format!("listing {dir}: check that it is readable, or name the files to lint")
+        })?;
+        let Some(name) = entry.file_name().to_str() else {
+            continue;
+        };
+        if is_dockerfile_name(name) && entry.path().is_file() {
+            let path = Utf8PathBuf::from_path_buf(entry.path().to_path_buf())
+                .map_err(|p| anyhow::anyhow!("{} is not UTF-8: rename it", p.display()))?;
+            paths.push(path);
         }
     }
     paths.sort();
     Ok(paths)
 }
 
+/// `Dockerfile`, `Dockerfile.*`, `*.Dockerfile`, `Containerfile`, `*.Containerfile`.
 fn is_dockerfile_name(name: &str) -> bool {
     matches!(name, "Dockerfile" | "Containerfile")
+        || name.starts_with("Dockerfile.")
         || name.ends_with(".Dockerfile")
         || name.ends_with(".Containerfile")
 }
@@ -1559,6 +1597,7 @@ move every file to the same current tag (services on different base versions beh
             "docker/b.Dockerfile",
             "docker/a.Dockerfile",
             "docker/sub/Containerfile",
+            "docker/Dockerfile.dev",
             "docker/README.md",
             "docker/a.Dockerfile.bak",
             "target/x.Dockerfile",
@@ -1577,6 +1616,7 @@ move every file to the same current tag (services on different base versions beh
             [
                 "Containerfile",
                 "Dockerfile",
+                "docker/Dockerfile.dev",
                 "docker/a.Dockerfile",
                 "docker/b.Dockerfile",
                 "docker/sub/Containerfile"
@@ -1585,6 +1625,57 @@ move every file to the same current tag (services on different base versions beh
         // Without docker/ only the root is looked at.
         let empty = TempDir::new("default-paths-empty");
         assert_eq!(default_paths(&empty.0).unwrap(), Vec::<Utf8PathBuf>::new());
+    }
+
+    #[test]
+    fn a_directory_argument_lints_the_dockerfiles_under_it() {
+        let dir = TempDir::new("directory-argument");
+        let upgrade = "FROM alpine:3.20\nRUN apk upgrade\n";
+        for path in [
+            "Dockerfile",
+            "svc/Dockerfile.prod",
+            "svc/api.Dockerfile",
+            "svc/deep/Containerfile",
+            "svc/x.Containerfile",
+            ".git/Dockerfile",
+            "target/debug/Dockerfile",
+            "svc/target/Dockerfile",
+            "svc/notes.txt",
+        ] {
+            dir.write(path, upgrade);
+        }
+        let named = dir.write("build/recipe.txt", upgrade);
+        let shown = |paths: Vec<Utf8PathBuf>| -> Vec<String> {
+            paths
+                .iter()
+                .map(|p| p.strip_prefix(&dir.0).unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            shown(named_paths(&[dir.0.clone(), named]).unwrap()),
+            [
+                "Dockerfile",
+                "svc/Dockerfile.prod",
+                "svc/api.Dockerfile",
+                "svc/deep/Containerfile",
+                "svc/x.Containerfile",
+                "build/recipe.txt",
+            ]
+        );
+        // A directory named as the argument is walked even when it is called target.
+        assert_eq!(
+            shown(named_paths(&[dir.0.join("target")]).unwrap()),
+            ["target/debug/Dockerfile"]
+        );
+
+        let sh = Shell::new().unwrap();
+        let flags = flags::LintDockerfiles {
+            paths: vec![dir.0.join("svc")],
+            require_digest: false,
+            deny_warnings: false,
+        };
+        let err = run(&sh, &flags).unwrap_err().to_string();
+        assert!(err.starts_with("lint-dockerfiles found 4 errors"), "{err}");
     }
 
     #[test]
