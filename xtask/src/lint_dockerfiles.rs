@@ -17,7 +17,8 @@
 //! - commands inside `$(...)` or backticks are not inspected.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap},
     fmt,
 };
 
@@ -417,47 +418,63 @@ fn check_file(file: &Parsed, require_digest: bool) -> Vec<Finding> {
     findings
 }
 
-/// The cross-file rule: one repository used with different tags. Every use gets a finding that
-/// lists all of them, so each file is annotated.
+/// The cross-file rule: one repository used with different tags. The tag most uses have is the
+/// norm; each use with another tag gets one finding that names the norm and where it is used,
+/// so the output grows with the uses that differ, not with the square of all uses.
 fn check_drift(files: &[Parsed]) -> Vec<Finding> {
-    let mut uses: BTreeMap<String, Vec<(&Utf8Path, usize, &ImageRef)>> = BTreeMap::new();
+    // (file, line, repository as written, tag) by repository.
+    let mut uses: BTreeMap<String, Vec<(&Utf8Path, usize, &str, &str)>> = BTreeMap::new();
     for file in files {
         for base in &file.bases {
-            if let Base::Image(image) = &base.base {
-                uses.entry(normalized_repository(&image.repository))
-                    .or_default()
-                    .push((&file.path, base.line, image));
-            }
+            let Base::Image(image) = &base.base else {
+                continue;
+            };
+            // No tag means `latest`, unless a digest alone names the image: that has no tag.
+            let tag = match (&image.tag, &image.digest) {
+                (Some(tag), _) => tag.as_str(),
+                (None, None) => "latest",
+                (None, Some(_)) => continue,
+            };
+            uses.entry(normalized_repository(&image.repository))
+                .or_default()
+                .push((&file.path, base.line, &image.repository, tag));
         }
     }
     let mut findings = Vec::new();
     for uses in uses.values() {
-        let version = |image: &ImageRef| {
-            image
-                .tag
-                .clone()
-                .or_else(|| image.digest.clone())
-                .unwrap_or_else(|| "latest".to_string())
-        };
-        let versions: BTreeSet<String> = uses.iter().map(|(_, _, image)| version(image)).collect();
-        if versions.len() < 2 {
-            continue;
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (.., tag) in uses {
+            *counts.entry(tag).or_default() += 1;
         }
-        let listing = uses
+        // The most used tag; between tags used as often, the newest-looking.
+        let Some((norm, norm_count)) = counts
             .iter()
-            .map(|(path, line, image)| format!("`{}` in {path}:{line}", version(image)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        for (path, line, image) in uses {
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| version_order(a.0, b.0)))
+        else {
+            continue;
+        };
+        let Some((first_path, first_line, ..)) = uses.iter().find(|u| u.3 == *norm) else {
+            continue;
+        };
+        for (path, line, repository, tag) in uses.iter().filter(|u| u.3 != *norm) {
             let fix = format!(
-                "`{}` is used with {} different tags: {listing}; move every file to the same current tag",
-                image.repository,
-                versions.len()
+                "`{repository}` has tag `{tag}` here and `{norm}` in {norm_count} of its {} uses (first at {first_path}:{first_line}); move this file to `{norm}`, or every file to one current tag",
+                uses.len()
             );
             findings.push(BASE_IMAGE_DRIFT.finding(path, *line, fix));
         }
     }
     findings
+}
+
+/// Orders tags by the numbers in them, so that `1.10` comes after `1.9`, then as text.
+fn version_order(a: &str, b: &str) -> Ordering {
+    let numbers = |tag: &str| -> Vec<u64> {
+        tag.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    };
+    numbers(a).cmp(&numbers(b)).then_with(|| a.cmp(b))
 }
 
 /// `docker.io/library/alpine` and `alpine` are the same repository.
@@ -854,6 +871,8 @@ fn expand(s: &str, vars: &HashMap<String, Value>) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     /// The single-file rules for one Dockerfile's text; `path` is only used in the findings.
@@ -1364,7 +1383,7 @@ FROM alpine:3.20@sha256:bb AS later
     }
 
     #[test]
-    fn base_image_drift_across_files_lists_each_file_and_tag() {
+    fn base_image_drift_names_the_usual_tag_at_each_use_that_differs() {
         let files = [
             analyze(
                 "docker/gateway-ubi9.Dockerfile".into(),
@@ -1379,29 +1398,52 @@ FROM alpine:3.20@sha256:bb AS later
                 "FROM registry.access.redhat.com/ubi9/ubi-minimal:9.6\n",
             ),
         ];
-        let findings = check_drift(&files);
-        let expected = "`registry.access.redhat.com/ubi9/go-toolset` is used with 2 different tags: \
-`1.24` in docker/gateway-ubi9.Dockerfile:2, `1.25` in docker/datastorage-ubi9.Dockerfile:3; \
-move every file to the same current tag (services on different base versions behave differently and share no cached layers)";
+        // One use each: the newer tag is the one to move to.
         assert_eq!(
-            findings,
-            [
-                Finding {
-                    path: "docker/gateway-ubi9.Dockerfile".into(),
-                    line: 2,
-                    severity: Severity::Warning,
-                    rule: "base-image-drift",
-                    message: expected.to_string(),
-                },
-                Finding {
-                    path: "docker/datastorage-ubi9.Dockerfile".into(),
-                    line: 3,
-                    severity: Severity::Warning,
-                    rule: "base-image-drift",
-                    message: expected.to_string(),
-                },
-            ]
+            check_drift(&files),
+            [Finding {
+                path: "docker/gateway-ubi9.Dockerfile".into(),
+                line: 2,
+                severity: Severity::Warning,
+                rule: "base-image-drift",
+                message: "`registry.access.redhat.com/ubi9/go-toolset` has tag `1.24` here and `1.25` in 1 of its 2 uses \
+(first at docker/datastorage-ubi9.Dockerfile:3); move this file to `1.25`, or every file to one current tag \
+(services on different base versions behave differently and share no cached layers)"
+                    .to_string(),
+            }]
         );
+        assert_eq!(version_order("1.10", "1.9"), Ordering::Greater);
+        assert_eq!(version_order("latest", "3"), Ordering::Less);
+    }
+
+    #[test]
+    fn drift_output_grows_with_the_files_that_differ_only() {
+        // 12 files on one tag, 1 on another: one finding, of one line's length.
+        let files: Vec<Parsed> = (0..13)
+            .map(|i| {
+                let tag = if i == 7 { "1.24" } else { "1.25" };
+                let text = format!("FROM registry.access.redhat.com/ubi9/go-toolset:{tag}\n");
+                analyze(format!("docker/svc{i}.Dockerfile").as_str().into(), &text)
+            })
+            .collect();
+        let findings = check_drift(&files);
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].path, "docker/svc7.Dockerfile");
+        assert!(
+            findings[0]
+                .message
+                .contains("`1.25` in 12 of its 13 uses (first at docker/svc0.Dockerfile:1)"),
+            "{}",
+            findings[0].message
+        );
+        assert!(findings[0].to_string().len() < 400, "{}", findings[0]);
+        // Untagged is `latest`, and a digest alone is no tag: not two different tags.
+        let latest = [
+            analyze("a".into(), "FROM ubuntu:latest\n"),
+            analyze("b".into(), "FROM ubuntu\n"),
+            analyze("c".into(), "FROM ubuntu@sha256:aa\n"),
+        ];
+        assert_eq!(check_drift(&latest), []);
     }
 
     #[test]
@@ -1416,16 +1458,16 @@ move every file to the same current tag (services on different base versions beh
             analyze("b".into(), "FROM alpine\n"),
         ];
         let findings = check_drift(&spelled);
-        assert_eq!(findings.len(), 2);
-        assert!(findings[0]
-            .message
-            .contains("`3.19` in a:1, `latest` in b:1"));
+        assert_eq!(findings.len(), 1);
+        assert!(findings[0].message.starts_with(
+            "`alpine` has tag `latest` here and `3.19` in 1 of its 2 uses (first at a:1)"
+        ));
         // Within one file too.
         let one = [analyze(
             "a".into(),
             "FROM golang:1.24 AS a\nFROM golang:1.25\n",
         )];
-        assert_eq!(check_drift(&one).len(), 2);
+        assert_eq!(check_drift(&one).len(), 1);
     }
 
     /// One of the project's own Dockerfiles, read from docker/ rather than copied here, so the
@@ -1695,7 +1737,6 @@ move every file to the same current tag (services on different base versions beh
             [
                 (a.as_str(), 1, "base-image-drift"),
                 (a.as_str(), 2, "distro-upgrade"),
-                (b.as_str(), 1, "base-image-drift"),
             ]
         );
         let missing = dir.0.join("nope.Dockerfile");
