@@ -107,6 +107,11 @@ const UNREADABLE: Rule = Rule {
     severity: Severity::Warning,
     reason: "what cannot be read is not checked",
 };
+const NO_FROM: Rule = Rule {
+    id: "no-from",
+    severity: Severity::Info,
+    reason: "a Dockerfile without FROM builds nothing",
+};
 const UNRESOLVED_BASE: Rule = Rule {
     id: "unresolved-base",
     severity: Severity::Warning,
@@ -249,11 +254,24 @@ pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result
     let root = project::root();
     let mut parsed = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!("reading {path}: check the path, or run `cargo xtask lint-dockerfiles` without paths to check docker/")
-        })?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading {path}: check the path and its permissions"))?;
         let shown = path.strip_prefix(&root).unwrap_or(path);
-        parsed.push(analyze(shown, &text));
+        parsed.push(match String::from_utf8(bytes) {
+            Ok(text) => analyze(shown, &text),
+            // One such file must not stop the others from being checked.
+            Err(e) => {
+                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+                let fix = "not UTF-8 text from this line on, so the file is not checked: save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`)".to_string();
+                Parsed {
+                    path: shown.to_path_buf(),
+                    bases: Vec::new(),
+                    upgrades: Vec::new(),
+                    read_findings: vec![UNREADABLE.finding(shown, line, fix)],
+                }
+            }
+        });
     }
     let mut findings: Vec<Finding> = parsed
         .iter()
@@ -318,8 +336,8 @@ struct Parsed {
     path: Utf8PathBuf,
     bases: Vec<BaseImage>,
     upgrades: Vec<Upgrade>,
-    /// Where reading stopped, and why: nothing after it was checked.
-    unreadable: Option<(usize, String)>,
+    /// Found while reading: where it stopped, or that there is nothing to check.
+    read_findings: Vec<Finding>,
 }
 
 #[derive(Debug)]
@@ -411,10 +429,7 @@ fn check_file(file: &Parsed, require_digest: bool) -> Vec<Finding> {
             }
         }
     }
-    if let Some((line, why)) = &file.unreadable {
-        let fix = format!("cannot read past here: {why}; fix the syntax so BuildKit accepts it (`docker build --check` shows its errors), then the rest of the file is checked");
-        findings.push(UNREADABLE.finding(&file.path, *line, fix));
-    }
+    findings.extend(file.read_findings.iter().cloned());
     findings
 }
 
@@ -594,7 +609,7 @@ fn read_pass(
         path: path.to_path_buf(),
         bases: Vec::new(),
         upgrades: Vec::new(),
-        unreadable: None,
+        read_findings: Vec::new(),
     };
     let items = match parse_dockerfile::parse_iter(text) {
         Ok(iter) => iter.collect(),
@@ -607,9 +622,18 @@ fn read_pass(
     for item in &items {
         let instruction = match item {
             Ok(instruction) => instruction,
+            // The crate's only error without a line is a file without FROM.
+            Err(e) if e.line() == 0 && !seen_from => {
+                let fix = "no FROM instruction: add one, e.g. `FROM <image>:<version>`, or remove the file if it is not a Dockerfile".to_string();
+                parsed.read_findings.push(NO_FROM.finding(path, 1, fix));
+                break;
+            }
             // The crate stops at its first error: report it, keep what it read before.
             Err(e) => {
-                parsed.unreadable = Some((e.line().max(1), format!("{e:#}")));
+                let fix = format!("cannot read past here: {e:#}; fix the syntax so BuildKit accepts it (`docker build --check` shows its errors), then the rest of the file is checked");
+                parsed
+                    .read_findings
+                    .push(UNREADABLE.finding(path, e.line().max(1), fix));
                 break;
             }
         };
@@ -926,6 +950,7 @@ mod tests {
             &BASE_IMAGE_DRIFT,
             &UNPINNED_TAG,
             &NO_DIGEST,
+            &NO_FROM,
             &UNREADABLE,
             &UNRESOLVED_BASE,
         ];
@@ -1745,6 +1770,47 @@ FROM alpine:3.20@sha256:bb AS later
             format!("{err:#}").starts_with(&format!("reading {missing}: check the path")),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_a_warning_and_the_others_are_checked() {
+        let dir = TempDir::new("not-utf8");
+        let latin1 = dir.0.join("latin1.Dockerfile");
+        std::fs::write(&latin1, b"FROM alpine:3.20\n# caf\xe9\nRUN apk upgrade\n").unwrap();
+        let other = dir.write("other.Dockerfile", "FROM alpine:3.20\nRUN apk upgrade\n");
+        let findings = lint_files(&[latin1.clone(), other.clone()], false).unwrap();
+        assert_eq!(
+            findings
+                .iter()
+                .map(|f| (f.path.as_str(), f.line, f.rule, f.severity))
+                .collect::<Vec<_>>(),
+            [
+                (latin1.as_str(), 2, "unreadable", Severity::Warning),
+                (other.as_str(), 1, "no-digest", Severity::Info),
+                (other.as_str(), 2, "distro-upgrade", Severity::Error),
+            ]
+        );
+        assert!(findings[0]
+            .message
+            .starts_with("not UTF-8 text from this line on"));
+    }
+
+    #[test]
+    fn a_file_without_from_gets_a_note() {
+        for text in ["", "\n# only a comment\n", "ARG X=1\n"] {
+            let findings = lint(text);
+            assert_eq!(
+                findings
+                    .iter()
+                    .map(|f| (f.line, f.rule, f.severity))
+                    .collect::<Vec<_>>(),
+                [(1, "no-from", Severity::Info)],
+                "{text:?}"
+            );
+            assert!(findings[0]
+                .message
+                .starts_with("no FROM instruction: add one"));
+        }
     }
 
     #[test]
