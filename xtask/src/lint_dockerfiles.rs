@@ -849,33 +849,21 @@ fn expand(s: &str, vars: &HashMap<String, Value>) -> Value {
                     inner.push(c);
                 }
                 let name_len = inner.find(|c| !is_name(c)).unwrap_or(inner.len());
-                let (name, op) = inner.split_at(name_len);
+                let (name, rest) = inner.split_at(name_len);
+                let (op, word) = [":-", ":+", "-", "+"]
+                    .into_iter()
+                    .find_map(|op| rest.strip_prefix(op).map(|word| (op, word)))
+                    .unwrap_or(("", rest));
                 let value = lookup(name);
+                let set = value.is_ok();
                 let set_and_not_empty = matches!(&value, Ok(v) if !v.is_empty());
-                let expanded = if let Some(word) = op.strip_prefix(":-") {
-                    if set_and_not_empty {
-                        value?
-                    } else {
-                        expand(word, vars)?
-                    }
-                } else if let Some(word) = op.strip_prefix(":+") {
-                    if set_and_not_empty {
-                        expand(word, vars)?
-                    } else {
-                        String::new()
-                    }
-                } else if let Some(word) = op.strip_prefix('-') {
-                    match value {
-                        Ok(v) => v,
-                        Err(_) => expand(word, vars)?,
-                    }
-                } else if let Some(word) = op.strip_prefix('+') {
-                    match value {
-                        Ok(_) => expand(word, vars)?,
-                        Err(_) => String::new(),
-                    }
-                } else {
-                    value?
+                let expanded = match op {
+                    ":-" if !set_and_not_empty => expand(word, vars)?,
+                    "-" if !set => expand(word, vars)?,
+                    ":+" if set_and_not_empty => expand(word, vars)?,
+                    "+" if set => expand(word, vars)?,
+                    ":+" | "+" => String::new(),
+                    _ => value?,
                 };
                 out.push_str(&expanded);
             }
@@ -1362,6 +1350,29 @@ FROM ${REGISTRY:+quay.io}/x:${TAG-1}
                 var: "TAG".into(),
                 declared: true
             }]
+        );
+    }
+
+    #[test]
+    fn expand_follows_the_shell_operators() {
+        let vars: HashMap<String, Value> = HashMap::from([
+            ("A".to_string(), Ok("a".to_string())),
+            ("EMPTY".to_string(), Ok(String::new())),
+            ("NO_DEFAULT".to_string(), Err("NO_DEFAULT".to_string())),
+        ]);
+        for (text, expanded) in [
+            ("x$A-${A}", "xa-a"),
+            ("${A:-w}${EMPTY:-w}${EMPTY-w}${NONE-w}", "aww"),
+            ("${A:+w}${EMPTY:+w}${EMPTY+w}${NONE+w}", "ww"),
+            ("${NO_DEFAULT:-${A}}", "a"),
+            ("\\$A $", "$A $"),
+        ] {
+            assert_eq!(expand(text, &vars), Ok(expanded.to_string()), "{text}");
+        }
+        assert_eq!(expand("$NONE", &vars), Err("NONE".to_string()));
+        assert_eq!(
+            expand("${NO_DEFAULT}", &vars),
+            Err("NO_DEFAULT".to_string())
         );
     }
 
