@@ -3,17 +3,19 @@
 //!
 //! The seed of this project was a Dockerfile that started from an outdated base image and then
 //! ran `dnf update -y`, upgrading 58 packages on every build. The rules below turn that lesson
-//! into a check. Files are read the way BuildKit reads them (parser directives, line
-//! continuations, comments, heredocs, global `ARG`s in `FROM`, stage names) and `RUN` commands
-//! are split the way a shell splits them, so that look-alikes such as `echo "dnf update"`,
-//! `dnf update openssl` or `apt-get update` do not fire.
+//! into a check. Files are read with the parse-dockerfile crate, the way BuildKit reads them
+//! (parser directives, line continuations, comments, heredocs, flags, exec form); global `ARG`s
+//! are expanded in `FROM` here, and `RUN` commands are split the way a shell splits them (in
+//! shell.rs), so that look-alikes such as `echo "dnf update"`, `dnf update openssl` or
+//! `apt-get update` do not fire.
 //!
 //! Decisions worth knowing:
 //! - an upgrade subcommand followed only by options is a whole-distribution upgrade, also with
 //!   filters such as `dnf -y update --security` or `--exclude kernel`: it still rebuilds an
 //!   unbounded set of packages on every build; naming a package (`dnf update openssl`) is fine;
 //! - the cross-file rule compares repositories after dropping `docker.io/` and `library/`, and
-//!   also fires for two tags of one repository inside a single file;
+//!   also fires for two tags of one repository inside a single file; it reports each use whose
+//!   tag differs from the one most uses have, not every use;
 //! - commands inside `$(...)` or backticks are not inspected.
 
 use std::{
