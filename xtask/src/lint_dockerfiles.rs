@@ -35,7 +35,7 @@ mod shell;
 
 use shell::{
     heredoc_body, is_shell, program_start, shebang_is_shell, simple_commands, upgrades_in_command,
-    upgrades_in_script, Found, Word,
+    upgrades_in_script, Found, Script, Word,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -707,30 +707,27 @@ fn run_upgrades(
         line: first_line + script[..found.offset].matches('\n').count(),
         command: found.command,
     };
-    let shell = match &run.arguments {
+    // The exec form is one simple command, its words as the crate decoded them.
+    let (args, command, script) = match &run.arguments {
         Command::Exec(argv) => {
-            let words: Vec<Word> = argv
-                .value
-                .iter()
-                .map(|arg| Word {
-                    text: arg.value.to_string(),
-                    offset: arg.span.start,
-                })
-                .collect();
-            let found = upgrades_in_command(&words).into_iter();
-            return Ok(found
-                .map(|f| Upgrade {
-                    line: lines.at(f.offset),
-                    command: f.command,
-                })
-                .collect());
+            let words = argv.value.iter().map(|arg| Word {
+                text: arg.value.to_string(),
+                offset: 0,
+            });
+            let script = Script {
+                commands: vec![words.collect()],
+                unread_heredocs: Vec::new(),
+            };
+            (&argv.span, String::new(), script)
         }
-        Command::Shell(shell) => shell,
+        Command::Shell(shell) => {
+            let command = shell_text(shell.value);
+            let script = simple_commands(&command);
+            (&shell.span, command, script)
+        }
         _ => return Ok(Vec::new()),
     };
-    let first_line = lines.at(shell.span.start);
-    let command = shell_text(shell.value);
-    let script = simple_commands(&command);
+    let first_line = lines.at(args.start);
     let mut heredocs: Vec<Body> = run
         .here_docs
         .iter()
@@ -744,7 +741,7 @@ fn run_upgrades(
             Some(ours) => heredocs.extend(ours.iter().cloned()),
             None => {
                 // After the RUN line, or after the delimiter of the heredoc the crate read.
-                let end = run.here_docs.last().map_or(shell.span.end, |h| h.span.end);
+                let end = run.here_docs.last().map_or(args.end, |h| h.span.end);
                 return Err(MissedHeredocs {
                     run: run.run.span.start,
                     start: text[end..].find('\n').map_or(text.len(), |i| end + i + 1),
