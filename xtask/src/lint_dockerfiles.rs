@@ -35,7 +35,7 @@ mod shell;
 
 use shell::{
     heredoc_body, is_shell, program_start, shebang_is_shell, simple_commands, upgrades_in_command,
-    upgrades_in_script, Found, Script, Word,
+    upgrades_in_script, Found, Heredoc, Script, Word,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -557,7 +557,7 @@ struct Body {
 struct MissedHeredocs {
     run: usize,
     start: usize,
-    delimiters: Vec<(String, bool)>,
+    heredocs: Vec<Heredoc>,
 }
 
 /// Reads the base images and the distribution upgrades of one file.
@@ -583,8 +583,8 @@ fn take_heredoc_bodies(text: &mut String, missed: &MissedHeredocs) -> Vec<Body> 
     let lines = Lines::new(text);
     let mut start = missed.start;
     let mut bodies = Vec::new();
-    for (delimiter, strip_tabs) in &missed.delimiters {
-        let (body, len) = heredoc_body(&text[start..], delimiter, *strip_tabs);
+    for heredoc in &missed.heredocs {
+        let (body, len) = heredoc_body(&text[start..], heredoc);
         bodies.push(Body {
             first_line: lines.at(start),
             text: body,
@@ -736,7 +736,14 @@ fn run_upgrades(
             text: heredoc.value.to_string(),
         })
         .collect();
-    if !script.unread_heredocs.is_empty() {
+    // BuildKit opens a heredoc only with one word, `<<EOF`; after `<< EOF` it reads the body as
+    // instructions, and so does the crate, which then says where that fails.
+    let unread: Vec<Heredoc> = script
+        .unread_heredocs
+        .into_iter()
+        .filter(|h| h.one_word)
+        .collect();
+    if !unread.is_empty() {
         match bodies.get(&run.run.span.start) {
             Some(ours) => heredocs.extend(ours.iter().cloned()),
             None => {
@@ -745,7 +752,7 @@ fn run_upgrades(
                 return Err(MissedHeredocs {
                     run: run.run.span.start,
                     start: text[end..].find('\n').map_or(text.len(), |i| end + i + 1),
-                    delimiters: script.unread_heredocs,
+                    heredocs: unread,
                 });
             }
         }
@@ -1180,6 +1187,10 @@ RUN dnf clean all
         assert_eq!(rules(text), [(7, "distro-upgrade")]);
         let text = "FROM a:1@sha256:abc\nRUN <<A <<B\nset -e\nA\napk upgrade\nB\n";
         assert_eq!(rules(text), [(5, "distro-upgrade")]);
+
+        // `<< EOF` is no heredoc to BuildKit: the body is read as instructions, and fails.
+        let text = "FROM a:1@sha256:abc\nRUN cat << EOF > /x\ndnf update -y\nEOF\n";
+        assert_eq!(rules(text), [(3, "unreadable")]);
 
         // Two heredocs, each body read in turn; what follows is parsed as instructions again.
         let text = "\

@@ -49,9 +49,18 @@ pub(super) fn upgrades_in_command(words: &[Word]) -> Vec<Found> {
 /// A script read as a shell reads it.
 pub(super) struct Script {
     pub(super) commands: Vec<Vec<Word>>,
-    /// Heredocs opened on the script's last line, whose bodies are not in the script:
-    /// (delimiter, whether leading tabs are stripped).
-    pub(super) unread_heredocs: Vec<(String, bool)>,
+    /// Heredocs opened on the script's last line, whose bodies are not in the script.
+    pub(super) unread_heredocs: Vec<Heredoc>,
+}
+
+/// A heredoc opened in a script: `<<EOF`, `<<-'EOF'`, `<< EOF`.
+#[derive(Debug, PartialEq)]
+pub(super) struct Heredoc {
+    pub(super) delimiter: String,
+    /// `<<-`: leading tabs are stripped from the body and the delimiter line.
+    pub(super) strip_tabs: bool,
+    /// `<<EOF`, not `<< EOF`: only such a word opens a heredoc in a Dockerfile line.
+    pub(super) one_word: bool,
 }
 
 /// Splits a script into simple commands at `&&`, `||`, `;`, `|`, `&`, parentheses and newlines.
@@ -61,13 +70,13 @@ pub(super) fn simple_commands(script: &str) -> Script {
     enum Next {
         Argument,
         RedirectTarget,
-        HeredocDelimiter { strip_tabs: bool },
+        HeredocDelimiter { strip_tabs: bool, after: usize },
     }
     let chars: Vec<(usize, char)> = script.char_indices().collect();
     let get = |j: usize| chars.get(j).map(|&(_, c)| c);
     let mut commands = Vec::new();
     let mut current = Vec::new();
-    let mut heredocs: Vec<(String, bool)> = Vec::new();
+    let mut heredocs: Vec<Heredoc> = Vec::new();
     let mut next = Next::Argument;
     let mut j = 0;
     while j < chars.len() {
@@ -83,9 +92,9 @@ pub(super) fn simple_commands(script: &str) -> Script {
                 commands.push(std::mem::take(&mut current));
                 j += 1;
                 // A heredoc body starts on the next line and runs to its delimiter: data.
-                for (delimiter, strip_tabs) in heredocs.drain(..) {
+                for heredoc in heredocs.drain(..) {
                     let start = chars.get(j).map_or(script.len(), |&(offset, _)| offset);
-                    let (_, len) = heredoc_body(&script[start..], &delimiter, strip_tabs);
+                    let (_, len) = heredoc_body(&script[start..], &heredoc);
                     j = chars.partition_point(|&(offset, _)| offset < start + len);
                 }
             }
@@ -113,7 +122,10 @@ pub(super) fn simple_commands(script: &str) -> Script {
                         if strip_tabs {
                             j += 1;
                         }
-                        next = Next::HeredocDelimiter { strip_tabs };
+                        next = Next::HeredocDelimiter {
+                            strip_tabs,
+                            after: j,
+                        };
                     }
                 } else {
                     // `>>`, `>&`, `>|`, `<&`, `<>`
@@ -124,6 +136,7 @@ pub(super) fn simple_commands(script: &str) -> Script {
                 }
             }
             _ => {
+                let start = j;
                 let (word, end, quoted) = read_word(&chars, j);
                 j = end;
                 // `2>&1`, `2>/dev/null`: a file descriptor glued to a redirection.
@@ -136,7 +149,11 @@ pub(super) fn simple_commands(script: &str) -> Script {
                 match next {
                     Next::Argument => current.push(word),
                     Next::RedirectTarget => {}
-                    Next::HeredocDelimiter { strip_tabs } => heredocs.push((word.text, strip_tabs)),
+                    Next::HeredocDelimiter { strip_tabs, after } => heredocs.push(Heredoc {
+                        delimiter: word.text,
+                        strip_tabs,
+                        one_word: start == after,
+                    }),
                 }
                 next = Next::Argument;
             }
@@ -152,18 +169,18 @@ pub(super) fn simple_commands(script: &str) -> Script {
 
 /// The body of the heredoc that starts `text`, and the bytes it takes with its delimiter line.
 /// Without a delimiter line the body runs to the end, as in a shell.
-pub(super) fn heredoc_body(text: &str, delimiter: &str, strip_tabs: bool) -> (String, usize) {
+pub(super) fn heredoc_body(text: &str, heredoc: &Heredoc) -> (String, usize) {
     let mut body = String::new();
     let mut len = 0;
     for line in text.split_inclusive('\n') {
         len += line.len();
         let line = line.trim_end_matches(['\n', '\r']);
-        let line = if strip_tabs {
+        let line = if heredoc.strip_tabs {
             line.trim_start_matches('\t')
         } else {
             line
         };
-        if line == delimiter {
+        if line == heredoc.delimiter {
             break;
         }
         body.push_str(line);
@@ -479,8 +496,24 @@ mod tests {
         assert_eq!(commands[1][0].offset, 4);
         // Heredocs opened on the last line are left to the caller, whose text has the bodies.
         assert_eq!(
-            simple_commands("cat <<A >x <<-'B'").unread_heredocs,
-            [("A".to_string(), false), ("B".to_string(), true)]
+            simple_commands("cat <<A >x <<-'B' << C").unread_heredocs,
+            [
+                Heredoc {
+                    delimiter: "A".to_string(),
+                    strip_tabs: false,
+                    one_word: true
+                },
+                Heredoc {
+                    delimiter: "B".to_string(),
+                    strip_tabs: true,
+                    one_word: true
+                },
+                Heredoc {
+                    delimiter: "C".to_string(),
+                    strip_tabs: false,
+                    one_word: false
+                },
+            ]
         );
     }
 }
