@@ -1181,16 +1181,25 @@ RUN dnf clean all
             assert_eq!(rules(text), [], "{text}");
         }
 
-        // Heredocs the parser leaves unread (not first in the command, or a second one) are
-        // read here, and the instructions after them are read again.
-        let text = "FROM a:1@sha256:abc\nRUN cat <<A >/a && cat <<-B >/b\ndnf update -y\nA\n\tyum update\n\tB\nRUN apk upgrade\n";
-        assert_eq!(rules(text), [(7, "distro-upgrade")]);
-        let text = "FROM a:1@sha256:abc\nRUN <<A <<B\nset -e\nA\napk upgrade\nB\n";
-        assert_eq!(rules(text), [(5, "distro-upgrade")]);
-
-        // `<< EOF` is no heredoc to BuildKit: the body is read as instructions, and fails.
-        let text = "FROM a:1@sha256:abc\nRUN cat << EOF > /x\ndnf update -y\nEOF\n";
-        assert_eq!(rules(text), [(3, "unreadable")]);
+        for (run, found) in [
+            // Heredocs the parser leaves unread (not first in the command, or a second one)
+            // are read here, and the instructions after them are read again.
+            (
+                "RUN cat <<A >/a && cat <<-B >/b\ndnf update -y\nA\n\tyum update\n\tB\nRUN apk upgrade\n",
+                (7, "distro-upgrade"),
+            ),
+            (
+                "RUN <<A <<B\nset -e\nA\napk upgrade\nB\n",
+                (5, "distro-upgrade"),
+            ),
+            // `<< EOF` is no heredoc to BuildKit: the body is read as instructions, and fails.
+            (
+                "RUN cat << EOF > /x\ndnf update -y\nEOF\n",
+                (3, "unreadable"),
+            ),
+        ] {
+            assert_eq!(run_rules(run), [found], "{run}");
+        }
 
         // Two heredocs, each body read in turn; what follows is parsed as instructions again.
         let text = "\
