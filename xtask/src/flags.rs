@@ -108,7 +108,9 @@ cargo xtask lint-dockerfiles: catch the slow-build mistakes in Dockerfiles
 USAGE:
     cargo xtask lint-dockerfiles [FLAGS] [PATH...]
 
-Without PATH: every Dockerfile, *.Dockerfile and Containerfile under docker/ and the root.
+A PATH that is a directory stands for every Dockerfile, Dockerfile.*, *.Dockerfile,
+Containerfile and *.Containerfile under it (.git and target skipped); a file is linted
+whatever its name. Without PATH: those directly in the root and anywhere under docker/.
 
 FLAGS:
     --require-digest           a base image not pinned by digest is an error (default: info)
