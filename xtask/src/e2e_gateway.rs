@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use camino::Utf8PathBuf;
+use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
 use crate::{
@@ -165,24 +165,37 @@ fn cluster_phases(
     check_interrupted()?;
     summary.phase(Phase::Deploy, || deploy(sh, run, cluster, images))?;
     check_interrupted()?;
-    let counts = summary.phase(Phase::Test, || {
-        gotest::run(
+    let mut report = None;
+    let result = summary.phase(Phase::Test, || {
+        let tests = gotest::run(
             sh,
             &run.settings.services,
             &run.flags.go_test_args,
             &run.logs_dir,
-        )
-    })?;
-    summary.tests = Some(counts);
-    println!("{}", counts.line());
-    if counts.failed > 0 {
+        )?;
+        println!("{}", tests.line());
+        let judged = judge(&tests, &run.logs_dir);
+        report = Some(tests);
+        judged
+    });
+    summary.tests = report;
+    result
+}
+
+/// A test phase succeeds only when tests ran and none failed.
+fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> {
+    if tests.interrupted {
+        bail!("interrupted by a signal (Ctrl-C or SIGTERM)");
+    }
+    if tests.failed > 0 {
         bail!(
-            "{} E2E test(s) failed: see the output above and {}",
-            counts.failed,
-            run.logs_dir.join("go-test.log")
+            "{} E2E test(s) failed ({}): see the output above and {}",
+            tests.failed,
+            tests.failed_names.join(", "),
+            logs_dir.join("go-test.log")
         );
     }
-    if counts.passed == 0 {
+    if tests.passed == 0 {
         bail!("no E2E test ran: check the `go test` arguments after `--`");
     }
     Ok(())

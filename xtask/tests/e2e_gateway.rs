@@ -49,7 +49,7 @@ fn kind_pipeline_runs_in_strict_order() {
     let apply = containing(" apply -f ");
     let datastorage = containing("rollout status deployment/datastorage");
     let gateway = containing("rollout status deployment/gateway");
-    let test = first("go test -tags e2e -count=1 -v ./test/e2e/gateway/...");
+    let test = first("go tool -modfile=tools/go.mod gotestsum ");
     let scale = containing(" scale ");
     let delete = first("kind delete cluster");
     let order = [
@@ -70,7 +70,7 @@ fn kind_pipeline_runs_in_strict_order() {
     let (_, env) = sandbox
         .calls_with_env()
         .into_iter()
-        .find(|(c, _)| c.starts_with("go test"))
+        .find(|(c, _)| c.contains(" gotestsum "))
         .unwrap();
     assert!(env.contains("GATEWAY_URL=http://127.0.0.1:"), "{env}");
     assert!(env.contains("DATASTORAGE_URL=http://127.0.0.1:"), "{env}");
@@ -467,7 +467,9 @@ fn other_create_errors_are_not_retried() {
 fn ctrl_c_during_tests_still_deletes_the_cluster() {
     let mut sandbox = kind_sandbox("kind-ctrl-c");
     sandbox.env("FAKE_TEST_SLEEP", "30");
-    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| call.starts_with("go test"));
+    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| {
+        call.contains(" gotestsum ")
+    });
     assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
     assert!(
         interrupted.took < Duration::from_secs(10),
@@ -478,7 +480,10 @@ fn ctrl_c_during_tests_still_deletes_the_cluster() {
         "{}",
         interrupted.stderr
     );
-    assert!(sandbox.position("kind delete cluster") > sandbox.position("go test"));
+    assert!(
+        sandbox.position("kind delete cluster")
+            > sandbox.position("go tool -modfile=tools/go.mod gotestsum")
+    );
     assert!(!sandbox.state.join("cluster").exists());
 }
 
@@ -531,7 +536,7 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     let stop = sandbox.position(
         "podman pod stop --time 30 gateway-e2e-datastorage-pod-0 gateway-e2e-gateway-pod-0",
     );
-    assert!(stop > sandbox.position("go test"));
+    assert!(stop > sandbox.position("go tool -modfile=tools/go.mod gotestsum"));
     assert!(sandbox.last_position("podman kube down") > stop);
     let rendered =
         std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
@@ -575,10 +580,8 @@ fn go_test_arguments_after_double_dash_are_passed_through() {
         "TestDedup",
     ]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(sandbox
-        .calls()
-        .iter()
-        .any(|c| c == "go test -tags e2e -count=1 -v ./test/e2e/gateway/... -run TestDedup"));
+    assert!(sandbox.calls().iter().any(|c| c.contains(" gotestsum ")
+        && c.ends_with(" -- -tags e2e -count=1 ./test/e2e/gateway/... -run TestDedup")));
 }
 
 #[test]
@@ -705,7 +708,9 @@ fn a_failed_teardown_after_ctrl_c_keeps_its_own_error() {
     sandbox
         .env("FAKE_TEST_SLEEP", "30")
         .env("FAKE_FAIL", "^kind delete");
-    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| call.starts_with("go test"));
+    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| {
+        call.contains(" gotestsum ")
+    });
     assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
     let stderr = &interrupted.stderr;
     assert!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use camino::Utf8PathBuf;
 
-use super::gotest::TestCounts;
+use super::gotest::TestReport;
 use crate::{
     cmd,
     covdata_report::Coverage,
@@ -60,7 +60,7 @@ pub struct Summary {
     pub backend: &'static str,
     pub phases: Vec<(Phase, Duration)>,
     pub idle_gap: Option<Duration>,
-    pub tests: Option<TestCounts>,
+    pub tests: Option<TestReport>,
     pub coverage: Option<Coverage>,
     pub logs: Option<Utf8PathBuf>,
     pub error: Option<String>,
@@ -100,7 +100,10 @@ impl Summary {
         let mut line =
             |label: &str, value: String| out.push_str(&format!("  {label:<24} {value}\n"));
         line("run", format!("{} ({} backend)", self.id, self.backend));
-        for (phase, took) in &self.phases {
+        // Diagnostics may run after coverage failed; the table reads in phase order.
+        let mut phases = self.phases.clone();
+        phases.sort_by_key(|(phase, _)| *phase);
+        for (phase, took) in &phases {
             line(
                 &format!("{}. {}", phase.number(), phase.name()),
                 ui::seconds(*took),
@@ -112,8 +115,16 @@ impl Summary {
                 format!("{} ms (cluster ready to first load)", gap.as_millis()),
             );
         }
-        match self.tests {
-            Some(t) => line("tests", t.line()),
+        match &self.tests {
+            Some(t) => {
+                line("tests", t.line());
+                if !t.failed_names.is_empty() {
+                    line("failed tests", t.failed_names.join(", "));
+                }
+                if let Some(junit) = &t.junit {
+                    line("junit", junit.to_string());
+                }
+            }
             None => line("tests", "not run".to_string()),
         }
         if let Some(coverage) = &self.coverage {
@@ -173,12 +184,17 @@ mod tests {
             phases: vec![
                 (Phase::Preflight, Duration::from_millis(300)),
                 (Phase::Test, Duration::from_millis(1500)),
+                (Phase::Coverage, Duration::from_millis(2000)),
+                (Phase::Diagnostics, Duration::from_millis(100)),
             ],
             idle_gap: Some(Duration::from_millis(40)),
-            tests: Some(TestCounts {
+            tests: Some(TestReport {
                 passed: 12,
                 failed: 1,
                 skipped: 0,
+                failed_names: vec!["TestDedup/same_fingerprint".into()],
+                interrupted: false,
+                junit: Some("/repo/target/xtask/logs/x/junit.xml".into()),
             }),
             coverage: Some(Coverage {
                 services: vec![("datastorage".into(), 69.5), ("gateway".into(), 74.04)],
@@ -195,18 +211,22 @@ mod tests {
         assert!(text.lines().all(|l| l.starts_with("  ")), "{text}");
         let unindented: String = text.lines().map(|l| format!("{}\n", &l[2..])).collect();
         expect_test::expect![[r#"
-              run                      2026-11-26T05-45-00Z (kind backend)
-              1. preflight             0.3s
-              6. test                  1.5s
-              idle gap                 40 ms (cluster ready to first load)
-              tests                    12 passed, 1 failed, 0 skipped
-              coverage datastorage     69.5%
-              coverage gateway         74.0%
-              coverage total           74.6%
-              coverage profile         /repo/target/coverage/e2e.out
-              logs                     /repo/target/xtask/logs/x
-              result                   failed (exit 1): phase 6 (test) failed: 1 E2E test(s) failed
-              cause                    `go test` exited with 1: FAIL
+            run                      2026-11-26T05-45-00Z (kind backend)
+            1. preflight             0.3s
+            6. test                  1.5s
+            7. diagnostics           0.1s
+            8. coverage              2.0s
+            idle gap                 40 ms (cluster ready to first load)
+            tests                    12 passed, 1 failed, 0 skipped
+            failed tests             TestDedup/same_fingerprint
+            junit                    /repo/target/xtask/logs/x/junit.xml
+            coverage datastorage     69.5%
+            coverage gateway         74.0%
+            coverage total           74.6%
+            coverage profile         /repo/target/coverage/e2e.out
+            logs                     /repo/target/xtask/logs/x
+            result                   failed (exit 1): phase 6 (test) failed: 1 E2E test(s) failed
+            cause                    `go test` exited with 1: FAIL
         "#]]
         .assert_eq(&unindented);
     }

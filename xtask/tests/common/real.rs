@@ -38,7 +38,7 @@ impl Scratch {
                 std::fs::copy(repo.join(file), root.join(file)).unwrap();
             }
         }
-        for dir in ["cmd", "internal", "docker", "test"] {
+        for dir in ["cmd", "internal", "docker", "test", "tools"] {
             copy_dir(&repo.join(dir), &root.join(dir));
         }
         // Makes this run's image tags unique (the Dockerfiles are hashed) without changing what
