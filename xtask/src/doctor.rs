@@ -494,7 +494,10 @@ pub fn check_port(service: Service) -> Check {
         (Some(Some((pid, comm))), _) => Check::fail(
             name,
             format!("in use by {comm} (pid {pid})"),
-            format!("stop {comm} (pid {pid}), e.g. `kill {pid}`, or free port {port}{or_move}"),
+            format!(
+                "{}, or free port {port}{or_move}",
+                stop_holder(&comm, pid, port)
+            ),
         ),
         (Some(None), _) => Check::fail(
             name,
@@ -507,6 +510,19 @@ pub fn check_port(service: Service) -> Check {
             format!("free port {port}{or_move}: {PORT_PROBE_HINT}"),
         ),
         (None, Ok(_)) => Check::ok(name, "free"),
+    }
+}
+
+/// How to stop what holds a port. A container's port is held by podman's helpers (conmon,
+/// rootlessport, ...): killing those leaves the pod behind, so name the podman command.
+fn stop_holder(comm: &str, pid: u32, port: u16) -> String {
+    const PODMAN_HELPERS: [&str; 5] = ["conmon", "rootlessport", "slirp4netns", "pasta", "podman"];
+    if PODMAN_HELPERS.contains(&comm) {
+        format!(
+            "a podman container publishes it: `podman ps --all --filter publish={port} --format '{{{{.PodName}}}}'` names its pod; remove it with `podman pod rm --force <pod>`"
+        )
+    } else {
+        format!("stop {comm} (pid {pid}), e.g. `kill {pid}`")
     }
 }
 
@@ -832,6 +848,23 @@ mod tests {
         checks.push(Check::fail("kind", "not found on PATH", "install kind"));
         let err = fail_on(&checks).unwrap_err().to_string();
         assert!(err.starts_with("preflight failed (kind): "), "{err}");
+    }
+
+    #[test]
+    fn a_port_held_by_a_pod_is_freed_with_podman_not_kill() {
+        let pod = stop_holder("conmon", 42, 18080);
+        assert!(
+            pod.contains("podman ps --all --filter publish=18080 --format '{{.PodName}}'"),
+            "{pod}"
+        );
+        assert!(
+            pod.contains("podman pod rm --force <pod>") && !pod.contains("kill"),
+            "{pod}"
+        );
+        assert_eq!(
+            stop_holder("nc", 42, 18080),
+            "stop nc (pid 42), e.g. `kill 42`"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
@@ -31,6 +31,8 @@ mod summary;
 use summary::{Phase, Summary};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Run folders kept in target/xtask/logs/, this run's included.
+const LOGS_KEPT: usize = 20;
 
 /// Everything the phases share, decided once at the start.
 struct Run {
@@ -50,9 +52,16 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         node_image: flags.node_image.clone(),
     })?;
     cmd::set_leftover(cluster.remove_command());
-    let id = project::utc_timestamp(SystemTime::now());
+    // Sortable by time, and apart from a run of another cluster name in the same second.
+    let id = format!(
+        "{}-{}",
+        project::utc_timestamp(SystemTime::now()),
+        flags.cluster_name
+    );
+    let logs = project::xtask_dir(&root).join("logs");
+    prune_logs(&logs, LOGS_KEPT - 1);
     let run = Run {
-        logs_dir: project::xtask_dir(&root).join("logs").join(&id),
+        logs_dir: logs.join(&id),
         settings: cluster.settings().clone(),
         flags: flags.clone(),
     };
@@ -111,6 +120,25 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     teardown.map_err(with_fix)
 }
 
+/// Removes all but the newest `keep` run folders (their names start with the time). Best
+/// effort: a folder that cannot be removed is left, with a warning.
+fn prune_logs(logs: &Utf8Path, keep: usize) {
+    let Ok(entries) = logs.read_dir_utf8() else {
+        return;
+    };
+    let mut runs: Vec<Utf8PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.into_path())
+        .collect();
+    runs.sort();
+    for old in &runs[..runs.len().saturating_sub(keep)] {
+        if let Err(err) = std::fs::remove_dir_all(old) {
+            eprintln!("warning: removing the old run logs {old} failed: {err}; remove it by hand");
+        }
+    }
+}
+
 /// Phases 1 to 8. Returns Err on any failure, including failed tests.
 fn pipeline(
     sh: &Shell,
@@ -126,11 +154,10 @@ fn pipeline(
     let result = cluster_phases(sh, run, cluster, summary, &images);
     let interrupted = cmd::interrupted();
     // Diagnostics come before anything is scaled down or deleted.
-    let diagnose = |summary: &mut Summary, cluster: &dyn Cluster| match summary
-        .phase(Phase::Diagnostics, || diagnostics(sh, run, cluster))
-    {
-        Ok(()) => summary.logs = Some(run.logs_dir.clone()),
-        Err(err) => eprintln!("warning: {err:#}"),
+    let diagnose = |summary: &mut Summary, cluster: &dyn Cluster| {
+        if let Err(err) = summary.phase(Phase::Diagnostics, || diagnostics(sh, run, cluster)) {
+            eprintln!("warning: {err:#}");
+        }
     };
     let diagnosed = result.is_err() && cluster.exists() && !interrupted;
     if diagnosed {
@@ -331,8 +358,6 @@ fn parse_status_line(head: &str) -> Option<u16> {
 /// Phase 7, on any failure once a cluster exists; a failure to collect is a warning, never the
 /// reason the run failed.
 fn diagnostics(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&run.logs_dir)
-        .with_context(|| format!("creating {}: make target/ writable", run.logs_dir))?;
     if cluster.diagnostics(sh, &run.logs_dir)? {
         println!("    diagnostics written to {}", run.logs_dir);
     }
@@ -358,6 +383,35 @@ fn coverage(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_newest_run_folders_are_kept() {
+        let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+            .unwrap()
+            .join(format!("xtask-prune-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for day in 1..=5 {
+            std::fs::create_dir_all(dir.join(format!("2026-01-0{day}T00-00-00Z-gateway-e2e")))
+                .unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        prune_logs(&dir, 2);
+        let mut left: Vec<String> = dir
+            .read_dir_utf8()
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "2026-01-04T00-00-00Z-gateway-e2e",
+                "2026-01-05T00-00-00Z-gateway-e2e",
+                "notes.txt"
+            ]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn status_line_is_parsed() {

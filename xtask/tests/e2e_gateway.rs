@@ -404,15 +404,15 @@ fn sigterm_during_a_rollout_stops_waiting_and_deletes_the_cluster() {
     let interrupted = interrupt_when(&sandbox, Signal::SIGTERM, |call| {
         call.contains(" rollout status ")
     });
-    assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
+    assert_eq!(interrupted.run.code, 1, "{}", interrupted.run.stderr);
     assert!(
         interrupted.took < Duration::from_secs(10),
         "waited for the rollout timeout"
     );
     assert!(
-        interrupted.stderr.contains("interrupted by a signal"),
+        interrupted.run.stderr.contains("interrupted by a signal"),
         "{}",
-        interrupted.stderr
+        interrupted.run.stderr
     );
     assert_eq!(
         sandbox.count("kind export logs"),
@@ -470,15 +470,15 @@ fn ctrl_c_during_tests_still_deletes_the_cluster() {
     let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| {
         call.contains(" gotestsum ")
     });
-    assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
+    assert_eq!(interrupted.run.code, 1, "{}", interrupted.run.stderr);
     assert!(
         interrupted.took < Duration::from_secs(10),
         "teardown did not wait for the tests"
     );
     assert!(
-        interrupted.stderr.contains("interrupted"),
+        interrupted.run.stderr.contains("interrupted"),
         "{}",
-        interrupted.stderr
+        interrupted.run.stderr
     );
     assert!(
         sandbox.position("kind delete cluster")
@@ -489,34 +489,20 @@ fn ctrl_c_during_tests_still_deletes_the_cluster() {
 
 /// The outcome of a run that got a signal.
 struct Interrupted {
-    code: i32,
-    stderr: String,
+    run: common::Run,
     /// From the signal to the exit.
     took: Duration,
 }
 
 /// Runs the Kind pipeline and sends `signal` to the xtask once a recorded call matches `when`.
 fn interrupt_when(sandbox: &Sandbox, signal: Signal, when: impl Fn(&str) -> bool) -> Interrupted {
-    let child = sandbox
-        .command(&["e2e-gateway", "--cluster", "kind"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !sandbox.calls().iter().any(|c| when(c)) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the awaited call never came"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = sandbox.spawn(&["e2e-gateway", "--cluster", "kind"]);
+    sandbox.wait_for_call(when);
     let signalled = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
-    let output = child.wait_with_output().unwrap();
+    common::signal(&child, signal);
+    let run = common::finish(child);
     Interrupted {
-        code: output.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        run,
         took: signalled.elapsed(),
     }
 }
@@ -711,8 +697,8 @@ fn a_failed_teardown_after_ctrl_c_keeps_its_own_error() {
     let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| {
         call.contains(" gotestsum ")
     });
-    assert_eq!(interrupted.code, 1, "{}", interrupted.stderr);
-    let stderr = &interrupted.stderr;
+    assert_eq!(interrupted.run.code, 1, "{}", interrupted.run.stderr);
+    let stderr = &interrupted.run.stderr;
     assert!(
         stderr.contains("phase 9 (teardown) failed: `kind delete cluster --name gateway-e2e ")
             && stderr.contains("fake kind failure")

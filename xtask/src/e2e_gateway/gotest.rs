@@ -88,7 +88,12 @@ pub fn run(
         } else {
             "it reported no test result"
         };
-        let said = match output.stderr.lines().map(str::trim).rfind(|l| !l.is_empty()) {
+        let said = match output
+            .stderr
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+        {
             Some(line) => format!(" (it said: {line})"),
             None => String::new(),
         };

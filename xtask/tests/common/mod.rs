@@ -140,6 +140,12 @@ impl Sandbox {
         }
     }
 
+    /// The value this sandbox gives `key` (the last one set).
+    pub fn env_value(&self, key: &str) -> String {
+        let found = self.env.iter().rev().find(|(k, _)| k == key);
+        found.map(|(_, v)| v.clone()).unwrap_or_default()
+    }
+
     pub fn env(&mut self, key: &str, value: &str) -> &mut Sandbox {
         self.env.push((key.to_string(), value.to_string()));
         self
@@ -153,6 +159,28 @@ impl Sandbox {
     pub fn run(&self, args: &[&str]) -> Run {
         let output = self.command(args).output().unwrap();
         Run::from(output)
+    }
+
+    /// Starts the xtask with `args` without waiting for it; `finish` it.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits (30 s at most) until a recorded call matches `when`.
+    pub fn wait_for_call(&self, when: impl Fn(&str) -> bool) {
+        let started = std::time::Instant::now();
+        while !self.calls().iter().any(|c| when(c)) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the awaited call never came:\n{}",
+                self.calls().join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Runs one of the installed fakes directly, as xtask would (for tests of the harness).
@@ -243,6 +271,16 @@ impl Drop for Sandbox {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
         }
     }
+}
+
+/// Sends `signal` to a spawned xtask.
+pub fn signal(child: &std::process::Child, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// Waits for a spawned xtask.
+pub fn finish(child: std::process::Child) -> Run {
+    Run::from(child.wait_with_output().unwrap())
 }
 
 pub struct Run {

@@ -1,0 +1,414 @@
+//! `cargo xtask e2e-gateway` against the fake tools, as a hostile tester would run it: two runs
+//! at once, leftovers of another checkout, signals at bad moments, inputs that are wrong.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{free_port, Sandbox};
+use nix::sys::signal::Signal;
+
+const KIND_TOOLS: &[&str] = &["podman", "kind", "kubectl", "go"];
+const PODMAN_TOOLS: &[&str] = &["podman", "go"];
+
+fn is_test_call(call: &str) -> bool {
+    call.contains(" gotestsum ")
+}
+
+#[test]
+fn a_second_run_of_the_same_name_is_refused_and_touches_nothing_of_the_first() {
+    let mut first = Sandbox::new("lock-first", PODMAN_TOOLS);
+    first.env("FAKE_TEST_SLEEP", "30");
+    let running = first.spawn(&["e2e-gateway", "--cluster", "podman"]);
+    first.wait_for_call(is_test_call);
+
+    // The same machine (lock directory and podman state), another checkout.
+    let mut second = Sandbox::new("lock-second", PODMAN_TOOLS);
+    second
+        .env("TMPDIR", first.dir.as_str())
+        .env("FAKE_STATE", first.state.as_str());
+    let started = Instant::now();
+    let refused = second.run(&["e2e-gateway", "--cluster", "podman"]);
+    assert_eq!(refused.code, 1, "{refused}");
+    assert!(started.elapsed() < Duration::from_secs(10), "it waited");
+    let holder = format!(
+        "another e2e-gateway run is using the cluster name gateway-e2e (pid {}, checkout {}, since ",
+        running.id(),
+        first.root
+    );
+    assert!(refused.stderr.contains(&holder), "{refused}");
+    assert!(
+        refused.stderr.contains("--cluster-name <another name>"),
+        "{refused}"
+    );
+    let touched: Vec<String> = second
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("podman pod") || c.starts_with("podman kube"))
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "the live run's pods were touched: {touched:?}"
+    );
+    assert!(first.state.join("pod-gateway-e2e-gateway-pod-0").exists());
+
+    // Another name and other ports run beside it.
+    let mut beside = Sandbox::new("lock-beside", PODMAN_TOOLS);
+    beside.env("TMPDIR", first.dir.as_str());
+    let run = beside.run(&[
+        "e2e-gateway",
+        "--cluster",
+        "podman",
+        "--cluster-name",
+        "other",
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(beside.position("podman kube play --network xtask-other") > 0);
+
+    common::signal(&running, Signal::SIGINT);
+    let first_run = common::finish(running);
+    assert_eq!(first_run.code, 1, "{first_run}");
+}
+
+#[test]
+fn a_fresh_clone_removes_what_another_clone_kept() {
+    let kept = Sandbox::new("kept-by-clone-a", PODMAN_TOOLS);
+    let run = kept.run(&["e2e-gateway", "--cluster", "podman", "--keep-cluster"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.contains(
+            "podman pod rm --force gateway-e2e-datastorage-pod-0 gateway-e2e-gateway-pod-0; podman network rm xtask-gateway-e2e"
+        ),
+        "the printed cleanup names the pods and the network: {run}"
+    );
+
+    // Clone B: no target/ of its own, the same machine and ports.
+    let mut fresh = Sandbox::new("fresh-clone-b", PODMAN_TOOLS);
+    fresh
+        .env("TMPDIR", kept.dir.as_str())
+        .env("FAKE_STATE", kept.state.as_str());
+    for port in ["GATEWAY_HOST_PORT", "DATASTORAGE_HOST_PORT"] {
+        fresh.env(port, &kept.env_value(port));
+    }
+    assert!(!fresh.root.join("target").exists());
+    let run = fresh.run(&["e2e-gateway", "--cluster", "podman"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.contains(
+            "an earlier run left the pod gateway-e2e-datastorage-pod-0, the pod gateway-e2e-gateway-pod-0, the network xtask-gateway-e2e"
+        ),
+        "{run}"
+    );
+    let calls = fresh.calls();
+    let removed = fresh.position("podman pod rm --force gateway-e2e-gateway-pod-0");
+    assert!(removed < fresh.position("podman network rm xtask-gateway-e2e"));
+    assert!(
+        fresh.position("podman pod stop --time 30 gateway-e2e-gateway-pod-0") < removed,
+        "stopped gracefully first: {calls:#?}"
+    );
+}
+
+#[test]
+fn a_binary_built_in_one_checkout_works_on_the_checkout_it_runs_in() {
+    // Two clones sharing one target directory: the test binary is the shared one.
+    let a = Sandbox::new("root-clone-a", PODMAN_TOOLS);
+    let b = Sandbox::new("root-clone-b", PODMAN_TOOLS);
+    for clone in [&a, &b] {
+        common::write(&clone.root.join("xtask/Cargo.toml"), "[package]\n");
+    }
+    let build_in = |clone: &Sandbox, cwd: &camino::Utf8Path, manifest_dir: Option<&str>| {
+        let mut cmd = clone.command(&["build-images"]);
+        cmd.env_remove("XTASK_PROJECT_ROOT")
+            .env_remove("CARGO_MANIFEST_DIR")
+            .current_dir(cwd);
+        if let Some(dir) = manifest_dir {
+            cmd.env("CARGO_MANIFEST_DIR", dir);
+        }
+        common::Run::from(cmd.output().unwrap())
+    };
+    // Run directly from a directory of clone A: clone A's target/ gets the build.
+    let run = build_in(&a, &a.root.join("cmd"), None);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(a.root.join("target/xtask/context").is_dir(), "{run}");
+    assert!(!b.root.join("target").exists());
+    // Through `cargo run` in clone B (cargo sets CARGO_MANIFEST_DIR at run time).
+    let run = build_in(&b, &a.root, Some(b.root.join("xtask").as_str()));
+    assert_eq!(run.code, 0, "{run}");
+    assert!(b.root.join("target/xtask/context").is_dir(), "{run}");
+}
+
+#[test]
+fn an_engine_that_cannot_start_containers_stops_the_run_at_deploy_with_its_words_and_the_fix() {
+    let mut sandbox = Sandbox::new("rlimits", PODMAN_TOOLS);
+    sandbox
+        .env("FAKE_FAIL", "^podman kube play")
+        .env("FAKE_FAIL_CODE", "125")
+        .env(
+            "FAKE_FAIL_MESSAGE",
+            "Error: runc: runc create failed: unable to start container process: error during container init: error setting rlimits for ready process: error setting rlimit type 7: operation not permitted: OCI permission denied",
+        );
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
+    assert_eq!(run.code, 1, "{run}");
+    let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
+    let line = |label: &str| {
+        last_run
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line:\n{last_run}"))
+            .to_string()
+    };
+    assert!(line("cause").contains("exited with 125: Error: runc: runc create failed"));
+    assert!(line("cause").contains("error setting rlimits"));
+    let conf = format!(
+        "export CONTAINERS_CONF={}/.ci/containers.conf",
+        sandbox.root
+    );
+    assert!(line("fix").contains(&conf), "{last_run}");
+    assert!(
+        run.stderr.contains(&format!("fix: podman may not raise")),
+        "{run}"
+    );
+    // Nothing started, so there is nothing to stop for coverage.
+    assert_eq!(
+        sandbox.count("podman pod stop"),
+        0,
+        "{:#?}",
+        sandbox.calls()
+    );
+}
+
+#[test]
+fn the_podman_backend_needs_podman_whatever_builds_the_images() {
+    let sandbox = Sandbox::new("docker-no-kind", &["docker", "go", "df"]);
+    let run = sandbox.run(&["doctor"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stdout
+            .contains("cluster backend: podman (auto: kind is not on PATH)"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("preflight failed (podman)"), "{run}");
+    let refused = sandbox.run(&["e2e-gateway", "--engine", "docker", "--cluster", "podman"]);
+    assert_eq!(refused.code, 1, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("the podman backend runs images from podman's store"),
+        "{refused}"
+    );
+    assert!(sandbox
+        .calls()
+        .iter()
+        .all(|c| !c.starts_with("docker build")));
+}
+
+#[test]
+fn sigterm_during_the_build_stops_it_at_once() {
+    let mut sandbox = Sandbox::new("sigterm-build", KIND_TOOLS);
+    sandbox.env("FAKE_BUILD_SLEEP", "60");
+    let child = sandbox.spawn(&["e2e-gateway", "--cluster", "kind"]);
+    sandbox.wait_for_call(|c| c.starts_with("go build"));
+    let signalled = Instant::now();
+    common::signal(&child, Signal::SIGTERM);
+    let run = common::finish(child);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "the build ran on"
+    );
+    assert!(
+        run.stderr
+            .contains("phase 2 (build images) failed: interrupted"),
+        "{run}"
+    );
+    assert_eq!(sandbox.count("kind create"), 0);
+}
+
+#[test]
+fn a_stopped_test_phase_gets_sigint_first_and_reports_what_ran() {
+    let mut sandbox = Sandbox::new("sigint-first", KIND_TOOLS);
+    sandbox.env("FAKE_TEST_SLEEP", "60");
+    let child = sandbox.spawn(&["e2e-gateway", "--cluster", "kind"]);
+    sandbox.wait_for_call(is_test_call);
+    // Let the suite report its first test before the signal.
+    std::thread::sleep(Duration::from_millis(300));
+    common::signal(&child, Signal::SIGTERM);
+    let run = common::finish(child);
+    assert_eq!(run.code, 1, "{run}");
+    // `go` removes its temporary build directory on SIGINT, not on SIGTERM.
+    let signals = std::fs::read_to_string(sandbox.state.join("signals")).unwrap();
+    assert_eq!(signals.lines().next(), Some("INT"), "{signals}");
+    let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
+    assert!(
+        last_run.contains("1 passed, 0 failed, 0 skipped before the interrupt"),
+        "{last_run}"
+    );
+}
+
+#[test]
+fn bad_host_ports_are_refused_before_anything_runs() {
+    for (gateway, datastorage, expected) in [
+        (
+            "0",
+            "28081",
+            "GATEWAY_HOST_PORT=0 is not a port number from 1 to 65535",
+        ),
+        (
+            "28081",
+            "28081",
+            "datastorage and gateway would both use host port 28081",
+        ),
+    ] {
+        let mut sandbox = Sandbox::new("bad-ports", PODMAN_TOOLS);
+        sandbox
+            .env("GATEWAY_HOST_PORT", gateway)
+            .env("DATASTORAGE_HOST_PORT", datastorage);
+        let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
+        assert_eq!(run.code, 1, "{run}");
+        assert!(run.stderr.contains(expected), "{run}");
+        assert!(sandbox.calls().is_empty(), "{:#?}", sandbox.calls());
+    }
+}
+
+#[test]
+fn only_the_newest_run_logs_are_kept() {
+    let sandbox = Sandbox::new("logs-pruned", PODMAN_TOOLS);
+    let logs = sandbox.root.join("target/xtask/logs");
+    for n in 0..25 {
+        std::fs::create_dir_all(logs.join(format!("2020-01-01T00-00-{n:02}Z-gateway-e2e")))
+            .unwrap();
+    }
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
+    assert_eq!(run.code, 0, "{run}");
+    let mut left: Vec<String> = logs
+        .read_dir_utf8()
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 20, "{left:?}");
+    assert_eq!(left[0], "2020-01-01T00-00-06Z-gateway-e2e");
+    assert!(left[19].ends_with("-gateway-e2e") && !left[19].starts_with("2020"));
+}
+
+#[test]
+fn reusing_a_cluster_after_an_image_change_rolls_out_on_one_node() {
+    let sandbox = Sandbox::new("reuse-new-image", KIND_TOOLS);
+    let kept = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--keep-cluster"]);
+    assert_eq!(kept.code, 0, "{kept}");
+    common::write(
+        &sandbox.root.join("cmd/gateway/main.go"),
+        "package main\n\nfunc main() { println(\"changed\") }\n",
+    );
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains(" built "), "a new gateway image: {run}");
+
+    // The fake models the one-node deadlock: without the Recreate strategy it happens.
+    let deadlock = Sandbox::new("reuse-rolling-update", KIND_TOOLS);
+    let manifest = deadlock.root.join("test/infrastructure/gateway.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("type: Recreate", "type: RollingUpdate"),
+    )
+    .unwrap();
+    assert_eq!(
+        deadlock
+            .run(&["e2e-gateway", "--cluster", "kind", "--keep-cluster"])
+            .code,
+        0
+    );
+    common::write(
+        &deadlock.root.join("cmd/gateway/main.go"),
+        "package main\n\nfunc main() { println(\"changed\") }\n",
+    );
+    let stuck = deadlock.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster"]);
+    assert_eq!(stuck.code, 1, "{stuck}");
+    assert!(stuck.stderr.contains("didn't have free ports"), "{stuck}");
+}
+
+#[test]
+fn a_failed_cluster_creation_keeps_its_cause_and_collects_nothing_from_it() {
+    let mut sandbox = Sandbox::new("create-fails", KIND_TOOLS);
+    sandbox.env("FAKE_FAIL", "^kind create").env(
+        "FAKE_FAIL_MESSAGE",
+        "ERROR: failed to create cluster: node image not found",
+    );
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
+    assert!(
+        last_run.contains("cause                    `kind create cluster --name gateway-e2e")
+            && last_run
+                .contains("exited with 1: ERROR: failed to create cluster: node image not found"),
+        "{last_run}"
+    );
+    assert_eq!(sandbox.count("kind export logs"), 0);
+    assert_eq!(
+        sandbox.count("kubectl --kubeconfig"),
+        0,
+        "{:#?}",
+        sandbox.calls()
+    );
+    assert!(!last_run.contains("  logs "), "{last_run}");
+}
+
+#[test]
+fn an_unpullable_node_image_names_it_and_offers_a_local_one() {
+    let mut sandbox = Sandbox::new("node-image", KIND_TOOLS);
+    sandbox.env("FAKE_FAIL", "^kind create").env(
+        "FAKE_FAIL_MESSAGE",
+        "ERROR: failed to create cluster: failed to pull image \"kindest/node:v1.37.0\": command \"podman pull kindest/node:v1.37.0\" failed with error: exit status 125",
+    );
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr
+            .contains("kind could not pull the node image kindest/node:v1.37.0")
+            && run.stderr.contains("--node-image (or E2E_NODE_IMAGE)"),
+        "{run}"
+    );
+
+    let mut local = Sandbox::new("node-image-local", KIND_TOOLS);
+    local.env("E2E_NODE_IMAGE", "localhost/kindest-node:v1.33.1");
+    let run = local.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 0, "{run}");
+    let create = &local.calls()[local.position("kind create cluster")];
+    assert!(
+        create.ends_with(" --image localhost/kindest-node:v1.33.1"),
+        "{create}"
+    );
+}
+
+#[test]
+fn doctor_warns_when_kubectl_is_too_far_from_the_node() {
+    let mut sandbox = Sandbox::new("skew", &["podman", "go", "kind", "kubectl", "df"]);
+    sandbox
+        .env("FAKE_KIND_VERSION", "kind v0.33.0 go1.25.1 linux/amd64")
+        .env("FAKE_KUBECTL_VERSION", "v1.32.4")
+        .env("GATEWAY_HOST_PORT", &free_port().to_string());
+    let skew_row = |run: &common::Run| {
+        run.stdout
+            .lines()
+            .find(|l| l.starts_with("kubectl skew "))
+            .unwrap_or_else(|| panic!("no skew row:\n{run}"))
+            .split_whitespace()
+            .skip(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let run = sandbox.run(&["doctor", "--cluster", "kind"]);
+    assert!(
+        skew_row(&run).starts_with("warn kubectl v1.32.4 and Kubernetes v1.37 (kind v0.33.0's default node) are further apart"),
+        "{run}"
+    );
+    let matching = sandbox.run(&[
+        "doctor",
+        "--cluster",
+        "kind",
+        "--node-image",
+        "kindest/node:v1.33.1",
+    ]);
+    assert!(skew_row(&matching).starts_with("ok "), "{matching}");
+}
