@@ -281,13 +281,13 @@ fn covdata_numbers_per_service_per_package_and_merged() {
     let text = succeeds(&report(&sandbox, &["--html"]));
     // main: 2 of 3 statements; lib: 3 of 8 per service, 4 of 8 merged (zero and positive).
     expect![[r#"
-        a             example.com/covtest/cmd/app     66.7%
-        a             example.com/covtest/lib         37.5%
-        a             (total)                         45.5%
-        b             example.com/covtest/cmd/app     66.7%
-        b             example.com/covtest/lib         37.5%
-        b             (total)                         45.5%
-        all services  (merged total)                  54.5%
+        a             example.com/covtest/cmd/app     66.7%  2 of 3
+        a             example.com/covtest/lib         37.5%  3 of 8
+        a             (total)                         45.5%  5 of 11
+        b             example.com/covtest/cmd/app     66.7%  2 of 3
+        b             example.com/covtest/lib         37.5%  3 of 8
+        b             (total)                         45.5%  5 of 11
+        all services  (merged total)                  54.5%  6 of 11
     "#]]
     .assert_eq(&table(&text));
 
@@ -322,16 +322,75 @@ fn covdata_numbers_per_service_per_package_and_merged() {
 #[ignore = "needs go"]
 fn covdata_min_gate_both_ways() {
     let sandbox = two_services("min");
+    // 6 of 11 statements: 54.5454...%.
     let text = succeeds(&report(&sandbox, &["--min", "54.5"]));
     assert!(
-        text.contains("E2E coverage 54.5% meets the required 54.5%"),
+        text.contains("E2E coverage 54.55% (6 of 11 statements) meets the required 54.50%"),
         "{text}"
     );
-    let err = fails(&report(&sandbox, &["--min", "54.6"]), 1);
+    // Printed with one decimal, both would read 54.5%.
+    let err = fails(&report(&sandbox, &["--min", "54.55"]), 1);
     assert!(
-        err.contains("E2E coverage 54.5% is below the required 54.6% (--min)"),
+        err.contains(
+            "E2E coverage 54.545% (6 of 11 statements) is below the required 54.550% (--min)"
+        ),
         "{err}"
     );
+}
+
+#[test]
+#[ignore = "needs go"]
+fn covdata_data_of_another_module_is_reported_without_its_sources() {
+    let sandbox = project_with_go("other-module");
+    // The same program as a module of its own elsewhere: none of its files are in this checkout.
+    let other = sandbox.dir.join("other");
+    for (path, text) in [
+        ("go.mod", GO_MOD.replace("covtest", "othermod")),
+        ("lib/lib.go", LIB.to_string()),
+        ("cmd/app/main.go", MAIN.replace("covtest", "othermod")),
+    ] {
+        common::write(&other.join(path), &text);
+    }
+    let bin = sandbox.root.join("target/bin/other");
+    let out = Command::new(sandbox.tools.join("go"))
+        .args([
+            "build",
+            "-cover",
+            "-coverpkg=example.com/othermod/...",
+            "-o",
+        ])
+        .args([bin.as_str(), "./cmd/app"])
+        .current_dir(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", Run::from(out));
+    run_app(&sandbox, &bin, "a", &[]);
+
+    let run = report(&sandbox, &["--html", "--min", "45"]);
+    let text = succeeds(&run);
+    expect![[r#"
+        a             example.com/othermod/cmd/app     66.7%  2 of 3
+        a             example.com/othermod/lib         37.5%  3 of 8
+        a             (total)                          45.5%  5 of 11
+        all services  (merged total)                   45.5%  5 of 11
+        E2E coverage 45.5% (5 of 11 statements) meets the required 45.0%
+    "#]]
+    .assert_eq(&table(&text));
+    assert!(
+        text.contains(
+            "sources: 2 of the data's files are not in this checkout of example.com/covtest \
+             (e.g. example.com/othermod/cmd/app/main.go): the numbers above come from the coverage data alone"
+        ),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("no HTML written: its source files are not in this checkout"),
+        "{run}"
+    );
+    assert!(!sandbox.root.join("target/coverage/e2e.html").exists());
+    let err = fails(&report(&sandbox, &["--min", "46"]), 1);
+    assert!(err.contains("below the required 46.0%"), "{err}");
 }
 
 #[test]
@@ -437,7 +496,10 @@ fn covdata_data_from_an_older_build_suggests_a_clean_run() {
     assert!(err.contains("`rm -rf coverdata/a`"), "{err}");
     // The other service only ran the old build and still reports.
     let text = succeeds(&report(&sandbox, &["-i", "coverdata/b"]));
-    assert!(has_row(&text, &["b", "(total)", "45.5%"]), "{text}");
+    assert!(
+        has_row(&text, &["b", "(total)", "45.5%", "5", "of", "11"]),
+        "{text}"
+    );
 }
 
 /// Writes the service directories of `coverdata/` into a gzipped tar at `archive`, as
@@ -490,16 +552,16 @@ fn covdata_with_unit_reports_unit_e2e_and_combined() {
     let text = succeeds(&report(&sandbox, &["--with-unit", "--min", "63"]));
     // unit: Classify(-1) runs 2 of lib's 8; combined: main 2 of 3 plus lib 5 of 8 = 7 of 11.
     expect![[r#"
-        a             example.com/covtest/cmd/app     66.7%
-        a             example.com/covtest/lib         37.5%
-        a             (total)                         45.5%
-        b             example.com/covtest/cmd/app     66.7%
-        b             example.com/covtest/lib         37.5%
-        b             (total)                         45.5%
-        all services  (merged total)                  54.5%
-        total        25.0%     54.5%     63.6%
-        combined (unit + E2E) coverage 63.6% meets the required 63.0%
+        a             example.com/covtest/cmd/app     66.7%  2 of 3
+        a             example.com/covtest/lib         37.5%  3 of 8
+        a             (total)                         45.5%  5 of 11
+        b             example.com/covtest/cmd/app     66.7%  2 of 3
+        b             example.com/covtest/lib         37.5%  3 of 8
+        b             (total)                         45.5%  5 of 11
+        all services  (merged total)                  54.5%  6 of 11
+        total            25.0%       54.5%       63.6%
+        combined (unit + E2E) coverage 63.6% (7 of 11 statements) meets the required 63.0%
     "#]]
     .assert_eq(&table(&text));
-    assert!(sandbox.root.join("target/coverage/combined").is_dir());
+    assert!(sandbox.root.join("target/coverage/combined.out").is_file());
 }
