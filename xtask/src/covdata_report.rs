@@ -211,8 +211,17 @@ fn report_e2e(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
         stmts,
     ));
     let missing = missing_sources(root, &module, &blocks);
+    let changed = changed_sources(sh, root, &module, &blocks);
 
     print!("{}", table(&rows));
+    if !changed.is_empty() {
+        println!(
+            "sources: changed since the build: {} (their blocks differ from the data's): the numbers \
+             above come from the data and stand, but e2e.out and the HTML put the build's blocks on \
+             today's lines; report from the checkout the binaries were built from",
+            changed.join(", ")
+        );
+    }
     if let Some(first) = missing.first() {
         println!(
             "sources: {} of the data's files are not in this checkout of {module} (e.g. {first}): \
@@ -302,16 +311,84 @@ fn check_one_build(blocks: &Blocks, shown: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a file of the profile (`<module>/<path>`) is in this checkout, if it is.
+fn local_source(root: &Utf8Path, module: &str, file: &str) -> Option<Utf8PathBuf> {
+    let rest = file.strip_prefix(module)?.strip_prefix('/')?;
+    Some(root.join(rest)).filter(|path| path.is_file())
+}
+
 /// The data's files that are not in this checkout: outside `module`, or gone.
 fn missing_sources(root: &Utf8Path, module: &str, blocks: &Blocks) -> Vec<String> {
     let mut files: Vec<String> = blocks.keys().map(|k| k.0.clone()).collect();
     files.dedup();
-    files.retain(|file| {
-        file.strip_prefix(module)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .is_none_or(|rest| !root.join(rest).is_file())
-    });
+    files.retain(|file| local_source(root, module, file).is_none());
     files
+}
+
+/// The data's files that are here but changed since the build. A meta-data file holds each
+/// function's blocks (lines, columns, statements) but no hash of the source, so each file is
+/// instrumented as it is now (`go tool cover -var`, the same block rules as `go build -cover`)
+/// and its blocks are compared with the data's.
+fn changed_sources(sh: &Shell, root: &Utf8Path, module: &str, blocks: &Blocks) -> Vec<String> {
+    let mut by_file: BTreeMap<&str, Vec<(Pos, Pos, u32)>> = BTreeMap::new();
+    for (file, start, end, n) in blocks.keys() {
+        by_file.entry(file).or_default().push((*start, *end, *n));
+    }
+    let files: Vec<_> = by_file
+        .into_iter()
+        .filter_map(|(file, data)| Some((file, local_source(root, module, file)?, data)))
+        .collect();
+    let mut changed = Vec::new();
+    // A few at a time: each is a short `go tool cover` run.
+    for chunk in files.chunks(8) {
+        let running: Vec<_> = chunk
+            .iter()
+            .map(|(_, path, _)| {
+                step(cmd!(sh, "go tool cover -mode=set -var=GoCover {path}")).spawn()
+            })
+            .collect();
+        for ((file, _, data), run) in chunk.iter().zip(running) {
+            let now = run.wait().ok().and_then(|out| cover_blocks(&out.stdout));
+            if now.as_ref() != Some(data) {
+                changed.push(file.to_string());
+            }
+        }
+    }
+    changed
+}
+
+/// The blocks in `go tool cover -var`'s output, sorted: its `Pos` array holds start line, end
+/// line and (start column | end column << 16) per block, its `NumStmt` array the statements.
+fn cover_blocks(instrumented: &str) -> Option<Vec<(Pos, Pos, u32)>> {
+    let pos = literal_numbers(instrumented, "Pos:")?;
+    let stmts = literal_numbers(instrumented, "NumStmt:")?;
+    if pos.len() != 3 * stmts.len() {
+        return None;
+    }
+    let mut blocks: Vec<_> = pos
+        .chunks(3)
+        .zip(stmts)
+        .map(|(p, n)| ((p[0], p[2] & 0xffff), (p[1], p[2] >> 16), n))
+        .collect();
+    blocks.sort();
+    Some(blocks)
+}
+
+/// The numbers of the composite literal on the lines after `label`, up to its `}`.
+fn literal_numbers(text: &str, label: &str) -> Option<Vec<u32>> {
+    let start = text.find(label)?;
+    let body = &text[start..];
+    let body = &body[body.find('\n')? + 1..];
+    let body = &body[..body.find('}')?];
+    body.lines()
+        .flat_map(|line| line.split("//").next().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|word| !word.is_empty())
+        .map(|word| match word.strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => word.parse().ok(),
+        })
+        .collect()
 }
 
 /// `covdata` takes several input directories as one comma-separated argument.
@@ -710,6 +787,38 @@ mod tests {
             ]
         );
         fs::remove_dir_all(root).unwrap();
+    }
+
+    /// `go tool cover -mode=set -var=GoCover lib.go` (Go 1.26) on the `Classify`/`Unused` file
+    /// whose blocks `ONE_FILE` lists, as `covdata textfmt` writes them.
+    const INSTRUMENTED: &str = "var GoCover = struct {\n\
+        \tCount     [6]uint32\n\tPos       [3 * 6]uint32\n\tNumStmt   [6]uint16\n} {\n\
+        \tPos: [3 * 6]uint32{\n\
+        \t\t4, 5, 0xb001d, // [0]\n\t\t8, 8, 0xc0002, // [1]\n\t\t11, 11, 0x130002, // [2]\n\
+        \t\t5, 7, 0x3000b, // [3]\n\t\t8, 10, 0x3000c, // [4]\n\t\t15, 19, 0x20013, // [5]\n\
+        \t},\n\
+        \tNumStmt: [6]uint16{\n\
+        \t\t1, // 0\n\t\t1, // 1\n\t\t1, // 2\n\t\t1, // 3\n\t\t1, // 4\n\t\t3, // 5\n\
+        \t},\n}\n";
+
+    const ONE_FILE: &str = "mode: set\n\
+        example.com/covtest/lib/lib.go:4.29,5.11 1 1\n\
+        example.com/covtest/lib/lib.go:5.11,7.3 1 0\n\
+        example.com/covtest/lib/lib.go:8.2,8.12 1 1\n\
+        example.com/covtest/lib/lib.go:8.12,10.3 1 1\n\
+        example.com/covtest/lib/lib.go:11.2,11.19 1 0\n\
+        example.com/covtest/lib/lib.go:15.19,19.2 3 0\n";
+
+    #[test]
+    fn instrumenting_the_same_source_gives_the_blocks_of_the_data() {
+        let data: Vec<_> = parse_profile(ONE_FILE)
+            .into_keys()
+            .map(|(_, start, end, n)| (start, end, n))
+            .collect();
+        assert_eq!(cover_blocks(INSTRUMENTED), Some(data));
+        let shifted = INSTRUMENTED.replace("15, 19,", "16, 20,");
+        assert_ne!(cover_blocks(&shifted), cover_blocks(INSTRUMENTED));
+        assert_eq!(cover_blocks("package lib\n"), None);
     }
 
     #[test]

@@ -290,6 +290,7 @@ fn covdata_numbers_per_service_per_package_and_merged() {
         all services  (merged total)                  54.5%  6 of 11
     "#]]
     .assert_eq(&table(&text));
+    assert!(!text.contains("sources:"), "{text}");
 
     let profile = fs::read_to_string(sandbox.root.join("target/coverage/e2e.out")).unwrap();
     assert!(profile.starts_with("mode: atomic\n"), "{profile}");
@@ -335,6 +336,34 @@ fn covdata_min_gate_both_ways() {
             "E2E coverage 54.545% (6 of 11 statements) is below the required 54.550% (--min)"
         ),
         "{err}"
+    );
+}
+
+#[test]
+#[ignore = "needs go"]
+fn covdata_sources_changed_since_the_build_are_named_next_to_the_total() {
+    let sandbox = two_services("changed-sources");
+    let direct = succeeds(&report(&sandbox, &[]));
+    // A comment line moves every block of lib.go down a line; the numbers must not change.
+    common::write(
+        &sandbox.root.join("lib/lib.go"),
+        &LIB.replace("package lib\n", "package lib\n\n// Moved.\n"),
+    );
+    let text = succeeds(&report(&sandbox, &[]));
+    assert_eq!(table(&text), table(&direct));
+    let after_total = text
+        .lines()
+        .skip_while(|l| !l.starts_with("all services"))
+        .nth(1);
+    assert_eq!(
+        after_total,
+        Some(
+            "sources: changed since the build: example.com/covtest/lib/lib.go (their blocks differ \
+             from the data's): the numbers above come from the data and stand, but e2e.out and the \
+             HTML put the build's blocks on today's lines; report from the checkout the binaries \
+             were built from"
+        ),
+        "{text}"
     );
 }
 
