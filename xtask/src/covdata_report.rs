@@ -2,7 +2,11 @@
 //! into numbers. `go tool covdata` and `go tool cover` do the work; this module only runs them,
 //! parses their text output and explains their failures.
 
-use std::{collections::BTreeMap, fs, io::Write};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::Write,
+};
 
 use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -57,6 +61,7 @@ type Blocks = BTreeMap<(String, Pos, Pos, u32), bool>;
 struct Report {
     coverage: Coverage,
     stmts: Stmts,
+    blocks: Blocks,
     /// Files of the data that are not in this checkout.
     missing: Vec<String>,
 }
@@ -91,11 +96,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     let e2e = report_e2e(sh, &root, &dirs)?;
 
     let with_unit = if flags.with_unit {
-        let unit = unit_coverage(sh, &root)?;
-        let combined = combined_coverage(sh, &root, &dirs)?;
-        println!();
-        print!("{}", side_by_side(unit, e2e.stmts, combined));
-        Some((unit, combined))
+        Some(with_unit(sh, &root, &e2e)?)
     } else {
         None
     };
@@ -239,6 +240,7 @@ fn report_e2e(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
             profile,
         },
         stmts,
+        blocks,
         missing,
     })
 }
@@ -621,52 +623,81 @@ fn markdown_summary(
     out
 }
 
-/// Runs the Go unit tests with binary coverage into `target/coverage/unit` and returns their total.
-fn unit_coverage(sh: &Shell, root: &Utf8Path) -> anyhow::Result<Stmts> {
+/// Runs the Go unit tests with coverage of exactly the E2E build's packages into
+/// `target/coverage/unit.out` and returns its blocks. `-coverprofile` (Go >= 1.22) lists the
+/// packages without tests too (the `cmd/` mains), with their statements not run;
+/// `-test.gocoverdir` would leave them out.
+fn unit_blocks(sh: &Shell, root: &Utf8Path, e2e: &Blocks) -> anyhow::Result<Blocks> {
     let module = project::go_module(root)?;
-    let unit_dir = root.join("target/coverage/unit");
-    recreate_dir(&unit_dir)?;
-    let coverpkg = format!("{module}/...");
-    step(cmd!(sh, "go test -cover -covermode=atomic -coverpkg={coverpkg} ./... -args -test.gocoverdir={unit_dir}"))
-        .echo()
-        .hint("fix the unit tests, or report without --with-unit")
-        .run()
-        .context("go unit tests failed")?;
-    if has_no_meta(&unit_dir)? {
-        bail!("the unit tests wrote no coverage data to {unit_dir}: the module has no tests; drop --with-unit");
-    }
+    let packages: BTreeSet<&str> = e2e.keys().map(|k| package_of(&k.0)).collect();
+    let coverpkg = packages.into_iter().collect::<Vec<_>>().join(",");
     let profile = root.join("target/coverage/unit.out");
-    let blocks = profile_blocks(sh, root, &module, &[unit_dir], &profile)?;
-    Ok(count(&blocks, |_| true))
+    step(cmd!(
+        sh,
+        "go test -covermode=atomic -coverpkg={coverpkg} -coverprofile={profile} ./..."
+    ))
+    .echo()
+    .hint("fix the unit tests, or report without --with-unit")
+    .run()
+    .context("go unit tests failed")?;
+    let text = fs::read_to_string(&profile).with_context(|| {
+        format!("reading the profile {profile} that `go test` wrote: {WRITABLE_TARGET}")
+    })?;
+    Ok(parse_profile(&rewrite_paths(&text, &module, root)))
 }
 
-fn has_no_meta(dir: &Utf8Path) -> anyhow::Result<bool> {
-    let mut entries = dir
-        .read_dir_utf8()
-        .with_context(|| coverdata::listing_error(dir))?;
-    Ok(!entries.any(|e| e.is_ok_and(|e| e.file_name().starts_with("covmeta."))))
+/// Unit, E2E and combined statements over one set, the blocks of the E2E build's packages, and
+/// the combined blocks. Unit blocks of other packages are left out.
+fn same_statements(e2e: &Blocks, unit: &Blocks) -> ([Stmts; 3], Blocks) {
+    let packages: BTreeSet<&str> = e2e.keys().map(|k| package_of(&k.0)).collect();
+    let mut combined = e2e.clone();
+    for (key, ran) in unit {
+        if packages.contains(package_of(&key.0)) {
+            *combined.entry(key.clone()).or_default() |= ran;
+        }
+    }
+    let ran_in = |blocks: &Blocks| -> Blocks {
+        let ran = |key| blocks.get(key).copied().unwrap_or(false);
+        combined.keys().map(|key| (key.clone(), ran(key))).collect()
+    };
+    let all = |blocks: &Blocks| count(blocks, |_| true);
+    let stmts = [all(&ran_in(unit)), all(&ran_in(e2e)), all(&combined)];
+    (stmts, combined)
 }
 
-/// `covdata merge` of the E2E directories and the unit data into `target/coverage/combined`
-/// (a GOCOVERDIR that can be given to `-i` later), and its total.
-fn combined_coverage(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Result<Stmts> {
-    let module = project::go_module(root)?;
-    let combined = root.join("target/coverage/combined");
-    recreate_dir(&combined)?;
-    let mut all = dirs.to_vec();
-    all.push(root.join("target/coverage/unit"));
-    let inputs = join_dirs(&all)?;
-    // Name the inputs, not the scratch output, in errors: the inputs are what a clean run fixes.
-    let shown: Vec<String> = all.iter().map(|d| display(root, d)).collect();
-    let shown = shown.join(" ");
-    go_output(
-        "go tool covdata merge",
-        &shown,
-        cmd!(sh, "go tool covdata merge -i {inputs} -o {combined}"),
-    )?;
+/// Unit tests with coverage, and the unit, E2E and combined columns over the same statements;
+/// writes `target/coverage/combined.out`. Returns (unit, combined).
+fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Report) -> anyhow::Result<(Stmts, Stmts)> {
+    if let Some(file) = e2e.missing.first() {
+        bail!("--with-unit runs this checkout's unit tests, but the E2E data is of other sources ({file} is not here): drop --with-unit, or run it in the checkout the binaries were built from");
+    }
+    let unit = unit_blocks(sh, root, &e2e.blocks)?;
+    let ([unit, e2e_stmts, combined], blocks) = same_statements(&e2e.blocks, &unit);
+    let mixed = overlapping_files(&blocks);
+    if !mixed.is_empty() {
+        bail!(
+            "the E2E data and the unit tests ran different versions of {}: the combined numbers would be wrong; \
+             produce fresh E2E data with `{PRODUCER}`",
+            mixed.join(", ")
+        );
+    }
     let profile = root.join("target/coverage/combined.out");
-    let blocks = profile_blocks(sh, root, &module, &[combined], &profile)?;
-    Ok(count(&blocks, |_| true))
+    let mut text = String::from("mode: set\n");
+    for ((file, (l0, c0), (l1, c1), n), ran) in &blocks {
+        text.push_str(&format!(
+            "{file}:{l0}.{c0},{l1}.{c1} {n} {}\n",
+            u8::from(*ran)
+        ));
+    }
+    fs::write(&profile, text).with_context(|| format!("writing {profile}: {WRITABLE_TARGET}"))?;
+    let packages: BTreeSet<&str> = blocks.keys().map(|k| package_of(&k.0)).collect();
+    println!(
+        "\nover the same {} statements, those of the E2E build's {} packages:",
+        combined.total,
+        packages.len()
+    );
+    print!("{}", side_by_side(unit, e2e_stmts, combined));
+    Ok((unit, combined))
 }
 
 /// Extracts an archived run into `target/coverage/from-archive/<name>/` and returns its
@@ -819,6 +850,30 @@ mod tests {
         let shifted = INSTRUMENTED.replace("15, 19,", "16, 20,");
         assert_ne!(cover_blocks(&shifted), cover_blocks(INSTRUMENTED));
         assert_eq!(cover_blocks("package lib\n"), None);
+    }
+
+    #[test]
+    fn unit_e2e_and_combined_share_the_e2e_builds_statements() {
+        let e2e = parse_profile(
+            "mode: atomic\n\
+            m/cmd/app/main.go:1.1,2.2 1 1\n\
+            m/lib/a.go:1.1,2.2 2 0\n\
+            m/lib/a.go:3.1,4.2 3 1\n",
+        );
+        // No block of cmd/app (a package without tests); testutil is not in the E2E build.
+        let unit = parse_profile(
+            "mode: atomic\n\
+            m/lib/a.go:1.1,2.2 2 4\n\
+            m/lib/a.go:3.1,4.2 3 0\n\
+            m/testutil/t.go:1.1,2.2 7 1\n",
+        );
+        let ([unit, e2e, combined], blocks) = same_statements(&e2e, &unit);
+        let stmts = |covered, total| Stmts { covered, total };
+        assert_eq!(
+            [unit, e2e, combined],
+            [stmts(2, 6), stmts(4, 6), stmts(6, 6)]
+        );
+        assert!(blocks.keys().all(|k| !k.0.contains("testutil")));
     }
 
     #[test]

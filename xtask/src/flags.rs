@@ -90,7 +90,8 @@ FLAGS:
     --from-archive FILE        read an archived run (coverdata/archive/<timestamp>.tar.gz)
     --html                     also write target/coverage/e2e.html
     --min PCT                  exit 1 when total coverage is below PCT (0 to 100)
-    --with-unit                also run the Go unit tests with coverage and report unit, E2E and combined
+    --with-unit                also run the Go unit tests with coverage of the E2E build's packages and
+                               report unit, E2E and combined over the same statements
     -h, --help                 print this help
 
 Writes the merged profile to target/coverage/e2e.out.

@@ -579,18 +579,16 @@ fn covdata_with_unit_reports_unit_e2e_and_combined() {
     let sandbox = two_services("with-unit");
     common::write(&sandbox.root.join("lib/lib_test.go"), LIB_TEST);
     let text = succeeds(&report(&sandbox, &["--with-unit", "--min", "63"]));
-    // unit: Classify(-1) runs 2 of lib's 8; combined: main 2 of 3 plus lib 5 of 8 = 7 of 11.
+    // Over main's 3 and lib's 8 statements: unit tests run 2 of lib's (Classify(-1)) and none
+    // of main's (a package without tests), E2E 6, both 7.
+    let side_by_side = &text[text.find("\nover the same").expect(&text) + 1..];
     expect![[r#"
-        a             example.com/covtest/cmd/app     66.7%  2 of 3
-        a             example.com/covtest/lib         37.5%  3 of 8
-        a             (total)                         45.5%  5 of 11
-        b             example.com/covtest/cmd/app     66.7%  2 of 3
-        b             example.com/covtest/lib         37.5%  3 of 8
-        b             (total)                         45.5%  5 of 11
-        all services  (merged total)                  54.5%  6 of 11
-        total            25.0%       54.5%       63.6%
+        over the same 11 statements, those of the E2E build's 2 packages:
+                          unit         e2e    combined
+        total            18.2%       54.5%       63.6%
+        statements     2 of 11     6 of 11     7 of 11
         combined (unit + E2E) coverage 63.6% (7 of 11 statements) meets the required 63.0%
     "#]]
-    .assert_eq(&table(&text));
+    .assert_eq(side_by_side);
     assert!(sandbox.root.join("target/coverage/combined.out").is_file());
 }
