@@ -79,11 +79,17 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
         },
     )?;
     let dirs = if let Some(archive) = &flags.from_archive {
+        if archive.as_str().is_empty() {
+            bail!("--from-archive was given an empty path: name an archive, e.g. one in coverdata/archive/");
+        }
         let archive = project::absolute(archive)?;
         let dirs = dirs_from_archive(&root, &archive)?;
         println!("reading {}", display(&root, &archive));
         dirs
     } else if !flags.inputs.is_empty() {
+        if flags.inputs.iter().any(|d| d.as_str().is_empty()) {
+            bail!("-i was given an empty path: name a coverage directory, e.g. `-i coverdata/gateway`, or leave -i out to read every service under coverdata/");
+        }
         flags
             .inputs
             .iter()
@@ -703,16 +709,21 @@ fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Report) -> anyhow::Result<(Stmts
 /// Extracts an archived run into `target/coverage/from-archive/<name>/` and returns its
 /// service directories.
 fn dirs_from_archive(root: &Utf8Path, archive: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
-    if !archive.is_file() {
+    let archives = display(root, &project::coverdata_dir(root).join("archive"));
+    if archive.is_dir() {
         bail!(
-            "archive {archive} not found: the archived runs are in {}",
-            display(root, &project::coverdata_dir(root).join("archive"))
+            "{archive} is a directory: --from-archive takes an archive (a .tar.gz written by \
+             `{PRODUCER}`, in {archives}); read a directory of coverage data with `-i {archive}`"
         );
+    }
+    if !archive.is_file() {
+        bail!("archive {archive} not found: the archived runs are in {archives}");
     }
     let name = archive
         .file_name()
         .unwrap_or("archive")
-        .trim_end_matches(".tar.gz");
+        .trim_end_matches(".gz")
+        .trim_end_matches(".tar");
     let dest = root.join("target/coverage/from-archive").join(name);
     recreate_dir(&dest)?;
     coverdata::extract(archive, &dest)?;

@@ -135,13 +135,26 @@ pub fn listing_error(dir: &Utf8Path) -> String {
     format!("listing {dir}: check that it is readable (`ls -ld {dir}`)")
 }
 
+/// Extracts a `.tar.gz` (what `archive_previous` writes) or a plain `.tar` into `dest`.
 pub fn extract(archive: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<()> {
-    let file = fs::File::open(archive)
-        .with_context(|| format!("opening {archive}: check that it is readable"))?;
+    use std::io::{Read, Seek};
+    let opening = || format!("opening {archive}: check that it is readable");
+    let mut file = fs::File::open(archive).with_context(opening)?;
+    let mut magic = [0; 2];
+    let gzipped = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    file.rewind().with_context(opening)?;
+    let reader: Box<dyn Read> = if gzipped {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
     // `unpack` refuses entries that would land outside `dest`.
-    tar::Archive::new(flate2::read::GzDecoder::new(file))
-        .unpack(dest)
-        .with_context(|| format!("extracting {archive}: the archive is damaged"))
+    tar::Archive::new(reader).unpack(dest).with_context(|| {
+        format!(
+            "extracting {archive}: it is damaged, or not a .tar.gz (or .tar) of coverage \
+             directories as `{PRODUCER}` writes them to coverdata/archive/"
+        )
+    })
 }
 
 /// Archives the previous run's coverdata/ content (everything except coverdata/archive/,

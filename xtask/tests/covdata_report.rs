@@ -184,11 +184,9 @@ fn covdata_no_data_says_which_command_produces_it() {
             .starts_with("preflight: 2 checks ok (go, go tool covdata)\n"),
         "{run}"
     );
-    assert_eq!(
-        sandbox.calls(),
-        ["go env GOVERSION", "go tool -n covdata"],
-        "{run}"
-    );
+    let mut calls = sandbox.calls();
+    calls.sort(); // the checks run side by side
+    assert_eq!(calls, ["go env GOVERSION", "go tool -n covdata"], "{run}");
     assert!(
         err.contains(
             "no coverage data in coverdata: produce it with `cargo xtask e2e-gateway --coverage`"
@@ -241,6 +239,65 @@ fn covdata_a_missing_archive_is_named() {
     assert!(
         err.contains("nope.tar.gz not found: the archived runs are in coverdata/archive"),
         "{err}"
+    );
+}
+
+#[test]
+fn covdata_empty_paths_are_named_as_such() {
+    let sandbox = project("empty-paths", &["go"]);
+    let err = fails(&report(&sandbox, &["-i", ""]), 1);
+    assert!(
+        err.contains("error: -i was given an empty path: name a coverage directory, e.g. `-i coverdata/gateway`"),
+        "{err}"
+    );
+    let err = fails(&report(&sandbox, &["--from-archive", ""]), 1);
+    assert!(
+        err.contains("error: --from-archive was given an empty path: name an archive"),
+        "{err}"
+    );
+}
+
+#[test]
+fn covdata_from_archive_reads_tar_and_says_what_else_it_was_given() {
+    let sandbox = project("archive-kinds", &["go"]);
+    let root = &sandbox.root;
+    common::write(&root.join("coverdata/a/covmeta.aa"), "meta");
+    common::write(&root.join("coverdata/a/covcounters.aa.1.2"), "counters");
+
+    let err = fails(&report(&sandbox, &["--from-archive", "coverdata/a"]), 1);
+    assert!(
+        err.contains(&format!(
+            "{root}/coverdata/a is a directory: --from-archive takes an archive (a .tar.gz written by \
+             `cargo xtask e2e-gateway --coverage`, in coverdata/archive); read a directory of \
+             coverage data with `-i {root}/coverdata/a`"
+        )),
+        "{err}"
+    );
+
+    common::write(&root.join("notes.tar.gz"), "not an archive\n");
+    let err = fails(&report(&sandbox, &["--from-archive", "notes.tar.gz"]), 1);
+    assert!(
+        err.contains(
+            "notes.tar.gz: it is damaged, or not a .tar.gz (or .tar) of coverage directories"
+        ),
+        "{err}"
+    );
+
+    // A plain tar (e.g. one unpacked with gunzip) is read like the .tar.gz.
+    let plain = root.join("run.tar");
+    let mut tar = tar::Builder::new(fs::File::create(&plain).unwrap());
+    tar.append_dir_all("a", root.join("coverdata/a")).unwrap();
+    tar.into_inner().unwrap();
+    let run = report(&sandbox, &["--from-archive", "run.tar"]);
+    assert!(run.stdout.contains("reading run.tar\n"), "{run}");
+    assert!(
+        has_row(&run.stdout, &["a", "(total)", "50.0%", "1", "of", "2"]),
+        "{run}"
+    );
+    assert!(
+        root.join("target/coverage/from-archive/run/a/covmeta.aa")
+            .is_file(),
+        "{run}"
     );
 }
 
