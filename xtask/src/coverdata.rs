@@ -105,11 +105,9 @@ fn counter_problem(names: &[String]) -> Option<String> {
              produce fresh data with `{PRODUCER}`"
         ));
     }
-    let lost: Vec<&str> = metas
+    let (finished, lost): (Vec<&str>, Vec<&str>) = metas
         .iter()
-        .copied()
-        .filter(|hash| !counters.iter().any(|c| c.split('.').next() == Some(hash)))
-        .collect();
+        .partition(|hash| counters.iter().any(|c| c.split('.').next() == Some(**hash)));
     if lost.is_empty() {
         return None;
     }
@@ -118,9 +116,19 @@ fn counter_problem(names: &[String]) -> Option<String> {
         .map(|h| format!("covmeta.{h}"))
         .collect::<Vec<_>>()
         .join(", ");
+    if finished.is_empty() {
+        return Some(format!(
+            "{files} but no covcounters.* for it: the process never exited normally (killed, or still running): \
+             stop it gracefully so the counters are written"
+        ));
+    }
+    // The runs that finished here are of another build: the lone meta-data file is left from a
+    // different binary (an older image, a copy), not from this run's processes.
     Some(format!(
-        "{files} but no covcounters.* for it: the process never exited normally (killed, or still running): \
-         stop it gracefully so the counters are written"
+        "{files} has no covcounters.*, while the runs that finished here are of another build \
+         (covmeta.{}): it is data of a different build, not of a process of this run; \
+         remove it, or start clean with a fresh `{PRODUCER}` (which archives the old data first)",
+        finished.join(", covmeta.")
     ))
 }
 
@@ -382,10 +390,16 @@ mod tests {
         assert!(killed.contains(
             "the process never exited normally (killed, or still running): stop it gracefully so the counters are written"
         ));
-        // A finished run of one build does not hide a killed run of another.
-        let one_lost =
+        // Beside finished runs of another build, a lone meta-data file is of a different build.
+        let other_build =
             counter_problem(&names(&["covmeta.aa", "covcounters.aa.1.2", "covmeta.bb"])).unwrap();
-        assert!(one_lost.starts_with("covmeta.bb but"), "{one_lost}");
+        assert_eq!(
+            other_build,
+            "covmeta.bb has no covcounters.*, while the runs that finished here are of another build \
+             (covmeta.aa): it is data of a different build, not of a process of this run; remove it, \
+             or start clean with a fresh `cargo xtask e2e-gateway --coverage` (which archives the old \
+             data first)"
+        );
         let empty = counter_problem(&names(&[".keep"])).unwrap();
         assert!(
             empty.contains("no coverage data") && empty.contains(PRODUCER),
