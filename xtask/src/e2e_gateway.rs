@@ -65,6 +65,12 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     // too: reusing it next time is the point of the flag.
     let keep = flags.keep_cluster || flags.reuse_cluster;
     let teardown = summary.phase(Phase::Teardown, || cluster.teardown(sh, keep));
+    // The next coverage run archives this data under its outcome; passed runs are kept longer.
+    if flags.coverage {
+        if let Err(err) = coverdata::record_outcome(&root, outcome.is_ok()) {
+            eprintln!("warning: {err:#}");
+        }
+    }
     if let Err(err) = outcome.as_ref().and(teardown.as_ref()) {
         summary.error = Some(format!("{err:#}"));
     }

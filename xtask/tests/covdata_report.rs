@@ -302,6 +302,47 @@ fn covdata_from_archive_reads_tar_and_says_what_else_it_was_given() {
 }
 
 #[test]
+fn covdata_archives_carry_the_outcome_and_files_of_the_user_stay() {
+    let sandbox = Sandbox::new("covdata-outcome", &["podman", "go"]);
+    let coverdata = sandbox.root.join("coverdata");
+    common::write(&coverdata.join("gateway/notes.txt"), "mine");
+    let args = ["e2e-gateway", "--cluster", "podman", "--coverage"];
+    let failed = Run::from(
+        sandbox
+            .command(&args)
+            .env("FAKE_TEST_FAIL", "1")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(failed.code, 1, "{failed}");
+    assert!(
+        failed.stdout.contains(
+            "left in place in coverdata (not written by the services): gateway/notes.txt\n"
+        ),
+        "{failed}"
+    );
+    let outcome = || fs::read_to_string(coverdata.join(".outcome")).unwrap();
+    assert_eq!(outcome(), "failed\n");
+
+    let passed = sandbox.run(&args);
+    assert_eq!(passed.code, 0, "{passed}");
+    let archived = passed
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("    previous coverage data archived to "))
+        .unwrap_or_else(|| panic!("{passed}"));
+    assert!(
+        archived.starts_with("coverdata/archive/") && archived.ends_with(".failed.tar.gz"),
+        "{passed}"
+    );
+    assert_eq!(outcome(), "passed\n");
+    assert_eq!(
+        fs::read_to_string(coverdata.join("gateway/notes.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
 fn covdata_without_go_stops_in_preflight_with_the_install_hint() {
     let sandbox = project("no-go", &[]);
     let run = report(&sandbox, &[]);
