@@ -1,6 +1,7 @@
 //! `cargo xtask covdata-report`: turns what the instrumented services wrote into `coverdata/`
-//! into numbers. `go tool covdata` and `go tool cover` do the work; this module only runs them,
-//! parses their text output and explains their failures.
+//! into numbers. `go tool covdata textfmt` reads the data; this module counts the statements of
+//! the profile it writes (no sources needed), checks the sources here against the build, runs
+//! `go tool cover -html` and `go test` when asked, and explains the tools' failures.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -499,6 +500,10 @@ fn package_of(file: &str) -> &str {
     file.rsplit_once('/').map_or(file, |(dir, _)| dir)
 }
 
+fn packages(blocks: &Blocks) -> BTreeSet<&str> {
+    blocks.keys().map(|k| package_of(&k.0)).collect()
+}
+
 fn per_package(blocks: &Blocks) -> BTreeMap<String, Stmts> {
     let mut packages: BTreeMap<String, Stmts> = BTreeMap::new();
     for package in blocks.keys().map(|k| package_of(&k.0)) {
@@ -635,8 +640,7 @@ fn markdown_summary(
 /// `-test.gocoverdir` would leave them out.
 fn unit_blocks(sh: &Shell, root: &Utf8Path, e2e: &Blocks) -> anyhow::Result<Blocks> {
     let module = project::go_module(root)?;
-    let packages: BTreeSet<&str> = e2e.keys().map(|k| package_of(&k.0)).collect();
-    let coverpkg = packages.into_iter().collect::<Vec<_>>().join(",");
+    let coverpkg = packages(e2e).into_iter().collect::<Vec<_>>().join(",");
     let profile = root.join("target/coverage/unit.out");
     step(cmd!(
         sh,
@@ -655,7 +659,7 @@ fn unit_blocks(sh: &Shell, root: &Utf8Path, e2e: &Blocks) -> anyhow::Result<Bloc
 /// Unit, E2E and combined statements over one set, the blocks of the E2E build's packages, and
 /// the combined blocks. Unit blocks of other packages are left out.
 fn same_statements(e2e: &Blocks, unit: &Blocks) -> ([Stmts; 3], Blocks) {
-    let packages: BTreeSet<&str> = e2e.keys().map(|k| package_of(&k.0)).collect();
+    let packages = packages(e2e);
     let mut combined = e2e.clone();
     for (key, ran) in unit {
         if packages.contains(package_of(&key.0)) {
@@ -696,7 +700,7 @@ fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Report) -> anyhow::Result<(Stmts
         ));
     }
     fs::write(&profile, text).with_context(|| format!("writing {profile}: {WRITABLE_TARGET}"))?;
-    let packages: BTreeSet<&str> = blocks.keys().map(|k| package_of(&k.0)).collect();
+    let packages = packages(&blocks);
     println!(
         "\nover the same {} statements, those of the E2E build's {} packages:",
         combined.total,
