@@ -88,6 +88,12 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         }
         cluster.teardown(sh, keep)
     });
+    // The next coverage run archives this data under its outcome; passed runs are kept longer.
+    if flags.coverage {
+        if let Err(err) = coverdata::record_outcome(&root, outcome.is_ok()) {
+            eprintln!("warning: {err:#}");
+        }
+    }
     if let Err(err) = outcome.as_ref().and(teardown.as_ref()) {
         let text = format!("{err:#}");
         summary.cause = err

@@ -93,13 +93,15 @@ USAGE:
 
 FLAGS:
     -i, --input DIR            a coverage directory (repeatable; default: every service under coverdata/)
-    --from-archive FILE        read an archived run (coverdata/archive/<timestamp>.tar.gz)
-    --html                     also write target/coverage/e2e.html
-    --min PCT                  exit 1 when total coverage is below PCT (0 to 100)
-    --with-unit                also run the Go unit tests with coverage and report unit, E2E and combined
+    --from-archive FILE        read an archived run (coverdata/archive/<time>.<outcome>.tar.gz, or a .tar)
+    --html                     also write target/coverage/e2e.html (needs the sources the binaries were built from)
+    --min PCT                  exit 1 when the merged statement total is below PCT (0 to 100)
+    --with-unit                also run the Go unit tests with coverage of the E2E build's packages and
+                               report unit, E2E and combined over the same statements
     -h, --help                 print this help
 
-Writes the merged profile to target/coverage/e2e.out.
+Writes the merged profile to target/coverage/e2e.out. The numbers come from the coverage data
+alone: without its sources (data of another checkout) everything but the HTML is reported.
 ";
 
 const LINT_DOCKERFILES_HELP: &str = "\

@@ -1,12 +1,18 @@
-//! Runs the real `xtask covdata-report` against scratch projects. Tests marked "needs go" build
-//! a small coverage-instrumented Go program, run it, and check the numbers the report gives.
+//! Runs the real `xtask covdata-report` against sandboxes (tests/common) holding a small Go
+//! module of their own. Tests marked "needs go" build a coverage-instrumented program with the
+//! real Go, run it, and check the numbers the report gives; the others run with the fake `go`.
+
+mod common;
 
 use std::{
     fs,
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
     time::{Duration, Instant},
 };
+
+use camino::{Utf8Path, Utf8PathBuf};
+use common::{Run, Sandbox};
+use expect_test::expect;
 
 const GO_MOD: &str = "module example.com/covtest\n\ngo 1.25\n";
 
@@ -65,86 +71,42 @@ func TestNegative(t *testing.T) {
 const KILLED: &str =
     "the process never exited normally (killed, or still running): stop it gracefully so the counters are written";
 
-/// A fresh project directory with the Go module and an empty `coverdata/`.
-fn project(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("covdata-{name}"));
-    let _ = fs::remove_dir_all(&root);
-    write(&root.join("go.mod"), GO_MOD);
-    write(&root.join("lib/lib.go"), LIB);
-    write(&root.join("cmd/app/main.go"), MAIN);
-    write(&root.join("coverdata/.gitkeep"), "");
-    root
+/// A sandbox whose project is the Go module above, with an empty `coverdata/`, and `fakes`.
+fn project(name: &str, fakes: &[&str]) -> Sandbox {
+    let sandbox = Sandbox::empty(&format!("covdata-{name}"), fakes);
+    for (path, text) in [
+        ("go.mod", GO_MOD),
+        ("lib/lib.go", LIB),
+        ("cmd/app/main.go", MAIN),
+        ("coverdata/.gitkeep", ""),
+    ] {
+        common::write(&sandbox.root.join(path), text);
+    }
+    sandbox
 }
 
-fn write(path: &Path, text: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, text).unwrap();
+/// The same with the real `go` in place of the fake.
+fn project_with_go(name: &str) -> Sandbox {
+    let sandbox = project(name, &[]);
+    sandbox.use_real("go");
+    sandbox
 }
 
-fn covdata_report(root: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.arg("covdata-report")
-        .args(args)
-        .env("XTASK_PROJECT_ROOT", root)
-        .env("NO_COLOR", "1")
-        .env_remove("GITHUB_STEP_SUMMARY")
-        .env_remove("GITHUB_ACTIONS")
-        .current_dir(root);
-    cmd
-}
-
-/// With the real `go` on PATH.
-fn xtask(root: &Path, args: &[&str]) -> Output {
-    covdata_report(root, args).output().unwrap()
-}
-
-/// With only the fake `go` (tests/fakes/fake) on PATH, which passes the preflight: for tests
-/// that fail before any real `go` command, so they need no Go. Returns the output and the
-/// fake's call log.
-fn xtask_fake_go(root: &Path, args: &[&str]) -> (Output, String) {
-    let bin = root.join("target/fake-bin");
-    fs::create_dir_all(&bin).unwrap();
-    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/fake");
-    fs::copy(fake, bin.join("go")).unwrap();
-    let log = root.join("target/fake-calls.log");
-    let _ = fs::remove_file(&log);
-    let out = covdata_report(root, args)
-        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-        .env("FAKE_LOG", &log)
-        .env("FAKE_STATE", root.join("target/fake-state"))
-        .output()
-        .unwrap();
-    (out, fs::read_to_string(&log).unwrap_or_default())
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+fn report(sandbox: &Sandbox, args: &[&str]) -> Run {
+    let mut all = vec!["covdata-report"];
+    all.extend_from_slice(args);
+    sandbox.run_in_root(&all)
 }
 
 /// Asserts the exit code and returns stderr.
-fn fails(out: &Output, code: i32) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(out),
-        stderr(out)
-    );
-    stderr(out)
+fn fails(run: &Run, code: i32) -> String {
+    assert_eq!(run.code, code, "{run}");
+    run.stderr.clone()
 }
 
-fn succeeds(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(out),
-        stderr(out)
-    );
-    stdout(out)
+fn succeeds(run: &Run) -> String {
+    assert_eq!(run.code, 0, "{run}");
+    run.stdout.clone()
 }
 
 /// True when some line of `text` consists of exactly these words.
@@ -153,88 +115,96 @@ fn has_row(text: &str, words: &[&str]) -> bool {
         .any(|l| l.split_whitespace().eq(words.iter().copied()))
 }
 
-/// Builds ./cmd/app with coverage into target/bin/app-<mode>.
-fn build(root: &Path, mode: &str) -> PathBuf {
-    let bin = root.join(format!("target/bin/app-{mode}"));
-    let status = Command::new("go")
+/// The lines of the report's tables (those with a percentage, without the lines `go test`
+/// printed, which hold times), for snapshots.
+fn table(text: &str) -> String {
+    text.lines()
+        .filter(|l| l.contains('%') && !l.starts_with('\t') && !l.starts_with("ok "))
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// Builds ./cmd/app with coverage into target/bin/app-<mode>, with the sandbox's real go.
+fn build(sandbox: &Sandbox, mode: &str) -> Utf8PathBuf {
+    let bin = sandbox.root.join(format!("target/bin/app-{mode}"));
+    let out = Command::new(sandbox.tools.join("go"))
         .args([
             "build",
             "-cover",
             &format!("-covermode={mode}"),
             "-coverpkg=example.com/covtest/...",
+            "-o",
+            bin.as_str(),
+            "./cmd/app",
         ])
-        .arg("-o")
-        .arg(&bin)
-        .arg("./cmd/app")
-        .current_dir(root)
-        .status()
-        .expect("go is on PATH");
-    assert!(status.success());
+        .current_dir(&sandbox.root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", Run::from(out));
     bin
 }
 
 /// Runs the program to completion with GOCOVERDIR=coverdata/<svc>.
-fn run_app(root: &Path, bin: &Path, svc: &str, args: &[&str]) {
-    let dir = root.join("coverdata").join(svc);
+fn run_app(sandbox: &Sandbox, bin: &Utf8Path, svc: &str, args: &[&str]) {
+    let dir = sandbox.root.join("coverdata").join(svc);
     fs::create_dir_all(&dir).unwrap();
     let out = Command::new(bin)
         .args(args)
         .env("GOCOVERDIR", &dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    assert!(out.status.success(), "{}", Run::from(out));
 }
 
 /// Service `a` ran Classify(0), service `b` Classify(1).
-fn two_services(name: &str) -> PathBuf {
-    let root = project(name);
-    let bin = build(&root, "atomic");
-    run_app(&root, &bin, "a", &[]);
-    run_app(&root, &bin, "b", &["x"]);
-    root
+fn two_services(name: &str) -> Sandbox {
+    let sandbox = project_with_go(name);
+    let bin = build(&sandbox, "atomic");
+    run_app(&sandbox, &bin, "a", &[]);
+    run_app(&sandbox, &bin, "b", &["x"]);
+    sandbox
 }
 
-fn files_starting(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    fs::read_dir(dir)
+fn files_starting(dir: &Utf8Path, prefix: &str) -> Vec<Utf8PathBuf> {
+    dir.read_dir_utf8()
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.file_name().unwrap().starts_with(prefix))
         .collect()
 }
 
 #[test]
 fn covdata_no_data_says_which_command_produces_it() {
-    let root = project("no-data");
-    let (out, calls) = xtask_fake_go(&root, &[]);
-    let err = fails(&out, 1);
+    let sandbox = project("no-data", &["go"]);
+    let run = report(&sandbox, &[]);
+    let err = fails(&run, 1);
     // A passing preflight is one line and checks Go only: no engine, no ports, no disk.
     assert!(
-        stdout(&out).starts_with("preflight: 2 checks ok (go, go tool covdata)\n"),
-        "{}",
-        stdout(&out)
+        run.stdout
+            .starts_with("preflight: 2 checks ok (go, go tool covdata)\n"),
+        "{run}"
     );
-    assert_eq!(calls.lines().count(), 2, "{calls}");
-    assert!(
-        calls.contains("go env GOVERSION\n") && calls.contains("go tool -n covdata\n"),
-        "{calls}"
-    );
+    let mut calls = sandbox.calls();
+    calls.sort(); // the checks run side by side
+    assert_eq!(calls, ["go env GOVERSION", "go tool -n covdata"], "{run}");
     assert!(
         err.contains(
             "no coverage data in coverdata: produce it with `cargo xtask e2e-gateway --coverage`"
         ),
         "{err}"
     );
-    let err = fails(&xtask_fake_go(&root, &["-i", "coverdata/gateway"]).0, 1);
+    let err = fails(&report(&sandbox, &["-i", "coverdata/gateway"]), 1);
     assert!(err.contains("coverdata/gateway: does not exist: produce it with `cargo xtask e2e-gateway --coverage`"), "{err}");
 }
 
 #[test]
 fn covdata_meta_without_counters_names_every_service_directory() {
-    let root = project("meta-only");
-    write(&root.join("coverdata/gateway/covmeta.0a1b"), "meta");
-    write(&root.join("coverdata/datastorage/covmeta.2c3d"), "meta");
+    let sandbox = project("meta-only", &["go"]);
+    let root = &sandbox.root;
+    common::write(&root.join("coverdata/gateway/covmeta.0a1b"), "meta");
+    common::write(&root.join("coverdata/datastorage/covmeta.2c3d"), "meta");
     fs::create_dir_all(root.join("coverdata/empty")).unwrap();
-    let err = fails(&xtask_fake_go(&root, &[]).0, 1);
+    let err = fails(&report(&sandbox, &[]), 1);
     assert!(
         err.contains(&format!(
             "coverdata/gateway: covmeta.0a1b but no covcounters.* for it: {KILLED}"
@@ -252,17 +222,20 @@ fn covdata_meta_without_counters_names_every_service_directory() {
 
 #[test]
 fn covdata_min_outside_0_to_100_is_a_usage_error() {
-    let root = project("min-usage");
+    let sandbox = project("min-usage", &["go"]);
     for bad in ["101", "-1", "abc"] {
-        fails(&xtask_fake_go(&root, &["--min", bad]).0, 2);
+        fails(&report(&sandbox, &["--min", bad]), 2);
     }
 }
 
 #[test]
 fn covdata_a_missing_archive_is_named() {
-    let root = project("missing-archive");
-    let (out, _) = xtask_fake_go(&root, &["--from-archive", "coverdata/archive/nope.tar.gz"]);
-    let err = fails(&out, 1);
+    let sandbox = project("missing-archive", &["go"]);
+    let run = report(
+        &sandbox,
+        &["--from-archive", "coverdata/archive/nope.tar.gz"],
+    );
+    let err = fails(&run, 1);
     assert!(
         err.contains("nope.tar.gz not found: the archived runs are in coverdata/archive"),
         "{err}"
@@ -270,24 +243,119 @@ fn covdata_a_missing_archive_is_named() {
 }
 
 #[test]
+fn covdata_empty_paths_are_named_as_such() {
+    let sandbox = project("empty-paths", &["go"]);
+    let err = fails(&report(&sandbox, &["-i", ""]), 1);
+    assert!(
+        err.contains("error: -i was given an empty path: name a coverage directory, e.g. `-i coverdata/gateway`"),
+        "{err}"
+    );
+    let err = fails(&report(&sandbox, &["--from-archive", ""]), 1);
+    assert!(
+        err.contains("error: --from-archive was given an empty path: name an archive"),
+        "{err}"
+    );
+}
+
+#[test]
+fn covdata_from_archive_reads_tar_and_says_what_else_it_was_given() {
+    let sandbox = project("archive-kinds", &["go"]);
+    let root = &sandbox.root;
+    common::write(&root.join("coverdata/a/covmeta.aa"), "meta");
+    common::write(&root.join("coverdata/a/covcounters.aa.1.2"), "counters");
+
+    let err = fails(&report(&sandbox, &["--from-archive", "coverdata/a"]), 1);
+    assert!(
+        err.contains(&format!(
+            "{root}/coverdata/a is a directory: --from-archive takes an archive (a .tar.gz written by \
+             `cargo xtask e2e-gateway --coverage`, in coverdata/archive); read a directory of \
+             coverage data with `-i {root}/coverdata/a`"
+        )),
+        "{err}"
+    );
+
+    common::write(&root.join("notes.tar.gz"), "not an archive\n");
+    let err = fails(&report(&sandbox, &["--from-archive", "notes.tar.gz"]), 1);
+    assert!(
+        err.contains(
+            "notes.tar.gz: it is damaged, or not a .tar.gz (or .tar) of coverage directories"
+        ),
+        "{err}"
+    );
+
+    // A plain tar (e.g. one unpacked with gunzip) is read like the .tar.gz.
+    let plain = root.join("run.tar");
+    let mut tar = tar::Builder::new(fs::File::create(&plain).unwrap());
+    tar.append_dir_all("a", root.join("coverdata/a")).unwrap();
+    tar.into_inner().unwrap();
+    let run = report(&sandbox, &["--from-archive", "run.tar"]);
+    assert!(run.stdout.contains("reading run.tar\n"), "{run}");
+    assert!(
+        has_row(&run.stdout, &["a", "(total)", "50.0%", "1", "of", "2"]),
+        "{run}"
+    );
+    assert!(
+        root.join("target/coverage/from-archive/run/a/covmeta.aa")
+            .is_file(),
+        "{run}"
+    );
+}
+
+#[test]
+fn covdata_archives_carry_the_outcome_and_files_of_the_user_stay() {
+    let sandbox = Sandbox::new("covdata-outcome", &["podman", "go"]);
+    let coverdata = sandbox.root.join("coverdata");
+    common::write(&coverdata.join("gateway/notes.txt"), "mine");
+    let args = ["e2e-gateway", "--cluster", "podman", "--coverage"];
+    let failed = Run::from(
+        sandbox
+            .command(&args)
+            .env("FAKE_TEST_FAIL", "1")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(failed.code, 1, "{failed}");
+    assert!(
+        failed.stdout.contains(
+            "left in place in coverdata (not written by the services): gateway/notes.txt\n"
+        ),
+        "{failed}"
+    );
+    let outcome = || fs::read_to_string(coverdata.join(".outcome")).unwrap();
+    assert_eq!(outcome(), "failed\n");
+
+    let passed = sandbox.run(&args);
+    assert_eq!(passed.code, 0, "{passed}");
+    let archived = passed
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("    previous coverage data archived to "))
+        .unwrap_or_else(|| panic!("{passed}"));
+    assert!(
+        archived.starts_with("coverdata/archive/") && archived.ends_with(".failed.tar.gz"),
+        "{passed}"
+    );
+    assert_eq!(outcome(), "passed\n");
+    assert_eq!(
+        fs::read_to_string(coverdata.join("gateway/notes.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
 fn covdata_without_go_stops_in_preflight_with_the_install_hint() {
-    let root = project("no-go");
-    let empty = root.join("target/empty-bin");
-    fs::create_dir_all(&empty).unwrap();
-    let out = covdata_report(&root, &[])
-        .env("PATH", &empty)
-        .output()
-        .unwrap();
-    let err = fails(&out, 1);
+    let sandbox = project("no-go", &[]);
+    let run = report(&sandbox, &[]);
+    let err = fails(&run, 1);
     assert!(
         err.contains("preflight failed (go, go tool covdata)"),
         "{err}"
     );
     // Nothing after the preflight ran: the missing data would have been the next error.
     assert!(!err.contains("no coverage data"), "{err}");
-    let text = stdout(&out);
+    let text = &run.stdout;
     assert!(
-        has_row(&text, &["go", "FAIL", "not", "found", "on", "PATH"]),
+        has_row(text, &["go", "FAIL", "not", "found", "on", "PATH"]),
         "{text}"
     );
     let fix = text
@@ -304,78 +372,161 @@ fn covdata_without_go_stops_in_preflight_with_the_install_hint() {
 #[test]
 #[ignore = "needs go"]
 fn covdata_numbers_per_service_per_package_and_merged() {
-    let root = two_services("numbers");
-    let summary = root.join("summary.md");
-    write(&summary, "earlier step\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["covdata-report", "--html"])
-        .env("XTASK_PROJECT_ROOT", &root)
-        .env("GITHUB_STEP_SUMMARY", &summary)
-        .output()
-        .unwrap();
-    let text = succeeds(&out);
+    let mut sandbox = two_services("numbers");
+    let summary = sandbox.root.join("summary.md");
+    common::write(&summary, "earlier step\n");
+    sandbox.env("GITHUB_STEP_SUMMARY", summary.as_str());
+    let text = succeeds(&report(&sandbox, &["--html"]));
     // main: 2 of 3 statements; lib: 3 of 8 per service, 4 of 8 merged (zero and positive).
-    assert!(
-        has_row(&text, &["a", "example.com/covtest/cmd/app", "66.7%"]),
-        "{text}"
-    );
-    assert!(
-        has_row(&text, &["a", "example.com/covtest/lib", "37.5%"]),
-        "{text}"
-    );
-    assert!(has_row(&text, &["a", "(total)", "45.5%"]), "{text}");
-    assert!(
-        has_row(&text, &["b", "example.com/covtest/lib", "37.5%"]),
-        "{text}"
-    );
-    assert!(has_row(&text, &["b", "(total)", "45.5%"]), "{text}");
-    assert!(
-        has_row(&text, &["all", "services", "(merged", "total)", "54.5%"]),
-        "{text}"
-    );
+    expect![[r#"
+        a             example.com/covtest/cmd/app     66.7%  2 of 3
+        a             example.com/covtest/lib         37.5%  3 of 8
+        a             (total)                         45.5%  5 of 11
+        b             example.com/covtest/cmd/app     66.7%  2 of 3
+        b             example.com/covtest/lib         37.5%  3 of 8
+        b             (total)                         45.5%  5 of 11
+        all services  (merged total)                  54.5%  6 of 11
+    "#]]
+    .assert_eq(&table(&text));
+    assert!(!text.contains("sources:"), "{text}");
 
-    let profile = fs::read_to_string(root.join("target/coverage/e2e.out")).unwrap();
+    let profile = fs::read_to_string(sandbox.root.join("target/coverage/e2e.out")).unwrap();
     assert!(profile.starts_with("mode: atomic\n"), "{profile}");
     assert!(
         profile.contains("example.com/covtest/lib/lib.go:"),
         "{profile}"
     );
-    assert!(root.join("target/coverage/e2e.html").is_file());
+    assert!(sandbox.root.join("target/coverage/e2e.html").is_file());
 
     let md = fs::read_to_string(&summary).unwrap();
     assert!(
         md.starts_with("earlier step\n"),
         "the summary must be appended to: {md}"
     );
-    assert!(
-        md.contains("| a | 45.5% |\n| b | 45.5% |\n| **all services (merged)** | **54.5%** |"),
-        "{md}"
-    );
+    expect![[r#"
+        earlier step
+        ### Coverage
+
+        | service | coverage |
+        | --- | ---: |
+        | a | 45.5% |
+        | b | 45.5% |
+        | **all services (merged)** | **54.5%** |
+
+    "#]]
+    .assert_eq(&md);
 }
 
 #[test]
 #[ignore = "needs go"]
 fn covdata_min_gate_both_ways() {
-    let root = two_services("min");
-    let text = succeeds(&xtask(&root, &["--min", "54.5"]));
+    let sandbox = two_services("min");
+    // 6 of 11 statements: 54.5454...%.
+    let text = succeeds(&report(&sandbox, &["--min", "54.5"]));
     assert!(
-        text.contains("E2E coverage 54.5% meets the required 54.5%"),
+        text.contains("E2E coverage 54.55% (6 of 11 statements) meets the required 54.50%"),
         "{text}"
     );
-    let err = fails(&xtask(&root, &["--min", "54.6"]), 1);
+    // Printed with one decimal, both would read 54.5%.
+    let err = fails(&report(&sandbox, &["--min", "54.55"]), 1);
     assert!(
-        err.contains("E2E coverage 54.5% is below the required 54.6% (--min)"),
+        err.contains(
+            "E2E coverage 54.545% (6 of 11 statements) is below the required 54.550% (--min)"
+        ),
         "{err}"
     );
 }
 
 #[test]
 #[ignore = "needs go"]
+fn covdata_sources_changed_since_the_build_are_named_next_to_the_total() {
+    let sandbox = two_services("changed-sources");
+    let direct = succeeds(&report(&sandbox, &[]));
+    // A comment line moves every block of lib.go down a line; the numbers must not change.
+    common::write(
+        &sandbox.root.join("lib/lib.go"),
+        &LIB.replace("package lib\n", "package lib\n\n// Moved.\n"),
+    );
+    let text = succeeds(&report(&sandbox, &[]));
+    assert_eq!(table(&text), table(&direct));
+    let after_total = text
+        .lines()
+        .skip_while(|l| !l.starts_with("all services"))
+        .nth(1);
+    assert_eq!(
+        after_total,
+        Some(
+            "sources: changed since the build: example.com/covtest/lib/lib.go (their blocks differ \
+             from the data's): the numbers above come from the data and stand, but e2e.out and the \
+             HTML put the build's blocks on today's lines; report from the checkout the binaries \
+             were built from"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs go"]
+fn covdata_data_of_another_module_is_reported_without_its_sources() {
+    let sandbox = project_with_go("other-module");
+    // The same program as a module of its own elsewhere: none of its files are in this checkout.
+    let other = sandbox.dir.join("other");
+    for (path, text) in [
+        ("go.mod", GO_MOD.replace("covtest", "othermod")),
+        ("lib/lib.go", LIB.to_string()),
+        ("cmd/app/main.go", MAIN.replace("covtest", "othermod")),
+    ] {
+        common::write(&other.join(path), &text);
+    }
+    let bin = sandbox.root.join("target/bin/other");
+    let out = Command::new(sandbox.tools.join("go"))
+        .args([
+            "build",
+            "-cover",
+            "-coverpkg=example.com/othermod/...",
+            "-o",
+        ])
+        .args([bin.as_str(), "./cmd/app"])
+        .current_dir(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", Run::from(out));
+    run_app(&sandbox, &bin, "a", &[]);
+
+    let run = report(&sandbox, &["--html", "--min", "45"]);
+    let text = succeeds(&run);
+    expect![[r#"
+        a             example.com/othermod/cmd/app     66.7%  2 of 3
+        a             example.com/othermod/lib         37.5%  3 of 8
+        a             (total)                          45.5%  5 of 11
+        all services  (merged total)                   45.5%  5 of 11
+        E2E coverage 45.5% (5 of 11 statements) meets the required 45.0%
+    "#]]
+    .assert_eq(&table(&text));
+    assert!(
+        text.contains(
+            "sources: 2 of the data's files are not in this checkout of example.com/covtest \
+             (e.g. example.com/othermod/cmd/app/main.go): the numbers above come from the coverage data alone"
+        ),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("no HTML written: its source files are not in this checkout"),
+        "{run}"
+    );
+    assert!(!sandbox.root.join("target/coverage/e2e.html").exists());
+    let err = fails(&report(&sandbox, &["--min", "46"]), 1);
+    assert!(err.contains("below the required 46.0%"), "{err}");
+}
+
+#[test]
+#[ignore = "needs go"]
 fn covdata_a_killed_process_is_diagnosed() {
-    let root = project("killed");
-    let bin = build(&root, "atomic");
-    run_app(&root, &bin, "a", &[]);
-    let dir = root.join("coverdata/killed");
+    let sandbox = project_with_go("killed");
+    let bin = build(&sandbox, "atomic");
+    run_app(&sandbox, &bin, "a", &[]);
+    let dir = sandbox.root.join("coverdata/killed");
     fs::create_dir_all(&dir).unwrap();
     let mut child = Command::new(&bin)
         .env("GOCOVERDIR", &dir)
@@ -394,8 +545,10 @@ fn covdata_a_killed_process_is_diagnosed() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let err = fails(&xtask(&root, &[]), 1);
+    let err = fails(&report(&sandbox, &["-i", "coverdata/killed"]), 1);
     assert!(err.contains("coverdata/killed: covmeta."), "{err}");
+    assert!(err.contains(KILLED), "{err}");
+    let err = fails(&report(&sandbox, &[]), 1);
     assert!(err.contains(KILLED), "{err}");
     assert!(!err.contains("coverdata/a"), "{err}");
 }
@@ -403,8 +556,8 @@ fn covdata_a_killed_process_is_diagnosed() {
 #[test]
 #[ignore = "needs go"]
 fn covdata_a_truncated_counter_file_shows_the_go_error_and_the_file() {
-    let root = two_services("corrupt");
-    let counters = files_starting(&root.join("coverdata/b"), "covcounters.")
+    let sandbox = two_services("corrupt");
+    let counters = files_starting(&sandbox.root.join("coverdata/b"), "covcounters.")
         .pop()
         .unwrap();
     let len = fs::metadata(&counters).unwrap().len();
@@ -415,18 +568,13 @@ fn covdata_a_truncated_counter_file_shows_the_go_error_and_the_file() {
         .set_len(len / 2)
         .unwrap();
 
-    let err = fails(&xtask(&root, &[]), 1);
-    let name = counters.file_name().unwrap().to_str().unwrap();
-    assert!(
-        err.contains("go tool covdata percent failed for coverdata/b"),
-        "{err}"
-    );
+    let err = fails(&report(&sandbox, &[]), 1);
+    assert!(err.contains("failed for coverdata/b"), "{err}");
     // Depending on where the cut falls, Go says "unexpected EOF" or "invalid magic string".
     assert!(
-        err.contains(&format!("reading counter data file {}", counters.display())),
+        err.contains(&format!("reading counter data file {counters}")),
         "{err}"
     );
-    assert!(err.contains(name), "{err}");
     assert!(
         err.contains("truncated or corrupt") && err.contains("`rm -rf coverdata/b`"),
         "{err}"
@@ -436,13 +584,13 @@ fn covdata_a_truncated_counter_file_shows_the_go_error_and_the_file() {
 #[test]
 #[ignore = "needs go"]
 fn covdata_mixed_coverage_modes_suggest_a_clean_run() {
-    let root = project("modes");
-    let atomic = build(&root, "atomic");
-    let set = build(&root, "set");
-    run_app(&root, &atomic, "a", &[]);
-    run_app(&root, &set, "a", &["x"]);
+    let sandbox = project_with_go("modes");
+    let atomic = build(&sandbox, "atomic");
+    let set = build(&sandbox, "set");
+    run_app(&sandbox, &atomic, "a", &[]);
+    run_app(&sandbox, &set, "a", &["x"]);
 
-    let err = fails(&xtask(&root, &[]), 1);
+    let err = fails(&report(&sandbox, &[]), 1);
     assert!(err.contains("counter mode clash"), "{err}");
     assert!(err.contains("different -covermode values"), "{err}");
     assert!(
@@ -454,19 +602,19 @@ fn covdata_mixed_coverage_modes_suggest_a_clean_run() {
 #[test]
 #[ignore = "needs go"]
 fn covdata_data_from_an_older_build_suggests_a_clean_run() {
-    let root = two_services("older");
+    let sandbox = two_services("older");
     // A changed source, rebuilt and run into the same directory.
-    write(
-        &root.join("lib/lib.go"),
+    common::write(
+        &sandbox.root.join("lib/lib.go"),
         &LIB.replace(
             "\tif n == 0 {",
             "\tif n == 7 {\n\t\treturn \"seven\"\n\t}\n\tif n == 0 {",
         ),
     );
-    let newer = build(&root, "atomic");
-    run_app(&root, &newer, "a", &[]);
+    let newer = build(&sandbox, "atomic");
+    run_app(&sandbox, &newer, "a", &[]);
 
-    let err = fails(&xtask(&root, &[]), 1);
+    let err = fails(&report(&sandbox, &[]), 1);
     assert!(
         err.contains("coverdata/a: the data comes from more than one build of changed source"),
         "{err}"
@@ -474,73 +622,71 @@ fn covdata_data_from_an_older_build_suggests_a_clean_run() {
     assert!(err.contains("example.com/covtest/lib/lib.go"), "{err}");
     assert!(err.contains("`rm -rf coverdata/a`"), "{err}");
     // The other service only ran the old build and still reports.
-    let text = succeeds(&xtask(&root, &["-i", "coverdata/b"]));
-    assert!(has_row(&text, &["b", "(total)", "45.5%"]), "{text}");
+    let text = succeeds(&report(&sandbox, &["-i", "coverdata/b"]));
+    assert!(
+        has_row(&text, &["b", "(total)", "45.5%", "5", "of", "11"]),
+        "{text}"
+    );
+}
+
+/// Writes the service directories of `coverdata/` into a gzipped tar at `archive`, as
+/// e2e-gateway does, and removes them.
+fn archive_services(sandbox: &Sandbox, archive: &Utf8Path, services: &[&str]) {
+    fs::create_dir_all(archive.parent().unwrap()).unwrap();
+    let gz = flate2::write::GzEncoder::new(
+        fs::File::create(archive).unwrap(),
+        flate2::Compression::default(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    for svc in services {
+        let dir = sandbox.root.join("coverdata").join(svc);
+        tar.append_dir_all(svc, &dir).unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
 }
 
 #[test]
 #[ignore = "needs go"]
 fn covdata_from_archive_gives_the_numbers_of_the_directory() {
-    let root = two_services("from-archive");
-    let direct = succeeds(&xtask(&root, &[]));
+    let sandbox = two_services("from-archive");
+    let direct = succeeds(&report(&sandbox, &[]));
+    let archive = sandbox
+        .root
+        .join("coverdata/archive/2025-01-01T00-00-00Z.tar.gz");
+    archive_services(&sandbox, &archive, &["a", "b"]);
 
-    // The archive layout: service directories at the top, as coverdata/ has them.
-    let archive = root.join("coverdata/archive/2025-01-01T00-00-00Z.tar.gz");
-    fs::create_dir_all(archive.parent().unwrap()).unwrap();
-    let gz = flate2::write::GzEncoder::new(
-        fs::File::create(&archive).unwrap(),
-        flate2::Compression::default(),
-    );
-    let mut tar = tar::Builder::new(gz);
-    tar.append_dir_all("a", root.join("coverdata/a")).unwrap();
-    tar.append_dir_all("b", root.join("coverdata/b")).unwrap();
-    tar.into_inner().unwrap().finish().unwrap();
-    fs::remove_dir_all(root.join("coverdata/a")).unwrap();
-    fs::remove_dir_all(root.join("coverdata/b")).unwrap();
-
-    let err = fails(&xtask(&root, &[]), 1);
+    let err = fails(&report(&sandbox, &[]), 1);
     assert!(
         err.contains("or report an archived run with `cargo xtask covdata-report --from-archive coverdata/archive/2025-01-01T00-00-00Z.tar.gz`"),
         "{err}"
     );
-    let archived = succeeds(&xtask(
-        &root,
+    let archived = succeeds(&report(
+        &sandbox,
         &[
             "--from-archive",
             "coverdata/archive/2025-01-01T00-00-00Z.tar.gz",
         ],
     ));
-    let table = |text: &str| {
-        text.lines()
-            .filter(|l| l.contains('%'))
-            .map(String::from)
-            .collect::<Vec<_>>()
-    };
     assert_eq!(table(&archived), table(&direct));
-    assert!(
-        has_row(
-            &archived,
-            &["all", "services", "(merged", "total)", "54.5%"]
-        ),
-        "{archived}"
-    );
 }
 
 #[test]
 #[ignore = "needs go"]
 fn covdata_with_unit_reports_unit_e2e_and_combined() {
-    let root = two_services("with-unit");
-    write(&root.join("lib/lib_test.go"), LIB_TEST);
-    let text = succeeds(&xtask(&root, &["--with-unit", "--min", "63"]));
-    // unit: Classify(-1) runs 2 of lib's 8; combined: main 2 of 3 plus lib 5 of 8 = 7 of 11.
-    assert!(has_row(&text, &["unit", "e2e", "combined"]), "{text}");
-    assert!(
-        has_row(&text, &["total", "25.0%", "54.5%", "63.6%"]),
-        "{text}"
-    );
-    assert!(
-        text.contains("combined (unit + E2E) coverage 63.6% meets the required 63.0%"),
-        "{text}"
-    );
-    assert!(root.join("target/coverage/combined").is_dir());
+    let sandbox = two_services("with-unit");
+    common::write(&sandbox.root.join("lib/lib_test.go"), LIB_TEST);
+    let text = succeeds(&report(&sandbox, &["--with-unit", "--min", "63"]));
+    // Over main's 3 and lib's 8 statements: unit tests run 2 of lib's (Classify(-1)) and none
+    // of main's (a package without tests), E2E 6, both 7.
+    let side_by_side = &text[text.find("\nover the same").expect(&text) + 1..];
+    expect![[r#"
+        over the same 11 statements, those of the E2E build's 2 packages:
+                          unit         e2e    combined
+        total            18.2%       54.5%       63.6%
+        statements     2 of 11     6 of 11     7 of 11
+        combined (unit + E2E) coverage 63.6% (7 of 11 statements) meets the required 63.0%
+    "#]]
+    .assert_eq(side_by_side);
+    assert!(sandbox.root.join("target/coverage/combined.out").is_file());
 }

@@ -164,10 +164,7 @@ fn an_engine_that_cannot_start_containers_stops_the_run_at_deploy_with_its_words
         sandbox.root
     );
     assert!(line("fix").contains(&conf), "{last_run}");
-    assert!(
-        run.stderr.contains(&format!("fix: podman may not raise")),
-        "{run}"
-    );
+    assert!(run.stderr.contains("fix: podman may not raise"), "{run}");
     // Nothing started, so there is nothing to stop for coverage.
     assert_eq!(
         sandbox.count("podman pod stop"),

@@ -89,19 +89,8 @@ impl Sandbox {
     /// for `fakes` (a subset of podman, kind, kubectl, go, docker, df). A tool left out is
     /// simply missing: nothing else on PATH can answer in its place.
     pub fn new(name: &str, fakes: &[&str]) -> Sandbox {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let root = dir.join("project");
-        let bin = dir.join("bin");
-        let tools = dir.join("tools");
-        for d in [&root, &bin, &tools] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        for (tool, path) in basic_tools() {
-            std::os::unix::fs::symlink(path, tools.join(tool)).unwrap();
-        }
+        let sandbox = Sandbox::empty(name, fakes);
+        let root = &sandbox.root;
         std::fs::write(
             root.join("go.mod"),
             "module example.com/gateway-e2e\n\ngo 1.25\n",
@@ -117,7 +106,26 @@ impl Sandbox {
         for sub in ["docker", "test/infrastructure"] {
             copy_dir(&repo.join(sub), &root.join(sub));
         }
-        let fake = repo.join("xtask/tests/fakes/fake");
+        sandbox
+    }
+
+    /// Like `new`, but the project directory is empty: for tests that bring a project of
+    /// their own (write it below `root`).
+    pub fn empty(name: &str, fakes: &[&str]) -> Sandbox {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("project");
+        let bin = dir.join("bin");
+        let tools = dir.join("tools");
+        for d in [&root, &bin, &tools] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for (tool, path) in basic_tools() {
+            std::os::unix::fs::symlink(path, tools.join(tool)).unwrap();
+        }
+        let fake = repo_root().join("xtask/tests/fakes/fake");
         for fake_name in fakes {
             let target = bin.join(fake_name);
             std::fs::copy(&fake, &target).unwrap();
@@ -144,6 +152,18 @@ impl Sandbox {
     pub fn env_value(&self, key: &str) -> String {
         let found = self.env.iter().rev().find(|(k, _)| k == key);
         found.map(|(_, v)| v.clone()).unwrap_or_default()
+    }
+
+    /// Links the real `tool` from the test's PATH into the tools directory, for tests that
+    /// need the real thing (`#[ignore = "needs go"]`); panics when it is not installed.
+    pub fn use_real(&self, tool: &str) -> &Sandbox {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let found = std::env::split_paths(&path)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("test setup: this test needs the real `{tool}` on PATH"));
+        std::os::unix::fs::symlink(found, self.tools.join(tool)).unwrap();
+        self
     }
 
     pub fn env(&mut self, key: &str, value: &str) -> &mut Sandbox {
@@ -181,6 +201,12 @@ impl Sandbox {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// `run` from the project root, where relative paths on the command line start.
+    pub fn run_in_root(&self, args: &[&str]) -> Run {
+        let output = self.command(args).current_dir(&self.root).output().unwrap();
+        Run::from(output)
     }
 
     /// Runs one of the installed fakes directly, as xtask would (for tests of the harness).
