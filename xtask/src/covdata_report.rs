@@ -6,7 +6,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    io::Write,
 };
 
 use anyhow::{bail, Context};
@@ -16,7 +15,7 @@ use xshell::{cmd, Shell};
 use crate::{
     cmd::step,
     coverdata::{self, check_counters, display, PRODUCER},
-    doctor, flags, project,
+    doctor, flags, project, ui,
 };
 
 /// Where container builds put the source; the text profile names files below them when a
@@ -133,22 +132,11 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
         None => (e2e.stmts, "E2E", e2e.coverage.profile.clone()),
     };
 
-    if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
-        if !path.is_empty() {
-            let text = markdown_summary(
-                &e2e.coverage,
-                with_unit.map(|(unit, combined)| (unit.percent(), combined.percent())),
-                flags.min.map(|m| (m, gated.percent())),
-            );
-            let mut file = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .with_context(|| step_summary_error(&path))?;
-            file.write_all(text.as_bytes())
-                .with_context(|| step_summary_error(&path))?;
-        }
-    }
+    ui::append_step_summary(&markdown_summary(
+        &e2e.coverage,
+        with_unit.map(|(unit, combined)| (unit.percent(), combined.percent())),
+        flags.min.map(|m| (m, gated.percent())),
+    ))?;
 
     if let Some(min) = flags.min {
         let (measured, required) = distinct_percents(gated.percent(), min);
@@ -172,10 +160,6 @@ fn distinct_percents(a: f64, b: f64) -> (String, String) {
         decimals += 1;
     }
     (format!("{a:.decimals$}"), format!("{b:.decimals$}"))
-}
-
-fn step_summary_error(path: &str) -> String {
-    format!("appending the coverage table to GITHUB_STEP_SUMMARY ({path}): point GITHUB_STEP_SUMMARY at a writable file, or unset it")
 }
 
 /// Prints the per-service and per-package table and the totals, writes target/coverage/e2e.out.
@@ -605,7 +589,7 @@ fn side_by_side(unit: Stmts, e2e: Stmts, combined: Stmts) -> String {
 }
 
 /// The Markdown appended to `GITHUB_STEP_SUMMARY`. `gate` is (required, measured).
-fn markdown_summary(
+pub fn markdown_summary(
     e2e: &Coverage,
     with_unit: Option<(f64, f64)>,
     gate: Option<(f64, f64)>,

@@ -105,6 +105,9 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     }
 
     let banner = Phase::Summary.banner();
+    if let Err(err) = ui::append_step_summary(&summary.markdown()) {
+        eprintln!("warning: {err:#}");
+    }
     let text = summary.render();
     print!("{text}");
     let last_run = project::xtask_dir(&root).join("last-run.txt");
@@ -116,6 +119,16 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     banner.finish(written.is_ok());
     if let (Err(_), Err(err)) = (&outcome, &teardown) {
         eprintln!("error: {err:#}");
+    }
+    if let (true, Some(err)) = (ui::github_actions(), &summary.error) {
+        // The failed phase and its fix on the run's page, outside the folded groups.
+        let (title, rest) = err.split_once(": ").unwrap_or(("e2e-gateway failed", err));
+        let mut message = rest.lines().next().unwrap_or("").to_string();
+        for line in [&summary.cause, &summary.fix].into_iter().flatten() {
+            message.push('\n');
+            message.push_str(line);
+        }
+        println!("{}", ui::error_annotation(title, &message));
     }
     // The fix goes last, under the error it is for.
     let with_fix = |err: anyhow::Error| match &summary.fix {

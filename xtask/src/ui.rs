@@ -1,9 +1,12 @@
-//! Terminal output shared by the tasks: phase banners, GitHub Actions groups, `NO_COLOR`.
+//! Terminal output shared by the tasks: phase banners, GitHub Actions groups, annotations and
+//! the job summary, `NO_COLOR`.
 
 use std::{
-    io::IsTerminal,
+    io::{IsTerminal, Write},
     time::{Duration, Instant},
 };
+
+use anyhow::Context;
 
 /// Running as a GitHub Actions step: print `::group::` and annotation workflow commands.
 pub fn github_actions() -> bool {
@@ -53,6 +56,52 @@ impl Banner {
     }
 }
 
+/// An `::error::` annotation: GitHub shows it on the run's page. Its data may not hold raw
+/// newlines (or `%`), which the workflow command syntax escapes.
+pub fn error_annotation(title: &str, message: &str) -> String {
+    let escape = |s: &str| {
+        s.replace('%', "%25")
+            .replace('\r', "%0D")
+            .replace('\n', "%0A")
+    };
+    let title = escape(title).replace(':', "%3A").replace(',', "%2C");
+    format!("::error title={title}::{}", escape(message))
+}
+
+/// Appends Markdown to the job summary when GitHub Actions gives one (`GITHUB_STEP_SUMMARY`).
+pub fn append_step_summary(markdown: &str) -> anyhow::Result<()> {
+    let Some(path) = std::env::var("GITHUB_STEP_SUMMARY")
+        .ok()
+        .filter(|p| !p.is_empty())
+    else {
+        return Ok(());
+    };
+    let fix = || {
+        format!(
+            "appending to GITHUB_STEP_SUMMARY ({path}): point it at a writable file, or unset it"
+        )
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(markdown.as_bytes()))
+        .with_context(fix)
+}
+
 pub fn seconds(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotations_escape_what_would_end_them() {
+        assert_eq!(
+            error_annotation("phase 5 (deploy): failed, twice", "100% wrong\nfix: this"),
+            "::error title=phase 5 (deploy)%3A failed%2C twice::100%25 wrong%0Afix: this"
+        );
+    }
 }

@@ -706,3 +706,79 @@ fn a_failed_teardown_after_ctrl_c_keeps_its_own_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn in_github_actions_phases_are_groups_a_failure_an_error_line_and_the_summary_a_job_summary() {
+    let mut sandbox = Sandbox::new("github-actions", &["podman", "go"]);
+    let job_summary = sandbox.dir.join("step-summary.md");
+    sandbox
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", job_summary.as_str())
+        .env("FAKE_TEST_FAIL", "1");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
+    assert_eq!(run.code, 1, "{run}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let groups: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("::group::"))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            "1. preflight",
+            "2. build images",
+            "3. create cluster",
+            "4. load images",
+            "5. deploy",
+            "6. test",
+            "7. diagnostics",
+            "8. coverage",
+            "9. teardown",
+            "10. summary"
+        ]
+    );
+    // Each group is closed before the next opens.
+    let markers: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("::group::") || **l == "::endgroup::")
+        .copied()
+        .collect();
+    assert!(
+        markers
+            .chunks(2)
+            .all(|pair| pair[0].starts_with("::group::") && pair[1] == "::endgroup::"),
+        "{markers:?}"
+    );
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("::error "))
+        .unwrap_or_else(|| panic!("no ::error:: line: {run}"));
+    assert!(
+        error.starts_with(
+            "::error title=phase 6 (test) failed::1 E2E test(s) failed (TestDeduplication)"
+        ),
+        "{error}"
+    );
+    let markdown = std::fs::read_to_string(&job_summary).unwrap();
+    for expected in [
+        "### e2e-gateway failed",
+        "| 6. test | ",
+        "Tests: 1 passed, 1 failed, 1 skipped",
+        "- failed: `TestDeduplication`",
+        "### Coverage",
+        "| **all services (merged)** |",
+        "Logs: `",
+        "Result: failed (exit 1): phase 6 (test) failed",
+    ] {
+        assert!(
+            markdown.contains(expected),
+            "{expected} missing:\n{markdown}"
+        );
+    }
+
+    // Outside GitHub Actions: no workflow commands.
+    let mut plain = Sandbox::new("not-github-actions", &["podman", "go"]);
+    plain.env("FAKE_TEST_FAIL", "1");
+    let run = plain.run(&["e2e-gateway", "--cluster", "podman"]);
+    assert!(!run.stdout.contains("::"), "{run}");
+}

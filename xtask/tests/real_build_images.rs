@@ -10,7 +10,7 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     os::unix::fs::PermissionsExt,
-    process::Command,
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -75,6 +75,8 @@ fn container_mode_with_standin_base_images_writes_coverage() {
     let env = [
         ("BUILDER_IMAGE", STANDIN_BUILDER),
         ("BASE_IMAGE", "scratch"),
+        // Keep no intermediate images: the builder stage would stay behind, untagged (300 MB).
+        ("BUILDAH_LAYERS", "false"),
     ];
     let args = [
         "build-images",
@@ -84,6 +86,12 @@ fn container_mode_with_standin_base_images_writes_coverage() {
         "--service",
         "gateway",
     ];
+    // Sources of this run's own, so no layer of an earlier build is reused: a builder stage
+    // left behind would be new.
+    let main = scratch.root.join("cmd/gateway/main.go");
+    let source = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, format!("{source}\n// {}\n", scratch.root)).unwrap();
+    let dangling_before = dangling_on(STANDIN_BUILDER);
     let built = scratch.xtask(&args, &env);
     let images = own_images(&built, &mut guard);
     assert_eq!(built.code, 0, "{built}");
@@ -93,6 +101,51 @@ fn container_mode_with_standin_base_images_writes_coverage() {
     let cov = scratch.coverage_dir("gateway");
     run_until_graceful_stop(&mut guard, &images[0].reference, 8080, &cov);
     assert_covmeta_and_covcounters(&cov, "");
+    // Nothing of this build is left untagged (its builder stage would be 300 MB).
+    let left: Vec<String> = dangling_on(STANDIN_BUILDER)
+        .into_iter()
+        .filter(|id| !dangling_before.contains(id))
+        .collect();
+    assert!(left.is_empty(), "untagged images left behind: {left:?}");
+}
+
+/// Untagged images built on `base`: their chain of parents leads to it.
+fn dangling_on(base: &str) -> Vec<String> {
+    let base = image_id(base);
+    let lines = |out: Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let dangling = lines(podman(&[
+        "images",
+        "--quiet",
+        "--no-trunc",
+        "--filter",
+        "dangling=true",
+    ]));
+    dangling
+        .into_iter()
+        .filter(|id| {
+            let mut current = id.clone();
+            for _ in 0..100 {
+                let parent = lines(podman(&[
+                    "image",
+                    "inspect",
+                    "--format",
+                    "{{.Parent}}",
+                    &current,
+                ]));
+                match parent.first().map(|p| p.trim().to_string()) {
+                    Some(p) if !p.is_empty() && base.ends_with(&p) => return true,
+                    Some(p) if !p.is_empty() => current = p,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect()
 }
 
 // ---- helpers ---------------------------------------------------------------------------------

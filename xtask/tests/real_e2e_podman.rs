@@ -1,58 +1,54 @@
-//! `cargo xtask e2e-gateway --coverage --cluster podman` for real: podman, go and the Go E2E
-//! suite, on a scratch copy of the project.
-//!
-//! The podman backend names its pods `gateway-pod-0` and `datastorage-pod-0`, so this file has
-//! exactly one test: two runs at once would share pods. The build-images real tests use no pods.
+//! `cargo xtask e2e-gateway --coverage --cluster podman` for real: podman, go, gotestsum and the
+//! Go E2E suite, each run on a scratch copy of the project under a cluster name of its own (the
+//! pods, the network and the lock are named after it), so the runs here go side by side.
 
 mod common;
 
+use camino::Utf8Path;
 use common::{
     free_port,
-    real::{assert_covmeta_and_covcounters, images_of, podman, text, Cleanup, Scratch},
+    real::{assert_covmeta_and_covcounters, images_of, podman, text, unique, Cleanup, Scratch},
+    Run,
 };
 
-const PODS: [&str; 2] = ["datastorage-pod-0", "gateway-pod-0"];
+/// A run of `e2e-gateway --coverage --cluster podman` on `scratch` under `name`.
+fn e2e(scratch: &Scratch, name: &str, guard: &mut Cleanup) -> Run {
+    guard.pods = ["datastorage", "gateway"]
+        .map(|s| format!("{name}-{s}-pod-0"))
+        .to_vec();
+    guard.networks = vec![format!("xtask-{name}")];
+    let (gateway, datastorage) = (free_port().to_string(), free_port().to_string());
+    let run = scratch.xtask(
+        &[
+            "e2e-gateway",
+            "--coverage",
+            "--cluster",
+            "podman",
+            "--cluster-name",
+            name,
+        ],
+        &[
+            ("GATEWAY_HOST_PORT", &gateway),
+            ("DATASTORAGE_HOST_PORT", &datastorage),
+        ],
+    );
+    guard.images = images_of(&run).into_iter().map(|i| i.reference).collect();
+    run
+}
 
 #[test]
 #[ignore = "needs podman and go"]
 fn e2e_with_coverage_on_podman_passes_and_leaves_nothing_behind() {
     let mut guard = Cleanup::default();
-    guard.pods = PODS.map(String::from).to_vec();
     let scratch = Scratch::new("real-e2e");
-    let root = &scratch.root;
-    let network = "podman-default-kube-network";
-    let network_existed = podman(&["network", "exists", network]).status.success();
-
-    let gateway_port = free_port().to_string();
-    let datastorage_port = free_port().to_string();
-    let run = scratch.xtask(
-        &["e2e-gateway", "--coverage", "--cluster", "podman"],
-        &[
-            ("GATEWAY_HOST_PORT", &gateway_port),
-            ("DATASTORAGE_HOST_PORT", &datastorage_port),
-        ],
-    );
-    guard.images = images_of(&run)
-        .into_iter()
-        .filter(|i| i.status == "built" || i.status == "cached")
-        .map(|i| i.reference)
-        .collect();
+    let name = unique("e2e");
+    let run = e2e(&scratch, &name, &mut guard);
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(
-        guard.images.len(),
-        2,
-        "one image per service expected:\n{run}"
-    );
+    assert_eq!(guard.images.len(), 2, "one image per service:\n{run}");
     assert_eq!(
         run.stdout.matches(" built ").count(),
         2,
         "a clean state builds both images:\n{run}"
-    );
-
-    assert_eq!(
-        podman(&["network", "exists", network]).status.success(),
-        network_existed,
-        "the run must leave {network} as it found it:\n{run}"
     );
 
     let (passed, failed) =
@@ -61,11 +57,11 @@ fn e2e_with_coverage_on_podman_passes_and_leaves_nothing_behind() {
     assert_eq!(failed, 0, "{run}");
 
     for service in ["gateway", "datastorage"] {
-        let dir = root.join("coverdata").join(service);
+        let dir = scratch.root.join("coverdata").join(service);
         assert_covmeta_and_covcounters(&dir, &run.to_string());
     }
 
-    let summary = std::fs::read_to_string(root.join("target/xtask/last-run.txt")).unwrap();
+    let summary = std::fs::read_to_string(scratch.root.join("target/xtask/last-run.txt")).unwrap();
     for label in ["coverage gateway", "coverage datastorage", "coverage total"] {
         let pct = percentage(&summary, label)
             .unwrap_or_else(|| panic!("no `{label} N%` line in the summary:\n{summary}"));
@@ -75,19 +71,142 @@ fn e2e_with_coverage_on_podman_passes_and_leaves_nothing_behind() {
         summary.contains("passed (exit 0)"),
         "the summary must say the run passed:\n{summary}"
     );
+    let junit = JUnit::read(&summary);
+    assert_eq!(junit.leaf_counts(), (passed, 0), "{summary}");
 
-    for pod in PODS {
+    for pod in &guard.pods {
         let exists = podman(&["pod", "exists", pod]);
         assert!(!exists.status.success(), "the pod {pod} was left behind");
     }
-    let left = podman(&["ps", "--all", "--format", "{{.Names}} {{.PodName}}"]);
+    for network in &guard.networks {
+        let exists = podman(&["network", "exists", network]);
+        assert!(
+            !exists.status.success(),
+            "the network {network} was left behind"
+        );
+    }
+    let left = podman(&["ps", "--all", "--format", "{{.Names}}"]);
     assert!(left.status.success(), "podman ps: {}", text(&left));
     let ours: Vec<String> = String::from_utf8_lossy(&left.stdout)
         .lines()
-        .filter(|l| PODS.iter().any(|pod| l.contains(pod)))
+        .filter(|l| l.starts_with(&format!("{name}-")))
         .map(str::to_string)
         .collect();
     assert!(ours.is_empty(), "containers left behind: {ours:?}");
+}
+
+/// Two checkouts run at once under their own names and ports: neither touches the other, one
+/// passes, and the other fails exactly where its own suite fails.
+#[test]
+#[ignore = "needs podman and go"]
+fn two_runs_at_once_with_their_own_names_and_ports_each_finish_on_their_own() {
+    let passing = Scratch::new("real-e2e-beside-a");
+    let failing = Scratch::new("real-e2e-beside-b");
+    // A test of the second checkout's own that fails in one subtest.
+    std::fs::write(
+        failing.root.join("test/e2e/gateway/zz_injected_test.go"),
+        "//go:build e2e\n\npackage gateway\n\nimport \"testing\"\n\nfunc TestInjected(t *testing.T) {\n\tt.Run(\"fine\", func(t *testing.T) {})\n\tt.Run(\"broken\", func(t *testing.T) { t.Fatal(\"injected\") })\n}\n",
+    )
+    .unwrap();
+    let names = [unique("a"), unique("b")];
+    let (mut guard_a, mut guard_b) = (Cleanup::default(), Cleanup::default());
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| e2e(&passing, &names[0], &mut guard_a));
+        let b = s.spawn(|| e2e(&failing, &names[1], &mut guard_b));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(a.code, 0, "{a}");
+    assert_eq!(b.code, 1, "{b}");
+    let summary = std::fs::read_to_string(failing.root.join("target/xtask/last-run.txt")).unwrap();
+    assert!(
+        summary.contains("failed tests             TestInjected/broken\n"),
+        "{summary}"
+    );
+    // The JUnit file says the same as the summary's count line.
+    let (passed, failed) = test_counts(&b.stdout).unwrap();
+    let junit = JUnit::read(&summary);
+    assert_eq!(junit.leaf_counts(), (passed, failed), "{summary}");
+    assert_eq!(junit.failed_leaves(), ["TestInjected/broken"]);
+    // Its services were still stopped for their counters.
+    for service in ["gateway", "datastorage"] {
+        let dir = failing.root.join("coverdata").join(service);
+        assert_covmeta_and_covcounters(&dir, &b.to_string());
+    }
+}
+
+/// A run's JUnit file, read with a real XML parser (xmllint, from Debian's libxml2-utils).
+struct JUnit {
+    /// Every testcase: its name and whether it failed or was skipped.
+    cases: Vec<(String, bool, bool)>,
+}
+
+impl JUnit {
+    /// The file the summary's `junit` line names.
+    fn read(summary: &str) -> JUnit {
+        let path = summary
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("junit"))
+            .unwrap_or_else(|| panic!("no junit line in the summary:\n{summary}"))
+            .trim();
+        let path = Utf8Path::new(path);
+        let valid = xmllint(&["--noout", path.as_str()]);
+        assert!(valid.is_empty(), "{path} is not well-formed XML: {valid}");
+        let suites = xmllint(&["--xpath", "count(//testsuite)", path.as_str()]);
+        assert!(
+            suites.trim().parse::<u32>().unwrap() > 0,
+            "no testsuite in {path}"
+        );
+        let count: usize = xmllint(&["--xpath", "count(//testcase)", path.as_str()])
+            .trim()
+            .parse()
+            .unwrap();
+        let cases = (1..=count)
+            .map(|i| {
+                let case = format!("//testcase[{i}]");
+                let name = xmllint(&["--xpath", &format!("string({case}/@name)"), path.as_str()]);
+                let has = |child: &str| {
+                    let n = xmllint(&["--xpath", &format!("count({case}/{child})"), path.as_str()]);
+                    n.trim() != "0"
+                };
+                (name.trim().to_string(), has("failure"), has("skipped"))
+            })
+            .collect();
+        JUnit { cases }
+    }
+
+    /// JUnit lists a test with subtests as a case of its own; the xtask counts leaves.
+    fn leaves(&self) -> impl Iterator<Item = &(String, bool, bool)> {
+        self.cases.iter().filter(|(name, _, _)| {
+            let parent = format!("{name}/");
+            !self
+                .cases
+                .iter()
+                .any(|(other, _, _)| other.starts_with(&parent))
+        })
+    }
+
+    /// (passed, failed) leaves.
+    fn leaf_counts(&self) -> (usize, usize) {
+        let failed = self.leaves().filter(|(_, f, _)| *f).count();
+        let passed = self.leaves().filter(|(_, f, s)| !f && !s).count();
+        (passed, failed)
+    }
+
+    fn failed_leaves(&self) -> Vec<String> {
+        self.leaves()
+            .filter(|(_, f, _)| *f)
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+}
+
+fn xmllint(args: &[&str]) -> String {
+    let out = std::process::Command::new("xmllint")
+        .args(args)
+        .output()
+        .expect("xmllint (Debian: apt-get install -y libxml2-utils)");
+    assert!(out.status.success(), "xmllint {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// From the xtask's `N passed, N failed, N skipped` line.

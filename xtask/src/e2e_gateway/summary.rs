@@ -154,6 +154,71 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// The summary for GitHub's job summary page: the same facts as `render`, as Markdown,
+    /// with the coverage table covdata-report writes.
+    pub fn markdown(&self) -> String {
+        let verdict = if self.error.is_some() {
+            "failed"
+        } else {
+            "passed"
+        };
+        let mut out = format!(
+            "### e2e-gateway {verdict}\n\nRun `{}` on the {} backend.\n\n| phase | took |\n| --- | ---: |\n",
+            self.id, self.backend
+        );
+        let mut phases = self.phases.clone();
+        phases.sort_by_key(|(phase, _)| *phase);
+        for (phase, took) in &phases {
+            out.push_str(&format!(
+                "| {}. {} | {} |\n",
+                phase.number(),
+                phase.name(),
+                ui::seconds(*took)
+            ));
+        }
+        out.push('\n');
+        if let Some(gap) = self.idle_gap {
+            out.push_str(&format!(
+                "Idle gap (cluster ready to first load): {} ms\n\n",
+                gap.as_millis()
+            ));
+        }
+        match &self.tests {
+            Some(t) => {
+                out.push_str(&format!("Tests: {}\n\n", t.line()));
+                for name in &t.failed_names {
+                    out.push_str(&format!("- failed: `{name}`\n"));
+                }
+                if !t.failed_names.is_empty() {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str("Tests: not run\n\n"),
+        }
+        if let Some(coverage) = &self.coverage {
+            out.push_str(&crate::covdata_report::markdown_summary(
+                coverage, None, None,
+            ));
+        }
+        if let Some(logs) = &self.logs {
+            out.push_str(&format!("Logs: `{logs}` (the `e2e-logs` artifact)\n\n"));
+        }
+        if let Some(err) = &self.error {
+            out.push_str(&format!(
+                "Result: failed (exit 1): {}\n\n",
+                err.lines().next().unwrap_or("")
+            ));
+            for (label, value) in [("Cause", &self.cause), ("Fix", &self.fix)] {
+                if let Some(value) = value {
+                    out.push_str(&format!("{label}: {value}\n\n"));
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,9 +241,8 @@ mod tests {
         assert_eq!(numbers, (1..=10).collect::<Vec<_>>());
     }
 
-    #[test]
-    fn summary_lists_phases_gap_tests_coverage_and_result() {
-        let summary = Summary {
+    fn failed_run() -> Summary {
+        Summary {
             id: "2026-11-26T05-45-00Z".into(),
             backend: "kind",
             phases: vec![
@@ -205,8 +269,12 @@ mod tests {
             error: Some("phase 6 (test) failed: 1 E2E test(s) failed\nmore".into()),
             cause: Some("`go test` exited with 1: FAIL".into()),
             fix: None,
-        };
-        let text = summary.render();
+        }
+    }
+
+    #[test]
+    fn summary_lists_phases_gap_tests_coverage_and_result() {
+        let text = failed_run().render();
         // expect-test strips common indentation: check it here, compare the rest below.
         assert!(text.lines().all(|l| l.starts_with("  ")), "{text}");
         let unindented: String = text.lines().map(|l| format!("{}\n", &l[2..])).collect();
@@ -229,5 +297,43 @@ mod tests {
             cause                    `go test` exited with 1: FAIL
         "#]]
         .assert_eq(&unindented);
+    }
+
+    #[test]
+    fn the_job_summary_says_the_same_in_markdown() {
+        expect_test::expect![[r#"
+            ### e2e-gateway failed
+
+            Run `2026-11-26T05-45-00Z` on the kind backend.
+
+            | phase | took |
+            | --- | ---: |
+            | 1. preflight | 0.3s |
+            | 6. test | 1.5s |
+            | 7. diagnostics | 0.1s |
+            | 8. coverage | 2.0s |
+
+            Idle gap (cluster ready to first load): 40 ms
+
+            Tests: 12 passed, 1 failed, 0 skipped
+
+            - failed: `TestDedup/same_fingerprint`
+
+            ### Coverage
+
+            | service | coverage |
+            | --- | ---: |
+            | datastorage | 69.5% |
+            | gateway | 74.0% |
+            | **all services (merged)** | **74.6%** |
+
+            Logs: `/repo/target/xtask/logs/x` (the `e2e-logs` artifact)
+
+            Result: failed (exit 1): phase 6 (test) failed: 1 E2E test(s) failed
+
+            Cause: `go test` exited with 1: FAIL
+
+        "#]]
+        .assert_eq(&failed_run().markdown());
     }
 }

@@ -61,6 +61,8 @@ impl Scratch {
         cmd.args(args)
             .current_dir(&self.root)
             .env("XTASK_PROJECT_ROOT", &self.root)
+            // The lock of a cluster name goes with the copy, not into the machine's /tmp.
+            .env("TMPDIR", &self.root)
             .env("NO_COLOR", "1")
             .env_remove("GITHUB_ACTIONS")
             .env_remove("GITHUB_STEP_SUMMARY")
@@ -92,6 +94,7 @@ impl Drop for Scratch {
 pub struct Cleanup {
     pub containers: Vec<String>,
     pub pods: Vec<String>,
+    pub networks: Vec<String>,
     pub images: Vec<String>,
 }
 
@@ -103,6 +106,11 @@ impl Drop for Cleanup {
         for pod in &self.pods {
             if podman(&["pod", "exists", pod]).status.success() {
                 let _ = podman(&["pod", "rm", "--force", "--time", "0", pod]);
+            }
+        }
+        for network in &self.networks {
+            if podman(&["network", "exists", network]).status.success() {
+                let _ = podman(&["network", "rm", "--force", network]);
             }
         }
         for image in &self.images {
