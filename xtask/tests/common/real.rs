@@ -51,6 +51,7 @@ impl Scratch {
                 .unwrap();
             writeln!(file, "# scratch copy for the test run {id}").unwrap();
         }
+        std::fs::create_dir_all(root.join("target")).unwrap();
         Scratch { root }
     }
 
@@ -61,8 +62,9 @@ impl Scratch {
         cmd.args(args)
             .current_dir(&self.root)
             .env("XTASK_PROJECT_ROOT", &self.root)
-            // The lock of a cluster name goes with the copy, not into the machine's /tmp.
-            .env("TMPDIR", &self.root)
+            // The lock of a cluster name goes with the copy, not into the machine's /tmp (and not
+            // the root itself: go ignores a go.mod in the temporary directory).
+            .env("TMPDIR", self.root.join("target"))
             .env("NO_COLOR", "1")
             .env_remove("GITHUB_ACTIONS")
             .env_remove("GITHUB_STEP_SUMMARY")
