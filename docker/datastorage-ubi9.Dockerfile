@@ -26,7 +26,7 @@ RUN --mount=type=cache,target=/var/cache/go-mod go mod download
 COPY cmd/ cmd/
 COPY internal/ internal/
 # Release default: no paths, no symbols. For coverage builds the xtask passes
-# --build-arg GOFLAGS="-cover -covermode=atomic -coverpkg=example.com/gateway-e2e/..."
+# --build-arg GOFLAGS="-cover -covermode=atomic -coverpkg=example.com/gateway-e2e/... -tags=e2ecoverage"
 # (no -s: keep symbols). The ARG is in the environment of RUN, and go reads
 # GOFLAGS from there. Declared after `go mod download` so that layer is
 # shared by release and coverage builds.

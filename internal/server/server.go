@@ -21,6 +21,11 @@ import (
 // kubelet would SIGKILL it.
 const ShutdownTimeout = 10 * time.Second
 
+// CoverDataPath is where coverage builds (built with -tags e2ecoverage, as the xtask does)
+// serve their coverage counters on demand: on a cluster without a disk shared with the host,
+// they are fetched through it before the pods go away. Other builds do not have it.
+const CoverDataPath = "/debug/coverdata"
+
 // Run listens on addr and serves handler until ctx is cancelled, then shuts
 // down gracefully. It returns nil after a clean shutdown.
 func Run(ctx context.Context, logger *slog.Logger, addr string, handler http.Handler) error {
@@ -34,7 +39,7 @@ func Run(ctx context.Context, logger *slog.Logger, addr string, handler http.Han
 // Serve is Run on an existing listener (tests pass one bound to port 0).
 func Serve(ctx context.Context, logger *slog.Logger, ln net.Listener, handler http.Handler) error {
 	srv := &http.Server{
-		Handler:           handler,
+		Handler:           withCoverData(handler),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

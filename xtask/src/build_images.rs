@@ -17,6 +17,7 @@ use crate::{
     flags::{self, BuildMode, Engine},
     lint_dockerfiles,
     project::{self, Service},
+    registry::Registry,
     ui,
 };
 
@@ -28,6 +29,8 @@ pub struct Request {
     pub engine: Engine,
     pub no_cache: bool,
     pub archive: bool,
+    /// Push to it what it lacks; what it has needs no build.
+    pub registry: Option<Registry>,
 }
 
 /// One service image, built or found in the engine's store.
@@ -51,6 +54,7 @@ pub fn run(sh: &Shell, flags: &flags::BuildImages) -> anyhow::Result<()> {
         engine,
         no_cache: flags.no_cache,
         archive: flags.archive,
+        registry: flags.registry.clone(),
     };
     // No checks up front: the first engine call proves the engine answers, and a run with
     // nothing to build is one engine call. When a command fails, doctor's checks say why.
@@ -61,7 +65,7 @@ pub fn run(sh: &Shell, flags: &flags::BuildImages) -> anyhow::Result<()> {
             disk: true,
             ..doctor::Needs::default()
         };
-        if doctor::preflight(sh, &root, &needs).is_err() {
+        if doctor::preflight(sh, &root, &needs, Vec::new()).is_err() {
             eprintln!("build-images failed; the checks above say why");
         }
         return Err(err);
@@ -89,10 +93,20 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
     // One inspect for all images rather than listing the store, which grows slow with its size.
     let references: Vec<String> = planned.iter().map(|p| p.reference.clone()).collect();
     let existing = engine::inspect(sh, req.engine, &references)?;
+    // A tag the registry has is that image: nothing to build or push (another machine did).
+    let in_registry: Vec<bool> = references
+        .iter()
+        .map(|local| match &req.registry {
+            Some(registry) if !req.no_cache => {
+                registry.has(sh, req.engine, &registry.reference(local))
+            }
+            _ => false,
+        })
+        .collect();
     let to_build: Vec<Service> = planned
         .iter()
-        .zip(&existing)
-        .filter(|(_, found)| req.no_cache || found.is_none())
+        .zip(existing.iter().zip(&in_registry))
+        .filter(|(_, (found, pulled))| req.no_cache || (found.is_none() && !**pulled))
         .map(|(p, _)| p.service)
         .collect();
 
@@ -130,11 +144,14 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
 
     let mut images = Vec::new();
     for (
-        Planned {
-            service, reference, ..
-        },
-        found,
-    ) in planned.into_iter().zip(existing)
+        (
+            Planned {
+                service, reference, ..
+            },
+            found,
+        ),
+        in_registry,
+    ) in planned.into_iter().zip(existing).zip(in_registry)
     {
         let built = to_build.contains(&service);
         let info = if built {
@@ -145,6 +162,36 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         } else {
             found
         };
+        if let Some(registry) = &req.registry {
+            let remote = registry.reference(&reference);
+            let status = if in_registry {
+                "in the registry"
+            } else {
+                registry.push(sh, req.engine, &reference, &remote)?;
+                "pushed"
+            };
+            let size = info.map_or("-".to_string(), |i| megabytes(i.size));
+            println!(
+                "{:<12} {:<40} {:<6} {:>6} {:>9}  {status}: {remote}",
+                service.name,
+                reference,
+                if built {
+                    "built"
+                } else if in_registry {
+                    "remote"
+                } else {
+                    "cached"
+                },
+                ui::seconds(took.get(service.name).copied().unwrap_or_default()),
+                size
+            );
+            images.push(Image {
+                service,
+                reference: remote,
+                archive: None,
+            });
+            continue;
+        }
         let info = info.with_context(|| {
             format!(
                 "inspecting {reference} for its size failed: {} no longer has the image; \
@@ -379,7 +426,7 @@ fn cached(
                 hasher.update(std::fs::read(&file).unwrap_or_default());
             }
         }
-        hex(&hasher.finalize())
+        project::hex(&hasher.finalize())
     };
     if let Some((stored, answer)) = std::fs::read_to_string(&path).ok().and_then(|text| {
         text.split_once('\n')
@@ -393,10 +440,6 @@ fn cached(
     let _ = std::fs::create_dir_all(path.parent().expect("in the cache folder"))
         .and_then(|()| std::fs::write(&path, format!("{}\n{answer}", hash(&answer))));
     Ok(answer)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The user's configuration directory, as Go's os.UserConfigDir finds it on Linux.
@@ -549,7 +592,7 @@ fn inputs_hash(
     for (key, value) in settings {
         hasher.update(format!("setting\0{key}\0{value}\0"));
     }
-    Ok(hex(&hasher.finalize()[..6]))
+    Ok(project::hex(&hasher.finalize()[..6]))
 }
 
 fn dockerfile(root: &Utf8Path, mode: BuildMode, service: Service) -> Utf8PathBuf {
@@ -559,11 +602,14 @@ fn dockerfile(root: &Utf8Path, mode: BuildMode, service: Service) -> Utf8PathBuf
     }
 }
 
-fn coverage_flags(module: &str) -> [String; 3] {
+/// `-tags e2ecoverage` adds the endpoint that serves the counters on demand (see
+/// internal/server/coverdata.go), for clusters that share no disk with us.
+fn coverage_flags(module: &str) -> [String; 4] {
     [
         "-cover".to_string(),
         "-covermode=atomic".to_string(),
         format!("-coverpkg={module}/..."),
+        "-tags=e2ecoverage".to_string(),
     ]
 }
 
@@ -973,6 +1019,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
             engine: Engine::Podman,
             no_cache: false,
             archive: false,
+            registry: None,
         };
         let tags = || -> BTreeMap<&'static str, String> {
             let go = go_env(&sh, &root).unwrap();

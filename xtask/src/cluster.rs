@@ -12,12 +12,13 @@ use xshell::Shell;
 use crate::{
     build_images::Image,
     cmd::{CmdError, Output},
-    doctor::Needs,
+    doctor::{Check, Needs},
     engine,
-    flags::{ClusterBackend, Engine},
+    flags::{ClusterAccess, ClusterBackend, Engine, Registry},
     project::{self, Service, Services},
 };
 
+mod existing;
 mod kind;
 mod podman;
 
@@ -36,6 +37,10 @@ pub struct Settings {
     pub services: Services,
     /// `--node-image`: Kind boots this instead of its default node image.
     pub node_image: Option<String>,
+    /// `--registry`: the images come from there (and the manifests name it).
+    pub registry: Option<Registry>,
+    /// `--kubeconfig`, `--context` of an existing cluster.
+    pub access: ClusterAccess,
 }
 
 impl Settings {
@@ -59,6 +64,11 @@ pub trait Cluster {
 
     /// The tools this backend needs, added to what every run needs.
     fn needs(&self, needs: &mut Needs);
+
+    /// Checks of the backend's own, beside doctor's: rows of the same table.
+    fn checks(&self, _sh: &Shell) -> Vec<Check> {
+        Vec::new()
+    }
 
     /// What an earlier run with our name left behind (a cluster, pods), said in a few words.
     fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>>;
@@ -115,24 +125,30 @@ pub fn pick(
     engine: Option<Engine>,
     settings: impl FnOnce(Engine) -> Settings,
 ) -> anyhow::Result<Box<dyn Cluster>> {
-    let (kind, why) = match requested {
-        ClusterBackend::Kind => (true, "--cluster kind".to_string()),
-        ClusterBackend::Podman => (false, "--cluster podman".to_string()),
+    let (backend, why) = match requested {
         ClusterBackend::Auto => match project::which("kind") {
-            Some(path) => (true, format!("auto: kind found at {path}")),
-            None => (false, "auto: kind is not on PATH".to_string()),
+            Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
+            None => (
+                ClusterBackend::Podman,
+                "auto: kind is not on PATH".to_string(),
+            ),
         },
+        other => (other, format!("--cluster {}", other.name())),
     };
-    let cluster: Box<dyn Cluster> = if kind {
-        Box::new(kind::Kind::new(settings(engine::resolve(engine))))
-    } else {
-        // The pods run the images of podman's own store, whatever builds them.
-        if engine == Some(Engine::Docker) {
-            bail!(
-                "the podman backend runs images from podman's store, so it builds with podman: drop --engine docker, or use --cluster kind to run docker-built images on Kind"
-            );
+    let cluster: Box<dyn Cluster> = match backend {
+        ClusterBackend::Podman => {
+            // The pods run the images of podman's own store, whatever builds them.
+            if engine == Some(Engine::Docker) {
+                bail!(
+                    "the podman backend runs images from podman's store, so it builds with podman: drop --engine docker, or use --cluster kind to run docker-built images on Kind"
+                );
+            }
+            Box::new(podman::Podman::new(settings(Engine::Podman)))
         }
-        Box::new(podman::Podman::new(settings(Engine::Podman)))
+        ClusterBackend::Existing => {
+            Box::new(existing::Existing::new(settings(engine::resolve(engine))))
+        }
+        _ => Box::new(kind::Kind::new(settings(engine::resolve(engine)))),
     };
     println!("cluster backend: {} ({why})", cluster.name());
     Ok(cluster)
@@ -259,6 +275,8 @@ mod tests {
             name: "gateway-e2e".into(),
             engine: Engine::Podman,
             node_image: None,
+            registry: None,
+            access: ClusterAccess::default(),
             services: Services {
                 datastorage: project::DATASTORAGE,
                 gateway: Service {

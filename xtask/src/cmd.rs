@@ -288,6 +288,22 @@ struct Started {
 }
 
 impl Running {
+    /// Stops a command that would run until stopped (`kubectl port-forward`): SIGTERM to its
+    /// group, then waits for it. What it printed is returned.
+    pub fn stop(self) -> Output {
+        if let Ok(started) = &self.state {
+            signal_group(started.group, Signal::SIGTERM);
+        }
+        match self.finish_step() {
+            Ok((_, output)) => output,
+            Err(err) => Output {
+                status: std::process::ExitStatus::default(),
+                stdout: err.stdout,
+                stderr: err.stderr,
+            },
+        }
+    }
+
     /// Waits for the command; an exit status other than 0 is an error.
     pub fn wait(self) -> Result<Output, CmdError> {
         let (mut step, output) = self.finish_step()?;

@@ -77,6 +77,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
             covdata: true,
             ..doctor::Needs::default()
         },
+        Vec::new(),
     )?;
     let dirs = if let Some(archive) = &flags.from_archive {
         if archive.as_str().is_empty() {

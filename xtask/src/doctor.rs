@@ -138,6 +138,8 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
         engine,
         services,
         node_image: flags.node_image.clone(),
+        registry: flags.registry.clone(),
+        access: flags.cluster_access.clone(),
     })?;
     if flags.cluster == ClusterBackend::Auto && cluster.name() == "podman" {
         notes.push(Check::warn(
@@ -172,6 +174,7 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
         ..Needs::default()
     };
     cluster.needs(&mut needs);
+    notes.extend(cluster.checks(sh));
     let mut checks = check(sh, &root, &needs, notes);
     // `info` answering does not mean a container can start (ulimits, the OCI runtime): start
     // one, once the engine and go (which builds it) are known to work.
@@ -233,8 +236,13 @@ fn first_line(err: &anyhow::Error) -> String {
 
 /// The checks a task runs before it starts anything. Prints one line when all pass and the
 /// whole table when anything warns or fails; fails naming every failed required check.
-pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs) -> anyhow::Result<()> {
-    let checks = check(sh, root, needs, Vec::new());
+pub fn preflight(
+    sh: &Shell,
+    root: &Utf8Path,
+    needs: &Needs,
+    extra: Vec<Check>,
+) -> anyhow::Result<()> {
+    let checks = check(sh, root, needs, extra);
     print!("{}", summary(&checks, ui::bold));
     fail_on(&checks)
 }

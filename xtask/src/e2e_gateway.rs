@@ -50,6 +50,8 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         engine,
         services,
         node_image: flags.node_image.clone(),
+        registry: flags.registry.clone(),
+        access: flags.cluster_access.clone(),
     })?;
     cmd::set_leftover(cluster.remove_command());
     // Sortable by time, and apart from a run of another cluster name in the same second.
@@ -76,7 +78,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let outcome = pipeline(sh, &run, cluster.as_mut(), &mut summary, &mut lock);
     // Teardown runs on success, failure and Ctrl-C alike; `--reuse-cluster` keeps the cluster
     // too: reusing it next time is the point of the flag.
-    let keep = flags.keep_cluster || flags.reuse_cluster;
+    let keep = flags.keep_cluster || flags.reuse_cluster || flags.keep_namespace;
     // What the run wrote there (the test log, diagnostics), if anything.
     if run.logs_dir.is_dir() {
         summary.logs = Some(run.logs_dir.clone());
@@ -269,7 +271,7 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
         ..doctor::Needs::default()
     };
     cluster.needs(&mut needs);
-    doctor::preflight(sh, &run.settings.root, &needs)?;
+    doctor::preflight(sh, &run.settings.root, &needs, cluster.checks(sh))?;
     let Some(what) = leftover else {
         return Ok(lock);
     };
@@ -307,6 +309,7 @@ fn build(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<Vec<Ima
             engine: run.settings.engine,
             no_cache: false,
             archive: cluster.needs_archives(),
+            registry: run.settings.registry.clone(),
         },
     )
 }

@@ -5,6 +5,8 @@ use std::{ffi::OsString, fmt, str::FromStr};
 
 use camino::Utf8PathBuf;
 
+pub use crate::registry::Registry;
+
 pub const HELP: &str = "\
 cargo xtask: build, test and measure the Go services of this repository in containers
 
@@ -36,6 +38,10 @@ FLAGS:
     --engine podman|docker     container engine (default: podman if installed, else docker)
     --no-cache                 rebuild even when an image with the same content hash exists
     --archive                  also save each image to target/xtask/images/ (what a Kind load needs)
+    --registry HOST[:PORT][/PREFIX]
+                               push each image there as HOST/PREFIX/<svc>:e2e-<hash> (also
+                               E2E_REGISTRY); a tag the registry has is neither built nor pushed
+    --registry-insecure        the registry speaks plain HTTP (one on localhost, say)
     -h, --help                 print this help
 
 ENVIRONMENT:
@@ -49,8 +55,13 @@ USAGE:
     cargo xtask doctor [FLAGS]
 
 FLAGS:
-    --cluster auto|kind|podman check for this cluster backend (default: auto)
+    --cluster auto|kind|podman|existing
+                               check for this cluster backend (default: auto)
     --cluster-name NAME        the name of the run's cluster or pods to look for (default: gateway-e2e)
+    --kubeconfig PATH, --context NAME
+                               the existing cluster to check (default: kubectl's current context)
+    --registry HOST[:PORT][/PREFIX], --registry-insecure
+                               the registry an existing cluster pulls from
     --engine podman|docker     container engine (default: podman if installed, else docker)
     --node-image IMAGE         the Kind node image the run will use (also E2E_NODE_IMAGE), for
                                the kubectl version skew check
@@ -67,8 +78,11 @@ USAGE:
 
 FLAGS:
     --coverage                 run coverage-instrumented services and report their coverage
-    --cluster auto|kind|podman kind: a Kind cluster; podman: `podman kube play`, no Kubernetes API;
-                               auto: kind when `kind` is on PATH, else podman (default)
+    --cluster auto|kind|podman|existing
+                               kind: a throwaway Kind cluster; podman: `podman kube play`, no
+                               Kubernetes API; existing: a cluster that is already there (a
+                               namespace per run; needs --registry); auto: kind when `kind` is
+                               on PATH, else podman (default)
     --keep-cluster             leave the cluster running afterwards (prints how to delete it)
     --reuse-cluster            reuse a running cluster of the same name instead of recreating it,
                                and keep it afterwards for the next run
@@ -80,6 +94,14 @@ FLAGS:
     --build-mode host|container
                                how images are built (default: host, see build-images --help)
     --engine podman|docker     container engine (default: podman if installed, else docker)
+    --registry HOST[:PORT][/PREFIX]
+                               images through this registry (also E2E_REGISTRY): pushed unless
+                               it has them; Kind nodes and podman pull from it
+    --registry-insecure        the registry speaks plain HTTP (one on localhost, say)
+    --kubeconfig PATH          --cluster existing: this kubeconfig (default: kubectl's)
+    --context NAME             --cluster existing: this context (default: the current one, which
+                               is never changed)
+    --keep-namespace           --cluster existing: keep the run's namespace (prints how to delete it)
     -h, --help                 print this help
 
 Everything after `--` is passed to `go test`, e.g. `-- -run TestDedup`.
@@ -166,6 +188,8 @@ pub enum ClusterBackend {
     Auto,
     Kind,
     Podman,
+    /// A cluster that exists already (`--kubeconfig`, `--context`): a namespace per run.
+    Existing,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -176,6 +200,7 @@ pub struct BuildImages {
     pub engine: Option<Engine>,
     pub no_cache: bool,
     pub archive: bool,
+    pub registry: Option<Registry>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +209,8 @@ pub struct Doctor {
     pub cluster_name: String,
     pub engine: Option<Engine>,
     pub node_image: Option<String>,
+    pub cluster_access: ClusterAccess,
+    pub registry: Option<Registry>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,7 +224,19 @@ pub struct E2eGateway {
     pub node_image: Option<String>,
     pub build_mode: BuildMode,
     pub engine: Option<Engine>,
+    pub registry: Option<Registry>,
+    pub cluster_access: ClusterAccess,
+    /// `--cluster existing`: keep the run's namespace afterwards.
+    pub keep_namespace: bool,
     pub go_test_args: Vec<String>,
+}
+
+/// How to reach an existing cluster: `--kubeconfig` and `--context`, else kubectl's defaults
+/// (its current context, which the xtask never changes).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterAccess {
+    pub kubeconfig: Option<Utf8PathBuf>,
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -257,8 +296,20 @@ impl FromStr for ClusterBackend {
             ("auto", ClusterBackend::Auto),
             ("kind", ClusterBackend::Kind),
             ("podman", ClusterBackend::Podman),
+            ("existing", ClusterBackend::Existing),
         ];
         one_of(s, &choices)
+    }
+}
+
+impl ClusterBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterBackend::Auto => "auto",
+            ClusterBackend::Kind => "kind",
+            ClusterBackend::Podman => "podman",
+            ClusterBackend::Existing => "existing",
+        }
     }
 }
 
@@ -369,6 +420,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
             engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
             no_cache: flag(&mut args, "--no-cache"),
             archive: flag(&mut args, "--archive"),
+            registry: registry(&mut args).map_err(err)?,
         }),
         "doctor" => Task::Doctor(Doctor {
             cluster: opt_value(&mut args, "--cluster", str::parse)
@@ -379,6 +431,8 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
                 .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
             engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
             node_image: node_image(&mut args).map_err(err)?,
+            cluster_access: cluster_access(&mut args).map_err(err)?,
+            registry: registry(&mut args).map_err(err)?,
         }),
         "e2e-gateway" => Task::E2eGateway(E2eGateway {
             coverage: flag(&mut args, "--coverage"),
@@ -395,6 +449,9 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
                 .map_err(err)?
                 .unwrap_or_default(),
             engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
+            registry: registry(&mut args).map_err(err)?,
+            cluster_access: cluster_access(&mut args).map_err(err)?,
+            keep_namespace: flag(&mut args, "--keep-namespace"),
             go_test_args: passthrough
                 .into_iter()
                 .map(|a| a.to_string_lossy().into_owned())
@@ -462,6 +519,28 @@ fn flag(args: &mut pico_args::Arguments, key: &'static str) -> bool {
         found = true;
     }
     found
+}
+
+/// `--registry`, else `E2E_REGISTRY`; `--registry-insecure` for plain HTTP.
+fn registry(args: &mut pico_args::Arguments) -> Result<Option<Registry>, pico_args::Error> {
+    let insecure = flag(args, "--registry-insecure");
+    let given = opt_value(args, "--registry", |s| Ok(s.to_string()))?
+        .or_else(|| std::env::var("E2E_REGISTRY").ok().filter(|v| !v.is_empty()));
+    match given {
+        Some(value) => convert("--registry", value, |v| Registry::parse(v, insecure)).map(Some),
+        None if insecure => Err(pico_args::Error::Utf8ArgumentParsingFailed {
+            cause: "`--registry-insecure` needs `--registry HOST[:PORT]` (or E2E_REGISTRY)".into(),
+            value: String::new(),
+        }),
+        None => Ok(None),
+    }
+}
+
+fn cluster_access(args: &mut pico_args::Arguments) -> Result<ClusterAccess, pico_args::Error> {
+    Ok(ClusterAccess {
+        kubeconfig: opt_value(args, "--kubeconfig", |s| Ok(s.into()))?,
+        context: opt_value(args, "--context", |s| Ok(s.to_string()))?,
+    })
 }
 
 /// `--node-image`, else `E2E_NODE_IMAGE`.
@@ -537,7 +616,7 @@ fn values<T>(
 fn convert<T>(
     key: &str,
     value: String,
-    parse: fn(&str) -> Result<T, String>,
+    parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<T, pico_args::Error> {
     parse(&value).map_err(|e| pico_args::Error::Utf8ArgumentParsingFailed {
         cause: format!("`{key}`: {e}"),
@@ -662,6 +741,7 @@ mod tests {
                 engine: Some(Engine::Docker),
                 no_cache: true,
                 archive: true,
+                registry: None,
             })
         );
         assert_eq!(
@@ -751,7 +831,7 @@ mod tests {
             ),
             (
                 "doctor --cluster foo",
-                "`--cluster`: expected auto, kind or podman, got `foo`",
+                "`--cluster`: expected auto, kind, podman or existing, got `foo`",
             ),
             (
                 "doctor --cluster-name Bad_Name",
@@ -763,7 +843,7 @@ mod tests {
             ),
             (
                 "e2e-gateway --cluster k8s",
-                "`--cluster`: expected auto, kind or podman, got `k8s`",
+                "`--cluster`: expected auto, kind, podman or existing, got `k8s`",
             ),
             (
                 "e2e-gateway --cluster-name Bad_Name",

@@ -12,6 +12,7 @@ mod flags;
 mod lint_dockerfiles;
 mod lock;
 mod project;
+mod registry;
 mod ui;
 
 use std::process::ExitCode;

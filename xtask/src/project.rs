@@ -188,6 +188,11 @@ pub fn which(name: &str) -> Option<Utf8PathBuf> {
     })
 }
 
+/// Bytes (a digest) as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A UTC timestamp like `2026-11-26T05-45-00Z`, for run ids and archive names: sortable, and
 /// without colons, which `tar` and some file systems read specially.
 pub fn utc_timestamp(time: std::time::SystemTime) -> String {

@@ -13,26 +13,35 @@ use common::{
 
 /// A run of `e2e-gateway --coverage --cluster podman` on `scratch` under `name`.
 fn e2e(scratch: &Scratch, name: &str, guard: &mut Cleanup) -> Run {
+    e2e_with(scratch, name, guard, &[])
+}
+
+/// `e2e` with more flags.
+fn e2e_with(scratch: &Scratch, name: &str, guard: &mut Cleanup, extra: &[&str]) -> Run {
     guard.pods = ["datastorage", "gateway"]
         .map(|s| format!("{name}-{s}-pod-0"))
         .to_vec();
     guard.networks = vec![format!("xtask-{name}")];
     let (gateway, datastorage) = (free_port().to_string(), free_port().to_string());
+    let mut args = vec![
+        "e2e-gateway",
+        "--coverage",
+        "--cluster",
+        "podman",
+        "--cluster-name",
+        name,
+    ];
+    args.extend(extra);
     let run = scratch.xtask(
-        &[
-            "e2e-gateway",
-            "--coverage",
-            "--cluster",
-            "podman",
-            "--cluster-name",
-            name,
-        ],
+        &args,
         &[
             ("GATEWAY_HOST_PORT", &gateway),
             ("DATASTORAGE_HOST_PORT", &datastorage),
         ],
     );
-    guard.images = images_of(&run).into_iter().map(|i| i.reference).collect();
+    guard
+        .images
+        .extend(images_of(&run).into_iter().map(|i| i.reference));
     run
 }
 
@@ -228,4 +237,107 @@ fn percentage(summary: &str, label: &str) -> Option<f64> {
         let value = line.trim_start().strip_prefix(label)?;
         value.trim().strip_suffix('%')?.parse().ok()
     })
+}
+
+/// Images through a real registry (CNCF Distribution, plain HTTP on loopback): the first run
+/// pushes both, the second (its local copies removed) builds and pushes nothing, and its pods
+/// pull from the registry; coverage is complete both times.
+#[test]
+#[ignore = "needs podman, go and the distribution registry (`registry` on PATH; .ci/run builds it)"]
+fn images_go_through_a_registry_and_a_second_run_pushes_nothing() {
+    let registry = RegistryServer::start();
+    let scratch = Scratch::new("real-registry");
+    let name = unique("reg");
+    let mut guard = Cleanup::default();
+    let flags = [
+        "--registry",
+        &format!("{}/e2e", registry.addr),
+        "--registry-insecure",
+    ];
+    let first = e2e_with(&scratch, &name, &mut guard, &flags);
+    assert_eq!(first.code, 0, "{first}");
+    assert_eq!(first.stdout.matches("  pushed: ").count(), 2, "{first}");
+    let remote: Vec<String> = first
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once("  pushed: ")
+                .map(|(_, r)| r.trim().to_string())
+        })
+        .collect();
+    guard.images.extend(remote.iter().cloned());
+    assert_coverage(&scratch, &first);
+
+    // A fresh machine: neither the built images nor the pulled ones are here.
+    for image in guard.images.clone() {
+        let _ = podman(&["rmi", "--force", &image]);
+    }
+    let second = e2e_with(&scratch, &name, &mut guard, &flags);
+    assert_eq!(second.code, 0, "{second}");
+    assert_eq!(second.stdout.matches("  pushed: ").count(), 0, "{second}");
+    assert_eq!(
+        second.stdout.matches("  in the registry: ").count(),
+        2,
+        "{second}"
+    );
+    assert!(!second.stdout.contains(" built "), "{second}");
+    // The pods ran the registry's images: podman pulled them under the registry's names.
+    for image in &remote {
+        let here = podman(&["image", "exists", image]);
+        assert!(here.status.success(), "{image} was not pulled:\n{second}");
+    }
+    assert_coverage(&scratch, &second);
+}
+
+fn assert_coverage(scratch: &Scratch, run: &Run) {
+    for service in ["gateway", "datastorage"] {
+        let dir = scratch.root.join("coverdata").join(service);
+        assert_covmeta_and_covcounters(&dir, &run.to_string());
+    }
+}
+
+/// The CNCF Distribution registry on a free loopback port, with storage of its own; stopped
+/// and removed when dropped.
+struct RegistryServer {
+    child: std::process::Child,
+    addr: String,
+    dir: camino::Utf8PathBuf,
+}
+
+impl RegistryServer {
+    fn start() -> RegistryServer {
+        let dir = camino::Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("registry"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {dir}/data\nhttp:\n  addr: {addr}\n"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = std::process::Command::new("registry")
+            .args(["serve", config.as_str()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the distribution registry as `registry` on PATH: `go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2`");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                started.elapsed().as_secs() < 20,
+                "the registry did not listen on {addr}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        RegistryServer { child, addr, dir }
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

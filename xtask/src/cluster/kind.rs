@@ -121,7 +121,11 @@ impl Kind {
 
     fn create_cluster(&mut self, sh: &Shell) -> anyhow::Result<()> {
         let vars = super::template_vars(self, &self.settings, &[]);
-        let text = super::render_file(&self.settings.root, "kind-gateway-config.yaml", &vars)?;
+        let mut text = super::render_file(&self.settings.root, "kind-gateway-config.yaml", &vars)?;
+        if self.settings.registry.is_some() {
+            // kind's local-registry set-up: containerd reads each registry's hosts.toml.
+            text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
+        }
         let config = write_file(
             &self.settings.rendered_dir(),
             "kind-gateway-config.yaml",
@@ -143,7 +147,7 @@ impl Kind {
             let err = match step(create).hint(CREATE_HINT).run() {
                 Ok(_) => {
                     self.ready_at = Some(Instant::now());
-                    return Ok(());
+                    return self.use_registry(sh);
                 }
                 Err(err) => err,
             };
@@ -173,6 +177,48 @@ impl Kind {
             self.delete_cluster(sh)?;
         }
         unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Points every node's containerd at the registry (`hosts.toml`, as kind documents for a
+    /// local registry). A registry on this machine's loopback is this machine for the nodes
+    /// too: podman gives them its address as `host.containers.internal`.
+    fn use_registry(&self, sh: &Shell) -> anyhow::Result<()> {
+        let Some(registry) = &self.settings.registry else {
+            return Ok(());
+        };
+        let port = registry.host.split_once(':').map(|(_, p)| format!(":{p}"));
+        let reachable = if registry.is_loopback() {
+            if self.settings.engine != Engine::Podman {
+                bail!(
+                    "kind's nodes cannot reach a registry on this machine's loopback ({}) with docker: give an address the nodes reach, or run the registry on the `kind` network as kind's local-registry guide does",
+                    registry.host
+                );
+            }
+            format!("host.containers.internal{}", port.unwrap_or_default())
+        } else {
+            registry.host.clone()
+        };
+        let scheme = if registry.insecure { "http" } else { "https" };
+        let hosts = format!(
+            "server = \"{scheme}://{}\"\n\n[host.\"{scheme}://{reachable}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            registry.host
+        );
+        let file = write_file(&self.settings.rendered_dir(), "hosts.toml", &hosts)?;
+        let dir = format!("/etc/containerd/certs.d/{}", registry.host);
+        let program = self.settings.engine.program();
+        for node in self.nodes(sh)? {
+            let name = &node.name;
+            let target = format!("{name}:{dir}/hosts.toml");
+            step(cmd!(sh, "{program} exec {name} mkdir -p {dir}")).run()?;
+            step(cmd!(sh, "{program} cp {file} {target}"))
+                .hint("check that the node container runs")
+                .run()?;
+        }
+        println!(
+            "    the nodes pull from {} (through {reachable})",
+            registry.host
+        );
+        Ok(())
     }
 
     /// Every node container of the cluster with its state.
@@ -286,7 +332,7 @@ impl Cluster for Kind {
     }
 
     fn needs_archives(&self) -> bool {
-        true
+        self.settings.registry.is_none()
     }
 
     fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>> {
@@ -342,6 +388,10 @@ impl Cluster for Kind {
     /// Checks every node is running (a stopped node is the "container state improper"
     /// failure), recreating the cluster once if not, then loads every archive.
     fn load(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<Option<Duration>> {
+        if let Some(registry) = &self.settings.registry {
+            println!("    nothing to load: the nodes pull from {}", registry.host);
+            return Ok(None);
+        }
         let nodes = self.nodes(sh)?;
         if !all_running(&nodes) {
             println!(
@@ -610,6 +660,8 @@ mod tests {
             name: "e2e".into(),
             engine,
             node_image: None,
+            registry: None,
+            access: Default::default(),
             services: crate::project::Services {
                 datastorage: project::DATASTORAGE,
                 gateway: project::GATEWAY,

@@ -164,13 +164,24 @@ impl Cluster for Podman {
         // podman kube play would treat a directory entry named like an image as a build
         // context: run it from a directory of our own.
         let _dir = sh.push_dir(&dir);
+        // From a registry, kube play pulls what is not here (plain HTTP says so).
+        let tls: Vec<String> = self
+            .settings
+            .registry
+            .as_ref()
+            .map(|r| r.tls_args())
+            .unwrap_or_default();
         for (service, file) in files {
-            step(cmd!(sh, "podman kube play --network {network} {file}"))
-                .hint(format!(
-                    "{} could not be started: see its logs in the diagnostics",
-                    service.name
-                ))
-                .run()?;
+            let tls = &tls;
+            step(cmd!(
+                sh,
+                "podman kube play {tls...} --network {network} {file}"
+            ))
+            .hint(format!(
+                "{} could not be started: see its logs in the diagnostics",
+                service.name
+            ))
+            .run()?;
             // Only services that started have counters to flush.
             self.deployed = true;
         }

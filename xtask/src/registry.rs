@@ -1,0 +1,187 @@
+//! `--registry`: the images go through a registry instead of from this machine's store, so a
+//! cluster elsewhere (or a Kind node) pulls them, and a tag already there is neither built nor
+//! pushed again: the content-hash tag says the image is the same.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use anyhow::Context;
+use xshell::{cmd, Shell};
+
+use crate::{cmd::step, flags::Engine};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registry {
+    /// `host[:port]`
+    pub host: String,
+    /// Path below the host, without slashes at either end; may be empty.
+    pub prefix: String,
+    /// Plain HTTP (a registry on localhost, say): no TLS, no certificate checks.
+    pub insecure: bool,
+}
+
+impl Registry {
+    /// `HOST[:PORT][/PREFIX]`, as `--registry` and `E2E_REGISTRY` take it.
+    pub fn parse(value: &str, insecure: bool) -> Result<Registry, String> {
+        if value.contains("://") {
+            return Err(format!(
+                "`{value}`: give the registry without a scheme, e.g. `127.0.0.1:5000/e2e`; add --registry-insecure for plain HTTP"
+            ));
+        }
+        let (host, prefix) = value.split_once('/').unwrap_or((value, ""));
+        let prefix = prefix.trim_matches('/');
+        let (name, port) = host.split_once(':').unwrap_or((host, ""));
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        let port_ok = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p > 0);
+        let prefix_ok = prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c));
+        if !name_ok || !port_ok || !prefix_ok {
+            return Err(format!(
+                "`{value}` is not HOST[:PORT][/PREFIX] (a host name or address, a port from 1 to 65535, a lowercase path)"
+            ));
+        }
+        Ok(Registry {
+            host: host.to_string(),
+            prefix: prefix.to_string(),
+            insecure,
+        })
+    }
+
+    /// `localhost/gateway:e2e-<hash>` in this registry: `HOST/PREFIX/gateway:e2e-<hash>`.
+    pub fn reference(&self, local: &str) -> String {
+        let name = local.strip_prefix("localhost/").unwrap_or(local);
+        match self.prefix.as_str() {
+            "" => format!("{}/{name}", self.host),
+            prefix => format!("{}/{prefix}/{name}", self.host),
+        }
+    }
+
+    /// The host part of the name the manifests use, as a node sees it; loopback means this
+    /// machine.
+    pub fn is_loopback(&self) -> bool {
+        let name = self.host.split(':').next().unwrap_or("");
+        name == "localhost" || name.starts_with("127.")
+    }
+
+    /// `--tls-verify=false` for a plain-HTTP registry, nothing otherwise (podman's flag).
+    pub fn tls_args(&self) -> Vec<String> {
+        if self.insecure {
+            vec!["--tls-verify=false".to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether the registry has `reference` already. A plain-HTTP registry is asked directly
+    /// (podman 4.3's `manifest inspect` cannot skip TLS); others through the engine, with its
+    /// credentials. Not knowing (no answer, no permission) is `false`: the push then says why.
+    pub fn has(&self, sh: &Shell, engine: Engine, reference: &str) -> bool {
+        if self.insecure {
+            return self.head_manifest(reference).unwrap_or(false);
+        }
+        let program = engine.program();
+        step(cmd!(sh, "{program} manifest inspect {reference}"))
+            .timeout(Duration::from_secs(30))
+            .output()
+            .is_ok_and(|o| o.success())
+    }
+
+    fn head_manifest(&self, reference: &str) -> std::io::Result<bool> {
+        let path = reference
+            .strip_prefix(&format!("{}/", self.host))
+            .unwrap_or(reference);
+        let (repository, tag) = path.rsplit_once(':').unwrap_or((path, "latest"));
+        let mut stream = TcpStream::connect(&self.host)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "HEAD /v2/{repository}/manifests/{tag} HTTP/1.0\r\nHost: {}\r\n\
+             Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, \
+             application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json\r\n\r\n",
+            self.host
+        )?;
+        let mut head = [0u8; 32];
+        let n = stream.read(&mut head)?;
+        Ok(
+            String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200")
+                || String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.0 200"),
+        )
+    }
+
+    /// Pushes the local image `local` as `remote`. A registry that refuses (authentication,
+    /// TLS, not reachable) fails with its own words and what to do.
+    pub fn push(
+        &self,
+        sh: &Shell,
+        engine: Engine,
+        local: &str,
+        remote: &str,
+    ) -> anyhow::Result<()> {
+        let program = engine.program();
+        let hint = format!(
+            "check that {} answers and takes pushes: log in with `{program} login {}`, \
+             add --registry-insecure for a plain-HTTP registry, or check its certificate",
+            self.host, self.host
+        );
+        let pushed = match engine {
+            Engine::Podman => {
+                let tls = self.tls_args();
+                step(cmd!(sh, "podman push {tls...} {local} {remote}"))
+                    .hint(hint)
+                    .run()
+            }
+            // docker pushes a tag of its own name.
+            Engine::Docker => step(cmd!(sh, "docker tag {local} {remote}"))
+                .run()
+                .and_then(|_| step(cmd!(sh, "docker push {remote}")).hint(hint).run()),
+        };
+        pushed
+            .map(drop)
+            .with_context(|| format!("pushing {local} to {remote} failed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_are_parsed_and_images_renamed() {
+        let r = Registry::parse("127.0.0.1:5000/e2e/ci", true).unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.prefix.as_str()),
+            ("127.0.0.1:5000", "e2e/ci")
+        );
+        assert_eq!(
+            r.reference("localhost/gateway:e2e-0123456789ab"),
+            "127.0.0.1:5000/e2e/ci/gateway:e2e-0123456789ab"
+        );
+        assert!(r.is_loopback());
+        let plain = Registry::parse("registry.example.com", false).unwrap();
+        assert_eq!(
+            plain.reference("localhost/gateway:e2e-1"),
+            "registry.example.com/gateway:e2e-1"
+        );
+        assert!(!plain.is_loopback());
+        assert!(plain.tls_args().is_empty());
+        for bad in [
+            "http://127.0.0.1:5000",
+            "host:0",
+            "host:x",
+            "Host/UPPER",
+            ":5000",
+        ] {
+            assert!(Registry::parse(bad, false).is_err(), "{bad}");
+        }
+        assert!(Registry::parse("http://r:1", false)
+            .unwrap_err()
+            .contains("without a scheme"));
+    }
+}
