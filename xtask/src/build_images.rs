@@ -241,7 +241,7 @@ fn plan(
     go: &GoEnv,
     module: &str,
 ) -> anyhow::Result<Vec<Planned>> {
-    let packages = go_packages(sh, root, go, &req.services)?;
+    let packages = go_packages(sh, root, go, &req.services, req.coverage)?;
     // Both services build from the same base images: resolve (and pull) each once.
     let mut base_ids: BTreeMap<String, String> = BTreeMap::new();
     let mut planned = Vec::new();
@@ -359,7 +359,10 @@ fn go_packages(
     root: &Utf8Path,
     go: &GoEnv,
     services: &[Service],
+    coverage: bool,
 ) -> anyhow::Result<BTreeMap<String, GoPackage>> {
+    // The files of the build tags the binaries are built with (see `coverage_flags`).
+    let tags: Vec<&str> = if coverage { vec!["-tags=e2ecoverage"] } else { Vec::new() };
     let (version, arch) = (&go.version, &go.arch);
     let format = "{{if not .Standard}}{{.ImportPath}}\t{{.Dir}}\t{{join .GoFiles \",\"}},{{join .CgoFiles \",\"}},{{join .EmbedFiles \",\"}},{{join .SFiles \",\"}}\t{{join .Deps \",\"}}{{end}}";
     let patterns: Vec<String> = services
@@ -369,20 +372,24 @@ fn go_packages(
     // What the answer depends on besides the package folders, which are checked below.
     let mut key = Sha256::new();
     key.update(format!(
-        "go-list\0{version}\0{arch}\0{patterns:?}\0{:?}\0",
+        "go-list\0{version}\0{arch}\0{patterns:?}\0{tags:?}\0{:?}\0",
         std::env::var("GOFLAGS").unwrap_or_default()
     ));
     for file in ["go.mod", "go.sum"] {
         key.update(std::fs::read(root.join(file)).unwrap_or_default());
     }
-    let name = format!("go-list-{}", patterns.join("-").replace("./cmd/", ""));
+    let name = format!(
+        "go-list-{}{}",
+        patterns.join("-").replace("./cmd/", ""),
+        if coverage { "-coverage" } else { "" }
+    );
     // A new import or file changes a file of these folders (or their listing).
     let folders = |output: &str| -> Vec<Utf8PathBuf> {
         parse_go_list(output).into_values().map(|p| p.dir).collect()
     };
     let output = cached(root, &name, key, folders, || {
-        let patterns_ref = &patterns;
-        let list = cmd!(sh, "go list -deps -f {format} {patterns_ref...}")
+        let (patterns_ref, tags_ref) = (&patterns, &tags);
+        let list = cmd!(sh, "go list -deps -f {format} {tags_ref...} {patterns_ref...}")
             .env("CGO_ENABLED", "0")
             .env("GOOS", "linux")
             .env("GOARCH", arch)
