@@ -362,7 +362,11 @@ fn go_packages(
     coverage: bool,
 ) -> anyhow::Result<BTreeMap<String, GoPackage>> {
     // The files of the build tags the binaries are built with (see `coverage_flags`).
-    let tags: Vec<&str> = if coverage { vec!["-tags=e2ecoverage"] } else { Vec::new() };
+    let tags: Vec<&str> = if coverage {
+        vec!["-tags=e2ecoverage"]
+    } else {
+        Vec::new()
+    };
     let (version, arch) = (&go.version, &go.arch);
     let format = "{{if not .Standard}}{{.ImportPath}}\t{{.Dir}}\t{{join .GoFiles \",\"}},{{join .CgoFiles \",\"}},{{join .EmbedFiles \",\"}},{{join .SFiles \",\"}}\t{{join .Deps \",\"}}{{end}}";
     let patterns: Vec<String> = services
@@ -389,11 +393,14 @@ fn go_packages(
     };
     let output = cached(root, &name, key, folders, || {
         let (patterns_ref, tags_ref) = (&patterns, &tags);
-        let list = cmd!(sh, "go list -deps -f {format} {tags_ref...} {patterns_ref...}")
-            .env("CGO_ENABLED", "0")
-            .env("GOOS", "linux")
-            .env("GOARCH", arch)
-            .env("GOWORK", "off");
+        let list = cmd!(
+            sh,
+            "go list -deps -f {format} {tags_ref...} {patterns_ref...}"
+        )
+        .env("CGO_ENABLED", "0")
+        .env("GOOS", "linux")
+        .env("GOARCH", arch)
+        .env("GOWORK", "off");
         let output = step(list)
             .hint(format!("fix the Go build in {root} first"))
             .run()?;
