@@ -511,6 +511,9 @@ commands_file="$results/commands.txt"
 : >"$commands_file"
 scenario_names=()
 scenario_files=()
+# The machine's load average when each scenario started and ended: other work running at the
+# same time makes every column slower.
+scenario_loads=()
 
 # bench NAME FILE PREPARE-ACTION WARMUP TOOL...: one hyperfine invocation, the tools side by
 # side, each with its own --prepare.
@@ -527,6 +530,8 @@ bench() {
         args+=("${command[$tool]}")
     done
     say "scenario: $name"
+    local load_before
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     {
         printf '## %s\n\n' "$name"
         printf 'cd %q &&' "$copy"
@@ -547,6 +552,7 @@ bench() {
     fi
     scenario_names+=("$name")
     scenario_files+=("$results/$file.json")
+    scenario_loads+=("$load_before -> $(cut -d' ' -f1-3 /proc/loadavg)")
 }
 
 restore_gateway() {
@@ -637,6 +643,10 @@ for name, path in zip(names, files):
     print(f"| {name} | " + " | ".join(cell(m) for m in medians)
           + f" | {ratio(medians[0], medians[1])} | {ratio(medians[0], medians[2])} |")
 PY
+    printf '\nLoad average (1, 5, 15 min) at the start and the end of each scenario (%s cores):\n\n' "$(nproc)"
+    for i in "${!scenario_names[@]}"; do
+        printf -- '- %s: %s\n' "${scenario_names[$i]}" "${scenario_loads[$i]}"
+    done
     printf '\nCommands (the hyperfine invocations, in the scratch copy):\n\n```\n'
     cat "$commands_file"
     printf '```\n'
