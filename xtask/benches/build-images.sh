@@ -114,16 +114,38 @@ preexisting() {
     grep -qx "$id" "$BENCH_STATE/preexisting-ids.txt"
 }
 
-# Removes images by reference or ID, never one that existed before the benchmark started, and
-# without --force: an image that another image or a container still needs stays.
+# Every image name this benchmark gave (or its tools gave) an image, one per line.
+my_tags() {
+    xtask_refs
+    make_tags
+    printf '%s/datastorage:latest\n%s/gateway:latest\n' "$KO_DOCKER_REPO" "$KO_DOCKER_REPO"
+    printf 'localhost/bench-ko-base:%s\n%s\n' "$BENCH_RUN_ID" "$BENCH_STANDIN"
+}
+
+# Removes images by name or ID, without --force (an image that another image or a container
+# still needs stays), and never
+#   - an image that existed before the benchmark started;
+#   - by ID, an image that also carries a name that is not ours: podman's layer cache can give
+#     another run's build our image (container mode: the binary is the same in every checkout),
+#     and that run named it. By name, podman then only removes our name.
 remove_images() {
-    local ref id
+    local ref id tags tag
+    my_tags | sort -u >"$BENCH_STATE/my-tags.txt"
     for ref in "$@"; do
         id=$(podman image inspect --format '{{.Id}}' "$ref" 2>/dev/null) || continue
         if preexisting "$id"; then
             printf 'keeping %s (%s): it existed before the benchmark\n' "$ref" "$id" \
                 >>"$BENCH_STATE/podman-cleanup.log"
             continue
+        fi
+        if [[ $ref =~ ^(sha256:)?[0-9a-f]{11,64}$ ]]; then
+            tags=$(podman image inspect --format '{{range .RepoTags}}{{println .}}{{end}}' "$ref" 2>/dev/null || true)
+            tag=$(printf '%s\n' "$tags" | grep -vxFf "$BENCH_STATE/my-tags.txt" | grep -m1 . || true)
+            if [ -n "$tag" ]; then
+                printf 'keeping %s: it is also %s, a name that is not ours\n' "$ref" "$tag" \
+                    >>"$BENCH_STATE/podman-cleanup.log"
+                continue
+            fi
         fi
         podman_quiet rmi --ignore "$ref" || true
     done
@@ -137,11 +159,14 @@ xtask_refs() {
         awk '{print $2}' || true
 }
 
-# The IDs podman build printed in the Makefile's logs: every step's image ("--> <id>", the
-# intermediate images that are podman's layer cache) and the final image (a bare full ID).
+# The images podman build made for the Makefile, from its logs: every step's image ("--> <id>":
+# the intermediate images, which are podman's layer cache) and the final image (a bare full ID).
+# An ID whose first mention is "--> Using cache <id>" was made by someone else: not ours.
 make_ids() {
     cat "$BENCH_STATE"/make*.log 2>/dev/null |
-        sed -nE 's/^--> ([0-9a-f]{11,64})$/\1/p; s/^([0-9a-f]{64})$/\1/p' || true
+        sed -nE 's/^--> Using cache ([0-9a-f]{64})$/reused \1/p; s/^--> ([0-9a-f]{11,64})$/made \1/p; s/^([0-9a-f]{64})$/made \1/p' |
+        awk '{ id = substr($2, 1, 11); if (!(id in seen)) { seen[id] = $1; order[++n] = id } }
+            END { for (i = n; i >= 1; i--) if (seen[order[i]] == "made") print order[i] }' || true
 }
 
 make_tags() {
@@ -181,7 +206,7 @@ remove_tool_images() {
     make)
         mapfile -t tags < <(make_tags)
         remove_images "${tags[@]}"
-        mapfile -t ids < <(make_ids | sort -u)
+        mapfile -t ids < <(make_ids)
         [ ${#ids[@]} -eq 0 ] || remove_images "${ids[@]}"
         ;;
     ko)
@@ -332,7 +357,8 @@ export BENCH_STATE
 BENCH_STATE=$(mktemp -d "${TMPDIR:-/tmp}/xtask-bench.XXXXXX")
 export BENCH_MAKE_REPO=localhost/bench-make
 export KO_DOCKER_REPO="localhost/bench-ko-$run_id"
-standin="localhost/bench-standin-go-builder:$run_id"
+export BENCH_STANDIN="localhost/bench-standin-go-builder:$run_id"
+standin=$BENCH_STANDIN
 copy="$BENCH_STATE/repo"
 results=${results:-$repo/target/xtask-bench/results-$(date -u +%Y%m%dT%H%M%SZ)}
 cargo_target=${cargo_target:-$repo/target/xtask-bench/cargo-target}
@@ -344,27 +370,12 @@ cargo_target=$(cd "$cargo_target" && pwd)
 podman images -a -q --no-trunc | sed 's/^sha256://' | sort -u >"$BENCH_STATE/preexisting-ids.txt"
 : >"$(made_file)"
 
-# Images whose parent chain leads to our stand-in builder (container-mode intermediates that
-# no log names: the xtask does not print podman's output).
-standin_descendants() {
-    local root
-    root=$(podman image inspect --format '{{.Id}}' "$standin" 2>/dev/null) || return 0
-    podman images -a --no-trunc --format '{{.ID}} {{.ParentId}}' | python3 -c '
-import sys
-root = sys.argv[1].removeprefix("sha256:")
-children = {}
-for line in sys.stdin:
-    parts = line.split()
-    if len(parts) == 2:
-        children.setdefault(parts[1].removeprefix("sha256:"), []).append(parts[0].removeprefix("sha256:"))
-order, todo = [], [root]
-while todo:
-    for child in children.get(todo.pop(), []):
-        order.append(child)
-        todo.append(child)
-for image in reversed(order):  # leaves first
-    print(image)
-' "$root"
+# Images built FROM our stand-in builder, itself included: the container builds' intermediate
+# images, which no log names (the xtask does not print podman's output) and which podman's
+# parent links do not all reach. The stand-in carries a label naming this run, and every
+# image built FROM it inherits that label.
+standin_family() {
+    podman images -a -q --no-trunc --filter "label=xtask-bench.run=$BENCH_RUN_ID" 2>/dev/null || true
 }
 
 cleanup() {
@@ -378,29 +389,28 @@ cleanup() {
         make_tags
         printf '%s/datastorage:latest\n%s/gateway:latest\n' "$KO_DOCKER_REPO" "$KO_DOCKER_REPO"
         cat "$(made_file)"
-        make_ids | tac
+        make_ids
     } | awk 'NF && !seen[$0]++' >"$BENCH_STATE/to-remove.txt"
     mapfile -t doomed <"$BENCH_STATE/to-remove.txt"
     # Twice: a parent goes once its children have.
     for _ in 1 2; do
         [ ${#doomed[@]} -eq 0 ] || remove_images "${doomed[@]}"
     done
-    if podman image exists "$standin" 2>/dev/null; then
-        mapfile -t descendants < <(standin_descendants)
-        for _ in 1 2; do
-            [ ${#descendants[@]} -eq 0 ] || remove_images "${descendants[@]}"
-        done
-        remove_images "$standin"
-    fi
+    # Three passes: a parent goes once its children have.
+    mapfile -t family < <(standin_family)
+    for _ in 1 2 3; do
+        [ ${#family[@]} -eq 0 ] || remove_images "${family[@]}"
+    done
     local left=()
-    for ref in "${doomed[@]}" "$standin"; do
+    mapfile -t family < <(standin_family)
+    for ref in "${doomed[@]}" "${family[@]}"; do
         if podman image exists "$ref" 2>/dev/null &&
             ! preexisting "$(podman image inspect --format '{{.Id}}' "$ref")"; then
             left+=("$ref")
         fi
     done
     if [ ${#left[@]} -gt 0 ]; then
-        printf 'warning: still in podman'"'"'s store (in use?): %s\n' "${left[*]}" >&2
+        printf 'warning: left in podman'"'"'s store (in use, or also named by another run): %s\n' "${left[*]}" >&2
         cp "$BENCH_STATE/podman-cleanup.log" "$results/" 2>/dev/null
     fi
     # The tools' output, to check what each run did (cached, built, "Using cache").
@@ -575,8 +585,8 @@ build_standin() {
     done
     printf '%s\n' "$standin" >>"$(made_file)"
     # --layers=false: no intermediate images to clean up.
-    podman build --layers=false -f "$repo/xtask/tests/standin/builder.Dockerfile" \
-        -t "$standin" "$context" >>"$BENCH_STATE/setup.log" 2>&1 ||
+    podman build --layers=false --label "xtask-bench.run=$run_id" \
+        -f "$repo/xtask/tests/standin/builder.Dockerfile" -t "$standin" "$context" >>"$BENCH_STATE/setup.log" 2>&1 ||
         die "building the stand-in builder image failed: $(tail -n 5 "$BENCH_STATE/setup.log")"
     rm -rf "$context"
 }
