@@ -14,7 +14,7 @@ use crate::{
     cmd::{CmdError, Output},
     doctor::{Check, Needs},
     engine,
-    flags::{ClusterAccess, ClusterBackend, Engine, Registry},
+    flags::{ClusterAccess, ClusterBackend, Engine, Registry, Target},
     project::{self, Service, Services},
 };
 
@@ -121,11 +121,21 @@ pub trait Cluster {
 /// The backend for `--cluster` and the engine it runs with: `auto` means kind when `kind` is on
 /// PATH, else podman. Says which and why.
 pub fn pick(
-    requested: ClusterBackend,
-    engine: Option<Engine>,
-    settings: impl FnOnce(Engine) -> Settings,
+    target: &Target,
+    root: &Utf8Path,
+    services: Services,
 ) -> anyhow::Result<Box<dyn Cluster>> {
-    let (backend, why) = match requested {
+    let settings = |engine| Settings {
+        root: root.to_path_buf(),
+        name: target.cluster_name.clone(),
+        engine,
+        services,
+        node_image: target.node_image.clone(),
+        registry: target.registry.clone(),
+        access: target.access.clone(),
+    };
+    let engine = target.engine;
+    let (backend, why) = match target.cluster {
         ClusterBackend::Auto => match project::which("kind") {
             Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
             None => (
@@ -233,6 +243,37 @@ pub fn write_file(dir: &Utf8Path, name: &str, text: &str) -> anyhow::Result<Utf8
     std::fs::write(&path, text)
         .with_context(|| format!("writing {path}: make target/ writable"))?;
     Ok(path)
+}
+
+/// What kubectl tells about the services, into `dir`: pods, events, descriptions and each
+/// service's logs. `scope` is `--all-namespaces` where the cluster is ours alone.
+fn kubectl_diagnostics(
+    dir: &Utf8Path,
+    services: &Services,
+    scope: &[&str],
+    kubectl: impl Fn(&[&str]) -> Result<Output, CmdError>,
+) -> anyhow::Result<()> {
+    let listed = |what: &[&str]| kubectl(&[what, scope].concat());
+    save(
+        dir,
+        "pods.txt",
+        listed(&["get", "pods", "--output", "wide"]),
+    )?;
+    save(
+        dir,
+        "events.txt",
+        listed(&["get", "events", "--sort-by", ".lastTimestamp"]),
+    )?;
+    save(dir, "describe-pods.txt", kubectl(&["describe", "pods"]))?;
+    for service in services.all() {
+        let deployment = format!("deployment/{}", service.name);
+        save(
+            dir,
+            &format!("{}.log", service.name),
+            kubectl(&["logs", &deployment, "--all-containers", "--timestamps"]),
+        )?;
+    }
+    Ok(())
 }
 
 /// Saves what a diagnostics command printed (or why it could not run) to `dir/file`.

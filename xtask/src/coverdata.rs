@@ -295,21 +295,27 @@ fn io_error(step: String, err: std::io::Error, dir: &Utf8Path) -> anyhow::Error 
 
 /// Top-level entries of `coverdata/` that belong to a run.
 fn top_level_entries(coverdata: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
-    let mut entries = Vec::new();
-    let list = match coverdata.read_dir_utf8() {
-        Ok(list) => list,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(entries),
-        Err(err) => return Err(err).with_context(|| listing_error(coverdata)),
-    };
-    for entry in list {
-        let entry = entry.with_context(|| listing_error(coverdata))?;
-        let name = entry.file_name();
-        if name == "archive" || name.starts_with('.') || TRACKED.contains(&name) {
-            continue;
-        }
-        entries.push(entry.into_path());
-    }
+    let mut entries = listing(coverdata, |name| {
+        name != "archive" && !name.starts_with('.') && !TRACKED.contains(&name)
+    })?;
     entries.sort();
+    Ok(entries)
+}
+
+/// The entries of `dir` whose names `keep` accepts; none when `dir` does not exist.
+fn listing(dir: &Utf8Path, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<Utf8PathBuf>> {
+    let list = match dir.read_dir_utf8() {
+        Ok(list) => list,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| listing_error(dir)),
+    };
+    let mut entries = Vec::new();
+    for entry in list {
+        let entry = entry.with_context(|| listing_error(dir))?;
+        if keep(entry.file_name()) {
+            entries.push(entry.into_path());
+        }
+    }
     Ok(entries)
 }
 
@@ -401,19 +407,9 @@ fn verify_archive(archive: &Utf8Path, files: &[(Utf8PathBuf, u64)]) -> anyhow::R
 /// The archives in `dir`, oldest first. Names start with a timestamp, so their order is the
 /// time order; comparing the time parts puts `<stamp>` before `<stamp>-2`.
 pub fn archives(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
-    let mut list = Vec::new();
-    let entries = match dir.read_dir_utf8() {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(list),
-        Err(err) => return Err(err).with_context(|| listing_error(dir)),
-    };
-    for entry in entries {
-        let entry = entry.with_context(|| listing_error(dir))?;
-        let name = entry.file_name();
-        if name.ends_with(".tar.gz") && !name.starts_with('.') {
-            list.push(entry.into_path());
-        }
-    }
+    let mut list = listing(dir, |name| {
+        name.ends_with(".tar.gz") && !name.starts_with('.')
+    })?;
     list.sort_by(|a, b| time_and_outcome(a).cmp(&time_and_outcome(b)));
     Ok(list)
 }

@@ -10,7 +10,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Cmd, Shell};
 
 use crate::{
-    cluster::{self, Settings},
+    cluster,
     cmd::{step, CmdError, Running},
     flags::{self, ClusterBackend, Engine},
     project::{self, Service, Services},
@@ -132,16 +132,8 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
             gateway: project::GATEWAY,
         }
     });
-    let cluster = cluster::pick(flags.cluster, flags.engine, |engine| Settings {
-        root: root.clone(),
-        name: flags.cluster_name.clone(),
-        engine,
-        services,
-        node_image: flags.node_image.clone(),
-        registry: flags.registry.clone(),
-        access: flags.cluster_access.clone(),
-    })?;
-    if flags.cluster == ClusterBackend::Auto && cluster.name() == "podman" {
+    let cluster = cluster::pick(&flags.target, &root, services)?;
+    if flags.target.cluster == ClusterBackend::Auto && cluster.name() == "podman" {
         notes.push(Check::warn(
             "kind",
             "not found on PATH",

@@ -44,21 +44,13 @@ struct Run {
 pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let root = project::root();
     let services = Services::from_env()?;
-    let mut cluster = cluster::pick(flags.cluster, flags.engine, |engine| Settings {
-        root: root.clone(),
-        name: flags.cluster_name.clone(),
-        engine,
-        services,
-        node_image: flags.node_image.clone(),
-        registry: flags.registry.clone(),
-        access: flags.cluster_access.clone(),
-    })?;
+    let mut cluster = cluster::pick(&flags.target, &root, services)?;
     cmd::set_leftover(cluster.remove_command());
     // Sortable by time, and apart from a run of another cluster name in the same second.
     let id = format!(
         "{}-{}",
         project::utc_timestamp(SystemTime::now()),
-        flags.cluster_name
+        flags.target.cluster_name
     );
     let logs = project::xtask_dir(&root).join("logs");
     prune_logs(&logs, LOGS_KEPT - 1);

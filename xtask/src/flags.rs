@@ -205,27 +205,28 @@ pub struct BuildImages {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Doctor {
+    pub target: Target,
+}
+
+/// Where a run's services go and how to reach them: what e2e-gateway runs on and doctor checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
     pub cluster: ClusterBackend,
     pub cluster_name: String,
     pub engine: Option<Engine>,
+    /// Kind's node image instead of its default (a local or mirrored one).
     pub node_image: Option<String>,
-    pub cluster_access: ClusterAccess,
     pub registry: Option<Registry>,
+    pub access: ClusterAccess,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct E2eGateway {
     pub coverage: bool,
-    pub cluster: ClusterBackend,
+    pub target: Target,
     pub keep_cluster: bool,
     pub reuse_cluster: bool,
-    pub cluster_name: String,
-    /// Kind's node image instead of its default (a local or mirrored one).
-    pub node_image: Option<String>,
     pub build_mode: BuildMode,
-    pub engine: Option<Engine>,
-    pub registry: Option<Registry>,
-    pub cluster_access: ClusterAccess,
     /// `--cluster existing`: keep the run's namespace afterwards.
     pub keep_namespace: bool,
     pub go_test_args: Vec<String>,
@@ -423,34 +424,16 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
             registry: registry(&mut args).map_err(err)?,
         }),
         "doctor" => Task::Doctor(Doctor {
-            cluster: opt_value(&mut args, "--cluster", str::parse)
-                .map_err(err)?
-                .unwrap_or_default(),
-            cluster_name: opt_value(&mut args, "--cluster-name", cluster_name)
-                .map_err(err)?
-                .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
-            engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
-            node_image: node_image(&mut args).map_err(err)?,
-            cluster_access: cluster_access(&mut args).map_err(err)?,
-            registry: registry(&mut args).map_err(err)?,
+            target: target(&mut args).map_err(err)?,
         }),
         "e2e-gateway" => Task::E2eGateway(E2eGateway {
             coverage: flag(&mut args, "--coverage"),
-            cluster: opt_value(&mut args, "--cluster", str::parse)
-                .map_err(err)?
-                .unwrap_or_default(),
+            target: target(&mut args).map_err(err)?,
             keep_cluster: flag(&mut args, "--keep-cluster"),
             reuse_cluster: flag(&mut args, "--reuse-cluster"),
-            cluster_name: opt_value(&mut args, "--cluster-name", cluster_name)
-                .map_err(err)?
-                .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
-            node_image: node_image(&mut args).map_err(err)?,
             build_mode: opt_value(&mut args, "--build-mode", str::parse)
                 .map_err(err)?
                 .unwrap_or_default(),
-            engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
-            registry: registry(&mut args).map_err(err)?,
-            cluster_access: cluster_access(&mut args).map_err(err)?,
             keep_namespace: flag(&mut args, "--keep-namespace"),
             go_test_args: passthrough
                 .into_iter()
@@ -536,10 +519,18 @@ fn registry(args: &mut pico_args::Arguments) -> Result<Option<Registry>, pico_ar
     }
 }
 
-fn cluster_access(args: &mut pico_args::Arguments) -> Result<ClusterAccess, pico_args::Error> {
-    Ok(ClusterAccess {
-        kubeconfig: opt_value(args, "--kubeconfig", |s| Ok(s.into()))?,
-        context: opt_value(args, "--context", |s| Ok(s.to_string()))?,
+fn target(args: &mut pico_args::Arguments) -> Result<Target, pico_args::Error> {
+    Ok(Target {
+        cluster: opt_value(args, "--cluster", str::parse)?.unwrap_or_default(),
+        cluster_name: opt_value(args, "--cluster-name", cluster_name)?
+            .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
+        engine: opt_value(args, "--engine", str::parse)?,
+        node_image: node_image(args)?,
+        registry: registry(args)?,
+        access: ClusterAccess {
+            kubeconfig: opt_value(args, "--kubeconfig", |s| Ok(s.into()))?,
+            context: opt_value(args, "--context", |s| Ok(s.to_string()))?,
+        },
     })
 }
 
@@ -692,7 +683,7 @@ mod tests {
     #[test]
     fn cluster_names_follow_kinds_rule() {
         let name = |n: &str| match parse_str(&format!("e2e-gateway --cluster-name {n}")) {
-            Ok(Task::E2eGateway(flags)) => Ok(flags.cluster_name),
+            Ok(Task::E2eGateway(flags)) => Ok(flags.target.cluster_name),
             Ok(other) => panic!("{other:?}"),
             Err(err) => Err(err.to_string()),
         };
@@ -758,8 +749,8 @@ mod tests {
             panic!("expected e2e-gateway");
         };
         assert!(flags.coverage);
-        assert_eq!(flags.cluster, ClusterBackend::Auto);
-        assert_eq!(flags.cluster_name, "gateway-e2e");
+        assert_eq!(flags.target.cluster, ClusterBackend::Auto);
+        assert_eq!(flags.target.cluster_name, "gateway-e2e");
         assert_eq!(flags.go_test_args, ["-run", "TestDedup", "-v"]);
         assert!(!flags.keep_cluster && !flags.reuse_cluster);
     }
@@ -772,11 +763,11 @@ mod tests {
         .unwrap() else {
             panic!("expected e2e-gateway");
         };
-        assert_eq!(flags.cluster, ClusterBackend::Podman);
+        assert_eq!(flags.target.cluster, ClusterBackend::Podman);
         assert!(flags.keep_cluster && flags.reuse_cluster);
-        assert_eq!(flags.cluster_name, "ci-1");
+        assert_eq!(flags.target.cluster_name, "ci-1");
         assert_eq!(flags.build_mode, BuildMode::Container);
-        assert_eq!(flags.engine, Some(Engine::Podman));
+        assert_eq!(flags.target.engine, Some(Engine::Podman));
     }
 
     #[test]

@@ -77,57 +77,75 @@ impl fmt::Display for Finding {
     }
 }
 
-struct Rule {
-    id: &'static str,
-    severity: Severity,
-    /// One line: why this matters. Appended to every message of the rule.
-    reason: &'static str,
+/// What a finding is about; its id, severity and why it matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    DistroUpgrade,
+    BaseImageDrift,
+    UnpinnedTag,
+    NoDigest,
+    Unreadable,
+    NoFrom,
+    UnresolvedBase,
 }
 
-const DISTRO_UPGRADE: Rule = Rule {
-    id: "distro-upgrade",
-    severity: Severity::Error,
-    reason: "a whole-distribution upgrade rebuilds every package on every build",
-};
-const BASE_IMAGE_DRIFT: Rule = Rule {
-    id: "base-image-drift",
-    severity: Severity::Warning,
-    reason: "services on different base versions behave differently and share no cached layers",
-};
-const UNPINNED_TAG: Rule = Rule {
-    id: "unpinned-tag",
-    severity: Severity::Warning,
-    reason: "`:latest` or no tag changes under you, so builds stop being reproducible",
-};
-const NO_DIGEST: Rule = Rule {
-    id: "no-digest",
-    severity: Severity::Info,
-    reason: "a tag can be moved to another image; only a digest names exactly one",
-};
-const UNREADABLE: Rule = Rule {
-    id: "unreadable",
-    severity: Severity::Warning,
-    reason: "what cannot be read is not checked",
-};
-const NO_FROM: Rule = Rule {
-    id: "no-from",
-    severity: Severity::Info,
-    reason: "a Dockerfile without FROM builds nothing",
-};
-const UNRESOLVED_BASE: Rule = Rule {
-    id: "unresolved-base",
-    severity: Severity::Warning,
-    reason: "a base image behind a build argument without a default cannot be checked",
-};
+impl Rule {
+    fn id(self) -> &'static str {
+        match self {
+            Rule::DistroUpgrade => "distro-upgrade",
+            Rule::BaseImageDrift => "base-image-drift",
+            Rule::UnpinnedTag => "unpinned-tag",
+            Rule::NoDigest => "no-digest",
+            Rule::Unreadable => "unreadable",
+            Rule::NoFrom => "no-from",
+            Rule::UnresolvedBase => "unresolved-base",
+        }
+    }
+
+    fn severity(self) -> Severity {
+        match self {
+            Rule::DistroUpgrade => Severity::Error,
+            Rule::BaseImageDrift => Severity::Warning,
+            Rule::UnpinnedTag => Severity::Warning,
+            Rule::NoDigest => Severity::Info,
+            Rule::Unreadable => Severity::Warning,
+            Rule::NoFrom => Severity::Info,
+            Rule::UnresolvedBase => Severity::Warning,
+        }
+    }
+
+    /// One line: why this matters. Appended to every message of the rule.
+    fn reason(self) -> &'static str {
+        match self {
+            Rule::DistroUpgrade => {
+                "a whole-distribution upgrade rebuilds every package on every build"
+            }
+            Rule::BaseImageDrift => {
+                "services on different base versions behave differently and share no cached layers"
+            }
+            Rule::UnpinnedTag => {
+                "`:latest` or no tag changes under you, so builds stop being reproducible"
+            }
+            Rule::NoDigest => {
+                "a tag can be moved to another image; only a digest names exactly one"
+            }
+            Rule::Unreadable => "what cannot be read is not checked",
+            Rule::NoFrom => "a Dockerfile without FROM builds nothing",
+            Rule::UnresolvedBase => {
+                "a base image behind a build argument without a default cannot be checked"
+            }
+        }
+    }
+}
 
 impl Rule {
     fn finding(&self, path: &Utf8Path, line: usize, fix: String) -> Finding {
         Finding {
             path: path.to_path_buf(),
             line,
-            severity: self.severity,
-            rule: self.id,
-            message: format!("{fix} ({})", self.reason),
+            severity: self.severity(),
+            rule: self.id(),
+            message: format!("{fix} ({})", self.reason()),
         }
     }
 }
@@ -270,7 +288,7 @@ pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result
                     path: shown.to_path_buf(),
                     bases: Vec::new(),
                     upgrades: Vec::new(),
-                    read_findings: vec![UNREADABLE.finding(shown, line, fix)],
+                    read_findings: vec![Rule::Unreadable.finding(shown, line, fix)],
                 }
             }
         });
@@ -387,7 +405,7 @@ fn check_file(file: &Parsed, require_digest: bool) -> Vec<Finding> {
             "remove `{}`; pick a current base image instead, or update only the packages you need by name",
             upgrade.command
         );
-        findings.push(DISTRO_UPGRADE.finding(&file.path, upgrade.line, fix));
+        findings.push(Rule::DistroUpgrade.finding(&file.path, upgrade.line, fix));
     }
     for base in &file.bases {
         let shown = if base.written.contains('$') {
@@ -406,7 +424,7 @@ fn check_file(file: &Parsed, require_digest: bool) -> Vec<Finding> {
                 } else {
                     format!("cannot check base image {shown}: `{var}` is not declared by an ARG before the first FROM; add `ARG {var}=<image>:<version>` there")
                 };
-                findings.push(UNRESOLVED_BASE.finding(&file.path, base.line, fix));
+                findings.push(Rule::UnresolvedBase.finding(&file.path, base.line, fix));
             }
             Base::Image(image) => {
                 if image.digest.is_some() {
@@ -417,13 +435,13 @@ fn check_file(file: &Parsed, require_digest: bool) -> Vec<Finding> {
                         "pin {shown} to a version tag, e.g. `{}:<version>`, or to a digest",
                         image.repository
                     );
-                    findings.push(UNPINNED_TAG.finding(&file.path, base.line, fix));
+                    findings.push(Rule::UnpinnedTag.finding(&file.path, base.line, fix));
                 }
                 let fix = format!(
                     "pin {shown} by digest, as `{}@sha256:<digest>` (`skopeo inspect docker://{}` shows it)",
                     image.name, image.name
                 );
-                let mut finding = NO_DIGEST.finding(&file.path, base.line, fix);
+                let mut finding = Rule::NoDigest.finding(&file.path, base.line, fix);
                 if require_digest {
                     finding.severity = Severity::Error;
                 }
@@ -478,7 +496,7 @@ fn check_drift(files: &[Parsed]) -> Vec<Finding> {
                 "`{repository}` has tag `{tag}` here and `{norm}` in {norm_count} of its {} uses (first at {first_path}:{first_line}); move this file to `{norm}`, or every file to one current tag",
                 uses.len()
             );
-            findings.push(BASE_IMAGE_DRIFT.finding(path, *line, fix));
+            findings.push(Rule::BaseImageDrift.finding(path, *line, fix));
         }
     }
     findings
@@ -627,7 +645,9 @@ fn read_pass(
             // The crate's only error without a line is a file without FROM.
             Err(e) if e.line() == 0 && !seen_from => {
                 let fix = "no FROM instruction: add one, e.g. `FROM <image>:<version>`, or remove the file if it is not a Dockerfile".to_string();
-                parsed.read_findings.push(NO_FROM.finding(path, 1, fix));
+                parsed
+                    .read_findings
+                    .push(Rule::NoFrom.finding(path, 1, fix));
                 break;
             }
             // The crate stops at its first error: report it, keep what it read before.
@@ -635,7 +655,7 @@ fn read_pass(
                 let fix = format!("cannot read past here: {e:#}; fix the syntax so BuildKit accepts it (`docker build --check` shows its errors), then the rest of the file is checked");
                 parsed
                     .read_findings
-                    .push(UNREADABLE.finding(path, e.line().max(1), fix));
+                    .push(Rule::Unreadable.finding(path, e.line().max(1), fix));
                 break;
             }
         };
@@ -940,22 +960,25 @@ mod tests {
     #[test]
     fn every_rule_has_an_id_a_severity_and_a_one_line_reason() {
         let all = [
-            &DISTRO_UPGRADE,
-            &BASE_IMAGE_DRIFT,
-            &UNPINNED_TAG,
-            &NO_DIGEST,
-            &NO_FROM,
-            &UNREADABLE,
-            &UNRESOLVED_BASE,
+            Rule::DistroUpgrade,
+            Rule::BaseImageDrift,
+            Rule::UnpinnedTag,
+            Rule::NoDigest,
+            Rule::NoFrom,
+            Rule::Unreadable,
+            Rule::UnresolvedBase,
         ];
-        let ids: BTreeSet<&str> = all.iter().map(|r| r.id).collect();
+        let ids: BTreeSet<&str> = all.iter().map(|r| r.id()).collect();
         assert_eq!(ids.len(), all.len(), "rule ids must be unique");
         for rule in all {
-            assert!(!rule.reason.is_empty() && !rule.reason.contains('\n'));
-            assert!(rule.id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
+            assert!(!rule.reason().is_empty() && !rule.reason().contains('\n'));
+            assert!(rule
+                .id()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '-'));
         }
-        assert_eq!(DISTRO_UPGRADE.severity, Severity::Error);
-        assert_eq!(NO_DIGEST.severity, Severity::Info);
+        assert_eq!(Rule::DistroUpgrade.severity(), Severity::Error);
+        assert_eq!(Rule::NoDigest.severity(), Severity::Info);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use camino::Utf8Path;
 use sha2::{Digest, Sha256};
 use xshell::{cmd, Cmd, Shell};
 
-use super::{save, write_file, Cluster, Manifest, Settings};
+use super::{kubectl_diagnostics, write_file, Cluster, Manifest, Settings};
 use crate::{
     build_images::Image,
     cmd::{step, Running},
@@ -264,25 +264,7 @@ impl Cluster for Existing {
 
     fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool> {
         let kubectl = |args: &[&str]| step(self.in_namespace(sh).args(args)).output();
-        save(
-            dir,
-            "pods.txt",
-            kubectl(&["get", "pods", "--output", "wide"]),
-        )?;
-        save(
-            dir,
-            "events.txt",
-            kubectl(&["get", "events", "--sort-by", ".lastTimestamp"]),
-        )?;
-        save(dir, "describe-pods.txt", kubectl(&["describe", "pods"]))?;
-        for service in self.settings.services.all() {
-            let deployment = format!("deployment/{}", service.name);
-            save(
-                dir,
-                &format!("{}.log", service.name),
-                kubectl(&["logs", &deployment, "--all-containers", "--timestamps"]),
-            )?;
-        }
+        kubectl_diagnostics(dir, &self.settings.services, &[], kubectl)?;
         Ok(true)
     }
 

@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Cmd, Shell};
 
-use super::{save, write_file, Cluster, Manifest, Settings, STOP_GRACE_SECONDS};
+use super::{
+    kubectl_diagnostics, save, write_file, Cluster, Manifest, Settings, STOP_GRACE_SECONDS,
+};
 use crate::{
     build_images::Image,
     cmd::{step, CmdError},
@@ -533,30 +535,7 @@ impl Cluster for Kind {
             step(cmd!(kind_sh, "kind export logs {kind_logs} --name {name}")).output(),
         )?;
         let kubectl = |args: &[&str]| step(self.kubectl(sh).args(args)).output();
-        save(
-            dir,
-            "pods.txt",
-            kubectl(&["get", "pods", "--all-namespaces", "-o", "wide"]),
-        )?;
-        save(
-            dir,
-            "events.txt",
-            kubectl(&[
-                "get",
-                "events",
-                "--all-namespaces",
-                "--sort-by=.lastTimestamp",
-            ]),
-        )?;
-        save(dir, "describe-pods.txt", kubectl(&["describe", "pods"]))?;
-        for service in self.settings.services.all() {
-            let deployment = format!("deployment/{}", service.name);
-            save(
-                dir,
-                &format!("{}.log", service.name),
-                kubectl(&["logs", &deployment, "--all-containers", "--timestamps"]),
-            )?;
-        }
+        kubectl_diagnostics(dir, &self.settings.services, &["--all-namespaces"], kubectl)?;
         Ok(true)
     }
 
