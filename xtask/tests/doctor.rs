@@ -289,3 +289,42 @@ fn a_malformed_host_port_is_a_failure_not_a_crash() {
     // The other checks still ran.
     assert_eq!(row(&run, "podman").status, "ok");
 }
+
+#[test]
+fn a_container_that_cannot_start_is_named_with_the_engines_words_and_the_fix() {
+    let mut s = sandbox("container", HEALTHY, free_port(), free_port());
+    s.env("FAKE_FAIL", "^podman run")
+        .env("FAKE_FAIL_CODE", "126")
+        .env(
+            "FAKE_FAIL_MESSAGE",
+            "Error: runc: runc create failed: unable to start container process: error during container init: error setting rlimits for ready process: error setting rlimit type 7: operation not permitted: OCI permission denied",
+        );
+    let run = s.run(&["doctor", "--cluster", "podman"]);
+    assert_eq!(run.code, 1, "{run}");
+    // `podman info` answered all the same: only starting a container shows it.
+    assert_eq!(row(&run, "podman").status, "ok");
+    let container = row(&run, "container");
+    assert_eq!(container.status, "FAIL");
+    assert!(
+        container.detail.contains("error setting rlimits"),
+        "{container:?}"
+    );
+    let fix = container.fix.unwrap();
+    assert!(
+        fix.contains(&format!(
+            "export CONTAINERS_CONF={}/.ci/containers.conf",
+            s.root
+        )),
+        "{fix}"
+    );
+    assert!(
+        s.count("podman build --tag localhost/xtask-probe:1") == 1,
+        "{:#?}",
+        s.calls()
+    );
+
+    let ok = sandbox("container-ok", HEALTHY, free_port(), free_port());
+    let run = ok.run(&["doctor", "--cluster", "podman"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(row(&run, "container").status, "ok");
+}

@@ -303,3 +303,48 @@ fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other("not an HTTP response"))
 }
+
+/// Doctor starts a real container: with this machine's podman settings it starts; without
+/// them podman cannot set the containers' ulimits, which `podman info` does not show, and
+/// doctor says the fix.
+#[test]
+#[ignore = "needs podman and go"]
+fn doctor_starts_a_container_and_names_the_fix_when_it_cannot() {
+    let scratch = Scratch::new("real-doctor");
+    let probe = "localhost/xtask-probe:1";
+    let had_probe = podman(&["image", "exists", probe]).status.success();
+    let ports = [
+        ("GATEWAY_HOST_PORT", free_port().to_string()),
+        ("DATASTORAGE_HOST_PORT", free_port().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = ports.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = scratch.xtask(&["doctor", "--cluster", "podman"], &env);
+    let row = |run: &Run| -> String {
+        run.stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("container "))
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        row(&run).contains("ok      localhost/xtask-probe:1 started and exited"),
+        "{run}"
+    );
+
+    // podman's own defaults on this machine (no CONTAINERS_CONF).
+    let mut without: Vec<(&str, &str)> = env.clone();
+    without.push(("CONTAINERS_CONF", "/dev/null"));
+    let run = scratch.xtask(&["doctor", "--cluster", "podman"], &without);
+    assert_eq!(run.code, 1, "{run}");
+    let container = row(&run);
+    assert!(
+        container.contains("FAIL") && container.contains("rlimit"),
+        "{run}"
+    );
+    assert!(container.contains("export CONTAINERS_CONF="), "{run}");
+    if !had_probe {
+        let _ = podman(&["rmi", probe]);
+    }
+}
