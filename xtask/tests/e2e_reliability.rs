@@ -409,3 +409,84 @@ fn doctor_warns_when_kubectl_is_too_far_from_the_node() {
     ]);
     assert!(skew_row(&matching).starts_with("ok "), "{matching}");
 }
+
+#[test]
+fn kind_nodes_pull_from_the_registry_instead_of_loading_archives() {
+    let sandbox = Sandbox::new("kind-registry", KIND_TOOLS);
+    let run = sandbox.run(&[
+        "e2e-gateway",
+        "--cluster",
+        "kind",
+        "--registry",
+        "registry.example.com:5000/e2e",
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(sandbox.count("kind load"), 0, "{:#?}", sandbox.calls());
+    assert_eq!(sandbox.count("podman save"), 0);
+    assert_eq!(sandbox.count("podman push localhost/"), 2);
+    let config = std::fs::read_to_string(
+        sandbox
+            .root
+            .join("target/xtask/rendered/kind-gateway-config.yaml"),
+    )
+    .unwrap();
+    assert!(
+        config.contains("config_path = \"/etc/containerd/certs.d\""),
+        "{config}"
+    );
+    let hosts =
+        std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/hosts.toml")).unwrap();
+    assert!(
+        hosts.starts_with("server = \"https://registry.example.com:5000\""),
+        "{hosts}"
+    );
+    let dir = "/etc/containerd/certs.d/registry.example.com:5000";
+    let mkdir = sandbox.position(&format!(
+        "podman exec gateway-e2e-control-plane mkdir -p {dir}"
+    ));
+    let copy = sandbox.position("podman cp ");
+    assert!(mkdir < copy && copy < sandbox.position("kubectl --kubeconfig"));
+    assert!(
+        sandbox.calls()[copy].ends_with(&format!(" gateway-e2e-control-plane:{dir}/hosts.toml"))
+    );
+    let gateway =
+        std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
+    assert!(
+        gateway.contains("image: registry.example.com:5000/e2e/gateway:e2e-"),
+        "{gateway}"
+    );
+}
+
+#[test]
+fn a_registry_that_refuses_stops_the_run_at_the_push_before_any_cluster() {
+    let mut sandbox = Sandbox::new("registry-refuses", KIND_TOOLS);
+    sandbox
+        .env("FAKE_FAIL", "^podman push")
+        .env("FAKE_FAIL_CODE", "125")
+        .env(
+            "FAKE_FAIL_MESSAGE",
+            "Error: writing blob: initiating layer upload to /v2/e2e/datastorage/blobs/uploads/ in registry.example.com: unauthorized: authentication required",
+        );
+    let run = sandbox.run(&[
+        "e2e-gateway",
+        "--cluster",
+        "kind",
+        "--registry",
+        "registry.example.com/e2e",
+    ]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("phase 2 (build images) failed"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains("unauthorized: authentication required"),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("log in with `podman login registry.example.com`"),
+        "{run}"
+    );
+    assert_eq!(sandbox.count("kind create"), 0);
+}
