@@ -504,8 +504,8 @@ struct Interrupted {
 
 /// Runs the Kind pipeline and sends `signal` to the xtask once a recorded call matches `when`.
 fn interrupt_when(sandbox: &Sandbox, signal: Signal, when: impl Fn(&str) -> bool) -> Interrupted {
-    let child = sandbox.spawn(&["e2e-gateway", "--cluster", "kind"]);
-    sandbox.wait_for_call(when);
+    let mut child = sandbox.spawn(&["e2e-gateway", "--cluster", "kind"]);
+    sandbox.wait_for_call(&mut child, when);
     let signalled = Instant::now();
     common::signal(&child, signal);
     let run = common::finish(child);

@@ -19,8 +19,8 @@ fn is_test_call(call: &str) -> bool {
 fn a_second_run_of_the_same_name_is_refused_and_touches_nothing_of_the_first() {
     let mut first = Sandbox::new("lock-first", PODMAN_TOOLS);
     first.env("FAKE_TEST_SLEEP", "30");
-    let running = first.spawn(&["e2e-gateway", "--cluster", "podman"]);
-    first.wait_for_call(is_test_call);
+    let mut running = first.spawn(&["e2e-gateway", "--cluster", "podman"]);
+    first.wait_for_call(&mut running, is_test_call);
 
     // The same machine (lock directory and podman state), another checkout.
     let mut second = Sandbox::new("lock-second", PODMAN_TOOLS);
@@ -203,8 +203,8 @@ fn the_podman_backend_needs_podman_whatever_builds_the_images() {
 fn sigterm_during_the_build_stops_it_at_once() {
     let mut sandbox = Sandbox::new("sigterm-build", KIND_TOOLS);
     sandbox.env("FAKE_BUILD_SLEEP", "60");
-    let child = sandbox.spawn(&["e2e-gateway", "--cluster", "kind"]);
-    sandbox.wait_for_call(|c| c.starts_with("go build"));
+    let mut child = sandbox.spawn(&["e2e-gateway", "--cluster", "kind"]);
+    sandbox.wait_for_call(&mut child, |c| c.starts_with("go build"));
     let signalled = Instant::now();
     common::signal(&child, Signal::SIGTERM);
     let run = common::finish(child);
@@ -225,8 +225,8 @@ fn sigterm_during_the_build_stops_it_at_once() {
 fn a_stopped_test_phase_gets_sigint_first_and_reports_what_ran() {
     let mut sandbox = Sandbox::new("sigint-first", KIND_TOOLS);
     sandbox.env("FAKE_TEST_SLEEP", "60");
-    let child = sandbox.spawn(&["e2e-gateway", "--cluster", "kind"]);
-    sandbox.wait_for_call(is_test_call);
+    let mut child = sandbox.spawn(&["e2e-gateway", "--cluster", "kind"]);
+    sandbox.wait_for_call(&mut child, is_test_call);
     // Let the suite report its first test before the signal.
     std::thread::sleep(Duration::from_millis(300));
     common::signal(&child, Signal::SIGTERM);

@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 use std::{
+    io::Read as _,
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     process::{Command, Output},
@@ -76,12 +77,20 @@ pub struct Sandbox {
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A port nobody listens on right now.
+/// A port nobody listens on right now, and that no other test of this process gets: handed
+/// out from a range of this process's own below the kernel's ephemeral ports, so a port one
+/// test released is not given to another while the first one's servers may still hold it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 30;
+    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "test setup: out of ports");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Sandbox {
@@ -190,10 +199,34 @@ impl Sandbox {
             .unwrap()
     }
 
-    /// Waits (30 s at most) until a recorded call matches `when`.
-    pub fn wait_for_call(&self, when: impl Fn(&str) -> bool) {
+    /// Waits (30 s at most) until a recorded call matches `when`; panics with what the xtask
+    /// printed if it ends first.
+    pub fn wait_for_call(&self, child: &mut std::process::Child, when: impl Fn(&str) -> bool) {
         let started = std::time::Instant::now();
         while !self.calls().iter().any(|c| when(c)) {
+            if let Ok(Some(_)) = child.try_wait() {
+                let mut out = String::new();
+                for pipe in [
+                    child
+                        .stdout
+                        .take()
+                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                    child
+                        .stderr
+                        .take()
+                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let mut pipe = pipe;
+                    let _ = pipe.read_to_string(&mut out);
+                }
+                panic!(
+                    "the xtask ended before the awaited call:\n{out}\ncalls:\n{}",
+                    self.calls().join("\n")
+                );
+            }
             assert!(
                 started.elapsed() < std::time::Duration::from_secs(30),
                 "the awaited call never came:\n{}",
