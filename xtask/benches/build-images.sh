@@ -83,15 +83,8 @@ command line.
 EOF
 }
 
-die() {
-    printf 'error: %s\n' "$*" >&2
-    exit 1
-}
-
-usage_error() {
-    printf 'error: %s (see --help)\n' "$*" >&2
-    exit 2
-}
+# shellcheck source=xtask/benches/lib.sh
+source "$(dirname "$self")/lib.sh"
 
 say() {
     printf '\n== %s\n' "$*"
@@ -309,26 +302,12 @@ esac
 # ---------------------------------------------------------------------------------------------
 # Tools
 
-# Go's release tarball lives in /usr/local/go; a non-login shell may not have it on PATH.
-if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
-    PATH="$PATH:/usr/local/go/bin"
-fi
-missing=()
-for tool in cargo go podman make hyperfine python3; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
-done
-[ ${#missing[@]} -eq 0 ] ||
-    die "not on PATH: ${missing[*]} (Debian: apt-get install -y podman runc make hyperfine python3; Go from https://go.dev/dl/, Rust from https://rustup.rs)"
+need_tools "Debian: apt-get install -y podman runc make hyperfine python3; Go from https://go.dev/dl/, Rust from https://rustup.rs" cargo go podman make hyperfine python3
 if [ "$container" = 1 ] && [ ! -x /bin/busybox ]; then
     die "--container needs a static busybox at /bin/busybox for the stand-in builder image (Debian: apt-get install -y busybox-static)"
 fi
 
-# podman here needs runc and lower default ulimits: the repository's settings, as in CI.
-if [ -z "${CONTAINERS_CONF:-}" ] && [ -f "$repo/.ci/containers.conf" ]; then
-    export CONTAINERS_CONF="$repo/.ci/containers.conf"
-fi
-podman info --format '{{.Host.OCIRuntime.Name}}' >/dev/null 2>&1 ||
-    die "podman does not answer (\`podman info\` fails); where podman needs runc and lower ulimits: export CONTAINERS_CONF=$repo/.ci/containers.conf"
+use_repo_podman_settings
 
 ko_reason=""
 if [ "$want_ko" = 1 ]; then

@@ -49,15 +49,8 @@ Options:
 EOF
 }
 
-die() {
-    printf 'error: %s\n' "$*" >&2
-    exit 1
-}
-
-usage_error() {
-    printf 'error: %s (see --help)\n' "$*" >&2
-    exit 2
-}
+# shellcheck source=xtask/benches/lib.sh
+source "$(dirname "$self")/lib.sh"
 
 runs=5
 compile=0
@@ -97,19 +90,8 @@ for n in "$runs" "$compile_runs"; do
     esac
 done
 
-if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
-    PATH="$PATH:/usr/local/go/bin"
-fi
-missing=()
-for tool in cargo go podman strace hyperfine python3; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
-done
-[ ${#missing[@]} -eq 0 ] || die "not on PATH: ${missing[*]} (Debian: apt-get install -y strace hyperfine podman runc python3)"
-if [ -z "${CONTAINERS_CONF:-}" ] && [ -f "$repo/.ci/containers.conf" ]; then
-    export CONTAINERS_CONF="$repo/.ci/containers.conf"
-fi
-podman info --format '{{.Host.OCIRuntime.Name}}' >/dev/null 2>&1 ||
-    die "podman does not answer (\`podman info\` fails); where podman needs runc and lower ulimits: export CONTAINERS_CONF=$repo/.ci/containers.conf"
+need_tools "Debian: apt-get install -y strace hyperfine podman runc python3" cargo go podman strace hyperfine python3
+use_repo_podman_settings
 
 state=$(mktemp -d "${TMPDIR:-/tmp}/xtask-breakdown.XXXXXX")
 copy="$state/repo"

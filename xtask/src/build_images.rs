@@ -162,62 +162,51 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         } else {
             found
         };
-        if let Some(registry) = &req.registry {
-            let remote = registry.reference(&reference);
-            let status = if in_registry {
-                "in the registry"
-            } else {
-                registry.push(sh, req.engine, &reference, &remote)?;
-                "pushed"
-            };
-            let size = info.map_or("-".to_string(), |i| megabytes(i.size));
-            println!(
-                "{:<12} {:<40} {:<6} {:>6} {:>9}  {status}: {remote}",
-                service.name,
-                reference,
-                if built {
-                    "built"
-                } else if in_registry {
-                    "remote"
-                } else {
-                    "cached"
-                },
-                ui::seconds(took.get(service.name).copied().unwrap_or_default()),
-                size
-            );
-            images.push(Image {
-                service,
-                reference: remote,
-                archive: None,
-            });
-            continue;
-        }
-        let info = info.with_context(|| {
-            format!(
+        // Only an image that the registry has, and this store does not, has no size here.
+        let size = match &info {
+            Some(info) => megabytes(info.size),
+            None if in_registry => "-".to_string(),
+            None => bail!(
                 "inspecting {reference} for its size failed: {} no longer has the image; \
                  rebuild it with `cargo xtask build-images --no-cache` (and run `cargo xtask doctor` \
                  if it does not answer)",
                 req.engine.program()
-            )
-        })?;
-        let archive = if req.archive {
-            Some(save_archive(
+            ),
+        };
+        let status = match (built, &info) {
+            (true, _) => "built",
+            (false, Some(_)) => "cached",
+            (false, None) => "remote",
+        };
+        let archive = match info {
+            Some(_) if req.archive => Some(save_archive(
                 sh, root, req.engine, service, &reference, built,
-            )?)
-        } else {
-            None
+            )?),
+            _ => None,
+        };
+        let (used, note) = match &req.registry {
+            Some(registry) => {
+                let remote = registry.reference(&reference);
+                let note = if in_registry {
+                    "in the registry"
+                } else {
+                    registry.push(sh, req.engine, &reference, &remote)?;
+                    "pushed"
+                };
+                let note = format!("  {note}: {remote}");
+                (remote, note)
+            }
+            None => (reference.clone(), String::new()),
         };
         println!(
-            "{:<12} {:<40} {:<6} {:>6} {:>9}",
+            "{:<12} {:<40} {status:<6} {:>6} {size:>9}{note}",
             service.name,
             reference,
-            if built { "built" } else { "cached" },
             ui::seconds(took.get(service.name).copied().unwrap_or_default()),
-            megabytes(info.size)
         );
         images.push(Image {
             service,
-            reference,
+            reference: used,
             archive,
         });
     }

@@ -223,7 +223,7 @@ impl Step {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn();
-        let child = match started {
+        let mut child = match started {
             Ok(child) => child,
             Err(err) => {
                 return Running {
@@ -237,14 +237,15 @@ impl Step {
             .unwrap_or_else(|e| e.into_inner())
             .push(group);
         let log = self.log.as_ref().and_then(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok()
-                .map(|f| Arc::new(Mutex::new(f)))
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+            match file {
+                Ok(file) => Some(Arc::new(Mutex::new(file))),
+                Err(err) => {
+                    eprintln!("warning: writing {path} failed ({err}): the output of `{}` is on the terminal only; make target/ writable", self.shown);
+                    None
+                }
+            }
         });
-        let mut child = child;
         let stdout = read_lines(child.stdout.take(), self.echo, false, log.clone());
         let stderr = read_lines(child.stderr.take(), self.echo, true, log);
         let watchdog = self.limit.map(|limit| Watchdog::start(group, limit));
@@ -289,19 +290,12 @@ struct Started {
 
 impl Running {
     /// Stops a command that would run until stopped (`kubectl port-forward`): SIGTERM to its
-    /// group, then waits for it. What it printed is returned.
-    pub fn stop(self) -> Output {
+    /// group, then waits for it to go.
+    pub fn stop(self) {
         if let Ok(started) = &self.state {
             signal_group(started.group, Signal::SIGTERM);
         }
-        match self.finish_step() {
-            Ok((_, output)) => output,
-            Err(err) => Output {
-                status: std::process::ExitStatus::default(),
-                stdout: err.stdout,
-                stderr: err.stderr,
-            },
-        }
+        let _ = self.finish_step();
     }
 
     /// Waits for the command; an exit status other than 0 is an error.

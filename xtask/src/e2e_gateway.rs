@@ -246,7 +246,7 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> 
 /// checked once it is gone), before the build phase archives coverdata/: its services write
 /// their last counters when they stop.
 fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<Lock> {
-    let lock = lock::acquire(&run.settings.name, &run.settings.root)?;
+    let lock = lock::acquire(&run.settings.name, &run.settings.root, run.flags.coverage)?;
     // An error here means a missing tool, which the checks below report properly.
     let leftover = cluster.leftover(sh).unwrap_or(None);
     let ports = run.settings.services.all().to_vec();

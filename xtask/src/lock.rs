@@ -5,6 +5,8 @@
 
 use std::{fs::File, io::Write, time::SystemTime};
 
+use sha2::Digest;
+
 use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 
@@ -12,7 +14,7 @@ use crate::project;
 
 /// Held while the run lives; the kernel releases it when the process exits, even on a crash.
 pub struct Lock {
-    _file: File,
+    _files: Vec<File>,
 }
 
 /// Where the lock of `name` lives: the system's temporary directory, shared by every checkout.
@@ -21,33 +23,52 @@ pub fn path(name: &str) -> Utf8PathBuf {
     dir.join(format!("xtask-e2e-{name}.lock"))
 }
 
-/// Takes the lock of `name` for this run of the checkout at `root`, or says who holds it.
-pub fn acquire(name: &str, root: &Utf8Path) -> anyhow::Result<Lock> {
-    let path = path(name);
+/// Takes the lock of the cluster `name` for this run of the checkout at `root`, and with
+/// `coverage` the checkout's `coverdata/` too (its services write there whatever their cluster
+/// name); or says who holds what.
+pub fn acquire(name: &str, root: &Utf8Path, coverage: bool) -> anyhow::Result<Lock> {
+    let mut files = vec![take(
+        &path(name),
+        root,
+        &format!("another e2e-gateway run is using the cluster name {name}"),
+        "wait for it to finish, or run beside it with `--cluster-name <another name>` and free \
+         ports in GATEWAY_HOST_PORT and DATASTORAGE_HOST_PORT",
+    )?];
+    if coverage {
+        let checkout = &project::hex(&sha2::Sha256::digest(root.as_str()))[..12];
+        files.push(take(
+            &path(&format!("coverdata-{checkout}")),
+            root,
+            &format!(
+                "another `e2e-gateway --coverage` run of this checkout is writing {root}/coverdata"
+            ),
+            "wait for it to finish, or run this one without --coverage or from another clone",
+        )?);
+    }
+    Ok(Lock { _files: files })
+}
+
+/// Locks the file at `path` and writes who holds it; when another holds it, says `what` that
+/// means, who it is, and the `fix`.
+fn take(path: &Utf8Path, root: &Utf8Path, what: &str, fix: &str) -> anyhow::Result<File> {
     let mut file = File::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
+        .open(path)
         .with_context(|| {
             format!("opening the lock {path}: make it writable for this user, or remove it (no run holds a lock file it cannot open)")
         })?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            let holder = holder.trim();
-            let holder = if holder.is_empty() {
-                "a run that is just starting".to_string()
-            } else {
-                holder.replace('\n', ", ")
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "a run that is just starting".to_string(),
+                holder => holder.replace('\n', ", "),
             };
-            bail!(
-                "another e2e-gateway run is using the cluster name {name} ({holder}; lock {path}): \
-                 wait for it to finish, or run beside it with `--cluster-name <another name>` and \
-                 free ports in GATEWAY_HOST_PORT and DATASTORAGE_HOST_PORT"
-            );
+            bail!("{what} ({holder}; lock {path}): {fix}");
         }
         Err(std::fs::TryLockError::Error(err)) => {
             return Err(err).with_context(|| format!("locking {path}"))
@@ -61,7 +82,7 @@ pub fn acquire(name: &str, root: &Utf8Path) -> anyhow::Result<Lock> {
     file.set_len(0)
         .and_then(|()| file.write_all(holder.as_bytes()))
         .with_context(|| format!("writing {path}"))?;
-    Ok(Lock { _file: file })
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -71,8 +92,8 @@ mod tests {
     #[test]
     fn a_second_holder_is_refused_with_the_first_ones_details_until_it_lets_go() {
         let name = format!("lock-test-{}", std::process::id());
-        let first = acquire(&name, Utf8Path::new("/checkout/a")).unwrap();
-        let err = acquire(&name, Utf8Path::new("/checkout/b"))
+        let first = acquire(&name, Utf8Path::new("/checkout/a"), false).unwrap();
+        let err = acquire(&name, Utf8Path::new("/checkout/b"), false)
             .err()
             .expect("the name is taken")
             .to_string();
@@ -85,10 +106,38 @@ mod tests {
         );
         assert!(err.contains("--cluster-name <another name>"), "{err}");
         drop(first);
-        let again = acquire(&name, Utf8Path::new("/checkout/b")).unwrap();
+        let again = acquire(&name, Utf8Path::new("/checkout/b"), false).unwrap();
         let text = std::fs::read_to_string(path(&name)).unwrap();
         assert!(text.contains("checkout /checkout/b\n"), "{text}");
         drop(again);
         std::fs::remove_file(path(&name)).unwrap();
+    }
+
+    #[test]
+    fn coverage_runs_of_one_checkout_under_two_names_are_refused_too() {
+        let root = format!("/checkout/{}", std::process::id());
+        let root = Utf8Path::new(&root);
+        let (a, b) = (
+            format!("lock-a-{}", std::process::id()),
+            format!("lock-b-{}", std::process::id()),
+        );
+        let first = acquire(&a, root, true).unwrap();
+        let err = acquire(&b, root, true)
+            .err()
+            .expect("coverdata/ is taken")
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "run of this checkout is writing {root}/coverdata (pid "
+            )),
+            "{err}"
+        );
+        // Without coverage the other name is free.
+        let plain = acquire(&b, root, false).unwrap();
+        drop((first, plain));
+        let checkout = &project::hex(&sha2::Sha256::digest(root.as_str()))[..12];
+        for name in [a, b, format!("coverdata-{checkout}")] {
+            std::fs::remove_file(path(&name)).unwrap();
+        }
     }
 }

@@ -490,3 +490,24 @@ fn a_registry_that_refuses_stops_the_run_at_the_push_before_any_cluster() {
     );
     assert_eq!(sandbox.count("kind create"), 0);
 }
+
+#[test]
+fn kind_with_docker_refuses_a_loopback_registry_before_anything_is_built() {
+    let sandbox = Sandbox::new("kind-docker-loopback", &["docker", "kind", "kubectl", "go"]);
+    let run = sandbox.run(&[
+        "e2e-gateway",
+        "--cluster",
+        "kind",
+        "--registry",
+        "127.0.0.1:5000",
+    ]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("preflight failed (registry)"), "{run}");
+    assert!(
+        run.stdout
+            .contains("127.0.0.1:5000 is on this machine's loopback"),
+        "{run}"
+    );
+    assert_eq!(sandbox.count("docker build"), 0);
+    assert_eq!(sandbox.count("kind create"), 0);
+}

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     build_images::Image,
     cmd::{step, CmdError},
-    doctor::Needs,
+    doctor::{Check, Needs},
     flags::Engine,
     project,
 };
@@ -189,13 +189,8 @@ impl Kind {
             return Ok(());
         };
         let port = registry.host.split_once(':').map(|(_, p)| format!(":{p}"));
+        // With docker, `checks` refused a loopback registry before anything ran.
         let reachable = if registry.is_loopback() {
-            if self.settings.engine != Engine::Podman {
-                bail!(
-                    "kind's nodes cannot reach a registry on this machine's loopback ({}) with docker: give an address the nodes reach, or run the registry on the `kind` network as kind's local-registry guide does",
-                    registry.host
-                );
-            }
             format!("host.containers.internal{}", port.unwrap_or_default())
         } else {
             registry.host.clone()
@@ -331,6 +326,21 @@ impl Cluster for Kind {
         needs.kind = true;
         needs.kubectl = true;
         needs.node_image = self.settings.node_image.clone();
+    }
+
+    /// A registry on this machine's loopback is reachable from the nodes only through podman's
+    /// `host.containers.internal`: with docker, say so before anything is built.
+    fn checks(&self, _sh: &Shell) -> Vec<Check> {
+        match &self.settings.registry {
+            Some(registry) if registry.is_loopback() && self.settings.engine != Engine::Podman => {
+                vec![Check::fail(
+                    "registry",
+                    format!("{} is on this machine's loopback, which kind's nodes cannot reach with docker", registry.host),
+                    "give an address the nodes reach, or run the registry on the `kind` network as kind's local-registry guide does",
+                )]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn needs_archives(&self) -> bool {

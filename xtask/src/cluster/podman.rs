@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
@@ -51,7 +51,8 @@ impl Podman {
     fn remove_pods(&mut self, sh: &Shell) -> anyhow::Result<()> {
         let dir = self.settings.rendered_dir();
         // `kube down` of a file resolves names like `kube play` does: run it from our directory.
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating {dir}: make target/ writable"))?;
         let _dir = sh.push_dir(&dir);
         let grace = STOP_GRACE_SECONDS.to_string();
         for service in self.settings.services.all() {
