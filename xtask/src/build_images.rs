@@ -656,7 +656,8 @@ fn go_build_host(
         project::xtask_dir(root)
             .join("bin")
             .join(if coverage { "coverage" } else { "plain" });
-    std::fs::create_dir_all(&bin_dir).with_context(|| format!("creating {bin_dir}"))?;
+    std::fs::create_dir_all(&bin_dir)
+        .with_context(|| format!("creating {bin_dir}: make target/ writable"))?;
     let flags: Vec<String> = if coverage {
         coverage_flags(module).to_vec()
     } else {
@@ -681,7 +682,8 @@ fn go_build_host(
     for service in services {
         let context = context_dir(root, *service);
         if context.exists() {
-            std::fs::remove_dir_all(&context).with_context(|| format!("clearing {context}"))?;
+            std::fs::remove_dir_all(&context)
+                .with_context(|| format!("clearing {context}: make target/ writable"))?;
         }
         std::fs::create_dir_all(&context).with_context(|| format!("creating {context}"))?;
         let from = bin_dir.join(service.name);

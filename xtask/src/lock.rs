@@ -71,7 +71,9 @@ fn take(path: &Utf8Path, root: &Utf8Path, what: &str, fix: &str) -> anyhow::Resu
             bail!("{what} ({holder}; lock {path}): {fix}");
         }
         Err(std::fs::TryLockError::Error(err)) => {
-            return Err(err).with_context(|| format!("locking {path}"))
+            return Err(err).with_context(|| {
+                format!("locking {path}: check that the temporary directory supports file locks, or point TMPDIR at one that does")
+            })
         }
     }
     let since = project::utc_timestamp(SystemTime::now());
@@ -81,7 +83,9 @@ fn take(path: &Utf8Path, root: &Utf8Path, what: &str, fix: &str) -> anyhow::Resu
     );
     file.set_len(0)
         .and_then(|()| file.write_all(holder.as_bytes()))
-        .with_context(|| format!("writing {path}"))?;
+        .with_context(|| {
+            format!("writing who holds {path}: check free space in the temporary directory")
+        })?;
     Ok(file)
 }
 
