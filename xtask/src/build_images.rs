@@ -114,11 +114,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         let started = Instant::now();
         go_build_host(sh, root, &go, &module, req.coverage, &to_build)?;
         let names: Vec<_> = to_build.iter().map(|s| s.name).collect();
-        println!(
-            "go build ({}): {}",
-            names.join(", "),
-            ui::seconds(started.elapsed())
-        );
+        println!("go build ({}): {}", names.join(", "), ui::seconds(started.elapsed()));
     }
 
     // The image builds run side by side; each took until its wait returned.
@@ -130,9 +126,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
         .collect();
     let mut took = BTreeMap::new();
     for (service, build) in running {
-        build
-            .wait()
-            .with_context(|| format!("image build failed for {}", service.name))?;
+        build.wait().with_context(|| format!("image build failed for {}", service.name))?;
         took.insert(service.name, started.elapsed());
     }
     let built_refs: Vec<String> = planned
@@ -143,15 +137,8 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
     let mut built_info = engine::inspect(sh, req.engine, &built_refs)?.into_iter();
 
     let mut images = Vec::new();
-    for (
-        (
-            Planned {
-                service, reference, ..
-            },
-            found,
-        ),
-        in_registry,
-    ) in planned.into_iter().zip(existing).zip(in_registry)
+    for ((Planned { service, reference, .. }, found), in_registry) in
+        planned.into_iter().zip(existing).zip(in_registry)
     {
         let built = to_build.contains(&service);
         let info = if built {
@@ -179,9 +166,9 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
             (false, None) => "remote",
         };
         let archive = match info {
-            Some(_) if req.archive => Some(save_archive(
-                sh, root, req.engine, service, &reference, built,
-            )?),
+            Some(_) if req.archive => {
+                Some(save_archive(sh, root, req.engine, service, &reference, built)?)
+            }
             _ => None,
         };
         let (used, note) = match &req.registry {
@@ -204,11 +191,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> anyhow::Result<Vec<I
             reference,
             ui::seconds(took.get(service.name).copied().unwrap_or_default()),
         );
-        images.push(Image {
-            service,
-            reference: used,
-            archive,
-        });
+        images.push(Image { service, reference: used, archive });
     }
     Ok(images)
 }
@@ -250,12 +233,7 @@ fn plan(
             )
         })?;
         files.push(dockerfile.clone());
-        files.extend(
-            ["go.mod", "go.sum"]
-                .map(|f| root.join(f))
-                .into_iter()
-                .filter(|f| f.exists()),
-        );
+        files.extend(["go.mod", "go.sum"].map(|f| root.join(f)).into_iter().filter(|f| f.exists()));
         let mut settings = build_settings(req, go, module);
         if req.build_mode == BuildMode::Container {
             let text = std::fs::read_to_string(&dockerfile)
@@ -293,16 +271,8 @@ fn go_env(sh: &Shell, root: &Utf8Path) -> anyhow::Result<GoEnv> {
     let binary = std::fs::metadata(&go)
         .map(|m| format!("{:?} {}", m.modified().ok(), m.len()))
         .unwrap_or_default();
-    let vars = [
-        "GOTOOLCHAIN",
-        "GOFLAGS",
-        "GOARCH",
-        "GOROOT",
-        "GOENV",
-        "HOME",
-        "XDG_CONFIG_HOME",
-    ]
-    .map(|v| std::env::var(v).unwrap_or_default());
+    let vars = ["GOTOOLCHAIN", "GOFLAGS", "GOARCH", "GOROOT", "GOENV", "HOME", "XDG_CONFIG_HOME"]
+        .map(|v| std::env::var(v).unwrap_or_default());
     let settings = dirs_config().map(|d| d.join("go/env"));
     let mut key = Sha256::new();
     key.update(format!("go-env\0{go}\0{binary}\0{vars:?}\0"));
@@ -323,10 +293,9 @@ fn go_env(sh: &Shell, root: &Utf8Path) -> anyhow::Result<GoEnv> {
     )?;
     let mut lines = out.lines();
     match (lines.next(), lines.next()) {
-        (Some(version), Some(arch)) if !version.is_empty() && !arch.is_empty() => Ok(GoEnv {
-            version: version.to_string(),
-            arch: arch.to_string(),
-        }),
+        (Some(version), Some(arch)) if !version.is_empty() && !arch.is_empty() => {
+            Ok(GoEnv { version: version.to_string(), arch: arch.to_string() })
+        }
         _ => {
             bail!("`go env GOVERSION GOARCH` printed {out:?} in {root}; check your Go installation")
         }
@@ -351,17 +320,10 @@ fn go_packages(
     coverage: bool,
 ) -> anyhow::Result<BTreeMap<String, GoPackage>> {
     // The files of the build tags the binaries are built with (see `coverage_flags`).
-    let tags: Vec<&str> = if coverage {
-        vec!["-tags=e2ecoverage"]
-    } else {
-        Vec::new()
-    };
+    let tags: Vec<&str> = if coverage { vec!["-tags=e2ecoverage"] } else { Vec::new() };
     let (version, arch) = (&go.version, &go.arch);
     let format = "{{if not .Standard}}{{.ImportPath}}\t{{.Dir}}\t{{join .GoFiles \",\"}},{{join .CgoFiles \",\"}},{{join .EmbedFiles \",\"}},{{join .SFiles \",\"}}\t{{join .Deps \",\"}}{{end}}";
-    let patterns: Vec<String> = services
-        .iter()
-        .map(|s| format!("./cmd/{}", s.name))
-        .collect();
+    let patterns: Vec<String> = services.iter().map(|s| format!("./cmd/{}", s.name)).collect();
     // What the answer depends on besides the package folders, which are checked below.
     let mut key = Sha256::new();
     key.update(format!(
@@ -382,17 +344,12 @@ fn go_packages(
     };
     let output = cached(root, &name, key, folders, || {
         let (patterns_ref, tags_ref) = (&patterns, &tags);
-        let list = cmd!(
-            sh,
-            "go list -deps -f {format} {tags_ref...} {patterns_ref...}"
-        )
-        .env("CGO_ENABLED", "0")
-        .env("GOOS", "linux")
-        .env("GOARCH", arch)
-        .env("GOWORK", "off");
-        let output = step(list)
-            .hint(format!("fix the Go build in {root} first"))
-            .run()?;
+        let list = cmd!(sh, "go list -deps -f {format} {tags_ref...} {patterns_ref...}")
+            .env("CGO_ENABLED", "0")
+            .env("GOOS", "linux")
+            .env("GOARCH", arch)
+            .env("GOWORK", "off");
+        let output = step(list).hint(format!("fix the Go build in {root} first")).run()?;
         Ok(output.stdout)
     })?;
     Ok(parse_go_list(&output))
@@ -431,10 +388,10 @@ fn cached(
         }
         project::hex(&hasher.finalize())
     };
-    if let Some((stored, answer)) = std::fs::read_to_string(&path).ok().and_then(|text| {
-        text.split_once('\n')
-            .map(|(k, a)| (k.to_string(), a.to_string()))
-    }) {
+    if let Some((stored, answer)) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| text.split_once('\n').map(|(k, a)| (k.to_string(), a.to_string())))
+    {
         if stored == hash(&answer) {
             return Ok(answer);
         }
@@ -449,18 +406,13 @@ fn cached(
 fn dirs_config() -> Option<Utf8PathBuf> {
     match std::env::var("XDG_CONFIG_HOME") {
         Ok(dir) if !dir.is_empty() => Some(dir.into()),
-        _ => std::env::var("HOME")
-            .ok()
-            .map(|h| Utf8PathBuf::from(h).join(".config")),
+        _ => std::env::var("HOME").ok().map(|h| Utf8PathBuf::from(h).join(".config")),
     }
 }
 
 fn parse_go_list(output: &str) -> BTreeMap<String, GoPackage> {
     let split = |s: &str| -> Vec<String> {
-        s.split(',')
-            .filter(|f| !f.is_empty())
-            .map(str::to_string)
-            .collect()
+        s.split(',').filter(|f| !f.is_empty()).map(str::to_string).collect()
     };
     output
         .lines()
@@ -470,11 +422,7 @@ fn parse_go_list(output: &str) -> BTreeMap<String, GoPackage> {
             let dir = fields.next()?;
             let files = split(fields.next().unwrap_or(""));
             let deps = split(fields.next().unwrap_or(""));
-            let package = GoPackage {
-                dir: dir.into(),
-                files,
-                deps,
-            };
+            let package = GoPackage { dir: dir.into(), files, deps };
             Some((import_path.to_string(), package))
         })
         .collect()
@@ -653,20 +601,12 @@ fn go_build_host(
     // Where `go build` leaves the binaries and finds them next time: an unchanged binary is
     // not linked again. One folder per mode, so alternating modes relinks nothing either.
     let bin_dir =
-        project::xtask_dir(root)
-            .join("bin")
-            .join(if coverage { "coverage" } else { "plain" });
+        project::xtask_dir(root).join("bin").join(if coverage { "coverage" } else { "plain" });
     std::fs::create_dir_all(&bin_dir)
         .with_context(|| format!("creating {bin_dir}: make target/ writable"))?;
-    let flags: Vec<String> = if coverage {
-        coverage_flags(module).to_vec()
-    } else {
-        vec!["-trimpath".to_string()]
-    };
-    let packages: Vec<String> = services
-        .iter()
-        .map(|s| format!("./cmd/{}", s.name))
-        .collect();
+    let flags: Vec<String> =
+        if coverage { coverage_flags(module).to_vec() } else { vec!["-trimpath".to_string()] };
+    let packages: Vec<String> = services.iter().map(|s| format!("./cmd/{}", s.name)).collect();
     let out_dir = format!("{bin_dir}/");
     let (flags_ref, packages_ref) = (&flags, &packages);
     let build = cmd!(sh, "go build {flags_ref...} -o {out_dir} {packages_ref...}")
@@ -707,11 +647,7 @@ fn engine_build(
     planned: &Planned,
 ) -> crate::cmd::Step {
     let program = req.engine.program();
-    let Planned {
-        service,
-        dockerfile,
-        reference,
-    } = planned;
+    let Planned { service, dockerfile, reference } = planned;
     let service = *service;
     let mut args: Vec<String> = vec!["build".into(), "--file".into(), dockerfile.to_string()];
     args.extend(["--tag".into(), reference.to_string()]);
@@ -785,11 +721,7 @@ fn save_archive(
         return Ok(archive);
     }
     // Unique per process: two runs saving the same tag must not write into one file.
-    let partial = dir.join(format!(
-        "{}-{tag}.tar.{}.partial",
-        service.name,
-        std::process::id()
-    ));
+    let partial = dir.join(format!("{}-{tag}.tar.{}.partial", service.name, std::process::id()));
     if partial.exists() {
         std::fs::remove_file(&partial).with_context(|| format!("removing {partial}"))?;
     }
@@ -798,13 +730,10 @@ fn save_archive(
         Engine::Podman => &["--format", "docker-archive"],
         Engine::Docker => &[],
     };
-    step(cmd!(
-        sh,
-        "{program} save {format_args...} --output {partial} {reference}"
-    ))
-    .hint("check free disk space (`cargo xtask doctor`)")
-    .run()
-    .with_context(|| format!("saving {reference} to {partial} failed"))?;
+    step(cmd!(sh, "{program} save {format_args...} --output {partial} {reference}"))
+        .hint("check free disk space (`cargo xtask doctor`)")
+        .run()
+        .with_context(|| format!("saving {reference} to {partial} failed"))?;
     std::fs::rename(&partial, &archive)
         .with_context(|| format!("renaming {partial} to {archive}"))?;
     remove_older_archives(&dir, service, &archive)?;
@@ -820,10 +749,7 @@ const ARCHIVES_KEPT: usize = 2;
 fn remove_older_archives(dir: &Utf8Path, service: Service, keep: &Utf8Path) -> anyhow::Result<()> {
     let prefix = format!("{}-e2e-", service.name);
     let mut archives = Vec::new();
-    for entry in dir
-        .read_dir_utf8()
-        .with_context(|| format!("reading {dir}"))?
-    {
+    for entry in dir.read_dir_utf8().with_context(|| format!("reading {dir}"))? {
         let entry = entry?;
         let name = entry.file_name();
         if name.starts_with(&prefix) && name.ends_with(".tar") && entry.path() != keep {
@@ -863,10 +789,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         assert_eq!(audit.dir, "/r/internal/audit");
         assert_eq!(audit.files, ["audit.go", "client.go"]);
         assert_eq!(audit.deps, ["errors", "net/http"]);
-        assert_eq!(
-            packages["example.com/m/cmd/datastorage"].files,
-            ["main.go", "static.txt"]
-        );
+        assert_eq!(packages["example.com/m/cmd/datastorage"].files, ["main.go", "static.txt"]);
     }
 
     #[test]
@@ -944,10 +867,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
     fn hash_covers_contents_names_and_settings() {
         let project = small_project("hash");
         let root = &project.0;
-        let settings = vec![
-            ("mode", "host".to_string()),
-            ("coverage", "true".to_string()),
-        ];
+        let settings = vec![("mode", "host".to_string()), ("coverage", "true".to_string())];
         let before = hash_of(root, &GATEWAY_FILES, &settings);
         assert_eq!(before.len(), 12);
         assert!(before.chars().all(|c| c.is_ascii_hexdigit()));
@@ -962,22 +882,10 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         let renamed = ["cmd/gateway/main.go", "internal/srv/server.go", "go.mod"];
         assert_ne!(hash_of(root, &renamed, &settings), after_edit);
 
-        let no_coverage = vec![
-            ("mode", "host".to_string()),
-            ("coverage", "false".to_string()),
-        ];
-        assert_ne!(
-            hash_of(root, &renamed, &no_coverage),
-            hash_of(root, &renamed, &settings)
-        );
-        let container = vec![
-            ("mode", "container".to_string()),
-            ("coverage", "true".to_string()),
-        ];
-        assert_ne!(
-            hash_of(root, &renamed, &container),
-            hash_of(root, &renamed, &settings)
-        );
+        let no_coverage = vec![("mode", "host".to_string()), ("coverage", "false".to_string())];
+        assert_ne!(hash_of(root, &renamed, &no_coverage), hash_of(root, &renamed, &settings));
+        let container = vec![("mode", "container".to_string()), ("coverage", "true".to_string())];
+        assert_ne!(hash_of(root, &renamed, &container), hash_of(root, &renamed, &settings));
     }
 
     #[test]
@@ -1072,10 +980,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         // must still reach both tags, and an edit of the new package both again.
         let cached = tags();
         assert_eq!(cached, own, "nothing changed");
-        project.write(
-            "internal/newpkg/newpkg.go",
-            "package newpkg\n\n// V is new.\nconst V = 1\n",
-        );
+        project.write("internal/newpkg/newpkg.go", "package newpkg\n\n// V is new.\nconst V = 1\n");
         let server = go_file("internal/server");
         let text = std::fs::read_to_string(root.join(&server)).unwrap();
         let text = text.replacen(
@@ -1098,10 +1003,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         let names = |v: Vec<Service>| v.iter().map(|s| s.name).collect::<Vec<_>>();
         let picked = select_services(&["gateway".to_string(), "datastorage".to_string()]);
         assert_eq!(names(picked), ["datastorage", "gateway"]);
-        assert_eq!(
-            names(select_services(&["gateway".to_string()])),
-            ["gateway"]
-        );
+        assert_eq!(names(select_services(&["gateway".to_string()])), ["gateway"]);
         assert_eq!(select_services(&[]).len(), 2);
     }
 
@@ -1112,10 +1014,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         assert_eq!(
             base_images_from(dockerfile, unset),
             [
-                (
-                    "BUILDER_IMAGE",
-                    "registry.example/go-toolset:1.25".to_string()
-                ),
+                ("BUILDER_IMAGE", "registry.example/go-toolset:1.25".to_string()),
                 ("BASE_IMAGE", "registry.example/minimal:9.6".to_string())
             ]
         );
@@ -1136,10 +1035,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         assert_eq!(
             base_images_from(dockerfile, both),
             [
-                (
-                    "BUILDER_IMAGE",
-                    "registry.example/go-toolset:1.25".to_string()
-                ),
+                ("BUILDER_IMAGE", "registry.example/go-toolset:1.25".to_string()),
                 ("BASE_IMAGE", "scratch".to_string())
             ]
         );

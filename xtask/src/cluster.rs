@@ -138,10 +138,7 @@ pub fn pick(
     let (backend, why) = match target.cluster {
         ClusterBackend::Auto => match project::which("kind") {
             Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
-            None => (
-                ClusterBackend::Podman,
-                "auto: kind is not on PATH".to_string(),
-            ),
+            None => (ClusterBackend::Podman, "auto: kind is not on PATH".to_string()),
         },
         other => (other, format!("--cluster {}", other.name())),
     };
@@ -254,16 +251,8 @@ fn kubectl_diagnostics(
     kubectl: impl Fn(&[&str]) -> Result<Output, CmdError>,
 ) -> anyhow::Result<()> {
     let listed = |what: &[&str]| kubectl(&[what, scope].concat());
-    save(
-        dir,
-        "pods.txt",
-        listed(&["get", "pods", "--output", "wide"]),
-    )?;
-    save(
-        dir,
-        "events.txt",
-        listed(&["get", "events", "--sort-by", ".lastTimestamp"]),
-    )?;
+    save(dir, "pods.txt", listed(&["get", "pods", "--output", "wide"]))?;
+    save(dir, "events.txt", listed(&["get", "events", "--sort-by", ".lastTimestamp"]))?;
     save(dir, "describe-pods.txt", kubectl(&["describe", "pods"]))?;
     for service in services.all() {
         let deployment = format!("deployment/{}", service.name);
@@ -291,28 +280,20 @@ mod tests {
 
     #[test]
     fn render_replaces_tokens_and_rejects_unknown_ones() {
-        let vars = vec![(
-            "GATEWAY_IMAGE".to_string(),
-            "localhost/gateway:e2e-abc".to_string(),
-        )];
+        let vars = vec![("GATEWAY_IMAGE".to_string(), "localhost/gateway:e2e-abc".to_string())];
         let source = Utf8Path::new("gateway.yaml");
         assert_eq!(
             render(source, "image: ${GATEWAY_IMAGE}\n", &vars).unwrap(),
             "image: localhost/gateway:e2e-abc\n"
         );
-        let err = render(source, "url: ${NOPE}\n", &vars)
-            .unwrap_err()
-            .to_string();
+        let err = render(source, "url: ${NOPE}\n", &vars).unwrap_err().to_string();
         assert!(err.contains("gateway.yaml uses ${NOPE}"), "{err}");
         assert!(err.contains("GATEWAY_IMAGE"), "{err}");
     }
 
     fn settings() -> Settings {
         Settings {
-            root: Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .unwrap()
-                .to_path_buf(),
+            root: Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf(),
             name: "gateway-e2e".into(),
             engine: Engine::Podman,
             node_image: None,
@@ -320,10 +301,7 @@ mod tests {
             access: ClusterAccess::default(),
             services: Services {
                 datastorage: project::DATASTORAGE,
-                gateway: Service {
-                    host_port: 28080,
-                    ..project::GATEWAY
-                },
+                gateway: Service { host_port: 28080, ..project::GATEWAY },
             },
         }
     }
@@ -351,9 +329,7 @@ mod tests {
             let manifests = manifests(cluster, &settings, &images()).unwrap();
             let gateway = &manifests[1];
             assert_eq!(gateway.service.name, "gateway");
-            assert!(gateway
-                .text
-                .contains("image: localhost/gateway:e2e-0123456789ab"));
+            assert!(gateway.text.contains("image: localhost/gateway:e2e-0123456789ab"));
             assert!(gateway.text.contains("hostPort: 28080"));
             assert!(gateway.text.contains("imagePullPolicy: IfNotPresent"));
             rendered.push(gateway.text.clone());

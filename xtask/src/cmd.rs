@@ -94,11 +94,7 @@ impl CmdError {
 
     /// The tool's stderr, or its stdout when stderr is empty, as the last `TAIL_LINES` lines.
     fn tail(&self) -> String {
-        let text = if self.stderr.trim().is_empty() {
-            &self.stdout
-        } else {
-            &self.stderr
-        };
+        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
         tail(text, TAIL_LINES)
     }
 }
@@ -132,10 +128,7 @@ impl fmt::Display for CmdError {
                 limit.as_secs()
             )?,
             Failure::Interrupted => {
-                return write!(
-                    f,
-                    "interrupted by a signal (Ctrl-C or SIGTERM) during `{command}`"
-                )
+                return write!(f, "interrupted by a signal (Ctrl-C or SIGTERM) during `{command}`")
             }
         }
         let tail = self.tail();
@@ -232,10 +225,7 @@ impl Step {
             }
         };
         let group = child.id() as i32;
-        RUNNING
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(group);
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(group);
         let log = self.log.as_ref().and_then(|path| {
             let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
             match file {
@@ -312,20 +302,10 @@ impl Running {
     }
 
     fn finish_step(self) -> Result<(Step, Output), CmdError> {
-        let Started {
-            mut step,
-            mut child,
-            group,
-            stdout,
-            stderr,
-            watchdog,
-            interrupted_before,
-        } = self.state?;
+        let Started { mut step, mut child, group, stdout, stderr, watchdog, interrupted_before } =
+            self.state?;
         let waited = child.wait();
-        RUNNING
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|g| *g != group);
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| *g != group);
         let timed_out = watchdog.is_some_and(Watchdog::stop);
         let stopped = timed_out || (!interrupted_before && interrupted());
         // A stopped command's pipes may be held by something that outlived it: do not wait long.
@@ -348,14 +328,7 @@ impl Running {
         if stopped && !status.success() {
             return Err(step.error(Failure::Interrupted, out, err));
         }
-        Ok((
-            step,
-            Output {
-                status,
-                stdout: out,
-                stderr: err,
-            },
-        ))
+        Ok((step, Output { status, stdout: out, stderr: err }))
     }
 }
 
@@ -468,12 +441,7 @@ pub fn install_signal_handler() {
                     let alive: Vec<i32> = running
                         .iter()
                         .copied()
-                        .filter(|g| {
-                            RUNNING
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .contains(g)
-                        })
+                        .filter(|g| RUNNING.lock().unwrap_or_else(|e| e.into_inner()).contains(g))
                         .collect();
                     if alive.is_empty() {
                         break;
@@ -483,9 +451,7 @@ pub fn install_signal_handler() {
                 }
             });
         } else {
-            running
-                .iter()
-                .for_each(|g| signal_group(*g, Signal::SIGKILL));
+            running.iter().for_each(|g| signal_group(*g, Signal::SIGKILL));
             match leftover {
                 Some(command) => {
                     eprintln!("teardown skipped: remove what is left with `{command}`")
@@ -511,10 +477,8 @@ mod tests {
     fn output_status_and_tail() {
         let sh = Shell::new().unwrap();
         assert_eq!(step(cmd!(sh, "echo hi")).read().unwrap(), "hi");
-        let err = step(cmd!(sh, "ls /nonexistent-xtask-cmd"))
-            .hint("check the path")
-            .run()
-            .unwrap_err();
+        let err =
+            step(cmd!(sh, "ls /nonexistent-xtask-cmd")).hint("check the path").run().unwrap_err();
         let text = err.to_string();
         assert!(
             text.starts_with("`ls /nonexistent-xtask-cmd` failed (exit status: 2):\n"),
@@ -523,9 +487,7 @@ mod tests {
         assert!(text.contains("nonexistent") && text.ends_with("\ncheck the path"));
         assert!(err.cause().unwrap().contains("No such file"));
         // `output` hands back a failed run instead.
-        let output = step(cmd!(sh, "ls /nonexistent-xtask-cmd"))
-            .output()
-            .unwrap();
+        let output = step(cmd!(sh, "ls /nonexistent-xtask-cmd")).output().unwrap();
         assert!(!output.success());
     }
 
@@ -556,13 +518,10 @@ mod tests {
         let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir()).unwrap();
         let log = dir.join(format!("cmd-log-{}.txt", std::process::id()));
         let _ = std::fs::remove_file(&log);
-        let output = step(cmd!(
-            sh,
-            "sh -c 'printf \"a\\377\\nb\\n\"; echo err >&2; seq 1 3000'"
-        ))
-        .log(&log)
-        .run()
-        .unwrap();
+        let output = step(cmd!(sh, "sh -c 'printf \"a\\377\\nb\\n\"; echo err >&2; seq 1 3000'"))
+            .log(&log)
+            .run()
+            .unwrap();
         assert!(output.stdout.starts_with("a\u{fffd}\nb\n"));
         assert!(output.stdout.ends_with("3000\n"));
         let logged = std::fs::read_to_string(&log).unwrap();

@@ -71,12 +71,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     doctor::preflight(
         sh,
         &root,
-        &doctor::Needs {
-            engine: None,
-            go: true,
-            covdata: true,
-            ..doctor::Needs::default()
-        },
+        &doctor::Needs { engine: None, go: true, covdata: true, ..doctor::Needs::default() },
         Vec::new(),
     )?;
     let dirs = if let Some(archive) = &flags.from_archive {
@@ -91,22 +86,14 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
         if flags.inputs.iter().any(|d| d.as_str().is_empty()) {
             bail!("-i was given an empty path: name a coverage directory, e.g. `-i coverdata/gateway`, or leave -i out to read every service under coverdata/");
         }
-        flags
-            .inputs
-            .iter()
-            .map(|d| project::absolute(d))
-            .collect::<anyhow::Result<_>>()?
+        flags.inputs.iter().map(|d| project::absolute(d)).collect::<anyhow::Result<_>>()?
     } else {
         default_dirs(&root)?
     };
 
     let e2e = report_e2e(sh, &root, &dirs)?;
 
-    let with_unit = if flags.with_unit {
-        Some(with_unit(sh, &root, &e2e)?)
-    } else {
-        None
-    };
+    let with_unit = if flags.with_unit { Some(with_unit(sh, &root, &e2e)?) } else { None };
 
     if flags.html && !e2e.missing.is_empty() {
         eprintln!(
@@ -125,11 +112,9 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
 
     // The gate applies to what the user asked to measure: combined when unit tests are included.
     let (gated, gated_name, gated_profile) = match with_unit {
-        Some((_, combined)) => (
-            combined,
-            "combined (unit + E2E)",
-            root.join("target/coverage/combined.out"),
-        ),
+        Some((_, combined)) => {
+            (combined, "combined (unit + E2E)", root.join("target/coverage/combined.out"))
+        }
         None => (e2e.stmts, "E2E", e2e.coverage.profile.clone()),
     };
 
@@ -198,11 +183,7 @@ fn report_e2e(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
     let profile = out_dir.join("e2e.out");
     let blocks = profile_blocks(sh, root, &module, dirs, &profile)?;
     let stmts = count(&blocks, |_| true);
-    rows.push((
-        "all services".to_string(),
-        "(merged total)".to_string(),
-        stmts,
-    ));
+    rows.push(("all services".to_string(), "(merged total)".to_string(), stmts));
     let missing = missing_sources(root, &module, &blocks);
     let changed = changed_sources(sh, root, &module, &blocks);
 
@@ -226,11 +207,7 @@ fn report_e2e(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
     }
     println!("wrote {}", display(root, &profile));
     Ok(Report {
-        coverage: Coverage {
-            services,
-            total: stmts.percent(),
-            profile,
-        },
+        coverage: Coverage { services, total: stmts.percent(), profile },
         stmts,
         blocks,
         missing,
@@ -392,11 +369,7 @@ fn join_dirs(dirs: &[Utf8PathBuf]) -> anyhow::Result<String> {
             "{dir} contains a comma, which `go tool covdata -i` cannot take: rename the directory"
         );
     }
-    Ok(dirs
-        .iter()
-        .map(|d| d.as_str())
-        .collect::<Vec<_>>()
-        .join(","))
+    Ok(dirs.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(","))
 }
 
 /// Runs a `go` command quietly and returns its stdout; on failure, its stderr with an
@@ -407,10 +380,7 @@ fn go_output(what: &str, subject: &str, cmd: xshell::Cmd<'_>) -> anyhow::Result<
         let stderr = &output.stderr;
         // covdata prefixes its messages with "error: " twice; main adds one of its own.
         let message = stderr.trim().trim_start_matches("error: ");
-        bail!(
-            "{what} failed for {subject}: {message}\n{}",
-            explain_go_error(stderr, subject)
-        );
+        bail!("{what} failed for {subject}: {message}\n{}", explain_go_error(stderr, subject));
     }
     Ok(output.stdout)
 }
@@ -544,18 +514,8 @@ fn overlapping_files(blocks: &Blocks) -> Vec<String> {
 
 /// The terminal table: one row per (service, package) and the totals.
 fn table(rows: &[(String, String, Stmts)]) -> String {
-    let service_width = rows
-        .iter()
-        .map(|r| r.0.len())
-        .chain(["service".len()])
-        .max()
-        .unwrap_or(0);
-    let package_width = rows
-        .iter()
-        .map(|r| r.1.len())
-        .chain(["package".len()])
-        .max()
-        .unwrap_or(0);
+    let service_width = rows.iter().map(|r| r.0.len()).chain(["service".len()]).max().unwrap_or(0);
+    let package_width = rows.iter().map(|r| r.1.len()).chain(["package".len()]).max().unwrap_or(0);
     let mut out = format!(
         "{:service_width$}  {:package_width$}  {:>8}  statements\n",
         "service", "package", "coverage"
@@ -570,20 +530,14 @@ fn table(rows: &[(String, String, Stmts)]) -> String {
 }
 
 fn side_by_side(unit: Stmts, e2e: Stmts, combined: Stmts) -> String {
-    let mut out = format!(
-        "{:10}  {:>10}  {:>10}  {:>10}\n",
-        "", "unit", "e2e", "combined"
-    );
+    let mut out = format!("{:10}  {:>10}  {:>10}  {:>10}\n", "", "unit", "e2e", "combined");
     out.push_str(&format!("{:10}", "total"));
     for stmts in [unit, e2e, combined] {
         out.push_str(&format!("  {:>9.1}%", stmts.percent()));
     }
     out.push_str(&format!("\n{:10}", "statements"));
     for stmts in [unit, e2e, combined] {
-        out.push_str(&format!(
-            "  {:>10}",
-            format!("{} of {}", stmts.covered, stmts.total)
-        ));
+        out.push_str(&format!("  {:>10}", format!("{} of {}", stmts.covered, stmts.total)));
     }
     out.push('\n');
     out
@@ -599,22 +553,14 @@ pub fn markdown_summary(
     for (name, pct) in &e2e.services {
         out.push_str(&format!("| {name} | {pct:.1}% |\n"));
     }
-    out.push_str(&format!(
-        "| **all services (merged)** | **{:.1}%** |\n\n",
-        e2e.total
-    ));
+    out.push_str(&format!("| **all services (merged)** | **{:.1}%** |\n\n", e2e.total));
     if let Some((unit, combined)) = with_unit {
         out.push_str("| | unit | e2e | combined |\n| --- | ---: | ---: | ---: |\n");
-        out.push_str(&format!(
-            "| total | {unit:.1}% | {:.1}% | {combined:.1}% |\n\n",
-            e2e.total
-        ));
+        out.push_str(&format!("| total | {unit:.1}% | {:.1}% | {combined:.1}% |\n\n", e2e.total));
     }
     if let Some((min, measured)) = gate {
         let verdict = if measured < min { "not met" } else { "met" };
-        out.push_str(&format!(
-            "Required: {min:.1}%, measured {measured:.1}%: {verdict}.\n\n"
-        ));
+        out.push_str(&format!("Required: {min:.1}%, measured {measured:.1}%: {verdict}.\n\n"));
     }
     out
 }
@@ -627,14 +573,11 @@ fn unit_blocks(sh: &Shell, root: &Utf8Path, e2e: &Blocks) -> anyhow::Result<Bloc
     let module = project::go_module(root)?;
     let coverpkg = packages(e2e).into_iter().collect::<Vec<_>>().join(",");
     let profile = root.join("target/coverage/unit.out");
-    step(cmd!(
-        sh,
-        "go test -covermode=atomic -coverpkg={coverpkg} -coverprofile={profile} ./..."
-    ))
-    .echo()
-    .hint("fix the unit tests, or report without --with-unit")
-    .run()
-    .context("go unit tests failed")?;
+    step(cmd!(sh, "go test -covermode=atomic -coverpkg={coverpkg} -coverprofile={profile} ./..."))
+        .echo()
+        .hint("fix the unit tests, or report without --with-unit")
+        .run()
+        .context("go unit tests failed")?;
     let text = fs::read_to_string(&profile).with_context(|| {
         format!("reading the profile {profile} that `go test` wrote: {WRITABLE_TARGET}")
     })?;
@@ -679,10 +622,7 @@ fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Report) -> anyhow::Result<(Stmts
     let profile = root.join("target/coverage/combined.out");
     let mut text = String::from("mode: set\n");
     for ((file, (l0, c0), (l1, c1), n), ran) in &blocks {
-        text.push_str(&format!(
-            "{file}:{l0}.{c0},{l1}.{c1} {n} {}\n",
-            u8::from(*ran)
-        ));
+        text.push_str(&format!("{file}:{l0}.{c0},{l1}.{c1} {n} {}\n", u8::from(*ran)));
     }
     fs::write(&profile, text).with_context(|| format!("writing {profile}: {WRITABLE_TARGET}"))?;
     let packages = packages(&blocks);
@@ -708,11 +648,8 @@ fn dirs_from_archive(root: &Utf8Path, archive: &Utf8Path) -> anyhow::Result<Vec<
     if !archive.is_file() {
         bail!("archive {archive} not found: the archived runs are in {archives}");
     }
-    let name = archive
-        .file_name()
-        .unwrap_or("archive")
-        .trim_end_matches(".gz")
-        .trim_end_matches(".tar");
+    let name =
+        archive.file_name().unwrap_or("archive").trim_end_matches(".gz").trim_end_matches(".tar");
     let dest = root.join("target/coverage/from-archive").join(name);
     recreate_dir(&dest)?;
     coverdata::extract(archive, &dest)?;
@@ -811,11 +748,7 @@ mod tests {
         );
         assert_eq!(
             missing_sources(&root, "example.com/m", &blocks),
-            [
-                "example.com/m/lib/gone.go",
-                "example.com/mod/lib/a.go",
-                "example.com/other/lib/a.go"
-            ]
+            ["example.com/m/lib/gone.go", "example.com/mod/lib/a.go", "example.com/other/lib/a.go"]
         );
         fs::remove_dir_all(root).unwrap();
     }
@@ -842,10 +775,8 @@ mod tests {
 
     #[test]
     fn instrumenting_the_same_source_gives_the_blocks_of_the_data() {
-        let data: Vec<_> = parse_profile(ONE_FILE)
-            .into_keys()
-            .map(|(_, start, end, n)| (start, end, n))
-            .collect();
+        let data: Vec<_> =
+            parse_profile(ONE_FILE).into_keys().map(|(_, start, end, n)| (start, end, n)).collect();
         assert_eq!(cover_blocks(INSTRUMENTED), Some(data));
         let shifted = INSTRUMENTED.replace("15, 19,", "16, 20,");
         assert_ne!(cover_blocks(&shifted), cover_blocks(INSTRUMENTED));
@@ -869,10 +800,7 @@ mod tests {
         );
         let ([unit, e2e, combined], blocks) = same_statements(&e2e, &unit);
         let stmts = |covered, total| Stmts { covered, total };
-        assert_eq!(
-            [unit, e2e, combined],
-            [stmts(2, 6), stmts(4, 6), stmts(6, 6)]
-        );
+        assert_eq!([unit, e2e, combined], [stmts(2, 6), stmts(4, 6), stmts(6, 6)]);
         assert!(blocks.keys().all(|k| !k.0.contains("testutil")));
     }
 
@@ -882,10 +810,7 @@ mod tests {
         assert_eq!(distinct_percents(74.6, 74.61), pair("74.60", "74.61"));
         assert_eq!(distinct_percents(74.6, 74.6), pair("74.6", "74.6"));
         assert_eq!(distinct_percents(50.0, 60.0), pair("50.0", "60.0"));
-        assert_eq!(
-            distinct_percents(100.0 * 2.0 / 3.0, 66.667),
-            pair("66.6667", "66.6670")
-        );
+        assert_eq!(distinct_percents(100.0 * 2.0 / 3.0, 66.667), pair("66.6667", "66.6670"));
     }
 
     #[test]
@@ -909,10 +834,7 @@ mod tests {
     #[test]
     fn blocks_of_two_builds_overlap_and_one_build_does_not() {
         let overlapping = |profile| overlapping_files(&parse_profile(profile));
-        assert_eq!(
-            overlapping(TWO_BUILDS),
-            vec!["example.com/covx/lib/lib.go".to_string()]
-        );
+        assert_eq!(overlapping(TWO_BUILDS), vec!["example.com/covx/lib/lib.go".to_string()]);
         assert_eq!(overlapping(ONE_BUILD), Vec::<String>::new());
         // Same range, different statement count: also two versions of the file.
         let changed = "mode: set\na.go:1.1,3.2 2 1\na.go:1.1,3.2 3 0\nb.go:1.1,2.2 1 0\n";
@@ -952,10 +874,7 @@ mod tests {
     #[test]
     fn a_missing_archive_says_where_the_archives_are() {
         let root = scratch("no-archive");
-        let err = format!(
-            "{:#}",
-            dirs_from_archive(&root, &root.join("nope.tar.gz")).unwrap_err()
-        );
+        let err = format!("{:#}", dirs_from_archive(&root, &root.join("nope.tar.gz")).unwrap_err());
         assert!(
             err.contains("nope.tar.gz not found") && err.contains("coverdata/archive"),
             "{err}"
@@ -967,11 +886,7 @@ mod tests {
     fn tables_show_every_number() {
         let stmts = |covered, total| Stmts { covered, total };
         let rows = vec![
-            (
-                "gateway".to_string(),
-                "example.com/m/cmd/gateway".to_string(),
-                stmts(3, 3),
-            ),
+            ("gateway".to_string(), "example.com/m/cmd/gateway".to_string(), stmts(3, 3)),
             ("gateway".to_string(), "(total)".to_string(), stmts(4, 9)),
         ];
         expect_test::expect![[r#"
@@ -987,10 +902,7 @@ mod tests {
         "#]]
         .assert_eq(&side_by_side(stmts(2, 8), stmts(6, 11), stmts(7, 11)));
         let cov = Coverage {
-            services: vec![
-                ("gateway".to_string(), 44.4),
-                ("datastorage".to_string(), 70.0),
-            ],
+            services: vec![("gateway".to_string(), 44.4), ("datastorage".to_string(), 70.0)],
             total: 60.0,
             profile: "target/coverage/e2e.out".into(),
         };
@@ -1010,11 +922,7 @@ mod tests {
             Required: 65.0%, measured 63.6%: not met.
 
         "#]]
-        .assert_eq(&markdown_summary(
-            &cov,
-            Some((25.0, 63.6)),
-            Some((65.0, 63.6)),
-        ));
+        .assert_eq(&markdown_summary(&cov, Some((25.0, 63.6)), Some((65.0, 63.6))));
         assert!(!markdown_summary(&cov, None, None).contains("unit"));
     }
 }

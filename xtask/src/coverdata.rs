@@ -19,10 +19,7 @@ pub fn prepare(root: &Utf8Path, services: &[Service]) -> anyhow::Result<()> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
     let (archive, left) = archive_previous(root)?;
     if let Some(archive) = archive {
-        println!(
-            "    previous coverage data archived to {}",
-            display(root, &archive)
-        );
+        println!("    previous coverage data archived to {}", display(root, &archive));
     }
     if !left.is_empty() {
         println!(
@@ -57,9 +54,7 @@ pub fn record_outcome(root: &Utf8Path, passed: bool) -> anyhow::Result<()> {
 
 /// A path as the user should see it: relative to the project root when below it.
 pub fn display(root: &Utf8Path, path: &Utf8Path) -> String {
-    path.strip_prefix(root)
-        .map(|p| p.to_string())
-        .unwrap_or_else(|_| path.to_string())
+    path.strip_prefix(root).map(|p| p.to_string()).unwrap_or_else(|_| path.to_string())
 }
 
 /// How many archived runs `archive_previous` keeps: the newest passed ones, and fewer of the
@@ -93,15 +88,11 @@ pub fn check_counters(dirs: &[Utf8PathBuf]) -> anyhow::Result<()> {
                 .filter_map(|e| e.file_name().into_string().ok())
                 .collect::<Vec<_>>(),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                problems.push(format!(
-                    "{dir}: does not exist: produce it with `{PRODUCER}`"
-                ));
+                problems.push(format!("{dir}: does not exist: produce it with `{PRODUCER}`"));
                 continue;
             }
             Err(err) => {
-                problems.push(format!(
-                    "{dir}: cannot be read ({err}): fix its permissions"
-                ));
+                problems.push(format!("{dir}: cannot be read ({err}): fix its permissions"));
                 continue;
             }
         };
@@ -112,24 +103,15 @@ pub fn check_counters(dirs: &[Utf8PathBuf]) -> anyhow::Result<()> {
     if problems.is_empty() {
         return Ok(());
     }
-    bail!(
-        "coverage data is missing or incomplete:\n  {}",
-        problems.join("\n  ")
-    )
+    bail!("coverage data is missing or incomplete:\n  {}", problems.join("\n  "))
 }
 
 /// What is wrong with a GOCOVERDIR holding these file names, if anything. Counter files are
 /// named `covcounters.<meta hash>.<pid>.<nanos>`, so each meta-data file can be matched to the
 /// runs that finished.
 fn counter_problem(names: &[String]) -> Option<String> {
-    let metas: Vec<&str> = names
-        .iter()
-        .filter_map(|n| n.strip_prefix("covmeta."))
-        .collect();
-    let counters: Vec<&str> = names
-        .iter()
-        .filter_map(|n| n.strip_prefix("covcounters."))
-        .collect();
+    let metas: Vec<&str> = names.iter().filter_map(|n| n.strip_prefix("covmeta.")).collect();
+    let counters: Vec<&str> = names.iter().filter_map(|n| n.strip_prefix("covcounters.")).collect();
     if metas.is_empty() && counters.is_empty() {
         return Some(format!(
             "no coverage data (no covmeta.* or covcounters.* files): produce it with `{PRODUCER}`"
@@ -141,17 +123,12 @@ fn counter_problem(names: &[String]) -> Option<String> {
              produce fresh data with `{PRODUCER}`"
         ));
     }
-    let (finished, lost): (Vec<&str>, Vec<&str>) = metas
-        .iter()
-        .partition(|hash| counters.iter().any(|c| c.split('.').next() == Some(**hash)));
+    let (finished, lost): (Vec<&str>, Vec<&str>) =
+        metas.iter().partition(|hash| counters.iter().any(|c| c.split('.').next() == Some(**hash)));
     if lost.is_empty() {
         return None;
     }
-    let files = lost
-        .iter()
-        .map(|h| format!("covmeta.{h}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let files = lost.iter().map(|h| format!("covmeta.{h}")).collect::<Vec<_>>().join(", ");
     if finished.is_empty() {
         return Some(format!(
             "{files} but no covcounters.* for it: the process never exited normally (killed, or still running): \
@@ -187,11 +164,8 @@ pub fn extract(archive: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<()> {
     let mut magic = [0; 2];
     let gzipped = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
     file.rewind().with_context(opening)?;
-    let reader: Box<dyn Read> = if gzipped {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
+    let reader: Box<dyn Read> =
+        if gzipped { Box::new(flate2::read::GzDecoder::new(file)) } else { Box::new(file) };
     // `unpack` refuses entries that would land outside `dest`.
     tar::Archive::new(reader).unpack(dest).with_context(|| {
         format!(
@@ -227,10 +201,8 @@ pub fn archive_previous(root: &Utf8Path) -> anyhow::Result<(Option<Utf8PathBuf>,
         archive = archive_dir.join(format!("{stamp}-{n}.{outcome}.tar.gz"));
         n += 1;
     }
-    let partial = archive_dir.join(format!(
-        ".{}.partial",
-        archive.file_name().unwrap_or("archive")
-    ));
+    let partial =
+        archive_dir.join(format!(".{}.partial", archive.file_name().unwrap_or("archive")));
     let written = fs::create_dir_all(&archive_dir)
         .map_err(|err| io_error(format!("creating {archive_dir}"), err, &coverdata))
         .and_then(|()| {
@@ -265,11 +237,7 @@ pub fn archive_previous(root: &Utf8Path) -> anyhow::Result<(Option<Utf8PathBuf>,
         let path = coverdata.join(rel);
         let dir = path.parent().unwrap_or(&coverdata);
         fs::remove_file(&path).map_err(|err| {
-            io_error(
-                format!("removing {path} after archiving it into {archive}"),
-                err,
-                dir,
-            )
+            io_error(format!("removing {path} after archiving it into {archive}"), err, dir)
         })?;
         // A service directory emptied by the removal goes too (prepare makes it anew).
         let _ = fs::remove_dir(dir);
@@ -368,10 +336,8 @@ fn write_archive(
     dest: &Utf8Path,
 ) -> std::io::Result<()> {
     let file = fs::File::create(dest)?;
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        file,
-        flate2::Compression::default(),
-    ));
+    let mut builder =
+        tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::default()));
     for (rel, _) in files {
         builder.append_path_with_name(coverdata.join(rel), rel)?;
     }
@@ -383,15 +349,9 @@ fn verify_archive(archive: &Utf8Path, files: &[(Utf8PathBuf, u64)]) -> anyhow::R
     let file = fs::File::open(archive).with_context(|| format!("opening {archive}"))?;
     let mut reader = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut found = BTreeMap::new();
-    for entry in reader
-        .entries()
-        .with_context(|| format!("reading back {archive}"))?
-    {
+    for entry in reader.entries().with_context(|| format!("reading back {archive}"))? {
         let entry = entry.with_context(|| format!("reading back {archive}"))?;
-        let path = entry
-            .path()
-            .with_context(|| format!("reading back {archive}"))?
-            .into_owned();
+        let path = entry.path().with_context(|| format!("reading back {archive}"))?.into_owned();
         found.insert(path, entry.size());
     }
     for (rel, size) in files {
@@ -407,9 +367,7 @@ fn verify_archive(archive: &Utf8Path, files: &[(Utf8PathBuf, u64)]) -> anyhow::R
 /// The archives in `dir`, oldest first. Names start with a timestamp, so their order is the
 /// time order; comparing the time parts puts `<stamp>` before `<stamp>-2`.
 pub fn archives(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
-    let mut list = listing(dir, |name| {
-        name.ends_with(".tar.gz") && !name.starts_with('.')
-    })?;
+    let mut list = listing(dir, |name| name.ends_with(".tar.gz") && !name.starts_with('.'))?;
     list.sort_by(|a, b| time_and_outcome(a).cmp(&time_and_outcome(b)));
     Ok(list)
 }
@@ -433,9 +391,7 @@ fn prune<'a>(sorted: &'a [Utf8PathBuf]) -> Vec<&'a Utf8PathBuf> {
         let n = list.len().saturating_sub(keep);
         list.into_iter().take(n)
     };
-    old(passed, KEEP_PASSED)
-        .chain(old(others, KEEP_OTHERS))
-        .collect()
+    old(passed, KEEP_PASSED).chain(old(others, KEEP_OTHERS)).collect()
 }
 
 #[cfg(test)]
@@ -463,15 +419,9 @@ mod tests {
 
     #[test]
     fn counter_files_are_matched_to_their_meta_data_file() {
-        assert_eq!(
-            counter_problem(&names(&["covmeta.aa", "covcounters.aa.12.345"])),
-            None
-        );
+        assert_eq!(counter_problem(&names(&["covmeta.aa", "covcounters.aa.12.345"])), None);
         let killed = counter_problem(&names(&["covmeta.aa"])).unwrap();
-        assert!(
-            killed.contains("covmeta.aa but no covcounters.*"),
-            "{killed}"
-        );
+        assert!(killed.contains("covmeta.aa but no covcounters.*"), "{killed}");
         assert!(killed.contains(
             "the process never exited normally (killed, or still running): stop it gracefully so the counters are written"
         ));
@@ -486,10 +436,7 @@ mod tests {
              data first)"
         );
         let empty = counter_problem(&names(&[".keep"])).unwrap();
-        assert!(
-            empty.contains("no coverage data") && empty.contains(PRODUCER),
-            "{empty}"
-        );
+        assert!(empty.contains("no coverage data") && empty.contains(PRODUCER), "{empty}");
         let no_meta = counter_problem(&names(&["covcounters.aa.1.2"])).unwrap();
         assert!(no_meta.contains("no covmeta.*"), "{no_meta}");
     }
@@ -515,14 +462,9 @@ mod tests {
                 "{err}"
             );
         }
+        assert!(err.contains(&format!("{tmp}/empty: no coverage data")), "{err}");
         assert!(
-            err.contains(&format!("{tmp}/empty: no coverage data")),
-            "{err}"
-        );
-        assert!(
-            err.contains(&format!(
-                "{tmp}/missing: does not exist: produce it with `{PRODUCER}`"
-            )),
+            err.contains(&format!("{tmp}/missing: does not exist: produce it with `{PRODUCER}`")),
             "{err}"
         );
         assert!(check_counters(&dirs[..1]).is_ok());
@@ -557,10 +499,7 @@ mod tests {
         );
         assert_eq!(sorted.len(), 11);
         // Nine failed or unknown after two passed: the two passed stay, the newest three others.
-        let pruned: Vec<&str> = prune(&list)
-            .iter()
-            .map(|p| p.file_name().unwrap())
-            .collect();
+        let pruned: Vec<&str> = prune(&list).iter().map(|p| p.file_name().unwrap()).collect();
         assert_eq!(
             pruned,
             [
@@ -583,10 +522,7 @@ mod tests {
             .map(|e| {
                 let path = Utf8Path::from_path(e.path()).unwrap();
                 let rel = path.strip_prefix(dir).unwrap().to_string();
-                (
-                    rel,
-                    String::from_utf8_lossy(&fs::read(path).unwrap()).into_owned(),
-                )
+                (rel, String::from_utf8_lossy(&fs::read(path).unwrap()).into_owned())
             })
             .collect()
     }
@@ -601,23 +537,14 @@ mod tests {
         touch(&coverdata.join("gateway/covcounters.aa.1.2"), "counters-a");
         touch(&coverdata.join("gateway/notes.txt"), "mine");
         touch(&coverdata.join("datastorage/covmeta.bb"), "meta-b");
-        touch(
-            &coverdata.join("datastorage/covcounters.bb.3.4"),
-            "counters-b",
-        );
-        touch(
-            &coverdata.join("datastorage/nested/covcounters.bb.5.6"),
-            "nested",
-        );
+        touch(&coverdata.join("datastorage/covcounters.bb.3.4"), "counters-b");
+        touch(&coverdata.join("datastorage/nested/covcounters.bb.5.6"), "nested");
         touch(&coverdata.join("loose.txt"), "loose");
         let fifo = coverdata.join("gateway/covcounters.aa.7.8");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         assert!(made.unwrap().success(), "mkfifo {fifo}");
         for day in 1..=6 {
-            touch(
-                &coverdata.join(format!("archive/2020-01-0{day}T00-00-00Z.tar.gz")),
-                "old",
-            );
+            touch(&coverdata.join(format!("archive/2020-01-0{day}T00-00-00Z.tar.gz")), "old");
         }
         record_outcome(&root, true).unwrap();
         let before = tree(&coverdata);
@@ -636,10 +563,8 @@ mod tests {
                 "loose.txt",
             ]
         );
-        let not_archived: Vec<String> = tree(&coverdata)
-            .into_keys()
-            .filter(|k| !k.starts_with("archive/"))
-            .collect();
+        let not_archived: Vec<String> =
+            tree(&coverdata).into_keys().filter(|k| !k.starts_with("archive/")).collect();
         assert_eq!(
             not_archived,
             [
@@ -697,9 +622,7 @@ mod tests {
                 "archiving the previous coverage data into {coverdata}/archive/"
             )) && err.contains(&format!(
                 ".unknown.tar.gz (nothing was deleted): creating {coverdata}/archive: "
-            )) && err.ends_with(&format!(
-                "something else is in the way in {coverdata}: move it"
-            )),
+            )) && err.ends_with(&format!("something else is in the way in {coverdata}: move it")),
             "{err}"
         );
         assert_eq!(tree(&coverdata), before);

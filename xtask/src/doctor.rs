@@ -61,12 +61,7 @@ impl Check {
         detail: impl Into<String>,
         hint: String,
     ) -> Check {
-        Check {
-            name: name.into(),
-            status,
-            detail: detail.into(),
-            hint,
-        }
+        Check { name: name.into(), status, detail: detail.into(), hint }
     }
     pub fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check::new(Status::Ok, name, detail, String::new())
@@ -127,10 +122,7 @@ pub fn run(sh: &Shell, flags: &flags::Doctor) -> anyhow::Result<()> {
             format!("{err:#}"),
             "set GATEWAY_HOST_PORT / DATASTORAGE_HOST_PORT to free port numbers, or unset them",
         ));
-        Services {
-            datastorage: project::DATASTORAGE,
-            gateway: project::GATEWAY,
-        }
+        Services { datastorage: project::DATASTORAGE, gateway: project::GATEWAY }
     });
     let cluster = cluster::pick(&flags.target, &root, services)?;
     if flags.target.cluster == ClusterBackend::Auto && cluster.name() == "podman" {
@@ -198,9 +190,7 @@ fn container_check(sh: &Shell, root: &Utf8Path, engine: Engine) -> Check {
             step(build).run()?;
             step(cmd!(sh, "{program} build --tag {image} {dir}")).run()?;
         }
-        step(cmd!(sh, "{program} run --rm {image}"))
-            .timeout(GO_TOOL)
-            .run()?;
+        step(cmd!(sh, "{program} run --rm {image}")).timeout(GO_TOOL).run()?;
         Ok(())
     })();
     match result {
@@ -243,11 +233,7 @@ pub fn preflight(
 fn summary(checks: &[Check], emphasize: fn(&str) -> String) -> String {
     if checks.iter().all(|c| c.status == Status::Ok) {
         let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
-        format!(
-            "preflight: {} checks ok ({})\n",
-            checks.len(),
-            names.join(", ")
-        )
+        format!("preflight: {} checks ok ({})\n", checks.len(), names.join(", "))
     } else {
         render(checks, emphasize)
     }
@@ -273,11 +259,8 @@ fn version_check(
 }
 
 fn fail_on(checks: &[Check]) -> anyhow::Result<()> {
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|c| c.status == Status::Fail)
-        .map(|c| c.name.as_str())
-        .collect();
+    let failed: Vec<&str> =
+        checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.name.as_str()).collect();
     if !failed.is_empty() {
         anyhow::bail!(
             "preflight failed ({}): apply the fix lines above, then rerun `cargo xtask doctor`",
@@ -315,34 +298,21 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
         (engine, path, probe)
     });
     let go_probe = start(needs.go, &go_path, cmd!(sh, "go env GOVERSION"), SHORT);
-    let covdata_probe = start(
-        needs.covdata,
-        &go_path,
-        cmd!(sh, "go tool -n covdata"),
-        GO_TOOL,
-    );
+    let covdata_probe = start(needs.covdata, &go_path, cmd!(sh, "go tool -n covdata"), GO_TOOL);
     let kind_probe = start(needs.kind, &kind_path, cmd!(kind_sh, "kind version"), SHORT);
-    let kubectl_probe = start(
-        needs.kubectl,
-        &kubectl_path,
-        cmd!(sh, "kubectl version --client"),
-        SHORT,
-    );
+    let kubectl_probe =
+        start(needs.kubectl, &kubectl_path, cmd!(sh, "kubectl version --client"), SHORT);
     let disk_dir = nearest_existing(&root.join("target"));
-    let df_probe = needs
-        .disk
-        .then(|| step(cmd!(sh, "df -Pk {disk_dir}")).timeout(SHORT).spawn());
+    let df_probe = needs.disk.then(|| step(cmd!(sh, "df -Pk {disk_dir}")).timeout(SHORT).spawn());
 
     let mut checks = Vec::new();
 
     if let Some((engine, path, probe)) = engine_probe {
         let program = engine.program();
         checks.push(match (path, probe.map(finish)) {
-            (None, _) | (_, None) => Check::fail(
-                program,
-                "not found on PATH",
-                engine_install_hint(engine, root),
-            ),
+            (None, _) | (_, None) => {
+                Check::fail(program, "not found on PATH", engine_install_hint(engine, root))
+            }
             (Some(path), Some(Ok(out))) => match first_version_line(&out) {
                 Some(v) => Check::ok(program, format!("{v} at {path}, answering")),
                 None => Check::ok(program, format!("{path}, answering")),
@@ -386,11 +356,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
                     if (version.0, version.1) >= MIN_KIND {
                         Check::ok("kind", format!("{text} at {path}"))
                     } else {
-                        Check::fail(
-                            "kind",
-                            format!("{text} at {path} is older than v0.27"),
-                            &hint,
-                        )
+                        Check::fail("kind", format!("{text} at {path} is older than v0.27"), &hint)
                     }
                 })
             },
@@ -448,10 +414,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
 
 /// A probe's stdout, or one line saying what went wrong.
 fn finish(probe: Running) -> Result<String, String> {
-    probe
-        .wait()
-        .map(|out| out.stdout)
-        .map_err(|err| err.one_line())
+    probe.wait().map(|out| out.stdout).map_err(|err| err.one_line())
 }
 
 fn engine_install_hint(engine: Engine, root: &Utf8Path) -> String {
@@ -494,10 +457,7 @@ pub fn check_port(service: Service) -> Check {
         (Some(Some((pid, comm))), _) => Check::fail(
             name,
             format!("in use by {comm} (pid {pid})"),
-            format!(
-                "{}, or free port {port}{or_move}",
-                stop_holder(&comm, pid, port)
-            ),
+            format!("{}, or free port {port}{or_move}", stop_holder(&comm, pid, port)),
         ),
         (Some(None), _) => Check::fail(
             name,
@@ -531,11 +491,8 @@ fn port_owner(port: u16) -> Option<Option<(u32, String)>> {
     let mut sockets = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(table) {
-            sockets.extend(
-                listening_inodes(&text, port)
-                    .into_iter()
-                    .map(|i| format!("socket:[{i}]")),
-            );
+            sockets
+                .extend(listening_inodes(&text, port).into_iter().map(|i| format!("socket:[{i}]")));
         }
     }
     if sockets.is_empty() {
@@ -543,11 +500,7 @@ fn port_owner(port: u16) -> Option<Option<(u32, String)>> {
     }
     let procs = std::fs::read_dir("/proc").ok()?;
     for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         // Other users' fd directories are unreadable; skipping them is the best we can do.
@@ -591,12 +544,7 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
 fn version_skew(kind_out: &str, kubectl_out: &str, node_image: Option<&str>) -> Option<Check> {
     let (kind, (_, kind_minor, _)) = parse_kind_version(kind_out)?;
     let kubectl = parse_kubectl_version(kubectl_out)?;
-    let kubectl_minor: u32 = kubectl
-        .strip_prefix("v1.")?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()?;
+    let kubectl_minor: u32 = kubectl.strip_prefix("v1.")?.split('.').next()?.parse().ok()?;
     let node_minor = cluster::kind_node_minor(kind_minor, node_image)?;
     let node = match node_image {
         Some(image) => format!("node image {image}"),
@@ -628,10 +576,7 @@ fn parse_kind_version(out: &str) -> Option<(String, (u32, u32, u32))> {
 
 /// `Client Version: v1.32.4` (or the old `version.Info{... GitVersion:"v1.25.0" ...}`) -> v1.32.4.
 fn parse_kubectl_version(out: &str) -> Option<String> {
-    let rest = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Client Version:"))?
-        .trim();
+    let rest = out.lines().find_map(|l| l.trim().strip_prefix("Client Version:"))?.trim();
     if let Some((_, after)) = rest.split_once("GitVersion:\"") {
         return after.split('"').next().map(str::to_string);
     }
@@ -650,8 +595,7 @@ fn parse_go_version(out: &str) -> Option<String> {
 fn parse_df_available_kb(out: &str) -> Option<u64> {
     let fields: Vec<&str> = out.lines().nth(1)?.split_whitespace().collect();
     let capacity = fields.iter().position(|f| {
-        f.strip_suffix('%')
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        f.strip_suffix('%').is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
     })?;
     fields.get(capacity.checked_sub(1)?)?.parse().ok()
 }
@@ -659,15 +603,11 @@ fn parse_df_available_kb(out: &str) -> Option<u64> {
 /// An engine's `info --format` prints a bare version; a stand-in may print anything.
 fn first_version_line(out: &str) -> Option<String> {
     let line = out.lines().next()?.trim();
-    line.starts_with(|c: char| c.is_ascii_digit())
-        .then(|| line.to_string())
+    line.starts_with(|c: char| c.is_ascii_digit()).then(|| line.to_string())
 }
 
 fn nearest_existing(path: &Utf8Path) -> Utf8PathBuf {
-    path.ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Utf8Path::new("/"))
-        .to_path_buf()
+    path.ancestors().find(|p| p.exists()).unwrap_or(Utf8Path::new("/")).to_path_buf()
 }
 
 fn gib(bytes: u64) -> String {
@@ -675,35 +615,19 @@ fn gib(bytes: u64) -> String {
 }
 
 fn one_line(text: &str) -> String {
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("(no output)");
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(no output)");
     line.chars().take(120).collect()
 }
 
 /// The table: check, status, detail, and a `fix:` line under every warning or failure.
 fn render(checks: &[Check], emphasize: fn(&str) -> String) -> String {
-    let name_width = checks
-        .iter()
-        .map(|c| c.name.len())
-        .chain([5])
-        .max()
-        .unwrap_or(5);
+    let name_width = checks.iter().map(|c| c.name.len()).chain([5]).max().unwrap_or(5);
     let status_width = 6;
     let indent = " ".repeat(name_width + 2 + status_width + 2);
-    let mut out = format!(
-        "{:name_width$}  {:status_width$}  detail\n",
-        "check", "status"
-    );
+    let mut out = format!("{:name_width$}  {:status_width$}  detail\n", "check", "status");
     for c in checks {
         let status = format!("{:status_width$}", c.status);
-        let status = if c.status == Status::Ok {
-            status
-        } else {
-            emphasize(&status)
-        };
+        let status = if c.status == Status::Ok { status } else { emphasize(&status) };
         out.push_str(&format!("{:name_width$}  {status}  {}\n", c.name, c.detail));
         if c.status != Status::Ok {
             out.push_str(&format!("{indent}fix: {}\n", c.hint));
@@ -746,11 +670,7 @@ mod tests {
             skew.detail,
             "kubectl v1.32.4 and Kubernetes v1.37 (kind v0.33.0's default node) are further apart than kubectl's supported one minor version"
         );
-        assert!(
-            skew.hint.contains("install kubectl v1.36.x to v1.38.x"),
-            "{}",
-            skew.hint
-        );
+        assert!(skew.hint.contains("install kubectl v1.36.x to v1.38.x"), "{}", skew.hint);
         let near = version_skew(kind, &kubectl("v1.36.0"), None).unwrap();
         assert_eq!(near.status, Status::Ok);
         let chosen = version_skew(kind, &kubectl("v1.32.4"), Some("kindest/node:v1.33.1")).unwrap();
@@ -789,10 +709,7 @@ mod tests {
         let spaced = "Filesystem 1024-blocks Used Available Capacity Mounted on\n\
                       my disk 100 40 60 40% /mnt/my disk\n";
         assert_eq!(parse_df_available_kb(spaced), Some(60));
-        assert_eq!(
-            parse_df_available_kb("df: /nope: No such file or directory\n"),
-            None
-        );
+        assert_eq!(parse_df_available_kb("df: /nope: No such file or directory\n"), None);
     }
 
     #[test]
@@ -840,10 +757,7 @@ mod tests {
             "preflight: 2 checks ok (go, go tool covdata)\n"
         );
         checks.push(Check::warn("disk", "cannot read `df -Pk` output", "run df"));
-        assert_eq!(
-            summary(&checks, str::to_string),
-            render(&checks, str::to_string)
-        );
+        assert_eq!(summary(&checks, str::to_string), render(&checks, str::to_string));
         assert!(fail_on(&checks).is_ok());
         checks.push(Check::fail("kind", "not found on PATH", "install kind"));
         let err = fail_on(&checks).unwrap_err().to_string();
@@ -857,14 +771,8 @@ mod tests {
             pod.contains("podman ps --all --filter publish=18080 --format '{{.PodName}}'"),
             "{pod}"
         );
-        assert!(
-            pod.contains("podman pod rm --force <pod>") && !pod.contains("kill"),
-            "{pod}"
-        );
-        assert_eq!(
-            stop_holder("nc", 42, 18080),
-            "stop nc (pid 42), e.g. `kill 42`"
-        );
+        assert!(pod.contains("podman pod rm --force <pod>") && !pod.contains("kill"), "{pod}");
+        assert_eq!(stop_holder("nc", 42, 18080), "stop nc (pid 42), e.g. `kill 42`");
     }
 
     #[test]

@@ -47,11 +47,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let mut cluster = cluster::pick(&flags.target, &root, services)?;
     cmd::set_leftover(cluster.remove_command());
     // Sortable by time, and apart from a run of another cluster name in the same second.
-    let id = format!(
-        "{}-{}",
-        project::utc_timestamp(SystemTime::now()),
-        flags.target.cluster_name
-    );
+    let id = format!("{}-{}", project::utc_timestamp(SystemTime::now()), flags.target.cluster_name);
     let logs = project::xtask_dir(&root).join("logs");
     prune_logs(&logs, LOGS_KEPT - 1);
     let run = Run {
@@ -59,11 +55,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         settings: cluster.settings().clone(),
         flags: flags.clone(),
     };
-    let mut summary = Summary {
-        id,
-        backend: cluster.name(),
-        ..Summary::default()
-    };
+    let mut summary = Summary { id, backend: cluster.name(), ..Summary::default() };
 
     // Held until the end, teardown included: see lock.rs.
     let mut lock = None;
@@ -90,10 +82,8 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     }
     if let Err(err) = outcome.as_ref().and(teardown.as_ref()) {
         let text = format!("{err:#}");
-        summary.cause = err
-            .chain()
-            .find_map(|e| e.downcast_ref::<CmdError>())
-            .map(CmdError::one_line);
+        summary.cause =
+            err.chain().find_map(|e| e.downcast_ref::<CmdError>()).map(CmdError::one_line);
         summary.fix = engine::known_fix(&text, &root);
         summary.error = Some(text);
     }
@@ -207,12 +197,8 @@ fn cluster_phases(
     check_interrupted()?;
     let mut report = None;
     let result = summary.phase(Phase::Test, || {
-        let tests = gotest::run(
-            sh,
-            &run.settings.services,
-            &run.flags.go_test_args,
-            &run.logs_dir,
-        )?;
+        let tests =
+            gotest::run(sh, &run.settings.services, &run.flags.go_test_args, &run.logs_dir)?;
         println!("{}", tests.line());
         let judged = judge(&tests, &run.logs_dir);
         report = Some(tests);
@@ -254,11 +240,7 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
         go: true,
         covdata: run.flags.coverage,
         // Held by the earlier run until it is cleared: checked below.
-        ports: if leftover.is_some() {
-            Vec::new()
-        } else {
-            ports.clone()
-        },
+        ports: if leftover.is_some() { Vec::new() } else { ports.clone() },
         disk: true,
         ..doctor::Needs::default()
     };
@@ -410,19 +392,12 @@ mod tests {
         }
         std::fs::write(dir.join("notes.txt"), "mine").unwrap();
         prune_logs(&dir, 2);
-        let mut left: Vec<String> = dir
-            .read_dir_utf8()
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string())
-            .collect();
+        let mut left: Vec<String> =
+            dir.read_dir_utf8().unwrap().map(|e| e.unwrap().file_name().to_string()).collect();
         left.sort();
         assert_eq!(
             left,
-            [
-                "2026-01-04T00-00-00Z-gateway-e2e",
-                "2026-01-05T00-00-00Z-gateway-e2e",
-                "notes.txt"
-            ]
+            ["2026-01-04T00-00-00Z-gateway-e2e", "2026-01-05T00-00-00Z-gateway-e2e", "notes.txt"]
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -430,10 +405,7 @@ mod tests {
     #[test]
     fn status_line_is_parsed() {
         assert_eq!(parse_status_line("HTTP/1.0 200 OK\r\n"), Some(200));
-        assert_eq!(
-            parse_status_line("HTTP/1.1 503 Service Unavailable\r\n"),
-            Some(503)
-        );
+        assert_eq!(parse_status_line("HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
         assert_eq!(parse_status_line("SSH-2.0-OpenSSH"), None);
     }
 }

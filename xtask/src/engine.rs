@@ -36,12 +36,9 @@ pub fn inspect(
     let program = engine.program();
     let format = "{{.Id}} {{.Size}} {{range .RepoTags}}{{.}} {{end}}";
     // A missing image makes the whole call fail, but the others are still printed.
-    let output = step(cmd!(
-        sh,
-        "{program} image inspect --format {format} {references...}"
-    ))
-    .hint("check that the engine answers: `cargo xtask doctor`")
-    .output()?;
+    let output = step(cmd!(sh, "{program} image inspect --format {format} {references...}"))
+        .hint("check that the engine answers: `cargo xtask doctor`")
+        .output()?;
     let found: Vec<(ImageInfo, Vec<&str>)> = output
         .stdout
         .lines()
@@ -112,15 +109,9 @@ mod tests {
 
     #[test]
     fn references_match_with_or_without_localhost() {
-        assert!(same_reference(
-            "localhost/gateway:e2e-1",
-            "localhost/gateway:e2e-1"
-        ));
+        assert!(same_reference("localhost/gateway:e2e-1", "localhost/gateway:e2e-1"));
         assert!(same_reference("gateway:e2e-1", "localhost/gateway:e2e-1"));
-        assert!(!same_reference(
-            "localhost/gateway:e2e-2",
-            "localhost/gateway:e2e-1"
-        ));
+        assert!(!same_reference("localhost/gateway:e2e-2", "localhost/gateway:e2e-1"));
         assert!(is_missing_image("Error: localhost/x:1: image not known\n"));
         assert!(is_missing_image("Error: No such image: x:1"));
         assert!(!is_missing_image("Error: cannot connect to podman"));
@@ -131,16 +122,10 @@ mod tests {
         let root = Utf8Path::new("/repo");
         let rlimit = "Error: runc: runc create failed: unable to start container process: error during container init: error setting rlimits for ready process: error setting rlimit type 7: operation not permitted: OCI permission denied";
         let fix = known_fix(rlimit, root).unwrap();
-        assert!(
-            fix.contains("`export CONTAINERS_CONF=/repo/.ci/containers.conf`"),
-            "{fix}"
-        );
-        assert!(known_fix(
-            "Error: default OCI runtime \"crun\" not found: invalid argument",
-            root
-        )
-        .unwrap()
-        .contains("apt-get install -y runc"));
+        assert!(fix.contains("`export CONTAINERS_CONF=/repo/.ci/containers.conf`"), "{fix}");
+        assert!(known_fix("Error: default OCI runtime \"crun\" not found: invalid argument", root)
+            .unwrap()
+            .contains("apt-get install -y runc"));
         assert_eq!(known_fix("Error: image not known", root), None);
     }
 }

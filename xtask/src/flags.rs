@@ -273,13 +273,7 @@ fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
 impl FromStr for BuildMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        one_of(
-            s,
-            &[
-                ("host", BuildMode::Host),
-                ("container", BuildMode::Container),
-            ],
-        )
+        one_of(s, &[("host", BuildMode::Host), ("container", BuildMode::Container)])
     }
 }
 
@@ -349,19 +343,13 @@ const TASKS: [(&str, &str); 5] = [
 ];
 
 fn find_task(name: &str) -> Result<(&'static str, &'static str), UsageError> {
-    TASKS
-        .into_iter()
-        .find(|(task, _)| *task == name)
-        .ok_or_else(|| {
-            let names: Vec<&str> = TASKS.iter().map(|(task, _)| *task).collect();
-            UsageError {
-                message: format!(
-                    "unknown task `{name}`: expected one of {}",
-                    names.join(", ")
-                ),
-                task: None,
-            }
-        })
+    TASKS.into_iter().find(|(task, _)| *task == name).ok_or_else(|| {
+        let names: Vec<&str> = TASKS.iter().map(|(task, _)| *task).collect();
+        UsageError {
+            message: format!("unknown task `{name}`: expected one of {}", names.join(", ")),
+            task: None,
+        }
+    })
 }
 
 /// Parses the whole command line (without the program name).
@@ -423,9 +411,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
             archive: flag(&mut args, "--archive"),
             registry: registry(&mut args).map_err(err)?,
         }),
-        "doctor" => Task::Doctor(Doctor {
-            target: target(&mut args).map_err(err)?,
-        }),
+        "doctor" => Task::Doctor(Doctor { target: target(&mut args).map_err(err)? }),
         "e2e-gateway" => Task::E2eGateway(E2eGateway {
             coverage: flag(&mut args, "--coverage"),
             target: target(&mut args).map_err(err)?,
@@ -471,11 +457,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
                 }
                 paths.push(Utf8PathBuf::from(path));
             }
-            Task::LintDockerfiles(LintDockerfiles {
-                paths,
-                require_digest,
-                deny_warnings,
-            })
+            Task::LintDockerfiles(LintDockerfiles { paths, require_digest, deny_warnings })
         }
         _ => unreachable!("every task name is matched above"),
     };
@@ -487,10 +469,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
         } else {
             format!("unexpected argument `{word}`")
         };
-        return Err(UsageError {
-            message,
-            task: Some(task),
-        });
+        return Err(UsageError { message, task: Some(task) });
     }
     Ok(parsed)
 }
@@ -537,11 +516,7 @@ fn target(args: &mut pico_args::Arguments) -> Result<Target, pico_args::Error> {
 /// `--node-image`, else `E2E_NODE_IMAGE`.
 fn node_image(args: &mut pico_args::Arguments) -> Result<Option<String>, pico_args::Error> {
     let given = opt_value(args, "--node-image", |s| Ok(s.to_string()))?;
-    Ok(given.or_else(|| {
-        std::env::var("E2E_NODE_IMAGE")
-            .ok()
-            .filter(|v| !v.is_empty())
-    }))
+    Ok(given.or_else(|| std::env::var("E2E_NODE_IMAGE").ok().filter(|v| !v.is_empty())))
 }
 
 fn known_service(name: &str) -> Result<String, String> {
@@ -567,10 +542,7 @@ fn cluster_name(s: &str) -> Result<String, String> {
         ));
     }
     if s.len() > 50 {
-        return Err(format!(
-            "`{s}` has {} characters; kind allows at most 50",
-            s.len()
-        ));
+        return Err(format!("`{s}` has {} characters; kind allows at most 50", s.len()));
     }
     Ok(s.to_string())
 }
@@ -649,14 +621,8 @@ mod tests {
 
     #[test]
     fn help_with_a_task_is_that_tasks_help() {
-        assert_eq!(
-            parse_str("help e2e-gateway"),
-            Ok(Task::Help(E2E_GATEWAY_HELP))
-        );
-        assert_eq!(
-            parse_str("e2e-gateway --help"),
-            Ok(Task::Help(E2E_GATEWAY_HELP))
-        );
+        assert_eq!(parse_str("help e2e-gateway"), Ok(Task::Help(E2E_GATEWAY_HELP)));
+        assert_eq!(parse_str("e2e-gateway --help"), Ok(Task::Help(E2E_GATEWAY_HELP)));
         assert_eq!(parse_str("help"), Ok(Task::Help(HELP)));
         assert!(message("help deploy").contains("unknown task `deploy`"));
     }
@@ -690,10 +656,7 @@ mod tests {
         assert_eq!(name("ci-1.a"), Ok("ci-1.a".to_string()));
         assert_eq!(name(&"a".repeat(50)), Ok("a".repeat(50)));
         let long = name(&"a".repeat(51)).unwrap_err();
-        assert!(
-            long.contains("has 51 characters; kind allows at most 50"),
-            "{long}"
-        );
+        assert!(long.contains("has 51 characters; kind allows at most 50"), "{long}");
         for bad in ["-", "-x", ".x", "Bad", "a_b"] {
             let err = name(bad).unwrap_err();
             assert!(err.contains("expected lowercase letters"), "{bad}: {err}");
@@ -705,14 +668,9 @@ mod tests {
         let Ok(Task::Help(text)) = parse_str("build-images --help") else {
             panic!("expected help");
         };
-        for flag in [
-            "--coverage",
-            "--service",
-            "--build-mode",
-            "--engine",
-            "--no-cache",
-            "--archive",
-        ] {
+        for flag in
+            ["--coverage", "--service", "--build-mode", "--engine", "--no-cache", "--archive"]
+        {
             assert!(text.contains(flag), "{flag} missing from help");
         }
     }
@@ -735,10 +693,7 @@ mod tests {
                 registry: None,
             })
         );
-        assert_eq!(
-            parse_str("build-images").unwrap(),
-            Task::BuildImages(BuildImages::default())
-        );
+        assert_eq!(parse_str("build-images").unwrap(), Task::BuildImages(BuildImages::default()));
     }
 
     #[test]

@@ -77,15 +77,10 @@ fn take(path: &Utf8Path, root: &Utf8Path, what: &str, fix: &str) -> anyhow::Resu
         }
     }
     let since = project::utc_timestamp(SystemTime::now());
-    let holder = format!(
-        "pid {}\ncheckout {root}\nsince {since}\n",
-        std::process::id()
-    );
-    file.set_len(0)
-        .and_then(|()| file.write_all(holder.as_bytes()))
-        .with_context(|| {
-            format!("writing who holds {path}: check free space in the temporary directory")
-        })?;
+    let holder = format!("pid {}\ncheckout {root}\nsince {since}\n", std::process::id());
+    file.set_len(0).and_then(|()| file.write_all(holder.as_bytes())).with_context(|| {
+        format!("writing who holds {path}: check free space in the temporary directory")
+    })?;
     Ok(file)
 }
 
@@ -121,19 +116,12 @@ mod tests {
     fn coverage_runs_of_one_checkout_under_two_names_are_refused_too() {
         let root = format!("/checkout/{}", std::process::id());
         let root = Utf8Path::new(&root);
-        let (a, b) = (
-            format!("lock-a-{}", std::process::id()),
-            format!("lock-b-{}", std::process::id()),
-        );
+        let (a, b) =
+            (format!("lock-a-{}", std::process::id()), format!("lock-b-{}", std::process::id()));
         let first = acquire(&a, root, true).unwrap();
-        let err = acquire(&b, root, true)
-            .err()
-            .expect("coverdata/ is taken")
-            .to_string();
+        let err = acquire(&b, root, true).err().expect("coverdata/ is taken").to_string();
         assert!(
-            err.contains(&format!(
-                "run of this checkout is writing {root}/coverdata (pid "
-            )),
+            err.contains(&format!("run of this checkout is writing {root}/coverdata (pid ")),
             "{err}"
         );
         // Without coverage the other name is free.

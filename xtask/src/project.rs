@@ -13,17 +13,10 @@ pub struct Service {
     pub host_port: u16,
 }
 
-pub const DATASTORAGE: Service = Service {
-    name: "datastorage",
-    container_port: 8081,
-    host_port: 18081,
-};
+pub const DATASTORAGE: Service =
+    Service { name: "datastorage", container_port: 8081, host_port: 18081 };
 
-pub const GATEWAY: Service = Service {
-    name: "gateway",
-    container_port: 8080,
-    host_port: 18080,
-};
+pub const GATEWAY: Service = Service { name: "gateway", container_port: 8080, host_port: 18080 };
 
 /// In dependency order: datastorage must be ready before gateway.
 pub const SERVICES: [Service; 2] = [DATASTORAGE, GATEWAY];
@@ -69,15 +62,10 @@ impl Services {
                     ),
                 },
             };
-            Ok(Service {
-                host_port,
-                ..service
-            })
+            Ok(Service { host_port, ..service })
         };
-        let services = Services {
-            datastorage: with_port(DATASTORAGE)?,
-            gateway: with_port(GATEWAY)?,
-        };
+        let services =
+            Services { datastorage: with_port(DATASTORAGE)?, gateway: with_port(GATEWAY)? };
         let [a, b] = services.all();
         if a.host_port == b.host_port {
             bail!(
@@ -103,31 +91,19 @@ impl Services {
 /// built in (a shared `CARGO_TARGET_DIR` serves several clones): `cargo run` sets
 /// `CARGO_MANIFEST_DIR` at run time; a binary run directly looks up from the current directory.
 pub fn root() -> Utf8PathBuf {
-    if let Some(dir) = std::env::var("XTASK_PROJECT_ROOT")
-        .ok()
-        .filter(|d| !d.is_empty())
-    {
+    if let Some(dir) = std::env::var("XTASK_PROJECT_ROOT").ok().filter(|d| !d.is_empty()) {
         // Made absolute once, so commands run elsewhere (podman kube play) see the same paths.
         return absolute(Utf8Path::new(&dir)).unwrap_or_else(|_| Utf8PathBuf::from(dir));
     }
     let is_root = |dir: &Utf8Path| dir.join("xtask/Cargo.toml").is_file();
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").ok();
-    if let Some(parent) = manifest_dir
-        .as_deref()
-        .map(Utf8Path::new)
-        .and_then(Utf8Path::parent)
-    {
+    if let Some(parent) = manifest_dir.as_deref().map(Utf8Path::new).and_then(Utf8Path::parent) {
         if is_root(parent) {
             return parent.to_path_buf();
         }
     }
-    let cwd = std::env::current_dir()
-        .ok()
-        .and_then(|d| Utf8PathBuf::from_path_buf(d).ok());
-    if let Some(found) = cwd
-        .as_deref()
-        .and_then(|d| d.ancestors().find(|a| is_root(a)))
-    {
+    let cwd = std::env::current_dir().ok().and_then(|d| Utf8PathBuf::from_path_buf(d).ok());
+    if let Some(found) = cwd.as_deref().and_then(|d| d.ancestors().find(|a| is_root(a))) {
         return found.to_path_buf();
     }
     Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -196,9 +172,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// A UTC timestamp like `2026-11-26T05-45-00Z`, for run ids and archive names: sortable, and
 /// without colons, which `tar` and some file systems read specially.
 pub fn utc_timestamp(time: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time)
-        .to_string()
-        .replace(':', "-")
+    humantime::format_rfc3339_seconds(time).to_string().replace(':', "-")
 }
 
 #[cfg(test)]
@@ -228,12 +202,7 @@ mod tests {
     #[test]
     fn host_ports_come_from_the_environment_and_are_checked() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         };
         let defaults = Services::from(env(&[])).unwrap();
         assert_eq!(defaults.all().map(|s| s.host_port), [18081, 18080]);

@@ -35,9 +35,7 @@ impl Registry {
         let prefix = prefix.trim_matches('/');
         let (name, port) = host.split_once(':').unwrap_or((host, ""));
         let name_ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
         let port_ok = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p > 0);
         let prefix_ok = prefix
             .chars()
@@ -47,11 +45,7 @@ impl Registry {
                 "`{value}` is not HOST[:PORT][/PREFIX] (a host name or address, a port from 1 to 65535, a lowercase path)"
             ));
         }
-        Ok(Registry {
-            host: host.to_string(),
-            prefix: prefix.to_string(),
-            insecure,
-        })
+        Ok(Registry { host: host.to_string(), prefix: prefix.to_string(), insecure })
     }
 
     /// `localhost/gateway:e2e-<hash>` in this registry: `HOST/PREFIX/gateway:e2e-<hash>`.
@@ -94,9 +88,7 @@ impl Registry {
     }
 
     fn head_manifest(&self, reference: &str) -> std::io::Result<bool> {
-        let path = reference
-            .strip_prefix(&format!("{}/", self.host))
-            .unwrap_or(reference);
+        let path = reference.strip_prefix(&format!("{}/", self.host)).unwrap_or(reference);
         let (repository, tag) = path.rsplit_once(':').unwrap_or((path, "latest"));
         let mut stream = TcpStream::connect(&self.host)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -109,10 +101,8 @@ impl Registry {
         )?;
         let mut head = [0u8; 32];
         let n = stream.read(&mut head)?;
-        Ok(
-            String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200")
-                || String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.0 200"),
-        )
+        Ok(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200")
+            || String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.0 200"))
     }
 
     /// Pushes the local image `local` as `remote`. A registry that refuses (authentication,
@@ -133,18 +123,14 @@ impl Registry {
         let pushed = match engine {
             Engine::Podman => {
                 let tls = self.tls_args();
-                step(cmd!(sh, "podman push {tls...} {local} {remote}"))
-                    .hint(hint)
-                    .run()
+                step(cmd!(sh, "podman push {tls...} {local} {remote}")).hint(hint).run()
             }
             // docker pushes a tag of its own name.
             Engine::Docker => step(cmd!(sh, "docker tag {local} {remote}"))
                 .run()
                 .and_then(|_| step(cmd!(sh, "docker push {remote}")).hint(hint).run()),
         };
-        pushed
-            .map(drop)
-            .with_context(|| format!("pushing {local} to {remote} failed"))
+        pushed.map(drop).with_context(|| format!("pushing {local} to {remote} failed"))
     }
 }
 
@@ -155,10 +141,7 @@ mod tests {
     #[test]
     fn registry_names_are_parsed_and_images_renamed() {
         let r = Registry::parse("127.0.0.1:5000/e2e/ci", true).unwrap();
-        assert_eq!(
-            (r.host.as_str(), r.prefix.as_str()),
-            ("127.0.0.1:5000", "e2e/ci")
-        );
+        assert_eq!((r.host.as_str(), r.prefix.as_str()), ("127.0.0.1:5000", "e2e/ci"));
         assert_eq!(
             r.reference("localhost/gateway:e2e-0123456789ab"),
             "127.0.0.1:5000/e2e/ci/gateway:e2e-0123456789ab"
@@ -171,17 +154,9 @@ mod tests {
         );
         assert!(!plain.is_loopback());
         assert!(plain.tls_args().is_empty());
-        for bad in [
-            "http://127.0.0.1:5000",
-            "host:0",
-            "host:x",
-            "Host/UPPER",
-            ":5000",
-        ] {
+        for bad in ["http://127.0.0.1:5000", "host:0", "host:x", "Host/UPPER", ":5000"] {
             assert!(Registry::parse(bad, false).is_err(), "{bad}");
         }
-        assert!(Registry::parse("http://r:1", false)
-            .unwrap_err()
-            .contains("without a scheme"));
+        assert!(Registry::parse("http://r:1", false).unwrap_err().contains("without a scheme"));
     }
 }

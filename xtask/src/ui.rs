@@ -38,10 +38,7 @@ impl Banner {
             println!("::group::{number}. {name}");
         }
         println!("{}", bold(&format!("==> {number}. {name}")));
-        Banner {
-            name,
-            started: Instant::now(),
-        }
+        Banner { name, started: Instant::now() }
     }
 
     /// Ends the phase and returns how long it took.
@@ -59,21 +56,14 @@ impl Banner {
 /// An `::error::` annotation: GitHub shows it on the run's page. Its data may not hold raw
 /// newlines (or `%`), which the workflow command syntax escapes.
 pub fn error_annotation(title: &str, message: &str) -> String {
-    let escape = |s: &str| {
-        s.replace('%', "%25")
-            .replace('\r', "%0D")
-            .replace('\n', "%0A")
-    };
+    let escape = |s: &str| s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
     let title = escape(title).replace(':', "%3A").replace(',', "%2C");
     format!("::error title={title}::{}", escape(message))
 }
 
 /// Appends Markdown to the job summary when GitHub Actions gives one (`GITHUB_STEP_SUMMARY`).
 pub fn append_step_summary(markdown: &str) -> anyhow::Result<()> {
-    let Some(path) = std::env::var("GITHUB_STEP_SUMMARY")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
+    let Some(path) = std::env::var("GITHUB_STEP_SUMMARY").ok().filter(|p| !p.is_empty()) else {
         return Ok(());
     };
     let fix = || {

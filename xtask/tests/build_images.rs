@@ -12,11 +12,7 @@ fn second_run_is_a_cache_hit_without_build_calls() {
     let first = sandbox.run(&["build-images", "--coverage"]);
     assert_eq!(first.code, 0, "{first}");
     assert_eq!(first.stdout.matches(" built ").count(), 2, "{first}");
-    assert_eq!(
-        sandbox.count("go build"),
-        1,
-        "one go build for both services"
-    );
+    assert_eq!(sandbox.count("go build"), 1, "one go build for both services");
     assert_eq!(sandbox.count("podman build"), 2);
 
     let calls_before = sandbox.calls().len();
@@ -25,9 +21,7 @@ fn second_run_is_a_cache_hit_without_build_calls() {
     assert_eq!(second.stdout.matches(" cached ").count(), 2, "{second}");
     let new_calls = &sandbox.calls()[calls_before..];
     assert!(
-        !new_calls
-            .iter()
-            .any(|c| c.starts_with("go build") || c.starts_with("podman build")),
+        !new_calls.iter().any(|c| c.starts_with("go build") || c.starts_with("podman build")),
         "cache hit must not build: {new_calls:?}"
     );
 }
@@ -60,19 +54,10 @@ fn changing_one_service_rebuilds_only_that_service() {
     common::write(&sandbox.root.join("README.md"), "unrelated\n");
     let run = sandbox.run(&["build-images"]);
     assert_eq!(run.code, 0, "{run}");
-    let line = |svc: &str| {
-        run.stdout
-            .lines()
-            .find(|l| l.starts_with(svc))
-            .unwrap()
-            .to_string()
-    };
+    let line = |svc: &str| run.stdout.lines().find(|l| l.starts_with(svc)).unwrap().to_string();
     assert!(line("gateway").contains(" built "), "{run}");
     assert!(line("datastorage").contains(" cached "), "{run}");
-    let last_go_build = sandbox
-        .calls()
-        .into_iter()
-        .rfind(|c| c.starts_with("go build"));
+    let last_go_build = sandbox.calls().into_iter().rfind(|c| c.starts_with("go build"));
     assert!(last_go_build.unwrap().ends_with("./cmd/gateway"));
 }
 
@@ -90,18 +75,11 @@ fn archives_are_written_once_and_reused() {
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names[0].starts_with("datastorage-e2e-") && names[0].ends_with(".tar"));
     assert!(names[1].starts_with("gateway-e2e-") && names[1].ends_with(".tar"));
-    assert!(sandbox
-        .calls()
-        .iter()
-        .any(|c| c.starts_with("podman save --format docker-archive")));
+    assert!(sandbox.calls().iter().any(|c| c.starts_with("podman save --format docker-archive")));
 
     let saves = sandbox.count("podman save");
     assert_eq!(sandbox.run(&["build-images", "--archive"]).code, 0);
-    assert_eq!(
-        sandbox.count("podman save"),
-        saves,
-        "an existing archive is reused"
-    );
+    assert_eq!(sandbox.count("podman save"), saves, "an existing archive is reused");
 }
 
 #[test]
@@ -110,15 +88,8 @@ fn failing_go_build_names_services_and_shows_tool_output() {
     sandbox.env("FAKE_FAIL", "^go build");
     let run = sandbox.run(&["build-images"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(
-        run.stderr
-            .contains("go build failed for datastorage, gateway"),
-        "{run}"
-    );
-    assert!(
-        run.stderr.contains("fake go failure"),
-        "tool output shown: {run}"
-    );
+    assert!(run.stderr.contains("go build failed for datastorage, gateway"), "{run}");
+    assert!(run.stderr.contains("fake go failure"), "tool output shown: {run}");
     assert_eq!(sandbox.count("podman build"), 0);
 }
 
@@ -128,18 +99,9 @@ fn failing_image_build_names_the_service_command_and_output() {
     sandbox.env("FAKE_FAIL", "^podman build.*localhost/gateway");
     let run = sandbox.run(&["build-images"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(
-        run.stderr.contains("image build failed for gateway"),
-        "{run}"
-    );
-    assert!(
-        run.stderr.contains("`podman build --file"),
-        "command shown: {run}"
-    );
-    assert!(
-        run.stderr.contains("fake podman failure"),
-        "tool output shown: {run}"
-    );
+    assert!(run.stderr.contains("image build failed for gateway"), "{run}");
+    assert!(run.stderr.contains("`podman build --file"), "command shown: {run}");
+    assert!(run.stderr.contains("fake podman failure"), "tool output shown: {run}");
 }
 
 #[test]
@@ -148,11 +110,7 @@ fn missing_dockerfile_is_named() {
     std::fs::remove_file(sandbox.root.join("docker/runtime.Dockerfile")).unwrap();
     let run = sandbox.run(&["build-images"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(
-        run.stderr
-            .contains("docker/runtime.Dockerfile does not exist"),
-        "{run}"
-    );
+    assert!(run.stderr.contains("docker/runtime.Dockerfile does not exist"), "{run}");
 }
 
 #[test]
@@ -176,16 +134,9 @@ fn container_mode_passes_coverage_flags_and_stand_in_images() {
         ),
         "{build}"
     );
-    assert!(
-        build.contains("--build-arg BUILDER_IMAGE=localhost/standin-builder:1"),
-        "{build}"
-    );
+    assert!(build.contains("--build-arg BUILDER_IMAGE=localhost/standin-builder:1"), "{build}");
     assert!(build.contains("--build-arg BASE_IMAGE=scratch"), "{build}");
-    assert_eq!(
-        sandbox.count("go build"),
-        0,
-        "container mode compiles inside the image"
-    );
+    assert_eq!(sandbox.count("go build"), 0, "container mode compiles inside the image");
 }
 
 #[test]
@@ -202,23 +153,14 @@ fn bad_flags_exit_2_with_one_line() {
         assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {run}");
         assert!(run.stderr.contains("--help"), "{args:?}: {run}");
     }
-    assert!(
-        sandbox.calls().is_empty(),
-        "nothing runs on a bad command line"
-    );
+    assert!(sandbox.calls().is_empty(), "nothing runs on a bad command line");
 }
 
 #[test]
 fn container_mode_rebuilds_when_the_builder_image_changes_under_the_same_tag() {
     let mut sandbox = Sandbox::new("builder-id", TOOLS);
     sandbox.env("BUILDER_IMAGE", "localhost/standin-builder:1");
-    let args = [
-        "build-images",
-        "--build-mode",
-        "container",
-        "--service",
-        "gateway",
-    ];
+    let args = ["build-images", "--build-mode", "container", "--service", "gateway"];
     assert!(sandbox.run(&args).stdout.contains(" built "));
     assert!(sandbox.run(&args).stdout.contains(" cached "));
     assert!(sandbox
@@ -228,10 +170,7 @@ fn container_mode_rebuilds_when_the_builder_image_changes_under_the_same_tag() {
             && c.ends_with(" localhost/standin-builder:1")));
     sandbox.env("FAKE_IMAGE_ID", "sha256:2222");
     let run = sandbox.run(&args);
-    assert!(
-        run.stdout.contains(" built "),
-        "a new builder image means a new tag: {run}"
-    );
+    assert!(run.stdout.contains(" built "), "a new builder image means a new tag: {run}");
 }
 
 // The harness itself (tests/common): these guard every fake-tool test file.
@@ -254,18 +193,12 @@ fn sandbox_path_holds_only_fakes_and_basic_tools() {
     // xtask sees no podman although the sandbox is otherwise complete.
     let run = sandbox.run(&["build-images"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(
-        run.stdout.contains("podman  FAIL    not found on PATH"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("podman  FAIL    not found on PATH"), "{run}");
     assert!(
         run.stderr.contains("could not start") && run.stderr.contains("is podman installed"),
         "{run}"
     );
-    assert!(
-        run.stdout.contains("apt-get install -y podman runc"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("apt-get install -y podman runc"), "{run}");
 }
 
 #[test]
@@ -281,14 +214,8 @@ fn dropping_a_sandbox_stops_the_fake_servers() {
     assert_eq!(pids.len(), 2, "{pids:?}");
     let alive = |pid: &str| {
         // A zombie (state Z) has exited; only its parent has not reaped it yet.
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            !stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .trim_start()
-                .starts_with('Z')
-        })
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit(')').next().unwrap().trim_start().starts_with('Z'))
     };
     assert!(pids.iter().all(|p| alive(p)), "servers started: {pids:?}");
     drop(sandbox);
@@ -310,10 +237,7 @@ fn an_image_that_cannot_be_inspected_is_named_with_a_fix() {
         .env("FAKE_FAIL", "^podman image inspect")
         .env("FAKE_FAIL_SKIP", "1")
         .env("FAKE_FAIL_CODE", "125")
-        .env(
-            "FAKE_FAIL_MESSAGE",
-            "Error: inspecting object: localhost/gateway: image not known",
-        );
+        .env("FAKE_FAIL_MESSAGE", "Error: inspecting object: localhost/gateway: image not known");
     let run = sandbox.run(&["build-images", "--service", "gateway"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
@@ -321,11 +245,7 @@ fn an_image_that_cannot_be_inspected_is_named_with_a_fix() {
             && run.stderr.contains("for its size failed"),
         "{run}"
     );
-    assert!(
-        run.stderr
-            .contains("rebuild it with `cargo xtask build-images --no-cache`"),
-        "{run}"
-    );
+    assert!(run.stderr.contains("rebuild it with `cargo xtask build-images --no-cache`"), "{run}");
 }
 
 const REGISTRY_BUILDER: &str = "registry.access.redhat.com/ubi9/go-toolset:1.25";
@@ -358,15 +278,9 @@ fn container_mode_pulls_missing_base_images_first_so_the_second_run_is_cached() 
 #[test]
 fn scratch_is_not_pulled_and_a_local_builder_is_not_pulled() {
     let mut sandbox = Sandbox::new("no-pull", TOOLS);
-    sandbox
-        .env("BUILDER_IMAGE", "localhost/standin-builder:1")
-        .env("BASE_IMAGE", "scratch");
+    sandbox.env("BUILDER_IMAGE", "localhost/standin-builder:1").env("BASE_IMAGE", "scratch");
     std::fs::create_dir_all(&sandbox.state).unwrap();
-    std::fs::write(
-        sandbox.state.join("images"),
-        "localhost/standin-builder:1\n",
-    )
-    .unwrap();
+    std::fs::write(sandbox.state.join("images"), "localhost/standin-builder:1\n").unwrap();
     let run = sandbox.run(&["build-images", "--build-mode", "container"]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(sandbox.count("podman pull"), 0, "{:?}", sandbox.calls());
@@ -390,14 +304,12 @@ fn an_unpullable_base_image_is_named_with_the_variable_to_set() {
     let run = sandbox.run(&["build-images", "--build-mode", "container"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains(&format!(
-            "pulling base image {REGISTRY_BUILDER} (BUILDER_IMAGE) failed"
-        )),
+        run.stderr
+            .contains(&format!("pulling base image {REGISTRY_BUILDER} (BUILDER_IMAGE) failed")),
         "{run}"
     );
     assert!(
-        run.stderr
-            .contains("set BUILDER_IMAGE to a local image (`podman images` lists them)"),
+        run.stderr.contains("set BUILDER_IMAGE to a local image (`podman images` lists them)"),
         "{run}"
     );
     assert!(run.stderr.contains("no such host"), "{run}");
@@ -430,22 +342,14 @@ fn archives_of_plain_and_coverage_builds_are_both_kept_and_the_least_recent_goes
     let cover_1 = archive_of(&sandbox.run(&cover));
     assert_eq!(sandbox.run(&plain).code, 0);
     assert_eq!(sandbox.run(&cover).code, 0);
-    assert_eq!(
-        sandbox.count("podman save"),
-        2,
-        "alternating re-saves nothing"
-    );
+    assert_eq!(sandbox.count("podman save"), 2, "alternating re-saves nothing");
     let mut expected = vec![cover_1.clone(), plain_1.clone()];
     expected.sort();
     assert_eq!(archives(), expected);
 
     // Written under a name of this process's own, then renamed.
     let save = &sandbox.calls()[sandbox.position("podman save")];
-    let output = save
-        .split_whitespace()
-        .skip_while(|w| *w != "--output")
-        .nth(1)
-        .unwrap();
+    let output = save.split_whitespace().skip_while(|w| *w != "--output").nth(1).unwrap();
     let pid = output
         .strip_suffix(".partial")
         .and_then(|o| o.rsplit_once(".tar."))
@@ -473,11 +377,7 @@ fn no_cache_saves_the_rebuilt_image_again() {
     assert_eq!(sandbox.count("podman save"), 2);
     let run = sandbox.run(&["build-images", "--archive", "--no-cache"]);
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(
-        sandbox.count("podman save"),
-        4,
-        "a rebuilt image replaces its archive"
-    );
+    assert_eq!(sandbox.count("podman save"), 4, "a rebuilt image replaces its archive");
 }
 
 #[test]
@@ -486,18 +386,12 @@ fn container_mode_lints_first_printing_warnings_and_stopping_on_errors() {
     let dockerfile = sandbox.root.join("docker/datastorage-ubi9.Dockerfile");
     let original = std::fs::read_to_string(&dockerfile).unwrap();
     let drifted = original.replace("go-toolset:1.25", "go-toolset:1.24");
-    assert_ne!(
-        drifted, original,
-        "the sample Dockerfile names go-toolset:1.25"
-    );
+    assert_ne!(drifted, original, "the sample Dockerfile names go-toolset:1.25");
     std::fs::write(&dockerfile, &drifted).unwrap();
     let args = ["build-images", "--build-mode", "container"];
     let warned = sandbox.run(&args);
     assert_eq!(warned.code, 0, "{warned}");
-    assert!(
-        warned.stdout.contains("warning[base-image-drift]"),
-        "{warned}"
-    );
+    assert!(warned.stdout.contains("warning[base-image-drift]"), "{warned}");
 
     let upgraded = drifted.replace(
         "RUN dnf install -y git ca-certificates tzdata",
@@ -509,13 +403,6 @@ fn container_mode_lints_first_printing_warnings_and_stopping_on_errors() {
     let failed = sandbox.run(&args);
     assert_eq!(failed.code, 1, "{failed}");
     assert!(failed.stdout.contains("error[distro-upgrade]"), "{failed}");
-    assert!(
-        failed.stderr.contains("lint-dockerfiles found 1 error"),
-        "{failed}"
-    );
-    assert_eq!(
-        sandbox.count("podman build"),
-        builds_before,
-        "nothing is built"
-    );
+    assert!(failed.stderr.contains("lint-dockerfiles found 1 error"), "{failed}");
+    assert_eq!(sandbox.count("podman build"), builds_before, "nothing is built");
 }

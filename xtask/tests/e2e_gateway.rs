@@ -38,9 +38,7 @@ fn kind_pipeline_runs_in_strict_order() {
     let load = first("kind load image-archive");
     let between = &calls[create + 1..load];
     assert!(
-        between
-            .iter()
-            .all(|c| c.starts_with("podman inspect") || c.starts_with("kind get nodes")),
+        between.iter().all(|c| c.starts_with("podman inspect") || c.starts_with("kind get nodes")),
         "only the node check may run between create and load: {between:?}"
     );
     assert_eq!(sandbox.count("kind load image-archive"), 2);
@@ -52,34 +50,17 @@ fn kind_pipeline_runs_in_strict_order() {
     let test = first("go tool -modfile=tools/go.mod gotestsum ");
     let scale = containing(" scale ");
     let delete = first("kind delete cluster");
-    let order = [
-        last("kind load"),
-        apply,
-        datastorage,
-        gateway,
-        test,
-        scale,
-        delete,
-    ];
-    assert!(
-        order.windows(2).all(|w| w[0] < w[1]),
-        "{order:?} in {calls:#?}"
-    );
+    let order = [last("kind load"), apply, datastorage, gateway, test, scale, delete];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?} in {calls:#?}");
 
     // The suite found the services through the environment.
-    let (_, env) = sandbox
-        .calls_with_env()
-        .into_iter()
-        .find(|(c, _)| c.contains(" gotestsum "))
-        .unwrap();
+    let (_, env) =
+        sandbox.calls_with_env().into_iter().find(|(c, _)| c.contains(" gotestsum ")).unwrap();
     assert!(env.contains("GATEWAY_URL=http://127.0.0.1:"), "{env}");
     assert!(env.contains("DATASTORAGE_URL=http://127.0.0.1:"), "{env}");
 
     // Output: counts, summary, last-run.txt.
-    assert!(
-        run.stdout.contains("2 passed, 0 failed, 1 skipped"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("2 passed, 0 failed, 1 skipped"), "{run}");
     let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
     assert!(last_run.contains("passed (exit 0)"), "{last_run}");
     assert!(last_run.contains("coverage total"), "{last_run}");
@@ -88,11 +69,7 @@ fn kind_pipeline_runs_in_strict_order() {
         .filter_map(|l| l.trim_start().split_once(". ").map(|(n, _)| n))
         .filter(|n| n.parse::<usize>().is_ok())
         .collect();
-    assert_eq!(
-        phases,
-        ["1", "2", "3", "4", "5", "6", "8", "9"],
-        "{last_run}"
-    );
+    assert_eq!(phases, ["1", "2", "3", "4", "5", "6", "8", "9"], "{last_run}");
 }
 
 #[test]
@@ -102,11 +79,8 @@ fn every_kind_call_carries_the_provider_variable() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     let calls = sandbox.calls();
-    let kind_calls: Vec<(String, String)> = sandbox
-        .calls_with_env()
-        .into_iter()
-        .filter(|(c, _)| c.starts_with("kind "))
-        .collect();
+    let kind_calls: Vec<(String, String)> =
+        sandbox.calls_with_env().into_iter().filter(|(c, _)| c.starts_with("kind ")).collect();
     for (call, env) in &kind_calls {
         assert_eq!(
             env, "KIND_EXPERIMENTAL_PROVIDER=podman",
@@ -120,10 +94,7 @@ fn every_kind_call_carries_the_provider_variable() {
         "kind delete cluster",
         "kind get clusters",
     ] {
-        assert!(
-            calls.iter().any(|c| c.starts_with(expected)),
-            "{expected} missing"
-        );
+        assert!(calls.iter().any(|c| c.starts_with(expected)), "{expected} missing");
     }
     assert!(kind_calls.len() >= 5);
 }
@@ -152,16 +123,8 @@ fn node_not_running_is_detected_before_any_load_and_fails_clearly() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(sandbox.count("kind load"), 0, "no load into a stopped node");
-    assert_eq!(
-        sandbox.count("kind create cluster"),
-        2,
-        "recreated exactly once"
-    );
-    assert!(
-        run.stdout
-            .contains("not all running (gateway-e2e-control-plane is exited)"),
-        "{run}"
-    );
+    assert_eq!(sandbox.count("kind create cluster"), 2, "recreated exactly once");
+    assert!(run.stdout.contains("not all running (gateway-e2e-control-plane is exited)"), "{run}");
     assert!(
         run.stderr.contains(
             "still not running after recreating the cluster (gateway-e2e-control-plane is exited)"
@@ -190,14 +153,8 @@ fn failing_build_creates_no_cluster() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(sandbox.count("kind create"), 0);
-    assert!(
-        run.stderr.contains("phase 2 (build images) failed"),
-        "{run}"
-    );
-    assert!(
-        run.stderr.contains("image build failed for datastorage"),
-        "{run}"
-    );
+    assert!(run.stderr.contains("phase 2 (build images) failed"), "{run}");
+    assert!(run.stderr.contains("image build failed for datastorage"), "{run}");
 }
 
 #[test]
@@ -208,25 +165,14 @@ fn failing_test_collects_diagnostics_before_scale_down_and_still_deletes() {
     assert_eq!(run.code, 1, "{run}");
     let calls = sandbox.calls();
     let export = sandbox.position("kind export logs");
-    let describe = calls
-        .iter()
-        .position(|c| c.contains("describe pods"))
-        .unwrap();
+    let describe = calls.iter().position(|c| c.contains("describe pods")).unwrap();
     let scale = calls.iter().position(|c| c.contains(" scale ")).unwrap();
     let delete = sandbox.position("kind delete cluster");
-    assert!(
-        export < scale && describe < scale,
-        "diagnostics before scale-down"
-    );
+    assert!(export < scale && describe < scale, "diagnostics before scale-down");
     assert!(scale < delete);
-    assert!(
-        run.stdout.contains("1 passed, 1 failed, 1 skipped"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("1 passed, 1 failed, 1 skipped"), "{run}");
     assert!(run.stderr.contains("1 E2E test(s) failed"), "{run}");
-    let logs: Vec<_> = std::fs::read_dir(sandbox.root.join("target/xtask/logs"))
-        .unwrap()
-        .collect();
+    let logs: Vec<_> = std::fs::read_dir(sandbox.root.join("target/xtask/logs")).unwrap().collect();
     assert_eq!(logs.len(), 1);
     let run_dir = logs[0].as_ref().unwrap().path();
     for file in [
@@ -237,11 +183,7 @@ fn failing_test_collects_diagnostics_before_scale_down_and_still_deletes() {
         "gateway.log",
         "datastorage.log",
     ] {
-        assert!(
-            run_dir.join(file).exists(),
-            "{file} missing in {}",
-            run_dir.display()
-        );
+        assert!(run_dir.join(file).exists(), "{file} missing in {}", run_dir.display());
     }
     assert!(run.stdout.contains("diagnostics written to"), "{run}");
 }
@@ -252,11 +194,7 @@ fn keep_cluster_deletes_nothing_and_says_how() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--keep-cluster"]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(sandbox.count("kind delete"), 0);
-    assert!(
-        run.stdout
-            .contains("kind delete cluster --name gateway-e2e"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("kind delete cluster --name gateway-e2e"), "{run}");
     assert!(run.stdout.contains("KUBECONFIG="), "{run}");
 }
 
@@ -268,11 +206,7 @@ fn stale_cluster_is_deleted_before_creation() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 0, "{run}");
     assert!(sandbox.position("kind delete cluster") < sandbox.position("kind create cluster"));
-    assert!(
-        run.stdout
-            .contains("deleting the stale cluster gateway-e2e"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("deleting the stale cluster gateway-e2e"), "{run}");
 }
 
 #[test]
@@ -282,21 +216,10 @@ fn reuse_cluster_keeps_a_healthy_one_and_keeps_it_afterwards() {
     std::fs::write(sandbox.state.join("cluster"), "").unwrap();
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster"]);
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(
-        sandbox.count("kind create"),
-        0,
-        "a healthy cluster is reused"
-    );
+    assert_eq!(sandbox.count("kind create"), 0, "a healthy cluster is reused");
     assert!(run.stdout.contains("reusing the running cluster"), "{run}");
-    assert_eq!(
-        sandbox.count("kind delete"),
-        0,
-        "--reuse-cluster keeps it for next time"
-    );
-    assert!(
-        sandbox.count("kind get nodes") >= 1,
-        "every node is checked"
-    );
+    assert_eq!(sandbox.count("kind delete"), 0, "--reuse-cluster keeps it for next time");
+    assert!(sandbox.count("kind get nodes") >= 1, "every node is checked");
 }
 
 #[test]
@@ -307,11 +230,7 @@ fn reuse_cluster_recreates_an_unhealthy_one() {
     sandbox.env("FAKE_NODE_STATE_ONCE", "exited");
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(
-        run.stdout
-            .contains("is not healthy (gateway-e2e-control-plane is exited)"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("is not healthy (gateway-e2e-control-plane is exited)"), "{run}");
     assert!(sandbox.position("kind delete cluster") < sandbox.position("kind create cluster"));
 }
 
@@ -325,29 +244,16 @@ fn a_kept_cluster_holding_our_ports_is_replaced_by_the_next_run() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 0, "{run}");
     assert!(
-        run.stdout
-            .contains("deleting the stale cluster gateway-e2e of an earlier run"),
+        run.stdout.contains("deleting the stale cluster gateway-e2e of an earlier run"),
         "{run}"
     );
     let calls = &sandbox.calls()[calls_before..];
-    let delete = calls
-        .iter()
-        .position(|c| c.starts_with("kind delete cluster"))
-        .unwrap();
-    let create = calls
-        .iter()
-        .position(|c| c.starts_with("kind create cluster"))
-        .unwrap();
+    let delete = calls.iter().position(|c| c.starts_with("kind delete cluster")).unwrap();
+    let create = calls.iter().position(|c| c.starts_with("kind create cluster")).unwrap();
     assert!(delete < create, "{calls:?}");
     // The build phase's first engine call (`go list` is answered from a cache by now).
-    let build = calls
-        .iter()
-        .position(|c| c.starts_with("podman image inspect"))
-        .unwrap();
-    assert!(
-        delete < build,
-        "the old cluster goes before coverdata/ is archived: {calls:?}"
-    );
+    let build = calls.iter().position(|c| c.starts_with("podman image inspect")).unwrap();
+    assert!(delete < build, "the old cluster goes before coverdata/ is archived: {calls:?}");
 }
 
 #[test]
@@ -364,25 +270,13 @@ fn kept_podman_pods_are_replaced_by_the_next_run() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
     assert_eq!(run.code, 0, "{run}");
     let calls = &sandbox.calls()[calls_before..];
-    let down = calls
-        .iter()
-        .position(|c| c.starts_with("podman kube down"))
-        .unwrap();
+    let down = calls.iter().position(|c| c.starts_with("podman kube down")).unwrap();
     // Before the build phase archives coverdata/: the old services write counters as they stop.
     // The build phase's first engine call (`go list` is answered from a cache by now).
-    let build = calls
-        .iter()
-        .position(|c| c.starts_with("podman image inspect"))
-        .unwrap();
+    let build = calls.iter().position(|c| c.starts_with("podman image inspect")).unwrap();
     assert!(down < build, "{calls:?}");
-    let play = calls
-        .iter()
-        .position(|c| c.starts_with("podman kube play"))
-        .unwrap();
-    assert!(
-        down < play,
-        "stale pods are removed before the new ones start: {calls:?}"
-    );
+    let play = calls.iter().position(|c| c.starts_with("podman kube play")).unwrap();
+    assert!(down < play, "stale pods are removed before the new ones start: {calls:?}");
 }
 
 #[test]
@@ -409,24 +303,16 @@ fn missing_counters_are_diagnosed_with_the_service_logs() {
 fn sigterm_during_a_rollout_stops_waiting_and_deletes_the_cluster() {
     let mut sandbox = kind_sandbox("kind-sigterm");
     sandbox.env("FAKE_ROLLOUT_SLEEP", "60");
-    let interrupted = interrupt_when(&sandbox, Signal::SIGTERM, |call| {
-        call.contains(" rollout status ")
-    });
+    let interrupted =
+        interrupt_when(&sandbox, Signal::SIGTERM, |call| call.contains(" rollout status "));
     assert_eq!(interrupted.run.code, 1, "{}", interrupted.run.stderr);
-    assert!(
-        interrupted.took < Duration::from_secs(10),
-        "waited for the rollout timeout"
-    );
+    assert!(interrupted.took < Duration::from_secs(10), "waited for the rollout timeout");
     assert!(
         interrupted.run.stderr.contains("interrupted by a signal"),
         "{}",
         interrupted.run.stderr
     );
-    assert_eq!(
-        sandbox.count("kind export logs"),
-        0,
-        "no diagnostics after an interrupt"
-    );
+    assert_eq!(sandbox.count("kind export logs"), 0, "no diagnostics after an interrupt");
     assert!(sandbox.position("kind delete cluster") > sandbox.position("kubectl"));
 }
 
@@ -439,11 +325,7 @@ fn transient_create_errors_are_retried_at_most_twice() {
     );
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
-    assert_eq!(
-        sandbox.count("kind create cluster"),
-        3,
-        "one try and two retries"
-    );
+    assert_eq!(sandbox.count("kind create cluster"), 3, "one try and two retries");
     assert!(run.stderr.contains("failed 3 times"), "{run}");
 
     let mut once = kind_sandbox("kind-transient-once");
@@ -465,29 +347,17 @@ fn other_create_errors_are_not_retried() {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(sandbox.count("kind create cluster"), 1);
     assert!(run.stderr.contains("node image not found"), "{run}");
-    assert!(
-        sandbox.count("kind delete cluster") >= 1,
-        "a half-created cluster is removed"
-    );
+    assert!(sandbox.count("kind delete cluster") >= 1, "a half-created cluster is removed");
 }
 
 #[test]
 fn ctrl_c_during_tests_still_deletes_the_cluster() {
     let mut sandbox = kind_sandbox("kind-ctrl-c");
     sandbox.env("FAKE_TEST_SLEEP", "30");
-    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| {
-        call.contains(" gotestsum ")
-    });
+    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| call.contains(" gotestsum "));
     assert_eq!(interrupted.run.code, 1, "{}", interrupted.run.stderr);
-    assert!(
-        interrupted.took < Duration::from_secs(10),
-        "teardown did not wait for the tests"
-    );
-    assert!(
-        interrupted.run.stderr.contains("interrupted"),
-        "{}",
-        interrupted.run.stderr
-    );
+    assert!(interrupted.took < Duration::from_secs(10), "teardown did not wait for the tests");
+    assert!(interrupted.run.stderr.contains("interrupted"), "{}", interrupted.run.stderr);
     assert!(
         sandbox.position("kind delete cluster")
             > sandbox.position("go tool -modfile=tools/go.mod gotestsum")
@@ -509,10 +379,7 @@ fn interrupt_when(sandbox: &Sandbox, signal: Signal, when: impl Fn(&str) -> bool
     let signalled = Instant::now();
     common::signal(&child, signal);
     let run = common::finish(child);
-    Interrupted {
-        run,
-        took: signalled.elapsed(),
-    }
+    Interrupted { run, took: signalled.elapsed() }
 }
 
 #[test]
@@ -520,11 +387,7 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     let sandbox = Sandbox::new("podman-backend", &["podman", "go"]);
     let run = sandbox.run(&["e2e-gateway", "--coverage"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(
-        run.stdout
-            .contains("cluster backend: podman (auto: kind is not on PATH"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("cluster backend: podman (auto: kind is not on PATH"), "{run}");
     assert_eq!(sandbox.count("kind"), 0);
     assert_eq!(sandbox.count("podman kube play"), 2);
     let stop = sandbox.position(
@@ -534,18 +397,9 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     assert!(sandbox.last_position("podman kube down") > stop);
     let rendered =
         std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
-    assert!(
-        rendered.contains("image: localhost/gateway:e2e-"),
-        "{rendered}"
-    );
-    assert!(
-        rendered.contains("http://host.containers.internal:"),
-        "{rendered}"
-    );
-    assert!(
-        rendered.contains(sandbox.root.join("coverdata").as_str()),
-        "{rendered}"
-    );
+    assert!(rendered.contains("image: localhost/gateway:e2e-"), "{rendered}");
+    assert!(rendered.contains("http://host.containers.internal:"), "{rendered}");
+    assert!(rendered.contains(sandbox.root.join("coverdata").as_str()), "{rendered}");
     assert!(!rendered.contains("kind: Service"), "{rendered}");
     assert!(!rendered.contains("${"), "{rendered}");
     assert!(
@@ -555,24 +409,14 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     );
     assert!(!sandbox.state.join("network-xtask-gateway-e2e").exists());
     for pod in ["gateway-e2e-gateway-pod-0", "gateway-e2e-datastorage-pod-0"] {
-        assert!(
-            !sandbox.state.join(format!("pod-{pod}")).exists(),
-            "{pod} left behind"
-        );
+        assert!(!sandbox.state.join(format!("pod-{pod}")).exists(), "{pod} left behind");
     }
 }
 
 #[test]
 fn go_test_arguments_after_double_dash_are_passed_through() {
     let sandbox = Sandbox::new("passthrough", &["podman", "go"]);
-    let run = sandbox.run(&[
-        "e2e-gateway",
-        "--cluster",
-        "podman",
-        "--",
-        "-run",
-        "TestDedup",
-    ]);
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--", "-run", "TestDedup"]);
     assert_eq!(run.code, 0, "{run}");
     assert!(sandbox.calls().iter().any(|c| c.contains(" gotestsum ")
         && c.ends_with(" -- -tags e2e -count=1 ./test/e2e/gateway/... -run TestDedup")));
@@ -587,10 +431,7 @@ fn a_service_without_counters_is_named() {
     assert!(run.stderr.contains("phase 8 (coverage) failed"), "{run}");
     assert!(run.stderr.contains("coverdata/gateway"), "{run}");
     assert!(!run.stderr.contains("coverdata/datastorage"), "{run}");
-    assert!(
-        run.stderr.contains("the process never exited normally"),
-        "{run}"
-    );
+    assert!(run.stderr.contains("the process never exited normally"), "{run}");
     assert!(sandbox.count("podman kube down") >= 2, "still torn down");
 }
 
@@ -598,19 +439,12 @@ fn a_service_without_counters_is_named() {
 fn a_coverage_run_archives_the_previous_data_first() {
     let sandbox = Sandbox::new("archive-previous", &["podman", "go"]);
     common::write(&sandbox.root.join("coverdata/gateway/covmeta.old"), "old");
-    common::write(
-        &sandbox.root.join("coverdata/gateway/covcounters.old.1.2"),
-        "old",
-    );
+    common::write(&sandbox.root.join("coverdata/gateway/covcounters.old.1.2"), "old");
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(
-        run.stdout.contains("previous coverage data archived to"),
-        "{run}"
-    );
-    let archives: Vec<_> = std::fs::read_dir(sandbox.root.join("coverdata/archive"))
-        .unwrap()
-        .collect();
+    assert!(run.stdout.contains("previous coverage data archived to"), "{run}");
+    let archives: Vec<_> =
+        std::fs::read_dir(sandbox.root.join("coverdata/archive")).unwrap().collect();
     assert_eq!(archives.len(), 1);
     assert!(!sandbox.root.join("coverdata/gateway/covmeta.old").exists());
 }
@@ -624,11 +458,7 @@ fn another_runs_network_is_left_alone_and_a_leftover_of_ours_is_removed_first() 
     }
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(
-        run.stdout
-            .contains("an earlier run left the network xtask-gateway-e2e"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("an earlier run left the network xtask-gateway-e2e"), "{run}");
     assert!(
         sandbox.position("podman network rm xtask-gateway-e2e")
             < sandbox.position("podman network create xtask-gateway-e2e"),
@@ -645,10 +475,7 @@ fn pods_gone_before_kubectl_wait_looks_are_not_a_failure() {
     sandbox.env("FAKE_PODS_ALREADY_GONE", "1");
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--coverage"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(sandbox
-        .calls()
-        .iter()
-        .any(|c| c.contains(" wait --for=delete pod ")));
+    assert!(sandbox.calls().iter().any(|c| c.contains(" wait --for=delete pod ")));
 }
 
 #[test]
@@ -656,24 +483,12 @@ fn reusing_a_cluster_for_coverage_stops_its_old_services_before_archiving() {
     let sandbox = kind_sandbox("kind-reuse-coverage");
     std::fs::create_dir_all(&sandbox.state).unwrap();
     std::fs::write(sandbox.state.join("cluster"), "").unwrap();
-    let run = sandbox.run(&[
-        "e2e-gateway",
-        "--cluster",
-        "kind",
-        "--reuse-cluster",
-        "--coverage",
-    ]);
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster", "--coverage"]);
     assert_eq!(run.code, 0, "{run}");
     let calls = sandbox.calls();
     let first_scale = calls.iter().position(|c| c.contains(" scale ")).unwrap();
-    assert!(
-        first_scale < sandbox.position("podman image inspect"),
-        "{calls:?}"
-    );
-    assert!(
-        run.stdout.contains("previous coverage data archived to"),
-        "{run}"
-    );
+    assert!(first_scale < sandbox.position("podman image inspect"), "{calls:?}");
+    assert!(run.stdout.contains("previous coverage data archived to"), "{run}");
 }
 
 #[test]
@@ -682,10 +497,7 @@ fn invalid_utf8_in_the_test_output_does_not_stop_the_run() {
     sandbox.env("FAKE_TEST_NOISE", "1");
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(
-        run.stdout.contains("2 passed, 0 failed, 1 skipped"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("2 passed, 0 failed, 1 skipped"), "{run}");
     assert!(run.stdout.contains("noise line 2999"), "{run}");
 }
 
@@ -702,12 +514,8 @@ fn a_test_timeout_is_named_as_such() {
 #[test]
 fn a_failed_teardown_after_ctrl_c_keeps_its_own_error() {
     let mut sandbox = kind_sandbox("kind-ctrl-c-teardown-fails");
-    sandbox
-        .env("FAKE_TEST_SLEEP", "30")
-        .env("FAKE_FAIL", "^kind delete");
-    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| {
-        call.contains(" gotestsum ")
-    });
+    sandbox.env("FAKE_TEST_SLEEP", "30").env("FAKE_FAIL", "^kind delete");
+    let interrupted = interrupt_when(&sandbox, Signal::SIGINT, |call| call.contains(" gotestsum "));
     assert_eq!(interrupted.run.code, 1, "{}", interrupted.run.stderr);
     let stderr = &interrupted.run.stderr;
     assert!(
@@ -729,10 +537,7 @@ fn in_github_actions_phases_are_groups_a_failure_an_error_line_and_the_summary_a
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
     assert_eq!(run.code, 1, "{run}");
     let lines: Vec<&str> = run.stdout.lines().collect();
-    let groups: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("::group::"))
-        .collect();
+    let groups: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("::group::")).collect();
     assert_eq!(
         groups,
         [
@@ -755,9 +560,7 @@ fn in_github_actions_phases_are_groups_a_failure_an_error_line_and_the_summary_a
         .copied()
         .collect();
     assert!(
-        markers
-            .chunks(2)
-            .all(|pair| pair[0].starts_with("::group::") && pair[1] == "::endgroup::"),
+        markers.chunks(2).all(|pair| pair[0].starts_with("::group::") && pair[1] == "::endgroup::"),
         "{markers:?}"
     );
     let error = lines
@@ -781,10 +584,7 @@ fn in_github_actions_phases_are_groups_a_failure_an_error_line_and_the_summary_a
         "Logs: `",
         "Result: failed (exit 1): phase 6 (test) failed",
     ] {
-        assert!(
-            markdown.contains(expected),
-            "{expected} missing:\n{markdown}"
-        );
+        assert!(markdown.contains(expected), "{expected} missing:\n{markdown}");
     }
 
     // Outside GitHub Actions: no workflow commands.

@@ -24,9 +24,7 @@ fn a_second_run_of_the_same_name_is_refused_and_touches_nothing_of_the_first() {
 
     // The same machine (lock directory and podman state), another checkout.
     let mut second = Sandbox::new("lock-second", PODMAN_TOOLS);
-    second
-        .env("TMPDIR", first.dir.as_str())
-        .env("FAKE_STATE", first.state.as_str());
+    second.env("TMPDIR", first.dir.as_str()).env("FAKE_STATE", first.state.as_str());
     let started = Instant::now();
     let refused = second.run(&["e2e-gateway", "--cluster", "podman"]);
     assert_eq!(refused.code, 1, "{refused}");
@@ -37,31 +35,19 @@ fn a_second_run_of_the_same_name_is_refused_and_touches_nothing_of_the_first() {
         first.root
     );
     assert!(refused.stderr.contains(&holder), "{refused}");
-    assert!(
-        refused.stderr.contains("--cluster-name <another name>"),
-        "{refused}"
-    );
+    assert!(refused.stderr.contains("--cluster-name <another name>"), "{refused}");
     let touched: Vec<String> = second
         .calls()
         .into_iter()
         .filter(|c| c.starts_with("podman pod") || c.starts_with("podman kube"))
         .collect();
-    assert!(
-        touched.is_empty(),
-        "the live run's pods were touched: {touched:?}"
-    );
+    assert!(touched.is_empty(), "the live run's pods were touched: {touched:?}");
     assert!(first.state.join("pod-gateway-e2e-gateway-pod-0").exists());
 
     // Another name and other ports run beside it.
     let mut beside = Sandbox::new("lock-beside", PODMAN_TOOLS);
     beside.env("TMPDIR", first.dir.as_str());
-    let run = beside.run(&[
-        "e2e-gateway",
-        "--cluster",
-        "podman",
-        "--cluster-name",
-        "other",
-    ]);
+    let run = beside.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "other"]);
     assert_eq!(run.code, 0, "{run}");
     assert!(beside.position("podman kube play --network xtask-other") > 0);
 
@@ -84,9 +70,7 @@ fn a_fresh_clone_removes_what_another_clone_kept() {
 
     // Clone B: no target/ of its own, the same machine and ports.
     let mut fresh = Sandbox::new("fresh-clone-b", PODMAN_TOOLS);
-    fresh
-        .env("TMPDIR", kept.dir.as_str())
-        .env("FAKE_STATE", kept.state.as_str());
+    fresh.env("TMPDIR", kept.dir.as_str()).env("FAKE_STATE", kept.state.as_str());
     for port in ["GATEWAY_HOST_PORT", "DATASTORAGE_HOST_PORT"] {
         fresh.env(port, &kept.env_value(port));
     }
@@ -118,9 +102,7 @@ fn a_binary_built_in_one_checkout_works_on_the_checkout_it_runs_in() {
     }
     let build_in = |clone: &Sandbox, cwd: &camino::Utf8Path, manifest_dir: Option<&str>| {
         let mut cmd = clone.command(&["build-images"]);
-        cmd.env_remove("XTASK_PROJECT_ROOT")
-            .env_remove("CARGO_MANIFEST_DIR")
-            .current_dir(cwd);
+        cmd.env_remove("XTASK_PROJECT_ROOT").env_remove("CARGO_MANIFEST_DIR").current_dir(cwd);
         if let Some(dir) = manifest_dir {
             cmd.env("CARGO_MANIFEST_DIR", dir);
         }
@@ -159,19 +141,11 @@ fn an_engine_that_cannot_start_containers_stops_the_run_at_deploy_with_its_words
     };
     assert!(line("cause").contains("exited with 125: Error: runc: runc create failed"));
     assert!(line("cause").contains("error setting rlimits"));
-    let conf = format!(
-        "export CONTAINERS_CONF={}/.ci/containers.conf",
-        sandbox.root
-    );
+    let conf = format!("export CONTAINERS_CONF={}/.ci/containers.conf", sandbox.root);
     assert!(line("fix").contains(&conf), "{last_run}");
     assert!(run.stderr.contains("fix: podman may not raise"), "{run}");
     // Nothing started, so there is nothing to stop for coverage.
-    assert_eq!(
-        sandbox.count("podman pod stop"),
-        0,
-        "{:#?}",
-        sandbox.calls()
-    );
+    assert_eq!(sandbox.count("podman pod stop"), 0, "{:#?}", sandbox.calls());
 }
 
 #[test]
@@ -179,24 +153,15 @@ fn the_podman_backend_needs_podman_whatever_builds_the_images() {
     let sandbox = Sandbox::new("docker-no-kind", &["docker", "go", "df"]);
     let run = sandbox.run(&["doctor"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(
-        run.stdout
-            .contains("cluster backend: podman (auto: kind is not on PATH)"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("cluster backend: podman (auto: kind is not on PATH)"), "{run}");
     assert!(run.stderr.contains("preflight failed (podman)"), "{run}");
     let refused = sandbox.run(&["e2e-gateway", "--engine", "docker", "--cluster", "podman"]);
     assert_eq!(refused.code, 1, "{refused}");
     assert!(
-        refused
-            .stderr
-            .contains("the podman backend runs images from podman's store"),
+        refused.stderr.contains("the podman backend runs images from podman's store"),
         "{refused}"
     );
-    assert!(sandbox
-        .calls()
-        .iter()
-        .all(|c| !c.starts_with("docker build")));
+    assert!(sandbox.calls().iter().all(|c| !c.starts_with("docker build")));
 }
 
 #[test]
@@ -209,15 +174,8 @@ fn sigterm_during_the_build_stops_it_at_once() {
     common::signal(&child, Signal::SIGTERM);
     let run = common::finish(child);
     assert_eq!(run.code, 1, "{run}");
-    assert!(
-        signalled.elapsed() < Duration::from_secs(10),
-        "the build ran on"
-    );
-    assert!(
-        run.stderr
-            .contains("phase 2 (build images) failed: interrupted"),
-        "{run}"
-    );
+    assert!(signalled.elapsed() < Duration::from_secs(10), "the build ran on");
+    assert!(run.stderr.contains("phase 2 (build images) failed: interrupted"), "{run}");
     assert_eq!(sandbox.count("kind create"), 0);
 }
 
@@ -236,30 +194,17 @@ fn a_stopped_test_phase_gets_sigint_first_and_reports_what_ran() {
     let signals = std::fs::read_to_string(sandbox.state.join("signals")).unwrap();
     assert_eq!(signals.lines().next(), Some("INT"), "{signals}");
     let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
-    assert!(
-        last_run.contains("1 passed, 0 failed, 0 skipped before the interrupt"),
-        "{last_run}"
-    );
+    assert!(last_run.contains("1 passed, 0 failed, 0 skipped before the interrupt"), "{last_run}");
 }
 
 #[test]
 fn bad_host_ports_are_refused_before_anything_runs() {
     for (gateway, datastorage, expected) in [
-        (
-            "0",
-            "28081",
-            "GATEWAY_HOST_PORT=0 is not a port number from 1 to 65535",
-        ),
-        (
-            "28081",
-            "28081",
-            "datastorage and gateway would both use host port 28081",
-        ),
+        ("0", "28081", "GATEWAY_HOST_PORT=0 is not a port number from 1 to 65535"),
+        ("28081", "28081", "datastorage and gateway would both use host port 28081"),
     ] {
         let mut sandbox = Sandbox::new("bad-ports", PODMAN_TOOLS);
-        sandbox
-            .env("GATEWAY_HOST_PORT", gateway)
-            .env("DATASTORAGE_HOST_PORT", datastorage);
+        sandbox.env("GATEWAY_HOST_PORT", gateway).env("DATASTORAGE_HOST_PORT", datastorage);
         let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
         assert_eq!(run.code, 1, "{run}");
         assert!(run.stderr.contains(expected), "{run}");
@@ -277,11 +222,8 @@ fn only_the_newest_run_logs_are_kept() {
     }
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
     assert_eq!(run.code, 0, "{run}");
-    let mut left: Vec<String> = logs
-        .read_dir_utf8()
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string())
-        .collect();
+    let mut left: Vec<String> =
+        logs.read_dir_utf8().unwrap().map(|e| e.unwrap().file_name().to_string()).collect();
     left.sort();
     assert_eq!(left.len(), 20, "{left:?}");
     assert_eq!(left[0], "2020-01-01T00-00-06Z-gateway-e2e");
@@ -305,17 +247,8 @@ fn reusing_a_cluster_after_an_image_change_rolls_out_on_one_node() {
     let deadlock = Sandbox::new("reuse-rolling-update", KIND_TOOLS);
     let manifest = deadlock.root.join("test/infrastructure/gateway.yaml");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        text.replace("type: Recreate", "type: RollingUpdate"),
-    )
-    .unwrap();
-    assert_eq!(
-        deadlock
-            .run(&["e2e-gateway", "--cluster", "kind", "--keep-cluster"])
-            .code,
-        0
-    );
+    std::fs::write(&manifest, text.replace("type: Recreate", "type: RollingUpdate")).unwrap();
+    assert_eq!(deadlock.run(&["e2e-gateway", "--cluster", "kind", "--keep-cluster"]).code, 0);
     common::write(
         &deadlock.root.join("cmd/gateway/main.go"),
         "package main\n\nfunc main() { println(\"changed\") }\n",
@@ -328,10 +261,9 @@ fn reusing_a_cluster_after_an_image_change_rolls_out_on_one_node() {
 #[test]
 fn a_failed_cluster_creation_keeps_its_cause_and_collects_nothing_from_it() {
     let mut sandbox = Sandbox::new("create-fails", KIND_TOOLS);
-    sandbox.env("FAKE_FAIL", "^kind create").env(
-        "FAKE_FAIL_MESSAGE",
-        "ERROR: failed to create cluster: node image not found",
-    );
+    sandbox
+        .env("FAKE_FAIL", "^kind create")
+        .env("FAKE_FAIL_MESSAGE", "ERROR: failed to create cluster: node image not found");
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
@@ -342,12 +274,7 @@ fn a_failed_cluster_creation_keeps_its_cause_and_collects_nothing_from_it() {
         "{last_run}"
     );
     assert_eq!(sandbox.count("kind export logs"), 0);
-    assert_eq!(
-        sandbox.count("kubectl --kubeconfig"),
-        0,
-        "{:#?}",
-        sandbox.calls()
-    );
+    assert_eq!(sandbox.count("kubectl --kubeconfig"), 0, "{:#?}", sandbox.calls());
     assert!(!last_run.contains("  logs "), "{last_run}");
 }
 
@@ -361,8 +288,7 @@ fn an_unpullable_node_image_names_it_and_offers_a_local_one() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr
-            .contains("kind could not pull the node image kindest/node:v1.37.0")
+        run.stderr.contains("kind could not pull the node image kindest/node:v1.37.0")
             && run.stderr.contains("--node-image (or E2E_NODE_IMAGE)"),
         "{run}"
     );
@@ -372,10 +298,7 @@ fn an_unpullable_node_image_names_it_and_offers_a_local_one() {
     let run = local.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 0, "{run}");
     let create = &local.calls()[local.position("kind create cluster")];
-    assert!(
-        create.ends_with(" --image localhost/kindest-node:v1.33.1"),
-        "{create}"
-    );
+    assert!(create.ends_with(" --image localhost/kindest-node:v1.33.1"), "{create}");
 }
 
 #[test]
@@ -400,13 +323,8 @@ fn doctor_warns_when_kubectl_is_too_far_from_the_node() {
         skew_row(&run).starts_with("warn kubectl v1.32.4 and Kubernetes v1.37 (kind v0.33.0's default node) are further apart"),
         "{run}"
     );
-    let matching = sandbox.run(&[
-        "doctor",
-        "--cluster",
-        "kind",
-        "--node-image",
-        "kindest/node:v1.33.1",
-    ]);
+    let matching =
+        sandbox.run(&["doctor", "--cluster", "kind", "--node-image", "kindest/node:v1.33.1"]);
     assert!(skew_row(&matching).starts_with("ok "), "{matching}");
 }
 
@@ -425,25 +343,15 @@ fn kind_nodes_pull_from_the_registry_instead_of_loading_archives() {
     assert_eq!(sandbox.count("podman save"), 0);
     assert_eq!(sandbox.count("podman push localhost/"), 2);
     let config = std::fs::read_to_string(
-        sandbox
-            .root
-            .join("target/xtask/rendered/kind-gateway-config.yaml"),
+        sandbox.root.join("target/xtask/rendered/kind-gateway-config.yaml"),
     )
     .unwrap();
-    assert!(
-        config.contains("config_path = \"/etc/containerd/certs.d\""),
-        "{config}"
-    );
+    assert!(config.contains("config_path = \"/etc/containerd/certs.d\""), "{config}");
     let hosts =
         std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/hosts.toml")).unwrap();
-    assert!(
-        hosts.starts_with("server = \"https://registry.example.com:5000\""),
-        "{hosts}"
-    );
+    assert!(hosts.starts_with("server = \"https://registry.example.com:5000\""), "{hosts}");
     let dir = "/etc/containerd/certs.d/registry.example.com:5000";
-    let mkdir = sandbox.position(&format!(
-        "podman exec gateway-e2e-control-plane mkdir -p {dir}"
-    ));
+    let mkdir = sandbox.position(&format!("podman exec gateway-e2e-control-plane mkdir -p {dir}"));
     let copy = sandbox.position("podman cp ");
     assert!(mkdir < copy && copy < sandbox.position("kubectl --kubeconfig"));
     assert!(
@@ -451,10 +359,7 @@ fn kind_nodes_pull_from_the_registry_instead_of_loading_archives() {
     );
     let gateway =
         std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
-    assert!(
-        gateway.contains("image: registry.example.com:5000/e2e/gateway:e2e-"),
-        "{gateway}"
-    );
+    assert!(gateway.contains("image: registry.example.com:5000/e2e/gateway:e2e-"), "{gateway}");
 }
 
 #[test]
@@ -475,39 +380,19 @@ fn a_registry_that_refuses_stops_the_run_at_the_push_before_any_cluster() {
         "registry.example.com/e2e",
     ]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(
-        run.stderr.contains("phase 2 (build images) failed"),
-        "{run}"
-    );
-    assert!(
-        run.stderr.contains("unauthorized: authentication required"),
-        "{run}"
-    );
-    assert!(
-        run.stderr
-            .contains("log in with `podman login registry.example.com`"),
-        "{run}"
-    );
+    assert!(run.stderr.contains("phase 2 (build images) failed"), "{run}");
+    assert!(run.stderr.contains("unauthorized: authentication required"), "{run}");
+    assert!(run.stderr.contains("log in with `podman login registry.example.com`"), "{run}");
     assert_eq!(sandbox.count("kind create"), 0);
 }
 
 #[test]
 fn kind_with_docker_refuses_a_loopback_registry_before_anything_is_built() {
     let sandbox = Sandbox::new("kind-docker-loopback", &["docker", "kind", "kubectl", "go"]);
-    let run = sandbox.run(&[
-        "e2e-gateway",
-        "--cluster",
-        "kind",
-        "--registry",
-        "127.0.0.1:5000",
-    ]);
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--registry", "127.0.0.1:5000"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(run.stderr.contains("preflight failed (registry)"), "{run}");
-    assert!(
-        run.stdout
-            .contains("127.0.0.1:5000 is on this machine's loopback"),
-        "{run}"
-    );
+    assert!(run.stdout.contains("127.0.0.1:5000 is on this machine's loopback"), "{run}");
     assert_eq!(sandbox.count("docker build"), 0);
     assert_eq!(sandbox.count("kind create"), 0);
 }

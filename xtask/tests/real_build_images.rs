@@ -34,11 +34,7 @@ fn host_mode_images_run_write_coverage_and_are_cached() {
     let first = scratch.xtask(&["build-images", "--coverage", "--no-cache"], &[]);
     let images = own_images(&first, &mut guard);
     assert_eq!(first.code, 0, "{first}");
-    assert_eq!(
-        statuses(&images),
-        [("datastorage", "built"), ("gateway", "built")],
-        "{first}"
-    );
+    assert_eq!(statuses(&images), [("datastorage", "built"), ("gateway", "built")], "{first}");
     let ids: Vec<String> = images.iter().map(|i| image_id(&i.reference)).collect();
 
     let gateway = &images[1].reference;
@@ -49,15 +45,8 @@ fn host_mode_images_run_write_coverage_and_are_cached() {
     let second = scratch.xtask(&["build-images", "--coverage"], &[]);
     assert_eq!(second.code, 0, "{second}");
     let again = own_images(&second, &mut guard);
-    assert_eq!(
-        statuses(&again),
-        [("datastorage", "cached"), ("gateway", "cached")],
-        "{second}"
-    );
-    assert!(
-        !second.stdout.contains("go build ("),
-        "a cache hit must not run go build:\n{second}"
-    );
+    assert_eq!(statuses(&again), [("datastorage", "cached"), ("gateway", "cached")], "{second}");
+    assert!(!second.stdout.contains("go build ("), "a cache hit must not run go build:\n{second}");
     let same_refs: Vec<&str> = again.iter().map(|i| i.reference.as_str()).collect();
     let first_refs: Vec<&str> = images.iter().map(|i| i.reference.as_str()).collect();
     assert_eq!(same_refs, first_refs, "tags changed without a change");
@@ -78,14 +67,7 @@ fn container_mode_with_standin_base_images_writes_coverage() {
         // Keep no intermediate images: the builder stage would stay behind, untagged (300 MB).
         ("BUILDAH_LAYERS", "false"),
     ];
-    let args = [
-        "build-images",
-        "--build-mode",
-        "container",
-        "--coverage",
-        "--service",
-        "gateway",
-    ];
+    let args = ["build-images", "--build-mode", "container", "--coverage", "--service", "gateway"];
     // Sources of this run's own, so no layer of an earlier build is reused: a builder stage
     // left behind would be new.
     let main = scratch.root.join("cmd/gateway/main.go");
@@ -113,30 +95,16 @@ fn container_mode_with_standin_base_images_writes_coverage() {
 fn dangling_on(base: &str) -> Vec<String> {
     let base = image_id(base);
     let lines = |out: Output| -> Vec<String> {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
     };
-    let dangling = lines(podman(&[
-        "images",
-        "--quiet",
-        "--no-trunc",
-        "--filter",
-        "dangling=true",
-    ]));
+    let dangling = lines(podman(&["images", "--quiet", "--no-trunc", "--filter", "dangling=true"]));
     dangling
         .into_iter()
         .filter(|id| {
             let mut current = id.clone();
             for _ in 0..100 {
-                let parent = lines(podman(&[
-                    "image",
-                    "inspect",
-                    "--format",
-                    "{{.Parent}}",
-                    &current,
-                ]));
+                let parent =
+                    lines(podman(&["image", "inspect", "--format", "{{.Parent}}", &current]));
                 match parent.first().map(|p| p.trim().to_string()) {
                     Some(p) if !p.is_empty() && base.ends_with(&p) => return true,
                     Some(p) if !p.is_empty() => current = p,
@@ -207,10 +175,7 @@ fn run_until_graceful_stop(guard: &mut Cleanup, image: &str, container_port: u16
 /// Builds the stand-in for the UBI9 go-toolset image (see xtask/tests/standin/builder.Dockerfile)
 /// unless it exists: it takes a while and never changes between runs.
 fn ensure_standin_builder() {
-    if podman(&["image", "exists", STANDIN_BUILDER])
-        .status
-        .success()
-    {
+    if podman(&["image", "exists", STANDIN_BUILDER]).status.success() {
         return;
     }
     let context =
@@ -233,39 +198,22 @@ fn ensure_standin_builder() {
         if ["api", "doc", "test", "misc"].contains(&entry.file_name()) {
             continue;
         }
-        let copied = Command::new("cp")
-            .arg("-a")
-            .arg(entry.path())
-            .arg(&go)
-            .output()
-            .unwrap();
+        let copied = Command::new("cp").arg("-a").arg(entry.path()).arg(&go).output().unwrap();
         assert!(copied.status.success(), "copying GOROOT: {}", text(&copied));
     }
 
     let dockerfile = standin.join("builder.Dockerfile");
-    let built = podman(&[
-        "build",
-        "-f",
-        dockerfile.as_str(),
-        "-t",
-        STANDIN_BUILDER,
-        context.as_str(),
-    ]);
+    let built =
+        podman(&["build", "-f", dockerfile.as_str(), "-t", STANDIN_BUILDER, context.as_str()]);
     let _ = std::fs::remove_dir_all(&context);
-    assert!(
-        built.status.success(),
-        "building the stand-in builder: {}",
-        text(&built)
-    );
+    assert!(built.status.success(), "building the stand-in builder: {}", text(&built));
 }
 
 /// Like `images_of`; the images are this test's own (see `Scratch::new`), so the guard removes
 /// them.
 fn own_images(run: &Run, guard: &mut Cleanup) -> Vec<Image> {
     let images = images_of(run);
-    guard
-        .images
-        .extend(images.iter().map(|i| i.reference.clone()));
+    guard.images.extend(images.iter().map(|i| i.reference.clone()));
     for image in &images {
         let expected = format!("localhost/{}:e2e-", image.service);
         assert!(
@@ -278,10 +226,7 @@ fn own_images(run: &Run, guard: &mut Cleanup) -> Vec<Image> {
 }
 
 fn statuses(images: &[Image]) -> Vec<(&str, &str)> {
-    images
-        .iter()
-        .map(|i| (i.service.as_str(), i.status.as_str()))
-        .collect()
+    images.iter().map(|i| (i.service.as_str(), i.status.as_str())).collect()
 }
 
 fn image_id(reference: &str) -> String {
@@ -328,10 +273,7 @@ fn doctor_starts_a_container_and_names_the_fix_when_it_cannot() {
             .join("\n")
     };
     assert_eq!(run.code, 0, "{run}");
-    assert!(
-        row(&run).contains("ok      localhost/xtask-probe:1 started and exited"),
-        "{run}"
-    );
+    assert!(row(&run).contains("ok      localhost/xtask-probe:1 started and exited"), "{run}");
 
     // podman's own defaults on this machine (no CONTAINERS_CONF).
     let mut without: Vec<(&str, &str)> = env.clone();
@@ -339,10 +281,7 @@ fn doctor_starts_a_container_and_names_the_fix_when_it_cannot() {
     let run = scratch.xtask(&["doctor", "--cluster", "podman"], &without);
     assert_eq!(run.code, 1, "{run}");
     let container = row(&run);
-    assert!(
-        container.contains("FAIL") && container.contains("rlimit"),
-        "{run}"
-    );
+    assert!(container.contains("FAIL") && container.contains("rlimit"), "{run}");
     assert!(container.contains("export CONTAINERS_CONF="), "{run}");
     if !had_probe {
         let _ = podman(&["rmi", probe]);

@@ -18,30 +18,14 @@ fn e2e(scratch: &Scratch, name: &str, guard: &mut Cleanup) -> Run {
 
 /// `e2e` with more flags.
 fn e2e_with(scratch: &Scratch, name: &str, guard: &mut Cleanup, extra: &[&str]) -> Run {
-    guard.pods = ["datastorage", "gateway"]
-        .map(|s| format!("{name}-{s}-pod-0"))
-        .to_vec();
+    guard.pods = ["datastorage", "gateway"].map(|s| format!("{name}-{s}-pod-0")).to_vec();
     guard.networks = vec![format!("xtask-{name}")];
     let (gateway, datastorage) = (free_port().to_string(), free_port().to_string());
-    let mut args = vec![
-        "e2e-gateway",
-        "--coverage",
-        "--cluster",
-        "podman",
-        "--cluster-name",
-        name,
-    ];
+    let mut args = vec!["e2e-gateway", "--coverage", "--cluster", "podman", "--cluster-name", name];
     args.extend(extra);
-    let run = scratch.xtask(
-        &args,
-        &[
-            ("GATEWAY_HOST_PORT", &gateway),
-            ("DATASTORAGE_HOST_PORT", &datastorage),
-        ],
-    );
-    guard
-        .images
-        .extend(images_of(&run).into_iter().map(|i| i.reference));
+    let run = scratch
+        .xtask(&args, &[("GATEWAY_HOST_PORT", &gateway), ("DATASTORAGE_HOST_PORT", &datastorage)]);
+    guard.images.extend(images_of(&run).into_iter().map(|i| i.reference));
     run
 }
 
@@ -76,10 +60,7 @@ fn e2e_with_coverage_on_podman_passes_and_leaves_nothing_behind() {
             .unwrap_or_else(|| panic!("no `{label} N%` line in the summary:\n{summary}"));
         assert!(pct > 0.0, "{label} is {pct}%:\n{summary}");
     }
-    assert!(
-        summary.contains("passed (exit 0)"),
-        "the summary must say the run passed:\n{summary}"
-    );
+    assert!(summary.contains("passed (exit 0)"), "the summary must say the run passed:\n{summary}");
     let junit = JUnit::read(&summary);
     assert_eq!(junit.leaf_counts(), (passed, 0), "{summary}");
 
@@ -89,10 +70,7 @@ fn e2e_with_coverage_on_podman_passes_and_leaves_nothing_behind() {
     }
     for network in &guard.networks {
         let exists = podman(&["network", "exists", network]);
-        assert!(
-            !exists.status.success(),
-            "the network {network} was left behind"
-        );
+        assert!(!exists.status.success(), "the network {network} was left behind");
     }
     let left = podman(&["ps", "--all", "--format", "{{.Names}}"]);
     assert!(left.status.success(), "podman ps: {}", text(&left));
@@ -127,10 +105,7 @@ fn two_runs_at_once_with_their_own_names_and_ports_each_finish_on_their_own() {
     assert_eq!(a.code, 0, "{a}");
     assert_eq!(b.code, 1, "{b}");
     let summary = std::fs::read_to_string(failing.root.join("target/xtask/last-run.txt")).unwrap();
-    assert!(
-        summary.contains("failed tests             TestInjected/broken\n"),
-        "{summary}"
-    );
+    assert!(summary.contains("failed tests             TestInjected/broken\n"), "{summary}");
     // The JUnit file says the same as the summary's count line.
     let (passed, failed) = test_counts(&b.stdout).unwrap();
     let junit = JUnit::read(&summary);
@@ -161,14 +136,9 @@ impl JUnit {
         let valid = xmllint(&["--noout", path.as_str()]);
         assert!(valid.is_empty(), "{path} is not well-formed XML: {valid}");
         let suites = xmllint(&["--xpath", "count(//testsuite)", path.as_str()]);
-        assert!(
-            suites.trim().parse::<u32>().unwrap() > 0,
-            "no testsuite in {path}"
-        );
-        let count: usize = xmllint(&["--xpath", "count(//testcase)", path.as_str()])
-            .trim()
-            .parse()
-            .unwrap();
+        assert!(suites.trim().parse::<u32>().unwrap() > 0, "no testsuite in {path}");
+        let count: usize =
+            xmllint(&["--xpath", "count(//testcase)", path.as_str()]).trim().parse().unwrap();
         let cases = (1..=count)
             .map(|i| {
                 let case = format!("//testcase[{i}]");
@@ -187,10 +157,7 @@ impl JUnit {
     fn leaves(&self) -> impl Iterator<Item = &(String, bool, bool)> {
         self.cases.iter().filter(|(name, _, _)| {
             let parent = format!("{name}/");
-            !self
-                .cases
-                .iter()
-                .any(|(other, _, _)| other.starts_with(&parent))
+            !self.cases.iter().any(|(other, _, _)| other.starts_with(&parent))
         })
     }
 
@@ -202,10 +169,7 @@ impl JUnit {
     }
 
     fn failed_leaves(&self) -> Vec<String> {
-        self.leaves()
-            .filter(|(_, f, _)| *f)
-            .map(|(n, _, _)| n.clone())
-            .collect()
+        self.leaves().filter(|(_, f, _)| *f).map(|(n, _, _)| n.clone()).collect()
     }
 }
 
@@ -249,21 +213,14 @@ fn images_go_through_a_registry_and_a_second_run_pushes_nothing() {
     let scratch = Scratch::new("real-registry");
     let name = unique("reg");
     let mut guard = Cleanup::default();
-    let flags = [
-        "--registry",
-        &format!("{}/e2e", registry.addr),
-        "--registry-insecure",
-    ];
+    let flags = ["--registry", &format!("{}/e2e", registry.addr), "--registry-insecure"];
     let first = e2e_with(&scratch, &name, &mut guard, &flags);
     assert_eq!(first.code, 0, "{first}");
     assert_eq!(first.stdout.matches("  pushed: ").count(), 2, "{first}");
     let remote: Vec<String> = first
         .stdout
         .lines()
-        .filter_map(|l| {
-            l.split_once("  pushed: ")
-                .map(|(_, r)| r.trim().to_string())
-        })
+        .filter_map(|l| l.split_once("  pushed: ").map(|(_, r)| r.trim().to_string()))
         .collect();
     guard.images.extend(remote.iter().cloned());
     assert_coverage(&scratch, &first);
@@ -275,11 +232,7 @@ fn images_go_through_a_registry_and_a_second_run_pushes_nothing() {
     let second = e2e_with(&scratch, &name, &mut guard, &flags);
     assert_eq!(second.code, 0, "{second}");
     assert_eq!(second.stdout.matches("  pushed: ").count(), 0, "{second}");
-    assert_eq!(
-        second.stdout.matches("  in the registry: ").count(),
-        2,
-        "{second}"
-    );
+    assert_eq!(second.stdout.matches("  in the registry: ").count(), 2, "{second}");
     assert!(!second.stdout.contains(" built "), "{second}");
     // The pods ran the registry's images: podman pulled them under the registry's names.
     for image in &remote {
@@ -324,10 +277,7 @@ impl RegistryServer {
             .expect("the distribution registry as `registry` on PATH: `go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2`");
         let started = std::time::Instant::now();
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                started.elapsed().as_secs() < 20,
-                "the registry did not listen on {addr}"
-            );
+            assert!(started.elapsed().as_secs() < 20, "the registry did not listen on {addr}");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         RegistryServer { child, addr, dir }

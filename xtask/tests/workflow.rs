@@ -150,9 +150,7 @@ fn check_pins(lines: &[&str], problems: &mut Vec<String>) {
             None => (value, None),
         };
         let pinned = spec.rsplit_once('@').is_some_and(|(_, r)| {
-            r.len() == 40
-                && r.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            r.len() == 40 && r.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
         if !pinned {
             problems.push(format!(
@@ -161,8 +159,7 @@ fn check_pins(lines: &[&str], problems: &mut Vec<String>) {
             ));
         }
         let tagged = comment.is_some_and(|c| {
-            c.strip_prefix('v')
-                .is_some_and(|v| v.starts_with(|ch: char| ch.is_ascii_digit()))
+            c.strip_prefix('v').is_some_and(|v| v.starts_with(|ch: char| ch.is_ascii_digit()))
         });
         if !tagged {
             problems.push(format!(
@@ -253,9 +250,8 @@ fn check_jobs(lines: &[&str], problems: &mut Vec<String>) {
         return;
     };
     let job_indent = indent(first);
-    let starts: Vec<usize> = (0..block.len())
-        .filter(|&k| indent(block[k].1) == job_indent)
-        .collect();
+    let starts: Vec<usize> =
+        (0..block.len()).filter(|&k| indent(block[k].1) == job_indent).collect();
     for (s, &k) in starts.iter().enumerate() {
         let (n, header) = block[k];
         let job = header.trim().trim_end_matches(':');
@@ -264,12 +260,12 @@ fn check_jobs(lines: &[&str], problems: &mut Vec<String>) {
             problems.push(format!("line {}: job `{job}` is empty", n + 1));
             continue;
         };
-        let timeout = body
-            .iter()
-            .filter(|(_, l)| indent(l) == indent(first_key))
-            .find_map(|(_, l)| match key_value(l) {
-                Some(("timeout-minutes", v)) => Some(v),
-                _ => None,
+        let timeout =
+            body.iter().filter(|(_, l)| indent(l) == indent(first_key)).find_map(|(_, l)| {
+                match key_value(l) {
+                    Some(("timeout-minutes", v)) => Some(v),
+                    _ => None,
+                }
             });
         match timeout {
             Some(v) if v.parse::<u32>().is_ok_and(|m| m > 0) => {}
@@ -297,11 +293,7 @@ fn check_permissions(lines: &[&str], problems: &mut Vec<String>) {
     for (n, line) in lines.iter().enumerate().filter(|(_, l)| is_content(l)) {
         if let Some((key, value)) = key_value(line) {
             if value == "write" || key == "permissions" && value == "write-all" {
-                problems.push(format!(
-                    "line {}: `{}` grants write access",
-                    n + 1,
-                    line.trim()
-                ));
+                problems.push(format!("line {}: `{}` grants write access", n + 1, line.trim()));
             }
         }
     }
@@ -389,10 +381,7 @@ fn a_pin_without_its_tag_comment_is_caught() {
 #[test]
 fn an_unknown_input_is_caught() {
     let text = broken(&workflow(), "retention-days: 14", "retention-day: 14");
-    assert_problems(
-        &text,
-        &["`retention-day` is not an input of `actions/upload-artifact@"],
-    );
+    assert_problems(&text, &["`retention-day` is not an input of `actions/upload-artifact@"]);
     // An action bumped without updating the table.
     let text = broken(
         &workflow(),
@@ -409,11 +398,7 @@ fn an_unknown_input_is_caught() {
 fn a_job_without_a_timeout_is_caught() {
     let text = broken(&workflow(), "    timeout-minutes: 30\n", "");
     assert_problems(&text, &["job `e2e-kind` has no `timeout-minutes:`"]);
-    let text = broken(
-        &workflow(),
-        "    timeout-minutes: 30\n",
-        "    timeout-minutes: ever\n",
-    );
+    let text = broken(&workflow(), "    timeout-minutes: 30\n", "    timeout-minutes: ever\n");
     assert_problems(&text, &["job `e2e-kind` has timeout-minutes `ever`"]);
 }
 
@@ -423,11 +408,7 @@ fn missing_or_write_permissions_are_caught() {
     assert_problems(&text, &["no top-level `permissions:`"]);
     let text = broken(&workflow(), "  contents: read\n", "  contents: write\n");
     assert_problems(&text, &["`contents: write` grants write access"]);
-    let text = broken(
-        &workflow(),
-        "permissions:\n  contents: read\n",
-        "permissions: write-all\n",
-    );
+    let text = broken(&workflow(), "permissions:\n  contents: read\n", "permissions: write-all\n");
     assert_problems(&text, &["`permissions: write-all` grants write access"]);
 }
 
@@ -474,11 +455,7 @@ fn actionlint_rejects_broken_copies_by_name() {
     let cases = [
         (
             "unknown-key",
-            broken(
-                &text,
-                "    timeout-minutes: 30\n",
-                "    timeout-minute: 30\n",
-            ),
+            broken(&text, "    timeout-minutes: 30\n", "    timeout-minute: 30\n"),
             "unexpected key \"timeout-minute\" for \"job\" section",
             "[syntax-check]",
         ),
@@ -504,14 +481,9 @@ fn actionlint_rejects_broken_copies_by_name() {
     assert!(ok, "actionlint rejects an unbroken copy:\n{output}");
     for (name, text, message, rule) in cases {
         let (ok, output) = actionlint(&scratch_workflow(name, &text));
+        assert!(!ok, "{name}: actionlint accepted a broken workflow:\n{output}");
         assert!(
-            !ok,
-            "{name}: actionlint accepted a broken workflow:\n{output}"
-        );
-        assert!(
-            output
-                .lines()
-                .any(|line| line.contains(message) && line.ends_with(rule)),
+            output.lines().any(|line| line.contains(message) && line.ends_with(rule)),
             "{name}: expected `{message}` ... `{rule}` in actionlint's output:\n{output}"
         );
     }

@@ -35,19 +35,10 @@ impl Existing {
         let stamp = project::utc_timestamp(std::time::SystemTime::now()).to_lowercase();
         let run = format!("{}:{}:{stamp}", settings.root, std::process::id());
         let namespace = format!("e2e-{stamp}-{}", &project::hex(&Sha256::digest(run))[..6]);
-        for service in [
-            &mut settings.services.datastorage,
-            &mut settings.services.gateway,
-        ] {
+        for service in [&mut settings.services.datastorage, &mut settings.services.gateway] {
             service.host_port = free_port().unwrap_or(service.host_port);
         }
-        Existing {
-            settings,
-            namespace,
-            forwards: Vec::new(),
-            exists: false,
-            deployed: false,
-        }
+        Existing { settings, namespace, forwards: Vec::new(), exists: false, deployed: false }
     }
 
     /// kubectl on the chosen kubeconfig and context (never changing either); its discovery
@@ -150,11 +141,7 @@ impl Cluster for Existing {
                 return checks;
             }
         }
-        let may = step(
-            self.kubectl(sh)
-                .args(["auth", "can-i", "create", "namespaces"]),
-        )
-        .output();
+        let may = step(self.kubectl(sh).args(["auth", "can-i", "create", "namespaces"])).output();
         checks.push(match may {
             Ok(out) if out.stdout.trim() == "yes" => {
                 Check::ok("namespaces", "this user may create them")
@@ -208,10 +195,7 @@ impl Cluster for Existing {
             ("COVERDATA_NODE_PATH".into(), "/coverdata".into()),
             (
                 "DATASTORAGE_URL".into(),
-                format!(
-                    "http://datastorage:{}",
-                    self.settings.services.datastorage.container_port
-                ),
+                format!("http://datastorage:{}", self.settings.services.datastorage.container_port),
             ),
             ("NAME_PREFIX".into(), String::new()),
         ]
@@ -281,12 +265,9 @@ impl Cluster for Existing {
             return Ok(());
         }
         // The cluster finishes deleting in the background; nothing of ours waits on it.
-        step(
-            self.kubectl(sh)
-                .args(["delete", "namespace", &self.namespace, "--wait=false"]),
-        )
-        .hint(format!("delete it with `{}`", self.remove_command()))
-        .run()?;
+        step(self.kubectl(sh).args(["delete", "namespace", &self.namespace, "--wait=false"]))
+            .hint(format!("delete it with `{}`", self.remove_command()))
+            .run()?;
         println!("    deleted the namespace {} (only it)", self.namespace);
         Ok(())
     }
@@ -347,10 +328,7 @@ fn fetch_counters(service: Service, dir: &Utf8Path) -> anyhow::Result<()> {
         )?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or(response.len());
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(response.len());
         let head = String::from_utf8_lossy(&response[..split]).into_owned();
         let body = response.get(split + 4..).unwrap_or_default().to_vec();
         Ok((head, body))
@@ -376,10 +354,7 @@ fn fetch_counters(service: Service, dir: &Utf8Path) -> anyhow::Result<()> {
 }
 
 fn free_port() -> Option<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .ok()
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).ok()
 }
 
 #[cfg(test)]

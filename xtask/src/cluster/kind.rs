@@ -21,11 +21,8 @@ use crate::{
 
 /// Kind cluster creation is retried at most this many times, and only on these errors.
 const CREATE_RETRIES: usize = 2;
-const TRANSIENT_CREATE_ERRORS: &[&str] = &[
-    "OCI runtime",
-    "container state improper",
-    "could not find a log line that matches",
-];
+const TRANSIENT_CREATE_ERRORS: &[&str] =
+    &["OCI runtime", "container state improper", "could not find a log line that matches"];
 const ROLLOUT_TIMEOUT: &str = "180s";
 
 pub struct Kind {
@@ -74,14 +71,7 @@ impl Kind {
     pub fn new(settings: Settings) -> Kind {
         let kubeconfig =
             project::xtask_dir(&settings.root).join(format!("kubeconfig-{}", settings.name));
-        Kind {
-            settings,
-            kubeconfig,
-            exists: false,
-            reused: false,
-            ready_at: None,
-            deployed: false,
-        }
+        Kind { settings, kubeconfig, exists: false, reused: false, ready_at: None, deployed: false }
     }
 
     /// kubectl on our cluster; its discovery cache stays under target/ too.
@@ -94,16 +84,9 @@ impl Kind {
     /// The one definition of how our cluster is deleted: run, printed and suggested alike.
     fn delete_args(&self) -> Vec<String> {
         let (name, kubeconfig) = (&self.settings.name, &self.kubeconfig);
-        [
-            "delete",
-            "cluster",
-            "--name",
-            name,
-            "--kubeconfig",
-            kubeconfig.as_str(),
-        ]
-        .map(String::from)
-        .to_vec()
+        ["delete", "cluster", "--name", name, "--kubeconfig", kubeconfig.as_str()]
+            .map(String::from)
+            .to_vec()
     }
 
     /// Idempotent: kind succeeds when there is no such cluster.
@@ -111,10 +94,7 @@ impl Kind {
         let kind_sh = kind_shell(sh, self.settings.engine);
         let args = self.delete_args();
         step(cmd!(kind_sh, "kind {args...}"))
-            .hint(format!(
-                "delete it by hand and check `{} ps -a`",
-                self.settings.engine.program()
-            ))
+            .hint(format!("delete it by hand and check `{} ps -a`", self.settings.engine.program()))
             .run()?;
         self.exists = false;
         self.ready_at = None;
@@ -128,11 +108,7 @@ impl Kind {
             // kind's local-registry set-up: containerd reads each registry's hosts.toml.
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
         }
-        let config = write_file(
-            &self.settings.rendered_dir(),
-            "kind-gateway-config.yaml",
-            &text,
-        )?;
+        let config = write_file(&self.settings.rendered_dir(), "kind-gateway-config.yaml", &text)?;
         let kind_sh = kind_shell(sh, self.settings.engine);
         let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
         let image_args: Vec<String> = match &self.settings.node_image {
@@ -160,15 +136,10 @@ impl Kind {
                     self.settings.engine.program()
                 )));
             }
-            let transient = TRANSIENT_CREATE_ERRORS
-                .iter()
-                .any(|e| err.stderr.contains(e));
+            let transient = TRANSIENT_CREATE_ERRORS.iter().any(|e| err.stderr.contains(e));
             if !transient || attempt == CREATE_RETRIES || err.is_interrupt() {
-                let tries = if transient {
-                    format!(" {} times", attempt + 1)
-                } else {
-                    String::new()
-                };
+                let tries =
+                    if transient { format!(" {} times", attempt + 1) } else { String::new() };
                 return Err(anyhow::Error::new(err)
                     .context(format!("creating the Kind cluster {name} failed{tries}")));
             }
@@ -211,10 +182,7 @@ impl Kind {
                 .hint("check that the node container runs")
                 .run()?;
         }
-        println!(
-            "    the nodes pull from {} (through {reachable})",
-            registry.host
-        );
+        println!("    the nodes pull from {} (through {reachable})", registry.host);
         Ok(())
     }
 
@@ -236,10 +204,7 @@ impl Kind {
                 "" => NodeState::Missing,
                 other => NodeState::Other(other.to_string()),
             };
-            nodes.push(Node {
-                name: node.to_string(),
-                state,
-            });
+            nodes.push(Node { name: node.to_string(), state });
         }
         Ok(nodes)
     }
@@ -247,15 +212,11 @@ impl Kind {
     fn api_answers(&self, sh: &Shell) -> anyhow::Result<bool> {
         let kind_sh = kind_shell(sh, self.settings.engine);
         let (name, kubeconfig) = (&self.settings.name, &self.kubeconfig);
-        let exported = step(cmd!(
-            kind_sh,
-            "kind export kubeconfig --name {name} --kubeconfig {kubeconfig}"
-        ))
-        .output()?;
+        let exported =
+            step(cmd!(kind_sh, "kind export kubeconfig --name {name} --kubeconfig {kubeconfig}"))
+                .output()?;
         Ok(exported.success()
-            && step(self.kubectl(sh).args(["get", "--raw", "/readyz"]))
-                .output()?
-                .success())
+            && step(self.kubectl(sh).args(["get", "--raw", "/readyz"])).output()?.success())
     }
 
     fn kubectl_step(&self, sh: &Shell, args: &[&str], hint: &str) -> Result<(), CmdError> {
@@ -278,19 +239,9 @@ pub fn node_minor(kind_minor: u32, node_image: Option<&str>) -> Option<u32> {
         let tag = image.split('@').next()?.rsplit_once(':')?.1;
         return tag.strip_prefix("v1.")?.split('.').next()?.parse().ok();
     }
-    const DEFAULTS: [(u32, u32); 7] = [
-        (27, 32),
-        (28, 33),
-        (29, 33),
-        (30, 34),
-        (31, 35),
-        (32, 36),
-        (33, 37),
-    ];
-    DEFAULTS
-        .iter()
-        .find(|(kind, _)| *kind == kind_minor)
-        .map(|(_, node)| *node)
+    const DEFAULTS: [(u32, u32); 7] =
+        [(27, 32), (28, 33), (29, 33), (30, 34), (31, 35), (32, 36), (33, 37)];
+    DEFAULTS.iter().find(|(kind, _)| *kind == kind_minor).map(|(_, node)| *node)
 }
 
 fn all_running(nodes: &[Node]) -> bool {
@@ -349,9 +300,8 @@ impl Cluster for Kind {
 
     fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>> {
         let kind_sh = kind_shell(sh, self.settings.engine);
-        let clusters = step(cmd!(kind_sh, "kind get clusters"))
-            .hint("run `cargo xtask doctor`")
-            .read()?;
+        let clusters =
+            step(cmd!(kind_sh, "kind get clusters")).hint("run `cargo xtask doctor`").read()?;
         let name = &self.settings.name;
         Ok(clusters
             .lines()
@@ -375,10 +325,7 @@ impl Cluster for Kind {
                 }
                 return Ok(true);
             }
-            println!(
-                "    the cluster {name} is not healthy ({}): recreating it",
-                describe(&nodes)
-            );
+            println!("    the cluster {name} is not healthy ({}): recreating it", describe(&nodes));
         } else {
             println!(
                 "    deleting the stale cluster {name} of an earlier run (--reuse-cluster keeps a healthy one)"
@@ -422,10 +369,7 @@ impl Cluster for Kind {
             }
         }
         let gap = self.ready_at.map(|t| t.elapsed()).unwrap_or_default();
-        println!(
-            "    idle gap (cluster ready to first load): {} ms",
-            gap.as_millis()
-        );
+        println!("    idle gap (cluster ready to first load): {} ms", gap.as_millis());
         let kind_sh = kind_shell(sh, self.settings.engine);
         let name = &self.settings.name;
         for image in images {
@@ -435,16 +379,13 @@ impl Cluster for Kind {
                     image.service.name
                 )
             })?;
-            step(cmd!(
-                kind_sh,
-                "kind load image-archive {archive} --name {name}"
-            ))
-            .hint(format!(
-                "check that the cluster's nodes are running (`{} ps -a`)",
-                self.settings.engine.program()
-            ))
-            .run()
-            .with_context(|| format!("loading the image of {}", image.service.name))?;
+            step(cmd!(kind_sh, "kind load image-archive {archive} --name {name}"))
+                .hint(format!(
+                    "check that the cluster's nodes are running (`{} ps -a`)",
+                    self.settings.engine.program()
+                ))
+                .run()
+                .with_context(|| format!("loading the image of {}", image.service.name))?;
             println!("    loaded {}", image.reference);
         }
         Ok(Some(gap))
@@ -458,10 +399,7 @@ impl Cluster for Kind {
             ("NAME_PREFIX".into(), String::new()),
             (
                 "DATASTORAGE_URL".into(),
-                format!(
-                    "http://datastorage:{}",
-                    self.settings.services.datastorage.container_port
-                ),
+                format!("http://datastorage:{}", self.settings.services.datastorage.container_port),
             ),
         ]
     }
@@ -470,11 +408,8 @@ impl Cluster for Kind {
         self.deployed = true;
         let dir = self.settings.rendered_dir();
         for manifest in manifests {
-            let file = write_file(
-                &dir,
-                &format!("{}.yaml", manifest.service.name),
-                &manifest.text,
-            )?;
+            let file =
+                write_file(&dir, &format!("{}.yaml", manifest.service.name), &manifest.text)?;
             self.kubectl_step(
                 sh,
                 &["apply", "-f", file.as_str()],
@@ -498,14 +433,11 @@ impl Cluster for Kind {
     fn stop_services(&mut self, sh: &Shell) -> anyhow::Result<()> {
         let services = self.settings.services.all();
         let deployments = services.map(|s| format!("deployment/{}", s.name));
-        step(
-            self.kubectl(sh)
-                .arg("scale")
-                .args(&deployments)
-                .arg("--replicas=0"),
-        )
-        .hint("the services could not be scaled to zero, so their coverage counters are missing")
-        .run()?;
+        step(self.kubectl(sh).arg("scale").args(&deployments).arg("--replicas=0"))
+            .hint(
+                "the services could not be scaled to zero, so their coverage counters are missing",
+            )
+            .run()?;
         let selector = format!("app in ({})", services.map(|s| s.name).join(","));
         let timeout = format!("{}s", STOP_GRACE_SECONDS + 30);
         let wait = self.kubectl(sh).args([
@@ -557,11 +489,8 @@ impl Cluster for Kind {
                 self.remove_command()
             );
             if self.deployed {
-                let deployments = self
-                    .settings
-                    .services
-                    .all()
-                    .map(|s| format!("deployment/{}", s.name));
+                let deployments =
+                    self.settings.services.all().map(|s| format!("deployment/{}", s.name));
                 println!(
                     "    if the services were scaled to zero to flush coverage, start them with: kubectl --kubeconfig {} scale {} --replicas=1",
                     self.kubeconfig,
@@ -596,10 +525,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, state: NodeState) -> Node {
-        Node {
-            name: name.into(),
-            state,
-        }
+        Node { name: name.into(), state }
     }
 
     #[test]
@@ -607,14 +533,8 @@ mod tests {
         assert_eq!(node_minor(33, None), Some(37));
         assert_eq!(node_minor(27, None), Some(32));
         assert_eq!(node_minor(99, None), None);
-        assert_eq!(
-            node_minor(33, Some("kindest/node:v1.33.1@sha256:0505")),
-            Some(33)
-        );
-        assert_eq!(
-            node_minor(33, Some("mirror.local:5000/kindest/node:v1.35.0")),
-            Some(35)
-        );
+        assert_eq!(node_minor(33, Some("kindest/node:v1.33.1@sha256:0505")), Some(33));
+        assert_eq!(node_minor(33, Some("mirror.local:5000/kindest/node:v1.35.0")), Some(35));
         assert_eq!(node_minor(33, Some("my-node")), None);
     }
 
@@ -632,10 +552,7 @@ mod tests {
             node("w1", NodeState::Other("exited".into())),
             node("w2", NodeState::Missing),
         ];
-        assert_eq!(
-            describe(&nodes),
-            "cp is running, w1 is exited, w2 is missing"
-        );
+        assert_eq!(describe(&nodes), "cp is running, w1 is exited, w2 is missing");
         assert!(!all_running(&nodes));
         assert!(all_running(&nodes[..1]));
         assert!(!all_running(&[]), "a cluster without nodes cannot load");

@@ -21,12 +21,7 @@ pub struct Podman {
 impl Podman {
     pub fn new(settings: Settings) -> Podman {
         let network = format!("xtask-{}", settings.name);
-        Podman {
-            settings,
-            network,
-            exists: false,
-            deployed: false,
-        }
+        Podman { settings, network, exists: false, deployed: false }
     }
 
     /// The Deployment is named `<cluster name>-<service>` (see `template_vars`), and podman
@@ -41,9 +36,7 @@ impl Podman {
 
     /// `podman <kind> exists <name>`, for pods and networks.
     fn exists_in_podman(sh: &Shell, kind: &str, name: &str) -> anyhow::Result<bool> {
-        Ok(step(cmd!(sh, "podman {kind} exists {name}"))
-            .output()?
-            .success())
+        Ok(step(cmd!(sh, "podman {kind} exists {name}")).output()?.success())
     }
 
     /// Stops (gracefully: `kube down` alone gives no grace period) and removes every pod of
@@ -166,23 +159,16 @@ impl Cluster for Podman {
         // context: run it from a directory of our own.
         let _dir = sh.push_dir(&dir);
         // From a registry, kube play pulls what is not here (plain HTTP says so).
-        let tls: Vec<String> = self
-            .settings
-            .registry
-            .as_ref()
-            .map(|r| r.tls_args())
-            .unwrap_or_default();
+        let tls: Vec<String> =
+            self.settings.registry.as_ref().map(|r| r.tls_args()).unwrap_or_default();
         for (service, file) in files {
             let tls = &tls;
-            step(cmd!(
-                sh,
-                "podman kube play {tls...} --network {network} {file}"
-            ))
-            .hint(format!(
-                "{} could not be started: see its logs in the diagnostics",
-                service.name
-            ))
-            .run()?;
+            step(cmd!(sh, "podman kube play {tls...} --network {network} {file}"))
+                .hint(format!(
+                    "{} could not be started: see its logs in the diagnostics",
+                    service.name
+                ))
+                .run()?;
             // Only services that started have counters to flush.
             self.deployed = true;
         }
@@ -218,10 +204,7 @@ impl Cluster for Podman {
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
         if keep {
-            println!(
-                "    keeping the pods: remove them with: {}",
-                self.remove_command()
-            );
+            println!("    keeping the pods: remove them with: {}", self.remove_command());
             println!(
                 "    if they were stopped to flush coverage, start them with: podman pod start {}",
                 self.pods().join(" ")

@@ -23,10 +23,8 @@ pub struct TestReport {
 
 impl TestReport {
     pub fn line(&self) -> String {
-        let counts = format!(
-            "{} passed, {} failed, {} skipped",
-            self.passed, self.failed, self.skipped
-        );
+        let counts =
+            format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped);
         if self.interrupted {
             format!("{counts} before the interrupt")
         } else {
@@ -45,11 +43,8 @@ pub fn run(
 ) -> anyhow::Result<TestReport> {
     std::fs::create_dir_all(logs_dir)
         .with_context(|| format!("creating {logs_dir}: make target/ writable"))?;
-    let (log, json, junit) = (
-        logs_dir.join("go-test.log"),
-        logs_dir.join("go-test.json"),
-        logs_dir.join("junit.xml"),
-    );
+    let (log, json, junit) =
+        (logs_dir.join("go-test.log"), logs_dir.join("go-test.json"), logs_dir.join("junit.xml"));
     let (args, ignored) = passthrough(extra);
     if !ignored.is_empty() {
         println!(
@@ -88,19 +83,11 @@ pub fn run(
         } else {
             "it reported no test result"
         };
-        let said = match output
-            .stderr
-            .lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-        {
+        let said = match output.stderr.lines().map(str::trim).rfind(|l| !l.is_empty()) {
             Some(line) => format!(" (it said: {line})"),
             None => String::new(),
         };
-        bail!(
-            "the suite failed ({}): {why}{said}; see the output above and {log}",
-            output.status
-        );
+        bail!("the suite failed ({}): {why}{said}; see the output above and {log}", output.status);
     }
     Ok(report)
 }
@@ -191,14 +178,8 @@ mod tests {
         assert_eq!((report.passed, report.failed, report.skipped), (2, 1, 1));
         assert_eq!(report.failed_names, ["TestA/bad"]);
         assert_eq!(report.line(), "2 passed, 1 failed, 1 skipped");
-        let stopped = TestReport {
-            interrupted: true,
-            ..report
-        };
-        assert_eq!(
-            stopped.line(),
-            "2 passed, 1 failed, 1 skipped before the interrupt"
-        );
+        let stopped = TestReport { interrupted: true, ..report };
+        assert_eq!(stopped.line(), "2 passed, 1 failed, 1 skipped before the interrupt");
     }
 
     #[test]
@@ -211,17 +192,10 @@ mod tests {
 
     #[test]
     fn flags_that_hide_results_are_dropped_and_the_rest_kept() {
-        let args: Vec<String> = [
-            "-run",
-            "TestDedup",
-            "-v=false",
-            "-json",
-            "--json",
-            "-count=2",
-            "-v",
-        ]
-        .map(String::from)
-        .to_vec();
+        let args: Vec<String> =
+            ["-run", "TestDedup", "-v=false", "-json", "--json", "-count=2", "-v"]
+                .map(String::from)
+                .to_vec();
         let (kept, ignored) = passthrough(&args);
         assert_eq!(kept, ["-run", "TestDedup", "-count=2"]);
         assert_eq!(ignored, ["-v=false", "-json", "--json", "-v"]);

@@ -104,16 +104,10 @@ impl Summary {
         let mut phases = self.phases.clone();
         phases.sort_by_key(|(phase, _)| *phase);
         for (phase, took) in &phases {
-            line(
-                &format!("{}. {}", phase.number(), phase.name()),
-                ui::seconds(*took),
-            );
+            line(&format!("{}. {}", phase.number(), phase.name()), ui::seconds(*took));
         }
         if let Some(gap) = self.idle_gap {
-            line(
-                "idle gap",
-                format!("{} ms (cluster ready to first load)", gap.as_millis()),
-            );
+            line("idle gap", format!("{} ms (cluster ready to first load)", gap.as_millis()));
         }
         match &self.tests {
             Some(t) => {
@@ -139,10 +133,9 @@ impl Summary {
         }
         match &self.error {
             None => line("result", "passed (exit 0)".to_string()),
-            Some(err) => line(
-                "result",
-                format!("failed (exit 1): {}", err.lines().next().unwrap_or("")),
-            ),
+            Some(err) => {
+                line("result", format!("failed (exit 1): {}", err.lines().next().unwrap_or("")))
+            }
         }
         if let Some(cause) = &self.cause {
             line("cause", cause.clone());
@@ -158,11 +151,7 @@ impl Summary {
     /// The summary for GitHub's job summary page: the same facts as `render`, as Markdown,
     /// with the coverage table covdata-report writes.
     pub fn markdown(&self) -> String {
-        let verdict = if self.error.is_some() {
-            "failed"
-        } else {
-            "passed"
-        };
+        let verdict = if self.error.is_some() { "failed" } else { "passed" };
         let mut out = format!(
             "### e2e-gateway {verdict}\n\nRun `{}` on the {} backend.\n\n| phase | took |\n| --- | ---: |\n",
             self.id, self.backend
@@ -197,9 +186,7 @@ impl Summary {
             None => out.push_str("Tests: not run\n\n"),
         }
         if let Some(coverage) = &self.coverage {
-            out.push_str(&crate::covdata_report::markdown_summary(
-                coverage, None, None,
-            ));
+            out.push_str(&crate::covdata_report::markdown_summary(coverage, None, None));
         }
         if let Some(logs) = &self.logs {
             out.push_str(&format!("Logs: `{logs}` (the `e2e-logs` artifact)\n\n"));

@@ -17,11 +17,7 @@ pub(super) struct Found {
 }
 
 pub(super) fn upgrades_in_script(script: &str) -> Vec<Found> {
-    simple_commands(script)
-        .commands
-        .iter()
-        .flat_map(|c| upgrades_in_command(c))
-        .collect()
+    simple_commands(script).commands.iter().flat_map(|c| upgrades_in_command(c)).collect()
 }
 
 pub(super) fn upgrades_in_command(words: &[Word]) -> Vec<Found> {
@@ -31,17 +27,11 @@ pub(super) fn upgrades_in_command(words: &[Word]) -> Vec<Found> {
         // `sh -c "dnf update -y"`: the finding points at the script argument.
         return upgrades_in_script(&words[i].text)
             .into_iter()
-            .map(|found| Found {
-                offset: words[i].offset,
-                command: found.command,
-            })
+            .map(|found| Found { offset: words[i].offset, command: found.command })
             .collect();
     }
     if is_distro_upgrade(&argv) {
-        return vec![Found {
-            offset: words[0].offset,
-            command: argv.join(" "),
-        }];
+        return vec![Found { offset: words[0].offset, command: argv.join(" ") }];
     }
     Vec::new()
 }
@@ -122,10 +112,7 @@ pub(super) fn simple_commands(script: &str) -> Script {
                         if strip_tabs {
                             j += 1;
                         }
-                        next = Next::HeredocDelimiter {
-                            strip_tabs,
-                            after: j,
-                        };
+                        next = Next::HeredocDelimiter { strip_tabs, after: j };
                     }
                 } else {
                     // `>>`, `>&`, `>|`, `<&`, `<>`
@@ -161,10 +148,7 @@ pub(super) fn simple_commands(script: &str) -> Script {
     }
     commands.push(current);
     commands.retain(|c| !c.is_empty());
-    Script {
-        commands,
-        unread_heredocs: heredocs,
-    }
+    Script { commands, unread_heredocs: heredocs }
 }
 
 /// The body of the heredoc that starts `text`, and the bytes it takes with its delimiter line.
@@ -175,11 +159,7 @@ pub(super) fn heredoc_body(text: &str, heredoc: &Heredoc) -> (String, usize) {
     for line in text.split_inclusive('\n') {
         len += line.len();
         let line = line.trim_end_matches(['\n', '\r']);
-        let line = if heredoc.strip_tabs {
-            line.trim_start_matches('\t')
-        } else {
-            line
-        };
+        let line = if heredoc.strip_tabs { line.trim_start_matches('\t') } else { line };
         if line == heredoc.delimiter {
             break;
         }
@@ -232,11 +212,7 @@ fn read_word(chars: &[(usize, char)], mut j: usize) -> (Word, usize, bool) {
             }
             // `$(...)`, `${...}` and backticks are kept as written, not inspected.
             '$' if matches!(get(j + 1), Some('(' | '{')) => {
-                let (open, close) = if get(j + 1) == Some('(') {
-                    ('(', ')')
-                } else {
-                    ('{', '}')
-                };
+                let (open, close) = if get(j + 1) == Some('(') { ('(', ')') } else { ('{', '}') };
                 text.push('$');
                 j += 1;
                 let mut depth = 0;
@@ -278,10 +254,7 @@ fn basename(program: &str) -> &str {
 }
 
 pub(super) fn is_shell(program: &str) -> bool {
-    matches!(
-        basename(program),
-        "sh" | "bash" | "ash" | "dash" | "zsh" | "ksh" | "mksh"
-    )
+    matches!(basename(program), "sh" | "bash" | "ash" | "dash" | "zsh" | "ksh" | "mksh")
 }
 
 /// Where the program starts: after `VAR=value` assignments, reserved words such as `if` or `{`,
@@ -289,9 +262,7 @@ pub(super) fn is_shell(program: &str) -> bool {
 pub(super) fn program_start(words: &[Word]) -> usize {
     let is_assignment = |w: &str| {
         w.split_once('=').is_some_and(|(name, _)| {
-            name.chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
     };
@@ -407,9 +378,7 @@ fn is_distro_upgrade(argv: &[&str]) -> bool {
     let Some((program, args)) = argv.split_first() else {
         return false;
     };
-    let Some(manager) = PACKAGE_MANAGERS
-        .iter()
-        .find(|m| listed(m.programs, basename(program)))
+    let Some(manager) = PACKAGE_MANAGERS.iter().find(|m| listed(m.programs, basename(program)))
     else {
         return false;
     };
@@ -498,21 +467,9 @@ mod tests {
         assert_eq!(
             simple_commands("cat <<A >x <<-'B' << C").unread_heredocs,
             [
-                Heredoc {
-                    delimiter: "A".to_string(),
-                    strip_tabs: false,
-                    one_word: true
-                },
-                Heredoc {
-                    delimiter: "B".to_string(),
-                    strip_tabs: true,
-                    one_word: true
-                },
-                Heredoc {
-                    delimiter: "C".to_string(),
-                    strip_tabs: false,
-                    one_word: false
-                },
+                Heredoc { delimiter: "A".to_string(), strip_tabs: false, one_word: true },
+                Heredoc { delimiter: "B".to_string(), strip_tabs: true, one_word: true },
+                Heredoc { delimiter: "C".to_string(), strip_tabs: false, one_word: false },
             ]
         );
     }

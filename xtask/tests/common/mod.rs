@@ -25,17 +25,13 @@ use nix::sys::signal::Signal;
 pub mod real;
 
 pub fn repo_root() -> Utf8PathBuf {
-    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// Everything besides the fakes that the fake script (bash, coreutils, busybox httpd for the
 /// readiness endpoints) and xtask itself (`df -Pk`) run.
-const BASIC_TOOLS: &[&str] = &[
-    "bash", "sh", "env", "basename", "cat", "mkdir", "rm", "grep", "sleep", "df", "busybox",
-];
+const BASIC_TOOLS: &[&str] =
+    &["bash", "sh", "env", "basename", "cat", "mkdir", "rm", "grep", "sleep", "df", "busybox"];
 
 /// `BASIC_TOOLS` resolved once from the test process's PATH.
 fn basic_tools() -> &'static [(&'static str, PathBuf)] {
@@ -47,8 +43,7 @@ fn basic_tools() -> &'static [(&'static str, PathBuf)] {
             .iter()
             .map(|&tool| {
                 let found = dirs.iter().map(|d| d.join(tool)).find(|p| {
-                    p.metadata()
-                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                    p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 });
                 let found = found.unwrap_or_else(|| {
                     panic!(
@@ -100,16 +95,9 @@ impl Sandbox {
     pub fn new(name: &str, fakes: &[&str]) -> Sandbox {
         let sandbox = Sandbox::empty(name, fakes);
         let root = &sandbox.root;
-        std::fs::write(
-            root.join("go.mod"),
-            "module example.com/gateway-e2e\n\ngo 1.25\n",
-        )
-        .unwrap();
+        std::fs::write(root.join("go.mod"), "module example.com/gateway-e2e\n\ngo 1.25\n").unwrap();
         for svc in ["gateway", "datastorage"] {
-            write(
-                &root.join(format!("cmd/{svc}/main.go")),
-                "package main\n\nfunc main() {}\n",
-            );
+            write(&root.join(format!("cmd/{svc}/main.go")), "package main\n\nfunc main() {}\n");
         }
         let repo = repo_root();
         for sub in ["docker", "test/infrastructure"] {
@@ -146,15 +134,7 @@ impl Sandbox {
             ("GATEWAY_HOST_PORT".to_string(), free_port().to_string()),
             ("DATASTORAGE_HOST_PORT".to_string(), free_port().to_string()),
         ];
-        Sandbox {
-            dir,
-            root,
-            bin,
-            tools,
-            log,
-            state,
-            env,
-        }
+        Sandbox { dir, root, bin, tools, log, state, env }
     }
 
     /// The value this sandbox gives `key` (the last one set).
@@ -207,14 +187,8 @@ impl Sandbox {
             if let Ok(Some(_)) = child.try_wait() {
                 let mut out = String::new();
                 for pipe in [
-                    child
-                        .stdout
-                        .take()
-                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-                    child
-                        .stderr
-                        .take()
-                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                    child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                    child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read>),
                 ]
                 .into_iter()
                 .flatten()
@@ -244,10 +218,7 @@ impl Sandbox {
 
     /// Runs one of the installed fakes directly, as xtask would (for tests of the harness).
     pub fn run_fake(&self, tool: &str, args: &[&str]) -> Run {
-        let output = self
-            .command_for(&self.bin.join(tool), args)
-            .output()
-            .unwrap();
+        let output = self.command_for(&self.bin.join(tool), args).output().unwrap();
         Run::from(output)
     }
 
@@ -312,10 +283,7 @@ impl Sandbox {
     }
 
     pub fn count(&self, prefix: &str) -> usize {
-        self.calls()
-            .iter()
-            .filter(|c| c.starts_with(prefix))
-            .count()
+        self.calls().iter().filter(|c| c.starts_with(prefix)).count()
     }
 }
 
@@ -360,11 +328,7 @@ impl From<Output> for Run {
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
     }
 }
 
@@ -375,9 +339,8 @@ pub fn write(path: &Utf8Path, content: &str) {
 
 /// Copies the directory tree `from` to `to`.
 pub fn copy_dir(from: &Utf8Path, to: &Utf8Path) {
-    let entries = from
-        .read_dir_utf8()
-        .unwrap_or_else(|err| panic!("test setup: reading {from}: {err}"));
+    let entries =
+        from.read_dir_utf8().unwrap_or_else(|err| panic!("test setup: reading {from}: {err}"));
     std::fs::create_dir_all(to).unwrap();
     for entry in entries {
         let entry = entry.unwrap();

@@ -45,10 +45,7 @@ impl Scratch {
         // is built: a comment creates no layer, so podman's layer cache still applies.
         for entry in root.join("docker").read_dir_utf8().unwrap() {
             let path = entry.unwrap().into_path();
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap();
+            let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
             writeln!(file, "# scratch copy for the test run {id}").unwrap();
         }
         std::fs::create_dir_all(root.join("target")).unwrap();
@@ -155,10 +152,7 @@ pub fn assert_covmeta_and_covcounters(dir: &Utf8Path, context: &str) {
         .unwrap_or_else(|err| panic!("reading {dir}: {err}\n{context}"))
         .map(|e| e.unwrap().file_name().to_string())
         .collect();
-    assert!(
-        names.iter().any(|n| n.starts_with("covmeta.")),
-        "no covmeta.* in {dir}: {names:?}"
-    );
+    assert!(names.iter().any(|n| n.starts_with("covmeta.")), "no covmeta.* in {dir}: {names:?}");
     assert!(
         names.iter().any(|n| n.starts_with("covcounters.")),
         "no covcounters.* in {dir} (the process did not exit normally): {names:?}"
@@ -182,13 +176,6 @@ pub fn text(out: &Output) -> String {
 /// A name no other test or test process uses.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
