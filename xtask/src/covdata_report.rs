@@ -14,7 +14,7 @@ use xshell::{cmd, Shell};
 
 use crate::{
     cmd::step,
-    coverdata::{self, check_counters, display, PRODUCER},
+    coverdata::{self, display, PRODUCER},
     doctor, flags, project, ui,
 };
 
@@ -43,10 +43,7 @@ struct Stmts {
 
 impl Stmts {
     fn percent(self) -> f64 {
-        if self.total == 0 {
-            return 0.0;
-        }
-        100.0 * self.covered as f64 / self.total as f64
+        100.0 * self.covered as f64 / self.total.max(1) as f64
     }
 }
 
@@ -60,7 +57,6 @@ type Blocks = BTreeMap<(String, Pos, Pos, u32), bool>;
 /// What the merged E2E report found, beyond what e2e-gateway's summary shows.
 struct Report {
     coverage: Coverage,
-    stmts: Stmts,
     blocks: Blocks,
     /// Files of the data that are not in this checkout.
     missing: Vec<String>,
@@ -68,45 +64,30 @@ struct Report {
 
 pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     let root = project::root();
-    doctor::preflight(
-        sh,
-        &root,
-        &doctor::Needs { engine: None, go: true, covdata: true, ..doctor::Needs::default() },
-        Vec::new(),
-    )?;
-    let dirs = if let Some(archive) = &flags.from_archive {
-        if archive.as_str().is_empty() {
-            bail!("--from-archive was given an empty path: name an archive, e.g. one in coverdata/archive/");
+    let needs = doctor::Needs { go: true, covdata: true, ..Default::default() };
+    doctor::preflight(sh, &root, &needs, Vec::new())?;
+    let dirs = match &flags.from_archive {
+        Some(archive) if archive.as_str().is_empty() => {
+            bail!("--from-archive was given an empty path: name an archive, e.g. one in coverdata/archive/")
         }
-        let archive = project::absolute(archive)?;
-        let dirs = dirs_from_archive(&root, &archive)?;
-        println!("reading {}", display(&root, &archive));
-        dirs
-    } else if !flags.inputs.is_empty() {
-        if flags.inputs.iter().any(|d| d.as_str().is_empty()) {
-            bail!("-i was given an empty path: name a coverage directory, e.g. `-i coverdata/gateway`, or leave -i out to read every service under coverdata/");
+        Some(archive) => dirs_from_archive(&root, &project::absolute(archive)?)?,
+        None if flags.inputs.iter().any(|d| d.as_str().is_empty()) => {
+            bail!("-i was given an empty path: name a coverage directory, e.g. `-i coverdata/gateway`, or leave -i out to read every service under coverdata/")
         }
-        flags.inputs.iter().map(|d| project::absolute(d)).collect::<anyhow::Result<_>>()?
-    } else {
-        default_dirs(&root)?
+        None if flags.inputs.is_empty() => default_dirs(&root)?,
+        None => flags.inputs.iter().map(|d| project::absolute(d)).collect::<anyhow::Result<_>>()?,
     };
 
     let e2e = report_e2e(sh, &root, &dirs)?;
-
-    let with_unit = if flags.with_unit { Some(with_unit(sh, &root, &e2e)?) } else { None };
-
+    let with_unit = flags.with_unit.then(|| with_unit(sh, &root, &e2e)).transpose()?;
     if flags.html && !e2e.missing.is_empty() {
         eprintln!(
             "warning: no HTML written: its source files are not in this checkout (see above)"
         );
     } else if flags.html {
-        let html = root.join("target/coverage/e2e.html");
-        let profile = &e2e.coverage.profile;
-        go_output(
-            "go tool cover -html",
-            &display(&root, profile),
-            cmd!(sh, "go tool cover -html={profile} -o {html}"),
-        )?;
+        let (profile, html) = (&e2e.coverage.profile, root.join("target/coverage/e2e.html"));
+        let cover = cmd!(sh, "go tool cover -html={profile} -o {html}");
+        go_output("go tool cover -html", &display(&root, profile), cover)?;
         println!("wrote {}", display(&root, &html));
     }
 
@@ -115,27 +96,24 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
         Some((_, combined)) => {
             (combined, "combined (unit + E2E)", root.join("target/coverage/combined.out"))
         }
-        None => (e2e.stmts, "E2E", e2e.coverage.profile.clone()),
+        None => (count(&e2e.blocks), "E2E", e2e.coverage.profile.clone()),
     };
-
     ui::append_step_summary(&markdown_summary(
         &e2e.coverage,
         with_unit.map(|(unit, combined)| (unit.percent(), combined.percent())),
         flags.min.map(|m| (m, gated.percent())),
     ))?;
-
-    if let Some(min) = flags.min {
-        let (measured, required) = distinct_percents(gated.percent(), min);
-        let of = format!("{} of {} statements", gated.covered, gated.total);
-        if gated.percent() < min {
-            bail!(
-                "{gated_name} coverage {measured}% ({of}) is below the required {required}% (--min): \
-                 test the uncovered code (see {}) or lower --min",
-                display(&root, &gated_profile)
-            );
-        }
-        println!("{gated_name} coverage {measured}% ({of}) meets the required {required}%");
+    let Some(min) = flags.min else { return Ok(()) };
+    let (measured, required) = distinct_percents(gated.percent(), min);
+    let of = format!("{} of {} statements", gated.covered, gated.total);
+    if gated.percent() < min {
+        bail!(
+            "{gated_name} coverage {measured}% ({of}) is below the required {required}% (--min): \
+             test the uncovered code (see {}) or lower --min",
+            display(&root, &gated_profile)
+        );
     }
+    println!("{gated_name} coverage {measured}% ({of}) meets the required {required}%");
     Ok(())
 }
 
@@ -156,38 +134,28 @@ pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
 /// The numbers come from the coverage data alone (`covdata textfmt`, which needs no sources):
 /// statements per block, summed per package and in total. Only the HTML needs the sources.
 fn report_e2e(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Result<Report> {
-    if dirs.is_empty() {
-        bail!("no coverage directories given: produce coverage data with `{PRODUCER}`");
-    }
-    check_counters(dirs)?;
+    coverdata::check_counters(dirs)?;
     let module = project::go_module(root)?;
     let out_dir = root.join("target/coverage");
     fs::create_dir_all(out_dir.join("services")).with_context(|| {
         format!("creating {out_dir} for the coverage profiles: {WRITABLE_TARGET}")
     })?;
-
-    let mut rows = Vec::new();
-    let mut services = Vec::new();
+    let (mut rows, mut services) = (Vec::new(), Vec::new());
     for dir in dirs {
-        let name = service_name(dir);
+        let name = dir.file_name().unwrap_or(dir.as_str()).to_string();
         let profile = out_dir.join(format!("services/{name}.out"));
         let blocks = profile_blocks(sh, root, &module, std::slice::from_ref(dir), &profile)?;
         for (package, stmts) in per_package(&blocks) {
-            rows.push((name.clone(), package, stmts));
+            rows.push((name.clone(), package.to_string(), stmts));
         }
-        let total = count(&blocks, |_| true);
-        rows.push((name.clone(), "(total)".to_string(), total));
-        services.push((name, total.percent()));
+        rows.push((name.clone(), "(total)".to_string(), count(&blocks)));
+        services.push((name, count(&blocks).percent()));
     }
-
     let profile = out_dir.join("e2e.out");
     let blocks = profile_blocks(sh, root, &module, dirs, &profile)?;
-    let stmts = count(&blocks, |_| true);
-    rows.push(("all services".to_string(), "(merged total)".to_string(), stmts));
-    let missing = missing_sources(root, &module, &blocks);
-    let changed = changed_sources(sh, root, &module, &blocks);
-
+    rows.push(("all services".to_string(), "(merged total)".to_string(), count(&blocks)));
     print!("{}", table(&rows));
+    let (missing, changed) = check_sources(sh, root, &module, &blocks);
     if !changed.is_empty() {
         println!(
             "sources: changed since the build: {} (their blocks differ from the data's): the numbers \
@@ -206,36 +174,26 @@ fn report_e2e(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
         );
     }
     println!("wrote {}", display(root, &profile));
-    Ok(Report {
-        coverage: Coverage { services, total: stmts.percent(), profile },
-        stmts,
-        blocks,
-        missing,
-    })
+    let coverage = Coverage { services, total: count(&blocks).percent(), profile };
+    Ok(Report { coverage, blocks, missing })
 }
 
 /// Every directory directly under `coverdata/` except `archive/`: one GOCOVERDIR per service.
 fn default_dirs(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let coverdata = project::coverdata_dir(root);
     let dirs = coverdata::service_dirs(&coverdata)?;
-    if dirs.is_empty() {
-        let mut message = format!(
-            "no coverage data in {}: produce it with `{PRODUCER}`",
-            display(root, &coverdata)
-        );
-        if let Some(latest) = coverdata::archives(&coverdata.join("archive"))?.pop() {
-            message.push_str(&format!(
-                ", or report an archived run with `cargo xtask covdata-report --from-archive {}`",
-                display(root, &latest)
-            ));
-        }
-        bail!(message);
+    if !dirs.is_empty() {
+        return Ok(dirs);
     }
-    Ok(dirs)
-}
-
-fn service_name(dir: &Utf8Path) -> String {
-    dir.file_name().unwrap_or(dir.as_str()).to_string()
+    let shown = display(root, &coverdata);
+    let mut message = format!("no coverage data in {shown}: produce it with `{PRODUCER}`");
+    if let Some(latest) = coverdata::archives(&coverdata.join("archive"))?.pop() {
+        message.push_str(&format!(
+            ", or report an archived run with `cargo xtask covdata-report --from-archive {}`",
+            display(root, &latest)
+        ));
+    }
+    bail!(message)
 }
 
 /// `covdata textfmt` of `dirs` into `profile`, rewritten so `go tool cover` resolves it here,
@@ -247,29 +205,18 @@ fn profile_blocks(
     dirs: &[Utf8PathBuf],
     profile: &Utf8Path,
 ) -> anyhow::Result<Blocks> {
-    let shown: Vec<String> = dirs.iter().map(|d| display(root, d)).collect();
-    let shown = shown.join(" ");
-    let inputs = join_dirs(dirs)?;
-    go_output(
-        "go tool covdata textfmt",
-        &shown,
-        cmd!(sh, "go tool covdata textfmt -i {inputs} -o {profile}"),
-    )?;
-    let text = fs::read_to_string(profile).with_context(|| {
-        format!(
-            "reading the profile {profile} that `go tool covdata textfmt` wrote: {WRITABLE_TARGET}"
-        )
-    })?;
-    let text = rewrite_paths(&text, module, root);
-    fs::write(profile, &text)
-        .with_context(|| format!("rewriting the source paths in {profile}: {WRITABLE_TARGET}"))?;
-    let blocks = parse_profile(&text);
-    check_one_build(&blocks, &shown)?;
-    Ok(blocks)
-}
-
-fn check_one_build(blocks: &Blocks, shown: &str) -> anyhow::Result<()> {
-    let mixed = overlapping_files(blocks);
+    // `covdata` takes several input directories as one comma-separated argument.
+    if let Some(dir) = dirs.iter().find(|d| d.as_str().contains(',')) {
+        bail!(
+            "{dir} contains a comma, which `go tool covdata -i` cannot take: rename the directory"
+        );
+    }
+    let inputs = dirs.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(",");
+    let shown = dirs.iter().map(|d| display(root, d)).collect::<Vec<_>>().join(" ");
+    let textfmt = cmd!(sh, "go tool covdata textfmt -i {inputs} -o {profile}");
+    go_output("go tool covdata textfmt", &shown, textfmt)?;
+    let blocks = read_profile(root, module, profile, "go tool covdata textfmt")?;
+    let mixed = overlapping_files(&blocks);
     if !mixed.is_empty() {
         bail!(
             "{shown}: the data comes from more than one build of changed source ({} {} blocks that do not match): \
@@ -279,130 +226,116 @@ fn check_one_build(blocks: &Blocks, shown: &str) -> anyhow::Result<()> {
             if mixed.len() == 1 { "has" } else { "have" },
         );
     }
-    Ok(())
+    Ok(blocks)
 }
 
-/// Where a file of the profile (`<module>/<path>`) is in this checkout, if it is.
-fn local_source(root: &Utf8Path, module: &str, file: &str) -> Option<Utf8PathBuf> {
-    let rest = file.strip_prefix(module)?.strip_prefix('/')?;
-    Some(root.join(rest)).filter(|path| path.is_file())
+/// The profile `tool` wrote, its paths rewritten so `go tool cover` resolves them here (and
+/// saved so), as blocks.
+fn read_profile(
+    root: &Utf8Path,
+    module: &str,
+    profile: &Utf8Path,
+    tool: &str,
+) -> anyhow::Result<Blocks> {
+    let text = fs::read_to_string(profile).with_context(|| {
+        format!("reading the profile {profile} that `{tool}` wrote: {WRITABLE_TARGET}")
+    })?;
+    let text = rewrite_paths(&text, module, root);
+    fs::write(profile, &text)
+        .with_context(|| format!("rewriting the source paths in {profile}: {WRITABLE_TARGET}"))?;
+    Ok(parse_profile(&text))
 }
 
-/// The data's files that are not in this checkout: outside `module`, or gone.
-fn missing_sources(root: &Utf8Path, module: &str, blocks: &Blocks) -> Vec<String> {
-    let mut files: Vec<String> = blocks.keys().map(|k| k.0.clone()).collect();
-    files.dedup();
-    files.retain(|file| local_source(root, module, file).is_none());
-    files
-}
-
-/// The data's files that are here but changed since the build. A meta-data file holds each
-/// function's blocks (lines, columns, statements) but no hash of the source, so each file is
-/// instrumented as it is now (`go tool cover -var`, the same block rules as `go build -cover`)
-/// and its blocks are compared with the data's.
-fn changed_sources(sh: &Shell, root: &Utf8Path, module: &str, blocks: &Blocks) -> Vec<String> {
-    let mut by_file: BTreeMap<&str, Vec<(Pos, Pos, u32)>> = BTreeMap::new();
-    for (file, start, end, n) in blocks.keys() {
-        by_file.entry(file).or_default().push((*start, *end, *n));
-    }
-    let files: Vec<_> = by_file
-        .into_iter()
-        .filter_map(|(file, data)| Some((file, local_source(root, module, file)?, data)))
-        .collect();
+/// The data's files that are not in this checkout (outside `module`, or gone), and those that
+/// are here but changed since the build. A meta-data file holds each function's blocks (lines,
+/// columns, statements) but no hash of the source, so each file is instrumented as it is now
+/// (`go tool cover -var`, the same block rules as `go build -cover`) and its blocks are
+/// compared with the data's.
+fn check_sources(
+    sh: &Shell,
+    root: &Utf8Path,
+    module: &str,
+    blocks: &Blocks,
+) -> (Vec<String>, Vec<String>) {
+    let files: BTreeSet<&str> = blocks.keys().map(|k| k.0.as_str()).collect();
+    let local = |file: &str| {
+        Some(root.join(file.strip_prefix(module)?.strip_prefix('/')?)).filter(|p| p.is_file())
+    };
+    let here: Vec<_> = files.iter().filter_map(|file| Some((*file, local(file)?))).collect();
+    let missing = files.iter().filter(|file| local(file).is_none()).map(|f| f.to_string());
     let mut changed = Vec::new();
     // A few at a time: each is a short `go tool cover` run.
-    for chunk in files.chunks(8) {
+    for chunk in here.chunks(8) {
         let running: Vec<_> = chunk
             .iter()
-            .map(|(_, path, _)| {
-                step(cmd!(sh, "go tool cover -mode=set -var=GoCover {path}")).spawn()
-            })
+            .map(|(_, path)| step(cmd!(sh, "go tool cover -mode=set -var=GoCover {path}")).spawn())
             .collect();
-        for ((file, _, data), run) in chunk.iter().zip(running) {
-            let now = run.wait().ok().and_then(|out| cover_blocks(&out.stdout));
-            if now.as_ref() != Some(data) {
+        for ((file, _), run) in chunk.iter().zip(running) {
+            let data: Vec<_> =
+                blocks.keys().filter(|k| k.0 == *file).map(|k| (k.1, k.2, k.3)).collect();
+            if run.wait().ok().and_then(|out| cover_blocks(&out.stdout)) != Some(data) {
                 changed.push(file.to_string());
             }
         }
     }
-    changed
+    (missing.collect(), changed)
 }
 
 /// The blocks in `go tool cover -var`'s output, sorted: its `Pos` array holds start line, end
 /// line and (start column | end column << 16) per block, its `NumStmt` array the statements.
 fn cover_blocks(instrumented: &str) -> Option<Vec<(Pos, Pos, u32)>> {
-    let pos = literal_numbers(instrumented, "Pos:")?;
-    let stmts = literal_numbers(instrumented, "NumStmt:")?;
+    // The numbers of the composite literal on the lines after `label`, up to its `}`.
+    let numbers = |label: &str| -> Option<Vec<u32>> {
+        let body = instrumented.split_once(label)?.1.split_once('\n')?.1.split_once('}')?.0;
+        body.lines()
+            .flat_map(|line| line.split("//").next().unwrap_or("").split(','))
+            .map(str::trim)
+            .filter(|word| !word.is_empty())
+            .map(|w| {
+                w.strip_prefix("0x").map_or(w.parse().ok(), |h| u32::from_str_radix(h, 16).ok())
+            })
+            .collect()
+    };
+    let (pos, stmts) = (numbers("Pos:")?, numbers("NumStmt:")?);
     if pos.len() != 3 * stmts.len() {
         return None;
     }
-    let mut blocks: Vec<_> = pos
-        .chunks(3)
-        .zip(stmts)
-        .map(|(p, n)| ((p[0], p[2] & 0xffff), (p[1], p[2] >> 16), n))
-        .collect();
+    let blocks =
+        pos.chunks(3).zip(stmts).map(|(p, n)| ((p[0], p[2] & 0xffff), (p[1], p[2] >> 16), n));
+    let mut blocks: Vec<_> = blocks.collect();
     blocks.sort();
     Some(blocks)
 }
 
-/// The numbers of the composite literal on the lines after `label`, up to its `}`.
-fn literal_numbers(text: &str, label: &str) -> Option<Vec<u32>> {
-    let start = text.find(label)?;
-    let body = &text[start..];
-    let body = &body[body.find('\n')? + 1..];
-    let body = &body[..body.find('}')?];
-    body.lines()
-        .flat_map(|line| line.split("//").next().unwrap_or("").split(','))
-        .map(str::trim)
-        .filter(|word| !word.is_empty())
-        .map(|word| match word.strip_prefix("0x") {
-            Some(hex) => u32::from_str_radix(hex, 16).ok(),
-            None => word.parse().ok(),
-        })
-        .collect()
-}
-
-/// `covdata` takes several input directories as one comma-separated argument.
-fn join_dirs(dirs: &[Utf8PathBuf]) -> anyhow::Result<String> {
-    if let Some(dir) = dirs.iter().find(|d| d.as_str().contains(',')) {
+/// Runs a `go` command quietly; on failure, its stderr with an explanation of what it means.
+fn go_output(what: &str, subject: &str, cmd: xshell::Cmd<'_>) -> anyhow::Result<()> {
+    let output = step(cmd).output()?;
+    // covdata prefixes its messages with "error: " twice; main adds one of its own.
+    let message = output.stderr.trim().trim_start_matches("error: ");
+    if !output.success() {
         bail!(
-            "{dir} contains a comma, which `go tool covdata -i` cannot take: rename the directory"
+            "{what} failed for {subject}: {message}\n{}",
+            explain_go_error(&output.stderr, subject)
         );
     }
-    Ok(dirs.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(","))
-}
-
-/// Runs a `go` command quietly and returns its stdout; on failure, its stderr with an
-/// explanation of what it means.
-fn go_output(what: &str, subject: &str, cmd: xshell::Cmd<'_>) -> anyhow::Result<String> {
-    let output = step(cmd).output()?;
-    if !output.success() {
-        let stderr = &output.stderr;
-        // covdata prefixes its messages with "error: " twice; main adds one of its own.
-        let message = stderr.trim().trim_start_matches("error: ");
-        bail!("{what} failed for {subject}: {message}\n{}", explain_go_error(stderr, subject));
-    }
-    Ok(output.stdout)
+    Ok(())
 }
 
 /// Turns the go tools' error messages into what happened and what to do.
 fn explain_go_error(stderr: &str, subject: &str) -> String {
-    if stderr.contains("counter mode clash") {
+    let says = |words: &[&str]| words.iter().any(|w| stderr.contains(w));
+    if says(&["counter mode clash"]) {
         format!(
             "the data comes from binaries built with different -covermode values (e.g. set and atomic), \
              which cannot be combined: start clean with `rm -rf {subject}` or a fresh `{PRODUCER}` \
              (which archives the old data first)"
         )
-    } else if stderr.contains("reading counter data file")
-        || stderr.contains("decoding meta-file")
-        || stderr.contains("EOF")
-        || stderr.contains("magic")
-    {
+    } else if says(&["reading counter data file", "decoding meta-file", "EOF", "magic"]) {
         format!(
             "a coverage file is truncated or corrupt (a process killed while writing, a full disk, a partial copy): \
              remove the named file or the directory (`rm -rf {subject}`) and produce fresh data with `{PRODUCER}`"
         )
-    } else if stderr.contains("can't find") || stderr.contains("no required module provides") {
+    } else if says(&["can't find", "no required module provides"]) {
         "the profile names packages or files this checkout does not have: report it from the checkout \
          the binaries were built from, or start clean"
             .to_string()
@@ -414,40 +347,22 @@ fn explain_go_error(stderr: &str, subject: &str) -> String {
 /// Parses a text profile: `file.go:8.12,10.3 1 0` lines after the `mode:` line.
 fn parse_profile(profile: &str) -> Blocks {
     let mut blocks = Blocks::new();
-    for line in profile.lines().filter(|l| !l.starts_with("mode:")) {
-        let Some((file, rest)) = line.rsplit_once(':') else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let block = (|| {
-            let (start, end) = words.next()?.split_once(',')?;
-            let stmts: u32 = words.next()?.parse().ok()?;
-            let count: u64 = words.next()?.parse().ok()?;
-            Some(((file.to_string(), pos(start)?, pos(end)?, stmts), count > 0))
-        })();
-        if let Some((key, ran)) = block {
-            *blocks.entry(key).or_default() |= ran;
+    for line in profile.lines() {
+        let Some((file, rest)) = line.rsplit_once(':') else { continue };
+        let numbers: Result<Vec<u32>, _> = rest.split(['.', ',', ' ']).map(str::parse).collect();
+        if let Ok([l0, c0, l1, c1, n, count]) = numbers.as_deref() {
+            *blocks.entry((file.to_string(), (*l0, *c0), (*l1, *c1), *n)).or_default() |=
+                *count > 0;
         }
     }
     blocks
 }
 
-/// `8.12` -> (8, 12).
-fn pos(text: &str) -> Option<Pos> {
-    let (line, col) = text.split_once('.')?;
-    Some((line.parse().ok()?, col.parse().ok()?))
-}
-
-/// The statements of the blocks whose file `keep` accepts.
-fn count(blocks: &Blocks, keep: impl Fn(&str) -> bool) -> Stmts {
-    let mut stmts = Stmts::default();
-    for ((file, _, _, n), ran) in blocks {
-        if keep(file) {
-            stmts.total += u64::from(*n);
-            stmts.covered += if *ran { u64::from(*n) } else { 0 };
-        }
-    }
-    stmts
+/// The statements of the blocks.
+fn count(blocks: &Blocks) -> Stmts {
+    let total = blocks.keys().map(|k| u64::from(k.3)).sum();
+    let covered = blocks.iter().filter(|(_, ran)| **ran).map(|(k, _)| u64::from(k.3)).sum();
+    Stmts { covered, total }
 }
 
 /// A file's package: its import path without the file name.
@@ -455,17 +370,12 @@ fn package_of(file: &str) -> &str {
     file.rsplit_once('/').map_or(file, |(dir, _)| dir)
 }
 
-fn packages(blocks: &Blocks) -> BTreeSet<&str> {
-    blocks.keys().map(|k| package_of(&k.0)).collect()
-}
-
-fn per_package(blocks: &Blocks) -> BTreeMap<String, Stmts> {
-    let mut packages: BTreeMap<String, Stmts> = BTreeMap::new();
-    for package in blocks.keys().map(|k| package_of(&k.0)) {
-        if !packages.contains_key(package) {
-            let stmts = count(blocks, |file| package_of(file) == package);
-            packages.insert(package.to_string(), stmts);
-        }
+fn per_package(blocks: &Blocks) -> BTreeMap<&str, Stmts> {
+    let mut packages: BTreeMap<&str, Stmts> = BTreeMap::new();
+    for ((file, _, _, n), ran) in blocks {
+        let stmts = packages.entry(package_of(file)).or_default();
+        stmts.total += u64::from(*n);
+        stmts.covered += if *ran { u64::from(*n) } else { 0 };
     }
     packages
 }
@@ -474,48 +384,32 @@ fn per_package(blocks: &Blocks) -> BTreeMap<String, Stmts> {
 /// source directory) to import paths of `module`, so `go tool cover` finds the files here.
 fn rewrite_paths(profile: &str, module: &str, root: &Utf8Path) -> String {
     let root_prefix = format!("{}/", root.as_str().trim_end_matches('/'));
-    let mut out = String::with_capacity(profile.len());
-    for line in profile.lines() {
-        let rest = std::iter::once(root_prefix.as_str())
-            .chain(BUILD_PREFIXES)
-            .find_map(|prefix| line.strip_prefix(prefix));
-        match rest {
-            Some(rest) if line.starts_with('/') => {
-                out.push_str(module);
-                out.push('/');
-                out.push_str(rest);
-            }
-            _ => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
+    let prefixes = [root_prefix.as_str()].into_iter().chain(BUILD_PREFIXES);
+    let rewrite = |line: &str| match prefixes.clone().find_map(|p| line.strip_prefix(p)) {
+        Some(rest) if line.starts_with('/') => format!("{module}/{rest}\n"),
+        _ => format!("{line}\n"),
+    };
+    profile.lines().map(rewrite).collect()
 }
 
 /// Files whose blocks partially overlap: the profile mixes two versions of the source (a
 /// directory holding runs of an older build). One build never produces overlapping blocks.
+/// Sorted by file and start, a block that overlaps any before it overlaps the one just before.
 fn overlapping_files(blocks: &Blocks) -> Vec<String> {
-    let mut mixed: Vec<String> = Vec::new();
-    let mut last: Option<(&str, Pos)> = None;
-    // Sorted by file, then start: a block starting before the previous ones ended overlaps.
-    for (file, start, end, _) in blocks.keys() {
-        match last {
-            Some((f, end_so_far)) if f == file => {
-                if *start < end_so_far && mixed.last() != Some(file) {
-                    mixed.push(file.clone());
-                }
-                last = Some((file, end_so_far.max(*end)));
-            }
-            _ => last = Some((file, *end)),
-        }
-    }
+    let keys: Vec<_> = blocks.keys().collect();
+    let mut mixed: Vec<String> = keys
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2)
+        .map(|w| w[1].0.clone())
+        .collect();
+    mixed.dedup();
     mixed
 }
 
 /// The terminal table: one row per (service, package) and the totals.
 fn table(rows: &[(String, String, Stmts)]) -> String {
-    let service_width = rows.iter().map(|r| r.0.len()).chain(["service".len()]).max().unwrap_or(0);
-    let package_width = rows.iter().map(|r| r.1.len()).chain(["package".len()]).max().unwrap_or(0);
+    let service_width = rows.iter().map(|r| r.0.len()).fold("service".len(), usize::max);
+    let package_width = rows.iter().map(|r| r.1.len()).fold("package".len(), usize::max);
     let mut out = format!(
         "{:service_width$}  {:package_width$}  {:>8}  statements\n",
         "service", "package", "coverage"
@@ -529,18 +423,16 @@ fn table(rows: &[(String, String, Stmts)]) -> String {
     out
 }
 
-fn side_by_side(unit: Stmts, e2e: Stmts, combined: Stmts) -> String {
-    let mut out = format!("{:10}  {:>10}  {:>10}  {:>10}\n", "", "unit", "e2e", "combined");
-    out.push_str(&format!("{:10}", "total"));
-    for stmts in [unit, e2e, combined] {
-        out.push_str(&format!("  {:>9.1}%", stmts.percent()));
-    }
-    out.push_str(&format!("\n{:10}", "statements"));
-    for stmts in [unit, e2e, combined] {
-        out.push_str(&format!("  {:>10}", format!("{} of {}", stmts.covered, stmts.total)));
-    }
-    out.push('\n');
-    out
+fn side_by_side(columns: [Stmts; 3]) -> String {
+    let percents: String = columns.iter().map(|s| format!("  {:>9.1}%", s.percent())).collect();
+    let counts: String = columns
+        .iter()
+        .map(|s| format!("  {:>10}", format!("{} of {}", s.covered, s.total)))
+        .collect();
+    format!(
+        "{:10}  {:>10}  {:>10}  {:>10}\n{:10}{percents}\n{:10}{counts}\n",
+        "", "unit", "e2e", "combined", "total", "statements"
+    )
 }
 
 /// The Markdown appended to `GITHUB_STEP_SUMMARY`. `gate` is (required, measured).
@@ -565,52 +457,24 @@ pub fn markdown_summary(
     out
 }
 
-/// Runs the Go unit tests with coverage of exactly the E2E build's packages into
-/// `target/coverage/unit.out` and returns its blocks. `-coverprofile` (Go >= 1.22) lists the
-/// packages without tests too (the `cmd/` mains), with their statements not run;
+/// Unit tests with coverage of exactly the E2E build's packages into `target/coverage/unit.out`,
+/// and the unit, E2E and combined columns over the same statements; writes
+/// `target/coverage/combined.out`. Returns (unit, combined). `-coverprofile` (Go >= 1.22) lists
+/// the packages without tests too (the `cmd/` mains), with their statements not run;
 /// `-test.gocoverdir` would leave them out.
-fn unit_blocks(sh: &Shell, root: &Utf8Path, e2e: &Blocks) -> anyhow::Result<Blocks> {
-    let module = project::go_module(root)?;
-    let coverpkg = packages(e2e).into_iter().collect::<Vec<_>>().join(",");
+fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Report) -> anyhow::Result<(Stmts, Stmts)> {
+    if let Some(file) = e2e.missing.first() {
+        bail!("--with-unit runs this checkout's unit tests, but the E2E data is of other sources ({file} is not here): drop --with-unit, or run it in the checkout the binaries were built from");
+    }
+    let coverpkg = per_package(&e2e.blocks).into_keys().collect::<Vec<_>>().join(",");
     let profile = root.join("target/coverage/unit.out");
     step(cmd!(sh, "go test -covermode=atomic -coverpkg={coverpkg} -coverprofile={profile} ./..."))
         .echo()
         .hint("fix the unit tests, or report without --with-unit")
         .run()
         .context("go unit tests failed")?;
-    let text = fs::read_to_string(&profile).with_context(|| {
-        format!("reading the profile {profile} that `go test` wrote: {WRITABLE_TARGET}")
-    })?;
-    Ok(parse_profile(&rewrite_paths(&text, &module, root)))
-}
-
-/// Unit, E2E and combined statements over one set, the blocks of the E2E build's packages, and
-/// the combined blocks. Unit blocks of other packages are left out.
-fn same_statements(e2e: &Blocks, unit: &Blocks) -> ([Stmts; 3], Blocks) {
-    let packages = packages(e2e);
-    let mut combined = e2e.clone();
-    for (key, ran) in unit {
-        if packages.contains(package_of(&key.0)) {
-            *combined.entry(key.clone()).or_default() |= ran;
-        }
-    }
-    let ran_in = |blocks: &Blocks| -> Blocks {
-        let ran = |key| blocks.get(key).copied().unwrap_or(false);
-        combined.keys().map(|key| (key.clone(), ran(key))).collect()
-    };
-    let all = |blocks: &Blocks| count(blocks, |_| true);
-    let stmts = [all(&ran_in(unit)), all(&ran_in(e2e)), all(&combined)];
-    (stmts, combined)
-}
-
-/// Unit tests with coverage, and the unit, E2E and combined columns over the same statements;
-/// writes `target/coverage/combined.out`. Returns (unit, combined).
-fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Report) -> anyhow::Result<(Stmts, Stmts)> {
-    if let Some(file) = e2e.missing.first() {
-        bail!("--with-unit runs this checkout's unit tests, but the E2E data is of other sources ({file} is not here): drop --with-unit, or run it in the checkout the binaries were built from");
-    }
-    let unit = unit_blocks(sh, root, &e2e.blocks)?;
-    let ([unit, e2e_stmts, combined], blocks) = same_statements(&e2e.blocks, &unit);
+    let unit = read_profile(root, &project::go_module(root)?, &profile, "go test")?;
+    let (columns, blocks) = same_statements(&e2e.blocks, &unit);
     let mixed = overlapping_files(&blocks);
     if !mixed.is_empty() {
         bail!(
@@ -625,14 +489,26 @@ fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Report) -> anyhow::Result<(Stmts
         text.push_str(&format!("{file}:{l0}.{c0},{l1}.{c1} {n} {}\n", u8::from(*ran)));
     }
     fs::write(&profile, text).with_context(|| format!("writing {profile}: {WRITABLE_TARGET}"))?;
-    let packages = packages(&blocks);
+    let (statements, packages) = (columns[2].total, per_package(&blocks).len());
     println!(
-        "\nover the same {} statements, those of the E2E build's {} packages:",
-        combined.total,
-        packages.len()
+        "\nover the same {statements} statements, those of the E2E build's {packages} packages:"
     );
-    print!("{}", side_by_side(unit, e2e_stmts, combined));
-    Ok((unit, combined))
+    print!("{}", side_by_side(columns));
+    Ok((columns[0], columns[2]))
+}
+
+/// Unit, E2E and combined statements over one set, the blocks of the E2E build's packages, and
+/// the combined blocks. Unit blocks of other packages are left out.
+fn same_statements(e2e: &Blocks, unit: &Blocks) -> ([Stmts; 3], Blocks) {
+    let packages = per_package(e2e);
+    let mut combined = e2e.clone();
+    for (key, ran) in unit.iter().filter(|(key, _)| packages.contains_key(package_of(&key.0))) {
+        *combined.entry(key.clone()).or_default() |= ran;
+    }
+    let ran_in = |blocks: &Blocks| {
+        count(&combined.keys().map(|k| (k.clone(), blocks.get(k) == Some(&true))).collect())
+    };
+    ([ran_in(unit), ran_in(e2e), count(&combined)], combined)
 }
 
 /// Extracts an archived run into `target/coverage/from-archive/<name>/` and returns its
@@ -651,35 +527,30 @@ fn dirs_from_archive(root: &Utf8Path, archive: &Utf8Path) -> anyhow::Result<Vec<
     let name =
         archive.file_name().unwrap_or("archive").trim_end_matches(".gz").trim_end_matches(".tar");
     let dest = root.join("target/coverage/from-archive").join(name);
-    recreate_dir(&dest)?;
+    if dest.exists() {
+        fs::remove_dir_all(&dest).with_context(|| {
+            format!("clearing {dest} (scratch output): remove it by hand with `rm -rf {dest}`")
+        })?;
+    }
+    fs::create_dir_all(&dest).with_context(|| format!("creating {dest}: {WRITABLE_TARGET}"))?;
     coverdata::extract(archive, &dest)?;
     let dirs = coverdata::service_dirs(&dest)?;
     if dirs.is_empty() {
         bail!("archive {archive} holds no service directories: it was not made by `{PRODUCER}`");
     }
+    println!("reading {}", display(root, archive));
     Ok(dirs)
-}
-
-fn recreate_dir(dir: &Utf8Path) -> anyhow::Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => {
-            return Err(err).with_context(|| {
-                format!("clearing {dir} (scratch output): remove it by hand with `rm -rf {dir}`")
-            })
-        }
-    }
-    fs::create_dir_all(dir).with_context(|| format!("creating {dir}: {WRITABLE_TARGET}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `go tool covdata textfmt` on a directory with runs of two builds: `lib.go` changed
-    /// between them (captured).
-    const TWO_BUILDS: &str = "mode: atomic\n\
+    /// `go tool covdata textfmt` (captured) on a directory with runs of two builds, where
+    /// `lib.go` changed between them, and of a build with closures, a goroutine, defer and
+    /// switch, whose blocks touch but never overlap (and the same blocks repeated, as a merge of
+    /// two binaries prints them).
+    const PROFILE: &str = "mode: atomic\n\
         example.com/covx/cmd/app/main.go:10.13,12.2 1 2\n\
         example.com/covx/lib/lib.go:4.29,5.11 1 2\n\
         example.com/covx/lib/lib.go:5.11,7.3 1 0\n\
@@ -691,11 +562,7 @@ mod tests {
         example.com/covx/lib/lib.go:12.3,12.16 1 0\n\
         example.com/covx/lib/lib.go:14.2,14.19 1 1\n\
         example.com/covx/lib/lib.go:15.19,19.2 3 0\n\
-        example.com/covx/lib/lib.go:18.19,22.2 3 0\n";
-
-    /// One build with closures, a goroutine, defer and switch: blocks touch but never overlap
-    /// (captured), and the same blocks repeated as a merge of two binaries prints them.
-    const ONE_BUILD: &str = "mode: atomic\n\
+        example.com/covx/lib/lib.go:18.19,22.2 3 0\n\
         example.com/covx/clos/clos.go:5.21,9.25 4 1\n\
         example.com/covx/clos/clos.go:9.25,11.18 2 3\n\
         example.com/covx/clos/clos.go:11.18,11.73 4 3\n\
@@ -723,21 +590,21 @@ mod tests {
         let blocks = parse_profile(profile);
         assert_eq!(blocks.len(), 3);
         let stmts = |covered, total| Stmts { covered, total };
-        assert_eq!(count(&blocks, |_| true), stmts(3, 6));
+        assert_eq!(count(&blocks), stmts(3, 6));
         assert_eq!(
             per_package(&blocks).into_iter().collect::<Vec<_>>(),
-            [
-                ("example.com/m/cmd/app".to_string(), stmts(1, 1)),
-                ("example.com/m/lib".to_string(), stmts(2, 5)),
-            ]
+            [("example.com/m/cmd/app", stmts(1, 1)), ("example.com/m/lib", stmts(2, 5))]
         );
         assert_eq!(stmts(0, 0).percent(), 0.0);
     }
 
     #[test]
-    fn files_outside_the_module_or_gone_are_missing_sources() {
-        let root = scratch("sources");
+    fn files_outside_the_module_or_gone_are_missing_and_others_are_compared() {
+        let root = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+            .unwrap()
+            .join(format!("xtask-covdata-report-{}", std::process::id()));
         fs::create_dir_all(root.join("lib")).unwrap();
+        // No blocks of `go tool cover` (or no go at all) match the data's: changed.
         fs::write(root.join("lib/a.go"), "package lib\n").unwrap();
         let blocks = parse_profile(
             "mode: set\n\
@@ -746,15 +613,18 @@ mod tests {
             example.com/other/lib/a.go:1.1,2.2 1 1\n\
             example.com/mod/lib/a.go:1.1,2.2 1 1\n",
         );
+        let sh = Shell::new().unwrap();
+        let (missing, changed) = check_sources(&sh, &root, "example.com/m", &blocks);
         assert_eq!(
-            missing_sources(&root, "example.com/m", &blocks),
+            missing,
             ["example.com/m/lib/gone.go", "example.com/mod/lib/a.go", "example.com/other/lib/a.go"]
         );
+        assert_eq!(changed, ["example.com/m/lib/a.go"]);
         fs::remove_dir_all(root).unwrap();
     }
 
     /// `go tool cover -mode=set -var=GoCover lib.go` (Go 1.26) on the `Classify`/`Unused` file
-    /// whose blocks `ONE_FILE` lists, as `covdata textfmt` writes them.
+    /// of the first build in `PROFILE`.
     const INSTRUMENTED: &str = "var GoCover = struct {\n\
         \tCount     [6]uint32\n\tPos       [3 * 6]uint32\n\tNumStmt   [6]uint16\n} {\n\
         \tPos: [3 * 6]uint32{\n\
@@ -765,18 +635,16 @@ mod tests {
         \t\t1, // 0\n\t\t1, // 1\n\t\t1, // 2\n\t\t1, // 3\n\t\t1, // 4\n\t\t3, // 5\n\
         \t},\n}\n";
 
-    const ONE_FILE: &str = "mode: set\n\
-        example.com/covtest/lib/lib.go:4.29,5.11 1 1\n\
-        example.com/covtest/lib/lib.go:5.11,7.3 1 0\n\
-        example.com/covtest/lib/lib.go:8.2,8.12 1 1\n\
-        example.com/covtest/lib/lib.go:8.12,10.3 1 1\n\
-        example.com/covtest/lib/lib.go:11.2,11.19 1 0\n\
-        example.com/covtest/lib/lib.go:15.19,19.2 3 0\n";
-
     #[test]
     fn instrumenting_the_same_source_gives_the_blocks_of_the_data() {
-        let data: Vec<_> =
-            parse_profile(ONE_FILE).into_keys().map(|(_, start, end, n)| (start, end, n)).collect();
+        let data = vec![
+            ((4, 29), (5, 11), 1),
+            ((5, 11), (7, 3), 1),
+            ((8, 2), (8, 12), 1),
+            ((8, 12), (10, 3), 1),
+            ((11, 2), (11, 19), 1),
+            ((15, 19), (19, 2), 3),
+        ];
         assert_eq!(cover_blocks(INSTRUMENTED), Some(data));
         let shifted = INSTRUMENTED.replace("15, 19,", "16, 20,");
         assert_ne!(cover_blocks(&shifted), cover_blocks(INSTRUMENTED));
@@ -834,20 +702,10 @@ mod tests {
     #[test]
     fn blocks_of_two_builds_overlap_and_one_build_does_not() {
         let overlapping = |profile| overlapping_files(&parse_profile(profile));
-        assert_eq!(overlapping(TWO_BUILDS), vec!["example.com/covx/lib/lib.go".to_string()]);
-        assert_eq!(overlapping(ONE_BUILD), Vec::<String>::new());
+        assert_eq!(overlapping(PROFILE), ["example.com/covx/lib/lib.go"]);
         // Same range, different statement count: also two versions of the file.
         let changed = "mode: set\na.go:1.1,3.2 2 1\na.go:1.1,3.2 3 0\nb.go:1.1,2.2 1 0\n";
         assert_eq!(overlapping(changed), vec!["a.go".to_string()]);
-    }
-
-    /// A fresh directory below the system temp dir, unique per test and process.
-    fn scratch(name: &str) -> Utf8PathBuf {
-        let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir())
-            .unwrap()
-            .join(format!("xtask-covdata-{}-{name}", std::process::id()));
-        recreate_dir(&dir).unwrap();
-        dir
     }
 
     #[test]
@@ -873,13 +731,12 @@ mod tests {
 
     #[test]
     fn a_missing_archive_says_where_the_archives_are() {
-        let root = scratch("no-archive");
-        let err = format!("{:#}", dirs_from_archive(&root, &root.join("nope.tar.gz")).unwrap_err());
-        assert!(
-            err.contains("nope.tar.gz not found") && err.contains("coverdata/archive"),
-            "{err}"
+        let root = Utf8Path::new("/nonexistent/repo");
+        let err = format!("{:#}", dirs_from_archive(root, &root.join("nope.tar.gz")).unwrap_err());
+        assert_eq!(
+            err,
+            "archive /nonexistent/repo/nope.tar.gz not found: the archived runs are in coverdata/archive"
         );
-        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
@@ -900,21 +757,16 @@ mod tests {
             total            25.0%       54.5%       63.6%
             statements      2 of 8     6 of 11     7 of 11
         "#]]
-        .assert_eq(&side_by_side(stmts(2, 8), stmts(6, 11), stmts(7, 11)));
+        .assert_eq(&side_by_side([stmts(2, 8), stmts(6, 11), stmts(7, 11)]));
         let cov = Coverage {
             services: vec![("gateway".to_string(), 44.4), ("datastorage".to_string(), 70.0)],
             total: 60.0,
             profile: "target/coverage/e2e.out".into(),
         };
+        // The services' table is snapshot in e2e_gateway/summary.rs; here what the report adds.
+        let md = markdown_summary(&cov, Some((25.0, 63.6)), Some((65.0, 63.6)));
+        assert!(md.contains("| datastorage | 70.0% |\n| **all services (merged)** | **60.0%** |"));
         expect_test::expect![[r#"
-            ### Coverage
-
-            | service | coverage |
-            | --- | ---: |
-            | gateway | 44.4% |
-            | datastorage | 70.0% |
-            | **all services (merged)** | **60.0%** |
-
             | | unit | e2e | combined |
             | --- | ---: | ---: | ---: |
             | total | 25.0% | 60.0% | 63.6% |
@@ -922,7 +774,7 @@ mod tests {
             Required: 65.0%, measured 63.6%: not met.
 
         "#]]
-        .assert_eq(&markdown_summary(&cov, Some((25.0, 63.6)), Some((65.0, 63.6))));
+        .assert_eq(&md[md.find("| | unit").unwrap()..]);
         assert!(!markdown_summary(&cov, None, None).contains("unit"));
     }
 }
