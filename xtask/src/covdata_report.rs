@@ -8,7 +8,7 @@ use std::{
     fs,
 };
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
@@ -54,15 +54,7 @@ type Pos = (u32, u32);
 /// Key: (file, start, end, statements).
 type Blocks = BTreeMap<(String, Pos, Pos, u32), bool>;
 
-/// What the merged E2E report found, beyond what e2e-gateway's summary shows.
-struct Report {
-    coverage: Coverage,
-    blocks: Blocks,
-    /// Files of the data that are not in this checkout.
-    missing: Vec<String>,
-}
-
-pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
+pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> Result<()> {
     let root = project::root();
     let needs = doctor::Needs { go: true, covdata: true, ..Default::default() };
     doctor::preflight(sh, &root, &needs, Vec::new())?;
@@ -70,7 +62,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
         Some(archive) if archive.as_str().is_empty() => {
             bail!("--from-archive was given an empty path: name an archive, e.g. one in coverdata/archive/")
         }
-        Some(archive) => dirs_from_archive(&root, &project::absolute(archive)?)?,
+        Some(archive) => dirs_from_archive(sh, &root, &project::absolute(archive)?)?,
         None if flags.inputs.iter().any(|d| d.as_str().is_empty()) => {
             bail!("-i was given an empty path: name a coverage directory, e.g. `-i coverdata/gateway`, or leave -i out to read every service under coverdata/")
         }
@@ -78,14 +70,17 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
         None => flags.inputs.iter().map(|d| project::absolute(d)).collect::<anyhow::Result<_>>()?,
     };
 
-    let e2e = report_e2e(sh, &root, &dirs)?;
-    let with_unit = flags.with_unit.then(|| with_unit(sh, &root, &e2e)).transpose()?;
-    if flags.html && !e2e.missing.is_empty() {
+    let (coverage, blocks, missing) = report_e2e(sh, &root, &dirs)?;
+    if let Some(file) = missing.first().filter(|_| flags.with_unit) {
+        bail!("--with-unit runs this checkout's unit tests, but the E2E data is of other sources ({file} is not here): drop --with-unit, or run it in the checkout the binaries were built from");
+    }
+    let with_unit = flags.with_unit.then(|| with_unit(sh, &root, &blocks)).transpose()?;
+    if flags.html && !missing.is_empty() {
         eprintln!(
             "warning: no HTML written: its source files are not in this checkout (see above)"
         );
     } else if flags.html {
-        let (profile, html) = (&e2e.coverage.profile, root.join("target/coverage/e2e.html"));
+        let (profile, html) = (&coverage.profile, root.join("target/coverage/e2e.html"));
         let cover = cmd!(sh, "go tool cover -html={profile} -o {html}");
         go_output("go tool cover -html", &display(&root, profile), cover)?;
         println!("wrote {}", display(&root, &html));
@@ -96,10 +91,10 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
         Some((_, combined)) => {
             (combined, "combined (unit + E2E)", root.join("target/coverage/combined.out"))
         }
-        None => (count(&e2e.blocks), "E2E", e2e.coverage.profile.clone()),
+        None => (count(&blocks), "E2E", coverage.profile.clone()),
     };
     ui::append_step_summary(&markdown_summary(
-        &e2e.coverage,
+        &coverage,
         with_unit.map(|(unit, combined)| (unit.percent(), combined.percent())),
         flags.min.map(|m| (m, gated.percent())),
     ))?;
@@ -127,35 +122,70 @@ fn distinct_percents(a: f64, b: f64) -> (String, String) {
 }
 
 /// Prints the per-service and per-package table and the totals, writes target/coverage/e2e.out.
-pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Result<Coverage> {
-    Ok(report_e2e(sh, root, dirs)?.coverage)
+pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> Result<Coverage> {
+    Ok(report_e2e(sh, root, dirs)?.0)
 }
 
 /// The numbers come from the coverage data alone (`covdata textfmt`, which needs no sources):
 /// statements per block, summed per package and in total. Only the HTML needs the sources.
-fn report_e2e(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Result<Report> {
+/// Returns the merged blocks too, and the files of the data that are not in this checkout.
+fn report_e2e(
+    sh: &Shell,
+    root: &Utf8Path,
+    dirs: &[Utf8PathBuf],
+) -> Result<(Coverage, Blocks, Vec<String>)> {
     coverdata::check_counters(dirs)?;
     let module = project::go_module(root)?;
     let out_dir = root.join("target/coverage");
     fs::create_dir_all(out_dir.join("services")).with_context(|| {
         format!("creating {out_dir} for the coverage profiles: {WRITABLE_TARGET}")
     })?;
+    // `covdata textfmt` of `dirs` into `profile`, rewritten so `go tool cover` resolves it
+    // here, checked for mixed builds, and its blocks.
+    let textfmt = |dirs: &[Utf8PathBuf], profile: &Utf8Path| -> Result<Blocks> {
+        // `covdata` takes several input directories as one comma-separated argument.
+        if let Some(dir) = dirs.iter().find(|d| d.as_str().contains(',')) {
+            bail!("{dir} contains a comma, which `go tool covdata -i` cannot take: rename the directory");
+        }
+        let inputs = dirs.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(",");
+        let shown = dirs.iter().map(|d| display(root, d)).collect::<Vec<_>>().join(" ");
+        let textfmt = cmd!(sh, "go tool covdata textfmt -i {inputs} -o {profile}");
+        go_output("go tool covdata textfmt", &shown, textfmt)?;
+        let blocks = read_profile(root, &module, profile, "go tool covdata textfmt")?;
+        let mixed = overlapping_files(&blocks);
+        if !mixed.is_empty() {
+            bail!(
+                "{shown}: the data comes from more than one build of changed source ({} {} blocks that do not match): \
+                 the numbers would be wrong; start clean with `rm -rf {shown}` or a fresh `{PRODUCER}` \
+                 (which archives the old data first)",
+                mixed.join(", "),
+                if mixed.len() == 1 { "has" } else { "have" },
+            );
+        }
+        Ok(blocks)
+    };
     let (mut rows, mut services) = (Vec::new(), Vec::new());
     for dir in dirs {
         let name = dir.file_name().unwrap_or(dir.as_str()).to_string();
-        let profile = out_dir.join(format!("services/{name}.out"));
-        let blocks = profile_blocks(sh, root, &module, std::slice::from_ref(dir), &profile)?;
-        for (package, stmts) in per_package(&blocks) {
-            rows.push((name.clone(), package.to_string(), stmts));
-        }
+        let blocks =
+            textfmt(std::slice::from_ref(dir), &out_dir.join(format!("services/{name}.out")))?;
+        rows.extend(
+            per_package(&blocks).into_iter().map(|(p, s)| (name.clone(), p.to_string(), s)),
+        );
         rows.push((name.clone(), "(total)".to_string(), count(&blocks)));
         services.push((name, count(&blocks).percent()));
     }
     let profile = out_dir.join("e2e.out");
-    let blocks = profile_blocks(sh, root, &module, dirs, &profile)?;
+    let blocks = textfmt(dirs, &profile)?;
     rows.push(("all services".to_string(), "(merged total)".to_string(), count(&blocks)));
     print!("{}", table(&rows));
-    let (missing, changed) = check_sources(sh, root, &module, &blocks);
+    // The data's files that are here, and those that are not (outside `module`, or gone).
+    let files: BTreeSet<&str> = blocks.keys().map(|k| k.0.as_str()).collect();
+    let local = |file: &str| local_source(root, &module, file);
+    let here: Vec<_> = files.iter().filter_map(|file| Some((*file, local(file)?))).collect();
+    let missing: Vec<String> =
+        files.iter().filter(|f| local(f).is_none()).map(|f| f.to_string()).collect();
+    let changed = changed_sources(sh, &blocks, &here);
     if !changed.is_empty() {
         println!(
             "sources: changed since the build: {} (their blocks differ from the data's): the numbers \
@@ -174,12 +204,11 @@ fn report_e2e(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> anyhow::Resu
         );
     }
     println!("wrote {}", display(root, &profile));
-    let coverage = Coverage { services, total: count(&blocks).percent(), profile };
-    Ok(Report { coverage, blocks, missing })
+    Ok((Coverage { services, total: count(&blocks).percent(), profile }, blocks, missing))
 }
 
 /// Every directory directly under `coverdata/` except `archive/`: one GOCOVERDIR per service.
-fn default_dirs(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
+fn default_dirs(root: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
     let coverdata = project::coverdata_dir(root);
     let dirs = coverdata::service_dirs(&coverdata)?;
     if !dirs.is_empty() {
@@ -196,47 +225,9 @@ fn default_dirs(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
     bail!(message)
 }
 
-/// `covdata textfmt` of `dirs` into `profile`, rewritten so `go tool cover` resolves it here,
-/// checked for mixed builds, and its blocks.
-fn profile_blocks(
-    sh: &Shell,
-    root: &Utf8Path,
-    module: &str,
-    dirs: &[Utf8PathBuf],
-    profile: &Utf8Path,
-) -> anyhow::Result<Blocks> {
-    // `covdata` takes several input directories as one comma-separated argument.
-    if let Some(dir) = dirs.iter().find(|d| d.as_str().contains(',')) {
-        bail!(
-            "{dir} contains a comma, which `go tool covdata -i` cannot take: rename the directory"
-        );
-    }
-    let inputs = dirs.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(",");
-    let shown = dirs.iter().map(|d| display(root, d)).collect::<Vec<_>>().join(" ");
-    let textfmt = cmd!(sh, "go tool covdata textfmt -i {inputs} -o {profile}");
-    go_output("go tool covdata textfmt", &shown, textfmt)?;
-    let blocks = read_profile(root, module, profile, "go tool covdata textfmt")?;
-    let mixed = overlapping_files(&blocks);
-    if !mixed.is_empty() {
-        bail!(
-            "{shown}: the data comes from more than one build of changed source ({} {} blocks that do not match): \
-             the numbers would be wrong; start clean with `rm -rf {shown}` or a fresh `{PRODUCER}` \
-             (which archives the old data first)",
-            mixed.join(", "),
-            if mixed.len() == 1 { "has" } else { "have" },
-        );
-    }
-    Ok(blocks)
-}
-
 /// The profile `tool` wrote, its paths rewritten so `go tool cover` resolves them here (and
 /// saved so), as blocks.
-fn read_profile(
-    root: &Utf8Path,
-    module: &str,
-    profile: &Utf8Path,
-    tool: &str,
-) -> anyhow::Result<Blocks> {
+fn read_profile(root: &Utf8Path, module: &str, profile: &Utf8Path, tool: &str) -> Result<Blocks> {
     let text = fs::read_to_string(profile).with_context(|| {
         format!("reading the profile {profile} that `{tool}` wrote: {WRITABLE_TARGET}")
     })?;
@@ -246,23 +237,16 @@ fn read_profile(
     Ok(parse_profile(&text))
 }
 
-/// The data's files that are not in this checkout (outside `module`, or gone), and those that
-/// are here but changed since the build. A meta-data file holds each function's blocks (lines,
-/// columns, statements) but no hash of the source, so each file is instrumented as it is now
-/// (`go tool cover -var`, the same block rules as `go build -cover`) and its blocks are
-/// compared with the data's.
-fn check_sources(
-    sh: &Shell,
-    root: &Utf8Path,
-    module: &str,
-    blocks: &Blocks,
-) -> (Vec<String>, Vec<String>) {
-    let files: BTreeSet<&str> = blocks.keys().map(|k| k.0.as_str()).collect();
-    let local = |file: &str| {
-        Some(root.join(file.strip_prefix(module)?.strip_prefix('/')?)).filter(|p| p.is_file())
-    };
-    let here: Vec<_> = files.iter().filter_map(|file| Some((*file, local(file)?))).collect();
-    let missing = files.iter().filter(|file| local(file).is_none()).map(|f| f.to_string());
+/// Where a file of the profile (`<module>/<path>`) is in this checkout, if it is.
+fn local_source(root: &Utf8Path, module: &str, file: &str) -> Option<Utf8PathBuf> {
+    Some(root.join(file.strip_prefix(module)?.strip_prefix('/')?)).filter(|p| p.is_file())
+}
+
+/// The data's files (with their paths here) that changed since the build. A meta-data file
+/// holds each function's blocks (lines, columns, statements) but no hash of the source, so each
+/// file is instrumented as it is now (`go tool cover -var`, the same block rules as `go build
+/// -cover`) and its blocks are compared with the data's.
+fn changed_sources(sh: &Shell, blocks: &Blocks, here: &[(&str, Utf8PathBuf)]) -> Vec<String> {
     let mut changed = Vec::new();
     // A few at a time: each is a short `go tool cover` run.
     for chunk in here.chunks(8) {
@@ -278,7 +262,7 @@ fn check_sources(
             }
         }
     }
-    (missing.collect(), changed)
+    changed
 }
 
 /// The blocks in `go tool cover -var`'s output, sorted: its `Pos` array holds start line, end
@@ -308,7 +292,7 @@ fn cover_blocks(instrumented: &str) -> Option<Vec<(Pos, Pos, u32)>> {
 }
 
 /// Runs a `go` command quietly; on failure, its stderr with an explanation of what it means.
-fn go_output(what: &str, subject: &str, cmd: xshell::Cmd<'_>) -> anyhow::Result<()> {
+fn go_output(what: &str, subject: &str, cmd: xshell::Cmd<'_>) -> Result<()> {
     let output = step(cmd).output()?;
     // covdata prefixes its messages with "error: " twice; main adds one of its own.
     let message = output.stderr.trim().trim_start_matches("error: ");
@@ -462,11 +446,8 @@ pub fn markdown_summary(
 /// `target/coverage/combined.out`. Returns (unit, combined). `-coverprofile` (Go >= 1.22) lists
 /// the packages without tests too (the `cmd/` mains), with their statements not run;
 /// `-test.gocoverdir` would leave them out.
-fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Report) -> anyhow::Result<(Stmts, Stmts)> {
-    if let Some(file) = e2e.missing.first() {
-        bail!("--with-unit runs this checkout's unit tests, but the E2E data is of other sources ({file} is not here): drop --with-unit, or run it in the checkout the binaries were built from");
-    }
-    let coverpkg = per_package(&e2e.blocks).into_keys().collect::<Vec<_>>().join(",");
+fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Blocks) -> Result<(Stmts, Stmts)> {
+    let coverpkg = per_package(e2e).into_keys().collect::<Vec<_>>().join(",");
     let profile = root.join("target/coverage/unit.out");
     step(cmd!(sh, "go test -covermode=atomic -coverpkg={coverpkg} -coverprofile={profile} ./..."))
         .echo()
@@ -474,7 +455,7 @@ fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Report) -> anyhow::Result<(Stmts
         .run()
         .context("go unit tests failed")?;
     let unit = read_profile(root, &project::go_module(root)?, &profile, "go test")?;
-    let (columns, blocks) = same_statements(&e2e.blocks, &unit);
+    let (columns, blocks) = same_statements(e2e, &unit);
     let mixed = overlapping_files(&blocks);
     if !mixed.is_empty() {
         bail!(
@@ -513,7 +494,7 @@ fn same_statements(e2e: &Blocks, unit: &Blocks) -> ([Stmts; 3], Blocks) {
 
 /// Extracts an archived run into `target/coverage/from-archive/<name>/` and returns its
 /// service directories.
-fn dirs_from_archive(root: &Utf8Path, archive: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
+fn dirs_from_archive(sh: &Shell, root: &Utf8Path, archive: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
     let archives = display(root, &project::coverdata_dir(root).join("archive"));
     if archive.is_dir() {
         bail!(
@@ -527,11 +508,9 @@ fn dirs_from_archive(root: &Utf8Path, archive: &Utf8Path) -> anyhow::Result<Vec<
     let name =
         archive.file_name().unwrap_or("archive").trim_end_matches(".gz").trim_end_matches(".tar");
     let dest = root.join("target/coverage/from-archive").join(name);
-    if dest.exists() {
-        fs::remove_dir_all(&dest).with_context(|| {
-            format!("clearing {dest} (scratch output): remove it by hand with `rm -rf {dest}`")
-        })?;
-    }
+    sh.remove_path(&dest).with_context(|| {
+        format!("clearing {dest} (scratch output): remove it by hand with `rm -rf {dest}`")
+    })?;
     fs::create_dir_all(&dest).with_context(|| format!("creating {dest}: {WRITABLE_TARGET}"))?;
     coverdata::extract(archive, &dest)?;
     let dirs = coverdata::service_dirs(&dest)?;
@@ -599,26 +578,22 @@ mod tests {
     }
 
     #[test]
-    fn files_outside_the_module_or_gone_are_missing_and_others_are_compared() {
+    fn files_outside_the_module_or_gone_are_not_here_and_others_are_compared() {
         let root = Utf8PathBuf::from_path_buf(std::env::temp_dir())
             .unwrap()
             .join(format!("xtask-covdata-report-{}", std::process::id()));
         fs::create_dir_all(root.join("lib")).unwrap();
-        // No blocks of `go tool cover` (or no go at all) match the data's: changed.
         fs::write(root.join("lib/a.go"), "package lib\n").unwrap();
-        let blocks = parse_profile(
-            "mode: set\n\
-            example.com/m/lib/a.go:1.1,2.2 1 1\n\
-            example.com/m/lib/gone.go:1.1,2.2 1 1\n\
-            example.com/other/lib/a.go:1.1,2.2 1 1\n\
-            example.com/mod/lib/a.go:1.1,2.2 1 1\n",
-        );
-        let sh = Shell::new().unwrap();
-        let (missing, changed) = check_sources(&sh, &root, "example.com/m", &blocks);
-        assert_eq!(
-            missing,
-            ["example.com/m/lib/gone.go", "example.com/mod/lib/a.go", "example.com/other/lib/a.go"]
-        );
+        let here = |file| local_source(&root, "example.com/m", file);
+        assert_eq!(here("example.com/m/lib/a.go"), Some(root.join("lib/a.go")));
+        for not_here in ["example.com/m/lib/gone.go", "example.com/mod/lib/a.go", "other/lib/a.go"]
+        {
+            assert_eq!(here(not_here), None, "{not_here}");
+        }
+        // No blocks of `go tool cover` (or no go at all) match these: changed.
+        let blocks = parse_profile("mode: set\nexample.com/m/lib/a.go:1.1,2.2 1 1\n");
+        let files = [("example.com/m/lib/a.go", root.join("lib/a.go"))];
+        let changed = changed_sources(&Shell::new().unwrap(), &blocks, &files);
         assert_eq!(changed, ["example.com/m/lib/a.go"]);
         fs::remove_dir_all(root).unwrap();
     }
@@ -732,7 +707,9 @@ mod tests {
     #[test]
     fn a_missing_archive_says_where_the_archives_are() {
         let root = Utf8Path::new("/nonexistent/repo");
-        let err = format!("{:#}", dirs_from_archive(root, &root.join("nope.tar.gz")).unwrap_err());
+        let sh = Shell::new().unwrap();
+        let err =
+            format!("{:#}", dirs_from_archive(&sh, root, &root.join("nope.tar.gz")).unwrap_err());
         assert_eq!(
             err,
             "archive /nonexistent/repo/nope.tar.gz not found: the archived runs are in coverdata/archive"

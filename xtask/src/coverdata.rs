@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, fs, io, time::SystemTime};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::project::{self, Service};
@@ -21,12 +21,12 @@ const KEEP_OTHERS: usize = 3;
 /// coverdata/; the next run names the archive of that data after it: `<time>.<outcome>.tar.gz`,
 /// `unknown` when none was recorded (the run was stopped hard).
 const OUTCOME_FILE: &str = ".outcome";
+const OUTCOMES: [&str; 3] = ["passed", "failed", "unknown"];
 
 /// Archives the previous coverage run and gives each service an empty, writable directory.
-pub fn prepare(root: &Utf8Path, services: &[Service]) -> anyhow::Result<()> {
+pub fn prepare(root: &Utf8Path, services: &[Service]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = project::coverdata_dir(root);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
     let left = archive_previous(root)?;
     if !left.is_empty() {
         let left = left.join(", ");
@@ -46,7 +46,7 @@ pub fn prepare(root: &Utf8Path, services: &[Service]) -> anyhow::Result<()> {
 }
 
 /// Records whether the coverage run that wrote coverdata/ passed: see `OUTCOME_FILE`.
-pub fn record_outcome(root: &Utf8Path, passed: bool) -> anyhow::Result<()> {
+pub fn record_outcome(root: &Utf8Path, passed: bool) -> Result<()> {
     let dir = project::coverdata_dir(root);
     let path = dir.join(OUTCOME_FILE);
     let outcome = if passed { "passed\n" } else { "failed\n" };
@@ -61,7 +61,7 @@ pub fn display(root: &Utf8Path, path: &Utf8Path) -> String {
 
 /// Errors when any dir has covmeta.* but no covcounters.* (or no data at all), naming every
 /// such dir.
-pub fn check_counters(dirs: &[Utf8PathBuf]) -> anyhow::Result<()> {
+pub fn check_counters(dirs: &[Utf8PathBuf]) -> Result<()> {
     let root = project::root();
     let problems: Vec<String> = dirs
         .iter()
@@ -88,16 +88,14 @@ fn counter_problem(dir: &Utf8Path) -> Option<String> {
         names.iter().filter_map(|n| n.strip_prefix(prefix)).collect()
     };
     let (metas, counters) = (hashes("covmeta."), hashes("covcounters."));
-    if metas.is_empty() && counters.is_empty() {
-        return Some(format!(
-            "no coverage data (no covmeta.* or covcounters.* files): produce it with `{PRODUCER}`"
-        ));
-    }
     if metas.is_empty() {
-        return Some(format!(
+        let problem = if counters.is_empty() {
+            "no coverage data (no covmeta.* or covcounters.* files): produce it with"
+        } else {
             "covcounters.* but no covmeta.* file: the directory is incomplete (copied in part?); \
-             produce fresh data with `{PRODUCER}`"
-        ));
+             produce fresh data with"
+        };
+        return Some(format!("{problem} `{PRODUCER}`"));
     }
     let (finished, lost): (Vec<&str>, Vec<&str>) =
         metas.iter().partition(|hash| counters.iter().any(|c| c.split('.').next() == Some(hash)));
@@ -122,7 +120,7 @@ fn counter_problem(dir: &Utf8Path) -> Option<String> {
 }
 
 /// The entries of `dir`, sorted; none when it does not exist.
-fn entries(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
+fn entries(dir: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
     let listing = || format!("listing {dir}: check that it is readable (`ls -ld {dir}`)");
     let mut entries: Vec<Utf8PathBuf> = match dir.read_dir_utf8() {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -138,7 +136,7 @@ fn entries(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
 
 /// The entries of a coverdata/-like directory that belong to a run: not `archive/`, dot files
 /// or the README.md the repository tracks there.
-fn run_entries(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
+fn run_entries(dir: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
     let mut entries = entries(dir)?;
     entries.retain(|e| {
         e.file_name().is_some_and(|n| n != "archive" && n != "README.md" && !n.starts_with('.'))
@@ -147,7 +145,7 @@ fn run_entries(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
 }
 
 /// The service directories of a coverdata/-like directory: its run entries that are directories.
-pub fn service_dirs(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
+pub fn service_dirs(dir: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
     let mut dirs = run_entries(dir)?;
     dirs.retain(|entry| entry.is_dir());
     Ok(dirs)
@@ -158,7 +156,7 @@ pub fn service_dirs(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
 /// the old archives, then removes the archived files. Everything else (a file of the user's,
 /// a FIFO, a directory of their own) stays where it is and is returned, relative to coverdata/.
 /// Nothing is deleted before the archive is written, read back and renamed into place.
-fn archive_previous(root: &Utf8Path) -> anyhow::Result<Vec<String>> {
+fn archive_previous(root: &Utf8Path) -> Result<Vec<String>> {
     let coverdata = project::coverdata_dir(root);
     let (files, left) = sort_out(&coverdata)?;
     let outcome_file = coverdata.join(OUTCOME_FILE);
@@ -167,8 +165,7 @@ fn archive_previous(root: &Utf8Path) -> anyhow::Result<Vec<String>> {
         return Ok(left);
     }
     let recorded = fs::read_to_string(&outcome_file).unwrap_or_default();
-    let outcome = Some(recorded.trim()).filter(|o| ["passed", "failed"].contains(o));
-    let outcome = outcome.unwrap_or("unknown");
+    let outcome = Some(recorded.trim()).filter(|o| OUTCOMES[..2].contains(o)).unwrap_or("unknown");
     let archive_dir = coverdata.join("archive");
     let stamp = project::utc_timestamp(SystemTime::now());
     let mut archive = archive_dir.join(format!("{stamp}.{outcome}.tar.gz"));
@@ -229,7 +226,7 @@ fn io_error(step: String, err: io::Error, dir: &Utf8Path) -> anyhow::Error {
 /// rest, which is not theirs, relative to coverdata/: directories with a slash, and anything
 /// that is not a regular file (a FIFO, a socket, a link) says so.
 #[allow(clippy::type_complexity)]
-fn sort_out(coverdata: &Utf8Path) -> anyhow::Result<(Vec<(Utf8PathBuf, u64)>, Vec<String>)> {
+fn sort_out(coverdata: &Utf8Path) -> Result<(Vec<(Utf8PathBuf, u64)>, Vec<String>)> {
     let (mut files, mut left) = (Vec::new(), Vec::new());
     for entry in run_entries(coverdata)? {
         let in_dir = entry.symlink_metadata().is_ok_and(|m| m.is_dir());
@@ -249,20 +246,16 @@ fn sort_out(coverdata: &Utf8Path) -> anyhow::Result<(Vec<(Utf8PathBuf, u64)>, Ve
     Ok((files, left))
 }
 
-/// Writes `files` (relative to `coverdata`) into the gzipped tar `dest`, then reads it back:
+/// Writes `files` (relative to `base`) into the gzipped tar `dest`, then reads it back:
 /// every file must be in it with its size.
-fn write_archive(
-    coverdata: &Utf8Path,
-    files: &[(Utf8PathBuf, u64)],
-    dest: &Utf8Path,
-) -> anyhow::Result<()> {
-    let dir = dest.parent().unwrap_or(coverdata);
-    fs::create_dir_all(dir).map_err(|err| io_error(format!("creating {dir}"), err, coverdata))?;
+fn write_archive(base: &Utf8Path, files: &[(Utf8PathBuf, u64)], dest: &Utf8Path) -> Result<()> {
+    let dir = dest.parent().unwrap_or(base);
+    fs::create_dir_all(dir).map_err(|err| io_error(format!("creating {dir}"), err, base))?;
     let write = || -> io::Result<()> {
         let gz = flate2::write::GzEncoder::new(fs::File::create(dest)?, Default::default());
         let mut builder = tar::Builder::new(gz);
         for (rel, _) in files {
-            builder.append_path_with_name(coverdata.join(rel), rel)?;
+            builder.append_path_with_name(base.join(rel), rel)?;
         }
         builder.into_inner()?.finish()?.sync_all()
     };
@@ -288,7 +281,7 @@ fn write_archive(
 
 /// The archives in `dir`, oldest first. Names start with a timestamp, so their order is the
 /// time order; comparing the time parts puts `<stamp>` before `<stamp>-2`.
-pub fn archives(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
+pub fn archives(dir: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
     let mut list = entries(dir)?;
     list.retain(|a| a.file_name().is_some_and(|n| n.ends_with(".tar.gz") && !n.starts_with('.')));
     list.sort_by(|a, b| time_and_outcome(a).cmp(&time_and_outcome(b)));
@@ -300,9 +293,7 @@ pub fn archives(dir: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
 fn time_and_outcome(path: &Utf8Path) -> (&str, &str) {
     let stem = path.file_name().unwrap_or("").trim_end_matches(".tar.gz");
     match stem.rsplit_once('.') {
-        Some((time, outcome)) if ["passed", "failed", "unknown"].contains(&outcome) => {
-            (time, outcome)
-        }
+        Some((time, outcome)) if OUTCOMES.contains(&outcome) => (time, outcome),
         _ => (stem, "passed"),
     }
 }
@@ -318,7 +309,7 @@ fn prune(sorted: &[Utf8PathBuf]) -> Vec<&Utf8PathBuf> {
 }
 
 /// Extracts a `.tar.gz` (what `archive_previous` writes) or a plain `.tar` into `dest`.
-pub fn extract(archive: &Utf8Path, dest: &Utf8Path) -> anyhow::Result<()> {
+pub fn extract(archive: &Utf8Path, dest: &Utf8Path) -> Result<()> {
     use io::BufRead;
     let opening = || format!("opening {archive}: check that it is readable");
     let mut file = io::BufReader::new(fs::File::open(archive).with_context(opening)?);
