@@ -119,36 +119,28 @@ fn counter_problem(dir: &Utf8Path) -> Option<String> {
     }
 }
 
-/// The entries of `dir`, sorted; none when it does not exist.
-fn entries(dir: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
-    let listing = || format!("listing {dir}: check that it is readable (`ls -ld {dir}`)");
-    let mut entries: Vec<Utf8PathBuf> = match dir.read_dir_utf8() {
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
-        list => list
-            .with_context(listing)?
-            .map(|e| e.map(|e| e.into_path()))
-            .collect::<Result<_, _>>()
-            .with_context(listing)?,
-    };
-    entries.sort();
-    Ok(entries)
+/// The entries of `dir` whose names `keep` accepts, sorted; none when `dir` is not a directory.
+fn entries(dir: &Utf8Path, keep: impl Fn(&str) -> bool) -> Result<Vec<Utf8PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let list = dir.read_dir_utf8().and_then(|l| l.map(|e| Ok(e?.into_path())).collect());
+    let mut list: Vec<Utf8PathBuf> =
+        list.with_context(|| format!("listing {dir}: check that it is readable (`ls -ld {dir}`)"))?;
+    list.retain(|e| e.file_name().is_some_and(&keep));
+    list.sort();
+    Ok(list)
 }
 
 /// The entries of a coverdata/-like directory that belong to a run: not `archive/`, dot files
 /// or the README.md the repository tracks there.
 fn run_entries(dir: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
-    let mut entries = entries(dir)?;
-    entries.retain(|e| {
-        e.file_name().is_some_and(|n| n != "archive" && n != "README.md" && !n.starts_with('.'))
-    });
-    Ok(entries)
+    entries(dir, |n| n != "archive" && n != "README.md" && !n.starts_with('.'))
 }
 
 /// The service directories of a coverdata/-like directory: its run entries that are directories.
 pub fn service_dirs(dir: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
-    let mut dirs = run_entries(dir)?;
-    dirs.retain(|entry| entry.is_dir());
-    Ok(dirs)
+    Ok(run_entries(dir)?.into_iter().filter(|entry| entry.is_dir()).collect())
 }
 
 /// Archives the previous run's data, the `covmeta.*` and `covcounters.*` files directly in
@@ -230,7 +222,7 @@ fn sort_out(coverdata: &Utf8Path) -> Result<(Vec<(Utf8PathBuf, u64)>, Vec<String
     let (mut files, mut left) = (Vec::new(), Vec::new());
     for entry in run_entries(coverdata)? {
         let in_dir = entry.symlink_metadata().is_ok_and(|m| m.is_dir());
-        for path in if in_dir { entries(&entry)? } else { vec![entry] } {
+        for path in if in_dir { entries(&entry, |_| true)? } else { vec![entry] } {
             let rel = path.strip_prefix(coverdata).unwrap_or(&path).to_path_buf();
             let name = path.file_name().unwrap_or("");
             let theirs =
@@ -282,8 +274,7 @@ fn write_archive(base: &Utf8Path, files: &[(Utf8PathBuf, u64)], dest: &Utf8Path)
 /// The archives in `dir`, oldest first. Names start with a timestamp, so their order is the
 /// time order; comparing the time parts puts `<stamp>` before `<stamp>-2`.
 pub fn archives(dir: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
-    let mut list = entries(dir)?;
-    list.retain(|a| a.file_name().is_some_and(|n| n.ends_with(".tar.gz") && !n.starts_with('.')));
+    let mut list = entries(dir, |n| n.ends_with(".tar.gz") && !n.starts_with('.'))?;
     list.sort_by(|a, b| time_and_outcome(a).cmp(&time_and_outcome(b)));
     Ok(list)
 }
