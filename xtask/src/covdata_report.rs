@@ -91,11 +91,8 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> Result<()> {
         Some((_, combined)) => (combined, "combined (unit + E2E)", "combined.out"),
         None => (count(&blocks), "E2E", "e2e.out"),
     };
-    ui::append_step_summary(&markdown_summary(
-        &coverage,
-        with_unit.map(|(unit, combined)| (unit.percent(), combined.percent())),
-        flags.min.map(|m| (m, gated.percent())),
-    ))?;
+    let unit_percents = with_unit.map(|(unit, combined)| (unit.percent(), combined.percent()));
+    ui::append_step_summary(&markdown_summary(&coverage, unit_percents, flags.min))?;
     let Some(min) = flags.min else { return Ok(()) };
     let (measured, required) = distinct_percents(gated.percent(), min);
     let of = format!("{} of {} statements", gated.covered, gated.total);
@@ -414,12 +411,9 @@ fn side_by_side(columns: [Stmts; 3]) -> String {
     )
 }
 
-/// The Markdown appended to `GITHUB_STEP_SUMMARY`. `gate` is (required, measured).
-pub fn markdown_summary(
-    e2e: &Coverage,
-    with_unit: Option<(f64, f64)>,
-    gate: Option<(f64, f64)>,
-) -> String {
+/// The Markdown appended to `GITHUB_STEP_SUMMARY`; `--min` gates the combined total when there
+/// is one.
+pub fn markdown_summary(e2e: &Coverage, with_unit: Option<(f64, f64)>, min: Option<f64>) -> String {
     let mut out = String::from("### Coverage\n\n| service | coverage |\n| --- | ---: |\n");
     for (name, pct) in &e2e.services {
         out.push_str(&format!("| {name} | {pct:.1}% |\n"));
@@ -429,7 +423,8 @@ pub fn markdown_summary(
         out.push_str("| | unit | e2e | combined |\n| --- | ---: | ---: | ---: |\n");
         out.push_str(&format!("| total | {unit:.1}% | {:.1}% | {combined:.1}% |\n\n", e2e.total));
     }
-    if let Some((min, measured)) = gate {
+    if let Some(min) = min {
+        let measured = with_unit.map_or(e2e.total, |(_, combined)| combined);
         let verdict = if measured < min { "not met" } else { "met" };
         out.push_str(&format!("Required: {min:.1}%, measured {measured:.1}%: {verdict}.\n\n"));
     }
@@ -736,7 +731,7 @@ mod tests {
             profile: "target/coverage/e2e.out".into(),
         };
         // The services' table is snapshot in e2e_gateway/summary.rs; here what the report adds.
-        let md = markdown_summary(&cov, Some((25.0, 63.6)), Some((65.0, 63.6)));
+        let md = markdown_summary(&cov, Some((25.0, 63.6)), Some(65.0));
         assert!(md.contains("| datastorage | 70.0% |\n| **all services (merged)** | **60.0%** |"));
         expect_test::expect![[r#"
             | | unit | e2e | combined |
@@ -748,5 +743,7 @@ mod tests {
         "#]]
         .assert_eq(&md[md.find("| | unit").unwrap()..]);
         assert!(!markdown_summary(&cov, None, None).contains("unit"));
+        let e2e_gate = markdown_summary(&cov, None, Some(60.0));
+        assert!(e2e_gate.ends_with("Required: 60.0%, measured 60.0%: met.\n\n"), "{e2e_gate}");
     }
 }
