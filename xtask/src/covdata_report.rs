@@ -386,25 +386,22 @@ fn overlapping_files(blocks: &Blocks) -> Vec<String> {
 fn table(rows: &[(String, String, Stmts)]) -> String {
     let service_width = rows.iter().map(|r| r.0.len()).fold("service".len(), usize::max);
     let package_width = rows.iter().map(|r| r.1.len()).fold("package".len(), usize::max);
-    let mut out = format!(
-        "{:service_width$}  {:package_width$}  {:>8}  statements\n",
-        "service", "package", "coverage"
-    );
-    for (service, package, stmts) in rows {
-        let (pct, covered, total) = (stmts.percent(), stmts.covered, stmts.total);
-        out.push_str(&format!(
-            "{service:service_width$}  {package:package_width$}  {pct:>7.1}%  {covered} of {total}\n"
-        ));
-    }
-    out
+    let line = |service: &str, package: &str, [coverage, statements]: [String; 2]| {
+        format!("{service:service_width$}  {package:package_width$}  {coverage:>8}  {statements}\n")
+    };
+    let header = line("service", "package", ["coverage".into(), "statements".into()]);
+    rows.iter()
+        .fold(header, |out, (service, package, stmts)| out + &line(service, package, cells(*stmts)))
+}
+
+/// A `Stmts` as the tables show it: the percentage, and covered of total.
+fn cells(stmts: Stmts) -> [String; 2] {
+    [format!("{:.1}%", stmts.percent()), format!("{} of {}", stmts.covered, stmts.total)]
 }
 
 fn side_by_side(columns: [Stmts; 3]) -> String {
-    let percents: String = columns.iter().map(|s| format!("  {:>9.1}%", s.percent())).collect();
-    let counts: String = columns
-        .iter()
-        .map(|s| format!("  {:>10}", format!("{} of {}", s.covered, s.total)))
-        .collect();
+    let percents: String = columns.iter().map(|s| format!("  {:>10}", cells(*s)[0])).collect();
+    let counts: String = columns.iter().map(|s| format!("  {:>10}", cells(*s)[1])).collect();
     format!(
         "{:10}  {:>10}  {:>10}  {:>10}\n{:10}{percents}\n{:10}{counts}\n",
         "", "unit", "e2e", "combined", "total", "statements"

@@ -173,23 +173,18 @@ fn archive_previous(root: &Utf8Path) -> Result<Vec<String>> {
             "archiving the previous coverage data into {archive} (nothing was deleted)"
         )));
     }
-    fs::rename(&partial, &archive).map_err(|err| {
-        let step = format!("renaming {partial} to {archive} (nothing was deleted)");
-        io_error(step, err, &archive_dir)
-    })?;
+    let step = format!("renaming {partial} to {archive} (nothing was deleted)");
+    fs::rename(&partial, &archive).map_err(|err| io_error(step, err, &archive_dir))?;
+    let kept = format!("the newest {KEEP_PASSED} passed and {KEEP_OTHERS} other runs are kept");
     for old in prune(&archives(&archive_dir)?) {
-        fs::remove_file(old).map_err(|err| {
-            let kept =
-                format!("the newest {KEEP_PASSED} passed and {KEEP_OTHERS} other runs are kept");
-            io_error(format!("removing the old archive {old} ({kept})"), err, &archive_dir)
-        })?;
+        let step = format!("removing the old archive {old} ({kept})");
+        fs::remove_file(old).map_err(|err| io_error(step, err, &archive_dir))?;
     }
     for (rel, _) in &files {
         let path = coverdata.join(rel);
         let dir = path.parent().unwrap_or(&coverdata);
-        fs::remove_file(&path).map_err(|err| {
-            io_error(format!("removing {path} after archiving it into {archive}"), err, dir)
-        })?;
+        let step = format!("removing {path} after archiving it into {archive}");
+        fs::remove_file(&path).map_err(|err| io_error(step, err, dir))?;
         // A service directory emptied by the removal goes too (prepare makes it anew).
         let _ = fs::remove_dir(dir);
     }
