@@ -8,7 +8,7 @@ use std::{
     fs,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
@@ -96,12 +96,11 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> Result<()> {
     let Some(min) = flags.min else { return Ok(()) };
     let (measured, required) = distinct_percents(gated.percent(), min);
     let of = format!("{} of {} statements", gated.covered, gated.total);
-    if gated.percent() < min {
-        bail!(
-            "{gated_name} coverage {measured}% ({of}) is below the required {required}% (--min): \
-             test the uncovered code (see target/coverage/{gated_profile}) or lower --min"
-        );
-    }
+    ensure!(
+        gated.percent() >= min,
+        "{gated_name} coverage {measured}% ({of}) is below the required {required}% (--min): \
+         test the uncovered code (see target/coverage/{gated_profile}) or lower --min"
+    );
     println!("{gated_name} coverage {measured}% ({of}) meets the required {required}%");
     Ok(())
 }
@@ -147,15 +146,14 @@ fn report_e2e(
         go_output("go tool covdata textfmt", &shown, textfmt)?;
         let blocks = read_profile(root, &module, profile, "go tool covdata textfmt")?;
         let mixed = overlapping_files(&blocks);
-        if !mixed.is_empty() {
-            bail!(
-                "{shown}: the data comes from more than one build of changed source ({} {} blocks that do not match): \
-                 the numbers would be wrong; start clean with `rm -rf {shown}` or a fresh `{PRODUCER}` \
-                 (which archives the old data first)",
-                mixed.join(", "),
-                if mixed.len() == 1 { "has" } else { "have" },
-            );
-        }
+        ensure!(
+            mixed.is_empty(),
+            "{shown}: the data comes from more than one build of changed source ({} {} blocks that do not match): \
+             the numbers would be wrong; start clean with `rm -rf {shown}` or a fresh `{PRODUCER}` \
+             (which archives the old data first)",
+            mixed.join(", "),
+            if mixed.len() == 1 { "has" } else { "have" },
+        );
         Ok(blocks)
     };
     let (mut rows, mut services) = (Vec::new(), Vec::new());
@@ -288,12 +286,8 @@ fn go_output(what: &str, subject: &str, cmd: xshell::Cmd<'_>) -> Result<()> {
     let output = step(cmd).output()?;
     // covdata prefixes its messages with "error: " twice; main adds one of its own.
     let message = output.stderr.trim().trim_start_matches("error: ");
-    if !output.success() {
-        bail!(
-            "{what} failed for {subject}: {message}\n{}",
-            explain_go_error(&output.stderr, subject)
-        );
-    }
+    let explained = explain_go_error(&output.stderr, subject);
+    ensure!(output.success(), "{what} failed for {subject}: {message}\n{explained}");
     Ok(())
 }
 
@@ -323,8 +317,7 @@ fn explain_go_error(stderr: &str, subject: &str) -> String {
 /// Parses a text profile: `file.go:8.12,10.3 1 0` lines after the `mode:` line.
 fn parse_profile(profile: &str) -> Blocks {
     let mut blocks = Blocks::new();
-    for line in profile.lines() {
-        let Some((file, rest)) = line.rsplit_once(':') else { continue };
+    for (file, rest) in profile.lines().filter_map(|line| line.rsplit_once(':')) {
         let numbers: Result<Vec<u32>, _> = rest.split(['.', ',', ' ']).map(str::parse).collect();
         if let Ok([l0, c0, l1, c1, n, count]) = numbers.as_deref() {
             *blocks.entry((file.to_string(), (*l0, *c0), (*l1, *c1), *n)).or_default() |=
@@ -444,13 +437,12 @@ fn with_unit(sh: &Shell, root: &Utf8Path, e2e: &Blocks) -> Result<(Stmts, Stmts)
     let unit = read_profile(root, &project::go_module(root)?, &profile, "go test")?;
     let (columns, blocks) = same_statements(e2e, &unit);
     let mixed = overlapping_files(&blocks);
-    if !mixed.is_empty() {
-        bail!(
-            "the E2E data and the unit tests ran different versions of {}: the combined numbers would be wrong; \
-             produce fresh E2E data with `{PRODUCER}`",
-            mixed.join(", ")
-        );
-    }
+    ensure!(
+        mixed.is_empty(),
+        "the E2E data and the unit tests ran different versions of {}: the combined numbers would be wrong; \
+         produce fresh E2E data with `{PRODUCER}`",
+        mixed.join(", ")
+    );
     let profile = root.join("target/coverage/combined.out");
     let mut text = String::from("mode: set\n");
     for ((file, (l0, c0), (l1, c1), n), ran) in &blocks {
@@ -483,15 +475,12 @@ fn same_statements(e2e: &Blocks, unit: &Blocks) -> ([Stmts; 3], Blocks) {
 /// service directories.
 fn dirs_from_archive(sh: &Shell, root: &Utf8Path, archive: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
     let archives = display(root, &project::coverdata_dir(root).join("archive"));
-    if archive.is_dir() {
-        bail!(
-            "{archive} is a directory: --from-archive takes an archive (a .tar.gz written by \
-             `{PRODUCER}`, in {archives}); read a directory of coverage data with `-i {archive}`"
-        );
-    }
-    if !archive.is_file() {
-        bail!("archive {archive} not found: the archived runs are in {archives}");
-    }
+    ensure!(
+        !archive.is_dir(),
+        "{archive} is a directory: --from-archive takes an archive (a .tar.gz written by \
+         `{PRODUCER}`, in {archives}); read a directory of coverage data with `-i {archive}`"
+    );
+    ensure!(archive.is_file(), "archive {archive} not found: the archived runs are in {archives}");
     let name =
         archive.file_name().unwrap_or("archive").trim_end_matches(".gz").trim_end_matches(".tar");
     let dest = root.join("target/coverage/from-archive").join(name);
