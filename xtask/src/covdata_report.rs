@@ -382,9 +382,9 @@ fn table(rows: &[(String, String, Stmts)]) -> String {
     let line = |service: &str, package: &str, [coverage, statements]: [String; 2]| {
         format!("{service:service_width$}  {package:package_width$}  {coverage:>8}  {statements}\n")
     };
-    let header = line("service", "package", ["coverage".into(), "statements".into()]);
-    rows.iter()
-        .fold(header, |out, (service, package, stmts)| out + &line(service, package, cells(*stmts)))
+    let body: String =
+        rows.iter().map(|(svc, package, stmts)| line(svc, package, cells(*stmts))).collect();
+    line("service", "package", ["coverage".into(), "statements".into()]) + &body
 }
 
 /// A `Stmts` as the tables show it: the percentage, and covered of total.

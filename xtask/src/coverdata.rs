@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, fs, io, time::SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::project::{self, Service};
@@ -249,19 +249,15 @@ fn write_archive(base: &Utf8Path, files: &[(Utf8PathBuf, u64)], dest: &Utf8Path)
     write().map_err(|err| io_error(format!("writing {dest}"), err, dir))?;
     let reading = || format!("reading back {dest}");
     let file = fs::File::open(dest).with_context(reading)?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut found = BTreeMap::new();
-    for entry in
-        tar::Archive::new(flate2::read::GzDecoder::new(file)).entries().with_context(reading)?
-    {
+    for entry in archive.entries().with_context(reading)? {
         let entry = entry.with_context(reading)?;
         found.insert(entry.path().with_context(reading)?.into_owned(), entry.size());
     }
     for (rel, size) in files {
-        match found.get(rel.as_std_path()) {
-            Some(s) if s == size => {}
-            Some(s) => bail!("{dest} holds {rel} with {s} bytes instead of {size}"),
-            None => bail!("{dest} lacks {rel}"),
-        }
+        let s = found.get(rel.as_std_path()).with_context(|| format!("{dest} lacks {rel}"))?;
+        ensure!(s == size, "{dest} holds {rel} with {s} bytes instead of {size}");
     }
     Ok(())
 }
@@ -289,9 +285,9 @@ fn time_and_outcome(path: &Utf8Path) -> (&str, &str) {
 fn prune(sorted: &[Utf8PathBuf]) -> Vec<&Utf8PathBuf> {
     let (passed, others): (Vec<_>, Vec<_>) =
         sorted.iter().partition(|a| time_and_outcome(a).1 == "passed");
-    let old = |list: &[&Utf8PathBuf], keep: usize| list.len().saturating_sub(keep);
-    let (p, o) = (old(&passed, KEEP_PASSED), old(&others, KEEP_OTHERS));
-    passed[..p].iter().chain(&others[..o]).copied().collect()
+    let old_passed = passed.len().saturating_sub(KEEP_PASSED);
+    let old_others = others.len().saturating_sub(KEEP_OTHERS);
+    passed[..old_passed].iter().chain(&others[..old_others]).copied().collect()
 }
 
 /// Extracts a `.tar.gz` (what `archive_previous` writes) or a plain `.tar` into `dest`.
