@@ -3,7 +3,7 @@
 
 use std::{
     io::{IsTerminal, Write},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -22,34 +22,6 @@ pub fn bold(text: &str) -> String {
         format!("\x1b[1m{text}\x1b[0m")
     } else {
         text.to_string()
-    }
-}
-
-/// A numbered pipeline phase on the terminal: its banner when started and its duration when
-/// finished (a `::group::` in GitHub Actions).
-pub struct Banner {
-    name: &'static str,
-    started: Instant,
-}
-
-impl Banner {
-    pub fn start(number: usize, name: &'static str) -> Banner {
-        if github_actions() {
-            println!("::group::{number}. {name}");
-        }
-        println!("{}", bold(&format!("==> {number}. {name}")));
-        Banner { name, started: Instant::now() }
-    }
-
-    /// Ends the phase and returns how long it took.
-    pub fn finish(self, succeeded: bool) -> Duration {
-        let took = self.started.elapsed();
-        let outcome = if succeeded { "done in" } else { "failed after" };
-        println!("    {} {outcome} {}", self.name, seconds(took));
-        if github_actions() {
-            println!("::endgroup::");
-        }
-        took
     }
 }
 
