@@ -352,20 +352,13 @@ pub fn install_signal_handler() {
         let mut running = locked(&RUNNING).clone();
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             running.iter().for_each(|g| signal_group(*g, Signal::SIGKILL));
-            match leftover {
-                Some(command) => {
-                    eprintln!("teardown skipped: remove what is left with `{command}`")
-                }
-                None => eprintln!("stopped"),
-            }
+            let skipped =
+                |command| format!("teardown skipped: remove what is left with `{command}`");
+            eprintln!("{}", leftover.map_or("stopped".to_string(), skipped));
             std::process::exit(1);
         }
-        match leftover {
-            Some(_) => eprintln!(
-                "\ninterrupted: stopping and tearing down (press Ctrl-C again to skip teardown)"
-            ),
-            None => eprintln!("\ninterrupted: stopping"),
-        }
+        let teardown = " and tearing down (press Ctrl-C again to skip teardown)";
+        eprintln!("\ninterrupted: stopping{}", if leftover.is_some() { teardown } else { "" });
         // Only the commands running now: teardown commands started later must run.
         thread::spawn(move || {
             for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {

@@ -6,7 +6,10 @@ use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use crate::{cmd::step, project::Services};
+use crate::{
+    cmd::{last_line, step},
+    project::Services,
+};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TestReport {
@@ -23,13 +26,8 @@ pub struct TestReport {
 
 impl TestReport {
     pub fn line(&self) -> String {
-        let counts =
-            format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped);
-        if self.interrupted {
-            format!("{counts} before the interrupt")
-        } else {
-            counts
-        }
+        let suffix = if self.interrupted { " before the interrupt" } else { "" };
+        format!("{} passed, {} failed, {} skipped{suffix}", self.passed, self.failed, self.skipped)
     }
 }
 
@@ -66,12 +64,8 @@ pub fn run(
     let mut report = count_tests(&events);
     report.junit = junit.is_file().then_some(junit);
     let output = match result {
-        Ok(output) => output,
-        Err(err) if err.is_interrupt() => {
-            report.interrupted = true;
-            return Ok(report);
-        }
-        Err(err) => return Err(err.into()),
+        Err(err) if err.is_interrupt() => return Ok(TestReport { interrupted: true, ..report }),
+        result => result?,
     };
     if !output.success() && report.failed == 0 {
         let why = if output.stdout.contains("panic: test timed out") {
@@ -83,10 +77,8 @@ pub fn run(
         } else {
             "it reported no test result"
         };
-        let said = match output.stderr.lines().map(str::trim).rfind(|l| !l.is_empty()) {
-            Some(line) => format!(" (it said: {line})"),
-            None => String::new(),
-        };
+        let said =
+            last_line(&output.stderr).map(|l| format!(" (it said: {l})")).unwrap_or_default();
         bail!("the suite failed ({}): {why}{said}; see the output above and {log}", output.status);
     }
     Ok(report)
@@ -106,11 +98,8 @@ fn passthrough(extra: &[String]) -> (Vec<String>, Vec<String>) {
 fn count_tests(events: &str) -> TestReport {
     let results: Vec<(String, String)> = events
         .lines()
-        .filter_map(|line| {
-            let action = json_string(line, "Action")?;
-            let test = json_string(line, "Test")?;
-            matches!(action.as_str(), "pass" | "fail" | "skip").then_some((action, test))
-        })
+        .filter_map(|line| Some((json_string(line, "Action")?, json_string(line, "Test")?)))
+        .filter(|(action, _)| matches!(action.as_str(), "pass" | "fail" | "skip"))
         .collect();
     let mut report = TestReport::default();
     for (action, name) in &results {
@@ -120,13 +109,11 @@ fn count_tests(events: &str) -> TestReport {
         }
         match action.as_str() {
             "pass" => report.passed += 1,
-            "fail" => {
-                report.failed += 1;
-                report.failed_names.push(name.clone());
-            }
+            "fail" => report.failed_names.push(name.clone()),
             _ => report.skipped += 1,
         }
     }
+    report.failed = report.failed_names.len();
     report
 }
 
@@ -134,21 +121,20 @@ fn count_tests(events: &str) -> TestReport {
 /// escapes as encoding/json writes them).
 fn json_string(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let mut value = String::new();
-    let mut chars = line[start..].chars();
+    let (mut value, mut chars) = (String::new(), line[start..].chars());
     loop {
         match chars.next()? {
             '"' => return Some(value),
-            '\\' => match chars.next()? {
-                'n' => value.push('\n'),
-                't' => value.push('\t'),
-                'r' => value.push('\r'),
+            '\\' => value.push(match chars.next()? {
+                'n' => '\n',
+                't' => '\t',
+                'r' => '\r',
                 'u' => {
                     let hex: String = chars.by_ref().take(4).collect();
-                    value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                    char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
                 }
-                other => value.push(other),
-            },
+                other => other,
+            }),
             c => value.push(c),
         }
     }
