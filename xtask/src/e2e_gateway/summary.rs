@@ -105,13 +105,9 @@ impl Summary {
                 eprintln!("warning: {err:#}");
             }
             print!("{text}");
-            std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&last_run, &text)).map_err(
-                |err| {
-                    anyhow::anyhow!(
-                        "writing {last_run} failed: {err}; the summary above is complete"
-                    )
-                },
-            )
+            let written =
+                std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&last_run, &text));
+            written.with_context(|| format!("writing {last_run} (the summary above is complete)"))
         });
         if let Err(err) = written {
             eprintln!("warning: {err:#}");
