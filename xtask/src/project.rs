@@ -127,12 +127,9 @@ pub fn go_module(root: &Utf8Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!("reading {path}: run the xtask from a checkout of the repository")
     })?;
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("module "))
-        .map(|m| m.trim().trim_matches('"').to_string())
-        .with_context(|| {
-            format!("{path} has no `module` line: add one, e.g. `module example.com/svc`")
-        })
+    let module = text.lines().find_map(|l| l.trim().strip_prefix("module "));
+    let fix = || format!("{path} has no `module` line: add one, e.g. `module example.com/svc`");
+    Ok(module.with_context(fix)?.trim().trim_matches('"').to_string())
 }
 
 /// The first `name` on PATH, like `command -v`.
