@@ -181,10 +181,10 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> 
     if tests.interrupted {
         bail!("interrupted by a signal (Ctrl-C or SIGTERM)");
     }
-    if tests.failed > 0 {
+    if !tests.failed_names.is_empty() {
         bail!(
             "{} E2E test(s) failed ({}): see the output above and {}",
-            tests.failed,
+            tests.failed_names.len(),
             tests.failed_names.join(", "),
             logs_dir.join("go-test.log")
         );

@@ -14,7 +14,6 @@ use crate::{
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TestReport {
     pub passed: usize,
-    pub failed: usize,
     pub skipped: usize,
     /// The failed leaf tests, in the order they failed.
     pub failed_names: Vec<String>,
@@ -27,7 +26,8 @@ pub struct TestReport {
 impl TestReport {
     pub fn line(&self) -> String {
         let suffix = if self.interrupted { " before the interrupt" } else { "" };
-        format!("{} passed, {} failed, {} skipped{suffix}", self.passed, self.failed, self.skipped)
+        let (passed, failed, skipped) = (self.passed, self.failed_names.len(), self.skipped);
+        format!("{passed} passed, {failed} failed, {skipped} skipped{suffix}")
     }
 }
 
@@ -67,7 +67,7 @@ pub fn run(
         Err(err) if err.is_interrupt() => return Ok(TestReport { interrupted: true, ..report }),
         result => result?,
     };
-    if !output.success() && report.failed == 0 {
+    if !output.success() && report.failed_names.is_empty() {
         let why = if output.stdout.contains("panic: test timed out") {
             "the suite hit `go test`'s -timeout (10m by default): find the hanging test in the log, or pass `-- -timeout 30m`"
         } else if output.stdout.contains("[build failed]")
@@ -113,7 +113,6 @@ fn count_tests(events: &str) -> TestReport {
             _ => report.skipped += 1,
         }
     }
-    report.failed = report.failed_names.len();
     report
 }
 
@@ -161,7 +160,7 @@ mod tests {
         let report = count_tests(EVENTS);
         // TestA counts through its subtests; TestAx is not TestA's subtest; the package's own
         // result is no test.
-        assert_eq!((report.passed, report.failed, report.skipped), (2, 1, 1));
+        assert_eq!((report.passed, report.failed_names.len(), report.skipped), (2, 1, 1));
         assert_eq!(report.failed_names, ["TestA/bad"]);
         assert_eq!(report.line(), "2 passed, 1 failed, 1 skipped");
         let stopped = TestReport { interrupted: true, ..report };

@@ -1,7 +1,10 @@
 //! The phases of an E2E run, timed as they go, and the summary printed at the end (and kept in
 //! `target/xtask/last-run.txt`).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
@@ -53,7 +56,8 @@ impl Phase {
 pub struct Summary {
     pub id: String,
     pub backend: &'static str,
-    pub phases: Vec<(Phase, Duration)>,
+    /// In phase order: diagnostics may run after coverage failed.
+    pub phases: BTreeMap<Phase, Duration>,
     pub idle_gap: Option<Duration>,
     pub tests: Option<TestReport>,
     pub coverage: Option<Coverage>,
@@ -93,7 +97,7 @@ impl Summary {
         if ui::github_actions() {
             println!("::endgroup::");
         }
-        self.phases.push((phase, took));
+        self.phases.insert(phase, took);
         result
     }
 
@@ -114,13 +118,6 @@ impl Summary {
         }
     }
 
-    /// The phases that ran, in phase order (diagnostics may run after coverage failed).
-    fn timings(&self) -> Vec<(String, String)> {
-        let mut phases = self.phases.clone();
-        phases.sort_by_key(|(phase, _)| *phase);
-        phases.iter().map(|(phase, took)| (phase.title(), ui::seconds(*took))).collect()
-    }
-
     /// The result and, on failure, the failed command and the fix: the summary's last rows.
     fn outcome(&self) -> [(&str, Option<String>); 3] {
         let result = match &self.error {
@@ -132,7 +129,7 @@ impl Summary {
 
     pub fn render(&self) -> String {
         let mut rows = vec![("run".to_string(), format!("{} ({} backend)", self.id, self.backend))];
-        rows.extend(self.timings());
+        rows.extend(self.phases.iter().map(|(phase, took)| (phase.title(), ui::seconds(*took))));
         let mut row = |label: &str, value: String| rows.push((label.to_string(), value));
         if let Some(gap) = self.idle_gap {
             row("idle gap", format!("{} ms (cluster ready to first load)", gap.as_millis()));
@@ -169,8 +166,8 @@ impl Summary {
             "### e2e-gateway {verdict}\n\nRun `{}` on the {} backend.\n\n| phase | took |\n| --- | ---: |\n",
             self.id, self.backend
         );
-        for (phase, took) in self.timings() {
-            out += &format!("| {phase} | {took} |\n");
+        for (phase, took) in &self.phases {
+            out += &format!("| {} | {} |\n", phase.title(), ui::seconds(*took));
         }
         out.push('\n');
         if let Some(gap) = self.idle_gap {
@@ -228,16 +225,15 @@ mod tests {
         Summary {
             id: "2026-11-26T05-45-00Z".into(),
             backend: "kind",
-            phases: vec![
+            phases: BTreeMap::from([
                 (Phase::Preflight, Duration::from_millis(300)),
                 (Phase::Test, Duration::from_millis(1500)),
                 (Phase::Coverage, Duration::from_millis(2000)),
                 (Phase::Diagnostics, Duration::from_millis(100)),
-            ],
+            ]),
             idle_gap: Some(Duration::from_millis(40)),
             tests: Some(TestReport {
                 passed: 12,
-                failed: 1,
                 skipped: 0,
                 failed_names: vec!["TestDedup/same_fingerprint".into()],
                 interrupted: false,
