@@ -124,7 +124,7 @@ impl Summary {
             None => "passed (exit 0)".to_string(),
             Some(err) => format!("failed (exit 1): {}", err.lines().next().unwrap_or("")),
         };
-        [("result", Some(result)), ("cause", self.cause.clone()), ("fix", self.fix.clone())]
+        [("Result", Some(result)), ("Cause", self.cause.clone()), ("Fix", self.fix.clone())]
     }
 
     pub fn render(&self) -> String {
@@ -153,7 +153,7 @@ impl Summary {
             row("logs", logs.to_string());
         }
         for (label, value) in self.outcome() {
-            value.into_iter().for_each(|value| row(label, value));
+            value.into_iter().for_each(|value| row(&label.to_lowercase(), value));
         }
         rows.iter().map(|(label, value)| format!("  {label:<24} {value}\n")).collect()
     }
@@ -191,7 +191,6 @@ impl Summary {
         // The result only when it failed: the heading says a pass.
         for (label, value) in self.outcome().into_iter().filter(|_| self.error.is_some()) {
             if let Some(value) = value {
-                let label = label[..1].to_uppercase() + &label[1..];
                 out += &format!("{label}: {value}\n\n");
             }
         }
