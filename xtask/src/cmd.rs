@@ -109,11 +109,10 @@ impl fmt::Display for CmdError {
                 )?;
             }
             Failure::Exit(status) => write!(f, "`{command}` failed ({status})")?,
-            Failure::TimedOut(limit) => write!(
-                f,
-                "`{command}` did not finish within {} s and was stopped",
-                limit.as_secs()
-            )?,
+            Failure::TimedOut(limit) => {
+                let secs = limit.as_secs();
+                write!(f, "`{command}` did not finish within {secs} s and was stopped")?
+            }
             Failure::Interrupted => {
                 return write!(f, "interrupted by a signal (Ctrl-C or SIGTERM) during `{command}`")
             }

@@ -181,13 +181,10 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> 
     if tests.interrupted {
         bail!("interrupted by a signal (Ctrl-C or SIGTERM)");
     }
-    if !tests.failed_names.is_empty() {
-        bail!(
-            "{} E2E test(s) failed ({}): see the output above and {}",
-            tests.failed_names.len(),
-            tests.failed_names.join(", "),
-            logs_dir.join("go-test.log")
-        );
+    let failed = &tests.failed_names;
+    if !failed.is_empty() {
+        let (count, names, log) = (failed.len(), failed.join(", "), logs_dir.join("go-test.log"));
+        bail!("{count} E2E test(s) failed ({names}): see the output above and {log}");
     }
     if tests.passed == 0 {
         bail!("no E2E test ran: check the `go test` arguments after `--`");
@@ -220,15 +217,10 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
     };
     println!("    {what}");
     if !cluster.clear_leftover(sh, flags.reuse_cluster, flags.coverage)? {
-        for (service, check) in ports.map(|service| (service, doctor::check_port(service))) {
-            if !check.is_ok() {
-                bail!(
-                    "port {} ({}) is still in use after removing the earlier run: {}",
-                    service.host_port,
-                    service.name,
-                    check.hint()
-                );
-            }
+        let taken = ports.into_iter().map(|s| (s, doctor::check_port(s))).find(|(_, c)| !c.is_ok());
+        if let Some((service, check)) = taken {
+            let (port, name, hint) = (service.host_port, service.name, check.hint());
+            bail!("port {port} ({name}) is still in use after removing the earlier run: {hint}");
         }
     }
     Ok(lock)
@@ -271,10 +263,8 @@ fn wait_ready(service: Service) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    bail!(
-        "{name} did not become ready: http://127.0.0.1:{port}/readyz still answered `{last}` after {}s; its logs are in the diagnostics",
-        READY_TIMEOUT.as_secs()
-    )
+    let secs = READY_TIMEOUT.as_secs();
+    bail!("{name} did not become ready: http://127.0.0.1:{port}/readyz still answered `{last}` after {secs}s; its logs are in the diagnostics")
 }
 
 fn readyz_status(port: u16) -> std::io::Result<u16> {

@@ -173,10 +173,8 @@ impl Summary {
         if let Some(gap) = self.idle_gap {
             out += &format!("Idle gap (cluster ready to first load): {} ms\n\n", gap.as_millis());
         }
-        out += &format!(
-            "Tests: {}\n\n",
-            self.tests.as_ref().map_or("not run".into(), TestReport::line)
-        );
+        let tests = self.tests.as_ref().map_or("not run".into(), TestReport::line);
+        out += &format!("Tests: {tests}\n\n");
         if let Some(t) = self.tests.as_ref().filter(|t| !t.failed_names.is_empty()) {
             let failed: String =
                 t.failed_names.iter().map(|n| format!("- failed: `{n}`\n")).collect();
