@@ -29,23 +29,16 @@ pub fn path(name: &str) -> Utf8PathBuf {
 /// `coverage` the checkout's `coverdata/` too (its services write there whatever their cluster
 /// name); or says who holds what.
 pub fn acquire(name: &str, root: &Utf8Path, coverage: bool) -> anyhow::Result<Lock> {
-    let mut files = vec![take(
-        &path(name),
-        root,
-        &format!("another e2e-gateway run is using the cluster name {name}"),
-        "wait for it to finish, or run beside it with `--cluster-name <another name>` and free \
-         ports in GATEWAY_HOST_PORT and DATASTORAGE_HOST_PORT",
-    )?];
+    let what = format!("another e2e-gateway run is using the cluster name {name}");
+    let fix = "wait for it to finish, or run beside it with `--cluster-name <another name>` and free ports in GATEWAY_HOST_PORT and DATASTORAGE_HOST_PORT";
+    let mut files = vec![take(&path(name), root, &what, fix)?];
     if coverage {
         let checkout = &project::hex(&sha2::Sha256::digest(root.as_str()))[..12];
-        files.push(take(
-            &path(&format!("coverdata-{checkout}")),
-            root,
-            &format!(
-                "another `e2e-gateway --coverage` run of this checkout is writing {root}/coverdata"
-            ),
-            "wait for it to finish, or run this one without --coverage or from another clone",
-        )?);
+        let what = format!(
+            "another `e2e-gateway --coverage` run of this checkout is writing {root}/coverdata"
+        );
+        let fix = "wait for it to finish, or run this one without --coverage or from another clone";
+        files.push(take(&path(&format!("coverdata-{checkout}")), root, &what, fix)?);
     }
     Ok(files)
 }

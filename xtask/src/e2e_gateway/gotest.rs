@@ -45,10 +45,8 @@ pub fn run(
         (logs_dir.join("go-test.log"), logs_dir.join("go-test.json"), logs_dir.join("junit.xml"));
     let (args, ignored) = passthrough(extra);
     if !ignored.is_empty() {
-        println!(
-            "    ignoring {} after `--`: the xtask needs every test's result from `go test -json`",
-            ignored.join(" ")
-        );
+        let ignored = ignored.join(" ");
+        println!("    ignoring {ignored} after `--`: the xtask needs every test's result from `go test -json`");
     }
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     let test = cmd!(
