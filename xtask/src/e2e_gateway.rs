@@ -259,7 +259,7 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
                     "port {} ({}) is still in use after removing the earlier run: {}",
                     service.host_port,
                     service.name,
-                    check.hint()
+                    check.hint
                 );
             }
         }
