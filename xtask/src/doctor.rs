@@ -18,24 +18,22 @@ use crate::{
     ui,
 };
 
-/// What a task needs; each task checks only that. `Needs::default()` checks nothing.
+/// What a task needs beside Go, which every task needs (`go env GOVERSION`, version shown); each
+/// task checks only that.
+/// - `engine`: present and answering `<engine> info` (`None`: the task runs no container engine);
+/// - `covdata`: `go tool -n covdata` works;
+/// - `kind`: present, at least v0.27; `node_image`: the Kind node image a run will boot
+///   (`--node-image`), for kubectl's version skew; `kubectl`: present, version shown;
+/// - `ports`: services whose host ports must be free;
+/// - `disk`: free disk where `target/` lives above `DISK_FLOOR`.
 #[derive(Debug, Default)]
 pub struct Needs {
-    /// Present and answering `<engine> info`. `None`: the task runs no container engine.
     pub engine: Option<Engine>,
-    /// `go` present (`go env GOVERSION`), version shown.
-    pub go: bool,
-    /// `go tool -n covdata` works.
     pub covdata: bool,
-    /// `kind` present, at least v0.27.
     pub kind: bool,
-    /// `kubectl` present, version shown.
-    pub kubectl: bool,
-    /// The Kind node image a run will boot (`--node-image`), for kubectl's version skew.
     pub node_image: Option<String>,
-    /// Services whose host ports must be free.
+    pub kubectl: bool,
     pub ports: Vec<Service>,
-    /// Free disk where `target/` lives above `DISK_FLOOR`.
     pub disk: bool,
 }
 
@@ -99,30 +97,20 @@ pub fn run(sh: &Shell, target: &Target) -> Result<()> {
         notes.push(Check::warn("kind", "not found on PATH", hint));
     }
     let remove = cluster.remove_command();
+    let remove =
+        format!("remove it with `{remove}`, or let the next `cargo xtask e2e-gateway` replace it");
     notes.extend(match cluster.leftover(sh) {
         Ok(None) => Some(Check::ok("earlier run", "nothing left behind")),
-        Ok(Some(what)) => Some(Check::warn(
-            "earlier run",
-            what,
-            format!(
-                "remove it with `{remove}`, or let the next `cargo xtask e2e-gateway` replace it"
-            ),
-        )),
+        Ok(Some(what)) => Some(Check::warn("earlier run", what, remove)),
         // A tool that cannot start is reported by its own row; there is nothing to look for then.
         Err(err) if err.downcast_ref().is_some_and(missing) => None,
-        Err(err) => Some(Check::warn(
-            "earlier run",
-            format!("cannot look: {}", first_line(&err)),
-            "run the command above by hand to see why",
-        )),
+        Err(err) => {
+            let detail = format!("cannot look: {}", first_line(&err));
+            Some(Check::warn("earlier run", detail, "run the command above by hand to see why"))
+        }
     });
-    let mut needs = Needs {
-        go: true,
-        covdata: true,
-        ports: services.all().to_vec(),
-        disk: true,
-        ..Needs::default()
-    };
+    let ports = services.all().to_vec();
+    let mut needs = Needs { covdata: true, ports, disk: true, ..Needs::default() };
     cluster.needs(&mut needs);
     notes.extend(cluster.checks(sh));
     let mut checks = check(sh, &root, &needs, notes);
@@ -166,10 +154,7 @@ fn container_check(sh: &Shell, root: &Utf8Path, engine: Engine) -> Check {
 }
 
 fn first_line(err: &anyhow::Error) -> String {
-    match err.downcast_ref::<CmdError>() {
-        Some(cmd) => cmd.one_line(),
-        None => one_line(&format!("{err:#}")),
-    }
+    err.downcast_ref().map_or_else(|| one_line(&format!("{err:#}")), CmdError::one_line)
 }
 
 /// The checks a task runs before it starts anything. Prints one line when all pass
@@ -209,7 +194,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     let start =
         |wanted: bool, cmd: Cmd<'_>, limit| wanted.then(|| step(cmd).timeout(limit).spawn());
     let engine = start(needs.engine.is_some(), cmd!(sh, "{program} info --format {format}"), SHORT);
-    let go = start(needs.go, cmd!(sh, "go env GOVERSION"), SHORT);
+    let go = step(cmd!(sh, "go env GOVERSION")).timeout(SHORT).spawn();
     let covdata = start(needs.covdata, cmd!(sh, "go tool -n covdata"), GO_TOOL);
     let kind = start(needs.kind, cmd!(kind_sh, "kind version"), SHORT);
     let kubectl = start(needs.kubectl, cmd!(sh, "kubectl version --client"), SHORT);
@@ -224,9 +209,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
             Ok(None) => Check::ok(program, format!("{path}, answering")),
         });
     }
-    if let Some(out) = go.map(finish) {
-        checks.push(version_check("go", out, ("go env GOVERSION", "go", GO_INSTALL), |_| true));
-    }
+    checks.push(version_check("go", finish(go), ("go env GOVERSION", "go", GO_INSTALL), |_| true));
     if let Some(out) = covdata.map(finish) {
         let hint = format!("Go's coverage tool ships with Go >= 1.20: {GO_INSTALL}");
         checks.push(match out {
@@ -334,20 +317,18 @@ pub fn check_port(service: Service) -> Check {
     let owner = port_owner(port);
     // The bind also catches what /proc cannot show (another network namespace, another user).
     let bind = TcpListener::bind(("127.0.0.1", port)).map(drop);
-    let detail = match (owner, bind) {
+    let hint = format!("{free}: {PORT_PROBE_HINT}");
+    match (owner, bind) {
         (Some(Some((pid, comm))), _) => {
-            let stop = stop_holder(&comm, pid, port);
-            return Check::fail(
-                &name,
-                format!("in use by {comm} (pid {pid})"),
-                format!("{stop}, or {free}"),
-            );
+            let hint = format!("{}, or {free}", stop_holder(&comm, pid, port));
+            Check::fail(&name, format!("in use by {comm} (pid {pid})"), hint)
         }
-        (Some(None), _) => "in use by a process this user cannot see".to_string(),
-        (None, Err(err)) => format!("cannot bind 127.0.0.1:{port}: {err}"),
-        (None, Ok(())) => return Check::ok(&name, "free"),
-    };
-    Check::fail(&name, detail, format!("{free}: {PORT_PROBE_HINT}"))
+        (Some(None), _) => Check::fail(&name, "in use by a process this user cannot see", hint),
+        (None, Err(err)) => {
+            Check::fail(&name, format!("cannot bind 127.0.0.1:{port}: {err}"), hint)
+        }
+        (None, Ok(())) => Check::ok(&name, "free"),
+    }
 }
 
 /// How to stop what holds a port. A container's port is held by podman's helpers (conmon,

@@ -237,7 +237,6 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
     let leftover = cluster.leftover(sh).unwrap_or(None);
     let ports = run.settings.services.all().to_vec();
     let mut needs = doctor::Needs {
-        go: true,
         covdata: run.flags.coverage,
         // Held by the earlier run until it is cleared: checked below.
         ports: if leftover.is_some() { Vec::new() } else { ports.clone() },

@@ -300,23 +300,19 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
         None => (raw, Vec::new()),
     };
     let mut args = Args { rest: pico_args::Arguments::from_vec(ours), task: None };
+    let first = args.rest.subcommand().map_err(|e| args.pico(e))?;
     // `help TASK` is `TASK --help`.
-    let (name, help) = match args.rest.subcommand().map_err(|e| args.pico(e))? {
-        Some(word) if word == "help" => {
-            match args.rest.opt_free_from_str().map_err(|e| args.pico(e))? {
-                Some(topic) => (topic, true),
-                None => return Ok(Task::Help(HELP)),
+    let help = first.as_deref() == Some("help");
+    let name = if help { args.rest.opt_free_from_str().map_err(|e| args.pico(e))? } else { first };
+    let Some(name) = name else {
+        // No task: the overview, unless a flag came first.
+        let first = args.rest.clone().finish().into_iter().next();
+        return match first {
+            Some(word) if !help && !args.rest.contains(["-h", "--help"]) => {
+                Err(args.error(format!("expected a task before `{}`", word.to_string_lossy())))
             }
-        }
-        Some(word) => (word, false),
-        None if args.rest.contains(["-h", "--help"]) => return Ok(Task::Help(HELP)),
-        None => match args.rest.clone().finish().first() {
-            Some(word) => {
-                let word = word.to_string_lossy();
-                return Err(args.error(format!("expected a task before `{word}`")));
-            }
-            None => return Ok(Task::Help(HELP)),
-        },
+            _ => Ok(Task::Help(HELP)),
+        };
     };
     let Some((task, text)) = TASKS.into_iter().find(|(task, _)| *task == name) else {
         let names = TASKS.map(|(task, _)| task).join(", ");
@@ -393,18 +389,20 @@ struct Args {
     task: Option<&'static str>,
 }
 
+/// Reads a flag's value: `Err` says what is wrong with it (the caller adds the flag).
+type Parse<T> = fn(&str) -> Result<T, String>;
+
 impl Args {
     fn error(&self, message: String) -> UsageError {
         UsageError { message, task: self.task }
     }
 
     fn pico(&self, e: pico_args::Error) -> UsageError {
-        match e {
-            pico_args::Error::OptionWithoutAValue(key) => {
-                self.error(format!("`{key}` needs a value"))
-            }
-            other => self.error(other.to_string()),
-        }
+        let message = match e {
+            pico_args::Error::OptionWithoutAValue(key) => format!("`{key}` needs a value"),
+            other => other.to_string(),
+        };
+        self.error(message)
     }
 
     /// The next word no flag took; one that looks like a flag is an unknown flag.
@@ -426,54 +424,35 @@ impl Args {
         found
     }
 
-    /// `parse(value)` of `key`, or the usage error that names both.
-    fn parsed<T>(
-        &self,
-        key: &str,
-        value: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, UsageError> {
-        parse(value).map_err(|e| self.error(format!("`{key}`: {e}")))
-    }
-
     /// Every value of a repeatable `key` (`--key V` or `--key=V`).
-    fn values<T>(
-        &mut self,
-        key: &'static str,
-        parse: fn(&str) -> Result<T, String>,
-    ) -> Result<Vec<T>, UsageError> {
+    fn values<T>(&mut self, key: &'static str, parse: Parse<T>) -> Result<Vec<T>, UsageError> {
         let values: Vec<String> = self.rest.values_from_str(key).map_err(|e| self.pico(e))?;
-        values.iter().map(|v| self.parsed(key, v, parse)).collect()
+        let bad = |e| self.error(format!("`{key}`: {e}"));
+        values.iter().map(|v| parse(v).map_err(bad)).collect()
     }
 
     /// The value of `key`, if given; given twice is a mistake, not a choice.
-    fn value<T>(
-        &mut self,
-        key: &'static str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<Option<T>, UsageError> {
+    fn value<T>(&mut self, key: &'static str, parse: Parse<T>) -> Result<Option<T>, UsageError> {
         let values = self.values(key, |s| Ok(s.to_string()))?;
         if let [first, again, ..] = &values[..] {
-            return Err(self
-                .error(format!("`{key}` is given twice (`{first}` and `{again}`): give it once")));
+            let message = format!("`{key}` is given twice (`{first}` and `{again}`): give it once");
+            return Err(self.error(message));
         }
-        values.first().map(|v| self.parsed(key, v, parse)).transpose()
+        let bad = |e| self.error(format!("`{key}`: {e}"));
+        values.first().map(|v| parse(v).map_err(bad)).transpose()
     }
 
     /// `--registry`, else `E2E_REGISTRY`; `--registry-insecure` for plain HTTP.
     fn registry(&mut self) -> Result<Option<Registry>, UsageError> {
         let insecure = self.flag("--registry-insecure");
-        match self.value("--registry", |s| Ok(s.to_string()))?.or_else(|| env("E2E_REGISTRY")) {
-            Some(value) => {
-                self.parsed("--registry", &value, |v| Registry::parse(v, insecure)).map(Some)
-            }
-            None if insecure => {
-                let message =
-                    "`--registry-insecure` needs `--registry HOST[:PORT]` (or E2E_REGISTRY)";
-                Err(self.error(message.into()))
-            }
-            None => Ok(None),
+        let registry =
+            self.value("--registry", |s| Ok(s.to_string()))?.or_else(|| env("E2E_REGISTRY"));
+        if registry.is_none() && insecure {
+            let message = "`--registry-insecure` needs `--registry HOST[:PORT]` (or E2E_REGISTRY)";
+            return Err(self.error(message.into()));
         }
+        let bad = |e| self.error(format!("`--registry`: {e}"));
+        registry.map(|v| Registry::parse(&v, insecure).map_err(bad)).transpose()
     }
 
     fn target(&mut self) -> Result<Target, UsageError> {
@@ -481,15 +460,15 @@ impl Args {
             cluster: self.value("--cluster", |s| one_of(s, BACKENDS))?.unwrap_or_default(),
             cluster_name: self
                 .value("--cluster-name", cluster_name)?
-                .unwrap_or_else(|| "gateway-e2e".into()),
+                .unwrap_or("gateway-e2e".into()),
             engine: self.value("--engine", |s| one_of(s, ENGINES))?,
             node_image: self
-                .value("--node-image", |s| Ok(s.to_string()))?
+                .value("--node-image", |s| Ok(s.into()))?
                 .or_else(|| env("E2E_NODE_IMAGE")),
             registry: self.registry()?,
             access: ClusterAccess {
                 kubeconfig: self.value("--kubeconfig", |s| Ok(s.into()))?,
-                context: self.value("--context", |s| Ok(s.to_string()))?,
+                context: self.value("--context", |s| Ok(s.into()))?,
             },
         })
     }
@@ -511,31 +490,24 @@ fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
 }
 
 fn known_service(name: &str) -> Result<String, String> {
-    match crate::project::service(name) {
-        Some(service) => Ok(service.name.to_string()),
-        None => Err(format!(
-            "unknown service `{name}`: the services are {}",
-            crate::project::service_names()
-        )),
-    }
+    let names = crate::project::service_names();
+    let unknown = || format!("unknown service `{name}`: the services are {names}");
+    crate::project::service(name).map(|service| service.name.to_string()).ok_or_else(unknown)
 }
 
 /// Kind's own rule (`^[a-z0-9.-]+$`, at most 50 characters), starting with a letter or digit
 /// since the podman backend names pods and networks after it too.
 fn cluster_name(s: &str) -> Result<String, String> {
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
-    if s.is_empty()
-        || !s.chars().all(allowed)
-        || !s.starts_with(|c: char| c.is_ascii_alphanumeric())
-    {
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) || !s.chars().all(allowed) {
         return Err(format!(
             "expected lowercase letters, digits, `-` and `.`, starting with a letter or digit, got `{s}`"
         ));
     }
-    if s.len() > 50 {
-        return Err(format!("`{s}` has {} characters; kind allows at most 50", s.len()));
+    match s.len() {
+        ..=50 => Ok(s.to_string()),
+        n => Err(format!("`{s}` has {n} characters; kind allows at most 50")),
     }
-    Ok(s.to_string())
 }
 
 #[cfg(test)]
