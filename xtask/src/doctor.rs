@@ -172,12 +172,11 @@ pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) 
 }
 
 fn fail_on(checks: &[Check]) -> Result<()> {
-    let failed: Vec<&str> =
-        checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.name.as_str()).collect();
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.name.as_str());
+    let failed = failed.collect::<Vec<_>>().join(", ");
     anyhow::ensure!(
         failed.is_empty(),
-        "preflight failed ({}): apply the fix lines above, then rerun `cargo xtask doctor`",
-        failed.join(", ")
+        "preflight failed ({failed}): apply the fix lines above, then rerun `cargo xtask doctor`"
     );
     Ok(())
 }
@@ -238,15 +237,14 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     checks.extend(needs.ports.iter().map(|service| check_port(*service)));
     if let Some(out) = df.map(finish) {
         let run_df = format!("run `df -Pk {disk_dir}`");
+        let free = |bytes| format!("{} free at {disk_dir}", gib(bytes));
+        let prune = "free space there: `podman system prune`, `cargo clean`, or remove target/xtask/images/";
         checks.push(match out.map(|out| parse_df_available(&out)) {
-            Ok(Some(free)) if free >= DISK_FLOOR => {
-                Check::ok("disk", format!("{} free at {disk_dir}", gib(free)))
+            Ok(Some(bytes)) if bytes >= DISK_FLOOR => Check::ok("disk", free(bytes)),
+            Ok(Some(bytes)) => {
+                let detail = format!("{}, below the {} floor", free(bytes), gib(DISK_FLOOR));
+                Check::fail("disk", detail, prune)
             }
-            Ok(Some(free)) => Check::fail(
-                "disk",
-                format!("{} free at {disk_dir}, below the {} floor", gib(free), gib(DISK_FLOOR)),
-                "free space there: `podman system prune`, `cargo clean`, or remove target/xtask/images/",
-            ),
             Ok(None) => Check::warn("disk", "cannot read `df -Pk` output", run_df),
             Err(problem) => Check::warn("disk", problem, run_df),
         });

@@ -1,7 +1,7 @@
 //! Command-line parsing: one struct per task, all parsed here so every task receives typed flags
 //! and every usage mistake is reported the same way (one line, exit code 2).
 
-use std::{ffi::OsString, fmt};
+use std::ffi::OsString;
 
 use camino::Utf8PathBuf;
 
@@ -142,20 +142,9 @@ FLAGS:
     -h, --help                 print this help
 ";
 
-/// A command line we cannot act on: printed as one line, exit code 2.
-#[derive(Debug, PartialEq)]
-pub struct UsageError {
-    pub message: String,
-    /// The task whose `--help` to point at, if one was recognised.
-    pub task: Option<&'static str>,
-}
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let task = self.task.map(|task| format!("{task} ")).unwrap_or_default();
-        write!(f, "{} (see `cargo xtask {task}--help`)", self.message)
-    }
-}
+/// A command line we cannot act on, said in one line (exit code 2) that ends with the `--help`
+/// to read.
+type UsageError = String;
 
 #[derive(Debug, PartialEq)]
 pub enum Task {
@@ -323,8 +312,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
         return Ok(Task::Help(text));
     }
     if !passthrough.is_empty() && task != "e2e-gateway" {
-        let message = "`--` and the arguments after it are only accepted by e2e-gateway";
-        return Err(args.error(message.into()));
+        return Err(args.error("`--` and the arguments after it are only accepted by e2e-gateway"));
     }
     let parsed = match task {
         "build-images" => Task::BuildImages(BuildImages {
@@ -347,11 +335,12 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
             go_test_args: passthrough.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
         }),
         "covdata-report" => {
-            let inputs = args.rest.values_from_str(["-i", "--input"]).map_err(|e| args.pico(e))?;
+            let inputs: Vec<Utf8PathBuf> =
+                args.rest.values_from_str(["-i", "--input"]).map_err(|e| args.pico(e))?;
             let from_archive = args.value("--from-archive", |s| Ok(s.into()))?;
-            if from_archive.is_some() && !Vec::is_empty(&inputs) {
+            if from_archive.is_some() && !inputs.is_empty() {
                 let message = "`--from-archive` and `-i` name two different sources of data: give one of them";
-                return Err(args.error(message.into()));
+                return Err(args.error(message));
             }
             let percent = |s: &str| match s.parse::<f64>() {
                 Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
@@ -393,8 +382,9 @@ struct Args {
 type Parse<T> = fn(&str) -> Result<T, String>;
 
 impl Args {
-    fn error(&self, message: String) -> UsageError {
-        UsageError { message, task: self.task }
+    fn error(&self, message: impl std::fmt::Display) -> UsageError {
+        let task = self.task.map(|task| format!("{task} ")).unwrap_or_default();
+        format!("{message} (see `cargo xtask {task}--help`)")
     }
 
     fn pico(&self, e: pico_args::Error) -> UsageError {
@@ -417,10 +407,8 @@ impl Args {
 
     /// A flag without a value; saying it twice is saying it once.
     fn flag(&mut self, key: &'static str) -> bool {
-        let mut found = false;
-        while self.rest.contains(key) {
-            found = true;
-        }
+        let found = self.rest.contains(key);
+        while self.rest.contains(key) {}
         found
     }
 
@@ -449,7 +437,7 @@ impl Args {
             self.value("--registry", |s| Ok(s.to_string()))?.or_else(|| env("E2E_REGISTRY"));
         if registry.is_none() && insecure {
             let message = "`--registry-insecure` needs `--registry HOST[:PORT]` (or E2E_REGISTRY)";
-            return Err(self.error(message.into()));
+            return Err(self.error(message));
         }
         let bad = |e| self.error(format!("`--registry`: {e}"));
         registry.map(|v| Registry::parse(&v, insecure).map_err(bad)).transpose()
@@ -519,7 +507,7 @@ mod tests {
     }
 
     fn message(line: &str) -> String {
-        parse_str(line).unwrap_err().to_string()
+        parse_str(line).unwrap_err()
     }
 
     #[test]
