@@ -261,7 +261,7 @@ fn finish(probe: Running) -> Result<String, String> {
 
 /// The command could not start: its program is not on PATH.
 fn missing(err: &CmdError) -> bool {
-    matches!(err.failure, Failure::Start(_))
+    matches!(&err.failure, Failure::Start(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// The row of a tool whose version `command` printed `out`: the version in it (the first word
@@ -392,15 +392,10 @@ fn version_skew(kind_out: &str, kubectl_out: &str, node_image: Option<&str>) -> 
     if kubectl_minor.abs_diff(node_minor) <= 1 {
         return Some(Check::ok("kubectl skew", format!("{detail}: supported")));
     }
-    Some(Check::warn(
-        "kubectl skew",
-        format!("{detail} are further apart than kubectl's supported one minor version"),
-        format!(
-            "install kubectl v1.{}.x to v1.{}.x ({KUBECTL_INSTALL}), or boot a matching node with --node-image kindest/node:v1.{kubectl_minor}.<patch>",
-            node_minor - 1,
-            node_minor + 1
-        ),
-    ))
+    let (low, high) = (node_minor - 1, node_minor + 1);
+    let hint = format!("install kubectl v1.{low}.x to v1.{high}.x ({KUBECTL_INSTALL}), or boot a matching node with --node-image kindest/node:v1.{kubectl_minor}.<patch>");
+    let detail = format!("{detail} are further apart than kubectl's supported one minor version");
+    Some(Check::warn("kubectl skew", detail, hint))
 }
 
 /// The first word of `out` that is `prefix` and a digit onwards: `go1.26.8` (`go env GOVERSION`),
