@@ -398,9 +398,7 @@ impl Args {
     /// The next word no flag took; one that looks like a flag is an unknown flag.
     fn free(&mut self) -> Result<Option<String>, UsageError> {
         match self.rest.opt_free_from_str::<String>().map_err(|e| self.pico(e))? {
-            Some(word) if word.starts_with('-') => {
-                Err(self.error(format!("unknown flag `{word}`")))
-            }
+            Some(w) if w.starts_with('-') => Err(self.error(format!("unknown flag `{w}`"))),
             word => Ok(word),
         }
     }
@@ -444,15 +442,13 @@ impl Args {
     }
 
     fn target(&mut self) -> Result<Target, UsageError> {
+        let name = self.value("--cluster-name", cluster_name)?;
+        let node_image = self.value("--node-image", |s| Ok(s.into()))?;
         Ok(Target {
             cluster: self.value("--cluster", |s| one_of(s, BACKENDS))?.unwrap_or_default(),
-            cluster_name: self
-                .value("--cluster-name", cluster_name)?
-                .unwrap_or("gateway-e2e".into()),
+            cluster_name: name.unwrap_or("gateway-e2e".into()),
             engine: self.value("--engine", |s| one_of(s, ENGINES))?,
-            node_image: self
-                .value("--node-image", |s| Ok(s.into()))?
-                .or_else(|| env("E2E_NODE_IMAGE")),
+            node_image: node_image.or_else(|| env("E2E_NODE_IMAGE")),
             registry: self.registry()?,
             access: ClusterAccess {
                 kubeconfig: self.value("--kubeconfig", |s| Ok(s.into()))?,
