@@ -59,12 +59,7 @@ pub fn run(sh: &Shell, flags: &flags::BuildImages) -> anyhow::Result<()> {
     // No checks up front: the first engine call proves the engine answers, and a run with
     // nothing to build is one engine call. When a command fails, doctor's checks say why.
     if let Err(err) = build(sh, &root, &request) {
-        let needs = doctor::Needs {
-            engine: Some(engine),
-            go: true,
-            disk: true,
-            ..doctor::Needs::default()
-        };
+        let needs = doctor::Needs { engine: Some(engine), disk: true, ..doctor::Needs::default() };
         if doctor::preflight(sh, &root, &needs, Vec::new()).is_err() {
             eprintln!("build-images failed; the checks above say why");
         }

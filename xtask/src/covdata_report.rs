@@ -71,7 +71,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> anyhow::Result<()> {
     doctor::preflight(
         sh,
         &root,
-        &doctor::Needs { engine: None, go: true, covdata: true, ..doctor::Needs::default() },
+        &doctor::Needs { engine: None, covdata: true, ..doctor::Needs::default() },
         Vec::new(),
     )?;
     let dirs = if let Some(archive) = &flags.from_archive {

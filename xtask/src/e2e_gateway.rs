@@ -203,7 +203,6 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
     let leftover = cluster.leftover(sh).unwrap_or(None);
     let ports = settings.services.all();
     let mut needs = doctor::Needs {
-        go: true,
         covdata: flags.coverage,
         // Held by the earlier run until it is cleared: checked below.
         ports: if leftover.is_none() { ports.to_vec() } else { Vec::new() },
@@ -219,7 +218,7 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
     if !cluster.clear_leftover(sh, flags.reuse_cluster, flags.coverage)? {
         let taken = ports.into_iter().map(|s| (s, doctor::check_port(s))).find(|(_, c)| !c.is_ok());
         if let Some((service, check)) = taken {
-            let (port, name, hint) = (service.host_port, service.name, check.hint());
+            let (port, name, hint) = (service.host_port, service.name, &check.hint);
             bail!("port {port} ({name}) is still in use after removing the earlier run: {hint}");
         }
     }
