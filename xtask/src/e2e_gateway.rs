@@ -232,11 +232,11 @@ fn build(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<Vec<Ima
     if coverage {
         coverdata::prepare(&settings.root, &services)?;
     }
-    let request = build_images::Request {
-        services,
+    let request = flags::BuildImages {
+        services: Vec::new(), // none named: all of them
         coverage,
         build_mode: run.flags.build_mode,
-        engine: settings.engine,
+        engine: Some(settings.engine),
         no_cache: false,
         archive: cluster.needs_archives(),
         registry: settings.registry.clone(),
