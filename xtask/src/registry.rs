@@ -5,6 +5,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
+    num::NonZeroU16,
     time::Duration,
 };
 
@@ -34,13 +35,13 @@ impl Registry {
         let (host, prefix) = value.split_once('/').unwrap_or((value, ""));
         let prefix = prefix.trim_matches('/');
         let (name, port) = host.split_once(':').unwrap_or((host, ""));
-        let name_ok = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-        let port_ok = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p > 0);
+        let name_ok =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
+        let port_ok = port.is_empty() || port.parse::<NonZeroU16>().is_ok();
         let prefix_ok = prefix
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c));
-        if !name_ok || !port_ok || !prefix_ok {
+        if !(name_ok && port_ok && prefix_ok) {
             return Err(format!(
                 "`{value}` is not HOST[:PORT][/PREFIX] (a host name or address, a port from 1 to 65535, a lowercase path)"
             ));
@@ -50,11 +51,12 @@ impl Registry {
 
     /// `localhost/gateway:e2e-<hash>` in this registry: `HOST/PREFIX/gateway:e2e-<hash>`.
     pub fn reference(&self, local: &str) -> String {
-        let name = local.strip_prefix("localhost/").unwrap_or(local);
-        match self.prefix.as_str() {
-            "" => format!("{}/{name}", self.host),
-            prefix => format!("{}/{prefix}/{name}", self.host),
-        }
+        let name = local.trim_start_matches("localhost/");
+        [self.host.as_str(), &self.prefix, name]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     /// The host part of the name the manifests use, as a node sees it; loopback means this
@@ -64,31 +66,28 @@ impl Registry {
         name == "localhost" || name.starts_with("127.")
     }
 
-    /// `--tls-verify=false` for a plain-HTTP registry, nothing otherwise (podman's flag).
-    pub fn tls_args(&self) -> Vec<String> {
-        if self.insecure {
-            vec!["--tls-verify=false".to_string()]
-        } else {
-            Vec::new()
-        }
+    /// `--tls-verify=false` for a plain-HTTP registry (podman's flag).
+    pub fn tls_args(&self) -> Option<&'static str> {
+        self.insecure.then_some("--tls-verify=false")
     }
 
-    /// Whether the registry has `reference` already. A plain-HTTP registry is asked directly
+    /// Whether the registry has `local` already. A plain-HTTP registry is asked directly
     /// (podman 4.3's `manifest inspect` cannot skip TLS); others through the engine, with its
     /// credentials. Not knowing (no answer, no permission) is `false`: the push then says why.
-    pub fn has(&self, sh: &Shell, engine: Engine, reference: &str) -> bool {
+    pub fn has(&self, sh: &Shell, engine: Engine, local: &str) -> bool {
+        let reference = self.reference(local);
         if self.insecure {
-            return self.head_manifest(reference).unwrap_or(false);
+            return self.head_manifest(&reference).unwrap_or(false);
         }
         let program = engine.program();
         step(cmd!(sh, "{program} manifest inspect {reference}"))
             .timeout(Duration::from_secs(30))
-            .output()
-            .is_ok_and(|o| o.success())
+            .run()
+            .is_ok()
     }
 
     fn head_manifest(&self, reference: &str) -> std::io::Result<bool> {
-        let path = reference.strip_prefix(&format!("{}/", self.host)).unwrap_or(reference);
+        let path = &reference[self.host.len() + 1..];
         let (repository, tag) = path.rsplit_once(':').unwrap_or((path, "latest"));
         let mut stream = TcpStream::connect(&self.host)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -101,28 +100,22 @@ impl Registry {
         )?;
         let mut head = [0u8; 32];
         let n = stream.read(&mut head)?;
-        Ok(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200")
-            || String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.0 200"))
+        // `HTTP/1.1 200 OK`
+        Ok(String::from_utf8_lossy(&head[..n]).split(' ').nth(1) == Some("200"))
     }
 
-    /// Pushes the local image `local` as `remote`. A registry that refuses (authentication,
-    /// TLS, not reachable) fails with its own words and what to do.
-    pub fn push(
-        &self,
-        sh: &Shell,
-        engine: Engine,
-        local: &str,
-        remote: &str,
-    ) -> anyhow::Result<()> {
-        let program = engine.program();
+    /// Pushes the local image `local` under its name here, which it returns. A registry that
+    /// refuses (authentication, TLS, not reachable) fails with its own words and what to do.
+    pub fn push(&self, sh: &Shell, engine: Engine, local: &str) -> anyhow::Result<String> {
+        let (program, remote) = (engine.program(), self.reference(local));
         let hint = format!(
             "check that {} answers and takes pushes: log in with `{program} login {}`, \
              add --registry-insecure for a plain-HTTP registry, or check its certificate",
             self.host, self.host
         );
+        let tls = self.tls_args();
         let pushed = match engine {
             Engine::Podman => {
-                let tls = self.tls_args();
                 step(cmd!(sh, "podman push {tls...} {local} {remote}")).hint(hint).run()
             }
             // docker pushes a tag of its own name.
@@ -130,7 +123,8 @@ impl Registry {
                 .run()
                 .and_then(|_| step(cmd!(sh, "docker push {remote}")).hint(hint).run()),
         };
-        pushed.map(drop).with_context(|| format!("pushing {local} to {remote} failed"))
+        pushed.with_context(|| format!("pushing {local} to {remote} failed"))?;
+        Ok(remote)
     }
 }
 
@@ -153,7 +147,7 @@ mod tests {
             "registry.example.com/gateway:e2e-1"
         );
         assert!(!plain.is_loopback());
-        assert!(plain.tls_args().is_empty());
+        assert!(plain.tls_args().is_none());
         for bad in ["http://127.0.0.1:5000", "host:0", "host:x", "Host/UPPER", ":5000"] {
             assert!(Registry::parse(bad, false).is_err(), "{bad}");
         }
