@@ -117,6 +117,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image
 
     let mut images = Vec::new();
     for (p, info) in planned.into_iter().zip(found) {
+        let (name, reference) = (p.service.name, &p.reference);
         if let (true, Some(old)) = (p.build, &p.found) {
             // `--no-cache` moved the tag to a new image; the old one would linger untagged. Best
             // effort: an image still used by a container stays, and that is fine.
@@ -128,10 +129,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image
             Some(info) if p.build => ("built", format!("{:.1} MB", info.size as f64 / 1e6)),
             Some(info) => ("cached", format!("{:.1} MB", info.size as f64 / 1e6)),
             None if p.remote => ("remote", "-".to_string()),
-            None => bail!(
-                "inspecting {} for its size failed: {program} no longer has the image; rebuild it with `cargo xtask build-images --no-cache` (and run `cargo xtask doctor` if it does not answer)",
-                p.reference
-            ),
+            None => bail!("inspecting {reference} for its size failed: {program} no longer has the image; rebuild it with `cargo xtask build-images --no-cache` (and run `cargo xtask doctor` if it does not answer)"),
         };
         let archive = match info {
             Some(_) if req.archive => Some(save_archive(sh, root, engine, &p)?),
@@ -143,7 +141,6 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image
             None => (p.reference.clone(), ""),
         };
         let note = if note.is_empty() { String::new() } else { format!("  {note}: {used}") };
-        let (name, reference) = (p.service.name, &p.reference);
         let seconds = ui::seconds(took.get(name).copied().unwrap_or_default());
         println!("{name:<12} {reference:<40} {status:<6} {seconds:>6} {size:>9}{note}");
         images.push(Image { service: p.service, reference: used, archive });

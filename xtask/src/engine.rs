@@ -1,5 +1,6 @@
 //! The container engine (podman or docker): which one, and what it knows about an image.
 
+use anyhow::{bail, Result};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
@@ -29,7 +30,7 @@ pub fn inspect(
     sh: &Shell,
     engine: Engine,
     references: &[String],
-) -> anyhow::Result<Vec<Option<ImageInfo>>> {
+) -> Result<Vec<Option<ImageInfo>>> {
     let program = engine.program();
     let format = "{{.Id}} {{.Size}} {{range .RepoTags}}{{.}} {{end}}";
     // A missing image makes the whole call fail, but the others are still printed.
@@ -37,11 +38,8 @@ pub fn inspect(
         .hint("check that the engine answers: `cargo xtask doctor`")
         .output()?;
     if !output.success() && output.stdout.trim().is_empty() && !is_missing_image(&output.stderr) {
-        anyhow::bail!(
-            "`{program} image inspect` failed ({}): {}\ncheck that {program} answers: `cargo xtask doctor`",
-            output.status,
-            output.stderr.trim()
-        );
+        let (status, stderr) = (&output.status, output.stderr.trim());
+        bail!("`{program} image inspect` failed ({status}): {stderr}\ncheck that {program} answers: `cargo xtask doctor`");
     }
     let info = |reference: &String| {
         let line = output.stdout.lines().find(|line| {

@@ -24,6 +24,9 @@ pub struct Registry {
     pub insecure: bool,
 }
 
+/// The manifests a registry may hold for a tag: an image or an index, OCI or docker.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
 impl Registry {
     /// `HOST[:PORT][/PREFIX]`, as `--registry` and `E2E_REGISTRY` take it.
     pub fn parse(value: &str, insecure: bool) -> Result<Registry, String> {
@@ -35,28 +38,22 @@ impl Registry {
         let (host, prefix) = value.split_once('/').unwrap_or((value, ""));
         let prefix = prefix.trim_matches('/');
         let (name, port) = host.split_once(':').unwrap_or((host, ""));
-        let name_ok =
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
+        let only = |s: &str, more: &str| {
+            s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || more.contains(c))
+        };
         let port_ok = port.is_empty() || port.parse::<NonZeroU16>().is_ok();
-        let prefix_ok = prefix
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c));
-        if !(name_ok && port_ok && prefix_ok) {
-            return Err(format!(
-                "`{value}` is not HOST[:PORT][/PREFIX] (a host name or address, a port from 1 to 65535, a lowercase path)"
-            ));
+        let host_ok = !name.is_empty() && only(&name.to_ascii_lowercase(), ".-") && port_ok;
+        if !host_ok || !only(prefix, "._-/") {
+            return Err(format!("`{value}` is not HOST[:PORT][/PREFIX] (a host name or address, a port from 1 to 65535, a lowercase path)"));
         }
         Ok(Registry { host: host.to_string(), prefix: prefix.to_string(), insecure })
     }
 
     /// `localhost/gateway:e2e-<hash>` in this registry: `HOST/PREFIX/gateway:e2e-<hash>`.
     pub fn reference(&self, local: &str) -> String {
-        let name = local.trim_start_matches("localhost/");
-        [self.host.as_str(), &self.prefix, name]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join("/")
+        let prefix =
+            if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        format!("{}/{prefix}{}", self.host, local.trim_start_matches("localhost/"))
     }
 
     /// The host part of the name the manifests use, as a node sees it; loopback means this
@@ -91,28 +88,19 @@ impl Registry {
         let (repository, tag) = path.rsplit_once(':').unwrap_or((path, "latest"));
         let mut stream = TcpStream::connect(&self.host)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "HEAD /v2/{repository}/manifests/{tag} HTTP/1.0\r\nHost: {}\r\n\
-             Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, \
-             application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json\r\n\r\n",
-            self.host
-        )?;
-        let mut head = [0u8; 32];
-        let n = stream.read(&mut head)?;
-        // `HTTP/1.1 200 OK`
-        Ok(String::from_utf8_lossy(&head[..n]).split(' ').nth(1) == Some("200"))
+        let host = &self.host;
+        write!(stream, "HEAD /v2/{repository}/manifests/{tag} HTTP/1.0\r\nHost: {host}\r\nAccept: {MANIFEST_TYPES}\r\n\r\n")?;
+        let mut status = String::new();
+        stream.take(12).read_to_string(&mut status)?;
+        // `HTTP/1.1 200`
+        Ok(status.split(' ').nth(1) == Some("200"))
     }
 
     /// Pushes the local image `local` under its name here, which it returns. A registry that
     /// refuses (authentication, TLS, not reachable) fails with its own words and what to do.
     pub fn push(&self, sh: &Shell, engine: Engine, local: &str) -> anyhow::Result<String> {
-        let (program, remote) = (engine.program(), self.reference(local));
-        let hint = format!(
-            "check that {} answers and takes pushes: log in with `{program} login {}`, \
-             add --registry-insecure for a plain-HTTP registry, or check its certificate",
-            self.host, self.host
-        );
+        let (program, remote, host) = (engine.program(), self.reference(local), &self.host);
+        let hint = format!("check that {host} answers and takes pushes: log in with `{program} login {host}`, add --registry-insecure for a plain-HTTP registry, or check its certificate");
         let tls = self.tls_args();
         let pushed = match engine {
             Engine::Podman => {
