@@ -6,7 +6,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
@@ -65,9 +65,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image
             println!("{finding}");
         }
         let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
-        if errors > 0 {
-            bail!("lint-dockerfiles found {errors} error(s) above: fix them before a container build (see `cargo xtask lint-dockerfiles`)");
-        }
+        ensure!(errors == 0, "lint-dockerfiles found {errors} error(s) above: fix them before a container build (see `cargo xtask lint-dockerfiles`)");
     }
     let mut planned = plan(sh, root, req, engine)?;
 
@@ -178,9 +176,7 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Resul
             BuildMode::Host => root.join("docker/runtime.Dockerfile"),
             BuildMode::Container => root.join(format!("docker/{name}-ubi9.Dockerfile")),
         };
-        if !dockerfile.exists() {
-            bail!("missing Dockerfile for {name}: {dockerfile} does not exist; restore it from version control");
-        }
+        ensure!(dockerfile.exists(), "missing Dockerfile for {name}: {dockerfile} does not exist; restore it from version control");
         let mut files =
             source_files(&go.packages, &format!("{module}/cmd/{name}")).with_context(|| {
                 format!("finding the Go sources of {name}: is ./cmd/{name} a main package?")

@@ -1,6 +1,6 @@
 //! The container engine (podman or docker): which one, and what it knows about an image.
 
-use anyhow::{bail, Result};
+use anyhow::{ensure, Result};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
@@ -37,10 +37,9 @@ pub fn inspect(
     let output = step(cmd!(sh, "{program} image inspect --format {format} {references...}"))
         .hint("check that the engine answers: `cargo xtask doctor`")
         .output()?;
-    if !output.success() && output.stdout.trim().is_empty() && !is_missing_image(&output.stderr) {
-        let (status, stderr) = (&output.status, output.stderr.trim());
-        bail!("`{program} image inspect` failed ({status}): {stderr}\ncheck that {program} answers: `cargo xtask doctor`");
-    }
+    let (status, stderr) = (&output.status, output.stderr.trim());
+    let answered = output.success() || !output.stdout.trim().is_empty() || is_missing_image(stderr);
+    ensure!(answered, "`{program} image inspect` failed ({status}): {stderr}\ncheck that {program} answers: `cargo xtask doctor`");
     let info = |reference: &String| {
         let line = output.stdout.lines().find(|line| {
             line.split_whitespace().skip(2).any(|tag| same_reference(tag, reference))
