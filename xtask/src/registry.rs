@@ -72,15 +72,12 @@ impl Registry {
     /// (podman 4.3's `manifest inspect` cannot skip TLS); others through the engine, with its
     /// credentials. Not knowing (no answer, no permission) is `false`: the push then says why.
     pub fn has(&self, sh: &Shell, engine: Engine, local: &str) -> bool {
-        let reference = self.reference(local);
+        let (program, reference) = (engine.program(), self.reference(local));
         if self.insecure {
             return self.head_manifest(&reference).unwrap_or(false);
         }
-        let program = engine.program();
-        step(cmd!(sh, "{program} manifest inspect {reference}"))
-            .timeout(Duration::from_secs(30))
-            .run()
-            .is_ok()
+        let inspect = step(cmd!(sh, "{program} manifest inspect {reference}"));
+        inspect.timeout(Duration::from_secs(30)).run().is_ok()
     }
 
     fn head_manifest(&self, reference: &str) -> std::io::Result<bool> {
