@@ -311,19 +311,14 @@ fn source_files(packages: &Packages, main: &str) -> Result<BTreeSet<Utf8PathBuf>
 /// empty), else from the Dockerfile's `ARG NAME=default` lines. Passed to the build as well, so
 /// the image built from is the one hashed.
 fn base_images(dockerfile: &str, env: impl Fn(&str) -> Option<String>) -> Vec<(&str, String)> {
-    ["BUILDER_IMAGE", "BASE_IMAGE"]
-        .into_iter()
-        .filter_map(|name| {
-            let from_env = env(name).filter(|v| !v.is_empty());
-            let image = from_env.or_else(|| {
-                dockerfile.lines().find_map(|line| {
-                    let line = line.trim().strip_prefix("ARG ")?.trim().strip_prefix(name)?;
-                    Some(line.strip_prefix('=')?.trim().trim_matches('"').to_string())
-                })
-            });
-            image.map(|image| (name, image))
+    let default = |name: &str| {
+        dockerfile.lines().find_map(|line| {
+            let line = line.trim().strip_prefix("ARG ")?.trim().strip_prefix(name)?;
+            Some(line.strip_prefix('=')?.trim().trim_matches('"').to_string())
         })
-        .collect()
+    };
+    let image = |name| env(name).filter(|v: &String| !v.is_empty()).or_else(|| default(name));
+    ["BUILDER_IMAGE", "BASE_IMAGE"].into_iter().filter_map(|n| Some((n, image(n)?))).collect()
 }
 
 /// The engine's ID of a base image, pulled first when it is not local: hashed as missing, the
@@ -341,12 +336,10 @@ fn base_image_id(sh: &Shell, engine: Engine, arg: &str, reference: &str) -> Resu
     }
     let program = engine.program();
     println!("pulling base image {reference} ({arg}): it is not in {program}'s store");
-    step(cmd!(sh, "{program} pull {reference}"))
-        .hint(format!(
-            "where no registry is reachable, set {arg} to a local image (`{program} images` lists them)"
-        ))
-        .run()
-        .with_context(|| format!("pulling base image {reference} ({arg}) failed: it is not local"))?;
+    let hint = format!("where no registry is reachable, set {arg} to a local image (`{program} images` lists them)");
+    step(cmd!(sh, "{program} pull {reference}")).hint(hint).run().with_context(|| {
+        format!("pulling base image {reference} ({arg}) failed: it is not local")
+    })?;
     image_id()?.with_context(|| {
         format!("{reference} was pulled but `{program} image inspect {reference}` does not find it; run `cargo xtask doctor`")
     })
