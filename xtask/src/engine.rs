@@ -21,17 +21,13 @@ pub struct ImageInfo {
     pub size: u64,
 }
 
-/// `<engine> image inspect` of each reference (at least one), in one call; `None` for those the
+/// `<engine> image inspect` of each image reference (at least one), in one call; `None` for those the
 /// store does not have.
-pub fn inspect(
-    sh: &Shell,
-    engine: Engine,
-    references: &[String],
-) -> Result<Vec<Option<ImageInfo>>> {
+pub fn inspect(sh: &Shell, engine: Engine, images: &[String]) -> Result<Vec<Option<ImageInfo>>> {
     let program = engine.program();
     let format = "{{.Id}} {{.Size}} {{range .RepoTags}}{{.}} {{end}}";
     // A missing image makes the whole call fail, but the others are still printed.
-    let output = step(cmd!(sh, "{program} image inspect --format {format} {references...}"))
+    let output = step(cmd!(sh, "{program} image inspect --format {format} {images...}"))
         .hint("check that the engine answers: `cargo xtask doctor`")
         .output()?;
     let (status, stderr) = (&output.status, output.stderr.trim());
@@ -44,7 +40,7 @@ pub fn inspect(
         let mut words = line.split_whitespace();
         Some(ImageInfo { id: words.next()?.to_string(), size: words.next()?.parse().ok()? })
     };
-    Ok(references.iter().map(info).collect())
+    Ok(images.iter().map(info).collect())
 }
 
 /// Podman lists `localhost/x:1` as such; docker may list the short `x:1` for a local image.
