@@ -9,14 +9,15 @@
 
 use std::{
     fmt,
+    fs::File,
     io::{BufRead, BufReader, Read, Write},
     os::unix::process::CommandExt,
-    process::{Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc, Mutex,
+        mpsc, Mutex, MutexGuard,
     },
-    thread,
+    thread::{self, JoinHandle},
     time::Duration,
 };
 
@@ -86,28 +87,14 @@ impl CmdError {
             Failure::TimedOut(limit) => format!("did not answer within {} s", limit.as_secs()),
             Failure::Interrupted => "was interrupted".to_string(),
         };
-        match self.cause() {
-            Some(cause) => format!("`{command}` {ended}: {cause}"),
-            None => format!("`{command}` {ended}"),
-        }
-    }
-
-    /// The tool's stderr, or its stdout when stderr is empty, as the last `TAIL_LINES` lines.
-    fn tail(&self) -> String {
-        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
-        tail(text, TAIL_LINES)
+        let cause = self.cause().map(|cause| format!(": {cause}")).unwrap_or_default();
+        format!("`{command}` {ended}{cause}")
     }
 }
 
-fn last_line(text: &str) -> Option<&str> {
+/// The last non-blank line of `text`, trimmed.
+pub fn last_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).rfind(|l| !l.is_empty())
-}
-
-/// The last `n` lines of `text`, each ending in a newline.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    let start = lines.len().saturating_sub(n);
-    lines[start..].iter().map(|l| format!("{l}\n")).collect()
 }
 
 impl fmt::Display for CmdError {
@@ -122,18 +109,20 @@ impl fmt::Display for CmdError {
                 )?;
             }
             Failure::Exit(status) => write!(f, "`{command}` failed ({status})")?,
-            Failure::TimedOut(limit) => write!(
-                f,
-                "`{command}` did not finish within {} s and was stopped",
-                limit.as_secs()
-            )?,
+            Failure::TimedOut(limit) => {
+                let secs = limit.as_secs();
+                write!(f, "`{command}` did not finish within {secs} s and was stopped")?
+            }
             Failure::Interrupted => {
                 return write!(f, "interrupted by a signal (Ctrl-C or SIGTERM) during `{command}`")
             }
         }
-        let tail = self.tail();
+        // The last lines of stderr, or of stdout when stderr is empty.
+        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        let lines: Vec<&str> = text.trim_end().lines().collect();
+        let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
         if !tail.is_empty() {
-            write!(f, ":\n{}", tail.trim_end())?;
+            write!(f, ":\n{tail}")?;
         }
         if !self.hint.is_empty() {
             write!(f, "\n{}", self.hint)?;
@@ -156,50 +145,40 @@ pub struct Step {
 }
 
 pub fn step(cmd: xshell::Cmd<'_>) -> Step {
-    Step {
-        shown: cmd.to_string(),
-        command: Command::from(cmd),
-        hint: String::new(),
-        echo: false,
-        log: None,
-        limit: None,
-    }
+    let shown = cmd.to_string();
+    Step { command: cmd.into(), shown, hint: String::new(), echo: false, log: None, limit: None }
 }
 
 impl Step {
     /// What the user should do when the command fails; appended to the error.
-    pub fn hint(mut self, hint: impl Into<String>) -> Step {
-        self.hint = hint.into();
-        self
+    pub fn hint(self, hint: impl Into<String>) -> Step {
+        Step { hint: hint.into(), ..self }
     }
 
     /// Prints the command's output as it arrives (it is captured as well).
-    pub fn echo(mut self) -> Step {
-        self.echo = true;
-        self
+    pub fn echo(self) -> Step {
+        Step { echo: true, ..self }
     }
 
     /// Appends the command's output to `path` as it arrives.
-    pub fn log(mut self, path: &Utf8Path) -> Step {
-        self.log = Some(path.to_path_buf());
-        self
+    pub fn log(self, path: &Utf8Path) -> Step {
+        Step { log: Some(path.to_path_buf()), ..self }
     }
 
     /// Stops the command (its whole process group) after `limit`.
-    pub fn timeout(mut self, limit: Duration) -> Step {
-        self.limit = Some(limit);
-        self
+    pub fn timeout(self, limit: Duration) -> Step {
+        Step { limit: Some(limit), ..self }
     }
 
     /// Runs the command; an exit status other than 0 is an error.
     pub fn run(self) -> Result<Output, CmdError> {
-        self.spawn().wait()
+        self.spawn().finish(true)
     }
 
     /// Runs the command and returns its output whatever its exit status; only a command that
     /// could not start, timed out or was interrupted is an error.
     pub fn output(self) -> Result<Output, CmdError> {
-        self.spawn().finish()
+        self.spawn().finish(false)
     }
 
     /// The trimmed stdout of a successful run.
@@ -209,72 +188,55 @@ impl Step {
 
     /// Starts the command without waiting for it (for checks that run side by side).
     pub fn spawn(mut self) -> Running {
-        let started = self
-            .command
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
+        self.command.process_group(0).stdin(Stdio::null());
+        let started = self.command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
         let mut child = match started {
             Ok(child) => child,
-            Err(err) => {
-                return Running {
-                    state: Err(self.error(Failure::Start(err), String::new(), String::new())),
-                }
-            }
+            Err(err) => return Running(Err(self.fail(Failure::Start(err), "".into(), "".into()))),
         };
         let group = child.id() as i32;
-        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(group);
+        locked(&RUNNING).push(group);
         let log = self.log.as_ref().and_then(|path| {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
-            match file {
-                Ok(file) => Some(Arc::new(Mutex::new(file))),
-                Err(err) => {
-                    eprintln!("warning: writing {path} failed ({err}): the output of `{}` is on the terminal only; make target/ writable", self.shown);
-                    None
-                }
-            }
+            let opened = File::options().create(true).append(true).open(path);
+            let shown = &self.shown;
+            let warn = |err| eprintln!("warning: writing {path} failed ({err}): the output of `{shown}` is on the terminal only; make target/ writable");
+            opened.map_err(warn).ok()
         });
-        let stdout = read_lines(child.stdout.take(), self.echo, false, log.clone());
-        let stderr = read_lines(child.stderr.take(), self.echo, true, log);
-        let watchdog = self.limit.map(|limit| Watchdog::start(group, limit));
-        Running {
-            state: Ok(Started {
-                step: self,
-                child,
-                group,
-                stdout,
-                stderr,
-                watchdog,
-                interrupted_before: interrupted(),
-            }),
-        }
+        // Both readers append to the one file, a whole line per write.
+        let out_log = log.as_ref().and_then(|file| file.try_clone().ok());
+        let stdout = read_lines(child.stdout.take().expect("piped"), self.echo, false, out_log);
+        let stderr = read_lines(child.stderr.take().expect("piped"), self.echo, true, log);
+        // Stops the group once `limit` passes, unless told first that the command has ended.
+        let watchdog = self.limit.map(|limit| {
+            let (done, wait) = mpsc::channel::<()>();
+            let fired = thread::spawn(move || {
+                let fired = wait.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout);
+                if fired {
+                    signal_group(group, Signal::SIGKILL);
+                }
+                fired
+            });
+            (done, fired)
+        });
+        let interrupted_before = interrupted();
+        Running(Ok(Started { step: self, child, stdout, stderr, watchdog, interrupted_before }))
     }
 
-    fn error(&mut self, failure: Failure, stdout: String, stderr: String) -> CmdError {
-        CmdError {
-            command: std::mem::take(&mut self.shown),
-            failure,
-            stdout,
-            stderr,
-            hint: std::mem::take(&mut self.hint),
-        }
+    fn fail(self, failure: Failure, stdout: String, stderr: String) -> CmdError {
+        CmdError { command: self.shown, failure, stdout, stderr, hint: self.hint }
     }
 }
 
 /// A started command; `wait` for it.
-pub struct Running {
-    state: Result<Started, CmdError>,
-}
+pub struct Running(Result<Started, CmdError>);
 
 struct Started {
     step: Step,
-    child: std::process::Child,
-    group: i32,
+    child: Child,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
-    watchdog: Option<Watchdog>,
+    /// Told when the command ended; answers whether the time limit stopped it.
+    watchdog: Option<(mpsc::Sender<()>, JoinHandle<bool>)>,
     interrupted_before: bool,
 }
 
@@ -282,53 +244,41 @@ impl Running {
     /// Stops a command that would run until stopped (`kubectl port-forward`): SIGTERM to its
     /// group, then waits for it to go.
     pub fn stop(self) {
-        if let Ok(started) = &self.state {
-            signal_group(started.group, Signal::SIGTERM);
+        if let Ok(started) = &self.0 {
+            signal_group(started.child.id() as i32, Signal::SIGTERM);
         }
-        let _ = self.finish_step();
+        let _ = self.finish(false);
     }
 
     /// Waits for the command; an exit status other than 0 is an error.
     pub fn wait(self) -> Result<Output, CmdError> {
-        let (mut step, output) = self.finish_step()?;
-        if output.success() {
-            return Ok(output);
-        }
-        Err(step.error(Failure::Exit(output.status), output.stdout, output.stderr))
+        self.finish(true)
     }
 
-    fn finish(self) -> Result<Output, CmdError> {
-        self.finish_step().map(|(_, output)| output)
-    }
-
-    fn finish_step(self) -> Result<(Step, Output), CmdError> {
-        let Started { mut step, mut child, group, stdout, stderr, watchdog, interrupted_before } =
-            self.state?;
+    /// Waits for the command; with `check`, an exit status other than 0 is an error.
+    fn finish(self, check: bool) -> Result<Output, CmdError> {
+        let Started { step, mut child, stdout, stderr, watchdog, interrupted_before } = self.0?;
         let waited = child.wait();
-        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| *g != group);
-        let timed_out = watchdog.is_some_and(Watchdog::stop);
+        locked(&RUNNING).retain(|g| *g != child.id() as i32);
+        let timed_out = watchdog.is_some_and(|(done, fired)| {
+            drop(done);
+            fired.join().unwrap_or(false)
+        });
         let stopped = timed_out || (!interrupted_before && interrupted());
         // A stopped command's pipes may be held by something that outlived it: do not wait long.
-        let collect = |rx: mpsc::Receiver<String>| {
-            if stopped {
-                rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
-            } else {
-                rx.recv().unwrap_or_default()
-            }
+        let collect = |rx: mpsc::Receiver<String>| match stopped {
+            true => rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default(),
+            false => rx.recv().unwrap_or_default(),
         };
-        let (out, err) = (collect(stdout), collect(stderr));
-        let status = match waited {
-            Ok(status) => status,
-            Err(e) => return Err(step.error(Failure::Start(e), out, err)),
+        let (stdout, stderr) = (collect(stdout), collect(stderr));
+        let failure = match waited {
+            Err(err) => Failure::Start(err),
+            Ok(_) if timed_out => Failure::TimedOut(step.limit.unwrap_or_default()),
+            Ok(status) if stopped && !status.success() => Failure::Interrupted,
+            Ok(status) if check && !status.success() => Failure::Exit(status),
+            Ok(status) => return Ok(Output { status, stdout, stderr }),
         };
-        if timed_out {
-            let limit = step.limit.unwrap_or_default();
-            return Err(step.error(Failure::TimedOut(limit), out, err));
-        }
-        if stopped && !status.success() {
-            return Err(step.error(Failure::Interrupted, out, err));
-        }
-        Ok((step, Output { status, stdout: out, stderr: err }))
+        Err(step.fail(failure, stdout, stderr))
     }
 }
 
@@ -336,65 +286,31 @@ impl Running {
 /// passing each line on as it arrives, and sends the whole text when the pipe closes. Bytes,
 /// not `lines()`: one invalid UTF-8 byte must not stop the reading.
 fn read_lines(
-    pipe: Option<impl Read + Send + 'static>,
+    pipe: impl Read + Send + 'static,
     echo: bool,
     is_stderr: bool,
-    log: Option<Arc<Mutex<std::fs::File>>>,
+    mut log: Option<File>,
 ) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        let mut all = String::new();
-        if let Some(pipe) = pipe {
-            let mut reader = BufReader::new(pipe);
-            let mut buf = Vec::new();
-            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-                let line = String::from_utf8_lossy(&buf);
-                let line = line.trim_end_matches(['\n', '\r']);
-                if echo && is_stderr {
-                    eprintln!("{line}");
-                } else if echo {
-                    println!("{line}");
-                }
-                if let Some(log) = &log {
-                    if let Ok(mut file) = log.lock() {
-                        let _ = writeln!(file, "{line}");
-                    }
-                }
-                all.push_str(line);
-                all.push('\n');
-                buf.clear();
+        let (mut all, mut buf, mut reader) = (String::new(), Vec::new(), BufReader::new(pipe));
+        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf);
+            let line = format!("{}\n", line.trim_end_matches(['\n', '\r']));
+            match (echo, is_stderr) {
+                (true, true) => eprint!("{line}"),
+                (true, false) => print!("{line}"),
+                _ => {}
             }
+            if let Some(file) = &mut log {
+                let _ = file.write_all(line.as_bytes());
+            }
+            all.push_str(&line);
+            buf.clear();
         }
         let _ = tx.send(all);
     });
     rx
-}
-
-/// Stops a process group that outlives its time limit.
-struct Watchdog {
-    done: mpsc::Sender<()>,
-    fired: Arc<AtomicBool>,
-}
-
-impl Watchdog {
-    fn start(group: i32, limit: Duration) -> Watchdog {
-        let (done, wait) = mpsc::channel::<()>();
-        let fired = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&fired);
-        thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
-                flag.store(true, Ordering::SeqCst);
-                signal_group(group, Signal::SIGKILL);
-            }
-        });
-        Watchdog { done, fired }
-    }
-
-    /// Called once the command exited; returns whether the time limit stopped it.
-    fn stop(self) -> bool {
-        let _ = self.done.send(());
-        self.fired.load(Ordering::SeqCst)
-    }
 }
 
 // ---- Signals ---------------------------------------------------------------------------------
@@ -404,6 +320,11 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 /// What a second signal leaves behind, and how to remove it (set by e2e-gateway).
 static LEFTOVER: Mutex<Option<String>> = Mutex::new(None);
+
+/// A lock that a panic elsewhere has not made useless.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Ctrl-C, SIGTERM or SIGHUP arrived; the running task stops as soon as it can.
 pub fn interrupted() -> bool {
@@ -419,47 +340,35 @@ pub fn check_interrupted() -> anyhow::Result<()> {
 
 /// From now on a second signal skips the teardown and says how to remove what is left.
 pub fn set_leftover(remove_with: String) {
-    *LEFTOVER.lock().unwrap_or_else(|e| e.into_inner()) = Some(remove_with);
+    *locked(&LEFTOVER) = Some(remove_with);
 }
 
 /// The first signal stops the commands running at that moment (SIGINT, then SIGTERM, then
 /// SIGKILL, `GRACE` apart) and lets the task clean up; a second one exits at once.
 pub fn install_signal_handler() {
     let _ = ctrlc::set_handler(|| {
-        let leftover = LEFTOVER.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if !INTERRUPTED.swap(true, Ordering::SeqCst) {
-            match leftover {
-                Some(_) => eprintln!(
-                    "\ninterrupted: stopping and tearing down (press Ctrl-C again to skip teardown)"
-                ),
-                None => eprintln!("\ninterrupted: stopping"),
-            }
-            // Only the commands running now: teardown commands started later must run.
-            thread::spawn(move || {
-                for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
-                    let alive: Vec<i32> = running
-                        .iter()
-                        .copied()
-                        .filter(|g| RUNNING.lock().unwrap_or_else(|e| e.into_inner()).contains(g))
-                        .collect();
-                    if alive.is_empty() {
-                        break;
-                    }
-                    alive.iter().for_each(|g| signal_group(*g, signal));
-                    thread::sleep(GRACE);
-                }
-            });
-        } else {
+        let leftover = locked(&LEFTOVER).clone();
+        let mut running = locked(&RUNNING).clone();
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
             running.iter().for_each(|g| signal_group(*g, Signal::SIGKILL));
-            match leftover {
-                Some(command) => {
-                    eprintln!("teardown skipped: remove what is left with `{command}`")
-                }
-                None => eprintln!("stopped"),
-            }
+            let skipped =
+                |command| format!("teardown skipped: remove what is left with `{command}`");
+            eprintln!("{}", leftover.map_or("stopped".to_string(), skipped));
             std::process::exit(1);
         }
+        let teardown = " and tearing down (press Ctrl-C again to skip teardown)";
+        eprintln!("\ninterrupted: stopping{}", if leftover.is_some() { teardown } else { "" });
+        // Only the commands running now: teardown commands started later must run.
+        thread::spawn(move || {
+            for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
+                running.retain(|g| locked(&RUNNING).contains(g));
+                running.iter().for_each(|g| signal_group(*g, signal));
+                if running.is_empty() {
+                    break;
+                }
+                thread::sleep(GRACE);
+            }
+        });
     });
 }
 

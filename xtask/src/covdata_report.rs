@@ -56,7 +56,7 @@ type Blocks = BTreeMap<(String, Pos, Pos, u32), bool>;
 
 pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> Result<()> {
     let root = project::root();
-    let needs = doctor::Needs { go: true, covdata: true, ..Default::default() };
+    let needs = doctor::Needs { covdata: true, ..Default::default() };
     doctor::preflight(sh, &root, &needs, Vec::new())?;
     let dirs = match &flags.from_archive {
         Some(archive) if archive.as_str().is_empty() => {

@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read, Write},
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -43,18 +43,14 @@ struct Run {
 
 pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let root = project::root();
-    let services = Services::from_env()?;
-    let mut cluster = cluster::pick(&flags.target, &root, services)?;
+    let mut cluster = cluster::pick(&flags.target, &root, Services::from_env()?)?;
     cmd::set_leftover(cluster.remove_command());
     // Sortable by time, and apart from a run of another cluster name in the same second.
     let id = format!("{}-{}", project::utc_timestamp(SystemTime::now()), flags.target.cluster_name);
     let logs = project::xtask_dir(&root).join("logs");
     prune_logs(&logs, LOGS_KEPT - 1);
-    let run = Run {
-        logs_dir: logs.join(&id),
-        settings: cluster.settings().clone(),
-        flags: flags.clone(),
-    };
+    let settings = cluster.settings().clone();
+    let run = Run { logs_dir: logs.join(&id), settings, flags: flags.clone() };
     let mut summary = Summary { id, backend: cluster.name(), ..Summary::default() };
 
     // Held until the end, teardown included: see lock.rs.
@@ -64,9 +60,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     // too: reusing it next time is the point of the flag.
     let keep = flags.keep_cluster || flags.reuse_cluster || flags.keep_namespace;
     // What the run wrote there (the test log, diagnostics), if anything.
-    if run.logs_dir.is_dir() {
-        summary.logs = Some(run.logs_dir.clone());
-    }
+    summary.logs = run.logs_dir.is_dir().then(|| run.logs_dir.clone());
     let teardown = summary.phase(Phase::Teardown, || {
         if !cluster.exists() {
             println!("    nothing to tear down");
@@ -87,50 +81,29 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         summary.fix = engine::known_fix(&text, &root);
         summary.error = Some(text);
     }
-
-    let banner = Phase::Summary.banner();
-    if let Err(err) = ui::append_step_summary(&summary.markdown()) {
-        eprintln!("warning: {err:#}");
-    }
-    let text = summary.render();
-    print!("{text}");
-    let last_run = project::xtask_dir(&root).join("last-run.txt");
-    let written = std::fs::create_dir_all(project::xtask_dir(&root))
-        .and_then(|()| std::fs::write(&last_run, &text));
-    if let Err(err) = &written {
-        eprintln!("warning: writing {last_run} failed: {err}; the summary above is complete");
-    }
-    banner.finish(written.is_ok());
+    summary.finish(&project::xtask_dir(&root));
     if let (Err(_), Err(err)) = (&outcome, &teardown) {
         eprintln!("error: {err:#}");
     }
     if let (true, Some(err)) = (ui::github_actions(), &summary.error) {
         // The failed phase and its fix on the run's page, outside the folded groups.
         let (title, rest) = err.split_once(": ").unwrap_or(("e2e-gateway failed", err));
-        let mut message = rest.lines().next().unwrap_or("").to_string();
-        for line in [&summary.cause, &summary.fix].into_iter().flatten() {
-            message.push('\n');
-            message.push_str(line);
-        }
-        println!("{}", ui::error_annotation(title, &message));
+        let lines =
+            rest.lines().take(1).chain(summary.cause.as_deref()).chain(summary.fix.as_deref());
+        println!("{}", ui::error_annotation(title, &lines.collect::<Vec<_>>().join("\n")));
     }
     // The fix goes last, under the error it is for.
-    let with_fix = |err: anyhow::Error| match &summary.fix {
+    outcome.and(teardown).map_err(|err| match &summary.fix {
         Some(fix) => anyhow::anyhow!("{err:#}\nfix: {fix}"),
         None => err,
-    };
-    outcome.map_err(with_fix)?;
-    teardown.map_err(with_fix)
+    })
 }
 
 /// Removes all but the newest `keep` run folders (their names start with the time). Best
 /// effort: a folder that cannot be removed is left, with a warning.
 fn prune_logs(logs: &Utf8Path, keep: usize) {
-    let Ok(entries) = logs.read_dir_utf8() else {
-        return;
-    };
+    let entries = logs.read_dir_utf8().into_iter().flatten().flatten();
     let mut runs: Vec<Utf8PathBuf> = entries
-        .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.into_path())
         .collect();
@@ -155,16 +128,10 @@ fn pipeline(
     check_interrupted()?;
 
     let result = cluster_phases(sh, run, cluster, summary, &images);
-    let interrupted = cmd::interrupted();
     // Diagnostics come before anything is scaled down or deleted.
-    let diagnose = |summary: &mut Summary, cluster: &dyn Cluster| {
-        if let Err(err) = summary.phase(Phase::Diagnostics, || diagnostics(sh, run, cluster)) {
-            eprintln!("warning: {err:#}");
-        }
-    };
-    let diagnosed = result.is_err() && cluster.exists() && !interrupted;
-    if diagnosed {
-        diagnose(summary, cluster);
+    let interrupted = cmd::interrupted();
+    if result.is_err() && cluster.exists() && !interrupted {
+        diagnostics(sh, run, cluster, summary);
     }
     if run.flags.coverage && cluster.deployed() && !interrupted {
         match summary.phase(Phase::Coverage, || coverage(sh, run, cluster)) {
@@ -172,8 +139,8 @@ fn pipeline(
             // A test failure stays the headline; the coverage problem is reported beside it.
             Err(err) if result.is_err() => eprintln!("warning: {err:#}"),
             Err(err) => {
-                if !diagnosed && !cmd::interrupted() {
-                    diagnose(summary, cluster);
+                if !cmd::interrupted() {
+                    diagnostics(sh, run, cluster, summary);
                 }
                 return Err(err);
             }
@@ -193,16 +160,17 @@ fn cluster_phases(
     summary.phase(Phase::CreateCluster, || cluster.create(sh))?;
     summary.idle_gap = summary.phase(Phase::LoadImages, || cluster.load(sh, images))?;
     check_interrupted()?;
-    summary.phase(Phase::Deploy, || deploy(sh, run, cluster, images))?;
+    summary.phase(Phase::Deploy, || {
+        cluster.deploy(sh, &cluster::manifests(cluster, &run.settings, images)?)?;
+        run.settings.services.all().into_iter().try_for_each(wait_ready)
+    })?;
     check_interrupted()?;
     let mut report = None;
     let result = summary.phase(Phase::Test, || {
-        let tests =
-            gotest::run(sh, &run.settings.services, &run.flags.go_test_args, &run.logs_dir)?;
+        let (services, args) = (&run.settings.services, &run.flags.go_test_args);
+        let tests = report.insert(gotest::run(sh, services, args, &run.logs_dir)?);
         println!("{}", tests.line());
-        let judged = judge(&tests, &run.logs_dir);
-        report = Some(tests);
-        judged
+        judge(tests, &run.logs_dir)
     });
     summary.tests = report;
     result
@@ -213,13 +181,10 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> 
     if tests.interrupted {
         bail!("interrupted by a signal (Ctrl-C or SIGTERM)");
     }
-    if tests.failed > 0 {
-        bail!(
-            "{} E2E test(s) failed ({}): see the output above and {}",
-            tests.failed,
-            tests.failed_names.join(", "),
-            logs_dir.join("go-test.log")
-        );
+    let failed = &tests.failed_names;
+    if !failed.is_empty() {
+        let (count, names, log) = (failed.len(), failed.join(", "), logs_dir.join("go-test.log"));
+        bail!("{count} E2E test(s) failed ({names}): see the output above and {log}");
     }
     if tests.passed == 0 {
         bail!("no E2E test ran: check the `go test` arguments after `--`");
@@ -232,36 +197,29 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> 
 /// checked once it is gone), before the build phase archives coverdata/: its services write
 /// their last counters when they stop.
 fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<Lock> {
-    let lock = lock::acquire(&run.settings.name, &run.settings.root, run.flags.coverage)?;
+    let (settings, flags) = (&run.settings, &run.flags);
+    let lock = lock::acquire(&settings.name, &settings.root, flags.coverage)?;
     // An error here means a missing tool, which the checks below report properly.
     let leftover = cluster.leftover(sh).unwrap_or(None);
-    let ports = run.settings.services.all().to_vec();
+    let ports = settings.services.all();
     let mut needs = doctor::Needs {
-        go: true,
-        covdata: run.flags.coverage,
+        covdata: flags.coverage,
         // Held by the earlier run until it is cleared: checked below.
-        ports: if leftover.is_some() { Vec::new() } else { ports.clone() },
+        ports: if leftover.is_none() { ports.to_vec() } else { Vec::new() },
         disk: true,
         ..doctor::Needs::default()
     };
     cluster.needs(&mut needs);
-    doctor::preflight(sh, &run.settings.root, &needs, cluster.checks(sh))?;
+    doctor::preflight(sh, &settings.root, &needs, cluster.checks(sh))?;
     let Some(what) = leftover else {
         return Ok(lock);
     };
     println!("    {what}");
-    let kept = cluster.clear_leftover(sh, run.flags.reuse_cluster, run.flags.coverage)?;
-    if !kept {
-        for service in ports {
-            let check = doctor::check_port(service);
-            if !check.is_ok() {
-                bail!(
-                    "port {} ({}) is still in use after removing the earlier run: {}",
-                    service.host_port,
-                    service.name,
-                    check.hint()
-                );
-            }
+    if !cluster.clear_leftover(sh, flags.reuse_cluster, flags.coverage)? {
+        let taken = ports.into_iter().map(|s| (s, doctor::check_port(s))).find(|(_, c)| !c.is_ok());
+        if let Some((service, check)) = taken {
+            let (port, name, hint) = (service.host_port, service.name, &check.hint);
+            bail!("port {port} ({name}) is still in use after removing the earlier run: {hint}");
         }
     }
     Ok(lock)
@@ -269,54 +227,34 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
 
 /// Phase 2: every image, before any cluster exists (cache hits cost nothing).
 fn build(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<Vec<Image>> {
-    let services = run.settings.services.all();
-    if run.flags.coverage {
-        coverdata::prepare(&run.settings.root, &services)?;
+    let (settings, coverage) = (&run.settings, run.flags.coverage);
+    let services = settings.services.all().to_vec();
+    if coverage {
+        coverdata::prepare(&settings.root, &services)?;
     }
-    build_images::build(
-        sh,
-        &run.settings.root,
-        &build_images::Request {
-            services: services.to_vec(),
-            coverage: run.flags.coverage,
-            build_mode: run.flags.build_mode,
-            engine: run.settings.engine,
-            no_cache: false,
-            archive: cluster.needs_archives(),
-            registry: run.settings.registry.clone(),
-        },
-    )
+    let request = flags::BuildImages {
+        services: Vec::new(), // none named: all of them
+        coverage,
+        build_mode: run.flags.build_mode,
+        engine: Some(settings.engine),
+        no_cache: false,
+        archive: cluster.needs_archives(),
+        registry: settings.registry.clone(),
+    };
+    build_images::build(sh, &settings.root, &request)
 }
 
-/// Phase 5: the manifests with the built images, then `/readyz` on every host port.
-fn deploy(
-    sh: &Shell,
-    run: &Run,
-    cluster: &mut dyn Cluster,
-    images: &[Image],
-) -> anyhow::Result<()> {
-    let manifests = cluster::manifests(cluster, &run.settings, images)?;
-    cluster.deploy(sh, &manifests)?;
-    for service in run.settings.services.all() {
-        wait_ready(service)?;
-    }
-    Ok(())
-}
-
-/// Polls `GET /readyz` on the host port until it answers 200, bounded by READY_TIMEOUT.
+/// Phase 5's end: polls `GET /readyz` on the host port until it answers 200, bounded by
+/// READY_TIMEOUT.
 fn wait_ready(service: Service) -> anyhow::Result<()> {
-    let port = service.host_port;
-    let started = Instant::now();
+    let (name, port, started) = (service.name, service.host_port, Instant::now());
     let mut last = String::from("no answer yet");
     while started.elapsed() < READY_TIMEOUT {
         check_interrupted()?;
-        match http_status(port, "/readyz") {
+        match readyz_status(port) {
             Ok(200) => {
-                println!(
-                    "    {} ready on 127.0.0.1:{port} after {}",
-                    service.name,
-                    ui::seconds(started.elapsed())
-                );
+                let took = ui::seconds(started.elapsed());
+                println!("    {name} ready on 127.0.0.1:{port} after {took}");
                 return Ok(());
             }
             Ok(code) => last = format!("HTTP {code}"),
@@ -324,18 +262,15 @@ fn wait_ready(service: Service) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    bail!(
-        "{} did not become ready: http://127.0.0.1:{port}/readyz still answered `{last}` after {}s; its logs are in the diagnostics",
-        service.name,
-        READY_TIMEOUT.as_secs()
-    )
+    let secs = READY_TIMEOUT.as_secs();
+    bail!("{name} did not become ready: http://127.0.0.1:{port}/readyz still answered `{last}` after {secs}s; its logs are in the diagnostics")
 }
 
-fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+fn readyz_status(port: u16) -> std::io::Result<u16> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    write!(stream, "GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head)?;
     parse_status_line(&String::from_utf8_lossy(&head[..n]))
@@ -343,21 +278,21 @@ fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
 }
 
 fn parse_status_line(head: &str) -> Option<u16> {
-    let mut words = head.split_whitespace();
-    let version = words.next()?;
-    if !version.starts_with("HTTP/") {
-        return None;
-    }
-    words.next()?.parse().ok()
+    head.strip_prefix("HTTP/")?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Phase 7, on any failure once a cluster exists; a failure to collect is a warning, never the
 /// reason the run failed.
-fn diagnostics(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<()> {
-    if cluster.diagnostics(sh, &run.logs_dir)? {
-        println!("    diagnostics written to {}", run.logs_dir);
+fn diagnostics(sh: &Shell, run: &Run, cluster: &dyn Cluster, summary: &mut Summary) {
+    let collected = summary.phase(Phase::Diagnostics, || {
+        if cluster.diagnostics(sh, &run.logs_dir)? {
+            println!("    diagnostics written to {}", run.logs_dir);
+        }
+        Ok(())
+    });
+    if let Err(err) = collected {
+        eprintln!("warning: {err:#}");
     }
-    Ok(())
 }
 
 /// Phase 8: the services stop gracefully (counters are only written on a normal exit), each
@@ -365,13 +300,8 @@ fn diagnostics(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<(
 fn coverage(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<Coverage> {
     cluster.stop_services(sh)?;
     let root = &run.settings.root;
-    let dirs: Vec<Utf8PathBuf> = run
-        .settings
-        .services
-        .all()
-        .iter()
-        .map(|s| project::coverdata_dir(root).join(s.name))
-        .collect();
+    let services = run.settings.services.all();
+    let dirs = services.map(|s| project::coverdata_dir(root).join(s.name)).to_vec();
     coverdata::check_counters(&dirs)?;
     covdata_report::report(sh, root, &dirs)
 }

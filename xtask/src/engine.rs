@@ -1,5 +1,6 @@
 //! The container engine (podman or docker): which one, and what it knows about an image.
 
+use anyhow::{ensure, Result};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
@@ -8,12 +9,9 @@ use crate::{cmd::step, flags::Engine, project};
 /// `--engine` if given, else podman if on PATH, else docker if on PATH, else podman (whose
 /// missing row in the preflight says how to install it).
 pub fn resolve(requested: Option<Engine>) -> Engine {
-    requested.unwrap_or_else(|| {
-        [Engine::Podman, Engine::Docker]
-            .into_iter()
-            .find(|e| project::which(e.program()).is_some())
-            .unwrap_or(Engine::Podman)
-    })
+    let engines = [Engine::Podman, Engine::Docker];
+    let on_path = || engines.into_iter().find(|e| project::which(e.program()).is_some());
+    requested.or_else(on_path).unwrap_or(Engine::Podman)
 }
 
 /// What the engine's store holds under a reference.
@@ -23,84 +21,53 @@ pub struct ImageInfo {
     pub size: u64,
 }
 
-/// `<engine> image inspect` of each reference, in one call; `None` for those the store does not
-/// have.
-pub fn inspect(
-    sh: &Shell,
-    engine: Engine,
-    references: &[String],
-) -> anyhow::Result<Vec<Option<ImageInfo>>> {
-    if references.is_empty() {
-        return Ok(Vec::new());
-    }
+/// `<engine> image inspect` of each image reference (at least one), in one call; `None` for those the
+/// store does not have.
+pub fn inspect(sh: &Shell, engine: Engine, images: &[String]) -> Result<Vec<Option<ImageInfo>>> {
     let program = engine.program();
     let format = "{{.Id}} {{.Size}} {{range .RepoTags}}{{.}} {{end}}";
     // A missing image makes the whole call fail, but the others are still printed.
-    let output = step(cmd!(sh, "{program} image inspect --format {format} {references...}"))
+    let output = step(cmd!(sh, "{program} image inspect --format {format} {images...}"))
         .hint("check that the engine answers: `cargo xtask doctor`")
         .output()?;
-    let found: Vec<(ImageInfo, Vec<&str>)> = output
-        .stdout
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let id = words.next()?.to_string();
-            let size = words.next()?.parse().ok()?;
-            Some((ImageInfo { id, size }, words.collect()))
-        })
-        .collect();
-    if !output.success() && found.is_empty() && !is_missing_image(&output.stderr) {
-        anyhow::bail!(
-            "`{program} image inspect` failed ({}): {}\ncheck that {program} answers: `cargo xtask doctor`",
-            output.status,
-            output.stderr.trim()
-        );
-    }
-    Ok(references
-        .iter()
-        .map(|reference| {
-            found
-                .iter()
-                .find(|(_, tags)| tags.iter().any(|t| same_reference(t, reference)))
-                .map(|(info, _)| info.clone())
-        })
-        .collect())
+    let (status, stderr) = (&output.status, output.stderr.trim());
+    let answered = output.success() || !output.stdout.trim().is_empty() || is_missing_image(stderr);
+    ensure!(answered, "`{program} image inspect` failed ({status}): {stderr}\ncheck that {program} answers: `cargo xtask doctor`");
+    let info = |reference: &String| {
+        let line = output.stdout.lines().find(|line| {
+            line.split_whitespace().skip(2).any(|tag| same_reference(tag, reference))
+        })?;
+        let mut words = line.split_whitespace();
+        Some(ImageInfo { id: words.next()?.to_string(), size: words.next()?.parse().ok()? })
+    };
+    Ok(images.iter().map(info).collect())
 }
 
 /// Podman lists `localhost/x:1` as such; docker may list the short `x:1` for a local image.
 fn same_reference(listed: &str, wanted: &str) -> bool {
-    let short = |r: &str| r.strip_prefix("localhost/").unwrap_or(r).to_string();
-    listed == wanted || short(listed) == short(wanted)
+    listed.trim_start_matches("localhost/") == wanted.trim_start_matches("localhost/")
 }
 
 fn is_missing_image(stderr: &str) -> bool {
     let stderr = stderr.to_lowercase();
-    stderr.contains("no such image")
-        || stderr.contains("image not known")
-        || stderr.contains("no such object")
+    ["no such image", "image not known", "no such object"].iter().any(|m| stderr.contains(m))
 }
 
 /// The fix for an engine failure we know, read from what the engine printed.
 pub fn known_fix(output: &str, root: &Utf8Path) -> Option<String> {
     let conf = format!("export CONTAINERS_CONF={root}/.ci/containers.conf");
-    if output.contains("error setting rlimit") {
-        Some(format!(
-            "podman may not raise the containers' ulimits on this machine: `{conf}` (runc and lower default ulimits), then rerun"
-        ))
-    } else if output.contains("crun") && output.contains("not found")
-        || output.contains("runc: executable file not found")
-    {
-        Some(format!(
-            "the OCI runtime is missing: `apt-get install -y runc` and `{conf}`, then rerun"
-        ))
+    let no_runtime = output.contains("crun") && output.contains("not found")
+        || output.contains("runc: executable file not found");
+    let fix = if output.contains("error setting rlimit") {
+        format!("podman may not raise the containers' ulimits on this machine: `{conf}` (runc and lower default ulimits), then rerun")
+    } else if no_runtime {
+        format!("the OCI runtime is missing: `apt-get install -y runc` and `{conf}`, then rerun")
     } else if output.contains("no space left on device") {
-        Some(
-            "the disk is full: free space (`podman system prune`, `cargo clean`) and rerun"
-                .to_string(),
-        )
+        "the disk is full: free space (`podman system prune`, `cargo clean`) and rerun".into()
     } else {
-        None
-    }
+        return None;
+    };
+    Some(fix)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Command-line parsing: one struct per task, all parsed here so every task receives typed flags
 //! and every usage mistake is reported the same way (one line, exit code 2).
 
-use std::{ffi::OsString, fmt, str::FromStr};
+use std::ffi::OsString;
 
 use camino::Utf8PathBuf;
 
@@ -142,28 +142,15 @@ FLAGS:
     -h, --help                 print this help
 ";
 
-/// A command line we cannot act on: printed as one line, exit code 2.
-#[derive(Debug, PartialEq)]
-pub struct UsageError {
-    pub message: String,
-    /// The task whose `--help` to point at, if one was recognised.
-    pub task: Option<&'static str>,
-}
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.task {
-            Some(task) => write!(f, "{} (see `cargo xtask {task} --help`)", self.message),
-            None => write!(f, "{} (see `cargo xtask --help`)", self.message),
-        }
-    }
-}
+/// A command line we cannot act on, said in one line (exit code 2) that ends with the `--help`
+/// to read.
+type UsageError = String;
 
 #[derive(Debug, PartialEq)]
 pub enum Task {
     Help(&'static str),
     BuildImages(BuildImages),
-    Doctor(Doctor),
+    Doctor(Target),
     E2eGateway(E2eGateway),
     CovdataReport(CovdataReport),
     LintDockerfiles(LintDockerfiles),
@@ -192,6 +179,40 @@ pub enum ClusterBackend {
     Existing,
 }
 
+/// The words of the flags that take one of a few, in the order a usage error lists them.
+const BUILD_MODES: &[(&str, BuildMode)] =
+    &[("host", BuildMode::Host), ("container", BuildMode::Container)];
+const ENGINES: &[(&str, Engine)] = &[("podman", Engine::Podman), ("docker", Engine::Docker)];
+const BACKENDS: &[(&str, ClusterBackend)] = &[
+    ("auto", ClusterBackend::Auto),
+    ("kind", ClusterBackend::Kind),
+    ("podman", ClusterBackend::Podman),
+    ("existing", ClusterBackend::Existing),
+];
+
+/// The word that stands for `value` in `choices`.
+fn word<T: PartialEq>(choices: &[(&'static str, T)], value: T) -> &'static str {
+    choices.iter().find(|(_, v)| *v == value).map_or("", |(word, _)| word)
+}
+
+impl ClusterBackend {
+    pub fn name(self) -> &'static str {
+        word(BACKENDS, self)
+    }
+}
+
+impl Engine {
+    pub fn program(self) -> &'static str {
+        word(ENGINES, self)
+    }
+}
+
+impl BuildMode {
+    pub fn as_str(self) -> &'static str {
+        word(BUILD_MODES, self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct BuildImages {
     pub coverage: bool,
@@ -201,11 +222,6 @@ pub struct BuildImages {
     pub no_cache: bool,
     pub archive: bool,
     pub registry: Option<Registry>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Doctor {
-    pub target: Target,
 }
 
 /// Where a run's services go and how to reach them: what e2e-gateway runs on and doctor checks.
@@ -256,83 +272,6 @@ pub struct LintDockerfiles {
     pub deny_warnings: bool,
 }
 
-pub const DEFAULT_CLUSTER_NAME: &str = "gateway-e2e";
-
-/// The value of a flag that takes one of a few words.
-fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
-    match choices.iter().find(|(name, _)| *name == s) {
-        Some((_, value)) => Ok(*value),
-        None => {
-            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
-            let (last, rest) = names.split_last().expect("at least one choice");
-            Err(format!("expected {} or {last}, got `{s}`", rest.join(", ")))
-        }
-    }
-}
-
-impl FromStr for BuildMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        one_of(s, &[("host", BuildMode::Host), ("container", BuildMode::Container)])
-    }
-}
-
-impl FromStr for Engine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        one_of(s, &[("podman", Engine::Podman), ("docker", Engine::Docker)])
-    }
-}
-
-impl FromStr for ClusterBackend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let choices = [
-            ("auto", ClusterBackend::Auto),
-            ("kind", ClusterBackend::Kind),
-            ("podman", ClusterBackend::Podman),
-            ("existing", ClusterBackend::Existing),
-        ];
-        one_of(s, &choices)
-    }
-}
-
-impl ClusterBackend {
-    pub fn name(self) -> &'static str {
-        match self {
-            ClusterBackend::Auto => "auto",
-            ClusterBackend::Kind => "kind",
-            ClusterBackend::Podman => "podman",
-            ClusterBackend::Existing => "existing",
-        }
-    }
-}
-
-impl Engine {
-    pub fn program(self) -> &'static str {
-        match self {
-            Engine::Podman => "podman",
-            Engine::Docker => "docker",
-        }
-    }
-}
-
-impl BuildMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BuildMode::Host => "host",
-            BuildMode::Container => "container",
-        }
-    }
-}
-
-fn parse_percent(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
-        _ => Err(format!("expected a number from 0 to 100, got `{s}`")),
-    }
-}
-
 /// Every task with its help text, in the order the overview lists them.
 const TASKS: [(&str, &str); 5] = [
     ("e2e-gateway", E2E_GATEWAY_HELP),
@@ -342,16 +281,6 @@ const TASKS: [(&str, &str); 5] = [
     ("lint-dockerfiles", LINT_DOCKERFILES_HELP),
 ];
 
-fn find_task(name: &str) -> Result<(&'static str, &'static str), UsageError> {
-    TASKS.into_iter().find(|(task, _)| *task == name).ok_or_else(|| {
-        let names: Vec<&str> = TASKS.iter().map(|(task, _)| *task).collect();
-        UsageError {
-            message: format!("unknown task `{name}`: expected one of {}", names.join(", ")),
-            task: None,
-        }
-    })
-}
-
 /// Parses the whole command line (without the program name).
 pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
     // Everything after a bare `--` belongs to `go test`; pico-args must not see it.
@@ -359,246 +288,210 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
         Some(i) => (raw[..i].to_vec(), raw[i + 1..].to_vec()),
         None => (raw, Vec::new()),
     };
-    let mut args = pico_args::Arguments::from_vec(ours);
-    let subcommand = args.subcommand().map_err(|e| usage(None, e))?;
-    let subcommand = match subcommand.as_deref() {
-        None if args.contains(["-h", "--help"]) => return Ok(Task::Help(HELP)),
-        None => {
-            return match args.finish().first() {
-                Some(word) => Err(UsageError {
-                    message: format!("expected a task before `{}`", word.to_string_lossy()),
-                    task: None,
-                }),
-                None => Ok(Task::Help(HELP)),
+    let mut args = Args { rest: pico_args::Arguments::from_vec(ours), task: None };
+    let first = args.rest.subcommand().map_err(|e| args.pico(e))?;
+    // `help TASK` is `TASK --help`.
+    let help = first.as_deref() == Some("help");
+    let name = if help { args.rest.opt_free_from_str().map_err(|e| args.pico(e))? } else { first };
+    let Some(name) = name else {
+        // No task: the overview, unless a flag came first.
+        let first = args.rest.clone().finish().into_iter().next();
+        return match first {
+            Some(word) if !help && !args.rest.contains(["-h", "--help"]) => {
+                Err(args.error(format!("expected a task before `{}`", word.to_string_lossy())))
             }
-        }
-        // `help TASK` is `TASK --help`.
-        Some("help" | "-h" | "--help") => {
-            let topic: Option<String> = args.opt_free_from_str().map_err(|e| usage(None, e))?;
-            return match topic {
-                Some(topic) => Ok(Task::Help(find_task(&topic)?.1)),
-                None => Ok(Task::Help(HELP)),
-            };
-        }
-        Some(other) if other.starts_with('-') => {
-            return Err(UsageError {
-                message: format!("expected a task before `{other}`"),
-                task: None,
-            })
-        }
-        Some(other) => other.to_string(),
+            _ => Ok(Task::Help(HELP)),
+        };
     };
-    let (task, help) = find_task(&subcommand)?;
-    if args.contains(["-h", "--help"]) {
-        return Ok(Task::Help(help));
+    let Some((task, text)) = TASKS.into_iter().find(|(task, _)| *task == name) else {
+        let names = TASKS.map(|(task, _)| task).join(", ");
+        return Err(args.error(format!("unknown task `{name}`: expected one of {names}")));
+    };
+    args.task = Some(task);
+    if help || args.rest.contains(["-h", "--help"]) {
+        return Ok(Task::Help(text));
     }
     if !passthrough.is_empty() && task != "e2e-gateway" {
-        return Err(UsageError {
-            message: "`--` and the arguments after it are only accepted by e2e-gateway".into(),
-            task: Some(task),
-        });
+        return Err(args.error("`--` and the arguments after it are only accepted by e2e-gateway"));
     }
-    let err = |e: pico_args::Error| usage(Some(task), e);
     let parsed = match task {
         "build-images" => Task::BuildImages(BuildImages {
-            coverage: flag(&mut args, "--coverage"),
-            services: values(&mut args, "--service", known_service).map_err(err)?,
-            build_mode: opt_value(&mut args, "--build-mode", str::parse)
-                .map_err(err)?
-                .unwrap_or_default(),
-            engine: opt_value(&mut args, "--engine", str::parse).map_err(err)?,
-            no_cache: flag(&mut args, "--no-cache"),
-            archive: flag(&mut args, "--archive"),
-            registry: registry(&mut args).map_err(err)?,
+            coverage: args.flag("--coverage"),
+            services: args.values("--service", known_service)?,
+            build_mode: args.value("--build-mode", |s| one_of(s, BUILD_MODES))?.unwrap_or_default(),
+            engine: args.value("--engine", |s| one_of(s, ENGINES))?,
+            no_cache: args.flag("--no-cache"),
+            archive: args.flag("--archive"),
+            registry: args.registry()?,
         }),
-        "doctor" => Task::Doctor(Doctor { target: target(&mut args).map_err(err)? }),
+        "doctor" => Task::Doctor(args.target()?),
         "e2e-gateway" => Task::E2eGateway(E2eGateway {
-            coverage: flag(&mut args, "--coverage"),
-            target: target(&mut args).map_err(err)?,
-            keep_cluster: flag(&mut args, "--keep-cluster"),
-            reuse_cluster: flag(&mut args, "--reuse-cluster"),
-            build_mode: opt_value(&mut args, "--build-mode", str::parse)
-                .map_err(err)?
-                .unwrap_or_default(),
-            keep_namespace: flag(&mut args, "--keep-namespace"),
-            go_test_args: passthrough
-                .into_iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect(),
+            coverage: args.flag("--coverage"),
+            target: args.target()?,
+            keep_cluster: args.flag("--keep-cluster"),
+            reuse_cluster: args.flag("--reuse-cluster"),
+            build_mode: args.value("--build-mode", |s| one_of(s, BUILD_MODES))?.unwrap_or_default(),
+            keep_namespace: args.flag("--keep-namespace"),
+            go_test_args: passthrough.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
         }),
         "covdata-report" => {
-            let inputs: Vec<Utf8PathBuf> = args.values_from_str(["-i", "--input"]).map_err(err)?;
-            let from_archive =
-                opt_value(&mut args, "--from-archive", |s| Ok(s.into())).map_err(err)?;
+            let inputs: Vec<Utf8PathBuf> =
+                args.rest.values_from_str(["-i", "--input"]).map_err(|e| args.pico(e))?;
+            let from_archive = args.value("--from-archive", |s| Ok(s.into()))?;
             if from_archive.is_some() && !inputs.is_empty() {
-                return Err(UsageError {
-                    message: "`--from-archive` and `-i` name two different sources of data: give one of them".into(),
-                    task: Some(task),
-                });
+                let message = "`--from-archive` and `-i` name two different sources of data: give one of them";
+                return Err(args.error(message));
             }
+            let percent = |s: &str| match s.parse::<f64>() {
+                Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
+                _ => Err(format!("expected a number from 0 to 100, got `{s}`")),
+            };
             Task::CovdataReport(CovdataReport {
                 inputs,
                 from_archive,
-                html: flag(&mut args, "--html"),
-                min: opt_value(&mut args, "--min", parse_percent).map_err(err)?,
-                with_unit: flag(&mut args, "--with-unit"),
+                html: args.flag("--html"),
+                min: args.value("--min", percent)?,
+                with_unit: args.flag("--with-unit"),
             })
         }
-        "lint-dockerfiles" => {
-            let require_digest = flag(&mut args, "--require-digest");
-            let deny_warnings = flag(&mut args, "--deny-warnings");
+        _ => {
+            let require_digest = args.flag("--require-digest");
+            let deny_warnings = args.flag("--deny-warnings");
             let mut paths = Vec::new();
-            while let Some(path) = args.opt_free_from_str::<String>().map_err(err)? {
-                if path.starts_with('-') {
-                    return Err(UsageError {
-                        message: format!("unknown flag `{path}`"),
-                        task: Some(task),
-                    });
-                }
+            while let Some(path) = args.free()? {
                 paths.push(Utf8PathBuf::from(path));
             }
             Task::LintDockerfiles(LintDockerfiles { paths, require_digest, deny_warnings })
         }
-        _ => unreachable!("every task name is matched above"),
     };
-    let rest = args.finish();
-    if let Some(word) = rest.first() {
-        let word = word.to_string_lossy();
-        let message = if word.starts_with('-') {
-            format!("unknown flag `{word}`")
-        } else {
-            format!("unexpected argument `{word}`")
+    match args.free()? {
+        Some(word) => Err(args.error(format!("unexpected argument `{word}`"))),
+        None => Ok(parsed),
+    }
+}
+
+/// The command line as pico-args reads it, and the task it is for (whose `--help` a mistake
+/// points at). pico-args does not say which flag a bad value belongs to, so values are read as
+/// strings and converted here, with the flag in the message.
+struct Args {
+    rest: pico_args::Arguments,
+    task: Option<&'static str>,
+}
+
+/// Reads a flag's value: `Err` says what is wrong with it (the caller adds the flag).
+type Parse<T> = fn(&str) -> Result<T, String>;
+
+impl Args {
+    fn error(&self, message: impl std::fmt::Display) -> UsageError {
+        let task = self.task.map(|task| format!("{task} ")).unwrap_or_default();
+        format!("{message} (see `cargo xtask {task}--help`)")
+    }
+
+    fn pico(&self, e: pico_args::Error) -> UsageError {
+        let message = match e {
+            pico_args::Error::OptionWithoutAValue(key) => format!("`{key}` needs a value"),
+            other => other.to_string(),
         };
-        return Err(UsageError { message, task: Some(task) });
+        self.error(message)
     }
-    Ok(parsed)
+
+    /// The next word no flag took; one that looks like a flag is an unknown flag.
+    fn free(&mut self) -> Result<Option<String>, UsageError> {
+        match self.rest.opt_free_from_str::<String>().map_err(|e| self.pico(e))? {
+            Some(w) if w.starts_with('-') => Err(self.error(format!("unknown flag `{w}`"))),
+            word => Ok(word),
+        }
+    }
+
+    /// A flag without a value; saying it twice is saying it once.
+    fn flag(&mut self, key: &'static str) -> bool {
+        let found = self.rest.contains(key);
+        while self.rest.contains(key) {}
+        found
+    }
+
+    /// Every value of a repeatable `key` (`--key V` or `--key=V`).
+    fn values<T>(&mut self, key: &'static str, parse: Parse<T>) -> Result<Vec<T>, UsageError> {
+        let values: Vec<String> = self.rest.values_from_str(key).map_err(|e| self.pico(e))?;
+        let bad = |e| self.error(format!("`{key}`: {e}"));
+        values.iter().map(|v| parse(v).map_err(bad)).collect()
+    }
+
+    /// The value of `key`, if given; given twice is a mistake, not a choice.
+    fn value<T>(&mut self, key: &'static str, parse: Parse<T>) -> Result<Option<T>, UsageError> {
+        let values = self.values(key, |s| Ok(s.to_string()))?;
+        if let [first, again, ..] = &values[..] {
+            let message = format!("`{key}` is given twice (`{first}` and `{again}`): give it once");
+            return Err(self.error(message));
+        }
+        let bad = |e| self.error(format!("`{key}`: {e}"));
+        values.first().map(|v| parse(v).map_err(bad)).transpose()
+    }
+
+    /// `--registry`, else `E2E_REGISTRY`; `--registry-insecure` for plain HTTP.
+    fn registry(&mut self) -> Result<Option<Registry>, UsageError> {
+        let insecure = self.flag("--registry-insecure");
+        let registry =
+            self.value("--registry", |s| Ok(s.to_string()))?.or_else(|| env("E2E_REGISTRY"));
+        if registry.is_none() && insecure {
+            let message = "`--registry-insecure` needs `--registry HOST[:PORT]` (or E2E_REGISTRY)";
+            return Err(self.error(message));
+        }
+        let bad = |e| self.error(format!("`--registry`: {e}"));
+        registry.map(|v| Registry::parse(&v, insecure).map_err(bad)).transpose()
+    }
+
+    fn target(&mut self) -> Result<Target, UsageError> {
+        let name = self.value("--cluster-name", cluster_name)?;
+        let node_image = self.value("--node-image", |s| Ok(s.into()))?;
+        Ok(Target {
+            cluster: self.value("--cluster", |s| one_of(s, BACKENDS))?.unwrap_or_default(),
+            cluster_name: name.unwrap_or("gateway-e2e".into()),
+            engine: self.value("--engine", |s| one_of(s, ENGINES))?,
+            node_image: node_image.or_else(|| env("E2E_NODE_IMAGE")),
+            registry: self.registry()?,
+            access: ClusterAccess {
+                kubeconfig: self.value("--kubeconfig", |s| Ok(s.into()))?,
+                context: self.value("--context", |s| Ok(s.into()))?,
+            },
+        })
+    }
 }
 
-/// A flag without a value; saying it twice is saying it once.
-fn flag(args: &mut pico_args::Arguments, key: &'static str) -> bool {
-    let mut found = false;
-    while args.contains(key) {
-        found = true;
-    }
-    found
+/// A variable that stands in for a flag; empty is unset.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// `--registry`, else `E2E_REGISTRY`; `--registry-insecure` for plain HTTP.
-fn registry(args: &mut pico_args::Arguments) -> Result<Option<Registry>, pico_args::Error> {
-    let insecure = flag(args, "--registry-insecure");
-    let given = opt_value(args, "--registry", |s| Ok(s.to_string()))?
-        .or_else(|| std::env::var("E2E_REGISTRY").ok().filter(|v| !v.is_empty()));
-    match given {
-        Some(value) => convert("--registry", value, |v| Registry::parse(v, insecure)).map(Some),
-        None if insecure => Err(pico_args::Error::Utf8ArgumentParsingFailed {
-            cause: "`--registry-insecure` needs `--registry HOST[:PORT]` (or E2E_REGISTRY)".into(),
-            value: String::new(),
-        }),
-        None => Ok(None),
-    }
-}
-
-fn target(args: &mut pico_args::Arguments) -> Result<Target, pico_args::Error> {
-    Ok(Target {
-        cluster: opt_value(args, "--cluster", str::parse)?.unwrap_or_default(),
-        cluster_name: opt_value(args, "--cluster-name", cluster_name)?
-            .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
-        engine: opt_value(args, "--engine", str::parse)?,
-        node_image: node_image(args)?,
-        registry: registry(args)?,
-        access: ClusterAccess {
-            kubeconfig: opt_value(args, "--kubeconfig", |s| Ok(s.into()))?,
-            context: opt_value(args, "--context", |s| Ok(s.to_string()))?,
-        },
+/// The value of a flag that takes one of a few words.
+fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    let found = choices.iter().find(|(name, _)| *name == s);
+    found.map(|(_, value)| *value).ok_or_else(|| {
+        let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+        let (last, rest) = names.split_last().expect("at least one choice");
+        format!("expected {} or {last}, got `{s}`", rest.join(", "))
     })
 }
 
-/// `--node-image`, else `E2E_NODE_IMAGE`.
-fn node_image(args: &mut pico_args::Arguments) -> Result<Option<String>, pico_args::Error> {
-    let given = opt_value(args, "--node-image", |s| Ok(s.to_string()))?;
-    Ok(given.or_else(|| std::env::var("E2E_NODE_IMAGE").ok().filter(|v| !v.is_empty())))
-}
-
 fn known_service(name: &str) -> Result<String, String> {
-    match crate::project::service(name) {
-        Some(service) => Ok(service.name.to_string()),
-        None => Err(format!(
-            "unknown service `{name}`: the services are {}",
-            crate::project::service_names()
-        )),
-    }
+    let names = crate::project::service_names();
+    let unknown = || format!("unknown service `{name}`: the services are {names}");
+    crate::project::service(name).map(|service| service.name.to_string()).ok_or_else(unknown)
 }
 
 /// Kind's own rule (`^[a-z0-9.-]+$`, at most 50 characters), starting with a letter or digit
 /// since the podman backend names pods and networks after it too.
 fn cluster_name(s: &str) -> Result<String, String> {
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
-    if s.is_empty()
-        || !s.chars().all(allowed)
-        || !s.starts_with(|c: char| c.is_ascii_alphanumeric())
-    {
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) || !s.chars().all(allowed) {
         return Err(format!(
             "expected lowercase letters, digits, `-` and `.`, starting with a letter or digit, got `{s}`"
         ));
     }
-    if s.len() > 50 {
-        return Err(format!("`{s}` has {} characters; kind allows at most 50", s.len()));
+    match s.len() {
+        ..=50 => Ok(s.to_string()),
+        n => Err(format!("`{s}` has {n} characters; kind allows at most 50")),
     }
-    Ok(s.to_string())
-}
-
-/// The value of `key`, if given. pico-args does not say which flag a bad value belongs to (and
-/// takes only plain `fn` parsers, which cannot know it), so the value is read as a string and
-/// converted here, with the flag in the message.
-fn opt_value<T>(
-    args: &mut pico_args::Arguments,
-    key: &'static str,
-    parse: fn(&str) -> Result<T, String>,
-) -> Result<Option<T>, pico_args::Error> {
-    let value: Option<String> = args.opt_value_from_str(key)?;
-    if let Some(again) = args.opt_value_from_str::<_, String>(key)? {
-        let first = value.unwrap_or_default();
-        return Err(pico_args::Error::Utf8ArgumentParsingFailed {
-            cause: format!("`{key}` is given twice (`{first}` and `{again}`): give it once"),
-            value: again,
-        });
-    }
-    value.map(|v| convert(key, v, parse)).transpose()
-}
-
-/// Every value of a repeatable `key`; a bad one names the flag, as in `opt_value`.
-fn values<T>(
-    args: &mut pico_args::Arguments,
-    key: &'static str,
-    parse: fn(&str) -> Result<T, String>,
-) -> Result<Vec<T>, pico_args::Error> {
-    let values: Vec<String> = args.values_from_str(key)?;
-    values.into_iter().map(|v| convert(key, v, parse)).collect()
-}
-
-fn convert<T>(
-    key: &str,
-    value: String,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<T, pico_args::Error> {
-    parse(&value).map_err(|e| pico_args::Error::Utf8ArgumentParsingFailed {
-        cause: format!("`{key}`: {e}"),
-        value,
-    })
-}
-
-fn usage(task: Option<&'static str>, e: pico_args::Error) -> UsageError {
-    use pico_args::Error;
-    let message = match e {
-        Error::MissingOption(_) => "a required flag is missing".to_string(),
-        Error::OptionWithoutAValue(key) => format!("`{key}` needs a value"),
-        // Our parsers (see `opt_value`) already name the flag and the bad value.
-        Error::Utf8ArgumentParsingFailed { cause, .. } => cause,
-        Error::ArgumentParsingFailed { cause } => format!("bad value: {cause}"),
-        Error::NonUtf8Argument => "an argument is not valid UTF-8".to_string(),
-        Error::MissingArgument => "a required argument is missing".to_string(),
-    };
-    UsageError { message, task }
 }
 
 #[cfg(test)]
@@ -610,7 +503,7 @@ mod tests {
     }
 
     fn message(line: &str) -> String {
-        parse_str(line).unwrap_err().to_string()
+        parse_str(line).unwrap_err()
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //! the second wait for nobody and say who holds the name instead. It is the one file the xtask
 //! writes outside the project: it must be seen by every checkout on the machine.
 
-use std::{fs::File, io::Write, time::SystemTime};
+use std::{
+    fs::{File, TryLockError},
+    io::Write,
+    time::SystemTime,
+};
 
 use sha2::Digest;
 
@@ -13,9 +17,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::project;
 
 /// Held while the run lives; the kernel releases it when the process exits, even on a crash.
-pub struct Lock {
-    _files: Vec<File>,
-}
+pub type Lock = Vec<File>;
 
 /// Where the lock of `name` lives: the system's temporary directory, shared by every checkout.
 pub fn path(name: &str) -> Utf8PathBuf {
@@ -27,54 +29,36 @@ pub fn path(name: &str) -> Utf8PathBuf {
 /// `coverage` the checkout's `coverdata/` too (its services write there whatever their cluster
 /// name); or says who holds what.
 pub fn acquire(name: &str, root: &Utf8Path, coverage: bool) -> anyhow::Result<Lock> {
-    let mut files = vec![take(
-        &path(name),
-        root,
-        &format!("another e2e-gateway run is using the cluster name {name}"),
-        "wait for it to finish, or run beside it with `--cluster-name <another name>` and free \
-         ports in GATEWAY_HOST_PORT and DATASTORAGE_HOST_PORT",
-    )?];
+    let what = format!("another e2e-gateway run is using the cluster name {name}");
+    let fix = "wait for it to finish, or run beside it with `--cluster-name <another name>` and free ports in GATEWAY_HOST_PORT and DATASTORAGE_HOST_PORT";
+    let mut files = vec![take(&path(name), root, &what, fix)?];
     if coverage {
         let checkout = &project::hex(&sha2::Sha256::digest(root.as_str()))[..12];
-        files.push(take(
-            &path(&format!("coverdata-{checkout}")),
-            root,
-            &format!(
-                "another `e2e-gateway --coverage` run of this checkout is writing {root}/coverdata"
-            ),
-            "wait for it to finish, or run this one without --coverage or from another clone",
-        )?);
+        let what = format!(
+            "another `e2e-gateway --coverage` run of this checkout is writing {root}/coverdata"
+        );
+        let fix = "wait for it to finish, or run this one without --coverage or from another clone";
+        files.push(take(&path(&format!("coverdata-{checkout}")), root, &what, fix)?);
     }
-    Ok(Lock { _files: files })
+    Ok(files)
 }
 
 /// Locks the file at `path` and writes who holds it; when another holds it, says `what` that
 /// means, who it is, and the `fix`.
 fn take(path: &Utf8Path, root: &Utf8Path, what: &str, fix: &str) -> anyhow::Result<File> {
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| {
-            format!("opening the lock {path}: make it writable for this user, or remove it (no run holds a lock file it cannot open)")
-        })?;
+    let mut file = File::options().create(true).append(true).open(path).with_context(|| {
+        format!("opening the lock {path}: make it writable for this user, or remove it (no run holds a lock file it cannot open)")
+    })?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(path).unwrap_or_default();
-            let holder = match holder.trim() {
-                "" => "a run that is just starting".to_string(),
-                holder => holder.replace('\n', ", "),
-            };
+        Err(TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(path).unwrap_or_default().trim().replace('\n', ", ");
+            let holder = if holder.is_empty() { "a run that is just starting".into() } else { holder };
             bail!("{what} ({holder}; lock {path}): {fix}");
         }
-        Err(std::fs::TryLockError::Error(err)) => {
-            return Err(err).with_context(|| {
-                format!("locking {path}: check that the temporary directory supports file locks, or point TMPDIR at one that does")
-            })
-        }
+        Err(TryLockError::Error(err)) => return Err(err).with_context(|| {
+            format!("locking {path}: check that the temporary directory supports file locks, or point TMPDIR at one that does")
+        }),
     }
     let since = project::utc_timestamp(SystemTime::now());
     let holder = format!("pid {}\ncheckout {root}\nsince {since}\n", std::process::id());
@@ -93,8 +77,7 @@ mod tests {
         let name = format!("lock-test-{}", std::process::id());
         let first = acquire(&name, Utf8Path::new("/checkout/a"), false).unwrap();
         let err = acquire(&name, Utf8Path::new("/checkout/b"), false)
-            .err()
-            .expect("the name is taken")
+            .expect_err("the name is taken")
             .to_string();
         assert!(
             err.contains(&format!(
@@ -119,7 +102,7 @@ mod tests {
         let (a, b) =
             (format!("lock-a-{}", std::process::id()), format!("lock-b-{}", std::process::id()));
         let first = acquire(&a, root, true).unwrap();
-        let err = acquire(&b, root, true).err().expect("coverdata/ is taken").to_string();
+        let err = acquire(&b, root, true).expect_err("coverdata/ is taken").to_string();
         assert!(
             err.contains(&format!("run of this checkout is writing {root}/coverdata (pid ")),
             "{err}"

@@ -51,31 +51,20 @@ impl Services {
 
     fn from(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Services> {
         let with_port = |service: Service| -> anyhow::Result<Service> {
-            let var = service.port_variable();
-            let host_port = match env(&var).filter(|v| !v.is_empty()) {
-                None => service.host_port,
-                Some(value) => match value.parse::<u16>() {
-                    Ok(port) if port > 0 => port,
-                    _ => bail!(
-                        "{var}={value} is not a port number from 1 to 65535: set it to a free port like {}",
-                        service.host_port
-                    ),
-                },
-            };
-            Ok(Service { host_port, ..service })
+            let (var, default) = (service.port_variable(), service.host_port);
+            let Some(value) = env(&var).filter(|v| !v.is_empty()) else { return Ok(service) };
+            match value.parse::<u16>() {
+                Ok(host_port) if host_port > 0 => Ok(Service { host_port, ..service }),
+                _ => bail!("{var}={value} is not a port number from 1 to 65535: set it to a free port like {default}"),
+            }
         };
         let services =
             Services { datastorage: with_port(DATASTORAGE)?, gateway: with_port(GATEWAY)? };
         let [a, b] = services.all();
         if a.host_port == b.host_port {
-            bail!(
-                "{} and {} would both use host port {}: set {} or {} to another free port",
-                a.name,
-                b.name,
-                a.host_port,
-                a.port_variable(),
-                b.port_variable()
-            );
+            let (port, var_a, var_b) = (a.host_port, a.port_variable(), b.port_variable());
+            let (a, b) = (a.name, b.name);
+            bail!("{a} and {b} would both use host port {port}: set {var_a} or {var_b} to another free port");
         }
         Ok(services)
     }
@@ -95,21 +84,14 @@ pub fn root() -> Utf8PathBuf {
         // Made absolute once, so commands run elsewhere (podman kube play) see the same paths.
         return absolute(Utf8Path::new(&dir)).unwrap_or_else(|_| Utf8PathBuf::from(dir));
     }
-    let is_root = |dir: &Utf8Path| dir.join("xtask/Cargo.toml").is_file();
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").ok();
-    if let Some(parent) = manifest_dir.as_deref().map(Utf8Path::new).and_then(Utf8Path::parent) {
-        if is_root(parent) {
-            return parent.to_path_buf();
-        }
-    }
+    let is_root = |dir: &&Utf8Path| dir.join("xtask/Cargo.toml").is_file();
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").ok().map(Utf8PathBuf::from);
     let cwd = std::env::current_dir().ok().and_then(|d| Utf8PathBuf::from_path_buf(d).ok());
-    if let Some(found) = cwd.as_deref().and_then(|d| d.ancestors().find(|a| is_root(a))) {
-        return found.to_path_buf();
-    }
-    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the project root")
-        .to_path_buf()
+    let built_in = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent();
+    let from_manifest = manifest_dir.as_deref().and_then(Utf8Path::parent).filter(is_root);
+    let from_cwd = cwd.as_deref().and_then(|dir| dir.ancestors().find(is_root));
+    let root = from_manifest.or(from_cwd).or(built_in);
+    root.expect("xtask lives one level below the project root").to_path_buf()
 }
 
 /// A path the user typed (on the command line, or in `XTASK_PROJECT_ROOT`), made absolute
@@ -145,12 +127,9 @@ pub fn go_module(root: &Utf8Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!("reading {path}: run the xtask from a checkout of the repository")
     })?;
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("module "))
-        .map(|m| m.trim().trim_matches('"').to_string())
-        .with_context(|| {
-            format!("{path} has no `module` line: add one, e.g. `module example.com/svc`")
-        })
+    let module = text.lines().find_map(|l| l.trim().strip_prefix("module "));
+    let fix = || format!("{path} has no `module` line: add one, e.g. `module example.com/svc`");
+    Ok(module.with_context(fix)?.trim().trim_matches('"').to_string())
 }
 
 /// The first `name` on PATH, like `command -v`.

@@ -5,6 +5,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
+    num::NonZeroU16,
     time::Duration,
 };
 
@@ -23,6 +24,9 @@ pub struct Registry {
     pub insecure: bool,
 }
 
+/// The manifests a registry may hold for a tag: an image or an index, OCI or docker.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
 impl Registry {
     /// `HOST[:PORT][/PREFIX]`, as `--registry` and `E2E_REGISTRY` take it.
     pub fn parse(value: &str, insecure: bool) -> Result<Registry, String> {
@@ -34,27 +38,22 @@ impl Registry {
         let (host, prefix) = value.split_once('/').unwrap_or((value, ""));
         let prefix = prefix.trim_matches('/');
         let (name, port) = host.split_once(':').unwrap_or((host, ""));
-        let name_ok = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-        let port_ok = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p > 0);
-        let prefix_ok = prefix
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c));
-        if !name_ok || !port_ok || !prefix_ok {
-            return Err(format!(
-                "`{value}` is not HOST[:PORT][/PREFIX] (a host name or address, a port from 1 to 65535, a lowercase path)"
-            ));
+        let only = |s: &str, more: &str| {
+            s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || more.contains(c))
+        };
+        let port_ok = port.is_empty() || port.parse::<NonZeroU16>().is_ok();
+        let host_ok = !name.is_empty() && only(&name.to_ascii_lowercase(), ".-") && port_ok;
+        if !host_ok || !only(prefix, "._-/") {
+            return Err(format!("`{value}` is not HOST[:PORT][/PREFIX] (a host name or address, a port from 1 to 65535, a lowercase path)"));
         }
         Ok(Registry { host: host.to_string(), prefix: prefix.to_string(), insecure })
     }
 
     /// `localhost/gateway:e2e-<hash>` in this registry: `HOST/PREFIX/gateway:e2e-<hash>`.
     pub fn reference(&self, local: &str) -> String {
-        let name = local.strip_prefix("localhost/").unwrap_or(local);
-        match self.prefix.as_str() {
-            "" => format!("{}/{name}", self.host),
-            prefix => format!("{}/{prefix}/{name}", self.host),
-        }
+        let prefix =
+            if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        format!("{}/{prefix}{}", self.host, local.trim_start_matches("localhost/"))
     }
 
     /// The host part of the name the manifests use, as a node sees it; loopback means this
@@ -64,65 +63,44 @@ impl Registry {
         name == "localhost" || name.starts_with("127.")
     }
 
-    /// `--tls-verify=false` for a plain-HTTP registry, nothing otherwise (podman's flag).
-    pub fn tls_args(&self) -> Vec<String> {
-        if self.insecure {
-            vec!["--tls-verify=false".to_string()]
-        } else {
-            Vec::new()
-        }
+    /// `--tls-verify=false` for a plain-HTTP registry (podman's flag).
+    pub fn tls_args(&self) -> Option<&'static str> {
+        self.insecure.then_some("--tls-verify=false")
     }
 
-    /// Whether the registry has `reference` already. A plain-HTTP registry is asked directly
+    /// Whether the registry has `local` already. A plain-HTTP registry is asked directly
     /// (podman 4.3's `manifest inspect` cannot skip TLS); others through the engine, with its
     /// credentials. Not knowing (no answer, no permission) is `false`: the push then says why.
-    pub fn has(&self, sh: &Shell, engine: Engine, reference: &str) -> bool {
+    pub fn has(&self, sh: &Shell, engine: Engine, local: &str) -> bool {
+        let (program, reference) = (engine.program(), self.reference(local));
         if self.insecure {
-            return self.head_manifest(reference).unwrap_or(false);
+            return self.head_manifest(&reference).unwrap_or(false);
         }
-        let program = engine.program();
-        step(cmd!(sh, "{program} manifest inspect {reference}"))
-            .timeout(Duration::from_secs(30))
-            .output()
-            .is_ok_and(|o| o.success())
+        let inspect = step(cmd!(sh, "{program} manifest inspect {reference}"));
+        inspect.timeout(Duration::from_secs(30)).run().is_ok()
     }
 
     fn head_manifest(&self, reference: &str) -> std::io::Result<bool> {
-        let path = reference.strip_prefix(&format!("{}/", self.host)).unwrap_or(reference);
+        let path = &reference[self.host.len() + 1..];
         let (repository, tag) = path.rsplit_once(':').unwrap_or((path, "latest"));
         let mut stream = TcpStream::connect(&self.host)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "HEAD /v2/{repository}/manifests/{tag} HTTP/1.0\r\nHost: {}\r\n\
-             Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, \
-             application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json\r\n\r\n",
-            self.host
-        )?;
-        let mut head = [0u8; 32];
-        let n = stream.read(&mut head)?;
-        Ok(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200")
-            || String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.0 200"))
+        let host = &self.host;
+        write!(stream, "HEAD /v2/{repository}/manifests/{tag} HTTP/1.0\r\nHost: {host}\r\nAccept: {MANIFEST_TYPES}\r\n\r\n")?;
+        let mut status = String::new();
+        stream.take(12).read_to_string(&mut status)?;
+        // `HTTP/1.1 200`
+        Ok(status.split(' ').nth(1) == Some("200"))
     }
 
-    /// Pushes the local image `local` as `remote`. A registry that refuses (authentication,
-    /// TLS, not reachable) fails with its own words and what to do.
-    pub fn push(
-        &self,
-        sh: &Shell,
-        engine: Engine,
-        local: &str,
-        remote: &str,
-    ) -> anyhow::Result<()> {
-        let program = engine.program();
-        let hint = format!(
-            "check that {} answers and takes pushes: log in with `{program} login {}`, \
-             add --registry-insecure for a plain-HTTP registry, or check its certificate",
-            self.host, self.host
-        );
+    /// Pushes the local image `local` under its name here, which it returns. A registry that
+    /// refuses (authentication, TLS, not reachable) fails with its own words and what to do.
+    pub fn push(&self, sh: &Shell, engine: Engine, local: &str) -> anyhow::Result<String> {
+        let (program, remote, host) = (engine.program(), self.reference(local), &self.host);
+        let hint = format!("check that {host} answers and takes pushes: log in with `{program} login {host}`, add --registry-insecure for a plain-HTTP registry, or check its certificate");
+        let tls = self.tls_args();
         let pushed = match engine {
             Engine::Podman => {
-                let tls = self.tls_args();
                 step(cmd!(sh, "podman push {tls...} {local} {remote}")).hint(hint).run()
             }
             // docker pushes a tag of its own name.
@@ -130,7 +108,8 @@ impl Registry {
                 .run()
                 .and_then(|_| step(cmd!(sh, "docker push {remote}")).hint(hint).run()),
         };
-        pushed.map(drop).with_context(|| format!("pushing {local} to {remote} failed"))
+        pushed.with_context(|| format!("pushing {local} to {remote} failed"))?;
+        Ok(remote)
     }
 }
 
@@ -153,7 +132,7 @@ mod tests {
             "registry.example.com/gateway:e2e-1"
         );
         assert!(!plain.is_loopback());
-        assert!(plain.tls_args().is_empty());
+        assert!(plain.tls_args().is_none());
         for bad in ["http://127.0.0.1:5000", "host:0", "host:x", "Host/UPPER", ":5000"] {
             assert!(Registry::parse(bad, false).is_err(), "{bad}");
         }

@@ -3,7 +3,7 @@
 
 use std::{
     io::{IsTerminal, Write},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -13,43 +13,13 @@ pub fn github_actions() -> bool {
     std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
 }
 
-fn color() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
-}
-
+/// `text` in bold on a terminal, unless `NO_COLOR` asks for none.
 pub fn bold(text: &str) -> String {
-    if color() {
+    let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    if color && std::io::stdout().is_terminal() {
         format!("\x1b[1m{text}\x1b[0m")
     } else {
-        text.to_string()
-    }
-}
-
-/// A numbered pipeline phase on the terminal: its banner when started and its duration when
-/// finished (a `::group::` in GitHub Actions).
-pub struct Banner {
-    name: &'static str,
-    started: Instant,
-}
-
-impl Banner {
-    pub fn start(number: usize, name: &'static str) -> Banner {
-        if github_actions() {
-            println!("::group::{number}. {name}");
-        }
-        println!("{}", bold(&format!("==> {number}. {name}")));
-        Banner { name, started: Instant::now() }
-    }
-
-    /// Ends the phase and returns how long it took.
-    pub fn finish(self, succeeded: bool) -> Duration {
-        let took = self.started.elapsed();
-        let outcome = if succeeded { "done in" } else { "failed after" };
-        println!("    {} {outcome} {}", self.name, seconds(took));
-        if github_actions() {
-            println!("::endgroup::");
-        }
-        took
+        text.into()
     }
 }
 
@@ -71,12 +41,8 @@ pub fn append_step_summary(markdown: &str) -> anyhow::Result<()> {
             "appending to GITHUB_STEP_SUMMARY ({path}): point it at a writable file, or unset it"
         )
     };
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut file| file.write_all(markdown.as_bytes()))
-        .with_context(fix)
+    let file = std::fs::File::options().create(true).append(true).open(&path);
+    file.and_then(|mut file| file.write_all(markdown.as_bytes())).with_context(fix)
 }
 
 pub fn seconds(d: Duration) -> String {

@@ -159,8 +159,7 @@ impl Cluster for Podman {
         // context: run it from a directory of our own.
         let _dir = sh.push_dir(&dir);
         // From a registry, kube play pulls what is not here (plain HTTP says so).
-        let tls: Vec<String> =
-            self.settings.registry.as_ref().map(|r| r.tls_args()).unwrap_or_default();
+        let tls = self.settings.registry.as_ref().and_then(|r| r.tls_args());
         for (service, file) in files {
             let tls = &tls;
             step(cmd!(sh, "podman kube play {tls...} --network {network} {file}"))

@@ -6,12 +6,14 @@ use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use crate::{cmd::step, project::Services};
+use crate::{
+    cmd::{last_line, step},
+    project::Services,
+};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TestReport {
     pub passed: usize,
-    pub failed: usize,
     pub skipped: usize,
     /// The failed leaf tests, in the order they failed.
     pub failed_names: Vec<String>,
@@ -23,13 +25,9 @@ pub struct TestReport {
 
 impl TestReport {
     pub fn line(&self) -> String {
-        let counts =
-            format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped);
-        if self.interrupted {
-            format!("{counts} before the interrupt")
-        } else {
-            counts
-        }
+        let suffix = if self.interrupted { " before the interrupt" } else { "" };
+        let (passed, failed, skipped) = (self.passed, self.failed_names.len(), self.skipped);
+        format!("{passed} passed, {failed} failed, {skipped} skipped{suffix}")
     }
 }
 
@@ -47,10 +45,8 @@ pub fn run(
         (logs_dir.join("go-test.log"), logs_dir.join("go-test.json"), logs_dir.join("junit.xml"));
     let (args, ignored) = passthrough(extra);
     if !ignored.is_empty() {
-        println!(
-            "    ignoring {} after `--`: the xtask needs every test's result from `go test -json`",
-            ignored.join(" ")
-        );
+        let ignored = ignored.join(" ");
+        println!("    ignoring {ignored} after `--`: the xtask needs every test's result from `go test -json`");
     }
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     let test = cmd!(
@@ -66,14 +62,10 @@ pub fn run(
     let mut report = count_tests(&events);
     report.junit = junit.is_file().then_some(junit);
     let output = match result {
-        Ok(output) => output,
-        Err(err) if err.is_interrupt() => {
-            report.interrupted = true;
-            return Ok(report);
-        }
-        Err(err) => return Err(err.into()),
+        Err(err) if err.is_interrupt() => return Ok(TestReport { interrupted: true, ..report }),
+        result => result?,
     };
-    if !output.success() && report.failed == 0 {
+    if !output.success() && report.failed_names.is_empty() {
         let why = if output.stdout.contains("panic: test timed out") {
             "the suite hit `go test`'s -timeout (10m by default): find the hanging test in the log, or pass `-- -timeout 30m`"
         } else if output.stdout.contains("[build failed]")
@@ -83,10 +75,8 @@ pub fn run(
         } else {
             "it reported no test result"
         };
-        let said = match output.stderr.lines().map(str::trim).rfind(|l| !l.is_empty()) {
-            Some(line) => format!(" (it said: {line})"),
-            None => String::new(),
-        };
+        let said =
+            last_line(&output.stderr).map(|l| format!(" (it said: {l})")).unwrap_or_default();
         bail!("the suite failed ({}): {why}{said}; see the output above and {log}", output.status);
     }
     Ok(report)
@@ -106,11 +96,8 @@ fn passthrough(extra: &[String]) -> (Vec<String>, Vec<String>) {
 fn count_tests(events: &str) -> TestReport {
     let results: Vec<(String, String)> = events
         .lines()
-        .filter_map(|line| {
-            let action = json_string(line, "Action")?;
-            let test = json_string(line, "Test")?;
-            matches!(action.as_str(), "pass" | "fail" | "skip").then_some((action, test))
-        })
+        .filter_map(|line| Some((json_string(line, "Action")?, json_string(line, "Test")?)))
+        .filter(|(action, _)| matches!(action.as_str(), "pass" | "fail" | "skip"))
         .collect();
     let mut report = TestReport::default();
     for (action, name) in &results {
@@ -120,10 +107,7 @@ fn count_tests(events: &str) -> TestReport {
         }
         match action.as_str() {
             "pass" => report.passed += 1,
-            "fail" => {
-                report.failed += 1;
-                report.failed_names.push(name.clone());
-            }
+            "fail" => report.failed_names.push(name.clone()),
             _ => report.skipped += 1,
         }
     }
@@ -134,21 +118,20 @@ fn count_tests(events: &str) -> TestReport {
 /// escapes as encoding/json writes them).
 fn json_string(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let mut value = String::new();
-    let mut chars = line[start..].chars();
+    let (mut value, mut chars) = (String::new(), line[start..].chars());
     loop {
         match chars.next()? {
             '"' => return Some(value),
-            '\\' => match chars.next()? {
-                'n' => value.push('\n'),
-                't' => value.push('\t'),
-                'r' => value.push('\r'),
+            '\\' => value.push(match chars.next()? {
+                'n' => '\n',
+                't' => '\t',
+                'r' => '\r',
                 'u' => {
                     let hex: String = chars.by_ref().take(4).collect();
-                    value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                    char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
                 }
-                other => value.push(other),
-            },
+                other => other,
+            }),
             c => value.push(c),
         }
     }
@@ -175,7 +158,7 @@ mod tests {
         let report = count_tests(EVENTS);
         // TestA counts through its subtests; TestAx is not TestA's subtest; the package's own
         // result is no test.
-        assert_eq!((report.passed, report.failed, report.skipped), (2, 1, 1));
+        assert_eq!((report.passed, report.failed_names.len(), report.skipped), (2, 1, 1));
         assert_eq!(report.failed_names, ["TestA/bad"]);
         assert_eq!(report.line(), "2 passed, 1 failed, 1 skipped");
         let stopped = TestReport { interrupted: true, ..report };

@@ -1,16 +1,19 @@
 //! The phases of an E2E run, timed as they go, and the summary printed at the end (and kept in
 //! `target/xtask/last-run.txt`).
 
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
-use camino::Utf8PathBuf;
+use camino::{Utf8Path, Utf8PathBuf};
 
 use super::gotest::TestReport;
 use crate::{
     cmd,
-    covdata_report::Coverage,
-    ui::{self, Banner},
+    covdata_report::{self, Coverage},
+    ui,
 };
 
 /// The phases in the order they run; their numbers and names come only from here.
@@ -28,28 +31,23 @@ pub enum Phase {
     Summary,
 }
 
+const NAMES: [&str; 10] = [
+    "preflight",
+    "build images",
+    "create cluster",
+    "load images",
+    "deploy",
+    "test",
+    "diagnostics",
+    "coverage",
+    "teardown",
+    "summary",
+];
+
 impl Phase {
-    pub fn number(self) -> usize {
-        self as usize + 1
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Preflight => "preflight",
-            Phase::BuildImages => "build images",
-            Phase::CreateCluster => "create cluster",
-            Phase::LoadImages => "load images",
-            Phase::Deploy => "deploy",
-            Phase::Test => "test",
-            Phase::Diagnostics => "diagnostics",
-            Phase::Coverage => "coverage",
-            Phase::Teardown => "teardown",
-            Phase::Summary => "summary",
-        }
-    }
-
-    pub fn banner(self) -> Banner {
-        Banner::start(self.number(), self.name())
+    /// `6. test`, as the banner and the summary name it.
+    fn title(self) -> String {
+        format!("{}. {}", self as usize + 1, NAMES[self as usize])
     }
 }
 
@@ -58,7 +56,8 @@ impl Phase {
 pub struct Summary {
     pub id: String,
     pub backend: &'static str,
-    pub phases: Vec<(Phase, Duration)>,
+    /// In phase order: diagnostics may run after coverage failed.
+    pub phases: BTreeMap<Phase, Duration>,
     pub idle_gap: Option<Duration>,
     pub tests: Option<TestReport>,
     pub coverage: Option<Coverage>,
@@ -71,83 +70,94 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Runs one phase, recording its duration whether it succeeds or not.
+    /// Runs one phase under its banner (a folded group in GitHub Actions), recording its
+    /// duration whether it succeeds or not.
     pub fn phase<T>(
         &mut self,
         phase: Phase,
         f: impl FnOnce() -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let banner = phase.banner();
-        let interrupted_before = cmd::interrupted();
-        let result = f().map_err(|err| {
-            // A step stopped by the interrupt fails with a misleading error of its own; a step
-            // run after it (teardown) keeps its real error.
-            if !interrupted_before && cmd::interrupted() {
-                anyhow::anyhow!("interrupted by a signal (Ctrl-C or SIGTERM)")
-            } else {
-                err
-            }
+        let (title, name) = (phase.title(), NAMES[phase as usize]);
+        if ui::github_actions() {
+            println!("::group::{title}");
+        }
+        println!("{}", ui::bold(&format!("==> {title}")));
+        let (started, interrupted_before) = (Instant::now(), cmd::interrupted());
+        // A step stopped by the interrupt fails with a misleading error of its own; a step run
+        // after it (teardown) keeps its real error.
+        let result = f().map_err(|err| match cmd::check_interrupted() {
+            Err(interrupted) if !interrupted_before => interrupted,
+            _ => err,
         });
-        let result =
-            result.with_context(|| format!("phase {} ({}) failed", phase.number(), phase.name()));
-        let took = banner.finish(result.is_ok());
-        self.phases.push((phase, took));
+        let number = phase as usize + 1;
+        let result = result.with_context(|| format!("phase {number} ({name}) failed"));
+        let (took, outcome) =
+            (started.elapsed(), if result.is_ok() { "done in" } else { "failed after" });
+        println!("    {name} {outcome} {}", ui::seconds(took));
+        if ui::github_actions() {
+            println!("::endgroup::");
+        }
+        self.phases.insert(phase, took);
         result
     }
 
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut line =
-            |label: &str, value: String| out.push_str(&format!("  {label:<24} {value}\n"));
-        line("run", format!("{} ({} backend)", self.id, self.backend));
-        // Diagnostics may run after coverage failed; the table reads in phase order.
-        let mut phases = self.phases.clone();
-        phases.sort_by_key(|(phase, _)| *phase);
-        for (phase, took) in &phases {
-            line(&format!("{}. {}", phase.number(), phase.name()), ui::seconds(*took));
-        }
-        if let Some(gap) = self.idle_gap {
-            line("idle gap", format!("{} ms (cluster ready to first load)", gap.as_millis()));
-        }
-        match &self.tests {
-            Some(t) => {
-                line("tests", t.line());
-                if !t.failed_names.is_empty() {
-                    line("failed tests", t.failed_names.join(", "));
-                }
-                if let Some(junit) = &t.junit {
-                    line("junit", junit.to_string());
-                }
+    /// Phase 10: the summary on the terminal, in `dir`/last-run.txt and in GitHub's job summary.
+    pub fn finish(&mut self, dir: &Utf8Path) {
+        let (text, markdown, last_run) = (self.render(), self.markdown(), dir.join("last-run.txt"));
+        let written = self.phase(Phase::Summary, || {
+            if let Err(err) = ui::append_step_summary(&markdown) {
+                eprintln!("warning: {err:#}");
             }
-            None => line("tests", "not run".to_string()),
+            print!("{text}");
+            let written =
+                std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&last_run, &text));
+            written.with_context(|| format!("writing {last_run} (the summary above is complete)"))
+        });
+        if let Err(err) = written {
+            eprintln!("warning: {err:#}");
+        }
+    }
+
+    /// The result and, on failure, the failed command and the fix: the summary's last rows.
+    fn outcome(&self) -> [(&str, Option<String>); 3] {
+        let result = match &self.error {
+            None => "passed (exit 0)".to_string(),
+            Some(err) => format!("failed (exit 1): {}", err.lines().next().unwrap_or("")),
+        };
+        [("Result", Some(result)), ("Cause", self.cause.clone()), ("Fix", self.fix.clone())]
+    }
+
+    pub fn render(&self) -> String {
+        let mut rows = vec![("run".to_string(), format!("{} ({} backend)", self.id, self.backend))];
+        rows.extend(self.phases.iter().map(|(phase, took)| (phase.title(), ui::seconds(*took))));
+        let mut row = |label: &str, value: String| rows.push((label.to_string(), value));
+        if let Some(gap) = self.idle_gap {
+            row("idle gap", format!("{} ms (cluster ready to first load)", gap.as_millis()));
+        }
+        let tests = self.tests.as_ref();
+        row("tests", tests.map_or("not run".to_string(), TestReport::line));
+        if let Some(t) = tests.filter(|t| !t.failed_names.is_empty()) {
+            row("failed tests", t.failed_names.join(", "));
+        }
+        if let Some(junit) = tests.and_then(|t| t.junit.as_ref()) {
+            row("junit", junit.to_string());
         }
         if let Some(coverage) = &self.coverage {
             for (service, pct) in &coverage.services {
-                line(&format!("coverage {service}"), format!("{pct:.1}%"));
+                row(&format!("coverage {service}"), format!("{pct:.1}%"));
             }
-            line("coverage total", format!("{:.1}%", coverage.total));
-            line("coverage profile", coverage.profile.to_string());
+            row("coverage total", format!("{:.1}%", coverage.total));
+            row("coverage profile", coverage.profile.to_string());
         }
         if let Some(logs) = &self.logs {
-            line("logs", logs.to_string());
+            row("logs", logs.to_string());
         }
-        match &self.error {
-            None => line("result", "passed (exit 0)".to_string()),
-            Some(err) => {
-                line("result", format!("failed (exit 1): {}", err.lines().next().unwrap_or("")))
-            }
+        for (label, value) in self.outcome() {
+            value.into_iter().for_each(|value| row(&label.to_lowercase(), value));
         }
-        if let Some(cause) = &self.cause {
-            line("cause", cause.clone());
-        }
-        if let Some(fix) = &self.fix {
-            line("fix", fix.clone());
-        }
-        out
+        rows.iter().map(|(label, value)| format!("  {label:<24} {value}\n")).collect()
     }
-}
 
-impl Summary {
     /// The summary for GitHub's job summary page: the same facts as `render`, as Markdown,
     /// with the coverage table covdata-report writes.
     pub fn markdown(&self) -> String {
@@ -156,56 +166,35 @@ impl Summary {
             "### e2e-gateway {verdict}\n\nRun `{}` on the {} backend.\n\n| phase | took |\n| --- | ---: |\n",
             self.id, self.backend
         );
-        let mut phases = self.phases.clone();
-        phases.sort_by_key(|(phase, _)| *phase);
-        for (phase, took) in &phases {
-            out.push_str(&format!(
-                "| {}. {} | {} |\n",
-                phase.number(),
-                phase.name(),
-                ui::seconds(*took)
-            ));
+        for (phase, took) in &self.phases {
+            out += &format!("| {} | {} |\n", phase.title(), ui::seconds(*took));
         }
         out.push('\n');
         if let Some(gap) = self.idle_gap {
-            out.push_str(&format!(
-                "Idle gap (cluster ready to first load): {} ms\n\n",
-                gap.as_millis()
-            ));
+            out += &format!("Idle gap (cluster ready to first load): {} ms\n\n", gap.as_millis());
         }
-        match &self.tests {
-            Some(t) => {
-                out.push_str(&format!("Tests: {}\n\n", t.line()));
-                for name in &t.failed_names {
-                    out.push_str(&format!("- failed: `{name}`\n"));
-                }
-                if !t.failed_names.is_empty() {
-                    out.push('\n');
-                }
-            }
-            None => out.push_str("Tests: not run\n\n"),
+        let tests = self.tests.as_ref().map_or("not run".into(), TestReport::line);
+        out += &format!("Tests: {tests}\n\n");
+        if let Some(t) = self.tests.as_ref().filter(|t| !t.failed_names.is_empty()) {
+            let failed: String =
+                t.failed_names.iter().map(|n| format!("- failed: `{n}`\n")).collect();
+            out += &format!("{failed}\n");
         }
         if let Some(coverage) = &self.coverage {
-            out.push_str(&crate::covdata_report::markdown_summary(coverage, None, None));
+            out += &covdata_report::markdown_summary(coverage, None, None);
         }
         if let Some(logs) = &self.logs {
-            out.push_str(&format!("Logs: `{logs}` (the `e2e-logs` artifact)\n\n"));
+            out += &format!("Logs: `{logs}` (the `e2e-logs` artifact)\n\n");
         }
-        if let Some(err) = &self.error {
-            out.push_str(&format!(
-                "Result: failed (exit 1): {}\n\n",
-                err.lines().next().unwrap_or("")
-            ));
-            for (label, value) in [("Cause", &self.cause), ("Fix", &self.fix)] {
-                if let Some(value) = value {
-                    out.push_str(&format!("{label}: {value}\n\n"));
-                }
+        // The result only when it failed: the heading says a pass.
+        for (label, value) in self.outcome().into_iter().filter(|_| self.error.is_some()) {
+            if let Some(value) = value {
+                out += &format!("{label}: {value}\n\n");
             }
         }
         out
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,24 +213,24 @@ mod tests {
             Phase::Teardown,
             Phase::Summary,
         ];
-        let numbers: Vec<usize> = all.iter().map(|p| p.number()).collect();
-        assert_eq!(numbers, (1..=10).collect::<Vec<_>>());
+        let titles: Vec<String> = all.iter().map(|p| p.title()).collect();
+        assert_eq!(titles[..2], ["1. preflight", "2. build images"]);
+        assert_eq!(titles[9], "10. summary");
     }
 
     fn failed_run() -> Summary {
         Summary {
             id: "2026-11-26T05-45-00Z".into(),
             backend: "kind",
-            phases: vec![
+            phases: BTreeMap::from([
                 (Phase::Preflight, Duration::from_millis(300)),
                 (Phase::Test, Duration::from_millis(1500)),
                 (Phase::Coverage, Duration::from_millis(2000)),
                 (Phase::Diagnostics, Duration::from_millis(100)),
-            ],
+            ]),
             idle_gap: Some(Duration::from_millis(40)),
             tests: Some(TestReport {
                 passed: 12,
-                failed: 1,
                 skipped: 0,
                 failed_names: vec!["TestDedup/same_fingerprint".into()],
                 interrupted: false,
@@ -288,6 +277,9 @@ mod tests {
 
     #[test]
     fn the_job_summary_says_the_same_in_markdown() {
+        // The coverage table is covdata-report's, tested there.
+        let coverage =
+            covdata_report::markdown_summary(&failed_run().coverage.unwrap(), None, None);
         expect_test::expect![[r#"
             ### e2e-gateway failed
 
@@ -306,14 +298,7 @@ mod tests {
 
             - failed: `TestDedup/same_fingerprint`
 
-            ### Coverage
-
-            | service | coverage |
-            | --- | ---: |
-            | datastorage | 69.5% |
-            | gateway | 74.0% |
-            | **all services (merged)** | **74.6%** |
-
+            {coverage}
             Logs: `/repo/target/xtask/logs/x` (the `e2e-logs` artifact)
 
             Result: failed (exit 1): phase 6 (test) failed: 1 E2E test(s) failed
@@ -321,6 +306,6 @@ mod tests {
             Cause: `go test` exited with 1: FAIL
 
         "#]]
-        .assert_eq(&failed_run().markdown());
+        .assert_eq(&failed_run().markdown().replace(&coverage, "{coverage}\n"));
     }
 }
