@@ -10,39 +10,6 @@ pub(super) struct Word {
     pub(super) offset: usize,
 }
 
-/// An upgrade found in a script: offset of its command in the script, the command as written.
-pub(super) struct Found {
-    pub(super) offset: usize,
-    pub(super) command: String,
-}
-
-pub(super) fn upgrades_in_script(script: &str) -> Vec<Found> {
-    simple_commands(script).commands.iter().flat_map(|c| upgrades_in_command(c)).collect()
-}
-
-pub(super) fn upgrades_in_command(words: &[Word]) -> Vec<Found> {
-    let words = &words[program_start(words)..];
-    let argv: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
-    if let Some(i) = shell_script_argument(&argv) {
-        // `sh -c "dnf update -y"`: the finding points at the script argument.
-        return upgrades_in_script(&words[i].text)
-            .into_iter()
-            .map(|found| Found { offset: words[i].offset, command: found.command })
-            .collect();
-    }
-    if is_distro_upgrade(&argv) {
-        return vec![Found { offset: words[0].offset, command: argv.join(" ") }];
-    }
-    Vec::new()
-}
-
-/// A script read as a shell reads it.
-pub(super) struct Script {
-    pub(super) commands: Vec<Vec<Word>>,
-    /// Heredocs opened on the script's last line, whose bodies are not in the script.
-    pub(super) unread_heredocs: Vec<Heredoc>,
-}
-
 /// A heredoc opened in a script: `<<EOF`, `<<-'EOF'`, `<< EOF`.
 #[derive(Debug, PartialEq)]
 pub(super) struct Heredoc {
@@ -53,102 +20,94 @@ pub(super) struct Heredoc {
     pub(super) one_word: bool,
 }
 
-/// Splits a script into simple commands at `&&`, `||`, `;`, `|`, `&`, parentheses and newlines.
-/// Comments, redirections and the bodies of heredocs inside the script are dropped.
-pub(super) fn simple_commands(script: &str) -> Script {
-    #[derive(Clone, Copy)]
-    enum Next {
-        Argument,
-        RedirectTarget,
-        HeredocDelimiter { strip_tabs: bool, after: usize },
+/// The whole-distribution upgrades among simple commands: the offset of each one's command in
+/// its script, and the command as written.
+pub(super) fn upgrades(commands: &[Vec<Word>]) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for words in commands {
+        let words = &words[program_start(words)..];
+        let argv: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
+        if let Some(i) = shell_script_argument(&argv) {
+            // `sh -c "dnf update -y"`: the finding points at the script argument.
+            let inner = upgrades(&simple_commands(&words[i].text).0);
+            found.extend(inner.into_iter().map(|(_, command)| (words[i].offset, command)));
+        } else if is_distro_upgrade(&argv) {
+            found.push((words[0].offset, argv.join(" ")));
+        }
     }
-    let chars: Vec<(usize, char)> = script.char_indices().collect();
-    let get = |j: usize| chars.get(j).map(|&(_, c)| c);
+    found
+}
+
+/// Redirection operators, longest first: after them comes a target (or a heredoc's delimiter),
+/// not an argument.
+const REDIRECTIONS: [&str; 13] =
+    ["<<<", "<<-", "<<", "&>>", "&>", ">>", ">&", ">|", "<>", "<&", "<|", ">", "<"];
+
+/// Splits a script into simple commands at `&&`, `||`, `;`, `|`, `&`, parentheses and newlines.
+/// Comments, redirections and the bodies of heredocs inside the script are dropped. Also returns
+/// the heredocs opened on the script's last line, whose bodies are not in the script.
+pub(super) fn simple_commands(script: &str) -> (Vec<Vec<Word>>, Vec<Heredoc>) {
     let mut commands = Vec::new();
     let mut current = Vec::new();
     let mut heredocs: Vec<Heredoc> = Vec::new();
+    // What the next word is: after a redirection its target, after `<<` a heredoc's delimiter
+    // (with `<<-`, and where a word glued to `<<` starts).
+    #[derive(Clone, Copy)]
+    enum Next {
+        Argument,
+        Target,
+        Delimiter(bool, usize),
+    }
     let mut next = Next::Argument;
-    let mut j = 0;
-    while j < chars.len() {
-        match chars[j].1 {
-            ' ' | '\t' | '\r' => j += 1,
-            '\\' if get(j + 1) == Some('\n') => j += 2,
-            '#' => {
-                while get(j).is_some_and(|c| c != '\n') {
-                    j += 1;
-                }
-            }
-            '\n' => {
+    let mut i = 0;
+    while let Some(c) = script[i..].chars().next() {
+        let rest = &script[i..];
+        if let Some(op) = REDIRECTIONS.iter().find(|&&op| rest.starts_with(op)) {
+            i += op.len();
+            next = match *op {
+                "<<" | "<<-" => Next::Delimiter(*op == "<<-", i),
+                _ => Next::Target,
+            };
+            continue;
+        }
+        match c {
+            ' ' | '\t' | '\r' => i += 1,
+            '\\' if rest.starts_with("\\\n") => i += 2,
+            '#' => i += rest.find('\n').unwrap_or(rest.len()),
+            ';' | '&' | '|' | '(' | ')' | '\n' => {
                 commands.push(std::mem::take(&mut current));
-                j += 1;
-                // A heredoc body starts on the next line and runs to its delimiter: data.
-                for heredoc in heredocs.drain(..) {
-                    let start = chars.get(j).map_or(script.len(), |&(offset, _)| offset);
-                    let (_, len) = heredoc_body(&script[start..], &heredoc);
-                    j = chars.partition_point(|&(offset, _)| offset < start + len);
-                }
-            }
-            '&' if get(j + 1) == Some('>') => {
-                // `&>file`, `&>>file`
-                j += 2;
-                if get(j) == Some('>') {
-                    j += 1;
-                }
-                next = Next::RedirectTarget;
-            }
-            ';' | '&' | '|' | '(' | ')' => {
-                commands.push(std::mem::take(&mut current));
-                j += 1;
-            }
-            c @ ('<' | '>') => {
-                j += 1;
-                if c == '<' && get(j) == Some('<') {
-                    j += 1;
-                    if get(j) == Some('<') {
-                        j += 1; // `<<<word`: a here-string
-                        next = Next::RedirectTarget;
-                    } else {
-                        let strip_tabs = get(j) == Some('-');
-                        if strip_tabs {
-                            j += 1;
-                        }
-                        next = Next::HeredocDelimiter { strip_tabs, after: j };
+                i += 1;
+                if c == '\n' {
+                    // A heredoc body starts on the next line and runs to its delimiter: data.
+                    for heredoc in heredocs.drain(..) {
+                        i += heredoc_body(&script[i..], &heredoc).1;
                     }
-                } else {
-                    // `>>`, `>&`, `>|`, `<&`, `<>`
-                    if matches!(get(j), Some('>' | '&' | '|')) {
-                        j += 1;
-                    }
-                    next = Next::RedirectTarget;
                 }
             }
             _ => {
-                let start = j;
-                let (word, end, quoted) = read_word(&chars, j);
-                j = end;
+                let (word, end, quoted) = read_word(script, i);
                 // `2>&1`, `2>/dev/null`: a file descriptor glued to a redirection.
                 let fd = !quoted
                     && word.text.chars().all(|c| c.is_ascii_digit())
-                    && matches!(get(j), Some('<' | '>'));
-                if fd {
-                    continue;
+                    && script[end..].starts_with(['<', '>']);
+                if !fd {
+                    match next {
+                        Next::Argument => current.push(word),
+                        Next::Target => {}
+                        Next::Delimiter(strip_tabs, after) => {
+                            let one_word = i == after;
+                            heredocs.push(Heredoc { delimiter: word.text, strip_tabs, one_word });
+                        }
+                    }
+                    next = Next::Argument;
                 }
-                match next {
-                    Next::Argument => current.push(word),
-                    Next::RedirectTarget => {}
-                    Next::HeredocDelimiter { strip_tabs, after } => heredocs.push(Heredoc {
-                        delimiter: word.text,
-                        strip_tabs,
-                        one_word: start == after,
-                    }),
-                }
-                next = Next::Argument;
+                i = end;
             }
         }
     }
     commands.push(current);
     commands.retain(|c| !c.is_empty());
-    Script { commands, unread_heredocs: heredocs }
+    (commands, heredocs)
 }
 
 /// The body of the heredoc that starts `text`, and the bytes it takes with its delimiter line.
@@ -169,146 +128,113 @@ pub(super) fn heredoc_body(text: &str, heredoc: &Heredoc) -> (String, usize) {
     (body, len)
 }
 
-/// One shell word starting at `j`: the word, where it ends, whether any of it was quoted.
-fn read_word(chars: &[(usize, char)], mut j: usize) -> (Word, usize, bool) {
-    let get = |j: usize| chars.get(j).map(|&(_, c)| c);
-    let offset = chars[j].0;
+/// One shell word starting at `start`: the word, where it ends, whether any of it was quoted.
+fn read_word(script: &str, start: usize) -> (Word, usize, bool) {
+    let mut chars = script[start..].chars();
     let mut text = String::new();
     let mut quoted = false;
-    while let Some(c) = get(j) {
+    while !chars.as_str().starts_with([' ', '\t', '\r', '\n', ';', '&', '|', '(', ')', '<', '>']) {
+        let Some(c) = chars.next() else {
+            break;
+        };
         match c {
-            ' ' | '\t' | '\r' | '\n' | ';' | '&' | '|' | '(' | ')' | '<' | '>' => break,
             '\\' => {
                 quoted = true;
-                if let Some(next) = get(j + 1).filter(|&n| n != '\n') {
-                    text.push(next);
-                }
-                j += 2;
+                text.extend(chars.next().filter(|&n| n != '\n'));
             }
             '\'' => {
                 quoted = true;
-                j += 1;
-                while let Some(c) = get(j).filter(|&c| c != '\'') {
-                    text.push(c);
-                    j += 1;
-                }
-                j += 1;
+                text.extend(chars.by_ref().take_while(|&c| c != '\''));
             }
             '"' => {
                 quoted = true;
-                j += 1;
-                while let Some(c) = get(j).filter(|&c| c != '"') {
-                    if c == '\\' && matches!(get(j + 1), Some('"' | '\\' | '$' | '`' | '\n')) {
-                        j += 1;
-                        if get(j) != Some('\n') {
-                            text.extend(get(j));
-                        }
+                while let Some(c) = chars.next().filter(|&c| c != '"') {
+                    // Inside double quotes `\` escapes only these.
+                    if c == '\\' && chars.as_str().starts_with(['"', '\\', '$', '`', '\n']) {
+                        text.extend(chars.next().filter(|&n| n != '\n'));
                     } else {
                         text.push(c);
                     }
-                    j += 1;
                 }
-                j += 1;
             }
             // `$(...)`, `${...}` and backticks are kept as written, not inspected.
-            '$' if matches!(get(j + 1), Some('(' | '{')) => {
-                let (open, close) = if get(j + 1) == Some('(') { ('(', ')') } else { ('{', '}') };
-                text.push('$');
-                j += 1;
-                let mut depth = 0;
-                while let Some(c) = get(j) {
-                    text.push(c);
-                    j += 1;
-                    if c == open {
-                        depth += 1;
-                    } else if c == close {
-                        depth -= 1;
-                        if depth == 0 {
-                            break;
-                        }
-                    }
-                }
-            }
-            '`' => {
+            '$' | '`' if c == '`' || chars.as_str().starts_with(['(', '{']) => {
+                let (open, close) = match chars.as_str().chars().next() {
+                    _ if c == '`' => ('`', '`'),
+                    Some('(') => ('(', ')'),
+                    _ => ('{', '}'),
+                };
                 text.push(c);
-                j += 1;
-                while let Some(c) = get(j) {
+                let mut depth = i32::from(c == '`');
+                for c in chars.by_ref() {
                     text.push(c);
-                    j += 1;
-                    if c == '`' {
+                    depth += if c == close { -1 } else { i32::from(c == open) };
+                    if depth == 0 {
                         break;
                     }
                 }
             }
-            _ => {
-                text.push(c);
-                j += 1;
-            }
+            _ => text.push(c),
         }
     }
-    (Word { text, offset }, j, quoted)
+    (Word { text, offset: start }, script.len() - chars.as_str().len(), quoted)
 }
 
 fn basename(program: &str) -> &str {
     program.rsplit('/').next().unwrap_or(program)
 }
 
-pub(super) fn is_shell(program: &str) -> bool {
+fn is_shell(program: &str) -> bool {
     matches!(basename(program), "sh" | "bash" | "ash" | "dash" | "zsh" | "ksh" | "mksh")
 }
 
+/// Whether `word` is in `list`, a space-separated list (so that long lists stay readable).
+fn listed(list: &str, word: &str) -> bool {
+    list.split_whitespace().any(|w| w == word)
+}
+
+/// Wrappers that run the command after their options: their names, the options that take a
+/// value, and how many words (`timeout`'s duration) come before the command.
+const WRAPPERS: [(&str, &str, usize); 5] = [
+    ("sudo doas", "-u -g -C -D -h -p -r -t -U -T", 0),
+    ("env", "-u -C -S --unset --chdir", 0),
+    ("exec command builtin nohup time", "", 0),
+    ("nice", "-n --adjustment", 0),
+    ("timeout", "-s --signal -k --kill-after", 1),
+];
+
 /// Where the program starts: after `VAR=value` assignments, reserved words such as `if` or `{`,
 /// and wrappers such as `sudo`, `env` or `nice` that run the command after their options.
-pub(super) fn program_start(words: &[Word]) -> usize {
+fn program_start(words: &[Word]) -> usize {
     let is_assignment = |w: &str| {
         w.split_once('=').is_some_and(|(name, _)| {
             name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
     };
-    // Skips options (and the values of `with_value` options) from `k`.
-    let skip_options = |mut k: usize, with_value: &[&str]| {
-        while let Some(w) = words.get(k).map(|w| w.text.as_str()) {
-            if w == "--" {
-                return k + 1;
-            }
-            if !w.starts_with('-') {
-                break;
-            }
-            k += if with_value.contains(&w) { 2 } else { 1 };
-        }
-        k
-    };
+    let text = |k: usize| words.get(k).map(|w| w.text.as_str());
     let mut k = 0;
-    while let Some(word) = words.get(k) {
-        let w = word.text.as_str();
-        if is_assignment(w) {
+    while let Some(w) = text(k) {
+        if is_assignment(w) || listed("! { } if then else elif do while until fi done esac", w) {
             k += 1;
             continue;
         }
-        k = match w {
-            "!" | "{" | "}" | "if" | "then" | "else" | "elif" | "do" | "while" | "until" | "fi"
-            | "done" | "esac" => k + 1,
-            // Compound commands whose words are not a command.
-            "for" | "case" | "select" | "function" => return words.len(),
-            _ => match basename(w) {
-                "sudo" | "doas" => skip_options(
-                    k + 1,
-                    &["-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-T"],
-                ),
-                "env" => {
-                    let mut k = skip_options(k + 1, &["-u", "-C", "-S", "--unset", "--chdir"]);
-                    while words.get(k).is_some_and(|w| is_assignment(&w.text)) {
-                        k += 1;
-                    }
-                    k
-                }
-                "exec" | "command" | "builtin" | "nohup" | "time" => skip_options(k + 1, &[]),
-                "nice" => skip_options(k + 1, &["-n", "--adjustment"]),
-                "timeout" => skip_options(k + 1, &["-s", "--signal", "-k", "--kill-after"]) + 1,
-                _ => return k,
-            },
+        // Compound commands whose words are not a command.
+        if listed("for case select function", w) {
+            return words.len();
+        }
+        let Some((_, with_value, operands)) = WRAPPERS.iter().find(|w2| listed(w2.0, basename(w)))
+        else {
+            return k;
         };
+        k += 1;
+        while let Some(option) = text(k).filter(|a| a.starts_with('-')) {
+            k += if listed(with_value, option) { 2 } else { 1 };
+            if option == "--" {
+                break;
+            }
+        }
+        k += operands;
     }
     words.len()
 }
@@ -333,96 +259,84 @@ fn shell_script_argument(argv: &[&str]) -> Option<usize> {
     (dash_c && k < argv.len()).then_some(k)
 }
 
-/// A package manager: its program names, the subcommands that upgrade everything installed,
-/// and the options that take the next word as their value (a value is not a package name).
-/// Space-separated, so that the long lists stay readable.
-struct PackageManager {
-    programs: &'static str,
-    upgrades: &'static str,
-    value_options: &'static str,
+/// Whether a heredoc given to `command` runs as a shell script: it does for `RUN <<EOF` and
+/// `RUN bash -e <<EOF`, unless its `#!` line names another program; it does not for
+/// `RUN cat <<EOF >file` or `RUN python3 <<EOF`.
+pub(super) fn heredoc_is_script(command: Option<&Vec<Word>>, body: &str) -> bool {
+    let on_stdin = command.is_none_or(|words| {
+        let argv: Vec<&str> =
+            words[program_start(words)..].iter().map(|w| w.text.as_str()).collect();
+        argv.first().is_some_and(|p| is_shell(p))
+            && argv[1..]
+                .iter()
+                .all(|a| a.starts_with("--") || (a.starts_with('-') && !a.contains('c')))
+    });
+    let Some(shebang) = body.strip_prefix("#!") else {
+        return on_stdin;
+    };
+    let mut words = shebang.lines().next().unwrap_or("").split_whitespace();
+    on_stdin
+        && match words.next().map(basename) {
+            Some("env") => words.find(|w| !w.starts_with('-')).is_some_and(is_shell),
+            program => program.is_some_and(is_shell),
+        }
 }
 
-const PACKAGE_MANAGERS: [PackageManager; 4] = [
-    PackageManager {
-        programs: "dnf dnf5 dnf-3 yum microdnf tdnf",
-        upgrades: "update upgrade up update-minimal upgrade-minimal distro-sync distrosync \
+/// The package managers: their program names, the subcommands that upgrade everything
+/// installed, and the options that take the next word as their value (not a package name).
+const PACKAGE_MANAGERS: [(&str, &str, &str); 4] = [
+    (
+        "dnf dnf5 dnf-3 yum microdnf tdnf",
+        "update upgrade up update-minimal upgrade-minimal distro-sync distrosync \
             distribution-synchronization dsync dist-upgrade",
-        value_options: "-c --config --installroot --releasever --setopt --enablerepo \
+        "-c --config --installroot --releasever --setopt --enablerepo \
             --disablerepo --repo --repoid -x --exclude --excludepkgs -d --debuglevel \
             -e --errorlevel -R --randomwait --rpmverbosity --forcearch --color \
             --disableplugin --enableplugin --repofrompath --destdir --downloaddir --comment \
             --advisory --advisories --bz --bzs --cve --cves --sec-severity --secseverity",
-    },
-    PackageManager {
-        programs: "apt-get apt aptitude",
-        upgrades: "upgrade dist-upgrade full-upgrade safe-upgrade",
-        value_options: "-o --option -c --config-file -t --target-release --default-release \
+    ),
+    (
+        "apt-get apt aptitude",
+        "upgrade dist-upgrade full-upgrade safe-upgrade",
+        "-o --option -c --config-file -t --target-release --default-release \
             -a --host-architecture",
-    },
-    PackageManager {
-        programs: "apk",
-        upgrades: "upgrade",
-        value_options: "-X --repository -p --root --arch --cache-dir --keys-dir \
+    ),
+    (
+        "apk",
+        "upgrade",
+        "-X --repository -p --root --arch --cache-dir --keys-dir \
             --repositories-file --cache-max-age --timeout --wait --progress-fd",
-    },
-    PackageManager {
-        programs: "zypper",
-        upgrades: "update up dist-upgrade dup",
-        value_options: "-R --root -r --repo --from -t --type",
-    },
+    ),
+    ("zypper", "update up dist-upgrade dup", "-R --root -r --repo --from -t --type"),
 ];
 
 /// Whether `argv` upgrades the whole distribution: an upgrade subcommand with no package name.
 fn is_distro_upgrade(argv: &[&str]) -> bool {
-    let listed = |list: &str, word: &str| list.split_whitespace().any(|w| w == word);
     let Some((program, args)) = argv.split_first() else {
         return false;
     };
-    let Some(manager) = PACKAGE_MANAGERS.iter().find(|m| listed(m.programs, basename(program)))
+    let Some((_, upgrades, with_value)) =
+        PACKAGE_MANAGERS.iter().find(|m| listed(m.0, basename(program)))
     else {
         return false;
     };
-    let takes_value = |arg: &str| listed(manager.value_options, arg);
+    // The words that are not options or option values: the subcommand, then package names.
+    let mut positional = Vec::new();
     let mut args = args.iter();
-    // The subcommand is the first word that is not an option or an option's value.
-    let subcommand = loop {
-        let Some(arg) = args.next() else {
-            return false;
-        };
-        if arg.starts_with('-') {
-            if takes_value(arg) {
-                args.next();
-            }
-            continue;
+    while let Some(&arg) = args.next() {
+        if !arg.starts_with('-') {
+            positional.push(arg);
+        } else if listed(with_value, arg) {
+            args.next();
         }
-        break *arg;
-    };
-    if !listed(manager.upgrades, subcommand) {
-        return false;
     }
     // Any package name makes it a targeted update, except a bare `*` which names every package.
-    while let Some(arg) = args.next() {
-        if *arg == "--" {
-            continue;
+    match positional[..] {
+        [subcommand, ref packages @ ..] => {
+            listed(upgrades, subcommand)
+                && packages.first().is_none_or(|p| p.chars().all(|c| c == '*'))
         }
-        if arg.starts_with('-') {
-            if takes_value(arg) {
-                args.next();
-            }
-            continue;
-        }
-        return arg.chars().all(|c| c == '*');
-    }
-    true
-}
-
-pub(super) fn shebang_is_shell(script: &str) -> bool {
-    let first = script.lines().next().unwrap_or("");
-    let mut words = first.trim_start_matches("#!").split_whitespace();
-    match words.next().map(basename) {
-        Some("env") => words.find(|w| !w.starts_with('-')).is_some_and(is_shell),
-        Some(program) => is_shell(program),
-        None => false,
+        [] => false,
     }
 }
 
@@ -434,7 +348,7 @@ mod tests {
     fn shell_scripts_split_into_simple_commands() {
         let words = |script: &str| -> Vec<Vec<String>> {
             simple_commands(script)
-                .commands
+                .0
                 .into_iter()
                 .map(|c| c.into_iter().map(|w| w.text).collect())
                 .collect()
@@ -461,11 +375,11 @@ mod tests {
             [vec!["echo", "$(dnf update)", "`yum update`", "${a:-b c}"]]
         );
         // Offsets point into the script, so findings point at their line.
-        let commands = simple_commands("x\n  dnf update").commands;
+        let commands = simple_commands("x\n  dnf update").0;
         assert_eq!(commands[1][0].offset, 4);
         // Heredocs opened on the last line are left to the caller, whose text has the bodies.
         assert_eq!(
-            simple_commands("cat <<A >x <<-'B' << C").unread_heredocs,
+            simple_commands("cat <<A >x <<-'B' << C").1,
             [
                 Heredoc { delimiter: "A".to_string(), strip_tabs: false, one_word: true },
                 Heredoc { delimiter: "B".to_string(), strip_tabs: true, one_word: true },
