@@ -29,7 +29,8 @@ use crate::{flags, project, ui};
 
 mod shell;
 
-use shell::{heredoc_body, heredoc_is_script, simple_commands, upgrades, Heredoc, Word};
+use shell::{closing, heredoc_body, heredoc_is_script, simple_commands, upgrades, Heredoc, Word};
+use Severity::{Error, Info, Warning};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -62,11 +63,9 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
     let paths =
         if flags.paths.is_empty() { default_paths(&root)? } else { named_paths(&flags.paths)? };
     if paths.is_empty() {
-        let searched = if flags.paths.is_empty() {
-            format!("{root}/docker or {root}")
-        } else {
-            flags.paths.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
-        };
+        let named: Vec<&str> = flags.paths.iter().map(|p| p.as_str()).collect();
+        let searched =
+            if named.is_empty() { format!("{root}/docker or {root}") } else { named.join(", ") };
         println!("no Dockerfile, Dockerfile.*, *.Dockerfile, Containerfile or *.Containerfile under {searched}: nothing to lint");
         return Ok(());
     }
@@ -79,20 +78,14 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
         }
     }
     println!("{}", summary(&findings, paths.len()));
-
-    let errors = count(&findings, Severity::Error);
+    let (errors, warnings) = (count(&findings, Error), count(&findings, Warning));
     if errors > 0 {
-        anyhow::bail!(
-            "lint-dockerfiles found {}: fix each line marked `error` above as its message says, then rerun `cargo xtask lint-dockerfiles`",
-            plural(errors, "error")
-        );
+        let errors = plural(errors, "error");
+        anyhow::bail!("lint-dockerfiles found {errors}: fix each line marked `error` above as its message says, then rerun `cargo xtask lint-dockerfiles`");
     }
-    let warnings = count(&findings, Severity::Warning);
     if flags.deny_warnings && warnings > 0 {
-        anyhow::bail!(
-            "lint-dockerfiles found {} and --deny-warnings is set: fix each line marked `warning` above, then rerun `cargo xtask lint-dockerfiles --deny-warnings`",
-            plural(warnings, "warning")
-        );
+        let warnings = plural(warnings, "warning");
+        anyhow::bail!("lint-dockerfiles found {warnings} and --deny-warnings is set: fix each line marked `warning` above, then rerun `cargo xtask lint-dockerfiles --deny-warnings`");
     }
     Ok(())
 }
@@ -161,18 +154,21 @@ pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result
             .with_context(|| format!("reading {path}: check the path and its permissions"))?;
         let shown = path.strip_prefix(&root).unwrap_or(path);
         files.push(match std::str::from_utf8(&bytes) {
-            Ok(text) => analyze(shown, text, require_digest),
+            Ok(text) => analyze(shown, text),
             // One such file must not stop the others from being checked.
             Err(e) => {
                 let mut file = File::new(shown);
                 let line = line_at(&String::from_utf8_lossy(&bytes), e.valid_up_to());
-                file.push(line, Severity::Warning, "unreadable", "not UTF-8 text from this line on, so the file is not checked: save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`) (what cannot be read is not checked)".to_string());
+                file.push(line, Warning, "unreadable", "not UTF-8 text from this line on, so the file is not checked: save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`) (what cannot be read is not checked)".to_string());
                 file
             }
         });
     }
     let mut findings: Vec<Finding> = files.iter().flat_map(|f| f.findings.clone()).collect();
     findings.extend(check_drift(&files));
+    for finding in findings.iter_mut().filter(|f| require_digest && f.rule == "no-digest") {
+        finding.severity = Error;
+    }
     findings.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
     Ok(findings)
 }
@@ -187,30 +183,22 @@ fn plural(n: usize, word: &str) -> String {
 
 /// `2 errors, 1 warning, 3 infos in 3 files`
 fn summary(findings: &[Finding], files: usize) -> String {
-    format!(
-        "{}, {}, {} in {}",
-        plural(count(findings, Severity::Error), "error"),
-        plural(count(findings, Severity::Warning), "warning"),
-        plural(count(findings, Severity::Info), "info"),
-        plural(files, "file"),
-    )
+    let [errors, warnings, infos] = [Error, Warning, Info].map(|s| count(findings, s));
+    let (errors, warnings) = (plural(errors, "error"), plural(warnings, "warning"));
+    format!("{errors}, {warnings}, {} in {}", plural(infos, "info"), plural(files, "file"))
 }
 
 /// A GitHub Actions workflow command, so the finding shows up on the file in the pull request.
 fn annotation(finding: &Finding) -> String {
     let level = match finding.severity {
-        Severity::Info => "notice".to_string(),
+        Info => "notice".to_string(),
         severity => format!("{severity:?}").to_lowercase(),
     };
     // Workflow commands need `%`, CR and LF escaped, and in properties also `:` and `,`.
     let data = |s: &str| s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
-    let property = |s: &str| data(s).replace(':', "%3A").replace(',', "%2C");
-    format!(
-        "::{level} file={},line={}::{}",
-        property(finding.path.as_str()),
-        finding.line,
-        data(&format!("[{}] {}", finding.rule, finding.message))
-    )
+    let file = data(finding.path.as_str()).replace(':', "%3A").replace(',', "%2C");
+    let message = data(&format!("[{}] {}", finding.rule, finding.message));
+    format!("::{level} file={file},line={}::{message}", finding.line)
 }
 
 /// One Dockerfile as the rules see it: the findings of the single-file rules, and the base
@@ -259,20 +247,16 @@ fn check_drift(files: &[File]) -> Vec<Finding> {
         let (norm, norm_count) =
             counts.into_iter().max_by_key(|&(tag, n)| (n, numbers(tag), tag)).expect("uses");
         let (first, first_line, ..) = uses.iter().find(|u| u.3 == norm).expect("a use of norm");
+        let (first, total) = (&first.path, uses.len());
         for (file, line, repository, tag) in uses.iter().filter(|u| u.3 != norm) {
-            let fix = format!(
-                "`{repository}` has tag `{tag}` here and `{norm}` in {norm_count} of its {} uses (first at {}:{first_line}); move this file to `{norm}`, or every file to one current tag (services on different base versions behave differently and share no cached layers)",
-                uses.len(),
-                first.path
-            );
-            let path = file.path.clone();
-            let rule = "base-image-drift";
+            let message = format!("`{repository}` has tag `{tag}` here and `{norm}` in {norm_count} of its {total} uses (first at {first}:{first_line}); move this file to `{norm}`, or every file to one current tag (services on different base versions behave differently and share no cached layers)");
+            let (path, line) = (file.path.clone(), *line);
             findings.push(Finding {
                 path,
-                line: *line,
-                severity: Severity::Warning,
-                rule,
-                message: fix,
+                line,
+                severity: Warning,
+                rule: "base-image-drift",
+                message,
             });
         }
     }
@@ -282,10 +266,8 @@ fn check_drift(files: &[File]) -> Vec<Finding> {
 /// `docker.io/library/alpine` and `alpine` are the same repository.
 fn normalized_repository(repository: &str) -> String {
     let lower = repository.to_ascii_lowercase();
-    let rest = ["docker.io/", "index.docker.io/", "registry-1.docker.io/"]
-        .iter()
-        .find_map(|host| lower.strip_prefix(host))
-        .unwrap_or(&lower);
+    let hosts = ["docker.io/", "index.docker.io/", "registry-1.docker.io/"];
+    let rest = hosts.iter().find_map(|host| lower.strip_prefix(host)).unwrap_or(&lower);
     rest.strip_prefix("library/").unwrap_or(rest).to_string()
 }
 
@@ -311,26 +293,24 @@ type Bodies = HashMap<usize, Vec<(usize, String)>>;
 
 /// Reads one file's base images and distribution upgrades: the parse-dockerfile crate reads the
 /// instructions, we resolve FROM and scan RUN.
-fn analyze(path: &Utf8Path, text: &str, require_digest: bool) -> File {
+fn analyze(path: &Utf8Path, text: &str) -> File {
     // The crate skips a byte order mark and counts its offsets after it.
     let mut text = text.strip_prefix('\u{feff}').unwrap_or(text).to_string();
     let mut bodies = Bodies::new();
     loop {
-        let (run, mut start, heredocs) = match read_pass(path, &text, &bodies, require_digest) {
+        let (run, mut start, heredocs) = match read_pass(path, &text, &bodies) {
             Ok(file) => return file,
             Err(missed) => missed,
         };
         // Read their bodies and blank their lines out with spaces, so that the crate reads on
         // after them and offsets stay as they were.
-        let read = bodies.entry(run).or_default();
         for heredoc in &heredocs {
             let (body, len) = heredoc_body(&text[start..], heredoc);
-            read.push((line_at(&text, start), body));
-            let end = start + len;
-            let blank: String =
-                text[start..end].bytes().map(|b| if b == b'\n' { '\n' } else { ' ' }).collect();
-            text.replace_range(start..end, &blank);
-            start = end;
+            bodies.entry(run).or_default().push((line_at(&text, start), body));
+            let blank =
+                text[start..start + len].bytes().map(|b| if b == b'\n' { '\n' } else { ' ' });
+            text.replace_range(start..start + len, &blank.collect::<String>());
+            start += len;
         }
     }
 }
@@ -342,12 +322,7 @@ fn analyze(path: &Utf8Path, text: &str, require_digest: bool) -> File {
 type Missed = (usize, usize, Vec<Heredoc>);
 
 /// One reading of the file with the crate, or the first RUN whose heredocs it missed.
-fn read_pass(
-    path: &Utf8Path,
-    text: &str,
-    bodies: &Bodies,
-    require_digest: bool,
-) -> Result<File, Missed> {
+fn read_pass(path: &Utf8Path, text: &str, bodies: &Bodies) -> Result<File, Missed> {
     let mut file = File::new(path);
     let items = parse_dockerfile::parse_iter(text).map_or_else(|e| vec![Err(e)], Iterator::collect);
     // Only ARGs before the first FROM are visible in FROM lines.
@@ -359,26 +334,22 @@ fn read_pass(
             Ok(instruction) => instruction,
             // The crate's only error without a line is a file without FROM.
             Err(e) if e.line() == 0 && !seen_from => {
-                file.push(1, Severity::Info, "no-from", "no FROM instruction: add one, e.g. `FROM <image>:<version>`, or remove the file if it is not a Dockerfile (a Dockerfile without FROM builds nothing)".to_string());
+                file.push(1, Info, "no-from", "no FROM instruction: add one, e.g. `FROM <image>:<version>`, or remove the file if it is not a Dockerfile (a Dockerfile without FROM builds nothing)".to_string());
                 break;
             }
             // The crate stops at its first error: report it, keep what it read before.
             Err(e) => {
-                file.push(e.line().max(1), Severity::Warning, "unreadable", format!("cannot read past here: {e:#}; fix the syntax so BuildKit accepts it (`docker build --check` shows its errors), then the rest of the file is checked (what cannot be read is not checked)"));
+                file.push(e.line().max(1), Warning, "unreadable", format!("cannot read past here: {e:#}; fix the syntax so BuildKit accepts it (`docker build --check` shows its errors), then the rest of the file is checked (what cannot be read is not checked)"));
                 break;
             }
         };
         match instruction {
             Instruction::Arg(arg) if !seen_from => {
                 for word in simple_commands(&arg.arguments.value).0.into_iter().flatten() {
-                    match word.text.split_once('=') {
-                        Some((name, default)) => {
-                            let value = expand(default, &global_args);
-                            global_args.insert(name.to_string(), value);
-                        }
-                        None => {
-                            global_args.entry(word.text.clone()).or_insert(Err(word.text));
-                        }
+                    if let Some((name, default)) = word.text.split_once('=') {
+                        global_args.insert(name.to_string(), expand(default, &global_args));
+                    } else {
+                        global_args.entry(word.text.clone()).or_insert(Err(word.text));
                     }
                 }
             }
@@ -386,31 +357,22 @@ fn read_pass(
                 seen_from = true;
                 let line = line_at(text, from.image.span.start);
                 let written = from.image.value;
-                let name = match expand(&written, &global_args) {
-                    Err(var) if global_args.contains_key(&var) => {
-                        file.push(line, Severity::Warning, "unresolved-base", format!("cannot check base image `{written}`: `ARG {var}` has no default; give it one, e.g. `ARG {var}=<image>:<version>` (a base image behind a build argument without a default cannot be checked)"));
-                        None
-                    }
-                    Err(var) => {
-                        file.push(line, Severity::Warning, "unresolved-base", format!("cannot check base image `{written}`: `{var}` is not declared by an ARG before the first FROM; add `ARG {var}=<image>:<version>` there (a base image behind a build argument without a default cannot be checked)"));
-                        None
-                    }
-                    Ok(name) if name.eq_ignore_ascii_case("scratch") => None,
-                    Ok(name) if stages.contains(&name.to_ascii_lowercase()) => None,
-                    Ok(name) => Some(name),
-                };
+                match expand(&written, &global_args) {
+                    Err(var) if global_args.contains_key(&var) => file.push(line, Warning, "unresolved-base", format!("cannot check base image `{written}`: `ARG {var}` has no default; give it one, e.g. `ARG {var}=<image>:<version>` (a base image behind a build argument without a default cannot be checked)")),
+                    Err(var) => file.push(line, Warning, "unresolved-base", format!("cannot check base image `{written}`: `{var}` is not declared by an ARG before the first FROM; add `ARG {var}=<image>:<version>` there (a base image behind a build argument without a default cannot be checked)")),
+                    Ok(name) if name.eq_ignore_ascii_case("scratch") => {}
+                    Ok(name) if stages.contains(&name.to_ascii_lowercase()) => {}
+                    Ok(name) => check_image(&mut file, line, &written, &name),
+                }
                 if let Some((_, stage)) = &from.as_ {
                     stages.push(stage.value.to_ascii_lowercase());
                 }
-                if let Some(name) = name {
-                    check_image(&mut file, line, &written, &name, require_digest);
-                }
             }
-            Instruction::Run(run) => run_upgrades(&run, text, bodies, &mut file)?,
+            Instruction::Run(run) => check_run(&run, text, bodies, &mut file)?,
             // `ONBUILD RUN ...` runs in every build that starts from this image.
             Instruction::Onbuild(onbuild) => {
                 if let Instruction::Run(run) = &*onbuild.instruction {
-                    run_upgrades(run, text, bodies, &mut file)?;
+                    check_run(run, text, bodies, &mut file)?;
                 }
             }
             _ => {}
@@ -420,19 +382,18 @@ fn read_pass(
 }
 
 /// The rules on one base image: `written` after `FROM`, `name` once expanded.
-fn check_image(file: &mut File, line: usize, written: &str, name: &str, require_digest: bool) {
+fn check_image(file: &mut File, line: usize, written: &str, name: &str) {
     let shown = if written.contains('$') {
         format!("`{written}` (= `{name}`)")
     } else {
         format!("`{written}`")
     };
     let (repository, tag, digest) = parse_image(name);
+    if digest.is_none() && tag.is_none_or(|t| t == "latest") {
+        file.push(line, Warning, "unpinned-tag", format!("pin {shown} to a version tag, e.g. `{repository}:<version>`, or to a digest (`:latest` or no tag changes under you, so builds stop being reproducible)"));
+    }
     if digest.is_none() {
-        if tag.is_none_or(|t| t == "latest") {
-            file.push(line, Severity::Warning, "unpinned-tag", format!("pin {shown} to a version tag, e.g. `{repository}:<version>`, or to a digest (`:latest` or no tag changes under you, so builds stop being reproducible)"));
-        }
-        let severity = if require_digest { Severity::Error } else { Severity::Info };
-        file.push(line, severity, "no-digest", format!("pin {shown} by digest, as `{name}@sha256:<digest>` (`skopeo inspect docker://{name}` shows it) (a tag can be moved to another image; only a digest names exactly one)"));
+        file.push(line, Info, "no-digest", format!("pin {shown} by digest, as `{name}@sha256:<digest>` (`skopeo inspect docker://{name}` shows it) (a tag can be moved to another image; only a digest names exactly one)"));
     }
     // No tag means `latest`, unless a digest alone names the image: that has no tag.
     if tag.is_some() || digest.is_none() {
@@ -440,8 +401,8 @@ fn check_image(file: &mut File, line: usize, written: &str, name: &str, require_
     }
 }
 
-/// Adds the upgrades a `RUN` performs, in its command and in the heredocs it runs as scripts.
-fn run_upgrades(
+/// The upgrades a `RUN` performs, in its command and in the heredocs it runs as scripts.
+fn check_run(
     run: &RunInstruction,
     text: &str,
     bodies: &Bodies,
@@ -461,11 +422,8 @@ fn run_upgrades(
         }
         _ => return Ok(()),
     };
-    let mut heredocs: Vec<(usize, String)> = run
-        .here_docs
-        .iter()
-        .map(|heredoc| (line_at(text, heredoc.span.start), heredoc.value.to_string()))
-        .collect();
+    let read = run.here_docs.iter().map(|h| (line_at(text, h.span.start), h.value.to_string()));
+    let mut heredocs: Vec<(usize, String)> = read.collect();
     // BuildKit opens a heredoc only with one word, `<<EOF`; after `<< EOF` it reads the body as
     // instructions, and so does the crate, which then says where that fails.
     let unread: Vec<Heredoc> = unread.into_iter().filter(|h| h.one_word).collect();
@@ -478,17 +436,14 @@ fn run_upgrades(
         };
         heredocs.extend(ours.iter().cloned());
     }
-    let mut scripts = Vec::new();
-    for (first_line, body) in heredocs {
-        if heredoc_is_script(commands.first(), &body) {
-            scripts.push((first_line, simple_commands(&body).0, body));
-        }
-    }
+    heredocs.retain(|(_, body)| heredoc_is_script(commands.first(), body));
+    let mut scripts: Vec<_> =
+        heredocs.into_iter().map(|(line, b)| (line, simple_commands(&b).0, b)).collect();
     scripts.push((line_at(text, args.start), commands, command));
     for (first_line, commands, script) in &scripts {
         for (offset, command) in upgrades(commands) {
             let line = first_line + script[..offset].matches('\n').count();
-            file.push(line, Severity::Error, "distro-upgrade", format!("remove `{command}`; pick a current base image instead, or update only the packages you need by name (a whole-distribution upgrade rebuilds every package on every build)"));
+            file.push(line, Error, "distro-upgrade", format!("remove `{command}`; pick a current base image instead, or update only the packages you need by name (a whole-distribution upgrade rebuilds every package on every build)"));
         }
     }
     Ok(())
@@ -502,8 +457,7 @@ fn shell_text(raw: &str) -> String {
     let lines: Vec<&str> = raw.split('\n').collect();
     let (last, continued) = lines.split_last().expect("split yields a line");
     let mut out = String::new();
-    for (i, line) in continued.iter().enumerate() {
-        let line = line.trim_end();
+    for (i, line) in continued.iter().map(|line| line.trim_end()).enumerate() {
         if i == 0 || !(line.trim_start().is_empty() || line.trim_start().starts_with('#')) {
             out.push_str(line.strip_suffix(['\\', '`']).unwrap_or(line));
         }
@@ -518,33 +472,23 @@ type Value = Result<String, String>;
 /// Expands `$VAR`, `${VAR}`, `${VAR:-word}`, `${VAR-word}`, `${VAR:+word}` and `${VAR+word}`
 /// as BuildKit does in `FROM` and global `ARG` defaults.
 fn expand(s: &str, vars: &HashMap<String, Value>) -> Value {
-    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let name_len = |s: &str| s.find(|c: char| !c.is_ascii_alphanumeric() && c != '_');
     let mut out = String::new();
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         let rest = chars.as_str();
-        // What is inside `${...}`, or the name after `$`; and what follows it.
+        // What is inside `${...}` (to its matching brace), or the name after `$`; what follows.
         let (inner, after) = match c {
             '\\' => {
                 out.extend(chars.next());
                 continue;
             }
             '$' if rest.starts_with('{') => {
-                let mut depth = 0;
-                let end = rest
-                    .find(|c| {
-                        depth += match c {
-                            '{' => 1,
-                            '}' => -1,
-                            _ => 0,
-                        };
-                        depth == 0
-                    })
-                    .unwrap_or(rest.len());
+                let end = closing(&rest[1..], '{', '}').map_or(rest.len(), |end| end + 1);
                 (&rest[1..end], rest.get(end + 1..).unwrap_or(""))
             }
             '$' if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') => {
-                rest.split_at(rest.find(|c| !is_name(c)).unwrap_or(rest.len()))
+                rest.split_at(name_len(rest).unwrap_or(rest.len()))
             }
             _ => {
                 out.push(c);
@@ -552,11 +496,10 @@ fn expand(s: &str, vars: &HashMap<String, Value>) -> Value {
             }
         };
         chars = after.chars();
-        let (name, rest) = inner.split_at(inner.find(|c| !is_name(c)).unwrap_or(inner.len()));
-        let (op, word) = [":-", ":+", "-", "+"]
-            .into_iter()
-            .find_map(|op| rest.strip_prefix(op).map(|word| (op, word)))
-            .unwrap_or(("", rest));
+        let (name, rest) = inner.split_at(name_len(inner).unwrap_or(inner.len()));
+        let operators = [":-", ":+", "-", "+"].into_iter();
+        let mut with_word = operators.filter_map(|op| Some((op, rest.strip_prefix(op)?)));
+        let (op, word) = with_word.next().unwrap_or(("", rest));
         let value = vars.get(name).cloned().unwrap_or_else(|| Err(name.to_string()));
         let set = value.is_ok();
         let set_and_not_empty = value.as_ref().is_ok_and(|v| !v.is_empty());
@@ -577,12 +520,12 @@ mod tests {
     use super::*;
 
     /// The single-file rules for one Dockerfile's text; `path` is only used in the findings.
-    fn lint_text(path: &Utf8Path, text: &str, require_digest: bool) -> Vec<Finding> {
-        analyze(path, text, require_digest).findings
+    fn lint_text(path: &Utf8Path, text: &str) -> Vec<Finding> {
+        analyze(path, text).findings
     }
 
     fn lint(text: &str) -> Vec<Finding> {
-        lint_text(Utf8Path::new("Dockerfile"), text, false)
+        lint_text(Utf8Path::new("Dockerfile"), text)
     }
 
     /// (line, rule) of each finding, the shape most tests compare.
@@ -937,13 +880,21 @@ FROM scratch
             "{}",
             findings[0].message
         );
-        let findings = lint_text(Utf8Path::new("Dockerfile"), "FROM alpine:3.20\n", true);
-        assert_eq!(findings[0].severity, Severity::Error);
+        // --require-digest makes the note an error, and scratch needs none.
+        let dir = TempDir::new("require-digest");
+        let files = [dir.write("a", "FROM alpine:3.20\n"), dir.write("b", "FROM scratch\n")];
+        assert_eq!(
+            lint_files(&files, true)
+                .unwrap()
+                .iter()
+                .map(|f| (f.rule, f.severity))
+                .collect::<Vec<_>>(),
+            [("no-digest", Severity::Error)]
+        );
         let findings = lint("FROM localhost:5000/tools\n");
         assert!(findings[0].message.starts_with(
             "pin `localhost:5000/tools` to a version tag, e.g. `localhost:5000/tools:<version>`"
         ));
-        assert_eq!(lint_text(Utf8Path::new("D"), "FROM scratch\n", true), []);
     }
 
     #[test]
@@ -966,7 +917,7 @@ FROM scratch
     fn from_resolves_global_args() {
         // Each base image as (repository, tag), or the variable left without a value.
         let bases = |text: &str| -> Vec<String> {
-            let file = analyze(Utf8Path::new("D"), text, false);
+            let file = analyze(Utf8Path::new("D"), text);
             let unresolved = file.findings.iter().filter(|f| f.rule == "unresolved-base");
             let unresolved = unresolved.map(|f| f.message.split('`').nth(3).unwrap().to_string());
             let images =
@@ -1067,15 +1018,15 @@ FROM alpine:3.20@sha256:bb AS later
         let files = [
             analyze(
                 "docker/gateway-ubi9.Dockerfile".into(),
-                "ARG B=registry.access.redhat.com/ubi9/go-toolset:1.24\nFROM ${B} AS builder\nFROM builder\n", false
+                "ARG B=registry.access.redhat.com/ubi9/go-toolset:1.24\nFROM ${B} AS builder\nFROM builder\n",
             ),
             analyze(
                 "docker/datastorage-ubi9.Dockerfile".into(),
-                "\n\nFROM registry.access.redhat.com/ubi9/go-toolset:1.25 AS builder\nFROM scratch\n", false
+                "\n\nFROM registry.access.redhat.com/ubi9/go-toolset:1.25 AS builder\nFROM scratch\n",
             ),
             analyze(
                 "docker/runtime.Dockerfile".into(),
-                "FROM registry.access.redhat.com/ubi9/ubi-minimal:9.6\n", false
+                "FROM registry.access.redhat.com/ubi9/ubi-minimal:9.6\n",
             ),
         ];
         // One use each: the newer tag is the one to move to.
@@ -1095,8 +1046,8 @@ FROM alpine:3.20@sha256:bb AS later
         // Between tags used as often, the newest by the numbers in it, then as text.
         for (older, newer) in [("1.9", "1.10"), ("latest", "3"), ("1.0", "1.0b")] {
             let files = [
-                analyze("a".into(), &format!("FROM x:{older}\n"), false),
-                analyze("b".into(), &format!("FROM x:{newer}\n"), false),
+                analyze("a".into(), &format!("FROM x:{older}\n")),
+                analyze("b".into(), &format!("FROM x:{newer}\n")),
             ];
             assert_eq!(check_drift(&files)[0].path, "a", "{older} {newer}");
         }
@@ -1109,7 +1060,7 @@ FROM alpine:3.20@sha256:bb AS later
             .map(|i| {
                 let tag = if i == 7 { "1.24" } else { "1.25" };
                 let text = format!("FROM registry.access.redhat.com/ubi9/go-toolset:{tag}\n");
-                analyze(format!("docker/svc{i}.Dockerfile").as_str().into(), &text, false)
+                analyze(format!("docker/svc{i}.Dockerfile").as_str().into(), &text)
             })
             .collect();
         let findings = check_drift(&files);
@@ -1125,9 +1076,9 @@ FROM alpine:3.20@sha256:bb AS later
         assert!(findings[0].to_string().len() < 400, "{}", findings[0]);
         // Untagged is `latest`, and a digest alone is no tag: not two different tags.
         let latest = [
-            analyze("a".into(), "FROM ubuntu:latest\n", false),
-            analyze("b".into(), "FROM ubuntu\n", false),
-            analyze("c".into(), "FROM ubuntu@sha256:aa\n", false),
+            analyze("a".into(), "FROM ubuntu:latest\n"),
+            analyze("b".into(), "FROM ubuntu\n"),
+            analyze("c".into(), "FROM ubuntu@sha256:aa\n"),
         ];
         assert_eq!(check_drift(&latest), []);
     }
@@ -1135,13 +1086,13 @@ FROM alpine:3.20@sha256:bb AS later
     #[test]
     fn no_drift_for_the_same_tag_and_drift_across_registry_spellings() {
         let same = [
-            analyze("a".into(), "FROM alpine:3.20\n", false),
-            analyze("b".into(), "FROM alpine:3.20@sha256:aa\n", false),
+            analyze("a".into(), "FROM alpine:3.20\n"),
+            analyze("b".into(), "FROM alpine:3.20@sha256:aa\n"),
         ];
         assert_eq!(check_drift(&same), []);
         let spelled = [
-            analyze("a".into(), "FROM docker.io/library/alpine:3.19\n", false),
-            analyze("b".into(), "FROM alpine\n", false),
+            analyze("a".into(), "FROM docker.io/library/alpine:3.19\n"),
+            analyze("b".into(), "FROM alpine\n"),
         ];
         let findings = check_drift(&spelled);
         assert_eq!(findings.len(), 1);
@@ -1149,7 +1100,7 @@ FROM alpine:3.20@sha256:bb AS later
             "`alpine` has tag `latest` here and `3.19` in 1 of its 2 uses (first at a:1)"
         ));
         // Within one file too.
-        let one = [analyze("a".into(), "FROM golang:1.24 AS a\nFROM golang:1.25\n", false)];
+        let one = [analyze("a".into(), "FROM golang:1.24 AS a\nFROM golang:1.25\n")];
         assert_eq!(check_drift(&one).len(), 1);
     }
 
@@ -1190,7 +1141,7 @@ FROM alpine:3.20@sha256:bb AS later
 
         // Each image the builder file starts from is resolved through its ARG and only noted.
         let (_, gateway) = project_dockerfile("gateway-ubi9.Dockerfile");
-        let findings = lint_text("docker/gateway-ubi9.Dockerfile".into(), &gateway, false);
+        let findings = lint_text("docker/gateway-ubi9.Dockerfile".into(), &gateway);
         let from_lines = lines_starting_with(&gateway, "FROM ");
         assert_eq!(
             findings.iter().map(|f| (f.line, f.rule, f.severity)).collect::<Vec<_>>(),
@@ -1207,8 +1158,8 @@ FROM alpine:3.20@sha256:bb AS later
             "{}",
             findings[0].message
         );
-        let (_, runtime) = project_dockerfile("runtime.Dockerfile");
-        assert_eq!(lint_text("docker/runtime.Dockerfile".into(), &runtime, true), []);
+        let (runtime, _) = project_dockerfile("runtime.Dockerfile");
+        assert_eq!(lint_files(&[runtime], true).unwrap(), []);
     }
 
     #[test]
@@ -1221,15 +1172,14 @@ FROM alpine:3.20@sha256:bb AS later
         let upgrade_lines = lines_starting_with(&seed, "RUN dnf update -y");
         assert_eq!(upgrade_lines.len(), 1, "{seed}");
         assert_eq!(
-            lint_text("a".into(), &seed, false)
+            lint_text("a".into(), &seed)
                 .iter()
                 .filter(|f| f.severity == Severity::Error)
                 .map(|f| (f.line, f.rule))
                 .collect::<Vec<_>>(),
             [(upgrade_lines[0], "distro-upgrade")]
         );
-        let same_tags =
-            [analyze("a".into(), &gateway, false), analyze("b".into(), &datastorage, false)];
+        let same_tags = [analyze("a".into(), &gateway), analyze("b".into(), &datastorage)];
         assert_eq!(check_drift(&same_tags), []);
         let tag = gateway
             .lines()
@@ -1238,8 +1188,7 @@ FROM alpine:3.20@sha256:bb AS later
             .map(|(_, tag)| tag)
             .expect("ARG BUILDER_IMAGE=<image>:<tag>");
         let older = gateway.replacen(&format!(":{tag}\n"), &format!(":{tag}-old\n"), 1);
-        let drifted =
-            [analyze("a".into(), &older, false), analyze("b".into(), &datastorage, false)];
+        let drifted = [analyze("a".into(), &older), analyze("b".into(), &datastorage)];
         assert!(!check_drift(&drifted).is_empty());
     }
 

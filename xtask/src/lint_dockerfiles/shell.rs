@@ -25,21 +25,21 @@ pub(super) struct Heredoc {
 pub(super) fn upgrades(commands: &[Vec<Word>]) -> Vec<(usize, String)> {
     let mut found = Vec::new();
     for words in commands {
-        let words = &words[program_start(words)..];
         let argv: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
-        if let Some(i) = shell_script_argument(&argv) {
+        let start = program_start(&argv);
+        let (words, argv) = (&words[start..], &argv[start..]);
+        if let Some(i) = shell_script_argument(argv) {
             // `sh -c "dnf update -y"`: the finding points at the script argument.
             let inner = upgrades(&simple_commands(&words[i].text).0);
             found.extend(inner.into_iter().map(|(_, command)| (words[i].offset, command)));
-        } else if is_distro_upgrade(&argv) {
+        } else if is_distro_upgrade(argv) {
             found.push((words[0].offset, argv.join(" ")));
         }
     }
     found
 }
 
-/// Redirection operators, longest first: after them comes a target (or a heredoc's delimiter),
-/// not an argument.
+/// Redirection operators, longest first.
 const REDIRECTIONS: [&str; 13] =
     ["<<<", "<<-", "<<", "&>>", "&>", ">>", ">&", ">|", "<>", "<&", "<|", ">", "<"];
 
@@ -50,24 +50,20 @@ pub(super) fn simple_commands(script: &str) -> (Vec<Vec<Word>>, Vec<Heredoc>) {
     let mut commands = Vec::new();
     let mut current = Vec::new();
     let mut heredocs: Vec<Heredoc> = Vec::new();
-    // What the next word is: after a redirection its target, after `<<` a heredoc's delimiter
-    // (with `<<-`, and where a word glued to `<<` starts).
-    #[derive(Clone, Copy)]
-    enum Next {
-        Argument,
-        Target,
-        Delimiter(bool, usize),
-    }
-    let mut next = Next::Argument;
     let mut i = 0;
     while let Some(c) = script[i..].chars().next() {
         let rest = &script[i..];
         if let Some(op) = REDIRECTIONS.iter().find(|&&op| rest.starts_with(op)) {
-            i += op.len();
-            next = match *op {
-                "<<" | "<<-" => Next::Delimiter(*op == "<<-", i),
-                _ => Next::Target,
-            };
+            // The word after it is its target, or a heredoc's delimiter: not an argument.
+            let after = &script[i + op.len()..];
+            let blanks = after.len() - after.trim_start_matches([' ', '\t', '\r']).len();
+            let start = i + op.len() + blanks;
+            let (delimiter, end) = read_word(script, start);
+            if matches!(*op, "<<" | "<<-") && end > start {
+                let (strip_tabs, one_word) = (*op == "<<-", blanks == 0);
+                heredocs.push(Heredoc { delimiter, strip_tabs, one_word });
+            }
+            i = end;
             continue;
         }
         match c {
@@ -77,29 +73,19 @@ pub(super) fn simple_commands(script: &str) -> (Vec<Vec<Word>>, Vec<Heredoc>) {
             ';' | '&' | '|' | '(' | ')' | '\n' => {
                 commands.push(std::mem::take(&mut current));
                 i += 1;
+                // A heredoc body starts on the next line and runs to its delimiter: data.
                 if c == '\n' {
-                    // A heredoc body starts on the next line and runs to its delimiter: data.
                     for heredoc in heredocs.drain(..) {
                         i += heredoc_body(&script[i..], &heredoc).1;
                     }
                 }
             }
             _ => {
-                let (word, end, quoted) = read_word(script, i);
+                let (text, end) = read_word(script, i);
                 // `2>&1`, `2>/dev/null`: a file descriptor glued to a redirection.
-                let fd = !quoted
-                    && word.text.chars().all(|c| c.is_ascii_digit())
-                    && script[end..].starts_with(['<', '>']);
-                if !fd {
-                    match next {
-                        Next::Argument => current.push(word),
-                        Next::Target => {}
-                        Next::Delimiter(strip_tabs, after) => {
-                            let one_word = i == after;
-                            heredocs.push(Heredoc { delimiter: word.text, strip_tabs, one_word });
-                        }
-                    }
-                    next = Next::Argument;
+                let digits = script[i..end].bytes().all(|b| b.is_ascii_digit());
+                if !(digits && script[end..].starts_with(['<', '>'])) {
+                    current.push(Word { text, offset: i });
                 }
                 i = end;
             }
@@ -128,26 +114,16 @@ pub(super) fn heredoc_body(text: &str, heredoc: &Heredoc) -> (String, usize) {
     (body, len)
 }
 
-/// One shell word starting at `start`: the word, where it ends, whether any of it was quoted.
-fn read_word(script: &str, start: usize) -> (Word, usize, bool) {
+/// The shell word starting at `start`, without quotes and escapes, and where it ends.
+fn read_word(script: &str, start: usize) -> (String, usize) {
     let mut chars = script[start..].chars();
     let mut text = String::new();
-    let mut quoted = false;
-    while !chars.as_str().starts_with([' ', '\t', '\r', '\n', ';', '&', '|', '(', ')', '<', '>']) {
-        let Some(c) = chars.next() else {
-            break;
-        };
+    while let Some(c) = chars.clone().next().filter(|&c| !" \t\r\n;&|()<>".contains(c)) {
+        chars.next();
         match c {
-            '\\' => {
-                quoted = true;
-                text.extend(chars.next().filter(|&n| n != '\n'));
-            }
-            '\'' => {
-                quoted = true;
-                text.extend(chars.by_ref().take_while(|&c| c != '\''));
-            }
+            '\\' => text.extend(chars.next().filter(|&n| n != '\n')),
+            '\'' => text.extend(chars.by_ref().take_while(|&c| c != '\'')),
             '"' => {
-                quoted = true;
                 while let Some(c) = chars.next().filter(|&c| c != '"') {
                     // Inside double quotes `\` escapes only these.
                     if c == '\\' && chars.as_str().starts_with(['"', '\\', '$', '`', '\n']) {
@@ -159,25 +135,30 @@ fn read_word(script: &str, start: usize) -> (Word, usize, bool) {
             }
             // `$(...)`, `${...}` and backticks are kept as written, not inspected.
             '$' | '`' if c == '`' || chars.as_str().starts_with(['(', '{']) => {
-                let (open, close) = match chars.as_str().chars().next() {
-                    _ if c == '`' => ('`', '`'),
-                    Some('(') => ('(', ')'),
-                    _ => ('{', '}'),
+                let rest = chars.as_str();
+                let (skip, open, close) = match rest.chars().next() {
+                    _ if c == '`' => (0, '`', '`'),
+                    Some('(') => (1, '(', ')'),
+                    _ => (1, '{', '}'),
                 };
+                let end = closing(&rest[skip..], open, close).map_or(rest.len(), |e| skip + e + 1);
                 text.push(c);
-                let mut depth = i32::from(c == '`');
-                for c in chars.by_ref() {
-                    text.push(c);
-                    depth += if c == close { -1 } else { i32::from(c == open) };
-                    if depth == 0 {
-                        break;
-                    }
-                }
+                text.push_str(&rest[..end]);
+                chars = rest[end..].chars();
             }
             _ => text.push(c),
         }
     }
-    (Word { text, offset: start }, script.len() - chars.as_str().len(), quoted)
+    (text, script.len() - chars.as_str().len())
+}
+
+/// Where the `close` is that ends a pair opened just before `text`, past nested pairs.
+pub(super) fn closing(text: &str, open: char, close: char) -> Option<usize> {
+    let mut depth = 1;
+    text.find(|c| {
+        depth += if c == close { -1 } else { i32::from(c == open) };
+        depth == 0
+    })
 }
 
 fn basename(program: &str) -> &str {
@@ -185,12 +166,20 @@ fn basename(program: &str) -> &str {
 }
 
 fn is_shell(program: &str) -> bool {
-    matches!(basename(program), "sh" | "bash" | "ash" | "dash" | "zsh" | "ksh" | "mksh")
+    listed("sh bash ash dash zsh ksh mksh", basename(program))
 }
 
 /// Whether `word` is in `list`, a space-separated list (so that long lists stay readable).
 fn listed(list: &str, word: &str) -> bool {
     list.split_whitespace().any(|w| w == word)
+}
+
+/// The index of the first word from `k` on that is neither an option nor an option's value.
+fn skip_options(argv: &[&str], mut k: usize, with_value: &str) -> usize {
+    while let Some(option) = argv.get(k).filter(|a| a.starts_with('-')) {
+        k += if listed(with_value, option) { 2 } else { 1 };
+    }
+    k
 }
 
 /// Wrappers that run the command after their options: their names, the options that take a
@@ -205,38 +194,29 @@ const WRAPPERS: [(&str, &str, usize); 5] = [
 
 /// Where the program starts: after `VAR=value` assignments, reserved words such as `if` or `{`,
 /// and wrappers such as `sudo`, `env` or `nice` that run the command after their options.
-fn program_start(words: &[Word]) -> usize {
+fn program_start(argv: &[&str]) -> usize {
     let is_assignment = |w: &str| {
         w.split_once('=').is_some_and(|(name, _)| {
             name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
     };
-    let text = |k: usize| words.get(k).map(|w| w.text.as_str());
     let mut k = 0;
-    while let Some(w) = text(k) {
+    while let Some(&w) = argv.get(k) {
         if is_assignment(w) || listed("! { } if then else elif do while until fi done esac", w) {
             k += 1;
-            continue;
-        }
-        // Compound commands whose words are not a command.
-        if listed("for case select function", w) {
-            return words.len();
-        }
-        let Some((_, with_value, operands)) = WRAPPERS.iter().find(|w2| listed(w2.0, basename(w)))
-        else {
+        } else if listed("for case select function", w) {
+            // Compound commands whose words are not a command.
+            return argv.len();
+        } else if let Some((_, with_value, operands)) =
+            WRAPPERS.iter().find(|wrapper| listed(wrapper.0, basename(w)))
+        {
+            k = skip_options(argv, k + 1, with_value) + operands;
+        } else {
             return k;
-        };
-        k += 1;
-        while let Some(option) = text(k).filter(|a| a.starts_with('-')) {
-            k += if listed(with_value, option) { 2 } else { 1 };
-            if option == "--" {
-                break;
-            }
         }
-        k += operands;
     }
-    words.len()
+    argv.len()
 }
 
 /// `sh -c 'script'`, `bash -ec "script"`: the index of the script argument.
@@ -263,23 +243,19 @@ fn shell_script_argument(argv: &[&str]) -> Option<usize> {
 /// `RUN bash -e <<EOF`, unless its `#!` line names another program; it does not for
 /// `RUN cat <<EOF >file` or `RUN python3 <<EOF`.
 pub(super) fn heredoc_is_script(command: Option<&Vec<Word>>, body: &str) -> bool {
-    let on_stdin = command.is_none_or(|words| {
-        let argv: Vec<&str> =
-            words[program_start(words)..].iter().map(|w| w.text.as_str()).collect();
-        argv.first().is_some_and(|p| is_shell(p))
+    let argv: Vec<&str> = command.into_iter().flatten().map(|w| w.text.as_str()).collect();
+    let argv = &argv[program_start(&argv)..];
+    let on_stdin = command.is_none()
+        || argv.first().is_some_and(|p| is_shell(p))
             && argv[1..]
                 .iter()
-                .all(|a| a.starts_with("--") || (a.starts_with('-') && !a.contains('c')))
-    });
+                .all(|a| a.starts_with("--") || a.starts_with('-') && !a.contains('c'));
     let Some(shebang) = body.strip_prefix("#!") else {
         return on_stdin;
     };
     let mut words = shebang.lines().next().unwrap_or("").split_whitespace();
-    on_stdin
-        && match words.next().map(basename) {
-            Some("env") => words.find(|w| !w.starts_with('-')).is_some_and(is_shell),
-            program => program.is_some_and(is_shell),
-        }
+    let program = words.next().filter(|&p| basename(p) != "env");
+    on_stdin && program.or_else(|| words.find(|w| !w.starts_with('-'))).is_some_and(is_shell)
 }
 
 /// The package managers: their program names, the subcommands that upgrade everything
@@ -312,34 +288,17 @@ const PACKAGE_MANAGERS: [(&str, &str, &str); 4] = [
 
 /// Whether `argv` upgrades the whole distribution: an upgrade subcommand with no package name.
 fn is_distro_upgrade(argv: &[&str]) -> bool {
-    let Some((program, args)) = argv.split_first() else {
-        return false;
-    };
-    let Some((_, upgrades, with_value)) =
-        PACKAGE_MANAGERS.iter().find(|m| listed(m.0, basename(program)))
+    let program = basename(argv.first().unwrap_or(&""));
+    let Some((_, upgrades, with_value)) = PACKAGE_MANAGERS.iter().find(|m| listed(m.0, program))
     else {
         return false;
     };
-    // The words that are not options or option values: the subcommand, then package names.
-    let mut positional = Vec::new();
-    let mut args = args.iter();
-    while let Some(&arg) = args.next() {
-        if !arg.starts_with('-') {
-            positional.push(arg);
-        } else if listed(with_value, arg) {
-            args.next();
-        }
-    }
+    let subcommand = skip_options(argv, 1, with_value);
+    let package = skip_options(argv, subcommand + 1, with_value);
     // Any package name makes it a targeted update, except a bare `*` which names every package.
-    match positional[..] {
-        [subcommand, ref packages @ ..] => {
-            listed(upgrades, subcommand)
-                && packages.first().is_none_or(|p| p.chars().all(|c| c == '*'))
-        }
-        [] => false,
-    }
+    argv.get(subcommand).is_some_and(|s| listed(upgrades, s))
+        && argv.get(package).is_none_or(|p| p.chars().all(|c| c == '*'))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
