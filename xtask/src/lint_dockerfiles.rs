@@ -29,7 +29,7 @@ use crate::{flags, project, ui};
 
 mod shell;
 
-use shell::{closing, heredoc_body, heredoc_is_script, simple_commands, upgrades, Heredoc, Word};
+use shell::{closing, heredoc_body, heredoc_is_script, simple_commands, upgrades, Heredoc};
 use Severity::{Error, Info, Warning};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,11 +106,11 @@ fn named_paths(paths: &[Utf8PathBuf]) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
         let path = project::absolute(path)?;
-        if path.is_dir() {
-            files.extend(dockerfiles_under(&path, usize::MAX)?);
+        files.extend(if path.is_dir() {
+            dockerfiles_under(&path, usize::MAX)?
         } else {
-            files.push(path);
-        }
+            vec![path]
+        });
     }
     Ok(files)
 }
@@ -203,7 +203,6 @@ fn annotation(finding: &Finding) -> String {
 
 /// One Dockerfile as the rules see it: the findings of the single-file rules, and the base
 /// images for the cross-file rule.
-#[derive(Debug)]
 struct File {
     path: Utf8PathBuf,
     findings: Vec<Finding>,
@@ -217,8 +216,18 @@ impl File {
     }
 
     fn push(&mut self, line: usize, severity: Severity, rule: &'static str, message: String) {
-        self.findings.push(Finding { path: self.path.clone(), line, severity, rule, message });
+        self.findings.push(finding(&self.path, line, severity, rule, message));
     }
+}
+
+fn finding(
+    path: &Utf8Path,
+    line: usize,
+    severity: Severity,
+    rule: &'static str,
+    message: String,
+) -> Finding {
+    Finding { path: path.to_path_buf(), line, severity, rule, message }
 }
 
 /// The cross-file rule: one repository used with different tags. The tag most uses have is the
@@ -250,14 +259,7 @@ fn check_drift(files: &[File]) -> Vec<Finding> {
         let (first, total) = (&first.path, uses.len());
         for (file, line, repository, tag) in uses.iter().filter(|u| u.3 != norm) {
             let message = format!("`{repository}` has tag `{tag}` here and `{norm}` in {norm_count} of its {total} uses (first at {first}:{first_line}); move this file to `{norm}`, or every file to one current tag (services on different base versions behave differently and share no cached layers)");
-            let (path, line) = (file.path.clone(), *line);
-            findings.push(Finding {
-                path,
-                line,
-                severity: Warning,
-                rule: "base-image-drift",
-                message,
-            });
+            findings.push(finding(&file.path, *line, Warning, "base-image-drift", message));
         }
     }
     findings
@@ -383,11 +385,10 @@ fn read_pass(path: &Utf8Path, text: &str, bodies: &Bodies) -> Result<File, Misse
 
 /// The rules on one base image: `written` after `FROM`, `name` once expanded.
 fn check_image(file: &mut File, line: usize, written: &str, name: &str) {
-    let shown = if written.contains('$') {
-        format!("`{written}` (= `{name}`)")
-    } else {
-        format!("`{written}`")
-    };
+    let mut shown = format!("`{written}`");
+    if written.contains('$') {
+        shown += &format!(" (= `{name}`)");
+    }
     let (repository, tag, digest) = parse_image(name);
     if digest.is_none() && tag.is_none_or(|t| t == "latest") {
         file.push(line, Warning, "unpinned-tag", format!("pin {shown} to a version tag, e.g. `{repository}:<version>`, or to a digest (`:latest` or no tag changes under you, so builds stop being reproducible)"));
@@ -408,20 +409,17 @@ fn check_run(
     bodies: &Bodies,
     file: &mut File,
 ) -> Result<(), Missed> {
-    // The exec form is one simple command, its words as the crate decoded them.
-    let (args, command, (commands, unread)) = match &run.arguments {
+    let (args, command) = match &run.arguments {
+        // The exec form is one simple command: its words, as the crate decoded them, quoted.
         Command::Exec(argv) => {
-            let words =
-                argv.value.iter().map(|arg| Word { text: arg.value.to_string(), offset: 0 });
-            (&argv.span, String::new(), (vec![words.collect()], Vec::new()))
+            let quoted =
+                argv.value.iter().map(|arg| format!("'{}' ", arg.value.replace('\'', r"'\''")));
+            (&argv.span, quoted.collect())
         }
-        Command::Shell(shell) => {
-            let command = shell_text(shell.value);
-            let script = simple_commands(&command);
-            (&shell.span, command, script)
-        }
+        Command::Shell(shell) => (&shell.span, shell_text(shell.value)),
         _ => return Ok(()),
     };
+    let (commands, unread) = simple_commands(&command);
     let read = run.here_docs.iter().map(|h| (line_at(text, h.span.start), h.value.to_string()));
     let mut heredocs: Vec<(usize, String)> = read.collect();
     // BuildKit opens a heredoc only with one word, `<<EOF`; after `<< EOF` it reads the body as
@@ -477,38 +475,32 @@ fn expand(s: &str, vars: &HashMap<String, Value>) -> Value {
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         let rest = chars.as_str();
-        // What is inside `${...}` (to its matching brace), or the name after `$`; what follows.
-        let (inner, after) = match c {
-            '\\' => {
-                out.extend(chars.next());
-                continue;
+        if c != '$' || !rest.starts_with(|c: char| c == '{' || c == '_' || c.is_ascii_alphabetic())
+        {
+            // `\` escapes the next character; a `$` without a name is itself.
+            out.extend(if c == '\\' { chars.next() } else { Some(c) });
+            continue;
+        }
+        // What is inside `${...}`, or the name after `$`; and what follows it.
+        let (inner, after) = match rest.strip_prefix('{') {
+            Some(braced) => {
+                let end = closing(braced, '{', '}').unwrap_or(braced.len());
+                (&braced[..end], braced.get(end + 1..).unwrap_or(""))
             }
-            '$' if rest.starts_with('{') => {
-                let end = closing(&rest[1..], '{', '}').map_or(rest.len(), |end| end + 1);
-                (&rest[1..end], rest.get(end + 1..).unwrap_or(""))
-            }
-            '$' if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') => {
-                rest.split_at(name_len(rest).unwrap_or(rest.len()))
-            }
-            _ => {
-                out.push(c);
-                continue;
-            }
+            None => rest.split_at(name_len(rest).unwrap_or(rest.len())),
         };
         chars = after.chars();
         let (name, rest) = inner.split_at(name_len(inner).unwrap_or(inner.len()));
-        let operators = [":-", ":+", "-", "+"].into_iter();
-        let mut with_word = operators.filter_map(|op| Some((op, rest.strip_prefix(op)?)));
-        let (op, word) = with_word.next().unwrap_or(("", rest));
+        let (colon, rest) = rest.strip_prefix(':').map_or((false, rest), |rest| (true, rest));
+        let op = rest.chars().next();
+        let word = &rest[op.map_or(0, char::len_utf8)..];
         let value = vars.get(name).cloned().unwrap_or_else(|| Err(name.to_string()));
-        let set = value.is_ok();
-        let set_and_not_empty = value.as_ref().is_ok_and(|v| !v.is_empty());
+        // After `:` an empty value counts as unset.
+        let set = value.as_ref().is_ok_and(|v| !colon || !v.is_empty());
         out += &match op {
-            ":-" if !set_and_not_empty => expand(word, vars)?,
-            "-" if !set => expand(word, vars)?,
-            ":+" if set_and_not_empty => expand(word, vars)?,
-            "+" if set => expand(word, vars)?,
-            ":+" | "+" => String::new(),
+            Some('-') if !set => expand(word, vars)?,
+            Some('+') if set => expand(word, vars)?,
+            Some('+') => String::new(),
             _ => value?,
         };
     }

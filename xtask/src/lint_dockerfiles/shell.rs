@@ -221,22 +221,13 @@ fn program_start(argv: &[&str]) -> usize {
 
 /// `sh -c 'script'`, `bash -ec "script"`: the index of the script argument.
 fn shell_script_argument(argv: &[&str]) -> Option<usize> {
-    if !argv.first().is_some_and(|p| is_shell(p)) {
-        return None;
-    }
     let mut dash_c = false;
     let mut k = 1;
-    while let Some(arg) = argv.get(k) {
-        if arg.starts_with("--") {
-            k += 1;
-        } else if let Some(flags) = arg.strip_prefix('-').filter(|f| !f.is_empty()) {
-            dash_c |= flags.contains('c');
-            k += if *arg == "-o" { 2 } else { 1 };
-        } else {
-            break;
-        }
+    while let Some(option) = argv.get(k).filter(|a| a.len() > 1 && a.starts_with('-')) {
+        dash_c |= !option.starts_with("--") && option.contains('c');
+        k += if *option == "-o" { 2 } else { 1 };
     }
-    (dash_c && k < argv.len()).then_some(k)
+    (is_shell(argv.first()?) && dash_c && k < argv.len()).then_some(k)
 }
 
 /// Whether a heredoc given to `command` runs as a shell script: it does for `RUN <<EOF` and
@@ -289,16 +280,16 @@ const PACKAGE_MANAGERS: [(&str, &str, &str); 4] = [
 /// Whether `argv` upgrades the whole distribution: an upgrade subcommand with no package name.
 fn is_distro_upgrade(argv: &[&str]) -> bool {
     let program = basename(argv.first().unwrap_or(&""));
-    let Some((_, upgrades, with_value)) = PACKAGE_MANAGERS.iter().find(|m| listed(m.0, program))
-    else {
-        return false;
-    };
-    let subcommand = skip_options(argv, 1, with_value);
-    let package = skip_options(argv, subcommand + 1, with_value);
-    // Any package name makes it a targeted update, except a bare `*` which names every package.
-    argv.get(subcommand).is_some_and(|s| listed(upgrades, s))
-        && argv.get(package).is_none_or(|p| p.chars().all(|c| c == '*'))
+    PACKAGE_MANAGERS.iter().filter(|m| listed(m.0, program)).any(|&(_, upgrades, with_value)| {
+        let subcommand = skip_options(argv, 1, with_value);
+        let package = skip_options(argv, subcommand + 1, with_value);
+        // Any package name makes it a targeted update, except a bare `*` which names every
+        // package.
+        argv.get(subcommand).is_some_and(|s| listed(upgrades, s))
+            && argv.get(package).is_none_or(|p| p.chars().all(|c| c == '*'))
+    })
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
