@@ -19,6 +19,7 @@
 //! - commands inside `$(...)` or backticks are not inspected.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
@@ -29,7 +30,7 @@ use crate::{flags, project, ui};
 
 mod shell;
 
-use shell::{closing, heredoc_body, heredoc_is_script, simple_commands, upgrades, Heredoc};
+use shell::{closing, heredoc_body, heredoc_is_script, simple_commands, upgrades};
 use Severity::{Error, Info, Warning};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,15 +119,12 @@ fn named_paths(paths: &[Utf8PathBuf]) -> anyhow::Result<Vec<Utf8PathBuf>> {
 /// The Dockerfiles under `dir` down to `depth`, sorted, skipping `.git` and `target` directories:
 /// `Dockerfile`, `Dockerfile.*`, `*.Dockerfile`, `Containerfile`, `*.Containerfile`.
 fn dockerfiles_under(dir: &Utf8Path, depth: usize) -> anyhow::Result<Vec<Utf8PathBuf>> {
-    let skipped = |entry: &walkdir::DirEntry| {
-        entry.depth() > 0
-            && entry.file_type().is_dir()
-            && matches!(entry.file_name().to_str(), Some(".git" | "target"))
-    };
+    let skipped = |e: &walkdir::DirEntry| matches!(e.file_name().to_str(), Some(".git" | "target"));
     let mut paths = Vec::new();
-    for entry in
-        walkdir::WalkDir::new(dir).max_depth(depth).into_iter().filter_entry(|e| !skipped(e))
-    {
+    // Sorted by name in each directory, the order of the paths sorted.
+    let entries = walkdir::WalkDir::new(dir).max_depth(depth).sort_by_file_name().into_iter();
+    // `dir` itself is walked whatever its name.
+    for entry in entries.filter_entry(|e| e.depth() == 0 || !skipped(e)) {
         let entry = entry.with_context(|| {
             format!("listing {dir}: check that it is readable, or name the files to lint")
         })?;
@@ -141,7 +139,6 @@ fn dockerfiles_under(dir: &Utf8Path, depth: usize) -> anyhow::Result<Vec<Utf8Pat
             paths.push(path);
         }
     }
-    paths.sort();
     Ok(paths)
 }
 
@@ -290,43 +287,29 @@ fn line_at(text: &str, offset: usize) -> usize {
     text[..offset].matches('\n').count() + 1
 }
 
-/// Heredoc bodies we read ourselves, (first line, text), by the offset of their RUN.
-type Bodies = HashMap<usize, Vec<(usize, String)>>;
-
 /// Reads one file's base images and distribution upgrades: the parse-dockerfile crate reads the
 /// instructions, we resolve FROM and scan RUN.
 fn analyze(path: &Utf8Path, text: &str) -> File {
     // The crate skips a byte order mark and counts its offsets after it.
-    let mut text = text.strip_prefix('\u{feff}').unwrap_or(text).to_string();
-    let mut bodies = Bodies::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // What the crate reads: `text` with the heredoc bodies it missed blanked out with spaces, so
+    // that it reads on after them and offsets stay as they were.
+    let mut parsed = text.to_string();
     loop {
-        let (run, mut start, heredocs) = match read_pass(path, &text, &bodies) {
+        let missed = match read_pass(path, text, &parsed) {
             Ok(file) => return file,
             Err(missed) => missed,
         };
-        // Read their bodies and blank their lines out with spaces, so that the crate reads on
-        // after them and offsets stay as they were.
-        for heredoc in &heredocs {
-            let (body, len) = heredoc_body(&text[start..], heredoc);
-            bodies.entry(run).or_default().push((line_at(&text, start), body));
-            let blank =
-                text[start..start + len].bytes().map(|b| if b == b'\n' { '\n' } else { ' ' });
-            text.replace_range(start..start + len, &blank.collect::<String>());
-            start += len;
-        }
+        let blank = parsed[missed.clone()].bytes().map(|b| if b == b'\n' { '\n' } else { ' ' });
+        parsed.replace_range(missed, &blank.collect::<String>());
     }
 }
 
-/// A `RUN` whose heredocs the crate did not read: parse-dockerfile 0.1.9 reads a RUN heredoc
-/// only when `<<` starts the command, and only one (`RUN <<EOF`), while BuildKit reads them
-/// anywhere (`RUN python3 <<EOF`, `RUN <<A <<B`). The RUN's offset, where their bodies start,
-/// and the heredocs.
-type Missed = (usize, usize, Vec<Heredoc>);
-
 /// One reading of the file with the crate, or the first RUN whose heredocs it missed.
-fn read_pass(path: &Utf8Path, text: &str, bodies: &Bodies) -> Result<File, Missed> {
+fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Range<usize>> {
     let mut file = File::new(path);
-    let items = parse_dockerfile::parse_iter(text).map_or_else(|e| vec![Err(e)], Iterator::collect);
+    let items =
+        parse_dockerfile::parse_iter(parsed).map_or_else(|e| vec![Err(e)], Iterator::collect);
     // Only ARGs before the first FROM are visible in FROM lines.
     let mut global_args: HashMap<String, Value> = HashMap::new();
     let mut seen_from = false;
@@ -370,11 +353,11 @@ fn read_pass(path: &Utf8Path, text: &str, bodies: &Bodies) -> Result<File, Misse
                     stages.push(stage.value.to_ascii_lowercase());
                 }
             }
-            Instruction::Run(run) => check_run(&run, text, bodies, &mut file)?,
+            Instruction::Run(run) => check_run(&run, text, parsed, &mut file)?,
             // `ONBUILD RUN ...` runs in every build that starts from this image.
             Instruction::Onbuild(onbuild) => {
                 if let Instruction::Run(run) = &*onbuild.instruction {
-                    check_run(run, text, bodies, &mut file)?;
+                    check_run(run, text, parsed, &mut file)?;
                 }
             }
             _ => {}
@@ -406,9 +389,9 @@ fn check_image(file: &mut File, line: usize, written: &str, name: &str) {
 fn check_run(
     run: &RunInstruction,
     text: &str,
-    bodies: &Bodies,
+    parsed: &str,
     file: &mut File,
-) -> Result<(), Missed> {
+) -> Result<(), Range<usize>> {
     let (args, command) = match &run.arguments {
         // The exec form is one simple command: its words, as the crate decoded them, quoted.
         Command::Exec(argv) => {
@@ -422,17 +405,23 @@ fn check_run(
     let (commands, unread) = simple_commands(&command);
     let read = run.here_docs.iter().map(|h| (line_at(text, h.span.start), h.value.to_string()));
     let mut heredocs: Vec<(usize, String)> = read.collect();
-    // BuildKit opens a heredoc only with one word, `<<EOF`; after `<< EOF` it reads the body as
-    // instructions, and so does the crate, which then says where that fails.
-    let unread: Vec<Heredoc> = unread.into_iter().filter(|h| h.one_word).collect();
-    if !unread.is_empty() {
-        let Some(ours) = bodies.get(&run.run.span.start) else {
-            // After the RUN line, or after the delimiter of the heredoc the crate read.
-            let end = run.here_docs.last().map_or(args.end, |h| h.span.end);
-            let start = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
-            return Err((run.run.span.start, start, unread));
-        };
-        heredocs.extend(ours.iter().cloned());
+    // The heredocs the crate missed: parse-dockerfile 0.1.9 reads a RUN heredoc only when `<<`
+    // starts the command, and only one (`RUN <<EOF`), while BuildKit reads them anywhere
+    // (`RUN python3 <<EOF`, `RUN <<A <<B`). Their bodies start after the RUN line, or after the
+    // delimiter of the heredoc the crate read. BuildKit opens a heredoc only with one word,
+    // `<<EOF`; after `<< EOF` it reads the body as instructions, and so does the crate, which
+    // then says where that fails.
+    let end = run.here_docs.last().map_or(args.end, |h| h.span.end);
+    let first = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
+    let mut start = first;
+    for heredoc in unread.iter().filter(|h| h.one_word) {
+        let (body, len) = heredoc_body(&text[start..], heredoc);
+        heredocs.push((line_at(text, start), body));
+        start += len;
+    }
+    // Until they are blanked out, the crate reads the bodies as instructions: read again.
+    if !parsed[first..start].trim().is_empty() {
+        return Err(first..start);
     }
     heredocs.retain(|(_, body)| heredoc_is_script(commands.first(), body));
     let mut scripts: Vec<_> =
