@@ -213,18 +213,8 @@ impl File {
     }
 
     fn push(&mut self, line: usize, severity: Severity, rule: &'static str, message: String) {
-        self.findings.push(finding(&self.path, line, severity, rule, message));
+        self.findings.push(Finding { path: self.path.clone(), line, severity, rule, message });
     }
-}
-
-fn finding(
-    path: &Utf8Path,
-    line: usize,
-    severity: Severity,
-    rule: &'static str,
-    message: String,
-) -> Finding {
-    Finding { path: path.to_path_buf(), line, severity, rule, message }
 }
 
 /// The cross-file rule: one repository used with different tags. The tag most uses have is the
@@ -256,7 +246,9 @@ fn check_drift(files: &[File]) -> Vec<Finding> {
         let (first, total) = (&first.path, uses.len());
         for (file, line, repository, tag) in uses.iter().filter(|u| u.3 != norm) {
             let message = format!("`{repository}` has tag `{tag}` here and `{norm}` in {norm_count} of its {total} uses (first at {first}:{first_line}); move this file to `{norm}`, or every file to one current tag (services on different base versions behave differently and share no cached layers)");
-            findings.push(finding(&file.path, *line, Warning, "base-image-drift", message));
+            let (path, line, severity, rule) =
+                (file.path.clone(), *line, Warning, "base-image-drift");
+            findings.push(Finding { path, line, severity, rule, message });
         }
     }
     findings
@@ -305,8 +297,11 @@ fn analyze(path: &Utf8Path, text: &str) -> File {
     }
 }
 
+/// Where the bodies of heredocs the crate missed are, to be blanked out before it reads again.
+type Missed = Range<usize>;
+
 /// One reading of the file with the crate, or the first RUN whose heredocs it missed.
-fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Range<usize>> {
+fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> {
     let mut file = File::new(path);
     let items =
         parse_dockerfile::parse_iter(parsed).map_or_else(|e| vec![Err(e)], Iterator::collect);
@@ -349,9 +344,7 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Range<us
                     Ok(name) if stages.contains(&name.to_ascii_lowercase()) => {}
                     Ok(name) => check_image(&mut file, line, &written, &name),
                 }
-                if let Some((_, stage)) = &from.as_ {
-                    stages.push(stage.value.to_ascii_lowercase());
-                }
+                stages.extend(from.as_.iter().map(|(_, stage)| stage.value.to_ascii_lowercase()));
             }
             Instruction::Run(run) => check_run(&run, text, parsed, &mut file)?,
             // `ONBUILD RUN ...` runs in every build that starts from this image.
@@ -391,7 +384,7 @@ fn check_run(
     text: &str,
     parsed: &str,
     file: &mut File,
-) -> Result<(), Range<usize>> {
+) -> Result<(), Missed> {
     let (args, command) = match &run.arguments {
         // The exec form is one simple command: its words, as the crate decoded them, quoted.
         Command::Exec(argv) => {

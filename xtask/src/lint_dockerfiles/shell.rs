@@ -2,7 +2,6 @@
 //! them, wrappers (`sudo`, `env`, `sh -c`) looked through, and each command matched against the
 //! package managers' whole-distribution upgrades.
 
-#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Word {
     /// Without quotes and escapes.
     pub(super) text: String,
@@ -75,9 +74,7 @@ pub(super) fn simple_commands(script: &str) -> (Vec<Vec<Word>>, Vec<Heredoc>) {
                 i += 1;
                 // A heredoc body starts on the next line and runs to its delimiter: data.
                 if c == '\n' {
-                    for heredoc in heredocs.drain(..) {
-                        i += heredoc_body(&script[i..], &heredoc).1;
-                    }
+                    i = heredocs.drain(..).fold(i, |i, h| i + heredoc_body(&script[i..], &h).1);
                 }
             }
             _ => {
