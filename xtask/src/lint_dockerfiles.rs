@@ -93,10 +93,9 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
 
 /// The Dockerfiles directly in the root and anywhere under `docker/`, sorted.
 pub fn default_paths(root: &Utf8Path) -> anyhow::Result<Vec<Utf8PathBuf>> {
-    let mut paths = dockerfiles_under(root, 1)?;
-    if root.join("docker").is_dir() {
-        paths.extend(dockerfiles_under(&root.join("docker"), usize::MAX)?);
-    }
+    let docker = root.join("docker");
+    let deep = if docker.is_dir() { dockerfiles_under(&docker, usize::MAX)? } else { Vec::new() };
+    let mut paths = [dockerfiles_under(root, 1)?, deep].concat();
     paths.sort();
     Ok(paths)
 }
@@ -107,11 +106,8 @@ fn named_paths(paths: &[Utf8PathBuf]) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
         let path = project::absolute(path)?;
-        files.extend(if path.is_dir() {
-            dockerfiles_under(&path, usize::MAX)?
-        } else {
-            vec![path]
-        });
+        let found = if path.is_dir() { dockerfiles_under(&path, usize::MAX)? } else { vec![path] };
+        files.extend(found);
     }
     Ok(files)
 }

@@ -52,20 +52,21 @@ pub(super) fn simple_commands(script: &str) -> (Vec<Vec<Word>>, Vec<Heredoc>) {
     let mut i = 0;
     while let Some(c) = script[i..].chars().next() {
         let rest = &script[i..];
-        if let Some(op) = REDIRECTIONS.iter().find(|&&op| rest.starts_with(op)) {
-            // The word after it is its target, or a heredoc's delimiter: not an argument.
-            let after = &script[i + op.len()..];
-            let blanks = after.len() - after.trim_start_matches([' ', '\t', '\r']).len();
-            let start = i + op.len() + blanks;
-            let (delimiter, end) = read_word(script, start);
-            if matches!(*op, "<<" | "<<-") && end > start {
-                let (strip_tabs, one_word) = (*op == "<<-", blanks == 0);
-                heredocs.push(Heredoc { delimiter, strip_tabs, one_word });
-            }
-            i = end;
-            continue;
-        }
         match c {
+            '<' | '>' | '&' if c != '&' || rest.starts_with("&>") => {
+                // A redirection: the word after it is its target, or a heredoc's delimiter.
+                let op =
+                    REDIRECTIONS.iter().find(|&&op| rest.starts_with(op)).expect("one matches");
+                let after = &script[i + op.len()..];
+                let blanks = after.len() - after.trim_start_matches([' ', '\t', '\r']).len();
+                let start = i + op.len() + blanks;
+                let (delimiter, end) = read_word(script, start);
+                if matches!(*op, "<<" | "<<-") && end > start {
+                    let (strip_tabs, one_word) = (*op == "<<-", blanks == 0);
+                    heredocs.push(Heredoc { delimiter, strip_tabs, one_word });
+                }
+                i = end;
+            }
             ' ' | '\t' | '\r' => i += 1,
             '\\' if rest.starts_with("\\\n") => i += 2,
             '#' => i += rest.find('\n').unwrap_or(rest.len()),
@@ -166,9 +167,10 @@ fn is_shell(program: &str) -> bool {
     listed("sh bash ash dash zsh ksh mksh", basename(program))
 }
 
-/// Whether `word` is in `list`, a space-separated list (so that long lists stay readable).
+/// Whether `word` is in `list`, words separated by single spaces (so that long lists stay
+/// readable).
 fn listed(list: &str, word: &str) -> bool {
-    list.split_whitespace().any(|w| w == word)
+    list.split(' ').any(|w| w == word)
 }
 
 /// The index of the first word from `k` on that is neither an option nor an option's value.
@@ -193,10 +195,9 @@ const WRAPPERS: [(&str, &str, usize); 5] = [
 /// and wrappers such as `sudo`, `env` or `nice` that run the command after their options.
 fn program_start(argv: &[&str]) -> usize {
     let is_assignment = |w: &str| {
-        w.split_once('=').is_some_and(|(name, _)| {
-            name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
+        let name = w.split_once('=').map_or("", |(name, _)| name);
+        let in_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        name.starts_with(|c: char| !c.is_ascii_digit()) && name.chars().all(in_name)
     };
     let mut k = 0;
     while let Some(&w) = argv.get(k) {
@@ -333,5 +334,14 @@ mod tests {
                 Heredoc { delimiter: "C".to_string(), strip_tabs: false, one_word: false },
             ]
         );
+    }
+
+    #[test]
+    fn lists_are_separated_by_single_spaces() {
+        let managers = PACKAGE_MANAGERS.iter().flat_map(|m| [m.0, m.1, m.2]);
+        for list in managers.chain(WRAPPERS.iter().flat_map(|w| [w.0, w.1])) {
+            assert!(!list.contains("  ") && list.trim() == list, "{list:?}");
+        }
+        assert!(listed("a bc", "bc") && !listed("a bc", "b") && !listed("a bc", ""));
     }
 }
