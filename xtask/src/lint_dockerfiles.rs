@@ -150,7 +150,7 @@ pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result
             Ok(text) => analyze(shown, text),
             // One such file must not stop the others from being checked.
             Err(e) => {
-                let mut file = File::new(shown);
+                let mut file = File { path: shown.to_path_buf(), ..File::default() };
                 let line = line_at(&String::from_utf8_lossy(&bytes), e.valid_up_to());
                 file.push(line, Warning, "unreadable", "not UTF-8 text from this line on, so the file is not checked: save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`) (what cannot be read is not checked)".to_string());
                 file
@@ -196,6 +196,7 @@ fn annotation(finding: &Finding) -> String {
 
 /// One Dockerfile as the rules see it: the findings of the single-file rules, and the base
 /// images for the cross-file rule.
+#[derive(Default)]
 struct File {
     path: Utf8PathBuf,
     findings: Vec<Finding>,
@@ -204,10 +205,6 @@ struct File {
 }
 
 impl File {
-    fn new(path: &Utf8Path) -> File {
-        File { path: path.to_path_buf(), findings: Vec::new(), images: Vec::new() }
-    }
-
     fn push(&mut self, line: usize, severity: Severity, rule: &'static str, message: String) {
         self.findings.push(Finding { path: self.path.clone(), line, severity, rule, message });
     }
@@ -298,7 +295,7 @@ type Missed = Range<usize>;
 
 /// One reading of the file with the crate, or the first RUN whose heredocs it missed.
 fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> {
-    let mut file = File::new(path);
+    let mut file = File { path: path.to_path_buf(), ..File::default() };
     let items =
         parse_dockerfile::parse_iter(parsed).map_or_else(|e| vec![Err(e)], Iterator::collect);
     // Only ARGs before the first FROM are visible in FROM lines.
@@ -306,8 +303,7 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> 
     let mut seen_from = false;
     let mut stages: Vec<String> = Vec::new();
     for item in items {
-        let instruction = match item {
-            Ok(instruction) => instruction,
+        match item {
             // The crate's only error without a line is a file without FROM.
             Err(e) if e.line() == 0 && !seen_from => {
                 file.push(1, Info, "no-from", "no FROM instruction: add one, e.g. `FROM <image>:<version>`, or remove the file if it is not a Dockerfile (a Dockerfile without FROM builds nothing)".to_string());
@@ -318,9 +314,7 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> 
                 file.push(e.line().max(1), Warning, "unreadable", format!("cannot read past here: {e:#}; fix the syntax so BuildKit accepts it (`docker build --check` shows its errors), then the rest of the file is checked (what cannot be read is not checked)"));
                 break;
             }
-        };
-        match instruction {
-            Instruction::Arg(arg) if !seen_from => {
+            Ok(Instruction::Arg(arg)) if !seen_from => {
                 for word in simple_commands(&arg.arguments.value).0.into_iter().flatten() {
                     if let Some((name, default)) = word.text.split_once('=') {
                         global_args.insert(name.to_string(), expand(default, &global_args));
@@ -329,7 +323,7 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> 
                     }
                 }
             }
-            Instruction::From(from) => {
+            Ok(Instruction::From(from)) => {
                 seen_from = true;
                 let line = line_at(text, from.image.span.start);
                 let written = from.image.value;
@@ -342,14 +336,14 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> 
                 }
                 stages.extend(from.as_.iter().map(|(_, stage)| stage.value.to_ascii_lowercase()));
             }
-            Instruction::Run(run) => check_run(&run, text, parsed, &mut file)?,
+            Ok(Instruction::Run(run)) => check_run(&run, text, parsed, &mut file)?,
             // `ONBUILD RUN ...` runs in every build that starts from this image.
-            Instruction::Onbuild(onbuild) => {
+            Ok(Instruction::Onbuild(onbuild)) => {
                 if let Instruction::Run(run) = &*onbuild.instruction {
                     check_run(run, text, parsed, &mut file)?;
                 }
             }
-            _ => {}
+            Ok(_) => {}
         }
     }
     Ok(file)
