@@ -315,11 +315,11 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> 
                 break;
             }
             Ok(Instruction::Arg(arg)) if !seen_from => {
-                for word in simple_commands(&arg.arguments.value).0.into_iter().flatten() {
-                    if let Some((name, default)) = word.text.split_once('=') {
+                for (word, _) in simple_commands(&arg.arguments.value).0.into_iter().flatten() {
+                    if let Some((name, default)) = word.split_once('=') {
                         global_args.insert(name.to_string(), expand(default, &global_args));
                     } else {
-                        global_args.entry(word.text.clone()).or_insert(Err(word.text));
+                        global_args.entry(word.clone()).or_insert(Err(word));
                     }
                 }
             }

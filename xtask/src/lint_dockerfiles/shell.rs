@@ -2,12 +2,8 @@
 //! them, wrappers (`sudo`, `env`, `sh -c`) looked through, and each command matched against the
 //! package managers' whole-distribution upgrades.
 
-pub(super) struct Word {
-    /// Without quotes and escapes.
-    pub(super) text: String,
-    /// Byte offset of the word's start in the script.
-    pub(super) offset: usize,
-}
+/// A shell word without its quotes and escapes, and the byte offset of its start in the script.
+pub(super) type Word = (String, usize);
 
 /// A heredoc opened in a script: `<<EOF`, `<<-'EOF'`, `<< EOF`.
 #[derive(Debug, PartialEq)]
@@ -24,15 +20,16 @@ pub(super) struct Heredoc {
 pub(super) fn upgrades(commands: &[Vec<Word>]) -> Vec<(usize, String)> {
     let mut found = Vec::new();
     for words in commands {
-        let argv: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
+        let argv: Vec<&str> = words.iter().map(|(text, _)| text.as_str()).collect();
         let start = program_start(&argv);
         let (words, argv) = (&words[start..], &argv[start..]);
         if let Some(i) = shell_script_argument(argv) {
             // `sh -c "dnf update -y"`: the finding points at the script argument.
-            let inner = upgrades(&simple_commands(&words[i].text).0);
-            found.extend(inner.into_iter().map(|(_, command)| (words[i].offset, command)));
+            let (script, offset) = &words[i];
+            let inner = upgrades(&simple_commands(script).0);
+            found.extend(inner.into_iter().map(|(_, command)| (*offset, command)));
         } else if is_distro_upgrade(argv) {
-            found.push((words[0].offset, argv.join(" ")));
+            found.push((words[0].1, argv.join(" ")));
         }
     }
     found
@@ -83,7 +80,7 @@ pub(super) fn simple_commands(script: &str) -> (Vec<Vec<Word>>, Vec<Heredoc>) {
                 // `2>&1`, `2>/dev/null`: a file descriptor glued to a redirection.
                 let digits = script[i..end].bytes().all(|b| b.is_ascii_digit());
                 if !(digits && script[end..].starts_with(['<', '>'])) {
-                    current.push(Word { text, offset: i });
+                    current.push((text, i));
                 }
                 i = end;
             }
@@ -232,7 +229,7 @@ fn shell_script_argument(argv: &[&str]) -> Option<usize> {
 /// `RUN bash -e <<EOF`, unless its `#!` line names another program; it does not for
 /// `RUN cat <<EOF >file` or `RUN python3 <<EOF`.
 pub(super) fn heredoc_is_script(command: Option<&Vec<Word>>, body: &str) -> bool {
-    let argv: Vec<&str> = command.into_iter().flatten().map(|w| w.text.as_str()).collect();
+    let argv: Vec<&str> = command.into_iter().flatten().map(|(text, _)| text.as_str()).collect();
     let argv = &argv[program_start(&argv)..];
     let on_stdin = command.is_none()
         || argv.first().is_some_and(|p| is_shell(p))
@@ -298,7 +295,7 @@ mod tests {
             simple_commands(script)
                 .0
                 .into_iter()
-                .map(|c| c.into_iter().map(|w| w.text).collect())
+                .map(|c| c.into_iter().map(|(text, _)| text).collect())
                 .collect()
         };
         assert_eq!(
@@ -324,7 +321,7 @@ mod tests {
         );
         // Offsets point into the script, so findings point at their line.
         let commands = simple_commands("x\n  dnf update").0;
-        assert_eq!(commands[1][0].offset, 4);
+        assert_eq!(commands[1][0].1, 4);
         // Heredocs opened on the last line are left to the caller, whose text has the bodies.
         assert_eq!(
             simple_commands("cat <<A >x <<-'B' << C").1,
