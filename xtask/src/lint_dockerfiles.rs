@@ -406,14 +406,11 @@ fn check_run(
     if !parsed[first..start].trim().is_empty() {
         return Err(first..start);
     }
-    heredocs.retain(|(_, body)| heredoc_is_script(commands.first(), body));
-    let mut scripts: Vec<_> =
-        heredocs.into_iter().map(|(line, b)| (line, simple_commands(&b).0, b)).collect();
-    scripts.push((line_at(text, args.start), commands, command));
-    for (first_line, commands, script) in &scripts {
-        for (offset, command) in upgrades(commands) {
-            let line = first_line + script[..offset].matches('\n').count();
-            file.push(line, Error, "distro-upgrade", format!("remove `{command}`; pick a current base image instead, or update only the packages you need by name (a whole-distribution upgrade rebuilds every package on every build)"));
+    let scripts =
+        heredocs.into_iter().filter(|(_, body)| heredoc_is_script(commands.first(), body));
+    for (first_line, script) in [(line_at(text, args.start), command)].into_iter().chain(scripts) {
+        for (line, command) in upgrades(&script) {
+            file.push(first_line + line, Error, "distro-upgrade", format!("remove `{command}`; pick a current base image instead, or update only the packages you need by name (a whole-distribution upgrade rebuilds every package on every build)"));
         }
     }
     Ok(())

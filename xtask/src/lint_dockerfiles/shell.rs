@@ -15,21 +15,21 @@ pub(super) struct Heredoc {
     pub(super) one_word: bool,
 }
 
-/// The whole-distribution upgrades among simple commands: the offset of each one's command in
-/// its script, and the command as written.
-pub(super) fn upgrades(commands: &[Vec<Word>]) -> Vec<(usize, String)> {
+/// The whole-distribution upgrades in a script: the line of each one's command (0 for the
+/// script's first), and the command as written.
+pub(super) fn upgrades(script: &str) -> Vec<(usize, String)> {
+    let line = |offset: usize| script[..offset].matches('\n').count();
     let mut found = Vec::new();
-    for words in commands {
+    for words in simple_commands(script).0 {
         let argv: Vec<&str> = words.iter().map(|(text, _)| text.as_str()).collect();
         let start = program_start(&argv);
         let (words, argv) = (&words[start..], &argv[start..]);
         if let Some(i) = shell_script_argument(argv) {
             // `sh -c "dnf update -y"`: the finding points at the script argument.
             let (script, offset) = &words[i];
-            let inner = upgrades(&simple_commands(script).0);
-            found.extend(inner.into_iter().map(|(_, command)| (*offset, command)));
+            found.extend(upgrades(script).into_iter().map(|(_, command)| (line(*offset), command)));
         } else if is_distro_upgrade(argv) {
-            found.push((words[0].1, argv.join(" ")));
+            found.push((line(words[0].1), argv.join(" ")));
         }
     }
     found
