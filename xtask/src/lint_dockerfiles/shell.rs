@@ -52,8 +52,7 @@ pub(super) fn simple_commands(script: &str) -> (Vec<Vec<Word>>, Vec<Heredoc>) {
         match c {
             '<' | '>' | '&' if c != '&' || rest.starts_with("&>") => {
                 // A redirection: the word after it is its target, or a heredoc's delimiter.
-                let op =
-                    REDIRECTIONS.iter().find(|&&op| rest.starts_with(op)).expect("one matches");
+                let op = REDIRECTIONS.iter().find(|&&op| rest.starts_with(op)).expect("listed");
                 let after = &script[i + op.len()..];
                 let blanks = after.len() - after.trim_start_matches([' ', '\t', '\r']).len();
                 let start = i + op.len() + blanks;
