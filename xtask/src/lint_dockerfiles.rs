@@ -239,9 +239,8 @@ fn check_drift(files: &[File]) -> Vec<Finding> {
         let (first, total) = (&first.path, uses.len());
         for (file, line, repository, tag) in uses.iter().filter(|u| u.3 != norm) {
             let message = format!("`{repository}` has tag `{tag}` here and `{norm}` in {norm_count} of its {total} uses (first at {first}:{first_line}); move this file to `{norm}`, or every file to one current tag (services on different base versions behave differently and share no cached layers)");
-            let (path, line, severity, rule) =
-                (file.path.clone(), *line, Warning, "base-image-drift");
-            findings.push(Finding { path, line, severity, rule, message });
+            let (path, severity, rule) = (file.path.clone(), Warning, "base-image-drift");
+            findings.push(Finding { path, line: *line, severity, rule, message });
         }
     }
     findings

@@ -230,11 +230,10 @@ fn shell_script_argument(argv: &[&str]) -> Option<usize> {
 pub(super) fn heredoc_is_script(command: Option<&Vec<Word>>, body: &str) -> bool {
     let argv: Vec<&str> = command.into_iter().flatten().map(|(text, _)| text.as_str()).collect();
     let argv = &argv[program_start(&argv)..];
+    // A shell given options only, none of them `-c`, reads its script from stdin.
+    let option = |a: &&str| a.starts_with("--") || a.starts_with('-') && !a.contains('c');
     let on_stdin = command.is_none()
-        || argv.first().is_some_and(|p| is_shell(p))
-            && argv[1..]
-                .iter()
-                .all(|a| a.starts_with("--") || a.starts_with('-') && !a.contains('c'));
+        || argv.split_first().is_some_and(|(p, args)| is_shell(p) && args.iter().all(option));
     let Some(shebang) = body.strip_prefix("#!") else {
         return on_stdin;
     };
