@@ -23,7 +23,7 @@ use std::ops::Range;
 
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
-use parse_dockerfile::{Command, Instruction, RunInstruction};
+use parse_dockerfile::{parse_iter, Command, Instruction, RunInstruction};
 use xshell::Shell;
 
 use crate::{flags, project, ui};
@@ -79,15 +79,10 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
         }
     }
     println!("{}", summary(&findings, paths.len()));
-    let (errors, warnings) = (count(&findings, Error), count(&findings, Warning));
-    if errors > 0 {
-        let errors = plural(errors, "error");
-        anyhow::bail!("lint-dockerfiles found {errors}: fix each line marked `error` above as its message says, then rerun `cargo xtask lint-dockerfiles`");
-    }
-    if flags.deny_warnings && warnings > 0 {
-        let warnings = plural(warnings, "warning");
-        anyhow::bail!("lint-dockerfiles found {warnings} and --deny-warnings is set: fix each line marked `warning` above, then rerun `cargo xtask lint-dockerfiles --deny-warnings`");
-    }
+    let errors = plural(count(&findings, Error), "error");
+    let warnings = plural(count(&findings, Warning), "warning");
+    anyhow::ensure!(count(&findings, Error) == 0, "lint-dockerfiles found {errors}: fix each line marked `error` above as its message says, then rerun `cargo xtask lint-dockerfiles`");
+    anyhow::ensure!(!flags.deny_warnings || count(&findings, Warning) == 0, "lint-dockerfiles found {warnings} and --deny-warnings is set: fix each line marked `warning` above, then rerun `cargo xtask lint-dockerfiles --deny-warnings`");
     Ok(())
 }
 
@@ -183,10 +178,8 @@ fn summary(findings: &[Finding], files: usize) -> String {
 
 /// A GitHub Actions workflow command, so the finding shows up on the file in the pull request.
 fn annotation(finding: &Finding) -> String {
-    let level = match finding.severity {
-        Info => "notice".to_string(),
-        severity => format!("{severity:?}").to_lowercase(),
-    };
+    // The severity's name, but a note is a `notice` there.
+    let level = format!("{:?}", finding.severity).to_lowercase().replace("info", "notice");
     // Workflow commands need `%`, CR and LF escaped, and in properties also `:` and `,`.
     let data = |s: &str| s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
     let file = data(finding.path.as_str()).replace(':', "%3A").replace(',', "%2C");
@@ -295,8 +288,7 @@ type Missed = Range<usize>;
 /// One reading of the file with the crate, or the first RUN whose heredocs it missed.
 fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> {
     let mut file = File { path: path.to_path_buf(), ..File::default() };
-    let items =
-        parse_dockerfile::parse_iter(parsed).map_or_else(|e| vec![Err(e)], Iterator::collect);
+    let items = parse_iter(parsed).map_or_else(|e| vec![Err(e)], Iterator::collect);
     // Only ARGs before the first FROM are visible in FROM lines.
     let mut global_args: HashMap<String, Value> = HashMap::new();
     let mut seen_from = false;
@@ -350,16 +342,13 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> 
 
 /// The rules on one base image: `written` after `FROM`, `name` once expanded.
 fn check_image(file: &mut File, line: usize, written: &str, name: &str) {
-    let mut shown = format!("`{written}`");
-    if written.contains('$') {
-        shown += &format!(" (= `{name}`)");
-    }
+    let expanded = if written.contains('$') { format!(" (= `{name}`)") } else { String::new() };
     let (repository, tag, digest) = parse_image(name);
     if digest.is_none() && tag.is_none_or(|t| t == "latest") {
-        file.push(line, Warning, "unpinned-tag", format!("pin {shown} to a version tag, e.g. `{repository}:<version>`, or to a digest (`:latest` or no tag changes under you, so builds stop being reproducible)"));
+        file.push(line, Warning, "unpinned-tag", format!("pin `{written}`{expanded} to a version tag, e.g. `{repository}:<version>`, or to a digest (`:latest` or no tag changes under you, so builds stop being reproducible)"));
     }
     if digest.is_none() {
-        file.push(line, Info, "no-digest", format!("pin {shown} by digest, as `{name}@sha256:<digest>` (`skopeo inspect docker://{name}` shows it) (a tag can be moved to another image; only a digest names exactly one)"));
+        file.push(line, Info, "no-digest", format!("pin `{written}`{expanded} by digest, as `{name}@sha256:<digest>` (`skopeo inspect docker://{name}` shows it) (a tag can be moved to another image; only a digest names exactly one)"));
     }
     // No tag means `latest`, unless a digest alone names the image: that has no tag.
     if tag.is_some() || digest.is_none() {
