@@ -102,8 +102,7 @@ pub(super) fn heredoc_body(text: &str, heredoc: &Heredoc) -> (String, usize) {
         if line == heredoc.delimiter {
             break;
         }
-        body.push_str(line);
-        body.push('\n');
+        body.extend([line, "\n"]);
     }
     (body, len)
 }
@@ -120,11 +119,9 @@ fn read_word(script: &str, start: usize) -> (String, usize) {
             '"' => {
                 while let Some(c) = chars.next().filter(|&c| c != '"') {
                     // Inside double quotes `\` escapes only these.
-                    if c == '\\' && chars.as_str().starts_with(['"', '\\', '$', '`', '\n']) {
-                        text.extend(chars.next().filter(|&n| n != '\n'));
-                    } else {
-                        text.push(c);
-                    }
+                    let escape =
+                        c == '\\' && chars.as_str().starts_with(['"', '\\', '$', '`', '\n']);
+                    text.extend(if escape { chars.next().filter(|&n| n != '\n') } else { Some(c) });
                 }
             }
             // `$(...)`, `${...}` and backticks are kept as written, not inspected.
