@@ -292,7 +292,8 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> 
     // Only ARGs before the first FROM are visible in FROM lines.
     let mut global_args: HashMap<String, Value> = HashMap::new();
     let mut seen_from = false;
-    let mut stages: Vec<String> = Vec::new();
+    // Names in FROM that are no image to check: `scratch`, and the stages so far (lowercase).
+    let mut stages = vec!["scratch".to_string()];
     for item in items {
         match item {
             // The crate's only error without a line is a file without FROM.
@@ -321,7 +322,6 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> 
                 match expand(&written, &global_args) {
                     Err(var) if global_args.contains_key(&var) => file.push(line, Warning, "unresolved-base", format!("cannot check base image `{written}`: `ARG {var}` has no default; give it one, e.g. `ARG {var}=<image>:<version>` (a base image behind a build argument without a default cannot be checked)")),
                     Err(var) => file.push(line, Warning, "unresolved-base", format!("cannot check base image `{written}`: `{var}` is not declared by an ARG before the first FROM; add `ARG {var}=<image>:<version>` there (a base image behind a build argument without a default cannot be checked)")),
-                    Ok(name) if name.eq_ignore_ascii_case("scratch") => {}
                     Ok(name) if stages.contains(&name.to_ascii_lowercase()) => {}
                     Ok(name) => check_image(&mut file, line, &written, &name),
                 }
