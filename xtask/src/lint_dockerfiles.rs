@@ -111,19 +111,16 @@ fn named_paths(paths: &[Utf8PathBuf]) -> anyhow::Result<Vec<Utf8PathBuf>> {
 /// `Dockerfile`, `Dockerfile.*`, `*.Dockerfile`, `Containerfile`, `*.Containerfile`.
 fn dockerfiles_under(dir: &Utf8Path, depth: usize) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let skipped = |e: &walkdir::DirEntry| matches!(e.file_name().to_str(), Some(".git" | "target"));
+    let listing = || format!("listing {dir}: check that it is readable, or name the files to lint");
     let mut paths = Vec::new();
     // Sorted by name in each directory, the order of the paths sorted.
     let entries = walkdir::WalkDir::new(dir).max_depth(depth).sort_by_file_name().into_iter();
     // `dir` itself is walked whatever its name.
     for entry in entries.filter_entry(|e| e.depth() == 0 || !skipped(e)) {
-        let entry = entry.with_context(|| {
-            format!("listing {dir}: check that it is readable, or name the files to lint")
-        })?;
+        let entry = entry.with_context(listing)?;
         let name = entry.file_name().to_str().unwrap_or("");
-        let dockerfile = matches!(name, "Dockerfile" | "Containerfile")
-            || name.starts_with("Dockerfile.")
-            || name.ends_with(".Dockerfile")
-            || name.ends_with(".Containerfile");
+        let dockerfile = matches!(name.rsplit('.').next(), Some("Dockerfile" | "Containerfile"))
+            || name.starts_with("Dockerfile.");
         if dockerfile && entry.path().is_file() {
             let path = Utf8PathBuf::from_path_buf(entry.into_path())
                 .map_err(|p| anyhow::anyhow!("{} is not UTF-8: rename it", p.display()))?;

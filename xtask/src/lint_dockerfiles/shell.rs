@@ -194,14 +194,13 @@ fn program_start(argv: &[&str]) -> usize {
     };
     let mut k = 0;
     while let Some(&w) = argv.get(k) {
+        let wrapper = WRAPPERS.iter().find(|(names, ..)| listed(names, basename(w)));
         if is_assignment(w) || listed("! { } if then else elif do while until fi done esac", w) {
             k += 1;
         } else if listed("for case select function", w) {
             // Compound commands whose words are not a command.
             return argv.len();
-        } else if let Some((_, with_value, operands)) =
-            WRAPPERS.iter().find(|wrapper| listed(wrapper.0, basename(w)))
-        {
+        } else if let Some((_, with_value, operands)) = wrapper {
             k = skip_options(argv, k + 1, with_value) + operands;
         } else {
             return k;
