@@ -214,17 +214,15 @@ fn check_drift(files: &[File]) -> Vec<Finding> {
     }
     let mut findings = Vec::new();
     for uses in uses.values() {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for (.., tag) in uses {
-            *counts.entry(tag).or_default() += 1;
-        }
+        let mut tags: Vec<&str> = uses.iter().map(|u| u.3).collect();
+        tags.sort_unstable();
         // The most used tag; between tags used as often, the newest-looking: by the numbers in
         // it, so that `1.10` comes after `1.9`, then as text.
         let numbers = |tag: &str| -> Vec<u64> {
             tag.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
         };
-        let (norm, norm_count) =
-            counts.into_iter().max_by_key(|&(tag, n)| (n, numbers(tag), tag)).expect("uses");
+        let counts = tags.chunk_by(|a, b| a == b).map(|same| (same[0], same.len()));
+        let (norm, norm_count) = counts.max_by_key(|&(t, n)| (n, numbers(t), t)).expect("uses");
         let (first, first_line, ..) = uses.iter().find(|u| u.3 == norm).expect("a use of norm");
         let (first, total) = (&first.path, uses.len());
         for (file, line, repository, tag) in uses.iter().filter(|u| u.3 != norm) {
