@@ -245,13 +245,10 @@ fn normalized_repository(repository: &str) -> String {
 /// `[registry[:port]/]path[:tag][@digest]`: the repository, the tag and the digest.
 fn parse_image(name: &str) -> (&str, Option<&str>, Option<&str>) {
     let (rest, digest) = name.split_once('@').map_or((name, None), |(rest, d)| (rest, Some(d)));
-    match rest.rsplit_once(':') {
-        // A colon before the last `/` belongs to a registry port, not a tag.
-        Some((repository, tag)) if !tag.contains('/') => {
-            (repository, Some(tag).filter(|t| !t.is_empty()), digest)
-        }
-        _ => (rest, None, digest),
-    }
+    // A colon before the last `/` belongs to a registry port, not a tag.
+    let tagged = rest.rsplit_once(':').filter(|(_, tag)| !tag.contains('/'));
+    let (repository, tag) = tagged.unwrap_or((rest, ""));
+    (repository, Some(tag).filter(|t| !t.is_empty()), digest)
 }
 
 /// The 1-based line of a byte offset in `text`.

@@ -229,12 +229,12 @@ pub(super) fn heredoc_is_script(command: Option<&Vec<Word>>, body: &str) -> bool
     let option = |a: &&str| a.starts_with("--") || a.starts_with('-') && !a.contains('c');
     let on_stdin = command.is_none()
         || argv.split_first().is_some_and(|(p, args)| is_shell(p) && args.iter().all(option));
-    let Some(shebang) = body.strip_prefix("#!") else {
-        return on_stdin;
-    };
-    let mut words = shebang.lines().next().unwrap_or("").split_whitespace();
+    // A `#!` line names the program, directly or through `env`.
+    let shebang = body.strip_prefix("#!").map(|rest| rest.lines().next().unwrap_or(""));
+    let mut words = shebang.unwrap_or("").split_whitespace();
     let program = words.next().filter(|&p| basename(p) != "env");
-    on_stdin && program.or_else(|| words.find(|w| !w.starts_with('-'))).is_some_and(is_shell)
+    let program = program.or_else(|| words.find(|w| !w.starts_with('-')));
+    on_stdin && (shebang.is_none() || program.is_some_and(is_shell))
 }
 
 /// The package managers: their program names, the subcommands that upgrade everything
