@@ -319,10 +319,10 @@ fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> 
                 }
                 stages.extend(from.as_.iter().map(|(_, stage)| stage.value.to_ascii_lowercase()));
             }
-            Ok(Instruction::Run(run)) => check_run(&run, text, parsed, &mut file)?,
+            Ok(Instruction::Run(run)) => check_run(run, text, parsed, &mut file)?,
             // `ONBUILD RUN ...` runs in every build that starts from this image.
             Ok(Instruction::Onbuild(onbuild)) => {
-                if let Instruction::Run(run) = &*onbuild.instruction {
+                if let Instruction::Run(run) = *onbuild.instruction {
                     check_run(run, text, parsed, &mut file)?;
                 }
             }
@@ -349,19 +349,11 @@ fn check_image(file: &mut File, line: usize, written: &str, name: &str) {
 }
 
 /// The upgrades a `RUN` performs, in its command and in the heredocs it runs as scripts.
-fn check_run(
-    run: &RunInstruction,
-    text: &str,
-    parsed: &str,
-    file: &mut File,
-) -> Result<(), Missed> {
+fn check_run(run: RunInstruction, text: &str, parsed: &str, file: &mut File) -> Result<(), Missed> {
+    // The exec form is one simple command: its words, as the crate decoded them, quoted.
+    let quote = |arg: &str| format!("'{}' ", arg.replace('\'', r"'\''"));
     let (args, command) = match &run.arguments {
-        // The exec form is one simple command: its words, as the crate decoded them, quoted.
-        Command::Exec(argv) => {
-            let quoted =
-                argv.value.iter().map(|arg| format!("'{}' ", arg.value.replace('\'', r"'\''")));
-            (&argv.span, quoted.collect())
-        }
+        Command::Exec(argv) => (&argv.span, argv.value.iter().map(|a| quote(&a.value)).collect()),
         Command::Shell(shell) => (&shell.span, shell_text(shell.value)),
         _ => return Ok(()),
     };
