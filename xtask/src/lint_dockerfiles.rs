@@ -19,7 +19,6 @@
 //! - commands inside `$(...)` or backticks are not inspected.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
 
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
@@ -62,7 +61,7 @@ impl std::fmt::Display for Finding {
 pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
     let root = project::root();
     let paths =
-        if flags.paths.is_empty() { default_paths(&root)? } else { named_paths(&flags.paths)? };
+        if flags.paths.is_empty() { default_paths(&root) } else { named_paths(&flags.paths) }?;
     if paths.is_empty() {
         let named: Vec<&str> = flags.paths.iter().map(|p| p.as_str()).collect();
         let searched =
@@ -275,7 +274,7 @@ fn analyze(path: &Utf8Path, text: &str) -> File {
 }
 
 /// Where the bodies of heredocs the crate missed are, to be blanked out before it reads again.
-type Missed = Range<usize>;
+type Missed = std::ops::Range<usize>;
 
 /// One reading of the file with the crate, or the first RUN whose heredocs it missed.
 fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> {
