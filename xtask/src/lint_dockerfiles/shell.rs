@@ -2,49 +2,10 @@
 //! them, wrappers (`sudo`, `env`, `sh -c`) looked through, and each command matched against the
 //! package managers' whole-distribution upgrades.
 
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Word {
-    /// Without quotes and escapes.
-    pub(super) text: String,
-    /// Byte offset of the word's start in the script.
-    pub(super) offset: usize,
-}
-
-/// An upgrade found in a script: offset of its command in the script, the command as written.
-pub(super) struct Found {
-    pub(super) offset: usize,
-    pub(super) command: String,
-}
-
-pub(super) fn upgrades_in_script(script: &str) -> Vec<Found> {
-    simple_commands(script).commands.iter().flat_map(|c| upgrades_in_command(c)).collect()
-}
-
-pub(super) fn upgrades_in_command(words: &[Word]) -> Vec<Found> {
-    let words = &words[program_start(words)..];
-    let argv: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
-    if let Some(i) = shell_script_argument(&argv) {
-        // `sh -c "dnf update -y"`: the finding points at the script argument.
-        return upgrades_in_script(&words[i].text)
-            .into_iter()
-            .map(|found| Found { offset: words[i].offset, command: found.command })
-            .collect();
-    }
-    if is_distro_upgrade(&argv) {
-        return vec![Found { offset: words[0].offset, command: argv.join(" ") }];
-    }
-    Vec::new()
-}
-
-/// A script read as a shell reads it.
-pub(super) struct Script {
-    pub(super) commands: Vec<Vec<Word>>,
-    /// Heredocs opened on the script's last line, whose bodies are not in the script.
-    pub(super) unread_heredocs: Vec<Heredoc>,
-}
+/// A shell word without its quotes and escapes, and the byte offset of its start in the script.
+pub(super) type Word = (String, usize);
 
 /// A heredoc opened in a script: `<<EOF`, `<<-'EOF'`, `<< EOF`.
-#[derive(Debug, PartialEq)]
 pub(super) struct Heredoc {
     pub(super) delimiter: String,
     /// `<<-`: leading tabs are stripped from the body and the delimiter line.
@@ -53,102 +14,79 @@ pub(super) struct Heredoc {
     pub(super) one_word: bool,
 }
 
-/// Splits a script into simple commands at `&&`, `||`, `;`, `|`, `&`, parentheses and newlines.
-/// Comments, redirections and the bodies of heredocs inside the script are dropped.
-pub(super) fn simple_commands(script: &str) -> Script {
-    #[derive(Clone, Copy)]
-    enum Next {
-        Argument,
-        RedirectTarget,
-        HeredocDelimiter { strip_tabs: bool, after: usize },
+/// The whole-distribution upgrades in a script: the line of each one's command (0 for the
+/// script's first), and the command as written.
+pub(super) fn upgrades(script: &str) -> Vec<(usize, String)> {
+    let line = |offset: usize| script[..offset].matches('\n').count();
+    let mut found = Vec::new();
+    for words in simple_commands(script).0 {
+        let argv: Vec<&str> = words.iter().map(|(text, _)| text.as_str()).collect();
+        let start = program_start(&argv);
+        let (words, argv) = (&words[start..], &argv[start..]);
+        if let Some(i) = shell_script_argument(argv) {
+            // `sh -c "dnf update -y"`: the finding points at the script argument.
+            let (script, offset) = &words[i];
+            found.extend(upgrades(script).into_iter().map(|(_, command)| (line(*offset), command)));
+        } else if is_distro_upgrade(argv) {
+            found.push((line(words[0].1), argv.join(" ")));
+        }
     }
-    let chars: Vec<(usize, char)> = script.char_indices().collect();
-    let get = |j: usize| chars.get(j).map(|&(_, c)| c);
+    found
+}
+
+/// Redirection operators, longest first.
+const REDIRECTIONS: [&str; 13] =
+    ["<<<", "<<-", "<<", "&>>", "&>", ">>", ">&", ">|", "<>", "<&", "<|", ">", "<"];
+
+/// Splits a script into simple commands at `&&`, `||`, `;`, `|`, `&`, parentheses and newlines.
+/// Comments, redirections and the bodies of heredocs inside the script are dropped. Also returns
+/// the heredocs opened on the script's last line, whose bodies are not in the script.
+pub(super) fn simple_commands(script: &str) -> (Vec<Vec<Word>>, Vec<Heredoc>) {
     let mut commands = Vec::new();
     let mut current = Vec::new();
     let mut heredocs: Vec<Heredoc> = Vec::new();
-    let mut next = Next::Argument;
-    let mut j = 0;
-    while j < chars.len() {
-        match chars[j].1 {
-            ' ' | '\t' | '\r' => j += 1,
-            '\\' if get(j + 1) == Some('\n') => j += 2,
-            '#' => {
-                while get(j).is_some_and(|c| c != '\n') {
-                    j += 1;
+    let mut i = 0;
+    while let Some(c) = script[i..].chars().next() {
+        let rest = &script[i..];
+        match c {
+            '<' | '>' | '&' if c != '&' || rest.starts_with("&>") => {
+                // A redirection: the word after it is its target, or a heredoc's delimiter.
+                let op = REDIRECTIONS.iter().find(|&&op| rest.starts_with(op)).expect("listed");
+                let after = &script[i + op.len()..];
+                let blanks = after.len() - after.trim_start_matches([' ', '\t', '\r']).len();
+                let start = i + op.len() + blanks;
+                let (delimiter, end) = read_word(script, start);
+                if matches!(*op, "<<" | "<<-") && end > start {
+                    let (strip_tabs, one_word) = (*op == "<<-", blanks == 0);
+                    heredocs.push(Heredoc { delimiter, strip_tabs, one_word });
                 }
+                i = end;
             }
-            '\n' => {
+            ' ' | '\t' | '\r' => i += 1,
+            '\\' if rest.starts_with("\\\n") => i += 2,
+            '#' => i += rest.find('\n').unwrap_or(rest.len()),
+            ';' | '&' | '|' | '(' | ')' | '\n' => {
                 commands.push(std::mem::take(&mut current));
-                j += 1;
+                i += 1;
                 // A heredoc body starts on the next line and runs to its delimiter: data.
-                for heredoc in heredocs.drain(..) {
-                    let start = chars.get(j).map_or(script.len(), |&(offset, _)| offset);
-                    let (_, len) = heredoc_body(&script[start..], &heredoc);
-                    j = chars.partition_point(|&(offset, _)| offset < start + len);
-                }
-            }
-            '&' if get(j + 1) == Some('>') => {
-                // `&>file`, `&>>file`
-                j += 2;
-                if get(j) == Some('>') {
-                    j += 1;
-                }
-                next = Next::RedirectTarget;
-            }
-            ';' | '&' | '|' | '(' | ')' => {
-                commands.push(std::mem::take(&mut current));
-                j += 1;
-            }
-            c @ ('<' | '>') => {
-                j += 1;
-                if c == '<' && get(j) == Some('<') {
-                    j += 1;
-                    if get(j) == Some('<') {
-                        j += 1; // `<<<word`: a here-string
-                        next = Next::RedirectTarget;
-                    } else {
-                        let strip_tabs = get(j) == Some('-');
-                        if strip_tabs {
-                            j += 1;
-                        }
-                        next = Next::HeredocDelimiter { strip_tabs, after: j };
-                    }
-                } else {
-                    // `>>`, `>&`, `>|`, `<&`, `<>`
-                    if matches!(get(j), Some('>' | '&' | '|')) {
-                        j += 1;
-                    }
-                    next = Next::RedirectTarget;
+                if c == '\n' {
+                    i = heredocs.drain(..).fold(i, |i, h| i + heredoc_body(&script[i..], &h).1);
                 }
             }
             _ => {
-                let start = j;
-                let (word, end, quoted) = read_word(&chars, j);
-                j = end;
+                let (text, end) = read_word(script, i);
                 // `2>&1`, `2>/dev/null`: a file descriptor glued to a redirection.
-                let fd = !quoted
-                    && word.text.chars().all(|c| c.is_ascii_digit())
-                    && matches!(get(j), Some('<' | '>'));
-                if fd {
-                    continue;
+                let digits = script[i..end].bytes().all(|b| b.is_ascii_digit());
+                if !(digits && script[end..].starts_with(['<', '>'])) {
+                    current.push((text, i));
                 }
-                match next {
-                    Next::Argument => current.push(word),
-                    Next::RedirectTarget => {}
-                    Next::HeredocDelimiter { strip_tabs, after } => heredocs.push(Heredoc {
-                        delimiter: word.text,
-                        strip_tabs,
-                        one_word: start == after,
-                    }),
-                }
-                next = Next::Argument;
+                i = end;
             }
         }
     }
     commands.push(current);
     commands.retain(|c| !c.is_empty());
-    Script { commands, unread_heredocs: heredocs }
+    (commands, heredocs)
 }
 
 /// The body of the heredoc that starts `text`, and the bytes it takes with its delimiter line.
@@ -163,267 +101,180 @@ pub(super) fn heredoc_body(text: &str, heredoc: &Heredoc) -> (String, usize) {
         if line == heredoc.delimiter {
             break;
         }
-        body.push_str(line);
-        body.push('\n');
+        body.extend([line, "\n"]);
     }
     (body, len)
 }
 
-/// One shell word starting at `j`: the word, where it ends, whether any of it was quoted.
-fn read_word(chars: &[(usize, char)], mut j: usize) -> (Word, usize, bool) {
-    let get = |j: usize| chars.get(j).map(|&(_, c)| c);
-    let offset = chars[j].0;
+/// The shell word starting at `start`, without quotes and escapes, and where it ends.
+fn read_word(script: &str, start: usize) -> (String, usize) {
+    let mut chars = script[start..].chars();
     let mut text = String::new();
-    let mut quoted = false;
-    while let Some(c) = get(j) {
+    while let Some(c) = chars.clone().next().filter(|&c| !" \t\r\n;&|()<>".contains(c)) {
+        chars.next();
         match c {
-            ' ' | '\t' | '\r' | '\n' | ';' | '&' | '|' | '(' | ')' | '<' | '>' => break,
-            '\\' => {
-                quoted = true;
-                if let Some(next) = get(j + 1).filter(|&n| n != '\n') {
-                    text.push(next);
-                }
-                j += 2;
-            }
-            '\'' => {
-                quoted = true;
-                j += 1;
-                while let Some(c) = get(j).filter(|&c| c != '\'') {
-                    text.push(c);
-                    j += 1;
-                }
-                j += 1;
-            }
+            '\\' => text.extend(chars.next().filter(|&n| n != '\n')),
+            '\'' => text.extend(chars.by_ref().take_while(|&c| c != '\'')),
             '"' => {
-                quoted = true;
-                j += 1;
-                while let Some(c) = get(j).filter(|&c| c != '"') {
-                    if c == '\\' && matches!(get(j + 1), Some('"' | '\\' | '$' | '`' | '\n')) {
-                        j += 1;
-                        if get(j) != Some('\n') {
-                            text.extend(get(j));
-                        }
-                    } else {
-                        text.push(c);
-                    }
-                    j += 1;
+                while let Some(c) = chars.next().filter(|&c| c != '"') {
+                    // Inside double quotes `\` escapes only these.
+                    let escape =
+                        c == '\\' && chars.as_str().starts_with(['"', '\\', '$', '`', '\n']);
+                    text.extend(if escape { chars.next().filter(|&n| n != '\n') } else { Some(c) });
                 }
-                j += 1;
             }
             // `$(...)`, `${...}` and backticks are kept as written, not inspected.
-            '$' if matches!(get(j + 1), Some('(' | '{')) => {
-                let (open, close) = if get(j + 1) == Some('(') { ('(', ')') } else { ('{', '}') };
-                text.push('$');
-                j += 1;
-                let mut depth = 0;
-                while let Some(c) = get(j) {
-                    text.push(c);
-                    j += 1;
-                    if c == open {
-                        depth += 1;
-                    } else if c == close {
-                        depth -= 1;
-                        if depth == 0 {
-                            break;
-                        }
-                    }
-                }
-            }
-            '`' => {
+            '$' | '`' if c == '`' || chars.as_str().starts_with(['(', '{']) => {
+                let rest = chars.as_str();
+                let (skip, open, close) = match rest.chars().next() {
+                    _ if c == '`' => (0, '`', '`'),
+                    Some('(') => (1, '(', ')'),
+                    _ => (1, '{', '}'),
+                };
+                let end = closing(&rest[skip..], open, close).map_or(rest.len(), |e| skip + e + 1);
                 text.push(c);
-                j += 1;
-                while let Some(c) = get(j) {
-                    text.push(c);
-                    j += 1;
-                    if c == '`' {
-                        break;
-                    }
-                }
+                text.push_str(&rest[..end]);
+                chars = rest[end..].chars();
             }
-            _ => {
-                text.push(c);
-                j += 1;
-            }
+            _ => text.push(c),
         }
     }
-    (Word { text, offset }, j, quoted)
+    (text, script.len() - chars.as_str().len())
+}
+
+/// Where the `close` is that ends a pair opened just before `text`, past nested pairs.
+pub(super) fn closing(text: &str, open: char, close: char) -> Option<usize> {
+    let mut depth = 1;
+    text.find(|c| {
+        depth += if c == close { -1 } else { i32::from(c == open) };
+        depth == 0
+    })
 }
 
 fn basename(program: &str) -> &str {
     program.rsplit('/').next().unwrap_or(program)
 }
 
-pub(super) fn is_shell(program: &str) -> bool {
-    matches!(basename(program), "sh" | "bash" | "ash" | "dash" | "zsh" | "ksh" | "mksh")
+fn is_shell(program: &str) -> bool {
+    listed("sh bash ash dash zsh ksh mksh", basename(program))
 }
+
+/// Whether `word` is in `list`, words separated by single spaces (so that long lists stay
+/// readable).
+fn listed(list: &str, word: &str) -> bool {
+    list.split(' ').any(|w| w == word)
+}
+
+/// The index of the first word from `k` on that is neither an option nor an option's value.
+fn skip_options(argv: &[&str], mut k: usize, with_value: &str) -> usize {
+    while let Some(option) = argv.get(k).filter(|a| a.starts_with('-')) {
+        k += if listed(with_value, option) { 2 } else { 1 };
+    }
+    k
+}
+
+/// Wrappers that run the command after their options: their names, the options that take a
+/// value, and how many words (`timeout`'s duration) come before the command.
+const WRAPPERS: [(&str, &str, usize); 5] = [
+    ("sudo doas", "-u -g -C -D -h -p -r -t -U -T", 0),
+    ("env", "-u -C -S --unset --chdir", 0),
+    ("exec command builtin nohup time", "", 0),
+    ("nice", "-n --adjustment", 0),
+    ("timeout", "-s --signal -k --kill-after", 1),
+];
 
 /// Where the program starts: after `VAR=value` assignments, reserved words such as `if` or `{`,
 /// and wrappers such as `sudo`, `env` or `nice` that run the command after their options.
-pub(super) fn program_start(words: &[Word]) -> usize {
+fn program_start(argv: &[&str]) -> usize {
     let is_assignment = |w: &str| {
-        w.split_once('=').is_some_and(|(name, _)| {
-            name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-    };
-    // Skips options (and the values of `with_value` options) from `k`.
-    let skip_options = |mut k: usize, with_value: &[&str]| {
-        while let Some(w) = words.get(k).map(|w| w.text.as_str()) {
-            if w == "--" {
-                return k + 1;
-            }
-            if !w.starts_with('-') {
-                break;
-            }
-            k += if with_value.contains(&w) { 2 } else { 1 };
-        }
-        k
+        let name = w.split_once('=').map_or("", |(name, _)| name);
+        let in_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        name.starts_with(|c: char| !c.is_ascii_digit()) && name.chars().all(in_name)
     };
     let mut k = 0;
-    while let Some(word) = words.get(k) {
-        let w = word.text.as_str();
-        if is_assignment(w) {
+    while let Some(&w) = argv.get(k) {
+        let wrapper = WRAPPERS.iter().find(|(names, ..)| listed(names, basename(w)));
+        if is_assignment(w) || listed("! { } if then else elif do while until fi done esac", w) {
             k += 1;
-            continue;
-        }
-        k = match w {
-            "!" | "{" | "}" | "if" | "then" | "else" | "elif" | "do" | "while" | "until" | "fi"
-            | "done" | "esac" => k + 1,
+        } else if listed("for case select function", w) {
             // Compound commands whose words are not a command.
-            "for" | "case" | "select" | "function" => return words.len(),
-            _ => match basename(w) {
-                "sudo" | "doas" => skip_options(
-                    k + 1,
-                    &["-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-T"],
-                ),
-                "env" => {
-                    let mut k = skip_options(k + 1, &["-u", "-C", "-S", "--unset", "--chdir"]);
-                    while words.get(k).is_some_and(|w| is_assignment(&w.text)) {
-                        k += 1;
-                    }
-                    k
-                }
-                "exec" | "command" | "builtin" | "nohup" | "time" => skip_options(k + 1, &[]),
-                "nice" => skip_options(k + 1, &["-n", "--adjustment"]),
-                "timeout" => skip_options(k + 1, &["-s", "--signal", "-k", "--kill-after"]) + 1,
-                _ => return k,
-            },
-        };
+            return argv.len();
+        } else if let Some((_, with_value, operands)) = wrapper {
+            k = skip_options(argv, k + 1, with_value) + operands;
+        } else {
+            return k;
+        }
     }
-    words.len()
+    argv.len()
 }
 
 /// `sh -c 'script'`, `bash -ec "script"`: the index of the script argument.
 fn shell_script_argument(argv: &[&str]) -> Option<usize> {
-    if !argv.first().is_some_and(|p| is_shell(p)) {
-        return None;
-    }
     let mut dash_c = false;
     let mut k = 1;
-    while let Some(arg) = argv.get(k) {
-        if arg.starts_with("--") {
-            k += 1;
-        } else if let Some(flags) = arg.strip_prefix('-').filter(|f| !f.is_empty()) {
-            dash_c |= flags.contains('c');
-            k += if *arg == "-o" { 2 } else { 1 };
-        } else {
-            break;
-        }
+    while let Some(option) = argv.get(k).filter(|a| a.len() > 1 && a.starts_with('-')) {
+        dash_c |= !option.starts_with("--") && option.contains('c');
+        k += if *option == "-o" { 2 } else { 1 };
     }
-    (dash_c && k < argv.len()).then_some(k)
+    (is_shell(argv.first()?) && dash_c && k < argv.len()).then_some(k)
 }
 
-/// A package manager: its program names, the subcommands that upgrade everything installed,
-/// and the options that take the next word as their value (a value is not a package name).
-/// Space-separated, so that the long lists stay readable.
-struct PackageManager {
-    programs: &'static str,
-    upgrades: &'static str,
-    value_options: &'static str,
+/// Whether a heredoc given to `command` runs as a shell script: it does for `RUN <<EOF` and
+/// `RUN bash -e <<EOF`, unless its `#!` line names another program; it does not for
+/// `RUN cat <<EOF >file` or `RUN python3 <<EOF`.
+pub(super) fn heredoc_is_script(command: Option<&Vec<Word>>, body: &str) -> bool {
+    let argv: Vec<&str> = command.into_iter().flatten().map(|(text, _)| text.as_str()).collect();
+    let argv = &argv[program_start(&argv)..];
+    // A shell given options only, none of them `-c`, reads its script from stdin.
+    let option = |a: &&str| a.starts_with("--") || a.starts_with('-') && !a.contains('c');
+    let on_stdin = command.is_none()
+        || argv.split_first().is_some_and(|(p, args)| is_shell(p) && args.iter().all(option));
+    // A `#!` line names the program, directly or through `env`.
+    let shebang = body.strip_prefix("#!").map(|rest| rest.lines().next().unwrap_or(""));
+    let mut words = shebang.unwrap_or("").split_whitespace();
+    let program = words.next().filter(|&p| basename(p) != "env");
+    let program = program.or_else(|| words.find(|w| !w.starts_with('-')));
+    on_stdin && (shebang.is_none() || program.is_some_and(is_shell))
 }
 
-const PACKAGE_MANAGERS: [PackageManager; 4] = [
-    PackageManager {
-        programs: "dnf dnf5 dnf-3 yum microdnf tdnf",
-        upgrades: "update upgrade up update-minimal upgrade-minimal distro-sync distrosync \
+/// The package managers: their program names, the subcommands that upgrade everything
+/// installed, and the options that take the next word as their value (not a package name).
+const PACKAGE_MANAGERS: [(&str, &str, &str); 4] = [
+    (
+        "dnf dnf5 dnf-3 yum microdnf tdnf",
+        "update upgrade up update-minimal upgrade-minimal distro-sync distrosync \
             distribution-synchronization dsync dist-upgrade",
-        value_options: "-c --config --installroot --releasever --setopt --enablerepo \
+        "-c --config --installroot --releasever --setopt --enablerepo \
             --disablerepo --repo --repoid -x --exclude --excludepkgs -d --debuglevel \
             -e --errorlevel -R --randomwait --rpmverbosity --forcearch --color \
             --disableplugin --enableplugin --repofrompath --destdir --downloaddir --comment \
             --advisory --advisories --bz --bzs --cve --cves --sec-severity --secseverity",
-    },
-    PackageManager {
-        programs: "apt-get apt aptitude",
-        upgrades: "upgrade dist-upgrade full-upgrade safe-upgrade",
-        value_options: "-o --option -c --config-file -t --target-release --default-release \
-            -a --host-architecture",
-    },
-    PackageManager {
-        programs: "apk",
-        upgrades: "upgrade",
-        value_options: "-X --repository -p --root --arch --cache-dir --keys-dir \
+    ),
+    (
+        "apt-get apt aptitude",
+        "upgrade dist-upgrade full-upgrade safe-upgrade",
+        "-o --option -c --config-file -t --target-release --default-release -a --host-architecture",
+    ),
+    (
+        "apk",
+        "upgrade",
+        "-X --repository -p --root --arch --cache-dir --keys-dir \
             --repositories-file --cache-max-age --timeout --wait --progress-fd",
-    },
-    PackageManager {
-        programs: "zypper",
-        upgrades: "update up dist-upgrade dup",
-        value_options: "-R --root -r --repo --from -t --type",
-    },
+    ),
+    ("zypper", "update up dist-upgrade dup", "-R --root -r --repo --from -t --type"),
 ];
 
 /// Whether `argv` upgrades the whole distribution: an upgrade subcommand with no package name.
 fn is_distro_upgrade(argv: &[&str]) -> bool {
-    let listed = |list: &str, word: &str| list.split_whitespace().any(|w| w == word);
-    let Some((program, args)) = argv.split_first() else {
-        return false;
-    };
-    let Some(manager) = PACKAGE_MANAGERS.iter().find(|m| listed(m.programs, basename(program)))
-    else {
-        return false;
-    };
-    let takes_value = |arg: &str| listed(manager.value_options, arg);
-    let mut args = args.iter();
-    // The subcommand is the first word that is not an option or an option's value.
-    let subcommand = loop {
-        let Some(arg) = args.next() else {
-            return false;
-        };
-        if arg.starts_with('-') {
-            if takes_value(arg) {
-                args.next();
-            }
-            continue;
-        }
-        break *arg;
-    };
-    if !listed(manager.upgrades, subcommand) {
-        return false;
-    }
-    // Any package name makes it a targeted update, except a bare `*` which names every package.
-    while let Some(arg) = args.next() {
-        if *arg == "--" {
-            continue;
-        }
-        if arg.starts_with('-') {
-            if takes_value(arg) {
-                args.next();
-            }
-            continue;
-        }
-        return arg.chars().all(|c| c == '*');
-    }
-    true
-}
-
-pub(super) fn shebang_is_shell(script: &str) -> bool {
-    let first = script.lines().next().unwrap_or("");
-    let mut words = first.trim_start_matches("#!").split_whitespace();
-    match words.next().map(basename) {
-        Some("env") => words.find(|w| !w.starts_with('-')).is_some_and(is_shell),
-        Some(program) => is_shell(program),
-        None => false,
-    }
+    let program = basename(argv.first().unwrap_or(&""));
+    PACKAGE_MANAGERS.iter().filter(|m| listed(m.0, program)).any(|&(_, upgrades, with_value)| {
+        let subcommand = skip_options(argv, 1, with_value);
+        let package = skip_options(argv, subcommand + 1, with_value);
+        // Any package name makes it a targeted update, except a bare `*` which names every
+        // package.
+        argv.get(subcommand).is_some_and(|s| listed(upgrades, s))
+            && argv.get(package).is_none_or(|p| p.chars().all(|c| c == '*'))
+    })
 }
 
 #[cfg(test)]
@@ -434,9 +285,9 @@ mod tests {
     fn shell_scripts_split_into_simple_commands() {
         let words = |script: &str| -> Vec<Vec<String>> {
             simple_commands(script)
-                .commands
+                .0
                 .into_iter()
-                .map(|c| c.into_iter().map(|w| w.text).collect())
+                .map(|c| c.into_iter().map(|(text, _)| text).collect())
                 .collect()
         };
         assert_eq!(
@@ -461,16 +312,25 @@ mod tests {
             [vec!["echo", "$(dnf update)", "`yum update`", "${a:-b c}"]]
         );
         // Offsets point into the script, so findings point at their line.
-        let commands = simple_commands("x\n  dnf update").commands;
-        assert_eq!(commands[1][0].offset, 4);
+        let commands = simple_commands("x\n  dnf update").0;
+        assert_eq!(commands[1][0].1, 4);
         // Heredocs opened on the last line are left to the caller, whose text has the bodies.
         assert_eq!(
-            simple_commands("cat <<A >x <<-'B' << C").unread_heredocs,
-            [
-                Heredoc { delimiter: "A".to_string(), strip_tabs: false, one_word: true },
-                Heredoc { delimiter: "B".to_string(), strip_tabs: true, one_word: true },
-                Heredoc { delimiter: "C".to_string(), strip_tabs: false, one_word: false },
-            ]
+            simple_commands("cat <<A >x <<-'B' << C")
+                .1
+                .iter()
+                .map(|h| (h.delimiter.as_str(), h.strip_tabs, h.one_word))
+                .collect::<Vec<_>>(),
+            [("A", false, true), ("B", true, true), ("C", false, false)]
         );
+    }
+
+    #[test]
+    fn lists_are_separated_by_single_spaces() {
+        let managers = PACKAGE_MANAGERS.iter().flat_map(|m| [m.0, m.1, m.2]);
+        for list in managers.chain(WRAPPERS.iter().flat_map(|w| [w.0, w.1])) {
+            assert!(!list.contains("  ") && list.trim() == list, "{list:?}");
+        }
+        assert!(listed("a bc", "bc") && !listed("a bc", "b") && !listed("a bc", ""));
     }
 }
