@@ -1,17 +1,18 @@
 //! Where the services run during an E2E run. Each backend owns its state and every command it
 //! needs (create, load, deploy, stop, diagnose, tear down, find what an earlier run left), so the
 //! pipeline in `e2e_gateway.rs` never asks which backend it has. A new backend is one new file
-//! implementing `Cluster`, and one line in `pick`.
+//! implementing `Cluster`, and one line in `pick`. What backends share lives here: the
+//! templates, the diagnostics runner, and the kubectl steps of Kind and an existing cluster.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
-use xshell::Shell;
+use xshell::{cmd, Cmd, Shell};
 
 use crate::{
     build_images::Image,
-    cmd::{CmdError, Output},
+    cmd::{step, Step},
     doctor::{Check, Needs},
     engine,
     flags::{ClusterAccess, ClusterBackend, Engine, Registry, Target},
@@ -25,7 +26,8 @@ mod podman;
 pub use kind::{kind_shell, node_minor as kind_node_minor};
 
 /// Grace period for the services to flush their coverage counters when stopped.
-pub const STOP_GRACE_SECONDS: u32 = 30;
+const STOP_GRACE_SECONDS: u32 = 30;
+const ROLLOUT_TIMEOUT: &str = "180s";
 
 /// What every backend is told about the run.
 #[derive(Debug, Clone)]
@@ -45,19 +47,13 @@ pub struct Settings {
 
 impl Settings {
     /// Rendered manifests and configs: a directory of our own (see `podman::deploy`).
-    pub fn rendered_dir(&self) -> Utf8PathBuf {
+    fn rendered_dir(&self) -> Utf8PathBuf {
         project::xtask_dir(&self.root).join("rendered")
     }
 }
 
-/// A manifest of one service, rendered from test/infrastructure/<service>.yaml.
-pub struct Manifest {
-    pub service: Service,
-    pub text: String,
-}
-
 pub trait Cluster {
-    /// `kind`, `podman`.
+    /// `kind`, `podman`, `existing`.
     fn name(&self) -> &'static str;
 
     fn settings(&self) -> &Settings;
@@ -71,11 +67,22 @@ pub trait Cluster {
     }
 
     /// What an earlier run with our name left behind (a cluster, pods), said in a few words.
-    fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>>;
+    /// None by default: a backend whose every run has a place of its own finds nothing.
+    fn leftover(&self, _sh: &Shell) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 
     /// Removes the leftover, or with `reuse` keeps it when healthy (stopping its services first
-    /// when `coverage`, so they write their last counters). Returns whether it was kept.
-    fn clear_leftover(&mut self, sh: &Shell, reuse: bool, coverage: bool) -> anyhow::Result<bool>;
+    /// when `coverage`, so they write their last counters). Returns whether it was kept. Called
+    /// only when `leftover` found something.
+    fn clear_leftover(
+        &mut self,
+        _sh: &Shell,
+        _reuse: bool,
+        _coverage: bool,
+    ) -> anyhow::Result<bool> {
+        Ok(false)
+    }
 
     /// Creates the cluster (unless one is kept for reuse).
     fn create(&mut self, sh: &Shell) -> anyhow::Result<()>;
@@ -89,11 +96,21 @@ pub trait Cluster {
     /// becoming ready and the first load, where there is one.
     fn load(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<Option<Duration>>;
 
-    /// The template values that differ between backends (`COVERDATA_NODE_PATH`, ...).
-    fn template_vars(&self) -> Vec<(String, String)>;
+    /// The template values that differ between backends. By default those of a cluster (or a
+    /// namespace) that is ours alone: the Kind config mounts coverdata/ at /coverdata in the
+    /// node, the services find each other by name and keep their plain names.
+    fn template_vars(&self) -> Vec<(String, String)> {
+        let port = self.settings().services.datastorage.container_port;
+        vec![
+            ("COVERDATA_NODE_PATH".into(), "/coverdata".into()),
+            ("DATASTORAGE_URL".into(), format!("http://datastorage:{port}")),
+            ("NAME_PREFIX".into(), String::new()),
+        ]
+    }
 
-    /// Starts the services, in dependency order, and returns when they are rolled out.
-    fn deploy(&mut self, sh: &Shell, manifests: &[Manifest]) -> anyhow::Result<()>;
+    /// Starts the services with these images, in dependency order, and returns when they are
+    /// rolled out.
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<()>;
 
     /// Stops the services gracefully and waits until they are gone: their coverage counters
     /// are written when they exit.
@@ -134,7 +151,6 @@ pub fn pick(
         registry: target.registry.clone(),
         access: target.access.clone(),
     };
-    let engine = target.engine;
     let (backend, why) = match target.cluster {
         ClusterBackend::Auto => match project::which("kind") {
             Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
@@ -142,94 +158,63 @@ pub fn pick(
         },
         other => (other, format!("--cluster {}", other.name())),
     };
+    let engine = engine::resolve(target.engine);
     let cluster: Box<dyn Cluster> = match backend {
-        ClusterBackend::Podman => {
-            // The pods run the images of podman's own store, whatever builds them.
-            if engine == Some(Engine::Docker) {
-                bail!(
-                    "the podman backend runs images from podman's store, so it builds with podman: drop --engine docker, or use --cluster kind to run docker-built images on Kind"
-                );
-            }
-            Box::new(podman::Podman::new(settings(Engine::Podman)))
-        }
-        ClusterBackend::Existing => {
-            Box::new(existing::Existing::new(settings(engine::resolve(engine))))
-        }
-        _ => Box::new(kind::Kind::new(settings(engine::resolve(engine)))),
+        // The pods run the images of podman's own store, whatever builds them.
+        ClusterBackend::Podman if target.engine == Some(Engine::Docker) => bail!(
+            "the podman backend runs images from podman's store, so it builds with podman: drop --engine docker, or use --cluster kind to run docker-built images on Kind"
+        ),
+        ClusterBackend::Podman => Box::new(podman::Podman::new(settings(Engine::Podman))),
+        ClusterBackend::Existing => Box::new(existing::Existing::new(settings(engine))),
+        _ => Box::new(kind::Kind::new(settings(engine))),
     };
     println!("cluster backend: {} ({why})", cluster.name());
     Ok(cluster)
 }
 
-/// Values of the `${NAME}` tokens in test/infrastructure/: the backend's and the run's.
-pub fn template_vars(
-    cluster: &dyn Cluster,
-    settings: &Settings,
-    images: &[Image],
-) -> Vec<(String, String)> {
+/// test/infrastructure/`file` with its `${NAME}` tokens replaced by the backend's values and
+/// the run's; a token nobody provides is an error, not an empty string.
+fn render(cluster: &dyn Cluster, file: &str, images: &[Image]) -> anyhow::Result<String> {
+    let Settings { root, services, .. } = cluster.settings();
     let mut vars = cluster.template_vars();
-    vars.push((
-        "COVERDATA_HOST_PATH".to_string(),
-        project::coverdata_dir(&settings.root).to_string(),
-    ));
-    for service in settings.services.all() {
-        vars.push((service.port_variable(), service.host_port.to_string()));
-    }
+    vars.push(("COVERDATA_HOST_PATH".into(), project::coverdata_dir(root).to_string()));
+    vars.extend(services.all().map(|s| (s.port_variable(), s.host_port.to_string())));
     for image in images {
-        vars.push((
-            format!("{}_IMAGE", image.service.name.to_uppercase()),
-            image.reference.clone(),
-        ));
+        let service = image.service.name.to_uppercase();
+        vars.push((format!("{service}_IMAGE"), image.reference.clone()));
     }
-    vars
-}
-
-/// The service manifests, rendered for this cluster and these images.
-pub fn manifests(
-    cluster: &dyn Cluster,
-    settings: &Settings,
-    images: &[Image],
-) -> anyhow::Result<Vec<Manifest>> {
-    let vars = template_vars(cluster, settings, images);
-    settings
-        .services
-        .all()
-        .into_iter()
-        .map(|service| {
-            let file = format!("{}.yaml", service.name);
-            let text = render_file(&settings.root, &file, &vars)?;
-            Ok(Manifest { service, text })
-        })
-        .collect()
-}
-
-/// test/infrastructure/`file` with its tokens replaced.
-pub fn render_file(
-    root: &Utf8Path,
-    file: &str,
-    vars: &[(String, String)],
-) -> anyhow::Result<String> {
     let source = project::infrastructure_dir(root).join(file);
-    let text = std::fs::read_to_string(&source)
+    let mut text = std::fs::read_to_string(&source)
         .with_context(|| format!("reading {source}: restore it from version control"))?;
-    render(&source, &text, vars)
-}
-
-/// Replaces `${NAME}` tokens; a token nobody provides is an error, not an empty string.
-fn render(source: &Utf8Path, text: &str, vars: &[(String, String)]) -> anyhow::Result<String> {
-    let mut out = text.to_string();
-    for (name, value) in vars {
-        out = out.replace(&format!("${{{name}}}"), value);
+    for (name, value) in &vars {
+        text = text.replace(&format!("${{{name}}}"), value);
     }
-    if let Some(start) = out.find("${") {
-        let token: String = out[start..].chars().take_while(|c| *c != '}').collect();
+    if let Some(start) = text.find("${") {
+        let token: String = text[start..].chars().take_while(|c| *c != '}').collect();
         let known: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
         bail!(
             "{source} uses {token}}}, which the xtask does not provide: use one of {}",
             known.join(", ")
         );
     }
-    Ok(out)
+    Ok(text)
+}
+
+/// Each service's manifest, rendered for this backend and these images, `adapt`ed, and written
+/// to the rendered directory, in dependency order.
+fn manifests(
+    cluster: &dyn Cluster,
+    images: &[Image],
+    adapt: fn(String) -> String,
+) -> anyhow::Result<Vec<(Service, Utf8PathBuf)>> {
+    let settings = cluster.settings();
+    let mut files = Vec::new();
+    for service in settings.services.all() {
+        let name = format!("{}.yaml", service.name);
+        let text = adapt(render(cluster, &name, images)?);
+        files.push((service, write_file(&settings.rendered_dir(), &name, &text)?));
+    }
+    Ok(files)
 }
 
 /// Writes `text` to `dir/name`, creating `dir`.
@@ -242,54 +227,98 @@ pub fn write_file(dir: &Utf8Path, name: &str, text: &str) -> anyhow::Result<Utf8
     Ok(path)
 }
 
-/// What kubectl tells about the services, into `dir`: pods, events, descriptions and each
-/// service's logs. `scope` is `--all-namespaces` where the cluster is ours alone.
-fn kubectl_diagnostics(
-    dir: &Utf8Path,
-    services: &Services,
-    scope: &[&str],
-    kubectl: impl Fn(&[&str]) -> Result<Output, CmdError>,
-) -> anyhow::Result<()> {
-    let listed = |what: &[&str]| kubectl(&[what, scope].concat());
-    save(dir, "pods.txt", listed(&["get", "pods", "--output", "wide"]))?;
-    save(dir, "events.txt", listed(&["get", "events", "--sort-by", ".lastTimestamp"]))?;
-    save(dir, "describe-pods.txt", kubectl(&["describe", "pods"]))?;
-    for service in services.all() {
-        let deployment = format!("deployment/{}", service.name);
-        save(
-            dir,
-            &format!("{}.log", service.name),
-            kubectl(&["logs", &deployment, "--all-containers", "--timestamps"]),
-        )?;
+/// Runs each diagnostics command and saves what it printed (or why it could not run) to its
+/// file in `dir`.
+fn collect(dir: &Utf8Path, commands: Vec<(String, Step)>) -> anyhow::Result<bool> {
+    for (file, command) in commands {
+        let text = match command.output() {
+            Ok(out) => format!("{}{}", out.stdout, out.stderr),
+            Err(err) => format!("could not collect: {err}\n"),
+        };
+        write_file(dir, &file, &text)?;
     }
-    Ok(())
+    Ok(true)
 }
 
-/// Saves what a diagnostics command printed (or why it could not run) to `dir/file`.
-fn save(dir: &Utf8Path, file: &str, result: Result<Output, CmdError>) -> anyhow::Result<()> {
-    let text = match result {
-        Ok(out) => format!("{}{}", out.stdout, out.stderr),
-        Err(err) => format!("could not collect: {err}\n"),
-    };
-    write_file(dir, file, &text).map(drop)
+/// kubectl as Kind and an existing cluster run it: on the given kubeconfig and context (never
+/// changing either), its discovery cache under target/, and the services' steps in the run's
+/// namespace where it has one.
+struct Kubectl {
+    /// `--kubeconfig`, `--context`.
+    access: Vec<String>,
+    cache: Utf8PathBuf,
+    namespace: Option<String>,
+}
+
+impl Kubectl {
+    fn new(root: &Utf8Path, access: &ClusterAccess, namespace: Option<String>) -> Kubectl {
+        let kubeconfig =
+            access.kubeconfig.iter().flat_map(|k| ["--kubeconfig".into(), k.to_string()]);
+        let context = access.context.iter().flat_map(|c| ["--context".into(), c.clone()]);
+        let access = kubeconfig.chain(context).collect();
+        Kubectl { access, cache: project::xtask_dir(root).join("kube-cache"), namespace }
+    }
+
+    fn cmd<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
+        let (access, cache) = (&self.access, &self.cache);
+        cmd!(sh, "kubectl {access...} --cache-dir {cache}")
+    }
+
+    /// kubectl where the services are.
+    fn services<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
+        self.cmd(sh).args(self.namespace.iter().flat_map(|n| ["--namespace", n]))
+    }
+
+    /// Applies each manifest (`deployed` once one is), then waits for each rollout. `check`
+    /// says what to check when an apply fails, `more` ends the rollout hint.
+    fn deploy(
+        &self,
+        sh: &Shell,
+        files: &[(Service, Utf8PathBuf)],
+        deployed: &mut bool,
+        check: &str,
+        more: &str,
+    ) -> anyhow::Result<()> {
+        for (_, file) in files {
+            step(self.services(sh).args(["apply", "-f", file.as_str()]))
+                .hint(format!("check the manifest and {check}"))
+                .run()?;
+            *deployed = true;
+        }
+        for (service, _) in files {
+            let deployment = format!("deployment/{}", service.name);
+            step(self.services(sh).args(["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT]))
+                .hint(format!(
+                    "{} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics{more}",
+                    service.name
+                ))
+                .run()?;
+        }
+        Ok(())
+    }
+
+    /// What kubectl tells about the services: pods, events, descriptions and each service's
+    /// logs; of all namespaces where the cluster is ours alone.
+    fn diagnostics(&self, sh: &Shell, services: &Services) -> Vec<(String, Step)> {
+        let scope = if self.namespace.is_none() { &["--all-namespaces"][..] } else { &[] };
+        let get = |what: &[&str]| step(self.services(sh).args(what).args(scope));
+        let mut commands = vec![
+            ("pods.txt".to_string(), get(&["get", "pods", "--output", "wide"])),
+            ("events.txt".into(), get(&["get", "events", "--sort-by", ".lastTimestamp"])),
+            ("describe-pods.txt".into(), step(self.services(sh).args(["describe", "pods"]))),
+        ];
+        for service in services.all() {
+            let deployment = format!("deployment/{}", service.name);
+            let logs = ["logs", &deployment, "--all-containers", "--timestamps"];
+            commands.push((format!("{}.log", service.name), step(self.services(sh).args(logs))));
+        }
+        commands
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn render_replaces_tokens_and_rejects_unknown_ones() {
-        let vars = vec![("GATEWAY_IMAGE".to_string(), "localhost/gateway:e2e-abc".to_string())];
-        let source = Utf8Path::new("gateway.yaml");
-        assert_eq!(
-            render(source, "image: ${GATEWAY_IMAGE}\n", &vars).unwrap(),
-            "image: localhost/gateway:e2e-abc\n"
-        );
-        let err = render(source, "url: ${NOPE}\n", &vars).unwrap_err().to_string();
-        assert!(err.contains("gateway.yaml uses ${NOPE}"), "{err}");
-        assert!(err.contains("GATEWAY_IMAGE"), "{err}");
-    }
 
     fn settings() -> Settings {
         Settings {
@@ -318,7 +347,7 @@ mod tests {
     }
 
     /// The real templates: every token is provided on both backends, and the values that
-    /// must differ do.
+    /// must differ do; a token nobody provides is named, with the ones we have.
     #[test]
     fn the_real_templates_render_for_both_backends() {
         let settings = settings();
@@ -326,22 +355,22 @@ mod tests {
         let podman = podman::Podman::new(settings.clone());
         let mut rendered = Vec::new();
         for cluster in [&kind as &dyn Cluster, &podman] {
-            let manifests = manifests(cluster, &settings, &images()).unwrap();
-            let gateway = &manifests[1];
-            assert_eq!(gateway.service.name, "gateway");
-            assert!(gateway.text.contains("image: localhost/gateway:e2e-0123456789ab"));
-            assert!(gateway.text.contains("hostPort: 28080"));
-            assert!(gateway.text.contains("imagePullPolicy: IfNotPresent"));
-            rendered.push(gateway.text.clone());
+            let gateway = render(cluster, "gateway.yaml", &images()).unwrap();
+            assert!(gateway.contains("image: localhost/gateway:e2e-0123456789ab"));
+            assert!(gateway.contains("hostPort: 28080"));
+            assert!(gateway.contains("imagePullPolicy: IfNotPresent"));
+            rendered.push(gateway);
         }
         let coverdata = project::coverdata_dir(&settings.root);
         assert!(rendered[0].contains("http://datastorage:8081"));
         assert!(rendered[0].contains("path: /coverdata\n"));
         assert!(rendered[1].contains("http://host.containers.internal:18081"));
         assert!(rendered[1].contains(&format!("path: {coverdata}\n")));
-        let vars = template_vars(&kind, &settings, &[]);
-        let config = render_file(&settings.root, "kind-gateway-config.yaml", &vars).unwrap();
+        let config = render(&kind, "kind-gateway-config.yaml", &[]).unwrap();
         assert!(config.contains(&format!("hostPath: {coverdata}\n")));
         assert!(config.contains("hostPort: 28080"));
+        let err = render(&kind, "gateway.yaml", &[]).unwrap_err().to_string();
+        assert!(err.contains("gateway.yaml uses ${GATEWAY_IMAGE}"), "{err}");
+        assert!(err.contains("use one of COVERDATA_NODE_PATH, DATASTORAGE_URL"), "{err}");
     }
 }

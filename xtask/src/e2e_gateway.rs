@@ -161,7 +161,7 @@ fn cluster_phases(
     summary.idle_gap = summary.phase(Phase::LoadImages, || cluster.load(sh, images))?;
     check_interrupted()?;
     summary.phase(Phase::Deploy, || {
-        cluster.deploy(sh, &cluster::manifests(cluster, &run.settings, images)?)?;
+        cluster.deploy(sh, images)?;
         run.settings.services.all().into_iter().try_for_each(wait_ready)
     })?;
     check_interrupted()?;

@@ -4,26 +4,29 @@
 //! coverage counters come home through the services' own endpoint (coverage builds only; see
 //! internal/server/coverdata.go) before the namespace goes: there is no disk to share.
 
-use std::{io::Read as _, net::TcpStream, time::Duration};
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::Duration,
+};
 
 use anyhow::{bail, Context};
 use camino::Utf8Path;
 use sha2::{Digest, Sha256};
-use xshell::{cmd, Cmd, Shell};
+use xshell::Shell;
 
-use super::{kubectl_diagnostics, write_file, Cluster, Manifest, Settings};
+use super::{collect, write_file, Cluster, Kubectl, Settings};
 use crate::{
     build_images::Image,
     cmd::{step, Running},
     doctor::{Check, Needs},
-    project::{self, Service},
+    project,
 };
-
-const ROLLOUT_TIMEOUT: &str = "180s";
 
 pub struct Existing {
     settings: Settings,
     namespace: String,
+    kubectl: Kubectl,
     forwards: Vec<Running>,
     exists: bool,
     deployed: bool,
@@ -38,57 +41,25 @@ impl Existing {
         for service in [&mut settings.services.datastorage, &mut settings.services.gateway] {
             service.host_port = free_port().unwrap_or(service.host_port);
         }
-        Existing { settings, namespace, forwards: Vec::new(), exists: false, deployed: false }
-    }
-
-    /// kubectl on the chosen kubeconfig and context (never changing either); its discovery
-    /// cache stays under target/.
-    fn kubectl<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
-        let cache = project::xtask_dir(&self.settings.root).join("kube-cache");
-        let access = self.access_args();
-        cmd!(sh, "kubectl {access...} --cache-dir {cache}")
-    }
-
-    fn access_args(&self) -> Vec<String> {
-        let access = &self.settings.access;
-        let mut args = Vec::new();
-        if let Some(kubeconfig) = &access.kubeconfig {
-            args.extend(["--kubeconfig".to_string(), kubeconfig.to_string()]);
+        let kubectl = Kubectl::new(&settings.root, &settings.access, Some(namespace.clone()));
+        Existing {
+            settings,
+            namespace,
+            kubectl,
+            forwards: Vec::new(),
+            exists: false,
+            deployed: false,
         }
-        if let Some(context) = &access.context {
-            args.extend(["--context".to_string(), context.clone()]);
-        }
-        args
-    }
-
-    /// kubectl in our namespace.
-    fn in_namespace<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
-        self.kubectl(sh).args(["--namespace", &self.namespace])
-    }
-
-    /// The Namespace, labelled so that a user can find the runs of a checkout or a user.
-    fn namespace_manifest(&self) -> String {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        let user: String = user
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .take(63)
-            .collect();
-        let checkout = &project::hex(&Sha256::digest(self.settings.root.as_str()))[..12];
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n  labels:\n    e2e.xtask/user: \"{user}\"\n    e2e.xtask/checkout: \"{checkout}\"\n  annotations:\n    e2e.xtask/checkout-path: \"{}\"\n",
-            self.namespace, self.settings.root
-        )
     }
 }
 
 impl Cluster for Existing {
-    fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     fn name(&self) -> &'static str {
         "existing"
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     fn needs(&self, needs: &mut Needs) {
@@ -98,89 +69,68 @@ impl Cluster for Existing {
         needs.ports.clear();
     }
 
-    /// The context, the API, the permission to create namespaces, and a registry.
+    /// A registry, then the context, the API and the permission to create namespaces: each of
+    /// these needs the one before it, so the first that fails is the last row.
     fn checks(&self, sh: &Shell) -> Vec<Check> {
-        let mut checks = Vec::new();
-        checks.push(match &self.settings.registry {
+        let mut checks = vec![match &self.settings.registry {
             Some(registry) => Check::ok("registry", format!("{} (the cluster pulls from it)", registry.host)),
             None => Check::fail(
                 "registry",
                 "none given: an existing cluster cannot see this machine's images",
                 "give --registry HOST[:PORT][/PREFIX] (or E2E_REGISTRY) that the cluster can pull from",
             ),
-        });
-        let context = match &self.settings.access.context {
-            Some(context) => Ok(context.clone()),
-            None => step(self.kubectl(sh).args(["config", "current-context"])).read(),
+        }];
+        let mut rows = || -> Result<(), Check> {
+            let context = match &self.settings.access.context {
+                Some(context) => Ok(context.clone()),
+                None => step(self.kubectl.cmd(sh).args(["config", "current-context"])).read(),
+            };
+            let fix = "pass --context NAME (and --kubeconfig PATH) for the cluster to use";
+            let context = context.map_err(|err| Check::fail("context", err.one_line(), fix))?;
+            checks.push(Check::ok("context", &context));
+            let fix = format!("check that {context} is up and your credentials are valid: `kubectl --context {context} get --raw /version`");
+            let version = step(self.kubectl.cmd(sh).args(["get", "--raw", "/version"]));
+            let version = version.timeout(Duration::from_secs(30)).read();
+            version.map_err(|err| Check::fail("cluster api", err.one_line(), fix))?;
+            checks.push(Check::ok("cluster api", format!("{context} answers")));
+            let fix = "run `kubectl auth can-i create namespaces` to see why";
+            let may = step(self.kubectl.cmd(sh).args(["auth", "can-i", "create", "namespaces"]));
+            let may = may.output().map_err(|err| Check::fail("namespaces", err.one_line(), fix))?;
+            let answer = may.stdout.trim();
+            if answer != "yes" {
+                let fix = "each run deploys into a namespace of its own: ask the cluster's admins for a role that may create namespaces, or use a context that has one";
+                let detail = format!("this user may not create namespaces on {context} ({answer})");
+                return Err(Check::fail("namespaces", detail, fix));
+            }
+            checks.push(Check::ok("namespaces", "this user may create them"));
+            Ok(())
         };
-        let context = match context {
-            Ok(context) => {
-                checks.push(Check::ok("context", context.clone()));
-                context
-            }
-            Err(err) => {
-                checks.push(Check::fail(
-                    "context",
-                    err.one_line(),
-                    "pass --context NAME (and --kubeconfig PATH) for the cluster to use",
-                ));
-                return checks;
-            }
-        };
-        let version = step(self.kubectl(sh).args(["get", "--raw", "/version"]))
-            .timeout(Duration::from_secs(30))
-            .read();
-        match version {
-            Ok(_) => checks.push(Check::ok("cluster api", format!("{context} answers"))),
-            Err(err) => {
-                checks.push(Check::fail(
-                    "cluster api",
-                    err.one_line(),
-                    format!("check that {context} is up and your credentials are valid: `kubectl --context {context} get --raw /version`"),
-                ));
-                return checks;
-            }
+        if let Err(failed) = rows() {
+            checks.push(failed);
         }
-        let may = step(self.kubectl(sh).args(["auth", "can-i", "create", "namespaces"])).output();
-        checks.push(match may {
-            Ok(out) if out.stdout.trim() == "yes" => {
-                Check::ok("namespaces", "this user may create them")
-            }
-            Ok(out) => Check::fail(
-                "namespaces",
-                format!("this user may not create namespaces on {context} ({})", out.stdout.trim()),
-                "each run deploys into a namespace of its own: ask the cluster's admins for a role that may create namespaces, or use a context that has one",
-            ),
-            Err(err) => Check::fail("namespaces", err.one_line(), "run `kubectl auth can-i create namespaces` to see why"),
-        });
         checks
     }
 
-    /// Every run has a namespace of its own: nothing of another run is in our way.
-    fn leftover(&self, _sh: &Shell) -> anyhow::Result<Option<String>> {
-        Ok(None)
-    }
-
-    fn clear_leftover(
-        &mut self,
-        _sh: &Shell,
-        _reuse: bool,
-        _coverage: bool,
-    ) -> anyhow::Result<bool> {
-        Ok(false)
-    }
-
+    /// The Namespace, labelled so that a user can find the runs of a checkout or a user.
     fn create(&mut self, sh: &Shell) -> anyhow::Result<()> {
-        let file = write_file(
-            &self.settings.rendered_dir(),
-            "namespace.yaml",
-            &self.namespace_manifest(),
-        )?;
+        let (namespace, root) = (&self.namespace, &self.settings.root);
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        // A label value: letters, digits and dashes, at most 63 of them.
+        let user: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(63)
+            .collect();
+        let checkout = &project::hex(&Sha256::digest(root.as_str()))[..12];
+        let manifest = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels:\n    e2e.xtask/user: \"{user}\"\n    e2e.xtask/checkout: \"{checkout}\"\n  annotations:\n    e2e.xtask/checkout-path: \"{root}\"\n"
+        );
+        let file = write_file(&self.settings.rendered_dir(), "namespace.yaml", &manifest)?;
         self.exists = true;
-        step(self.kubectl(sh).args(["create", "-f", file.as_str()]))
+        step(self.kubectl.cmd(sh).args(["create", "-f", file.as_str()]))
             .hint("check the permissions with `cargo xtask doctor --cluster existing`")
             .run()?;
-        println!("    created the namespace {}", self.namespace);
+        println!("    created the namespace {namespace}");
         Ok(())
     }
 
@@ -189,94 +139,86 @@ impl Cluster for Existing {
         Ok(None)
     }
 
-    fn template_vars(&self) -> Vec<(String, String)> {
-        vec![
-            // Replaced by an emptyDir (see `shared_cluster_manifest`): no disk is shared.
-            ("COVERDATA_NODE_PATH".into(), "/coverdata".into()),
-            (
-                "DATASTORAGE_URL".into(),
-                format!("http://datastorage:{}", self.settings.services.datastorage.container_port),
-            ),
-            ("NAME_PREFIX".into(), String::new()),
-        ]
-    }
-
-    fn deploy(&mut self, sh: &Shell, manifests: &[Manifest]) -> anyhow::Result<()> {
-        let dir = self.settings.rendered_dir();
-        for manifest in manifests {
-            let name = format!("{}.yaml", manifest.service.name);
-            let file = write_file(&dir, &name, &shared_cluster_manifest(&manifest.text))?;
-            step(self.in_namespace(sh).args(["apply", "-f", file.as_str()]))
-                .hint("check the manifest and your permissions in the namespace")
-                .run()?;
-            self.deployed = true;
-        }
-        for manifest in manifests {
-            let deployment = format!("deployment/{}", manifest.service.name);
-            step(self.in_namespace(sh).args(["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT]))
-                .hint(format!(
-                    "{} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics (can the cluster pull from the registry?)",
-                    manifest.service.name
-                ))
-                .run()?;
-        }
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<()> {
+        let files = super::manifests(self, images, shared_cluster_manifest)?;
+        let (check, more) =
+            ("your permissions in the namespace", " (can the cluster pull from the registry?)");
+        self.kubectl.deploy(sh, &files, &mut self.deployed, check, more)?;
         // The suite reaches each service on a local port of its own.
         for service in self.settings.services.all() {
             let deployment = format!("deployment/{}", service.name);
             let ports = format!("{}:{}", service.host_port, service.container_port);
-            let forward = self.in_namespace(sh).args([
-                "port-forward",
-                "--address",
-                "127.0.0.1",
-                &deployment,
-                &ports,
-            ]);
-            self.forwards.push(step(forward).spawn());
+            let forward = ["port-forward", "--address", "127.0.0.1", &deployment, &ports];
+            self.forwards.push(step(self.kubectl.services(sh).args(forward)).spawn());
         }
         Ok(())
     }
 
-    /// Fetches the counters from each service (they keep running; the namespace goes at
-    /// teardown) into coverdata/<service>/, where covdata-report reads them as always.
+    /// GETs each service's counters through its forward (the services keep running; the
+    /// namespace goes at teardown) and unpacks them into coverdata/<service>/, where
+    /// covdata-report reads them as always.
     fn stop_services(&mut self, _sh: &Shell) -> anyhow::Result<()> {
+        let path = "/debug/coverdata";
         for service in self.settings.services.all() {
-            let dir = project::coverdata_dir(&self.settings.root).join(service.name);
-            fetch_counters(service, &dir)?;
+            let (name, port) = (service.name, service.host_port);
+            let get = || -> std::io::Result<Vec<u8>> {
+                let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+                stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+                write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+                let mut response = Vec::new();
+                stream.read_to_end(&mut response)?;
+                Ok(response)
+            };
+            let response = get().with_context(|| {
+                format!("fetching the coverage counters of {name} through 127.0.0.1:{port} failed: is its port-forward still up? see the diagnostics")
+            })?;
+            let split =
+                response.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(response.len());
+            let status = String::from_utf8_lossy(&response[..split]);
+            let status = status.lines().next().unwrap_or("");
+            let body = response.get(split + 4..).unwrap_or_default();
+            if !status.contains(" 200 ") {
+                let said = String::from_utf8_lossy(body);
+                bail!(
+                    "{name} answered `{status}` on {path}: {}; was it built with --coverage (the endpoint is in coverage builds only)?",
+                    said.trim()
+                );
+            }
+            let dir = project::coverdata_dir(&self.settings.root).join(name);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {dir}: make coverdata/ writable"))?;
+            tar::Archive::new(body)
+                .unpack(&dir)
+                .with_context(|| format!("unpacking the counters of {name} into {dir}"))?;
+            println!("    fetched the coverage counters of {name}");
         }
         Ok(())
     }
 
     fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool> {
-        let kubectl = |args: &[&str]| step(self.in_namespace(sh).args(args)).output();
-        kubectl_diagnostics(dir, &self.settings.services, &[], kubectl)?;
-        Ok(true)
+        collect(dir, self.kubectl.diagnostics(sh, &self.settings.services))
     }
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
         for forward in self.forwards.drain(..) {
             forward.stop();
         }
+        let (namespace, remove) = (&self.namespace, self.remove_command());
         if keep {
-            println!(
-                "    keeping the namespace {}: delete it with: {}",
-                self.namespace,
-                self.remove_command()
-            );
+            println!("    keeping the namespace {namespace}: delete it with: {remove}");
             return Ok(());
         }
         // The cluster finishes deleting in the background; nothing of ours waits on it.
-        step(self.kubectl(sh).args(["delete", "namespace", &self.namespace, "--wait=false"]))
-            .hint(format!("delete it with `{}`", self.remove_command()))
+        step(self.kubectl.cmd(sh).args(["delete", "namespace", namespace, "--wait=false"]))
+            .hint(format!("delete it with `{remove}`"))
             .run()?;
-        println!("    deleted the namespace {} (only it)", self.namespace);
+        println!("    deleted the namespace {namespace} (only it)");
         Ok(())
     }
 
     fn remove_command(&self) -> String {
-        let mut words = vec!["kubectl".to_string()];
-        words.extend(self.access_args());
-        words.extend(["delete", "namespace", &self.namespace].map(String::from));
-        words.join(" ")
+        let access = self.kubectl.access.iter().map(|a| format!(" {a}")).collect::<String>();
+        format!("kubectl{access} delete namespace {}", self.namespace)
     }
 
     fn exists(&self) -> bool {
@@ -290,67 +232,24 @@ impl Cluster for Existing {
 
 /// The manifest for a cluster we share: no host ports (nodes are not ours), and an emptyDir
 /// instead of the hostPath into coverdata/ (no disk is shared; the counters come over HTTP).
-fn shared_cluster_manifest(manifest: &str) -> String {
+fn shared_cluster_manifest(manifest: String) -> String {
     let mut out = String::new();
     let mut skip_below: Option<usize> = None;
     for line in manifest.lines() {
-        let indent = line.len() - line.trim_start().len();
-        if let Some(depth) = skip_below {
-            if indent > depth {
-                continue;
-            }
-            skip_below = None;
-        }
         let trimmed = line.trim_start();
-        if trimmed.starts_with("hostPort:") {
+        let indent = line.len() - trimmed.len();
+        if skip_below.is_some_and(|depth| indent > depth) {
             continue;
         }
-        if trimmed == "hostPath:" {
+        skip_below = (trimmed == "hostPath:").then_some(indent);
+        if skip_below.is_some() {
             out.push_str(&format!("{}emptyDir: {{}}\n", &line[..indent]));
-            skip_below = Some(indent);
-            continue;
+        } else if !trimmed.starts_with("hostPort:") {
+            out.push_str(line);
+            out.push('\n');
         }
-        out.push_str(line);
-        out.push('\n');
     }
     out
-}
-
-/// GETs the service's counters through its forward and unpacks them into `dir`.
-fn fetch_counters(service: Service, dir: &Utf8Path) -> anyhow::Result<()> {
-    let path = "/debug/coverdata";
-    let fetch = || -> std::io::Result<(String, Vec<u8>)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", service.host_port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        std::io::Write::write_all(
-            &mut stream,
-            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
-        )?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(response.len());
-        let head = String::from_utf8_lossy(&response[..split]).into_owned();
-        let body = response.get(split + 4..).unwrap_or_default().to_vec();
-        Ok((head, body))
-    };
-    let (head, body) = fetch().with_context(|| {
-        format!("fetching the coverage counters of {} through 127.0.0.1:{} failed: is its port-forward still up? see the diagnostics", service.name, service.host_port)
-    })?;
-    let status = head.lines().next().unwrap_or("");
-    if !status.contains(" 200 ") {
-        bail!(
-            "{} answered `{status}` on {path}: {}; was it built with --coverage (the endpoint is in coverage builds only)?",
-            service.name,
-            String::from_utf8_lossy(&body).trim()
-        );
-    }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating {dir}: make coverdata/ writable"))?;
-    tar::Archive::new(body.as_slice())
-        .unpack(dir)
-        .with_context(|| format!("unpacking the counters of {} into {dir}", service.name))?;
-    println!("    fetched the coverage counters of {}", service.name);
-    Ok(())
 }
 
 fn free_port() -> Option<u16> {
@@ -387,6 +286,6 @@ mod tests {
             ---
             kind: Service
         "#]]
-        .assert_eq(&shared_cluster_manifest(&manifest));
+        .assert_eq(&shared_cluster_manifest(manifest));
     }
 }

@@ -6,16 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
-use xshell::{cmd, Cmd, Shell};
+use xshell::{cmd, Shell};
 
-use super::{
-    kubectl_diagnostics, save, write_file, Cluster, Manifest, Settings, STOP_GRACE_SECONDS,
-};
+use super::{collect, render, write_file, Cluster, Kubectl, Settings, STOP_GRACE_SECONDS};
 use crate::{
     build_images::Image,
-    cmd::{step, CmdError},
+    cmd::step,
     doctor::{Check, Needs},
-    flags::Engine,
+    flags::{ClusterAccess, Engine},
     project,
 };
 
@@ -23,16 +21,17 @@ use crate::{
 const CREATE_RETRIES: usize = 2;
 const TRANSIENT_CREATE_ERRORS: &[&str] =
     &["OCI runtime", "container state improper", "could not find a log line that matches"];
-const ROLLOUT_TIMEOUT: &str = "180s";
+const CONFIG: &str = "kind-gateway-config.yaml";
 
 pub struct Kind {
     settings: Settings,
     /// Ours, under target/: no kind or kubectl call (or printed hint) edits ~/.kube/config.
     kubeconfig: Utf8PathBuf,
+    kubectl: Kubectl,
     /// A cluster of ours may exist.
     exists: bool,
-    /// A healthy cluster of an earlier run is used (and kept afterwards).
-    reused: bool,
+    /// When the cluster became ready: nothing to diagnose before. Set before `create` only when
+    /// a healthy cluster of an earlier run is reused.
     ready_at: Option<Instant>,
     deployed: bool,
 }
@@ -41,15 +40,8 @@ pub struct Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum NodeState {
     Running,
-    /// Exists in another state (`exited`, `paused`, ...).
-    Other(String),
-    Missing,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    name: String,
-    state: NodeState,
+    /// In another state (`exited`, `paused`, ...), or `missing`.
+    Down(String),
 }
 
 /// A clone of `sh` whose every command carries the Kind provider variable: every kind call
@@ -71,22 +63,15 @@ impl Kind {
     pub fn new(settings: Settings) -> Kind {
         let kubeconfig =
             project::xtask_dir(&settings.root).join(format!("kubeconfig-{}", settings.name));
-        Kind { settings, kubeconfig, exists: false, reused: false, ready_at: None, deployed: false }
-    }
-
-    /// kubectl on our cluster; its discovery cache stays under target/ too.
-    fn kubectl<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
-        let kubeconfig = &self.kubeconfig;
-        let cache = project::xtask_dir(&self.settings.root).join("kube-cache");
-        cmd!(sh, "kubectl --kubeconfig {kubeconfig} --cache-dir {cache}")
+        let access = ClusterAccess { kubeconfig: Some(kubeconfig.clone()), context: None };
+        let kubectl = Kubectl::new(&settings.root, &access, None);
+        Kind { settings, kubeconfig, kubectl, exists: false, ready_at: None, deployed: false }
     }
 
     /// The one definition of how our cluster is deleted: run, printed and suggested alike.
     fn delete_args(&self) -> Vec<String> {
-        let (name, kubeconfig) = (&self.settings.name, &self.kubeconfig);
-        ["delete", "cluster", "--name", name, "--kubeconfig", kubeconfig.as_str()]
-            .map(String::from)
-            .to_vec()
+        let (name, kubeconfig) = (&self.settings.name, self.kubeconfig.as_str());
+        ["delete", "cluster", "--name", name, "--kubeconfig", kubeconfig].map(String::from).to_vec()
     }
 
     /// Idempotent: kind succeeds when there is no such cluster.
@@ -102,32 +87,24 @@ impl Kind {
     }
 
     fn create_cluster(&mut self, sh: &Shell) -> anyhow::Result<()> {
-        let vars = super::template_vars(self, &self.settings, &[]);
-        let mut text = super::render_file(&self.settings.root, "kind-gateway-config.yaml", &vars)?;
+        let mut text = render(self, CONFIG, &[])?;
         if self.settings.registry.is_some() {
             // kind's local-registry set-up: containerd reads each registry's hosts.toml.
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
         }
-        let config = write_file(&self.settings.rendered_dir(), "kind-gateway-config.yaml", &text)?;
+        let config = write_file(&self.settings.rendered_dir(), CONFIG, &text)?;
         let kind_sh = kind_shell(sh, self.settings.engine);
         let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
-        let image_args: Vec<String> = match &self.settings.node_image {
-            Some(image) => vec!["--image".into(), image.clone()],
-            None => Vec::new(),
-        };
-        let image_args = &image_args;
         for attempt in 0..=CREATE_RETRIES {
             self.exists = true;
             let create = cmd!(
                 kind_sh,
-                "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig} {image_args...}"
+                "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
             );
-            let err = match step(create).hint(CREATE_HINT).run() {
-                Ok(_) => {
-                    self.ready_at = Some(Instant::now());
-                    return self.use_registry(sh);
-                }
-                Err(err) => err,
+            let create = create.args(self.settings.node_image.iter().flat_map(|i| ["--image", i]));
+            let Err(err) = step(create).hint("run `cargo xtask doctor`, then retry").run() else {
+                self.ready_at = Some(Instant::now());
+                return self.use_registry(sh);
             };
             if let Some(image) = unpullable_image(&err.stderr).map(str::to_string) {
                 return Err(anyhow::Error::new(err).context(format!(
@@ -140,13 +117,11 @@ impl Kind {
             if !transient || attempt == CREATE_RETRIES || err.is_interrupt() {
                 let tries =
                     if transient { format!(" {} times", attempt + 1) } else { String::new() };
-                return Err(anyhow::Error::new(err)
-                    .context(format!("creating the Kind cluster {name} failed{tries}")));
+                let failed = format!("creating the Kind cluster {name} failed{tries}");
+                return Err(anyhow::Error::new(err).context(failed));
             }
-            println!(
-                "    transient container runtime error, deleting and retrying ({}/{CREATE_RETRIES})",
-                attempt + 1
-            );
+            let attempt = attempt + 1;
+            println!("    transient container runtime error, deleting and retrying ({attempt}/{CREATE_RETRIES})");
             self.delete_cluster(sh)?;
         }
         unreachable!("the loop returns on its last attempt")
@@ -174,8 +149,7 @@ impl Kind {
         let file = write_file(&self.settings.rendered_dir(), "hosts.toml", &hosts)?;
         let dir = format!("/etc/containerd/certs.d/{}", registry.host);
         let program = self.settings.engine.program();
-        for node in self.nodes(sh)? {
-            let name = &node.name;
+        for (name, _) in self.nodes(sh)? {
             let target = format!("{name}:{dir}/hosts.toml");
             step(cmd!(sh, "{program} exec {name} mkdir -p {dir}")).run()?;
             step(cmd!(sh, "{program} cp {file} {target}"))
@@ -187,9 +161,8 @@ impl Kind {
     }
 
     /// Every node container of the cluster with its state.
-    fn nodes(&self, sh: &Shell) -> anyhow::Result<Vec<Node>> {
-        let kind_sh = kind_shell(sh, self.settings.engine);
-        let name = &self.settings.name;
+    fn nodes(&self, sh: &Shell) -> anyhow::Result<Vec<(String, NodeState)>> {
+        let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         let listed = step(cmd!(kind_sh, "kind get nodes --name {name}"))
             .hint("run `cargo xtask doctor`")
             .read()?;
@@ -199,32 +172,24 @@ impl Kind {
         for node in listed.lines().map(str::trim).filter(|n| !n.is_empty()) {
             let output = step(cmd!(sh, "{program} inspect --format {format} {node}")).output()?;
             let state = match output.stdout.trim() {
-                _ if !output.success() => NodeState::Missing,
-                "running" => NodeState::Running,
-                "" => NodeState::Missing,
-                other => NodeState::Other(other.to_string()),
+                "running" if output.success() => NodeState::Running,
+                other if output.success() && !other.is_empty() => NodeState::Down(other.into()),
+                _ => NodeState::Down("missing".into()),
             };
-            nodes.push(Node { name: node.to_string(), state });
+            nodes.push((node.to_string(), state));
         }
         Ok(nodes)
     }
 
     fn api_answers(&self, sh: &Shell) -> anyhow::Result<bool> {
-        let kind_sh = kind_shell(sh, self.settings.engine);
-        let (name, kubeconfig) = (&self.settings.name, &self.kubeconfig);
-        let exported =
-            step(cmd!(kind_sh, "kind export kubeconfig --name {name} --kubeconfig {kubeconfig}"))
-                .output()?;
-        Ok(exported.success()
-            && step(self.kubectl(sh).args(["get", "--raw", "/readyz"])).output()?.success())
-    }
-
-    fn kubectl_step(&self, sh: &Shell, args: &[&str], hint: &str) -> Result<(), CmdError> {
-        step(self.kubectl(sh).args(args)).hint(hint).run().map(drop)
+        let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
+        let kubeconfig = &self.kubeconfig;
+        let export =
+            cmd!(kind_sh, "kind export kubeconfig --name {name} --kubeconfig {kubeconfig}");
+        Ok(step(export).output()?.success()
+            && step(self.kubectl.cmd(sh).args(["get", "--raw", "/readyz"])).output()?.success())
     }
 }
-
-const CREATE_HINT: &str = "run `cargo xtask doctor`, then retry";
 
 /// The image in kind's `failed to pull image "..."`, if that is why creation failed.
 fn unpullable_image(stderr: &str) -> Option<&str> {
@@ -244,32 +209,29 @@ pub fn node_minor(kind_minor: u32, node_image: Option<&str>) -> Option<u32> {
     DEFAULTS.iter().find(|(kind, _)| *kind == kind_minor).map(|(_, node)| *node)
 }
 
-fn all_running(nodes: &[Node]) -> bool {
-    !nodes.is_empty() && nodes.iter().all(|n| n.state == NodeState::Running)
-}
-
-fn describe(nodes: &[Node]) -> String {
+/// What keeps the nodes from taking images, said in a few words: one is not running, or there
+/// is none.
+fn not_running(nodes: &[(String, NodeState)]) -> Option<String> {
     if nodes.is_empty() {
-        return "it has no node containers".to_string();
+        return Some("it has no node containers".to_string());
     }
-    let described: Vec<String> = nodes
-        .iter()
-        .map(|n| match &n.state {
-            NodeState::Running => format!("{} is running", n.name),
-            NodeState::Other(state) => format!("{} is {state}", n.name),
-            NodeState::Missing => format!("{} is missing", n.name),
-        })
-        .collect();
-    described.join(", ")
+    if nodes.iter().all(|(_, state)| *state == NodeState::Running) {
+        return None;
+    }
+    let described = nodes.iter().map(|(name, state)| match state {
+        NodeState::Running => format!("{name} is running"),
+        NodeState::Down(state) => format!("{name} is {state}"),
+    });
+    Some(described.collect::<Vec<_>>().join(", "))
 }
 
 impl Cluster for Kind {
-    fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     fn name(&self) -> &'static str {
         "kind"
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     fn needs(&self, needs: &mut Needs) {
@@ -294,54 +256,54 @@ impl Cluster for Kind {
         }
     }
 
-    fn needs_archives(&self) -> bool {
-        self.settings.registry.is_none()
-    }
-
     fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>> {
         let kind_sh = kind_shell(sh, self.settings.engine);
         let clusters =
             step(cmd!(kind_sh, "kind get clusters")).hint("run `cargo xtask doctor`").read()?;
         let name = &self.settings.name;
-        Ok(clusters
-            .lines()
-            .any(|l| l.trim() == name)
-            .then(|| format!("a Kind cluster named {name} exists already")))
+        let found = clusters.lines().any(|l| l.trim() == name);
+        Ok(found.then(|| format!("a Kind cluster named {name} exists already")))
     }
 
     fn clear_leftover(&mut self, sh: &Shell, reuse: bool, coverage: bool) -> anyhow::Result<bool> {
         let name = self.settings.name.clone();
         self.exists = true;
-        if reuse {
-            let nodes = self.nodes(sh)?;
-            if all_running(&nodes) && self.api_answers(sh)? {
-                println!("    the cluster {name} exists and is healthy: reusing it");
-                self.reused = true;
-                if coverage {
-                    // Its services write their last counters before coverdata/ is archived.
-                    if let Err(err) = self.stop_services(sh) {
-                        println!("    could not stop its services: {err:#}");
-                    }
-                }
-                return Ok(true);
-            }
-            println!("    the cluster {name} is not healthy ({}): recreating it", describe(&nodes));
-        } else {
+        if !reuse {
             println!(
                 "    deleting the stale cluster {name} of an earlier run (--reuse-cluster keeps a healthy one)"
             );
+            self.delete_cluster(sh)?;
+            return Ok(false);
         }
-        self.delete_cluster(sh)?;
-        Ok(false)
+        let trouble = not_running(&self.nodes(sh)?);
+        if trouble.is_some() || !self.api_answers(sh)? {
+            let nodes = trouble.unwrap_or_else(|| "its API does not answer".into());
+            println!("    the cluster {name} is not healthy ({nodes}): recreating it");
+            self.delete_cluster(sh)?;
+            return Ok(false);
+        }
+        println!("    the cluster {name} exists and is healthy: reusing it");
+        self.ready_at = Some(Instant::now());
+        if coverage {
+            // Its services write their last counters before coverdata/ is archived.
+            if let Err(err) = self.stop_services(sh) {
+                println!("    could not stop its services: {err:#}");
+            }
+        }
+        Ok(true)
     }
 
     fn create(&mut self, sh: &Shell) -> anyhow::Result<()> {
-        if self.reused {
-            println!("    reusing the running cluster {}", self.settings.name);
-            self.ready_at = Some(Instant::now());
-            return Ok(());
+        if self.ready_at.is_none() {
+            return self.create_cluster(sh);
         }
-        self.create_cluster(sh)
+        println!("    reusing the running cluster {}", self.settings.name);
+        self.ready_at = Some(Instant::now());
+        Ok(())
+    }
+
+    fn needs_archives(&self) -> bool {
+        self.settings.registry.is_none()
     }
 
     /// Checks every node is running (a stopped node is the "container state improper"
@@ -351,110 +313,57 @@ impl Cluster for Kind {
             println!("    nothing to load: the nodes pull from {}", registry.host);
             return Ok(None);
         }
-        let nodes = self.nodes(sh)?;
-        if !all_running(&nodes) {
+        let program = self.settings.engine.program();
+        if let Some(trouble) = not_running(&self.nodes(sh)?) {
             println!(
-                "    the Kind node containers are not all running ({}): images cannot be loaded into a stopped node (the \"container state improper\" failure); recreating the cluster once",
-                describe(&nodes)
+                "    the Kind node containers are not all running ({trouble}): images cannot be loaded into a stopped node (the \"container state improper\" failure); recreating the cluster once"
             );
             self.delete_cluster(sh)?;
             self.create_cluster(sh)?;
-            let nodes = self.nodes(sh)?;
-            if !all_running(&nodes) {
+            if let Some(trouble) = not_running(&self.nodes(sh)?) {
                 bail!(
-                    "the Kind node containers are still not running after recreating the cluster ({}): check `{} logs <node>`, free memory and disk (`cargo xtask doctor`), then retry",
-                    describe(&nodes),
-                    self.settings.engine.program()
+                    "the Kind node containers are still not running after recreating the cluster ({trouble}): check `{program} logs <node>`, free memory and disk (`cargo xtask doctor`), then retry"
                 );
             }
         }
         let gap = self.ready_at.map(|t| t.elapsed()).unwrap_or_default();
         println!("    idle gap (cluster ready to first load): {} ms", gap.as_millis());
-        let kind_sh = kind_shell(sh, self.settings.engine);
-        let name = &self.settings.name;
+        let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         for image in images {
+            let service = image.service.name;
             let archive = image.archive.as_ref().with_context(|| {
-                format!(
-                    "no image archive for {}: this is a bug in the build phase",
-                    image.service.name
-                )
+                format!("no image archive for {service}: this is a bug in the build phase")
             })?;
             step(cmd!(kind_sh, "kind load image-archive {archive} --name {name}"))
-                .hint(format!(
-                    "check that the cluster's nodes are running (`{} ps -a`)",
-                    self.settings.engine.program()
-                ))
+                .hint(format!("check that the cluster's nodes are running (`{program} ps -a`)"))
                 .run()
-                .with_context(|| format!("loading the image of {}", image.service.name))?;
+                .with_context(|| format!("loading the image of {service}"))?;
             println!("    loaded {}", image.reference);
         }
         Ok(Some(gap))
     }
 
-    fn template_vars(&self) -> Vec<(String, String)> {
-        vec![
-            // The Kind config mounts the host's coverdata/ at /coverdata in the node.
-            ("COVERDATA_NODE_PATH".into(), "/coverdata".into()),
-            // The cluster is ours alone: the Deployments keep their plain names.
-            ("NAME_PREFIX".into(), String::new()),
-            (
-                "DATASTORAGE_URL".into(),
-                format!("http://datastorage:{}", self.settings.services.datastorage.container_port),
-            ),
-        ]
-    }
-
-    fn deploy(&mut self, sh: &Shell, manifests: &[Manifest]) -> anyhow::Result<()> {
-        self.deployed = true;
-        let dir = self.settings.rendered_dir();
-        for manifest in manifests {
-            let file =
-                write_file(&dir, &format!("{}.yaml", manifest.service.name), &manifest.text)?;
-            self.kubectl_step(
-                sh,
-                &["apply", "-f", file.as_str()],
-                "check the manifest and the cluster (`cargo xtask doctor`)",
-            )?;
-        }
-        for manifest in manifests {
-            let deployment = format!("deployment/{}", manifest.service.name);
-            self.kubectl_step(
-                sh,
-                &["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT],
-                &format!(
-                    "{} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics",
-                    manifest.service.name
-                ),
-            )?;
-        }
-        Ok(())
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<()> {
+        let files = super::manifests(self, images, |text| text)?;
+        let check = "the cluster (`cargo xtask doctor`)";
+        self.kubectl.deploy(sh, &files, &mut self.deployed, check, "")
     }
 
     fn stop_services(&mut self, sh: &Shell) -> anyhow::Result<()> {
         let services = self.settings.services.all();
         let deployments = services.map(|s| format!("deployment/{}", s.name));
-        step(self.kubectl(sh).arg("scale").args(&deployments).arg("--replicas=0"))
+        step(self.kubectl.cmd(sh).arg("scale").args(&deployments).arg("--replicas=0"))
             .hint(
                 "the services could not be scaled to zero, so their coverage counters are missing",
             )
             .run()?;
         let selector = format!("app in ({})", services.map(|s| s.name).join(","));
         let timeout = format!("{}s", STOP_GRACE_SECONDS + 30);
-        let wait = self.kubectl(sh).args([
-            "wait",
-            "--for=delete",
-            "pod",
-            "--selector",
-            &selector,
-            "--timeout",
-            &timeout,
-        ]);
-        match step(wait)
-            .hint(format!(
-                "the service pods were not gone within {timeout}: their counters may be incomplete"
-            ))
-            .run()
-        {
+        let wait = ["wait", "--for=delete", "pod", "--selector", &selector, "--timeout", &timeout];
+        let hint = format!(
+            "the service pods were not gone within {timeout}: their counters may be incomplete"
+        );
+        match step(self.kubectl.cmd(sh).args(wait)).hint(hint).run() {
             // kubectl fails when the pods are gone before it looks: that is the goal reached.
             Err(err) if err.stderr.contains("no matching resources found") => Ok(()),
             result => result.map(drop).map_err(Into::into),
@@ -468,47 +377,39 @@ impl Cluster for Kind {
             );
             return Ok(false);
         }
-        let kind_sh = kind_shell(sh, self.settings.engine);
-        let name = &self.settings.name;
-        let kind_logs = dir.join("kind");
-        save(
-            dir,
-            "kind-export.txt",
-            step(cmd!(kind_sh, "kind export logs {kind_logs} --name {name}")).output(),
-        )?;
-        let kubectl = |args: &[&str]| step(self.kubectl(sh).args(args)).output();
-        kubectl_diagnostics(dir, &self.settings.services, &["--all-namespaces"], kubectl)?;
-        Ok(true)
+        let (kind_sh, name, logs) =
+            (kind_shell(sh, self.settings.engine), &self.settings.name, dir.join("kind"));
+        let export = step(cmd!(kind_sh, "kind export logs {logs} --name {name}"));
+        let mut commands = vec![("kind-export.txt".to_string(), export)];
+        commands.extend(self.kubectl.diagnostics(sh, &self.settings.services));
+        collect(dir, commands)
     }
 
+    /// `keep` includes `--reuse-cluster`: a reused cluster is kept for next time.
     fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
-        if keep || self.reused {
-            println!(
-                "    keeping the cluster: export KUBECONFIG={}\n    delete it with: {}",
-                self.kubeconfig,
-                self.remove_command()
-            );
-            if self.deployed {
-                let deployments =
-                    self.settings.services.all().map(|s| format!("deployment/{}", s.name));
-                println!(
-                    "    if the services were scaled to zero to flush coverage, start them with: kubectl --kubeconfig {} scale {} --replicas=1",
-                    self.kubeconfig,
-                    deployments.join(" ")
-                );
-            }
+        if !keep {
+            self.delete_cluster(sh)?;
+            println!("    deleted the cluster {}", self.settings.name);
             return Ok(());
         }
-        self.delete_cluster(sh)?;
-        println!("    deleted the cluster {}", self.settings.name);
+        let (kubeconfig, remove) = (&self.kubeconfig, self.remove_command());
+        println!(
+            "    keeping the cluster: export KUBECONFIG={kubeconfig}\n    delete it with: {remove}"
+        );
+        if self.deployed {
+            let deployments =
+                self.settings.services.all().map(|s| format!("deployment/{}", s.name));
+            println!(
+                "    if the services were scaled to zero to flush coverage, start them with: kubectl --kubeconfig {kubeconfig} scale {} --replicas=1",
+                deployments.join(" ")
+            );
+        }
         Ok(())
     }
 
     fn remove_command(&self) -> String {
-        let env = provider(self.settings.engine)
-            .map(|(key, value)| format!("{key}={value} "))
-            .unwrap_or_default();
-        format!("{env}kind {}", self.delete_args().join(" "))
+        let env = provider(self.settings.engine).map(|(key, value)| format!("{key}={value} "));
+        format!("{}kind {}", env.unwrap_or_default(), self.delete_args().join(" "))
     }
 
     fn exists(&self) -> bool {
@@ -523,10 +424,6 @@ impl Cluster for Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(name: &str, state: NodeState) -> Node {
-        Node { name: name.into(), state }
-    }
 
     #[test]
     fn node_versions_come_from_the_image_tag_or_kinds_default() {
@@ -547,16 +444,15 @@ mod tests {
 
     #[test]
     fn nodes_are_described_by_state() {
+        let node = |name: &str, state| (name.to_string(), state);
         let nodes = [
             node("cp", NodeState::Running),
-            node("w1", NodeState::Other("exited".into())),
-            node("w2", NodeState::Missing),
+            node("w1", NodeState::Down("exited".into())),
+            node("w2", NodeState::Down("missing".into())),
         ];
-        assert_eq!(describe(&nodes), "cp is running, w1 is exited, w2 is missing");
-        assert!(!all_running(&nodes));
-        assert!(all_running(&nodes[..1]));
-        assert!(!all_running(&[]), "a cluster without nodes cannot load");
-        assert_eq!(describe(&[]), "it has no node containers");
+        assert_eq!(not_running(&nodes).unwrap(), "cp is running, w1 is exited, w2 is missing");
+        assert_eq!(not_running(&nodes[..1]), None);
+        assert_eq!(not_running(&[]).unwrap(), "it has no node containers", "no nodes cannot load");
     }
 
     #[test]

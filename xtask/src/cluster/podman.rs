@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
-use super::{save, write_file, Cluster, Manifest, Settings, STOP_GRACE_SECONDS};
+use super::{collect, Cluster, Settings, STOP_GRACE_SECONDS};
 use crate::{build_images::Image, cmd::step, doctor::Needs, project::Service};
 
 pub struct Podman {
@@ -16,6 +16,11 @@ pub struct Podman {
     network: String,
     exists: bool,
     deployed: bool,
+}
+
+/// `podman <kind> exists <name>`, for pods and networks.
+fn exists(sh: &Shell, kind: &str, name: &str) -> anyhow::Result<bool> {
+    Ok(step(cmd!(sh, "podman {kind} exists {name}")).output()?.success())
 }
 
 impl Podman {
@@ -34,11 +39,6 @@ impl Podman {
         self.settings.services.all().map(|s| self.pod(s)).to_vec()
     }
 
-    /// `podman <kind> exists <name>`, for pods and networks.
-    fn exists_in_podman(sh: &Shell, kind: &str, name: &str) -> anyhow::Result<bool> {
-        Ok(step(cmd!(sh, "podman {kind} exists {name}")).output()?.success())
-    }
-
     /// Stops (gracefully: `kube down` alone gives no grace period) and removes every pod of
     /// ours, then checks none is left. Idempotent.
     fn remove_pods(&mut self, sh: &Shell) -> anyhow::Result<()> {
@@ -50,24 +50,23 @@ impl Podman {
         let grace = STOP_GRACE_SECONDS.to_string();
         for service in self.settings.services.all() {
             let pod = self.pod(service);
-            if !Podman::exists_in_podman(sh, "pod", &pod)? {
+            if !exists(sh, "pod", &pod)? {
                 continue;
             }
             let _ = step(cmd!(sh, "podman pod stop --time {grace} {pod}")).run();
             let manifest = dir.join(format!("{}.yaml", service.name));
             let downed =
                 manifest.exists() && step(cmd!(sh, "podman kube down {manifest}")).run().is_ok();
+            let remove = format!("remove it with `podman pod rm --force {pod}`");
             if !downed {
-                step(cmd!(sh, "podman pod rm --force {pod}"))
-                    .hint(format!("remove it with `podman pod rm --force {pod}`"))
-                    .run()?;
+                step(cmd!(sh, "podman pod rm --force {pod}")).hint(&remove).run()?;
             }
-            if Podman::exists_in_podman(sh, "pod", &pod)? {
-                bail!("the pod {pod} is still there after `podman kube down`: remove it with `podman pod rm --force {pod}`");
+            if exists(sh, "pod", &pod)? {
+                bail!("the pod {pod} is still there after `podman kube down`: {remove}");
             }
         }
         let network = &self.network;
-        if Podman::exists_in_podman(sh, "network", network)? {
+        if exists(sh, "network", network)? {
             step(cmd!(sh, "podman network rm {network}"))
                 .hint(format!("remove it with `podman network rm {network}`"))
                 .run()?;
@@ -77,12 +76,12 @@ impl Podman {
 }
 
 impl Cluster for Podman {
-    fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     fn name(&self) -> &'static str {
         "podman"
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     fn needs(&self, needs: &mut Needs) {
@@ -92,22 +91,17 @@ impl Cluster for Podman {
     fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>> {
         let mut left = Vec::new();
         for pod in self.pods() {
-            if Podman::exists_in_podman(sh, "pod", &pod)? {
+            if exists(sh, "pod", &pod)? {
                 left.push(format!("the pod {pod}"));
             }
         }
-        if Podman::exists_in_podman(sh, "network", &self.network)? {
+        if exists(sh, "network", &self.network)? {
             left.push(format!("the network {}", self.network));
         }
         Ok((!left.is_empty()).then(|| format!("an earlier run left {}", left.join(", "))))
     }
 
-    fn clear_leftover(
-        &mut self,
-        sh: &Shell,
-        _reuse: bool,
-        _coverage: bool,
-    ) -> anyhow::Result<bool> {
+    fn clear_leftover(&mut self, sh: &Shell, _reuse: bool, _: bool) -> anyhow::Result<bool> {
         println!("    removing what the earlier run left");
         self.remove_pods(sh)?;
         Ok(false)
@@ -123,45 +117,33 @@ impl Cluster for Podman {
         Ok(None)
     }
 
+    /// podman kube play has no Service DNS: the gateway reaches datastorage via its host port;
+    /// the pods are named after the run.
     fn template_vars(&self) -> Vec<(String, String)> {
-        let coverdata = crate::project::coverdata_dir(&self.settings.root).to_string();
-        let prefix = format!("{}-", self.settings.name);
-        // podman kube play has no Service DNS: the gateway reaches datastorage via its host port.
-        let datastorage = format!(
-            "http://host.containers.internal:{}",
-            self.settings.services.datastorage.host_port
-        );
+        let Settings { root, name, services, .. } = &self.settings;
+        let port = services.datastorage.host_port;
         vec![
-            ("COVERDATA_NODE_PATH".into(), coverdata),
-            ("DATASTORAGE_URL".into(), datastorage),
-            ("NAME_PREFIX".into(), prefix),
+            ("COVERDATA_NODE_PATH".into(), crate::project::coverdata_dir(root).to_string()),
+            ("DATASTORAGE_URL".into(), format!("http://host.containers.internal:{port}")),
+            ("NAME_PREFIX".into(), format!("{name}-")),
         ]
     }
 
-    fn deploy(&mut self, sh: &Shell, manifests: &[Manifest]) -> anyhow::Result<()> {
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<()> {
+        let files = super::manifests(self, images, without_services)?;
         self.exists = true;
         let network = &self.network;
-        if !Podman::exists_in_podman(sh, "network", network)? {
+        if !exists(sh, "network", network)? {
             step(cmd!(sh, "podman network create {network}"))
                 .hint("check that podman answers: `cargo xtask doctor`")
                 .run()?;
         }
-        let dir = self.settings.rendered_dir();
-        let mut files = Vec::new();
-        for manifest in manifests {
-            let name = format!("{}.yaml", manifest.service.name);
-            files.push((
-                manifest.service,
-                write_file(&dir, &name, &without_services(&manifest.text))?,
-            ));
-        }
         // podman kube play would treat a directory entry named like an image as a build
         // context: run it from a directory of our own.
-        let _dir = sh.push_dir(&dir);
+        let _dir = sh.push_dir(self.settings.rendered_dir());
         // From a registry, kube play pulls what is not here (plain HTTP says so).
         let tls = self.settings.registry.as_ref().and_then(|r| r.tls_args());
         for (service, file) in files {
-            let tls = &tls;
             step(cmd!(sh, "podman kube play {tls...} --network {network} {file}"))
                 .hint(format!(
                     "{} could not be started: see its logs in the diagnostics",
@@ -175,8 +157,7 @@ impl Cluster for Podman {
     }
 
     fn stop_services(&mut self, sh: &Shell) -> anyhow::Result<()> {
-        let pods = self.pods();
-        let grace = STOP_GRACE_SECONDS.to_string();
+        let (pods, grace) = (self.pods(), STOP_GRACE_SECONDS.to_string());
         step(cmd!(sh, "podman pod stop --time {grace} {pods...}"))
             .hint("the pods could not be stopped, so their coverage counters may be missing")
             .run()?;
@@ -184,21 +165,16 @@ impl Cluster for Podman {
     }
 
     fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool> {
+        let mut commands = Vec::new();
         for service in self.settings.services.all() {
             let pod = self.pod(service);
             let container = format!("{pod}-{}", service.name);
-            save(
-                dir,
-                &format!("{}.log", service.name),
-                step(cmd!(sh, "podman logs --timestamps {container}")).output(),
-            )?;
-            save(
-                dir,
-                &format!("{pod}-inspect.json"),
-                step(cmd!(sh, "podman pod inspect {pod}")).output(),
-            )?;
+            let logs = step(cmd!(sh, "podman logs --timestamps {container}"));
+            commands.push((format!("{}.log", service.name), logs));
+            commands
+                .push((format!("{pod}-inspect.json"), step(cmd!(sh, "podman pod inspect {pod}"))));
         }
-        Ok(true)
+        collect(dir, commands)
     }
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
@@ -216,11 +192,8 @@ impl Cluster for Podman {
     }
 
     fn remove_command(&self) -> String {
-        format!(
-            "podman pod rm --force {}; podman network rm {}",
-            self.pods().join(" "),
-            self.network
-        )
+        let (pods, network) = (self.pods().join(" "), &self.network);
+        format!("podman pod rm --force {pods}; podman network rm {network}")
     }
 
     fn exists(&self) -> bool {
@@ -233,12 +206,10 @@ impl Cluster for Podman {
 }
 
 /// Drops the documents of a kind `podman kube play` does not run (Services).
-fn without_services(manifest: &str) -> String {
-    manifest
-        .split("\n---")
-        .filter(|doc| !doc.lines().any(|l| l.trim() == "kind: Service"))
-        .collect::<Vec<_>>()
-        .join("\n---")
+fn without_services(manifest: String) -> String {
+    let documents = manifest.split("\n---");
+    let kept = documents.filter(|doc| !doc.lines().any(|l| l.trim() == "kind: Service"));
+    kept.collect::<Vec<_>>().join("\n---")
 }
 
 #[cfg(test)]
@@ -248,7 +219,7 @@ mod tests {
     #[test]
     fn services_are_dropped() {
         let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: gateway\n";
-        let podman = without_services(manifest);
+        let podman = without_services(manifest.to_string());
         assert!(podman.contains("kind: Deployment"));
         assert!(!podman.contains("kind: Service"));
     }
