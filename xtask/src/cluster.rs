@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Cmd, Shell};
 
@@ -32,6 +32,8 @@ const ROLLOUT_TIMEOUT: &str = "180s";
 /// What every backend is told about the run.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// `kind`, `podman`, `existing`: `auto` resolved by `pick`.
+    pub backend: ClusterBackend,
     pub root: Utf8PathBuf,
     /// `--cluster-name`: names the cluster (and everything else a backend creates).
     pub name: String,
@@ -53,10 +55,12 @@ impl Settings {
 }
 
 pub trait Cluster {
-    /// `kind`, `podman`, `existing`.
-    fn name(&self) -> &'static str;
-
     fn settings(&self) -> &Settings;
+
+    /// `kind`, `podman`, `existing`.
+    fn name(&self) -> &'static str {
+        self.settings().backend.name()
+    }
 
     /// The tools this backend needs, added to what every run needs.
     fn needs(&self, needs: &mut Needs);
@@ -68,24 +72,19 @@ pub trait Cluster {
 
     /// What an earlier run with our name left behind (a cluster, pods), said in a few words.
     /// None by default: a backend whose every run has a place of its own finds nothing.
-    fn leftover(&self, _sh: &Shell) -> anyhow::Result<Option<String>> {
+    fn leftover(&self, _sh: &Shell) -> Result<Option<String>> {
         Ok(None)
     }
 
     /// Removes the leftover, or with `reuse` keeps it when healthy (stopping its services first
     /// when `coverage`, so they write their last counters). Returns whether it was kept. Called
     /// only when `leftover` found something.
-    fn clear_leftover(
-        &mut self,
-        _sh: &Shell,
-        _reuse: bool,
-        _coverage: bool,
-    ) -> anyhow::Result<bool> {
+    fn clear_leftover(&mut self, _sh: &Shell, _reuse: bool, _coverage: bool) -> Result<bool> {
         Ok(false)
     }
 
     /// Creates the cluster (unless one is kept for reuse).
-    fn create(&mut self, sh: &Shell) -> anyhow::Result<()>;
+    fn create(&mut self, sh: &Shell) -> Result<()>;
 
     /// The build phase saves each image to an archive this backend loads.
     fn needs_archives(&self) -> bool {
@@ -94,7 +93,7 @@ pub trait Cluster {
 
     /// Makes the images available to the cluster; returns the idle gap between the cluster
     /// becoming ready and the first load, where there is one.
-    fn load(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<Option<Duration>>;
+    fn load(&mut self, sh: &Shell, images: &[Image]) -> Result<Option<Duration>>;
 
     /// The template values that differ between backends. By default those of a cluster (or a
     /// namespace) that is ours alone: the Kind config mounts coverdata/ at /coverdata in the
@@ -110,39 +109,48 @@ pub trait Cluster {
 
     /// Starts the services with these images, in dependency order, and returns when they are
     /// rolled out.
-    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<()>;
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()>;
 
     /// Stops the services gracefully and waits until they are gone: their coverage counters
     /// are written when they exit.
-    fn stop_services(&mut self, sh: &Shell) -> anyhow::Result<()>;
+    fn stop_services(&mut self, sh: &Shell) -> Result<()>;
 
     /// Writes what explains a failure into `dir`; a command that fails here is noted in its
     /// file, not fatal. Returns false when there is nothing to collect (a cluster that never
     /// became ready).
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool>;
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> Result<bool>;
 
     /// Removes what this run created, or with `keep` says how to use and remove it later.
     /// Called only when something of ours may exist.
-    fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()>;
+    fn teardown(&mut self, sh: &Shell, keep: bool) -> Result<()>;
 
     /// The command that removes everything this backend may have created.
     fn remove_command(&self) -> String;
 
-    /// Something of ours may exist (diagnostics and teardown have work to do).
-    fn exists(&self) -> bool;
+    fn state(&self) -> State;
+}
 
+/// What of a backend's may exist, for the phases after a failure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct State {
+    /// Something of ours may exist (diagnostics and teardown have work to do).
+    pub exists: bool,
     /// The services were started (stopping them flushes coverage).
-    fn deployed(&self) -> bool;
+    pub deployed: bool,
 }
 
 /// The backend for `--cluster` and the engine it runs with: `auto` means kind when `kind` is on
 /// PATH, else podman. Says which and why.
-pub fn pick(
-    target: &Target,
-    root: &Utf8Path,
-    services: Services,
-) -> anyhow::Result<Box<dyn Cluster>> {
+pub fn pick(target: &Target, root: &Utf8Path, services: Services) -> Result<Box<dyn Cluster>> {
+    let (backend, why) = match target.cluster {
+        ClusterBackend::Auto => match project::which("kind") {
+            Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
+            None => (ClusterBackend::Podman, "auto: kind is not on PATH".to_string()),
+        },
+        other => (other, format!("--cluster {}", other.name())),
+    };
     let settings = |engine| Settings {
+        backend,
         root: root.to_path_buf(),
         name: target.cluster_name.clone(),
         engine,
@@ -150,13 +158,6 @@ pub fn pick(
         node_image: target.node_image.clone(),
         registry: target.registry.clone(),
         access: target.access.clone(),
-    };
-    let (backend, why) = match target.cluster {
-        ClusterBackend::Auto => match project::which("kind") {
-            Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
-            None => (ClusterBackend::Podman, "auto: kind is not on PATH".to_string()),
-        },
-        other => (other, format!("--cluster {}", other.name())),
     };
     let engine = engine::resolve(target.engine);
     let cluster: Box<dyn Cluster> = match backend {
@@ -174,7 +175,7 @@ pub fn pick(
 
 /// test/infrastructure/`file` with its `${NAME}` tokens replaced by the backend's values and
 /// the run's; a token nobody provides is an error, not an empty string.
-fn render(cluster: &dyn Cluster, file: &str, images: &[Image]) -> anyhow::Result<String> {
+fn render(cluster: &dyn Cluster, file: &str, images: &[Image]) -> Result<String> {
     let Settings { root, services, .. } = cluster.settings();
     let mut vars = cluster.template_vars();
     vars.push(("COVERDATA_HOST_PATH".into(), project::coverdata_dir(root).to_string()));
@@ -190,12 +191,9 @@ fn render(cluster: &dyn Cluster, file: &str, images: &[Image]) -> anyhow::Result
         text = text.replace(&format!("${{{name}}}"), value);
     }
     if let Some(start) = text.find("${") {
-        let token: String = text[start..].chars().take_while(|c| *c != '}').collect();
-        let known: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-        bail!(
-            "{source} uses {token}}}, which the xtask does not provide: use one of {}",
-            known.join(", ")
-        );
+        let token = text[start..].split('}').next().unwrap_or_default();
+        let known = vars.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+        bail!("{source} uses {token}}}, which the xtask does not provide: use one of {known}");
     }
     Ok(text)
 }
@@ -206,7 +204,7 @@ fn manifests(
     cluster: &dyn Cluster,
     images: &[Image],
     adapt: fn(String) -> String,
-) -> anyhow::Result<Vec<(Service, Utf8PathBuf)>> {
+) -> Result<Vec<(Service, Utf8PathBuf)>> {
     let settings = cluster.settings();
     let mut files = Vec::new();
     for service in settings.services.all() {
@@ -218,7 +216,7 @@ fn manifests(
 }
 
 /// Writes `text` to `dir/name`, creating `dir`.
-pub fn write_file(dir: &Utf8Path, name: &str, text: &str) -> anyhow::Result<Utf8PathBuf> {
+pub fn write_file(dir: &Utf8Path, name: &str, text: &str) -> Result<Utf8PathBuf> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating {dir}: make target/ writable"))?;
     let path = dir.join(name);
@@ -229,7 +227,7 @@ pub fn write_file(dir: &Utf8Path, name: &str, text: &str) -> anyhow::Result<Utf8
 
 /// Runs each diagnostics command and saves what it printed (or why it could not run) to its
 /// file in `dir`.
-fn collect(dir: &Utf8Path, commands: Vec<(String, Step)>) -> anyhow::Result<bool> {
+fn collect(dir: &Utf8Path, commands: Vec<(String, Step)>) -> Result<bool> {
     for (file, command) in commands {
         let text = match command.output() {
             Ok(out) => format!("{}{}", out.stdout, out.stderr),
@@ -269,16 +267,19 @@ impl Kubectl {
         self.cmd(sh).args(self.namespace.iter().flat_map(|n| ["--namespace", n]))
     }
 
-    /// Applies each manifest (`deployed` once one is), then waits for each rollout. `check`
-    /// says what to check when an apply fails, `more` ends the rollout hint.
+    /// Applies each manifest (`deployed` once one is), then waits for each rollout.
     fn deploy(
         &self,
         sh: &Shell,
         files: &[(Service, Utf8PathBuf)],
         deployed: &mut bool,
-        check: &str,
-        more: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
+        // On a shared cluster, our rights are limited and the images come from the registry.
+        let (check, more) = if self.namespace.is_none() {
+            ("the cluster (`cargo xtask doctor`)", "")
+        } else {
+            ("your permissions in the namespace", " (can the cluster pull from the registry?)")
+        };
         for (_, file) in files {
             step(self.services(sh).args(["apply", "-f", file.as_str()]))
                 .hint(format!("check the manifest and {check}"))
@@ -287,7 +288,8 @@ impl Kubectl {
         }
         for (service, _) in files {
             let deployment = format!("deployment/{}", service.name);
-            step(self.services(sh).args(["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT]))
+            let rollout = ["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT];
+            step(self.services(sh).args(rollout))
                 .hint(format!(
                     "{} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics{more}",
                     service.name
@@ -322,6 +324,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
+            backend: ClusterBackend::Kind,
             root: Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf(),
             name: "gateway-e2e".into(),
             engine: Engine::Podman,

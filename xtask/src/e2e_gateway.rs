@@ -62,7 +62,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     // What the run wrote there (the test log, diagnostics), if anything.
     summary.logs = run.logs_dir.is_dir().then(|| run.logs_dir.clone());
     let teardown = summary.phase(Phase::Teardown, || {
-        if !cluster.exists() {
+        if !cluster.state().exists {
             println!("    nothing to tear down");
             return Ok(());
         }
@@ -130,10 +130,10 @@ fn pipeline(
     let result = cluster_phases(sh, run, cluster, summary, &images);
     // Diagnostics come before anything is scaled down or deleted.
     let interrupted = cmd::interrupted();
-    if result.is_err() && cluster.exists() && !interrupted {
+    if result.is_err() && cluster.state().exists && !interrupted {
         diagnostics(sh, run, cluster, summary);
     }
-    if run.flags.coverage && cluster.deployed() && !interrupted {
+    if run.flags.coverage && cluster.state().deployed && !interrupted {
         match summary.phase(Phase::Coverage, || coverage(sh, run, cluster)) {
             Ok(coverage) => summary.coverage = Some(coverage),
             // A test failure stays the headline; the coverage problem is reported beside it.

@@ -10,12 +10,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 use sha2::{Digest, Sha256};
 use xshell::Shell;
 
-use super::{collect, write_file, Cluster, Kubectl, Settings};
+use super::{collect, write_file, Cluster, Kubectl, Settings, State};
 use crate::{
     build_images::Image,
     cmd::{step, Running},
@@ -28,8 +28,7 @@ pub struct Existing {
     namespace: String,
     kubectl: Kubectl,
     forwards: Vec<Running>,
-    exists: bool,
-    deployed: bool,
+    state: State,
 }
 
 impl Existing {
@@ -42,22 +41,11 @@ impl Existing {
             service.host_port = free_port().unwrap_or(service.host_port);
         }
         let kubectl = Kubectl::new(&settings.root, &settings.access, Some(namespace.clone()));
-        Existing {
-            settings,
-            namespace,
-            kubectl,
-            forwards: Vec::new(),
-            exists: false,
-            deployed: false,
-        }
+        Existing { settings, namespace, kubectl, forwards: Vec::new(), state: State::default() }
     }
 }
 
 impl Cluster for Existing {
-    fn name(&self) -> &'static str {
-        "existing"
-    }
-
     fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -112,21 +100,18 @@ impl Cluster for Existing {
     }
 
     /// The Namespace, labelled so that a user can find the runs of a checkout or a user.
-    fn create(&mut self, sh: &Shell) -> anyhow::Result<()> {
+    fn create(&mut self, sh: &Shell) -> Result<()> {
         let (namespace, root) = (&self.namespace, &self.settings.root);
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         // A label value: letters, digits and dashes, at most 63 of them.
-        let user: String = user
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .take(63)
-            .collect();
+        let user = user.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+        let user = &user[..user.len().min(63)];
         let checkout = &project::hex(&Sha256::digest(root.as_str()))[..12];
         let manifest = format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels:\n    e2e.xtask/user: \"{user}\"\n    e2e.xtask/checkout: \"{checkout}\"\n  annotations:\n    e2e.xtask/checkout-path: \"{root}\"\n"
         );
         let file = write_file(&self.settings.rendered_dir(), "namespace.yaml", &manifest)?;
-        self.exists = true;
+        self.state.exists = true;
         step(self.kubectl.cmd(sh).args(["create", "-f", file.as_str()]))
             .hint("check the permissions with `cargo xtask doctor --cluster existing`")
             .run()?;
@@ -134,16 +119,14 @@ impl Cluster for Existing {
         Ok(())
     }
 
-    fn load(&mut self, _sh: &Shell, _images: &[Image]) -> anyhow::Result<Option<Duration>> {
+    fn load(&mut self, _sh: &Shell, _images: &[Image]) -> Result<Option<Duration>> {
         println!("    the cluster pulls the images from the registry");
         Ok(None)
     }
 
-    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<()> {
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()> {
         let files = super::manifests(self, images, shared_cluster_manifest)?;
-        let (check, more) =
-            ("your permissions in the namespace", " (can the cluster pull from the registry?)");
-        self.kubectl.deploy(sh, &files, &mut self.deployed, check, more)?;
+        self.kubectl.deploy(sh, &files, &mut self.state.deployed)?;
         // The suite reaches each service on a local port of its own.
         for service in self.settings.services.all() {
             let deployment = format!("deployment/{}", service.name);
@@ -157,7 +140,7 @@ impl Cluster for Existing {
     /// GETs each service's counters through its forward (the services keep running; the
     /// namespace goes at teardown) and unpacks them into coverdata/<service>/, where
     /// covdata-report reads them as always.
-    fn stop_services(&mut self, _sh: &Shell) -> anyhow::Result<()> {
+    fn stop_services(&mut self, _sh: &Shell) -> Result<()> {
         let path = "/debug/coverdata";
         for service in self.settings.services.all() {
             let (name, port) = (service.name, service.host_port);
@@ -195,11 +178,11 @@ impl Cluster for Existing {
         Ok(())
     }
 
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool> {
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> Result<bool> {
         collect(dir, self.kubectl.diagnostics(sh, &self.settings.services))
     }
 
-    fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
+    fn teardown(&mut self, sh: &Shell, keep: bool) -> Result<()> {
         for forward in self.forwards.drain(..) {
             forward.stop();
         }
@@ -221,12 +204,8 @@ impl Cluster for Existing {
         format!("kubectl{access} delete namespace {}", self.namespace)
     }
 
-    fn exists(&self) -> bool {
-        self.exists
-    }
-
-    fn deployed(&self) -> bool {
-        self.deployed
+    fn state(&self) -> State {
+        self.state
     }
 }
 

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use super::{collect, render, write_file, Cluster, Kubectl, Settings, STOP_GRACE_SECONDS};
+use super::{collect, render, write_file, Cluster, Kubectl, Settings, State, STOP_GRACE_SECONDS};
 use crate::{
     build_images::Image,
     cmd::step,
@@ -28,12 +28,10 @@ pub struct Kind {
     /// Ours, under target/: no kind or kubectl call (or printed hint) edits ~/.kube/config.
     kubeconfig: Utf8PathBuf,
     kubectl: Kubectl,
-    /// A cluster of ours may exist.
-    exists: bool,
     /// When the cluster became ready: nothing to diagnose before. Set before `create` only when
     /// a healthy cluster of an earlier run is reused.
     ready_at: Option<Instant>,
-    deployed: bool,
+    state: State,
 }
 
 /// The state of a node container as the engine reports it.
@@ -65,7 +63,7 @@ impl Kind {
             project::xtask_dir(&settings.root).join(format!("kubeconfig-{}", settings.name));
         let access = ClusterAccess { kubeconfig: Some(kubeconfig.clone()), context: None };
         let kubectl = Kubectl::new(&settings.root, &access, None);
-        Kind { settings, kubeconfig, kubectl, exists: false, ready_at: None, deployed: false }
+        Kind { settings, kubeconfig, kubectl, ready_at: None, state: State::default() }
     }
 
     /// The one definition of how our cluster is deleted: run, printed and suggested alike.
@@ -75,18 +73,18 @@ impl Kind {
     }
 
     /// Idempotent: kind succeeds when there is no such cluster.
-    fn delete_cluster(&mut self, sh: &Shell) -> anyhow::Result<()> {
+    fn delete_cluster(&mut self, sh: &Shell) -> Result<()> {
         let kind_sh = kind_shell(sh, self.settings.engine);
         let args = self.delete_args();
         step(cmd!(kind_sh, "kind {args...}"))
             .hint(format!("delete it by hand and check `{} ps -a`", self.settings.engine.program()))
             .run()?;
-        self.exists = false;
+        self.state.exists = false;
         self.ready_at = None;
         Ok(())
     }
 
-    fn create_cluster(&mut self, sh: &Shell) -> anyhow::Result<()> {
+    fn create_cluster(&mut self, sh: &Shell) -> Result<()> {
         let mut text = render(self, CONFIG, &[])?;
         if self.settings.registry.is_some() {
             // kind's local-registry set-up: containerd reads each registry's hosts.toml.
@@ -96,7 +94,7 @@ impl Kind {
         let kind_sh = kind_shell(sh, self.settings.engine);
         let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
         for attempt in 0..=CREATE_RETRIES {
-            self.exists = true;
+            self.state.exists = true;
             let create = cmd!(
                 kind_sh,
                 "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
@@ -130,7 +128,7 @@ impl Kind {
     /// Points every node's containerd at the registry (`hosts.toml`, as kind documents for a
     /// local registry). A registry on this machine's loopback is this machine for the nodes
     /// too: podman gives them its address as `host.containers.internal`.
-    fn use_registry(&self, sh: &Shell) -> anyhow::Result<()> {
+    fn use_registry(&self, sh: &Shell) -> Result<()> {
         let Some(registry) = &self.settings.registry else {
             return Ok(());
         };
@@ -161,7 +159,7 @@ impl Kind {
     }
 
     /// Every node container of the cluster with its state.
-    fn nodes(&self, sh: &Shell) -> anyhow::Result<Vec<(String, NodeState)>> {
+    fn nodes(&self, sh: &Shell) -> Result<Vec<(String, NodeState)>> {
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         let listed = step(cmd!(kind_sh, "kind get nodes --name {name}"))
             .hint("run `cargo xtask doctor`")
@@ -181,7 +179,7 @@ impl Kind {
         Ok(nodes)
     }
 
-    fn api_answers(&self, sh: &Shell) -> anyhow::Result<bool> {
+    fn api_answers(&self, sh: &Shell) -> Result<bool> {
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         let kubeconfig = &self.kubeconfig;
         let export =
@@ -226,10 +224,6 @@ fn not_running(nodes: &[(String, NodeState)]) -> Option<String> {
 }
 
 impl Cluster for Kind {
-    fn name(&self) -> &'static str {
-        "kind"
-    }
-
     fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -256,7 +250,7 @@ impl Cluster for Kind {
         }
     }
 
-    fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>> {
+    fn leftover(&self, sh: &Shell) -> Result<Option<String>> {
         let kind_sh = kind_shell(sh, self.settings.engine);
         let clusters =
             step(cmd!(kind_sh, "kind get clusters")).hint("run `cargo xtask doctor`").read()?;
@@ -265,9 +259,9 @@ impl Cluster for Kind {
         Ok(found.then(|| format!("a Kind cluster named {name} exists already")))
     }
 
-    fn clear_leftover(&mut self, sh: &Shell, reuse: bool, coverage: bool) -> anyhow::Result<bool> {
+    fn clear_leftover(&mut self, sh: &Shell, reuse: bool, coverage: bool) -> Result<bool> {
         let name = self.settings.name.clone();
-        self.exists = true;
+        self.state.exists = true;
         if !reuse {
             println!(
                 "    deleting the stale cluster {name} of an earlier run (--reuse-cluster keeps a healthy one)"
@@ -293,7 +287,7 @@ impl Cluster for Kind {
         Ok(true)
     }
 
-    fn create(&mut self, sh: &Shell) -> anyhow::Result<()> {
+    fn create(&mut self, sh: &Shell) -> Result<()> {
         if self.ready_at.is_none() {
             return self.create_cluster(sh);
         }
@@ -308,7 +302,7 @@ impl Cluster for Kind {
 
     /// Checks every node is running (a stopped node is the "container state improper"
     /// failure), recreating the cluster once if not, then loads every archive.
-    fn load(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<Option<Duration>> {
+    fn load(&mut self, sh: &Shell, images: &[Image]) -> Result<Option<Duration>> {
         if let Some(registry) = &self.settings.registry {
             println!("    nothing to load: the nodes pull from {}", registry.host);
             return Ok(None);
@@ -343,13 +337,12 @@ impl Cluster for Kind {
         Ok(Some(gap))
     }
 
-    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<()> {
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()> {
         let files = super::manifests(self, images, |text| text)?;
-        let check = "the cluster (`cargo xtask doctor`)";
-        self.kubectl.deploy(sh, &files, &mut self.deployed, check, "")
+        self.kubectl.deploy(sh, &files, &mut self.state.deployed)
     }
 
-    fn stop_services(&mut self, sh: &Shell) -> anyhow::Result<()> {
+    fn stop_services(&mut self, sh: &Shell) -> Result<()> {
         let services = self.settings.services.all();
         let deployments = services.map(|s| format!("deployment/{}", s.name));
         step(self.kubectl.cmd(sh).arg("scale").args(&deployments).arg("--replicas=0"))
@@ -370,7 +363,7 @@ impl Cluster for Kind {
         }
     }
 
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool> {
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> Result<bool> {
         if self.ready_at.is_none() {
             println!(
                 "    the cluster never became ready: nothing to collect beyond the error above"
@@ -386,7 +379,7 @@ impl Cluster for Kind {
     }
 
     /// `keep` includes `--reuse-cluster`: a reused cluster is kept for next time.
-    fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
+    fn teardown(&mut self, sh: &Shell, keep: bool) -> Result<()> {
         if !keep {
             self.delete_cluster(sh)?;
             println!("    deleted the cluster {}", self.settings.name);
@@ -396,7 +389,7 @@ impl Cluster for Kind {
         println!(
             "    keeping the cluster: export KUBECONFIG={kubeconfig}\n    delete it with: {remove}"
         );
-        if self.deployed {
+        if self.state.deployed {
             let deployments =
                 self.settings.services.all().map(|s| format!("deployment/{}", s.name));
             println!(
@@ -412,12 +405,8 @@ impl Cluster for Kind {
         format!("{}kind {}", env.unwrap_or_default(), self.delete_args().join(" "))
     }
 
-    fn exists(&self) -> bool {
-        self.exists
-    }
-
-    fn deployed(&self) -> bool {
-        self.deployed
+    fn state(&self) -> State {
+        self.state
     }
 }
 
@@ -458,6 +447,7 @@ mod tests {
     #[test]
     fn the_printed_delete_command_names_the_provider_and_our_kubeconfig() {
         let settings = |engine| Settings {
+            backend: crate::flags::ClusterBackend::Kind,
             root: "/repo".into(),
             name: "e2e".into(),
             engine,

@@ -3,30 +3,29 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
-use super::{collect, Cluster, Settings, STOP_GRACE_SECONDS};
+use super::{collect, Cluster, Settings, State, STOP_GRACE_SECONDS};
 use crate::{build_images::Image, cmd::step, doctor::Needs, project::Service};
 
 pub struct Podman {
     settings: Settings,
     /// Ours alone, named after the cluster name: removing it never touches another run's pods.
     network: String,
-    exists: bool,
-    deployed: bool,
+    state: State,
 }
 
 /// `podman <kind> exists <name>`, for pods and networks.
-fn exists(sh: &Shell, kind: &str, name: &str) -> anyhow::Result<bool> {
+fn exists(sh: &Shell, kind: &str, name: &str) -> Result<bool> {
     Ok(step(cmd!(sh, "podman {kind} exists {name}")).output()?.success())
 }
 
 impl Podman {
     pub fn new(settings: Settings) -> Podman {
         let network = format!("xtask-{}", settings.name);
-        Podman { settings, network, exists: false, deployed: false }
+        Podman { settings, network, state: State::default() }
     }
 
     /// The Deployment is named `<cluster name>-<service>` (see `template_vars`), and podman
@@ -41,7 +40,7 @@ impl Podman {
 
     /// Stops (gracefully: `kube down` alone gives no grace period) and removes every pod of
     /// ours, then checks none is left. Idempotent.
-    fn remove_pods(&mut self, sh: &Shell) -> anyhow::Result<()> {
+    fn remove_pods(&mut self, sh: &Shell) -> Result<()> {
         let dir = self.settings.rendered_dir();
         // `kube down` of a file resolves names like `kube play` does: run it from our directory.
         std::fs::create_dir_all(&dir)
@@ -76,10 +75,6 @@ impl Podman {
 }
 
 impl Cluster for Podman {
-    fn name(&self) -> &'static str {
-        "podman"
-    }
-
     fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -88,7 +83,7 @@ impl Cluster for Podman {
         needs.engine = Some(self.settings.engine);
     }
 
-    fn leftover(&self, sh: &Shell) -> anyhow::Result<Option<String>> {
+    fn leftover(&self, sh: &Shell) -> Result<Option<String>> {
         let mut left = Vec::new();
         for pod in self.pods() {
             if exists(sh, "pod", &pod)? {
@@ -101,18 +96,18 @@ impl Cluster for Podman {
         Ok((!left.is_empty()).then(|| format!("an earlier run left {}", left.join(", "))))
     }
 
-    fn clear_leftover(&mut self, sh: &Shell, _reuse: bool, _: bool) -> anyhow::Result<bool> {
+    fn clear_leftover(&mut self, sh: &Shell, _reuse: bool, _: bool) -> Result<bool> {
         println!("    removing what the earlier run left");
         self.remove_pods(sh)?;
         Ok(false)
     }
 
-    fn create(&mut self, _sh: &Shell) -> anyhow::Result<()> {
+    fn create(&mut self, _sh: &Shell) -> Result<()> {
         println!("    podman backend: no cluster to create");
         Ok(())
     }
 
-    fn load(&mut self, _sh: &Shell, _images: &[Image]) -> anyhow::Result<Option<Duration>> {
+    fn load(&mut self, _sh: &Shell, _images: &[Image]) -> Result<Option<Duration>> {
         println!("    podman backend: the images are already in podman's store");
         Ok(None)
     }
@@ -129,9 +124,9 @@ impl Cluster for Podman {
         ]
     }
 
-    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> anyhow::Result<()> {
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()> {
         let files = super::manifests(self, images, without_services)?;
-        self.exists = true;
+        self.state.exists = true;
         let network = &self.network;
         if !exists(sh, "network", network)? {
             step(cmd!(sh, "podman network create {network}"))
@@ -151,12 +146,12 @@ impl Cluster for Podman {
                 ))
                 .run()?;
             // Only services that started have counters to flush.
-            self.deployed = true;
+            self.state.deployed = true;
         }
         Ok(())
     }
 
-    fn stop_services(&mut self, sh: &Shell) -> anyhow::Result<()> {
+    fn stop_services(&mut self, sh: &Shell) -> Result<()> {
         let (pods, grace) = (self.pods(), STOP_GRACE_SECONDS.to_string());
         step(cmd!(sh, "podman pod stop --time {grace} {pods...}"))
             .hint("the pods could not be stopped, so their coverage counters may be missing")
@@ -164,7 +159,7 @@ impl Cluster for Podman {
         Ok(())
     }
 
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> anyhow::Result<bool> {
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> Result<bool> {
         let mut commands = Vec::new();
         for service in self.settings.services.all() {
             let pod = self.pod(service);
@@ -177,7 +172,7 @@ impl Cluster for Podman {
         collect(dir, commands)
     }
 
-    fn teardown(&mut self, sh: &Shell, keep: bool) -> anyhow::Result<()> {
+    fn teardown(&mut self, sh: &Shell, keep: bool) -> Result<()> {
         if keep {
             println!("    keeping the pods: remove them with: {}", self.remove_command());
             println!(
@@ -196,12 +191,8 @@ impl Cluster for Podman {
         format!("podman pod rm --force {pods}; podman network rm {network}")
     }
 
-    fn exists(&self) -> bool {
-        self.exists
-    }
-
-    fn deployed(&self) -> bool {
-        self.deployed
+    fn state(&self) -> State {
+        self.state
     }
 }
 
