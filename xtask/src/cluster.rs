@@ -62,8 +62,14 @@ pub trait Cluster {
         self.settings().backend.name()
     }
 
-    /// The tools this backend needs, added to what every run needs.
-    fn needs(&self, needs: &mut Needs);
+    /// What the run needs of this machine: the engine, and what the backend adds.
+    fn needs(&self, needs: &mut Needs) {
+        needs.engine = Some(self.settings().engine);
+        self.own_needs(needs);
+    }
+
+    /// The tools this backend needs beside the engine.
+    fn own_needs(&self, _needs: &mut Needs) {}
 
     /// Checks of the backend's own, beside doctor's: rows of the same table.
     fn checks(&self, _sh: &Shell) -> Vec<Check> {

@@ -50,8 +50,7 @@ impl Cluster for Existing {
         &self.settings
     }
 
-    fn needs(&self, needs: &mut Needs) {
-        needs.engine = Some(self.settings.engine);
+    fn own_needs(&self, needs: &mut Needs) {
         needs.kubectl = true;
         // The services are reached through forwards on free local ports.
         needs.ports.clear();

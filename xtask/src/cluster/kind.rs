@@ -228,8 +228,7 @@ impl Cluster for Kind {
         &self.settings
     }
 
-    fn needs(&self, needs: &mut Needs) {
-        needs.engine = Some(self.settings.engine);
+    fn own_needs(&self, needs: &mut Needs) {
         needs.kind = true;
         needs.kubectl = true;
         needs.node_image = self.settings.node_image.clone();

@@ -8,7 +8,7 @@ use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
 use super::{collect, Cluster, Settings, State, STOP_GRACE_SECONDS};
-use crate::{build_images::Image, cmd::step, doctor::Needs, project::Service};
+use crate::{build_images::Image, cmd::step, project::Service};
 
 pub struct Podman {
     settings: Settings,
@@ -77,10 +77,6 @@ impl Podman {
 impl Cluster for Podman {
     fn settings(&self) -> &Settings {
         &self.settings
-    }
-
-    fn needs(&self, needs: &mut Needs) {
-        needs.engine = Some(self.settings.engine);
     }
 
     fn leftover(&self, sh: &Shell) -> Result<Option<String>> {
