@@ -67,62 +67,20 @@ impl Kind {
     }
 
     /// The one definition of how our cluster is deleted: run, printed and suggested alike.
-    fn delete_args(&self) -> Vec<String> {
-        let (name, kubeconfig) = (&self.settings.name, self.kubeconfig.as_str());
-        ["delete", "cluster", "--name", name, "--kubeconfig", kubeconfig].map(String::from).to_vec()
+    fn delete_args(&self) -> [&str; 6] {
+        let (name, kubeconfig) = (self.settings.name.as_str(), self.kubeconfig.as_str());
+        ["delete", "cluster", "--name", name, "--kubeconfig", kubeconfig]
     }
 
     /// Idempotent: kind succeeds when there is no such cluster.
     fn delete_cluster(&mut self, sh: &Shell) -> Result<()> {
         let kind_sh = kind_shell(sh, self.settings.engine);
-        let args = self.delete_args();
-        step(cmd!(kind_sh, "kind {args...}"))
+        step(cmd!(kind_sh, "kind").args(self.delete_args()))
             .hint(format!("delete it by hand and check `{} ps -a`", self.settings.engine.program()))
             .run()?;
         self.state.exists = false;
         self.ready_at = None;
         Ok(())
-    }
-
-    fn create_cluster(&mut self, sh: &Shell) -> Result<()> {
-        let mut text = render(self, CONFIG, &[])?;
-        if self.settings.registry.is_some() {
-            // kind's local-registry set-up: containerd reads each registry's hosts.toml.
-            text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
-        }
-        let config = write_file(&self.settings.rendered_dir(), CONFIG, &text)?;
-        let kind_sh = kind_shell(sh, self.settings.engine);
-        let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
-        for attempt in 0..=CREATE_RETRIES {
-            self.state.exists = true;
-            let create = cmd!(
-                kind_sh,
-                "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
-            );
-            let create = create.args(self.settings.node_image.iter().flat_map(|i| ["--image", i]));
-            let Err(err) = step(create).hint("run `cargo xtask doctor`, then retry").run() else {
-                self.ready_at = Some(Instant::now());
-                return self.use_registry(sh);
-            };
-            if let Some(image) = unpullable_image(&err.stderr).map(str::to_string) {
-                return Err(anyhow::Error::new(err).context(format!(
-                    "kind could not pull the node image {image}: where registries are out of reach (offline, air-gapped, a mirror), \
-                     load a kindest/node image into {} or mirror it, and pass it with --node-image (or E2E_NODE_IMAGE)",
-                    self.settings.engine.program()
-                )));
-            }
-            let transient = TRANSIENT_CREATE_ERRORS.iter().any(|e| err.stderr.contains(e));
-            if !transient || attempt == CREATE_RETRIES || err.is_interrupt() {
-                let tries =
-                    if transient { format!(" {} times", attempt + 1) } else { String::new() };
-                let failed = format!("creating the Kind cluster {name} failed{tries}");
-                return Err(anyhow::Error::new(err).context(failed));
-            }
-            let attempt = attempt + 1;
-            println!("    transient container runtime error, deleting and retrying ({attempt}/{CREATE_RETRIES})");
-            self.delete_cluster(sh)?;
-        }
-        unreachable!("the loop returns on its last attempt")
     }
 
     /// Points every node's containerd at the registry (`hosts.toml`, as kind documents for a
@@ -132,12 +90,11 @@ impl Kind {
         let Some(registry) = &self.settings.registry else {
             return Ok(());
         };
-        let port = registry.host.split_once(':').map(|(_, p)| format!(":{p}"));
         // With docker, `checks` refused a loopback registry before anything ran.
-        let reachable = if registry.is_loopback() {
-            format!("host.containers.internal{}", port.unwrap_or_default())
-        } else {
-            registry.host.clone()
+        let reachable = match registry.host.split_once(':') {
+            _ if !registry.is_loopback() => registry.host.clone(),
+            Some((_, port)) => format!("host.containers.internal:{port}"),
+            None => "host.containers.internal".to_string(),
         };
         let scheme = if registry.insecure { "http" } else { "https" };
         let hosts = format!(
@@ -179,13 +136,19 @@ impl Kind {
         Ok(nodes)
     }
 
-    fn api_answers(&self, sh: &Shell) -> Result<bool> {
+    /// Why a cluster of an earlier run cannot be reused, if it cannot: a node that is not
+    /// running, or an API that does not answer.
+    fn unhealthy(&self, sh: &Shell) -> Result<Option<String>> {
+        if let Some(trouble) = not_running(&self.nodes(sh)?) {
+            return Ok(Some(trouble));
+        }
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         let kubeconfig = &self.kubeconfig;
         let export =
             cmd!(kind_sh, "kind export kubeconfig --name {name} --kubeconfig {kubeconfig}");
-        Ok(step(export).output()?.success()
-            && step(self.kubectl.cmd(sh).args(["get", "--raw", "/readyz"])).output()?.success())
+        let answers = step(export).output()?.success()
+            && step(self.kubectl.cmd(sh).args(["get", "--raw", "/readyz"])).output()?.success();
+        Ok((!answers).then(|| "its API does not answer".to_string()))
     }
 }
 
@@ -265,34 +228,68 @@ impl Cluster for Kind {
             println!(
                 "    deleting the stale cluster {name} of an earlier run (--reuse-cluster keeps a healthy one)"
             );
-            self.delete_cluster(sh)?;
-            return Ok(false);
-        }
-        let trouble = not_running(&self.nodes(sh)?);
-        if trouble.is_some() || !self.api_answers(sh)? {
-            let nodes = trouble.unwrap_or_else(|| "its API does not answer".into());
-            println!("    the cluster {name} is not healthy ({nodes}): recreating it");
-            self.delete_cluster(sh)?;
-            return Ok(false);
-        }
-        println!("    the cluster {name} exists and is healthy: reusing it");
-        self.ready_at = Some(Instant::now());
-        if coverage {
+        } else if let Some(trouble) = self.unhealthy(sh)? {
+            println!("    the cluster {name} is not healthy ({trouble}): recreating it");
+        } else {
+            println!("    the cluster {name} exists and is healthy: reusing it");
+            self.ready_at = Some(Instant::now());
             // Its services write their last counters before coverdata/ is archived.
-            if let Err(err) = self.stop_services(sh) {
-                println!("    could not stop its services: {err:#}");
+            if coverage {
+                if let Err(err) = self.stop_services(sh) {
+                    println!("    could not stop its services: {err:#}");
+                }
             }
+            return Ok(true);
         }
-        Ok(true)
+        self.delete_cluster(sh)?;
+        Ok(false)
     }
 
+    /// A cluster is ready before it is created only when a healthy one is reused.
     fn create(&mut self, sh: &Shell) -> Result<()> {
-        if self.ready_at.is_none() {
-            return self.create_cluster(sh);
+        if self.ready_at.is_some() {
+            println!("    reusing the running cluster {}", self.settings.name);
+            self.ready_at = Some(Instant::now());
+            return Ok(());
         }
-        println!("    reusing the running cluster {}", self.settings.name);
-        self.ready_at = Some(Instant::now());
-        Ok(())
+        let mut text = render(self, CONFIG, &[])?;
+        if self.settings.registry.is_some() {
+            // kind's local-registry set-up: containerd reads each registry's hosts.toml.
+            text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
+        }
+        let config = write_file(&self.settings.rendered_dir(), CONFIG, &text)?;
+        let kind_sh = kind_shell(sh, self.settings.engine);
+        let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
+        for attempt in 0..=CREATE_RETRIES {
+            self.state.exists = true;
+            let create = cmd!(
+                kind_sh,
+                "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
+            );
+            let create = create.args(self.settings.node_image.iter().flat_map(|i| ["--image", i]));
+            let Err(err) = step(create).hint("run `cargo xtask doctor`, then retry").run() else {
+                self.ready_at = Some(Instant::now());
+                return self.use_registry(sh);
+            };
+            if let Some(image) = unpullable_image(&err.stderr).map(str::to_string) {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "kind could not pull the node image {image}: where registries are out of reach (offline, air-gapped, a mirror), \
+                     load a kindest/node image into {} or mirror it, and pass it with --node-image (or E2E_NODE_IMAGE)",
+                    self.settings.engine.program()
+                )));
+            }
+            let transient = TRANSIENT_CREATE_ERRORS.iter().any(|e| err.stderr.contains(e));
+            if !transient || attempt == CREATE_RETRIES || err.is_interrupt() {
+                let tries =
+                    if transient { format!(" {} times", attempt + 1) } else { String::new() };
+                let failed = format!("creating the Kind cluster {name} failed{tries}");
+                return Err(anyhow::Error::new(err).context(failed));
+            }
+            let attempt = attempt + 1;
+            println!("    transient container runtime error, deleting and retrying ({attempt}/{CREATE_RETRIES})");
+            self.delete_cluster(sh)?;
+        }
+        unreachable!("the loop returns on its last attempt")
     }
 
     fn needs_archives(&self) -> bool {
@@ -312,7 +309,7 @@ impl Cluster for Kind {
                 "    the Kind node containers are not all running ({trouble}): images cannot be loaded into a stopped node (the \"container state improper\" failure); recreating the cluster once"
             );
             self.delete_cluster(sh)?;
-            self.create_cluster(sh)?;
+            self.create(sh)?;
             if let Some(trouble) = not_running(&self.nodes(sh)?) {
                 bail!(
                     "the Kind node containers are still not running after recreating the cluster ({trouble}): check `{program} logs <node>`, free memory and disk (`cargo xtask doctor`), then retry"
