@@ -204,13 +204,16 @@ fn render(cluster: &dyn Cluster, file: &str, images: &[Image]) -> Result<String>
     Ok(text)
 }
 
+/// Each service with its manifest file, in dependency order.
+type Manifests = Vec<(Service, Utf8PathBuf)>;
+
 /// Each service's manifest, rendered for this backend and these images, `adapt`ed, and written
 /// to the rendered directory, in dependency order.
 fn manifests(
     cluster: &dyn Cluster,
     images: &[Image],
     adapt: fn(String) -> String,
-) -> Result<Vec<(Service, Utf8PathBuf)>> {
+) -> Result<Manifests> {
     let settings = cluster.settings();
     let mut files = Vec::new();
     for service in settings.services.all() {
@@ -274,12 +277,7 @@ impl Kubectl {
     }
 
     /// Applies each manifest (`deployed` once one is), then waits for each rollout.
-    fn deploy(
-        &self,
-        sh: &Shell,
-        files: &[(Service, Utf8PathBuf)],
-        deployed: &mut bool,
-    ) -> Result<()> {
+    fn deploy(&self, sh: &Shell, files: &Manifests, deployed: &mut bool) -> Result<()> {
         // On a shared cluster, our rights are limited and the images come from the registry.
         let (check, more) = if self.namespace.is_none() {
             ("the cluster (`cargo xtask doctor`)", "")
@@ -292,13 +290,12 @@ impl Kubectl {
                 .run()?;
             *deployed = true;
         }
-        for (service, _) in files {
-            let deployment = format!("deployment/{}", service.name);
+        for (Service { name, .. }, _) in files {
+            let deployment = format!("deployment/{name}");
             let rollout = ["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT];
             step(self.services(sh).args(rollout))
                 .hint(format!(
-                    "{} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics{more}",
-                    service.name
+                    "{name} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics{more}"
                 ))
                 .run()?;
         }

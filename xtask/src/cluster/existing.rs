@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -38,7 +38,8 @@ impl Existing {
         let run = format!("{}:{}:{stamp}", settings.root, std::process::id());
         let namespace = format!("e2e-{stamp}-{}", &project::hex(&Sha256::digest(run))[..6]);
         for service in [&mut settings.services.datastorage, &mut settings.services.gateway] {
-            service.host_port = free_port().unwrap_or(service.host_port);
+            let free = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+            service.host_port = free.map_or(service.host_port, |a| a.port());
         }
         let kubectl = Kubectl::new(&settings.root, &settings.access, Some(namespace.clone()));
         Existing { settings, namespace, kubectl, forwards: Vec::new(), state: State::default() }
@@ -67,22 +68,21 @@ impl Cluster for Existing {
                 "give --registry HOST[:PORT][/PREFIX] (or E2E_REGISTRY) that the cluster can pull from",
             ),
         }];
+        let kubectl = |args: &[&str]| step(self.kubectl.cmd(sh).args(args));
         let mut rows = || -> Result<(), Check> {
-            let context = match &self.settings.access.context {
-                Some(context) => Ok(context.clone()),
-                None => step(self.kubectl.cmd(sh).args(["config", "current-context"])).read(),
-            };
+            let context = self.settings.access.context.clone();
+            let context =
+                context.map_or_else(|| kubectl(&["config", "current-context"]).read(), Ok);
             let fix = "pass --context NAME (and --kubeconfig PATH) for the cluster to use";
             let context = context.map_err(|err| Check::fail("context", err.one_line(), fix))?;
             checks.push(Check::ok("context", &context));
             let fix = format!("check that {context} is up and your credentials are valid: `kubectl --context {context} get --raw /version`");
-            let version = step(self.kubectl.cmd(sh).args(["get", "--raw", "/version"]));
-            let version = version.timeout(Duration::from_secs(30)).read();
-            version.map_err(|err| Check::fail("cluster api", err.one_line(), fix))?;
+            let version = kubectl(&["get", "--raw", "/version"]).timeout(Duration::from_secs(30));
+            version.read().map_err(|err| Check::fail("cluster api", err.one_line(), fix))?;
             checks.push(Check::ok("cluster api", format!("{context} answers")));
             let fix = "run `kubectl auth can-i create namespaces` to see why";
-            let may = step(self.kubectl.cmd(sh).args(["auth", "can-i", "create", "namespaces"]));
-            let may = may.output().map_err(|err| Check::fail("namespaces", err.one_line(), fix))?;
+            let may = kubectl(&["auth", "can-i", "create", "namespaces"]).output();
+            let may = may.map_err(|err| Check::fail("namespaces", err.one_line(), fix))?;
             let answer = may.stdout.trim();
             if answer != "yes" {
                 let fix = "each run deploys into a namespace of its own: ask the cluster's admins for a role that may create namespaces, or use a context that has one";
@@ -92,9 +92,8 @@ impl Cluster for Existing {
             checks.push(Check::ok("namespaces", "this user may create them"));
             Ok(())
         };
-        if let Err(failed) = rows() {
-            checks.push(failed);
-        }
+        let failed = rows().err();
+        checks.extend(failed);
         checks
     }
 
@@ -143,15 +142,13 @@ impl Cluster for Existing {
         let path = "/debug/coverdata";
         for service in self.settings.services.all() {
             let (name, port) = (service.name, service.host_port);
-            let get = || -> std::io::Result<Vec<u8>> {
-                let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+            let mut response = Vec::new();
+            let fetched = TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
                 stream.set_read_timeout(Some(Duration::from_secs(60)))?;
                 write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-                let mut response = Vec::new();
-                stream.read_to_end(&mut response)?;
-                Ok(response)
-            };
-            let response = get().with_context(|| {
+                stream.read_to_end(&mut response)
+            });
+            fetched.with_context(|| {
                 format!("fetching the coverage counters of {name} through 127.0.0.1:{port} failed: is its port-forward still up? see the diagnostics")
             })?;
             let split =
@@ -228,10 +225,6 @@ fn shared_cluster_manifest(manifest: String) -> String {
         }
     }
     out
-}
-
-fn free_port() -> Option<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).ok()
 }
 
 #[cfg(test)]

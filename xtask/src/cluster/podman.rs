@@ -80,14 +80,12 @@ impl Cluster for Podman {
     }
 
     fn leftover(&self, sh: &Shell) -> Result<Option<String>> {
+        let ours = self.pods().into_iter().map(|pod| ("pod", pod));
         let mut left = Vec::new();
-        for pod in self.pods() {
-            if exists(sh, "pod", &pod)? {
-                left.push(format!("the pod {pod}"));
+        for (kind, name) in ours.chain([("network", self.network.clone())]) {
+            if exists(sh, kind, &name)? {
+                left.push(format!("the {kind} {name}"));
             }
-        }
-        if exists(sh, "network", &self.network)? {
-            left.push(format!("the network {}", self.network));
         }
         Ok((!left.is_empty()).then(|| format!("an earlier run left {}", left.join(", "))))
     }
@@ -134,12 +132,9 @@ impl Cluster for Podman {
         let _dir = sh.push_dir(self.settings.rendered_dir());
         // From a registry, kube play pulls what is not here (plain HTTP says so).
         let tls = self.settings.registry.as_ref().and_then(|r| r.tls_args());
-        for (service, file) in files {
+        for (Service { name, .. }, file) in files {
             step(cmd!(sh, "podman kube play {tls...} --network {network} {file}"))
-                .hint(format!(
-                    "{} could not be started: see its logs in the diagnostics",
-                    service.name
-                ))
+                .hint(format!("{name} could not be started: see its logs in the diagnostics"))
                 .run()?;
             // Only services that started have counters to flush.
             self.state.deployed = true;
