@@ -45,13 +45,8 @@ pub struct Settings {
     pub registry: Option<Registry>,
     /// `--kubeconfig`, `--context` of an existing cluster.
     pub access: ClusterAccess,
-}
-
-impl Settings {
     /// Rendered manifests and configs: a directory of our own (see `podman::deploy`).
-    fn rendered_dir(&self) -> Utf8PathBuf {
-        project::xtask_dir(&self.root).join("rendered")
-    }
+    rendered: Utf8PathBuf,
 }
 
 pub trait Cluster {
@@ -164,6 +159,7 @@ pub fn pick(target: &Target, root: &Utf8Path, services: Services) -> Result<Box<
         node_image: target.node_image.clone(),
         registry: target.registry.clone(),
         access: target.access.clone(),
+        rendered: project::xtask_dir(root).join("rendered"),
     };
     let engine = engine::resolve(target.engine);
     let cluster: Box<dyn Cluster> = match backend {
@@ -219,7 +215,7 @@ fn manifests(
     for service in settings.services.all() {
         let name = format!("{}.yaml", service.name);
         let text = adapt(render(cluster, &name, images)?);
-        files.push((service, write_file(&settings.rendered_dir(), &name, &text)?));
+        files.push((service, write_file(&settings.rendered, &name, &text)?));
     }
     Ok(files)
 }
@@ -334,6 +330,7 @@ mod tests {
             node_image: None,
             registry: None,
             access: ClusterAccess::default(),
+            rendered: Utf8PathBuf::new(),
             services: Services {
                 datastorage: project::DATASTORAGE,
                 gateway: Service { host_port: 28080, ..project::GATEWAY },

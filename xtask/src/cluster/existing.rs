@@ -60,13 +60,14 @@ impl Cluster for Existing {
     /// A registry, then the context, the API and the permission to create namespaces: each of
     /// these needs the one before it, so the first that fails is the last row.
     fn checks(&self, sh: &Shell) -> Vec<Check> {
+        let none = "none given: an existing cluster cannot see this machine's images";
+        let fix =
+            "give --registry HOST[:PORT][/PREFIX] (or E2E_REGISTRY) that the cluster can pull from";
         let mut checks = vec![match &self.settings.registry {
-            Some(registry) => Check::ok("registry", format!("{} (the cluster pulls from it)", registry.host)),
-            None => Check::fail(
-                "registry",
-                "none given: an existing cluster cannot see this machine's images",
-                "give --registry HOST[:PORT][/PREFIX] (or E2E_REGISTRY) that the cluster can pull from",
-            ),
+            Some(registry) => {
+                Check::ok("registry", format!("{} (the cluster pulls from it)", registry.host))
+            }
+            None => Check::fail("registry", none, fix),
         }];
         let kubectl = |args: &[&str]| step(self.kubectl.cmd(sh).args(args));
         let mut rows = || -> Result<(), Check> {
@@ -108,7 +109,7 @@ impl Cluster for Existing {
         let manifest = format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels:\n    e2e.xtask/user: \"{user}\"\n    e2e.xtask/checkout: \"{checkout}\"\n  annotations:\n    e2e.xtask/checkout-path: \"{root}\"\n"
         );
-        let file = write_file(&self.settings.rendered_dir(), "namespace.yaml", &manifest)?;
+        let file = write_file(&self.settings.rendered, "namespace.yaml", &manifest)?;
         self.state.exists = true;
         step(self.kubectl.cmd(sh).args(["create", "-f", file.as_str()]))
             .hint("check the permissions with `cargo xtask doctor --cluster existing`")
@@ -158,10 +159,8 @@ impl Cluster for Existing {
             let body = response.get(split + 4..).unwrap_or_default();
             if !status.contains(" 200 ") {
                 let said = String::from_utf8_lossy(body);
-                bail!(
-                    "{name} answered `{status}` on {path}: {}; was it built with --coverage (the endpoint is in coverage builds only)?",
-                    said.trim()
-                );
+                let said = said.trim();
+                bail!("{name} answered `{status}` on {path}: {said}; was it built with --coverage (the endpoint is in coverage builds only)?");
             }
             let dir = project::coverdata_dir(&self.settings.root).join(name);
             std::fs::create_dir_all(&dir)
@@ -179,9 +178,7 @@ impl Cluster for Existing {
     }
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> Result<()> {
-        for forward in self.forwards.drain(..) {
-            forward.stop();
-        }
+        self.forwards.drain(..).for_each(Running::stop);
         let (namespace, remove) = (&self.namespace, self.remove_command());
         if keep {
             println!("    keeping the namespace {namespace}: delete it with: {remove}");
@@ -218,10 +215,9 @@ fn shared_cluster_manifest(manifest: String) -> String {
         }
         skip_below = (trimmed == "hostPath:").then_some(indent);
         if skip_below.is_some() {
-            out.push_str(&format!("{}emptyDir: {{}}\n", &line[..indent]));
+            out += &format!("{}emptyDir: {{}}\n", &line[..indent]);
         } else if !trimmed.starts_with("hostPort:") {
-            out.push_str(line);
-            out.push('\n');
+            out += &format!("{line}\n");
         }
     }
     out

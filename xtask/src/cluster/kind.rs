@@ -101,7 +101,7 @@ impl Kind {
             "server = \"{scheme}://{}\"\n\n[host.\"{scheme}://{reachable}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
             registry.host
         );
-        let file = write_file(&self.settings.rendered_dir(), "hosts.toml", &hosts)?;
+        let file = write_file(&self.settings.rendered, "hosts.toml", &hosts)?;
         let dir = format!("/etc/containerd/certs.d/{}", registry.host);
         let program = self.settings.engine.program();
         for (name, _) in self.nodes(sh)? {
@@ -121,8 +121,7 @@ impl Kind {
         let listed = step(cmd!(kind_sh, "kind get nodes --name {name}"))
             .hint("run `cargo xtask doctor`")
             .read()?;
-        let program = self.settings.engine.program();
-        let format = "{{.State.Status}}";
+        let (program, format) = (self.settings.engine.program(), "{{.State.Status}}");
         let mut nodes = Vec::new();
         for node in listed.lines().map(str::trim).filter(|n| !n.is_empty()) {
             let output = step(cmd!(sh, "{program} inspect --format {format} {node}")).output()?;
@@ -202,21 +201,19 @@ impl Cluster for Kind {
     fn checks(&self, _sh: &Shell) -> Vec<Check> {
         match &self.settings.registry {
             Some(registry) if registry.is_loopback() && self.settings.engine != Engine::Podman => {
-                vec![Check::fail(
-                    "registry",
-                    format!("{} is on this machine's loopback, which kind's nodes cannot reach with docker", registry.host),
-                    "give an address the nodes reach, or run the registry on the `kind` network as kind's local-registry guide does",
-                )]
+                let host = &registry.host;
+                let detail = format!("{host} is on this machine's loopback, which kind's nodes cannot reach with docker");
+                let fix = "give an address the nodes reach, or run the registry on the `kind` network as kind's local-registry guide does";
+                vec![Check::fail("registry", detail, fix)]
             }
             _ => Vec::new(),
         }
     }
 
     fn leftover(&self, sh: &Shell) -> Result<Option<String>> {
-        let kind_sh = kind_shell(sh, self.settings.engine);
+        let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         let clusters =
             step(cmd!(kind_sh, "kind get clusters")).hint("run `cargo xtask doctor`").read()?;
-        let name = &self.settings.name;
         let found = clusters.lines().any(|l| l.trim() == name);
         Ok(found.then(|| format!("a Kind cluster named {name} exists already")))
     }
@@ -257,7 +254,7 @@ impl Cluster for Kind {
             // kind's local-registry set-up: containerd reads each registry's hosts.toml.
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
         }
-        let config = write_file(&self.settings.rendered_dir(), CONFIG, &text)?;
+        let config = write_file(&self.settings.rendered, CONFIG, &text)?;
         let kind_sh = kind_shell(sh, self.settings.engine);
         let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
         for attempt in 0..=CREATE_RETRIES {
@@ -450,6 +447,7 @@ mod tests {
             node_image: None,
             registry: None,
             access: Default::default(),
+            rendered: "/repo/target/xtask/rendered".into(),
             services: crate::project::Services {
                 datastorage: project::DATASTORAGE,
                 gateway: project::GATEWAY,

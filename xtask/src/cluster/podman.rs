@@ -40,12 +40,12 @@ impl Podman {
 
     /// Stops (gracefully: `kube down` alone gives no grace period) and removes every pod of
     /// ours, then checks none is left. Idempotent.
-    fn remove_pods(&mut self, sh: &Shell) -> Result<()> {
-        let dir = self.settings.rendered_dir();
+    fn remove_pods(&self, sh: &Shell) -> Result<()> {
+        let dir = &self.settings.rendered;
         // `kube down` of a file resolves names like `kube play` does: run it from our directory.
-        std::fs::create_dir_all(&dir)
+        std::fs::create_dir_all(dir)
             .with_context(|| format!("creating {dir}: make target/ writable"))?;
-        let _dir = sh.push_dir(&dir);
+        let _dir = sh.push_dir(dir);
         let grace = STOP_GRACE_SECONDS.to_string();
         for service in self.settings.services.all() {
             let pod = self.pod(service);
@@ -129,7 +129,7 @@ impl Cluster for Podman {
         }
         // podman kube play would treat a directory entry named like an image as a build
         // context: run it from a directory of our own.
-        let _dir = sh.push_dir(self.settings.rendered_dir());
+        let _dir = sh.push_dir(&self.settings.rendered);
         // From a registry, kube play pulls what is not here (plain HTTP says so).
         let tls = self.settings.registry.as_ref().and_then(|r| r.tls_args());
         for (Service { name, .. }, file) in files {
