@@ -232,7 +232,7 @@ pub fn write_file(dir: &Utf8Path, name: &str, text: &str) -> Result<Utf8PathBuf>
 
 /// Runs each diagnostics command and saves what it printed (or why it could not run) to its
 /// file in `dir`.
-fn collect(dir: &Utf8Path, commands: Vec<(String, Step)>) -> Result<bool> {
+fn collect(dir: &Utf8Path, commands: impl IntoIterator<Item = (String, Step)>) -> Result<bool> {
     for (file, command) in commands {
         let text = match command.output() {
             Ok(out) => format!("{}{}", out.stdout, out.stderr),

@@ -20,7 +20,7 @@ use crate::{
     build_images::Image,
     cmd::{step, Running},
     doctor::{Check, Needs},
-    project,
+    project::{self, Service},
 };
 
 pub struct Existing {
@@ -63,10 +63,8 @@ impl Cluster for Existing {
         let none = "none given: an existing cluster cannot see this machine's images";
         let fix =
             "give --registry HOST[:PORT][/PREFIX] (or E2E_REGISTRY) that the cluster can pull from";
-        let mut checks = vec![match &self.settings.registry {
-            Some(registry) => {
-                Check::ok("registry", format!("{} (the cluster pulls from it)", registry.host))
-            }
+        let mut checks = vec![match self.settings.registry.as_ref().map(|r| &r.host) {
+            Some(host) => Check::ok("registry", format!("{host} (the cluster pulls from it)")),
             None => Check::fail("registry", none, fix),
         }];
         let kubectl = |args: &[&str]| step(self.kubectl.cmd(sh).args(args));
@@ -141,8 +139,7 @@ impl Cluster for Existing {
     /// covdata-report reads them as always.
     fn stop_services(&mut self, _sh: &Shell) -> Result<()> {
         let path = "/debug/coverdata";
-        for service in self.settings.services.all() {
-            let (name, port) = (service.name, service.host_port);
+        for Service { name, host_port: port, .. } in self.settings.services.all() {
             let mut response = Vec::new();
             let fetched = TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
                 stream.set_read_timeout(Some(Duration::from_secs(60)))?;

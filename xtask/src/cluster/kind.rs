@@ -366,9 +366,8 @@ impl Cluster for Kind {
         let (kind_sh, name, logs) =
             (kind_shell(sh, self.settings.engine), &self.settings.name, dir.join("kind"));
         let export = step(cmd!(kind_sh, "kind export logs {logs} --name {name}"));
-        let mut commands = vec![("kind-export.txt".to_string(), export)];
-        commands.extend(self.kubectl.diagnostics(sh, &self.settings.services));
-        collect(dir, commands)
+        let kubectl = self.kubectl.diagnostics(sh, &self.settings.services);
+        collect(dir, [("kind-export.txt".to_string(), export)].into_iter().chain(kubectl))
     }
 
     /// `keep` includes `--reuse-cluster`: a reused cluster is kept for next time.
@@ -385,10 +384,8 @@ impl Cluster for Kind {
         if self.state.deployed {
             let deployments =
                 self.settings.services.all().map(|s| format!("deployment/{}", s.name));
-            println!(
-                "    if the services were scaled to zero to flush coverage, start them with: kubectl --kubeconfig {kubeconfig} scale {} --replicas=1",
-                deployments.join(" ")
-            );
+            let deployments = deployments.join(" ");
+            println!("    if the services were scaled to zero to flush coverage, start them with: kubectl --kubeconfig {kubeconfig} scale {deployments} --replicas=1");
         }
         Ok(())
     }

@@ -151,15 +151,13 @@ impl Cluster for Podman {
     }
 
     fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> Result<bool> {
-        let mut commands = Vec::new();
-        for service in self.settings.services.all() {
+        let commands = self.settings.services.all().into_iter().flat_map(|service| {
             let pod = self.pod(service);
             let container = format!("{pod}-{}", service.name);
             let logs = step(cmd!(sh, "podman logs --timestamps {container}"));
-            commands.push((format!("{}.log", service.name), logs));
-            commands
-                .push((format!("{pod}-inspect.json"), step(cmd!(sh, "podman pod inspect {pod}"))));
-        }
+            let inspect = step(cmd!(sh, "podman pod inspect {pod}"));
+            [(format!("{}.log", service.name), logs), (format!("{pod}-inspect.json"), inspect)]
+        });
         collect(dir, commands)
     }
 
