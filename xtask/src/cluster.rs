@@ -57,17 +57,15 @@ pub trait Cluster {
         self.settings().backend.name()
     }
 
-    /// What the run needs of this machine: the engine, and what the backend adds.
-    fn needs(&self, needs: &mut Needs) {
+    /// What the run needs of this machine (the engine, and what the backend adds to it), and
+    /// the backend's own checks, beside doctor's: rows of the same table.
+    fn preflight(&self, sh: &Shell, needs: &mut Needs) -> Vec<Check> {
         needs.engine = Some(self.settings().engine);
-        self.own_needs(needs);
+        self.needs_and_checks(sh, needs)
     }
 
-    /// The tools this backend needs beside the engine.
-    fn own_needs(&self, _needs: &mut Needs) {}
-
-    /// Checks of the backend's own, beside doctor's: rows of the same table.
-    fn checks(&self, _sh: &Shell) -> Vec<Check> {
+    /// The tools this backend needs beside the engine, and its own checks.
+    fn needs_and_checks(&self, _sh: &Shell, _needs: &mut Needs) -> Vec<Check> {
         Vec::new()
     }
 
@@ -129,6 +127,44 @@ pub trait Cluster {
     fn remove_command(&self) -> String;
 
     fn state(&self) -> State;
+
+    /// test/infrastructure/`file` with its `${NAME}` tokens replaced by the backend's values and
+    /// the run's; a token nobody provides is an error, not an empty string.
+    fn render(&self, file: &str, images: &[Image]) -> Result<String> {
+        let Settings { root, services, .. } = self.settings();
+        let mut vars = self.template_vars();
+        vars.push(("COVERDATA_HOST_PATH".into(), project::coverdata_dir(root).to_string()));
+        vars.extend(services.all().map(|s| (s.port_variable(), s.host_port.to_string())));
+        for image in images {
+            let service = image.service.name.to_uppercase();
+            vars.push((format!("{service}_IMAGE"), image.reference.clone()));
+        }
+        let source = project::infrastructure_dir(root).join(file);
+        let mut text = std::fs::read_to_string(&source)
+            .with_context(|| format!("reading {source}: restore it from version control"))?;
+        for (name, value) in &vars {
+            text = text.replace(&format!("${{{name}}}"), value);
+        }
+        if let Some(start) = text.find("${") {
+            let token = text[start..].split('}').next().unwrap_or_default();
+            let known = vars.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+            bail!("{source} uses {token}}}, which the xtask does not provide: use one of {known}");
+        }
+        Ok(text)
+    }
+
+    /// Each service's manifest, rendered for this backend and these images, `adapt`ed, and
+    /// written to the rendered directory, in dependency order.
+    fn manifests(&self, images: &[Image], adapt: fn(String) -> String) -> Result<Manifests> {
+        let settings = self.settings();
+        let mut files = Vec::new();
+        for service in settings.services.all() {
+            let name = format!("{}.yaml", service.name);
+            let text = adapt(self.render(&name, images)?);
+            files.push((service, write_file(&settings.rendered, &name, &text)?));
+        }
+        Ok(files)
+    }
 }
 
 /// What of a backend's may exist, for the phases after a failure.
@@ -175,50 +211,8 @@ pub fn pick(target: &Target, root: &Utf8Path, services: Services) -> Result<Box<
     Ok(cluster)
 }
 
-/// test/infrastructure/`file` with its `${NAME}` tokens replaced by the backend's values and
-/// the run's; a token nobody provides is an error, not an empty string.
-fn render(cluster: &dyn Cluster, file: &str, images: &[Image]) -> Result<String> {
-    let Settings { root, services, .. } = cluster.settings();
-    let mut vars = cluster.template_vars();
-    vars.push(("COVERDATA_HOST_PATH".into(), project::coverdata_dir(root).to_string()));
-    vars.extend(services.all().map(|s| (s.port_variable(), s.host_port.to_string())));
-    for image in images {
-        let service = image.service.name.to_uppercase();
-        vars.push((format!("{service}_IMAGE"), image.reference.clone()));
-    }
-    let source = project::infrastructure_dir(root).join(file);
-    let mut text = std::fs::read_to_string(&source)
-        .with_context(|| format!("reading {source}: restore it from version control"))?;
-    for (name, value) in &vars {
-        text = text.replace(&format!("${{{name}}}"), value);
-    }
-    if let Some(start) = text.find("${") {
-        let token = text[start..].split('}').next().unwrap_or_default();
-        let known = vars.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
-        bail!("{source} uses {token}}}, which the xtask does not provide: use one of {known}");
-    }
-    Ok(text)
-}
-
 /// Each service with its manifest file, in dependency order.
 type Manifests = Vec<(Service, Utf8PathBuf)>;
-
-/// Each service's manifest, rendered for this backend and these images, `adapt`ed, and written
-/// to the rendered directory, in dependency order.
-fn manifests(
-    cluster: &dyn Cluster,
-    images: &[Image],
-    adapt: fn(String) -> String,
-) -> Result<Manifests> {
-    let settings = cluster.settings();
-    let mut files = Vec::new();
-    for service in settings.services.all() {
-        let name = format!("{}.yaml", service.name);
-        let text = adapt(render(cluster, &name, images)?);
-        files.push((service, write_file(&settings.rendered, &name, &text)?));
-    }
-    Ok(files)
-}
 
 /// Writes `text` to `dir/name`, creating `dir`.
 pub fn write_file(dir: &Utf8Path, name: &str, text: &str) -> Result<Utf8PathBuf> {
@@ -358,7 +352,7 @@ mod tests {
         let podman = podman::Podman::new(settings.clone());
         let mut rendered = Vec::new();
         for cluster in [&kind as &dyn Cluster, &podman] {
-            let gateway = render(cluster, "gateway.yaml", &images()).unwrap();
+            let gateway = cluster.render("gateway.yaml", &images()).unwrap();
             assert!(gateway.contains("image: localhost/gateway:e2e-0123456789ab"));
             assert!(gateway.contains("hostPort: 28080"));
             assert!(gateway.contains("imagePullPolicy: IfNotPresent"));
@@ -369,10 +363,10 @@ mod tests {
         assert!(rendered[0].contains("path: /coverdata\n"));
         assert!(rendered[1].contains("http://host.containers.internal:18081"));
         assert!(rendered[1].contains(&format!("path: {coverdata}\n")));
-        let config = render(&kind, "kind-gateway-config.yaml", &[]).unwrap();
+        let config = kind.render("kind-gateway-config.yaml", &[]).unwrap();
         assert!(config.contains(&format!("hostPath: {coverdata}\n")));
         assert!(config.contains("hostPort: 28080"));
-        let err = render(&kind, "gateway.yaml", &[]).unwrap_err().to_string();
+        let err = kind.render("gateway.yaml", &[]).unwrap_err().to_string();
         assert!(err.contains("gateway.yaml uses ${GATEWAY_IMAGE}"), "{err}");
         assert!(err.contains("use one of COVERDATA_NODE_PATH, DATASTORAGE_URL"), "{err}");
     }

@@ -111,8 +111,7 @@ pub fn run(sh: &Shell, target: &Target) -> Result<()> {
     });
     let ports = services.all().to_vec();
     let mut needs = Needs { covdata: true, ports, disk: true, ..Needs::default() };
-    cluster.needs(&mut needs);
-    notes.extend(cluster.checks(sh));
+    notes.extend(cluster.preflight(sh, &mut needs));
     let mut checks = check(sh, &root, &needs, notes);
     // `info` answering does not mean a container can start (ulimits, the OCI runtime): start
     // one, once the engine and go (which builds it) are known to work.

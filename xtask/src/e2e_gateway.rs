@@ -209,8 +209,8 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
         disk: true,
         ..doctor::Needs::default()
     };
-    cluster.needs(&mut needs);
-    doctor::preflight(sh, &settings.root, &needs, cluster.checks(sh))?;
+    let checks = cluster.preflight(sh, &mut needs);
+    doctor::preflight(sh, &settings.root, &needs, checks)?;
     let Some(what) = leftover else {
         return Ok(lock);
     };

@@ -51,15 +51,12 @@ impl Cluster for Existing {
         &self.settings
     }
 
-    fn own_needs(&self, needs: &mut Needs) {
+    /// A registry, then the context, the API and the permission to create namespaces: each of
+    /// these needs the one before it, so the first that fails is the last row.
+    fn needs_and_checks(&self, sh: &Shell, needs: &mut Needs) -> Vec<Check> {
         needs.kubectl = true;
         // The services are reached through forwards on free local ports.
         needs.ports.clear();
-    }
-
-    /// A registry, then the context, the API and the permission to create namespaces: each of
-    /// these needs the one before it, so the first that fails is the last row.
-    fn checks(&self, sh: &Shell) -> Vec<Check> {
         let none = "none given: an existing cluster cannot see this machine's images";
         let fix =
             "give --registry HOST[:PORT][/PREFIX] (or E2E_REGISTRY) that the cluster can pull from";
@@ -122,7 +119,7 @@ impl Cluster for Existing {
     }
 
     fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()> {
-        let files = super::manifests(self, images, shared_cluster_manifest)?;
+        let files = self.manifests(images, shared_cluster_manifest)?;
         self.kubectl.deploy(sh, &files, &mut self.state.deployed)?;
         // The suite reaches each service on a local port of its own.
         for service in self.settings.services.all() {

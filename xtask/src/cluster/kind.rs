@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use super::{collect, render, write_file, Cluster, Kubectl, Settings, State, STOP_GRACE_SECONDS};
+use super::{collect, write_file, Cluster, Kubectl, Settings, State, STOP_GRACE_SECONDS};
 use crate::{
     build_images::Image,
     cmd::step,
@@ -190,15 +190,12 @@ impl Cluster for Kind {
         &self.settings
     }
 
-    fn own_needs(&self, needs: &mut Needs) {
+    /// A registry on this machine's loopback is reachable from the nodes only through podman's
+    /// `host.containers.internal`: with docker, say so before anything is built.
+    fn needs_and_checks(&self, _sh: &Shell, needs: &mut Needs) -> Vec<Check> {
         needs.kind = true;
         needs.kubectl = true;
         needs.node_image = self.settings.node_image.clone();
-    }
-
-    /// A registry on this machine's loopback is reachable from the nodes only through podman's
-    /// `host.containers.internal`: with docker, say so before anything is built.
-    fn checks(&self, _sh: &Shell) -> Vec<Check> {
         match &self.settings.registry {
             Some(registry) if registry.is_loopback() && self.settings.engine != Engine::Podman => {
                 let host = &registry.host;
@@ -249,7 +246,7 @@ impl Cluster for Kind {
             self.ready_at = Some(Instant::now());
             return Ok(());
         }
-        let mut text = render(self, CONFIG, &[])?;
+        let mut text = self.render(CONFIG, &[])?;
         if self.settings.registry.is_some() {
             // kind's local-registry set-up: containerd reads each registry's hosts.toml.
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
@@ -331,7 +328,7 @@ impl Cluster for Kind {
     }
 
     fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()> {
-        let files = super::manifests(self, images, |text| text)?;
+        let files = self.manifests(images, |text| text)?;
         self.kubectl.deploy(sh, &files, &mut self.state.deployed)
     }
 

@@ -119,7 +119,7 @@ impl Cluster for Podman {
     }
 
     fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()> {
-        let files = super::manifests(self, images, without_services)?;
+        let files = self.manifests(images, without_services)?;
         self.state.exists = true;
         let network = &self.network;
         if !exists(sh, "network", network)? {
