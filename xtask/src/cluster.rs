@@ -275,19 +275,15 @@ impl Kubectl {
             ("your permissions in the namespace", " (can the cluster pull from the registry?)")
         };
         for (_, file) in files {
-            step(self.services(sh).args(["apply", "-f", file.as_str()]))
-                .hint(format!("check the manifest and {check}"))
-                .run()?;
+            let apply = self.services(sh).args(["apply", "-f", file.as_str()]);
+            step(apply).hint(format!("check the manifest and {check}")).run()?;
             *deployed = true;
         }
         for (Service { name, .. }, _) in files {
             let deployment = format!("deployment/{name}");
             let rollout = ["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT];
-            step(self.services(sh).args(rollout))
-                .hint(format!(
-                    "{name} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics{more}"
-                ))
-                .run()?;
+            let fix = format!("{name} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics{more}");
+            step(self.services(sh).args(rollout)).hint(fix).run()?;
         }
         Ok(())
     }

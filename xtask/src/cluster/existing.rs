@@ -179,9 +179,8 @@ impl Cluster for Existing {
             return Ok(());
         }
         // The cluster finishes deleting in the background; nothing of ours waits on it.
-        step(self.kubectl.cmd(sh).args(["delete", "namespace", namespace, "--wait=false"]))
-            .hint(format!("delete it with `{remove}`"))
-            .run()?;
+        let delete = self.kubectl.cmd(sh).args(["delete", "namespace", namespace, "--wait=false"]);
+        step(delete).hint(format!("delete it with `{remove}`")).run()?;
         println!("    deleted the namespace {namespace} (only it)");
         Ok(())
     }

@@ -107,9 +107,8 @@ impl Kind {
         for (name, _) in self.nodes(sh)? {
             let target = format!("{name}:{dir}/hosts.toml");
             step(cmd!(sh, "{program} exec {name} mkdir -p {dir}")).run()?;
-            step(cmd!(sh, "{program} cp {file} {target}"))
-                .hint("check that the node container runs")
-                .run()?;
+            let copy = cmd!(sh, "{program} cp {file} {target}");
+            step(copy).hint("check that the node container runs").run()?;
         }
         println!("    the nodes pull from {} (through {reachable})", registry.host);
         Ok(())
@@ -118,9 +117,8 @@ impl Kind {
     /// Every node container of the cluster with its state.
     fn nodes(&self, sh: &Shell) -> Result<Vec<(String, NodeState)>> {
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
-        let listed = step(cmd!(kind_sh, "kind get nodes --name {name}"))
-            .hint("run `cargo xtask doctor`")
-            .read()?;
+        let get = cmd!(kind_sh, "kind get nodes --name {name}");
+        let listed = step(get).hint("run `cargo xtask doctor`").read()?;
         let (program, format) = (self.settings.engine.program(), "{{.State.Status}}");
         let mut nodes = Vec::new();
         for node in listed.lines().map(str::trim).filter(|n| !n.is_empty()) {
@@ -335,11 +333,10 @@ impl Cluster for Kind {
     fn stop_services(&mut self, sh: &Shell) -> Result<()> {
         let services = self.settings.services.all();
         let deployments = services.map(|s| format!("deployment/{}", s.name));
-        step(self.kubectl.cmd(sh).arg("scale").args(&deployments).arg("--replicas=0"))
-            .hint(
-                "the services could not be scaled to zero, so their coverage counters are missing",
-            )
-            .run()?;
+        let scale = self.kubectl.cmd(sh).arg("scale").args(&deployments).arg("--replicas=0");
+        let fix =
+            "the services could not be scaled to zero, so their coverage counters are missing";
+        step(scale).hint(fix).run()?;
         let selector = format!("app in ({})", services.map(|s| s.name).join(","));
         let timeout = format!("{}s", STOP_GRACE_SECONDS + 30);
         let wait = ["wait", "--for=delete", "pod", "--selector", &selector, "--timeout", &timeout];
