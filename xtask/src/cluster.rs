@@ -126,6 +126,7 @@ pub trait Cluster {
     /// The command that removes everything this backend may have created.
     fn remove_command(&self) -> String;
 
+    /// What of ours may exist now (see `State`).
     fn state(&self) -> State;
 
     /// test/infrastructure/`file` with its `${NAME}` tokens replaced by the backend's values and
