@@ -4,11 +4,7 @@
 //! `kind load` in the old flow. The cluster backend (`crate::cluster`) does the work of each
 //! phase; this file only says the order.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::bail;
 use camino::{Utf8Path, Utf8PathBuf};
@@ -19,7 +15,7 @@ use crate::{
     cluster::{self, Cluster, Settings},
     cmd::{self, check_interrupted, CmdError},
     covdata_report::{self, Coverage},
-    coverdata, doctor, engine, flags,
+    coverdata, doctor, engine, flags, http,
     lock::{self, Lock},
     project::{self, Service, Services},
     ui,
@@ -251,34 +247,20 @@ fn wait_ready(service: Service) -> anyhow::Result<()> {
     let mut last = String::from("no answer yet");
     while started.elapsed() < READY_TIMEOUT {
         check_interrupted()?;
-        match readyz_status(port) {
-            Ok(200) => {
+        let host = format!("127.0.0.1:{port}");
+        match http::request(&host, "GET /readyz", "", Duration::from_secs(2)) {
+            Ok(response) if response.code == 200 => {
                 let took = ui::seconds(started.elapsed());
                 println!("    {name} ready on 127.0.0.1:{port} after {took}");
                 return Ok(());
             }
-            Ok(code) => last = format!("HTTP {code}"),
+            Ok(response) => last = format!("HTTP {}", response.code),
             Err(err) => last = err.to_string(),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     let secs = READY_TIMEOUT.as_secs();
     bail!("{name} did not become ready: http://127.0.0.1:{port}/readyz still answered `{last}` after {secs}s; its logs are in the diagnostics")
-}
-
-fn readyz_status(port: u16) -> std::io::Result<u16> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(stream, "GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head)?;
-    parse_status_line(&String::from_utf8_lossy(&head[..n]))
-        .ok_or_else(|| std::io::Error::other("not an HTTP response"))
-}
-
-fn parse_status_line(head: &str) -> Option<u16> {
-    head.strip_prefix("HTTP/")?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Phase 7, on any failure once a cluster exists; a failure to collect is a warning, never the
@@ -330,12 +312,5 @@ mod tests {
             ["2026-01-04T00-00-00Z-gateway-e2e", "2026-01-05T00-00-00Z-gateway-e2e", "notes.txt"]
         );
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn status_line_is_parsed() {
-        assert_eq!(parse_status_line("HTTP/1.0 200 OK\r\n"), Some(200));
-        assert_eq!(parse_status_line("HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
-        assert_eq!(parse_status_line("SSH-2.0-OpenSSH"), None);
     }
 }

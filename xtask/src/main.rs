@@ -9,6 +9,7 @@ mod doctor;
 mod e2e_gateway;
 mod engine;
 mod flags;
+mod http;
 mod lint_dockerfiles;
 mod lock;
 mod project;

@@ -2,17 +2,12 @@
 //! cluster elsewhere (or a Kind node) pulls them, and a tag already there is neither built nor
 //! pushed again: the content-hash tag says the image is the same.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    num::NonZeroU16,
-    time::Duration,
-};
+use std::{num::NonZeroU16, time::Duration};
 
 use anyhow::Context;
 use xshell::{cmd, Shell};
 
-use crate::{cmd::step, flags::Engine};
+use crate::{cmd::step, flags::Engine, http};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registry {
@@ -83,14 +78,9 @@ impl Registry {
     fn head_manifest(&self, reference: &str) -> std::io::Result<bool> {
         let path = &reference[self.host.len() + 1..];
         let (repository, tag) = path.rsplit_once(':').unwrap_or((path, "latest"));
-        let mut stream = TcpStream::connect(&self.host)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let host = &self.host;
-        write!(stream, "HEAD /v2/{repository}/manifests/{tag} HTTP/1.0\r\nHost: {host}\r\nAccept: {MANIFEST_TYPES}\r\n\r\n")?;
-        let mut status = String::new();
-        stream.take(12).read_to_string(&mut status)?;
-        // `HTTP/1.1 200`
-        Ok(status.split(' ').nth(1) == Some("200"))
+        let head = format!("HEAD /v2/{repository}/manifests/{tag}");
+        let accept = format!("Accept: {MANIFEST_TYPES}\r\n");
+        Ok(http::request(&self.host, &head, &accept, Duration::from_secs(10))?.code == 200)
     }
 
     /// Pushes the local image `local` under its name here, which it returns. A registry that

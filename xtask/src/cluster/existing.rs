@@ -4,11 +4,7 @@
 //! coverage counters come home through the services' own endpoint (coverage builds only; see
 //! internal/server/coverdata.go) before the namespace goes: there is no disk to share.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    time::Duration,
-};
+use std::{net::TcpListener, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
@@ -20,6 +16,7 @@ use crate::{
     build_images::Image,
     cmd::{step, Running},
     doctor::{Check, Needs},
+    http,
     project::{self, Service},
 };
 
@@ -137,21 +134,13 @@ impl Cluster for Existing {
     fn stop_services(&mut self, _sh: &Shell) -> Result<()> {
         let path = "/debug/coverdata";
         for Service { name, host_port: port, .. } in self.settings.services.all() {
-            let mut response = Vec::new();
-            let fetched = TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
-                stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-                write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-                stream.read_to_end(&mut response)
-            });
-            fetched.with_context(|| {
-                format!("fetching the coverage counters of {name} through 127.0.0.1:{port} failed: is its port-forward still up? see the diagnostics")
+            let host = format!("127.0.0.1:{port}");
+            let fetched = http::request(&host, &format!("GET {path}"), "", Duration::from_secs(60));
+            let response = fetched.with_context(|| {
+                format!("fetching the coverage counters of {name} through {host} failed: is its port-forward still up? see the diagnostics")
             })?;
-            let split =
-                response.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(response.len());
-            let status = String::from_utf8_lossy(&response[..split]);
-            let status = status.lines().next().unwrap_or("");
-            let body = response.get(split + 4..).unwrap_or_default();
-            if !status.contains(" 200 ") {
+            let (status, body) = (response.status, response.body.as_slice());
+            if response.code != 200 {
                 let said = String::from_utf8_lossy(body);
                 let said = said.trim();
                 bail!("{name} answered `{status}` on {path}: {said}; was it built with --coverage (the endpoint is in coverage builds only)?");
