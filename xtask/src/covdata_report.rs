@@ -70,7 +70,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> Result<()> {
         None => flags.inputs.iter().map(|d| project::absolute(d)).collect::<anyhow::Result<_>>()?,
     };
 
-    let (coverage, blocks, missing) = report_e2e(sh, &root, &dirs)?;
+    let (coverage, blocks, missing) = report(sh, &root, &dirs)?;
     if let Some(file) = missing.first().filter(|_| flags.with_unit) {
         bail!("--with-unit runs this checkout's unit tests, but the E2E data is of other sources ({file} is not here): drop --with-unit, or run it in the checkout the binaries were built from");
     }
@@ -115,14 +115,10 @@ fn distinct_percents(a: f64, b: f64) -> (String, String) {
 }
 
 /// Prints the per-service and per-package table and the totals, writes target/coverage/e2e.out.
-pub fn report(sh: &Shell, root: &Utf8Path, dirs: &[Utf8PathBuf]) -> Result<Coverage> {
-    Ok(report_e2e(sh, root, dirs)?.0)
-}
-
 /// The numbers come from the coverage data alone (`covdata textfmt`, which needs no sources):
 /// statements per block, summed per package and in total. Only the HTML needs the sources.
 /// Returns the merged blocks too, and the files of the data that are not in this checkout.
-fn report_e2e(
+pub fn report(
     sh: &Shell,
     root: &Utf8Path,
     dirs: &[Utf8PathBuf],
