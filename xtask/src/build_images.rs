@@ -198,7 +198,10 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Resul
                         base_ids.insert(image.clone(), base_image_id(sh, engine, arg, &image)?);
                     }
                     settings += &format!("base-image={image}@{}\n", base_ids[&image]);
-                    args.push(format!("{arg}={image}"));
+                    // Only an override: the Dockerfile's own default stays its own.
+                    if std::env::var(arg).is_ok_and(|v| !v.is_empty()) {
+                        args.push(format!("{arg}={image}"));
+                    }
                 }
                 root.to_path_buf()
             }

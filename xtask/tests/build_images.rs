@@ -263,6 +263,11 @@ fn container_mode_pulls_missing_base_images_first_so_the_second_run_is_cached() 
         assert_eq!(sandbox.count(&pull), 1, "once for both services");
         assert!(sandbox.position(&pull) < sandbox.position("podman build"));
     }
+    // Without BUILDER_IMAGE and BASE_IMAGE the Dockerfiles' own defaults apply, unrepeated.
+    let calls = sandbox.calls();
+    for build in calls.iter().filter(|c| c.starts_with("podman build")) {
+        assert!(!build.contains("_IMAGE="), "{build}");
+    }
 
     let second = sandbox.run(&args);
     assert_eq!(second.code, 0, "{second}");
