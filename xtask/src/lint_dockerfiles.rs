@@ -550,6 +550,9 @@ mod tests {
             "RUN ls /usr/bin/dnf update",
             "RUN [\"echo\", \"dnf update\"]",
             "RUN sh -c 'echo dnf update'",
+            // After `--` comes the command: a program named `-x`, with dnf its argument.
+            "RUN sudo -- -x dnf update -y",
+            "RUN env -- -i dnf update -y",
         ] {
             assert_eq!(run_rules(run), [], "{run}");
         }
@@ -566,6 +569,7 @@ mod tests {
             "RUN if true; then dnf update -y; fi",
             "RUN { dnf update -y; }",
             "RUN sudo -E -u root dnf update -y",
+            "RUN sudo -u root -- dnf update -y",
             "RUN LANG=C DNF_VAR_x=1 dnf update -y",
             "RUN env -i PATH=/usr/bin dnf update -y",
             "RUN nice -n 10 dnf update -y",

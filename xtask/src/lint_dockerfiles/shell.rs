@@ -168,6 +168,10 @@ fn listed(list: &str, word: &str) -> bool {
 /// The index of the first word from `k` on that is neither an option nor an option's value.
 fn skip_options(argv: &[&str], mut k: usize, with_value: &str) -> usize {
     while let Some(option) = argv.get(k).filter(|a| a.starts_with('-')) {
+        // `--` ends the options: what follows is the command, even if it starts with `-`.
+        if *option == "--" {
+            return k + 1;
+        }
         k += if listed(with_value, option) { 2 } else { 1 };
     }
     k
