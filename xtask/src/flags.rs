@@ -390,6 +390,7 @@ impl Args {
     fn pico(&self, e: pico_args::Error) -> UsageError {
         let message = match e {
             pico_args::Error::OptionWithoutAValue(key) => format!("`{key}` needs a value"),
+            pico_args::Error::NonUtf8Argument => "an argument is not valid UTF-8".to_string(),
             other => other.to_string(),
         };
         self.error(message)
@@ -651,6 +652,10 @@ mod tests {
         assert!(message("lint-dockerfiles --strict").contains("unknown flag `--strict`"));
         assert!(message("build-images -- -v").contains("only accepted by e2e-gateway"));
         assert!(message("--coverage").contains("expected a task"));
+        let not_utf8 = std::os::unix::ffi::OsStringExt::from_vec(vec![0xff]);
+        let args = ["build-images".into(), "--service".into(), not_utf8];
+        let err = parse(args.to_vec()).unwrap_err();
+        assert!(err.starts_with("an argument is not valid UTF-8 (see"), "{err}");
     }
 
     #[test]
