@@ -291,6 +291,18 @@ fn a_failed_load_is_diagnosed_before_the_cluster_is_deleted() {
 }
 
 #[test]
+fn services_that_never_started_are_not_stopped_for_coverage() {
+    let mut sandbox = kind_sandbox("kind-apply-fails");
+    sandbox.env("FAKE_FAIL", "^kubectl.* apply");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--coverage"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("phase 5 (deploy) failed"), "{run}");
+    assert!(!run.stdout.contains("8. coverage"), "{run}");
+    assert!(!sandbox.calls().iter().any(|c| c.contains(" scale ")), "{run}");
+    assert!(sandbox.position("kubectl") < sandbox.position("kind delete cluster"));
+}
+
+#[test]
 fn missing_counters_are_diagnosed_with_the_service_logs() {
     let mut sandbox = Sandbox::new("meta-only-diagnosed", &["podman", "go"]);
     sandbox.env("FAKE_META_ONLY", "datastorage");
