@@ -39,6 +39,16 @@ pub enum Severity {
     Info,
 }
 
+impl Severity {
+    fn name(self) -> &'static str {
+        match self {
+            Error => "error",
+            Warning => "warning",
+            Info => "info",
+        }
+    }
+}
+
 /// One problem at one line, printed like a compiler diagnostic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
@@ -53,7 +63,7 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let severity = format!("{:?}", self.severity).to_lowercase();
+        let severity = self.severity.name();
         write!(f, "{}:{}: {severity}[{}]: {}", self.path, self.line, self.rule, self.message)
     }
 }
@@ -174,8 +184,8 @@ fn summary(findings: &[Finding], files: usize) -> String {
 
 /// A GitHub Actions workflow command, so the finding shows up on the file in the pull request.
 fn annotation(finding: &Finding) -> String {
-    // The severity's name, but a note is a `notice` there.
-    let level = format!("{:?}", finding.severity).to_lowercase().replace("info", "notice");
+    // GitHub's name for an info is `notice`.
+    let level = if finding.severity == Info { "notice" } else { finding.severity.name() };
     // Workflow commands need `%`, CR and LF escaped, and in properties also `:` and `,`.
     let data = |s: &str| s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
     let file = data(finding.path.as_str()).replace(':', "%3A").replace(',', "%2C");
