@@ -233,18 +233,16 @@ fn go_list(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<(String, St
     let vars = ["GOTOOLCHAIN", "GOFLAGS", "GOARCH", "GOROOT", "GOENV", "HOME", "XDG_CONFIG_HOME"]
         .map(|v| std::env::var(v).unwrap_or_default());
     let key = format!("go\0{go}\0{binary}\0{vars:?}\0{patterns:?}\0{tags:?}");
-    // The user's configuration directory, as Go's os.UserConfigDir finds it on Linux.
-    let config = std::env::var("XDG_CONFIG_HOME").ok().filter(|d| !d.is_empty());
-    let config = config.or_else(|| std::env::var("HOME").ok().map(|home| home + "/.config"));
-    let settings = config.map(|dir| Utf8PathBuf::from(dir).join("go/env"));
-    let settings = [root.join("go.mod"), root.join("go.sum")].into_iter().chain(settings);
-    // The lines of `go env` name no folder.
+    let module_files = [root.join("go.mod"), root.join("go.sum")];
+    // Every file in the package folders the answer names (the lines of `go env` name none).
     let hash = |answer: &str| {
         let folders: BTreeSet<_> = parse_go_list(answer).into_values().map(|p| p.dir).collect();
         let entries = folders.iter().flat_map(|f| WalkDir::new(f).max_depth(1)).flatten();
-        let files = entries.filter(|e| e.file_type().is_file()).map(|e| e.into_path().try_into());
-        let files = files.flatten().chain(settings.clone()).filter(|f: &Utf8PathBuf| f.exists());
-        inputs_hash(root, &files.collect(), &key).ok()
+        let sources = entries
+            .filter(|e| e.file_type().is_file())
+            .filter_map(|e| Utf8PathBuf::try_from(e.into_path()).ok());
+        let inputs = sources.chain(module_files.clone()).chain(go_settings_file());
+        inputs_hash(root, &inputs.filter(|f| f.exists()).collect(), &key).ok()
     };
     let name =
         patterns.join("-").replace("./cmd/", "") + if req.coverage { "-coverage" } else { "" };
@@ -273,6 +271,14 @@ fn go_list(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<(String, St
     let (version, rest) = answer.split_once('\n').unwrap_or_default();
     let (arch, list) = rest.split_once('\n').unwrap_or_default();
     Ok((version.to_string(), arch.to_string(), parse_go_list(list)))
+}
+
+/// The file `go env -w` writes, in the user's configuration directory as Go's os.UserConfigDir
+/// finds it on Linux.
+fn go_settings_file() -> Option<Utf8PathBuf> {
+    let config = std::env::var("XDG_CONFIG_HOME").ok().filter(|dir| !dir.is_empty());
+    let config = config.or_else(|| Some(std::env::var("HOME").ok()? + "/.config"))?;
+    Some(Utf8PathBuf::from(config).join("go/env"))
 }
 
 /// A non-standard package the services are built from.
@@ -413,7 +419,7 @@ fn save_archive(sh: &Shell, root: &Utf8Path, engine: Engine, p: &Planned) -> Res
     // `localhost/gateway:e2e-<hash>` is saved as `gateway-e2e-<hash>.tar`.
     let name = p.reference.trim_start_matches("localhost/").replace(':', "-");
     let archive = dir.join(format!("{name}.tar"));
-    // `--no-cache` rebuilds under the same tag: the old archive holds the old p.
+    // `--no-cache` rebuilds under the same tag: the old archive holds the old image.
     if p.build && archive.exists() {
         std::fs::remove_file(&archive)
             .with_context(|| format!("removing the outdated {archive}"))?;

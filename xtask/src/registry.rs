@@ -76,7 +76,7 @@ impl Registry {
     }
 
     fn head_manifest(&self, reference: &str) -> std::io::Result<bool> {
-        let path = &reference[self.host.len() + 1..];
+        let path = reference.strip_prefix(&format!("{}/", self.host)).unwrap_or(reference);
         let (repository, tag) = path.rsplit_once(':').unwrap_or((path, "latest"));
         let head = format!("HEAD /v2/{repository}/manifests/{tag}");
         let accept = format!("Accept: {MANIFEST_TYPES}\r\n");
