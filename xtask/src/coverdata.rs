@@ -119,9 +119,9 @@ fn counter_problem(dir: &Utf8Path) -> Option<String> {
     }
 }
 
-/// The entries of `dir` whose names `keep` accepts, sorted; none when `dir` is not a directory.
+/// The entries of `dir` whose names `keep` accepts, sorted; none when `dir` does not exist.
 fn entries(dir: &Utf8Path, keep: impl Fn(&str) -> bool) -> Result<Vec<Utf8PathBuf>> {
-    if !dir.is_dir() {
+    if !dir.exists() {
         return Ok(Vec::new());
     }
     let list = dir.read_dir_utf8().and_then(|l| l.map(|e| Ok(e?.into_path())).collect());

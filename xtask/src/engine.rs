@@ -21,8 +21,8 @@ pub struct ImageInfo {
     pub size: u64,
 }
 
-/// `<engine> image inspect` of each image reference (at least one), in one call; `None` for those the
-/// store does not have.
+/// `<engine> image inspect` of each image reference (at least one), in one call; `None` for
+/// those the store does not have.
 pub fn inspect(sh: &Shell, engine: Engine, images: &[String]) -> Result<Vec<Option<ImageInfo>>> {
     let program = engine.program();
     let format = "{{.Id}} {{.Size}} {{range .RepoTags}}{{.}} {{end}}";

@@ -7,7 +7,7 @@ use camino::Utf8PathBuf;
 
 pub use crate::registry::Registry;
 
-pub const HELP: &str = "\
+const HELP: &str = "\
 cargo xtask: build, test and measure the Go services of this repository in containers
 
 USAGE:

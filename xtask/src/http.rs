@@ -15,8 +15,9 @@ pub struct Response {
 }
 
 /// Sends `request` (`GET /readyz`, say) to `host` (`name:port`) with `headers` (each ending in
-/// CRLF) and reads the whole answer; `timeout` bounds the connection and each read. An answer
-/// that is not HTTP is an error.
+/// CRLF) and reads the answer until the server closes the connection, as an HTTP/1.0 server
+/// does after its answer; `timeout` bounds the connection and each read. An answer that is not
+/// HTTP is an error.
 pub fn request(
     host: &str,
     request: &str,
@@ -27,7 +28,8 @@ pub fn request(
     let address = host.to_socket_addrs()?.next().ok_or_else(no_address)?;
     let mut stream = TcpStream::connect_timeout(&address, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
-    write!(stream, "{request} HTTP/1.0\r\nHost: {host}\r\n{headers}\r\n")?;
+    // One write: `write!` on the stream would send each piece in a packet of its own.
+    stream.write_all(format!("{request} HTTP/1.0\r\nHost: {host}\r\n{headers}\r\n").as_bytes())?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer)?;
     let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(answer.len());
@@ -58,10 +60,14 @@ mod tests {
         let host = listener.local_addr().unwrap().to_string();
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 256];
-            let n = stream.read(&mut request).unwrap();
+            // The whole request, as a server reads it: up to the empty line.
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                request.push(byte[0]);
+            }
             stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope").unwrap();
-            String::from_utf8_lossy(&request[..n]).into_owned()
+            String::from_utf8(request).unwrap()
         });
         let response = request(&host, "HEAD /v2/x", "Accept: a\r\n", Duration::from_secs(5));
         let response = response.unwrap();

@@ -46,19 +46,26 @@ pub fn acquire(name: &str, root: &Utf8Path, coverage: bool) -> anyhow::Result<Lo
 /// Locks the file at `path` and writes who holds it; when another holds it, says `what` that
 /// means, who it is, and the `fix`.
 fn take(path: &Utf8Path, root: &Utf8Path, what: &str, fix: &str) -> anyhow::Result<File> {
-    let mut file = File::options().create(true).append(true).open(path).with_context(|| {
+    let opening = || {
         format!("opening the lock {path}: make it writable for this user, or remove it (no run holds a lock file it cannot open)")
-    })?;
+    };
+    let mut file = File::options().create(true).append(true).open(path).with_context(opening)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(path).unwrap_or_default().trim().replace('\n', ", ");
-            let holder = if holder.is_empty() { "a run that is just starting".into() } else { holder };
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "a run that is just starting".to_string(),
+                holder => holder.replace('\n', ", "),
+            };
             bail!("{what} ({holder}; lock {path}): {fix}");
         }
-        Err(TryLockError::Error(err)) => return Err(err).with_context(|| {
-            format!("locking {path}: check that the temporary directory supports file locks, or point TMPDIR at one that does")
-        }),
+        Err(TryLockError::Error(err)) => {
+            let locking = || {
+                format!("locking {path}: check that the temporary directory supports file locks, or point TMPDIR at one that does")
+            };
+            return Err(err).with_context(locking);
+        }
     }
     let since = project::utc_timestamp(SystemTime::now());
     let holder = format!("pid {}\ncheckout {root}\nsince {since}\n", std::process::id());

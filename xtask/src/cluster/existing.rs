@@ -90,7 +90,8 @@ impl Cluster for Existing {
         checks
     }
 
-    /// The Namespace, labelled so that a user can find the runs of a checkout or a user.
+    /// Creates the run's namespace, labelled so that a user can find the runs of a checkout or a
+    /// user.
     fn create(&mut self, sh: &Shell) -> Result<()> {
         let (namespace, root) = (&self.namespace, &self.settings.root);
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
