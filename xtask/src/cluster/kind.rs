@@ -28,9 +28,10 @@ pub struct Kind {
     /// Ours, under target/: no kind or kubectl call (or printed hint) edits ~/.kube/config.
     kubeconfig: Utf8PathBuf,
     kubectl: Kubectl,
-    /// When the cluster became ready: nothing to diagnose before. Set before `create` only when
-    /// a healthy cluster of an earlier run is reused.
+    /// When the cluster became ready: nothing to diagnose before.
     ready_at: Option<Instant>,
+    /// A healthy cluster of an earlier run is used instead of a new one (`--reuse-cluster`).
+    reused: bool,
     state: State,
 }
 
@@ -63,7 +64,14 @@ impl Kind {
             project::xtask_dir(&settings.root).join(format!("kubeconfig-{}", settings.name));
         let access = ClusterAccess { kubeconfig: Some(kubeconfig.clone()), context: None };
         let kubectl = Kubectl::new(&settings.root, &access, None);
-        Kind { settings, kubeconfig, kubectl, ready_at: None, state: State::default() }
+        Kind {
+            settings,
+            kubeconfig,
+            kubectl,
+            ready_at: None,
+            reused: false,
+            state: State::default(),
+        }
     }
 
     /// The one definition of how our cluster is deleted: run, printed and suggested alike.
@@ -224,6 +232,7 @@ impl Cluster for Kind {
             println!("    the cluster {name} is not healthy ({trouble}): recreating it");
         } else {
             println!("    the cluster {name} exists and is healthy: reusing it");
+            self.reused = true;
             self.ready_at = Some(Instant::now());
             // Its services write their last counters before coverdata/ is archived.
             if coverage {
@@ -237,9 +246,8 @@ impl Cluster for Kind {
         Ok(false)
     }
 
-    /// A cluster is ready before it is created only when a healthy one is reused.
     fn create(&mut self, sh: &Shell) -> Result<()> {
-        if self.ready_at.is_some() {
+        if self.reused {
             println!("    reusing the running cluster {}", self.settings.name);
             self.ready_at = Some(Instant::now());
             return Ok(());
