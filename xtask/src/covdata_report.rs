@@ -71,7 +71,7 @@ pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> Result<()> {
     };
 
     let (coverage, blocks, missing) = report(sh, &root, &dirs)?;
-    if let Some(file) = missing.first().filter(|_| flags.with_unit) {
+    if let (true, Some(file)) = (flags.with_unit, missing.first()) {
         bail!("--with-unit runs this checkout's unit tests, but the E2E data is of other sources ({file} is not here): drop --with-unit, or run it in the checkout the binaries were built from");
     }
     let with_unit = flags.with_unit.then(|| with_unit(sh, &root, &blocks)).transpose()?;

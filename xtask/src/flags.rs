@@ -406,8 +406,10 @@ impl Args {
 
     /// A flag without a value; saying it twice is saying it once.
     fn flag(&mut self, key: &'static str) -> bool {
-        let found = self.rest.contains(key);
-        while self.rest.contains(key) {}
+        let mut found = false;
+        while self.rest.contains(key) {
+            found = true;
+        }
         found
     }
 
