@@ -196,14 +196,15 @@ impl Step {
         };
         let group = child.id() as i32;
         locked(&RUNNING).push(group);
-        let log = self.log.as_ref().and_then(|path| {
+        // Both readers append to the one file (a whole line per write), each through its handle.
+        let logs = self.log.as_ref().and_then(|path| {
             let opened = File::options().create(true).append(true).open(path);
+            let both = opened.and_then(|file| Ok((file.try_clone()?, file)));
             let shown = &self.shown;
             let warn = |err| eprintln!("warning: writing {path} failed ({err}): the output of `{shown}` is on the terminal only; make target/ writable");
-            opened.map_err(warn).ok()
+            both.map_err(warn).ok()
         });
-        // Both readers append to the one file, a whole line per write.
-        let out_log = log.as_ref().and_then(|file| file.try_clone().ok());
+        let (out_log, log) = logs.unzip();
         let stdout = read_lines(child.stdout.take().expect("piped"), self.echo, false, out_log);
         let stderr = read_lines(child.stderr.take().expect("piped"), self.echo, true, log);
         // Stops the group once `limit` passes, unless told first that the command has ended.
