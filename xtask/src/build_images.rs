@@ -177,36 +177,44 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Resul
         let mut files = source_files(&packages, &format!("{module}/cmd/{name}"))?;
         files.insert(dockerfile.clone());
         files.extend(["go.mod", "go.sum"].map(|f| root.join(f)).into_iter().filter(|f| f.exists()));
-        let (mode, coverage) = (req.build_mode.as_str(), req.coverage);
-        let mut settings = format!("mode={mode} coverage={coverage} arch={arch}\n");
+        // Everything besides file contents that changes the image, in the order (and so the
+        // hash) the tags have had since they were introduced: a new order would rebuild and
+        // push every image once.
+        let mut settings = vec![
+            ("mode", req.build_mode.as_str().to_string()),
+            ("coverage", req.coverage.to_string()),
+            ("arch", arch.clone()),
+        ];
         let mut args = Vec::new();
         let context = match req.build_mode {
             // The host toolchain compiles the binary; in a container the builder image does.
             BuildMode::Host => {
-                settings += &format!("go={version}\n");
+                settings.push(("go", version.clone()));
                 args.push(format!("SERVICE={name}"));
                 project::xtask_dir(root).join("context").join(name)
             }
             BuildMode::Container => {
-                let goflags = || format!("GOFLAGS={}", coverage_flags(&module).join(" "));
-                args.extend(req.coverage.then(goflags));
                 let text = std::fs::read_to_string(&dockerfile)
                     .with_context(|| format!("reading {dockerfile}"))?;
+                let bases = base_images(&text, |name| std::env::var(name).ok());
+                let goflags = req.coverage.then(|| ("GOFLAGS", coverage_flags(&module).join(" ")));
+                // Only an override is passed: the Dockerfile's own default stays its own.
+                let overrides = bases
+                    .iter()
+                    .filter(|(arg, _)| std::env::var(arg).is_ok_and(|value| !value.is_empty()));
+                let build_args: Vec<_> = goflags.into_iter().chain(overrides.cloned()).collect();
+                args.extend(build_args.iter().map(|(arg, value)| format!("{arg}={value}")));
+                settings.extend(build_args);
                 // A newer image pulled under the same tag must not count as a cache hit.
-                for (arg, image) in base_images(&text, |name| std::env::var(name).ok()) {
+                for (arg, image) in bases {
                     if !base_ids.contains_key(&image) {
                         base_ids.insert(image.clone(), base_image_id(sh, engine, arg, &image)?);
                     }
-                    settings += &format!("base-image={image}@{}\n", base_ids[&image]);
-                    // Only an override: the Dockerfile's own default stays its own.
-                    if std::env::var(arg).is_ok_and(|v| !v.is_empty()) {
-                        args.push(format!("{arg}={image}"));
-                    }
+                    settings.push(("base-image", format!("{image}@{}", base_ids[&image])));
                 }
                 root.to_path_buf()
             }
         };
-        settings.extend(args.iter().map(|arg| format!("build-arg={arg}\n")));
         let reference = format!("localhost/{name}:e2e-{}", inputs_hash(root, &files, &settings)?);
         let (found, remote, build) = (None, false, false);
         plans.push(Planned { service, dockerfile, reference, args, context, found, remote, build });
@@ -242,7 +250,7 @@ fn go_list(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<(String, St
             .filter(|e| e.file_type().is_file())
             .filter_map(|e| Utf8PathBuf::try_from(e.into_path()).ok());
         let inputs = sources.chain(module_files.clone()).chain(go_settings_file());
-        inputs_hash(root, &inputs.filter(|f| f.exists()).collect(), &key).ok()
+        inputs_hash(root, &inputs.filter(|f| f.exists()).collect(), &[("go", key.clone())]).ok()
     };
     let name =
         patterns.join("-").replace("./cmd/", "") + if req.coverage { "-coverage" } else { "" };
@@ -319,7 +327,10 @@ fn source_files(packages: &Packages, main: &str) -> Result<BTreeSet<Utf8PathBuf>
 /// `(argument, image)` for `BUILDER_IMAGE` and `BASE_IMAGE`: from `env` when set there (and not
 /// empty), else from the Dockerfile's `ARG NAME=default` lines. Passed to the build as well, so
 /// the image built from is the one hashed.
-fn base_images(dockerfile: &str, env: impl Fn(&str) -> Option<String>) -> Vec<(&str, String)> {
+fn base_images(
+    dockerfile: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, String)> {
     let default = |name: &str| {
         dockerfile.lines().find_map(|line| {
             let line = line.trim().strip_prefix("ARG ")?.trim().strip_prefix(name)?;
@@ -356,7 +367,11 @@ fn base_image_id(sh: &Shell, engine: Engine, arg: &str, reference: &str) -> Resu
 
 /// sha256 over the files (by path relative to the root, then content) and the settings;
 /// the first 12 hex digits name the image.
-fn inputs_hash(root: &Utf8Path, files: &BTreeSet<Utf8PathBuf>, settings: &str) -> Result<String> {
+fn inputs_hash(
+    root: &Utf8Path,
+    files: &BTreeSet<Utf8PathBuf>,
+    settings: &[(&str, String)],
+) -> Result<String> {
     let mut hasher = Sha256::new();
     for file in files {
         let content = std::fs::read(file)
@@ -365,7 +380,9 @@ fn inputs_hash(root: &Utf8Path, files: &BTreeSet<Utf8PathBuf>, settings: &str) -
         hasher.update(format!("file\0{name}\0{}\0", content.len()));
         hasher.update(&content);
     }
-    hasher.update(format!("settings\0{settings}"));
+    for (key, value) in settings {
+        hasher.update(format!("setting\0{key}\0{value}\0"));
+    }
     Ok(project::hex(&hasher.finalize()[..6]))
 }
 
@@ -535,9 +552,10 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         Project::new(name, &std::array::from_fn::<_, 3, _>(|i| (GATEWAY[i], contents[i])))
     }
 
-    fn hash_of(root: &Utf8Path, files: &[&str], settings: &str) -> String {
+    fn hash_of(root: &Utf8Path, files: &[&str], settings: &[(&'static str, &str)]) -> String {
         let files = files.iter().map(|f| root.join(f)).collect();
-        inputs_hash(root, &files, settings).unwrap()
+        let settings: Vec<_> = settings.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        inputs_hash(root, &files, &settings).unwrap()
     }
 
     /// Which files are inputs is `plan`'s business (see the test below that runs `go list`);
@@ -546,7 +564,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
     fn hash_covers_contents_names_and_settings() {
         let project = small_project("hash");
         let root = &project.0;
-        let settings = "mode=host coverage=true\n";
+        let settings = &[("mode", "host"), ("coverage", "true")];
         let before = hash_of(root, &GATEWAY, settings);
         assert_eq!(before.len(), 12);
         assert!(before.chars().all(|c| c.is_ascii_hexdigit()));
@@ -561,9 +579,9 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         let renamed = ["cmd/gateway/main.go", "internal/srv/server.go", "go.mod"];
         assert_ne!(hash_of(root, &renamed, settings), after_edit);
 
-        let no_coverage = "mode=host coverage=false\n";
+        let no_coverage = &[("mode", "host"), ("coverage", "false")];
         assert_ne!(hash_of(root, &renamed, no_coverage), hash_of(root, &renamed, settings));
-        let container = "mode=container coverage=true\n";
+        let container = &[("mode", "container"), ("coverage", "true")];
         assert_ne!(hash_of(root, &renamed, container), hash_of(root, &renamed, settings));
     }
 
@@ -571,7 +589,11 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
     fn hash_does_not_depend_on_checkout_location() {
         let a = small_project("location-a");
         let b = small_project("location-b");
-        assert_eq!(hash_of(&a.0, &GATEWAY, "mode=host"), hash_of(&b.0, &GATEWAY, "mode=host"));
+        let host = &[("mode", "host")];
+        assert_eq!(hash_of(&a.0, &GATEWAY, host), hash_of(&b.0, &GATEWAY, host));
+        // The layout of the hashed text is part of every tag: changing it would rebuild (and
+        // push) every image once for nothing.
+        assert_eq!(hash_of(&a.0, &GATEWAY, host), "bff878e5ec19");
     }
 
     /// The real planning step on a copy of this repository: a tag changes exactly when a file
