@@ -157,7 +157,10 @@ fn archive_previous(root: &Utf8Path) -> Result<Vec<String>> {
         return Ok(left);
     }
     let recorded = fs::read_to_string(&outcome_file).unwrap_or_default();
-    let outcome = Some(recorded.trim()).filter(|o| OUTCOMES[..2].contains(o)).unwrap_or("unknown");
+    let outcome = match recorded.trim() {
+        outcome @ ("passed" | "failed") => outcome,
+        _ => "unknown",
+    };
     let archive_dir = coverdata.join("archive");
     let stamp = project::utc_timestamp(SystemTime::now());
     let mut archive = archive_dir.join(format!("{stamp}.{outcome}.tar.gz"));

@@ -153,7 +153,10 @@ impl Summary {
             row("logs", logs.to_string());
         }
         for (label, value) in self.outcome() {
-            value.into_iter().for_each(|value| row(&label.to_lowercase(), value));
+            if let Some(value) = value {
+                // The Markdown labels are capitalised: `Error`, `Fix`.
+                row(&label.to_lowercase(), value);
+            }
         }
         rows.iter().map(|(label, value)| format!("  {label:<24} {value}\n")).collect()
     }
