@@ -62,6 +62,7 @@ impl Cluster for Existing {
             None => Check::fail("registry", none, fix),
         }];
         let kubectl = |args: &[&str]| step(self.kubectl.cmd(sh).args(args));
+        // Each check needs the one before it: the first that fails is the last row.
         let mut rows = || -> Result<(), Check> {
             let context = self.settings.access.context.clone();
             let context =
@@ -85,8 +86,9 @@ impl Cluster for Existing {
             checks.push(Check::ok("namespaces", "this user may create them"));
             Ok(())
         };
-        let failed = rows().err();
-        checks.extend(failed);
+        if let Err(failed) = rows() {
+            checks.push(failed);
+        }
         checks
     }
 
