@@ -18,7 +18,7 @@ use crate::{
     engine::{self, ImageInfo},
     flags::{BuildImages, BuildMode, Engine},
     lint_dockerfiles::{self, Severity},
-    project::{self, Service},
+    project::{self, Service, WRITABLE_TARGET},
     ui,
 };
 
@@ -195,7 +195,7 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Resul
             }
             BuildMode::Container => {
                 let text = std::fs::read_to_string(&dockerfile)
-                    .with_context(|| format!("reading {dockerfile}"))?;
+                    .with_context(|| format!("reading {dockerfile}: check that it is readable"))?;
                 let bases = base_images(&text, |name| std::env::var(name).ok());
                 let goflags = req.coverage.then(|| ("GOFLAGS", coverage_flags(&module).join(" ")));
                 // Only an override is passed: the Dockerfile's own default stays its own.
@@ -374,8 +374,9 @@ fn inputs_hash(
 ) -> Result<String> {
     let mut hasher = Sha256::new();
     for file in files {
-        let content = std::fs::read(file)
-            .with_context(|| format!("reading {file} to hash the image inputs"))?;
+        let content = std::fs::read(file).with_context(|| {
+            format!("reading {file} to hash the image inputs: check that it is readable")
+        })?;
         let name = file.strip_prefix(root).unwrap_or(file);
         hasher.update(format!("file\0{name}\0{}\0", content.len()));
         hasher.update(&content);
@@ -415,13 +416,16 @@ fn go_build_host(sh: &Shell, root: &Utf8Path, coverage: bool, planned: &[&Planne
     for Planned { service, context, .. } in planned {
         if context.exists() {
             std::fs::remove_dir_all(context)
-                .with_context(|| format!("clearing {context}: make target/ writable"))?;
+                .with_context(|| format!("clearing {context}: {WRITABLE_TARGET}"))?;
         }
-        std::fs::create_dir_all(context).with_context(|| format!("creating {context}"))?;
+        std::fs::create_dir_all(context)
+            .with_context(|| format!("creating {context}: {WRITABLE_TARGET}"))?;
         let (from, to) = (bin_dir.join(service.name), context.join(service.name));
         std::fs::hard_link(&from, &to)
             .or_else(|_| std::fs::copy(&from, &to).map(drop))
-            .with_context(|| format!("putting {from} into the build context {context}"))?;
+            .with_context(|| {
+                format!("putting {from} into the build context {context}: {WRITABLE_TARGET}")
+            })?;
     }
     println!("go build ({names}): {}", ui::seconds(started.elapsed()));
     Ok(())
@@ -432,20 +436,20 @@ fn go_build_host(sh: &Shell, root: &Utf8Path, coverage: bool, planned: &[&Planne
 /// alternating between them re-saves nothing); older tags would only fill the disk.
 fn save_archive(sh: &Shell, root: &Utf8Path, engine: Engine, p: &Planned) -> Result<Utf8PathBuf> {
     let dir = project::xtask_dir(root).join("images");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}: {WRITABLE_TARGET}"))?;
     // `localhost/gateway:e2e-<hash>` is saved as `gateway-e2e-<hash>.tar`.
     let name = p.reference.trim_start_matches("localhost/").replace(':', "-");
     let archive = dir.join(format!("{name}.tar"));
     // `--no-cache` rebuilds under the same tag: the old archive holds the old image.
     if p.build && archive.exists() {
         std::fs::remove_file(&archive)
-            .with_context(|| format!("removing the outdated {archive}"))?;
+            .with_context(|| format!("removing the outdated {archive}: {WRITABLE_TARGET}"))?;
     }
     if archive.exists() {
         // Its modification time says when it was last used (see below).
         let file = std::fs::File::options().append(true).open(&archive);
         file.and_then(|f| f.set_modified(SystemTime::now()))
-            .with_context(|| format!("touching {archive}"))?;
+            .with_context(|| format!("touching {archive}: {WRITABLE_TARGET}"))?;
         return Ok(archive);
     }
     // Unique per process: two runs saving the same tag must not write into one file.
@@ -459,17 +463,19 @@ fn save_archive(sh: &Shell, root: &Utf8Path, engine: Engine, p: &Planned) -> Res
         .run()
         .with_context(|| format!("saving {reference} to {partial} failed"))?;
     std::fs::rename(&partial, &archive)
-        .with_context(|| format!("renaming {partial} to {archive}"))?;
+        .with_context(|| format!("renaming {partial} to {archive}: {WRITABLE_TARGET}"))?;
     let prefix = format!("{}-e2e-", p.service.name);
-    let mut older: Vec<_> = (dir.read_dir_utf8().with_context(|| format!("reading {dir}"))?)
-        .flatten()
-        .filter(|e| e.file_name().starts_with(&prefix) && e.file_name().ends_with(".tar"))
-        .filter(|e| e.path() != archive)
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.into_path())))
-        .collect();
+    let mut older: Vec<_> =
+        (dir.read_dir_utf8().with_context(|| format!("listing {dir}: {WRITABLE_TARGET}"))?)
+            .flatten()
+            .filter(|e| e.file_name().starts_with(&prefix) && e.file_name().ends_with(".tar"))
+            .filter(|e| e.path() != archive)
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.into_path())))
+            .collect();
     older.sort();
     for (_, path) in older.iter().rev().skip(1) {
-        std::fs::remove_file(path).with_context(|| format!("removing old archive {path}"))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing old archive {path}: {WRITABLE_TARGET}"))?;
     }
     Ok(archive)
 }

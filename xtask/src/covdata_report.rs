@@ -15,15 +15,14 @@ use xshell::{cmd, Shell};
 use crate::{
     cmd::step,
     coverdata::{self, display, PRODUCER},
-    doctor, flags, project, ui,
+    doctor, flags,
+    project::{self, WRITABLE_TARGET},
+    ui,
 };
 
 /// Where container builds put the source; the text profile names files below them when a
 /// package was built outside module mode, and `go tool cover` cannot resolve such paths here.
 const BUILD_PREFIXES: [&str; 3] = ["/opt/app-root/src/", "/workspace/", "/src/"];
-
-/// The fix for a failed write below target/.
-const WRITABLE_TARGET: &str = "make target/ writable and check free space (`df -h target`)";
 
 pub struct Coverage {
     /// Statement coverage per service directory, in the order the directories were given.

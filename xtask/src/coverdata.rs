@@ -37,10 +37,11 @@ pub fn prepare(root: &Utf8Path, services: &[Service]) -> Result<()> {
     }
     for service in services {
         let service_dir = dir.join(service.name);
-        fs::create_dir_all(&service_dir).with_context(|| format!("creating {service_dir}"))?;
+        fs::create_dir_all(&service_dir)
+            .with_context(|| format!("creating {service_dir}: make coverdata/ writable"))?;
         // The services run as an unprivileged user and must be able to write here.
         fs::set_permissions(&service_dir, fs::Permissions::from_mode(0o777))
-            .with_context(|| format!("making {service_dir} writable"))?;
+            .with_context(|| format!("making {service_dir} writable for the services: check its owner (`ls -ld {service_dir}`)"))?;
     }
     Ok(())
 }

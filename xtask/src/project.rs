@@ -3,6 +3,9 @@
 use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 
+/// The fix for a file under target/ that cannot be written.
+pub const WRITABLE_TARGET: &str = "make target/ writable and check free space (`df -h target`)";
+
 /// A service of the sample repository: its binary is `./cmd/<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Service {
