@@ -96,7 +96,8 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image
             let build_args = p.args.iter().flat_map(|arg| ["--build-arg", arg]);
             let args = flags.into_iter().flatten().chain(build_args);
             let build = cmd!(sh, "{program} build --file {file} --tag {tag} {args...} {context}");
-            (p.service.name, step(build).spawn())
+            let hint = format!("fix {file} or its build context as the output above says; if {program} itself fails, `cargo xtask doctor` checks it");
+            (p.service.name, step(build).hint(hint).spawn())
         })
         .collect();
     let mut took = BTreeMap::new();

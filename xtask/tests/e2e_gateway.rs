@@ -155,6 +155,7 @@ fn failing_build_creates_no_cluster() {
     assert_eq!(sandbox.count("kind create"), 0);
     assert!(run.stderr.contains("phase 2 (build images) failed"), "{run}");
     assert!(run.stderr.contains("image build failed for datastorage"), "{run}");
+    assert!(run.stderr.contains("runtime.Dockerfile or its build context"), "{run}");
 }
 
 #[test]
