@@ -295,9 +295,7 @@ while [ $# -gt 0 ]; do
     *) usage_error "unknown argument $1" ;;
     esac
 done
-case $runs in
-'' | *[!0-9]* | 0) usage_error "--runs takes a whole number >= 1, not '$runs'" ;;
-esac
+need_count --runs "$runs"
 
 # ---------------------------------------------------------------------------------------------
 # Tools

@@ -12,6 +12,13 @@ usage_error() {
     exit 2
 }
 
+# need_count FLAG VALUE: VALUE is a whole number >= 1, else a usage error naming FLAG.
+need_count() {
+    case $2 in
+    '' | *[!0-9]* | 0) usage_error "$1 takes a whole number >= 1, not '$2'" ;;
+    esac
+}
+
 # need_tools HINT TOOL...: every TOOL on PATH, else one error naming the missing ones and HINT.
 need_tools() {
     local hint=$1 tool missing=()

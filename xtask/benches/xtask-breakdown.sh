@@ -84,11 +84,8 @@ while [ $# -gt 0 ]; do
     *) usage_error "unknown argument $1" ;;
     esac
 done
-for n in "$runs" "$compile_runs"; do
-    case $n in
-    '' | *[!0-9]* | 0) usage_error "run counts are whole numbers >= 1, not '$n'" ;;
-    esac
-done
+need_count --runs "$runs"
+need_count --compile-runs "$compile_runs"
 
 need_tools "Debian: apt-get install -y strace hyperfine podman runc python3" cargo go podman strace hyperfine python3
 use_repo_podman_settings
