@@ -153,10 +153,12 @@ struct Planned {
     /// `NAME=value` of each `--build-arg`.
     args: Vec<String>,
     context: Utf8PathBuf,
-    /// What the store has under `reference`.
+    /// What the store has under `reference`. This and the two below are known once `build` has
+    /// asked the store and the registry.
     found: Option<ImageInfo>,
     /// Whether the registry has it already.
     remote: bool,
+    /// Whether this run builds it.
     build: bool,
 }
 
@@ -217,8 +219,16 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Resul
             }
         };
         let reference = format!("localhost/{name}:e2e-{}", inputs_hash(root, &files, &settings)?);
-        let (found, remote, build) = (None, false, false);
-        plans.push(Planned { service, dockerfile, reference, args, context, found, remote, build });
+        plans.push(Planned {
+            service,
+            dockerfile,
+            reference,
+            args,
+            context,
+            found: None,
+            remote: false,
+            build: false,
+        });
     }
     Ok(plans)
 }
