@@ -251,7 +251,7 @@ fn write_archive(base: &Utf8Path, files: &[(Utf8PathBuf, u64)], dest: &Utf8Path)
         builder.into_inner()?.finish()?.sync_all()
     };
     write().map_err(|err| io_error(format!("writing {dest}"), err, dir))?;
-    let reading = || format!("reading back {dest}");
+    let reading = || format!("reading back {dest}: free disk space (`df -h {dir}`) and rerun");
     let file = fs::File::open(dest).with_context(reading)?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut found = BTreeMap::new();
@@ -259,9 +259,12 @@ fn write_archive(base: &Utf8Path, files: &[(Utf8PathBuf, u64)], dest: &Utf8Path)
         let entry = entry.with_context(reading)?;
         found.insert(entry.path().with_context(reading)?.into_owned(), entry.size());
     }
+    // Only a run still writing into coverdata/ (or a failing disk) makes the copy differ.
+    let rerun = "stop whatever still writes into coverdata/ and rerun";
     for (rel, size) in files {
-        let s = found.get(rel.as_std_path()).with_context(|| format!("{dest} lacks {rel}"))?;
-        ensure!(s == size, "{dest} holds {rel} with {s} bytes instead of {size}");
+        let s =
+            found.get(rel.as_std_path()).with_context(|| format!("{dest} lacks {rel}: {rerun}"))?;
+        ensure!(s == size, "{dest} holds {rel} with {s} bytes instead of {size}: {rerun}");
     }
     Ok(())
 }
