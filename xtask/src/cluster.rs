@@ -4,7 +4,7 @@
 //! implementing `Cluster`, and one line in `pick`. What backends share lives here: the
 //! templates, the diagnostics runner, and the kubectl steps of Kind and an existing cluster.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -17,13 +17,14 @@ use crate::{
     engine,
     flags::{ClusterAccess, ClusterBackend, Engine, Registry, Target},
     project::{self, Service, Services},
+    ui,
 };
 
 mod existing;
 mod kind;
 mod podman;
 
-pub use kind::{kind_shell, node_minor as kind_node_minor};
+pub use kind::{kind_shell, node_image as kind_node_image, node_minor as kind_node_minor};
 
 /// Grace period for the services to flush their coverage counters when stopped.
 const STOP_GRACE_SECONDS: u32 = 30;
@@ -45,6 +46,8 @@ pub struct Settings {
     pub registry: Option<Registry>,
     /// `--kubeconfig`, `--context` of an existing cluster.
     pub access: ClusterAccess,
+    /// Why this backend: `--cluster kind`, or what `auto` found.
+    pub why: String,
     /// Rendered manifests and configs: a directory of our own (see `podman::deploy`).
     rendered: Utf8PathBuf,
 }
@@ -179,11 +182,38 @@ pub struct State {
 
 /// The backend for `--cluster` and the engine it runs with: `auto` means kind when `kind` is on
 /// PATH, else podman. Says which and why.
-pub fn pick(target: &Target, root: &Utf8Path, services: Services) -> Result<Box<dyn Cluster>> {
+pub fn pick(
+    sh: &Shell,
+    target: &Target,
+    root: &Utf8Path,
+    services: Services,
+) -> Result<Box<dyn Cluster>> {
+    let engine = engine::resolve(target.engine);
     let (backend, why) = match target.cluster {
         ClusterBackend::Auto => match project::which("kind") {
-            Some(path) => (ClusterBackend::Kind, format!("auto: kind found at {path}")),
             None => (ClusterBackend::Podman, "auto: kind is not on PATH".to_string()),
+            // A Kind that cannot boot its node would fail only after the build.
+            Some(path) => {
+                let program = engine.program();
+                let usable =
+                    kind::boot_image(sh, engine, target.node_image.as_deref()).and_then(|image| {
+                        let ready = kind::node_image_ready(sh, engine, &image);
+                        ready.map(|_| image.clone()).map_err(|why| {
+                            format!(
+                                "{image} is not in {program}'s store and cannot be pulled ({why})"
+                            )
+                        })
+                    });
+                match usable {
+                    Ok(image) => (
+                        ClusterBackend::Kind,
+                        format!("auto: kind found at {path}, node image {image}"),
+                    ),
+                    Err(why) => {
+                        (ClusterBackend::Podman, format!("auto: kind found at {path}, but {why}"))
+                    }
+                }
+            }
         },
         other => (other, format!("--cluster {}", other.name())),
     };
@@ -196,9 +226,9 @@ pub fn pick(target: &Target, root: &Utf8Path, services: Services) -> Result<Box<
         node_image: target.node_image.clone(),
         registry: target.registry.clone(),
         access: target.access.clone(),
+        why: why.clone(),
         rendered: project::xtask_dir(root).join("rendered"),
     };
-    let engine = engine::resolve(target.engine);
     let cluster: Box<dyn Cluster> = match backend {
         // The pods run the images of podman's own store, whatever builds them.
         ClusterBackend::Podman if target.engine == Some(Engine::Docker) => bail!(
@@ -275,16 +305,20 @@ impl Kubectl {
         } else {
             ("your permissions in the namespace", " (can the cluster pull from the registry?)")
         };
-        for (_, file) in files {
+        for (service, file) in files {
+            let started = Instant::now();
             let apply = self.services(sh).args(["apply", "-f", file.as_str()]);
             step(apply).hint(format!("check the manifest and {check}")).run()?;
             *deployed = true;
+            println!("    applied {} ({})", service.name, ui::seconds(started.elapsed()));
         }
         for (Service { name, .. }, _) in files {
+            let started = Instant::now();
             let deployment = format!("deployment/{name}");
             let rollout = ["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT];
             let fix = format!("{name} did not roll out within {ROLLOUT_TIMEOUT}: see the pod events and logs in the diagnostics{more}");
             step(self.services(sh).args(rollout)).hint(fix).run()?;
+            println!("    {name} rolled out ({})", ui::seconds(started.elapsed()));
         }
         Ok(())
     }
@@ -321,6 +355,7 @@ mod tests {
             node_image: None,
             registry: None,
             access: ClusterAccess::default(),
+            why: String::new(),
             rendered: Utf8PathBuf::new(),
             services: Services {
                 datastorage: project::DATASTORAGE,

@@ -25,7 +25,8 @@ use crate::{
 /// - `kind`: present, at least v0.27; `node_image`: the Kind node image a run will boot
 ///   (`--node-image`), for kubectl's version skew; `kubectl`: present, version shown;
 /// - `ports`: services whose host ports must be free;
-/// - `disk`: free disk where `target/` lives above `DISK_FLOOR`.
+/// - `disk`: free disk where `target/` lives above `DISK_FLOOR`;
+/// - `node_disk`: free disk where the engine keeps containers above `NODE_DISK_FLOOR` (a Kind node).
 #[derive(Debug, Default)]
 pub struct Needs {
     pub engine: Option<Engine>,
@@ -35,6 +36,7 @@ pub struct Needs {
     pub kubectl: bool,
     pub ports: Vec<Service>,
     pub disk: bool,
+    pub node_disk: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,8 @@ impl Check {
 
 /// Below this much free space a cold run (images, archives, Go build cache) may fill the disk.
 const DISK_FLOOR: u64 = 5 << 30;
+/// A Kind node with our images loaded takes about 1.6 GB in the engine's store.
+const NODE_DISK_FLOOR: u64 = 2 << 30;
 /// The oldest kind whose `kind load` and node images the backend works with.
 const MIN_KIND: &str = "v0.27";
 const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.33.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
@@ -110,10 +114,19 @@ pub fn run(sh: &Shell, target: &Target) -> Result<()> {
         notes.push(Check::fail("host ports", format!("{err:#}"), hint));
         Services { datastorage: project::DATASTORAGE, gateway: project::GATEWAY }
     });
-    let cluster = cluster::pick(target, &root, services)?;
+    let cluster = cluster::pick(sh, target, &root, services)?;
     if target.cluster == ClusterBackend::Auto && cluster.name() == "podman" {
-        let hint = format!("the podman backend will be used; for the Kind backend install kind >= v0.27: {KIND_INSTALL}");
-        notes.push(Check::warn("kind", "not found on PATH", hint));
+        notes.push(match project::which("kind") {
+            None => {
+                let hint = format!("the podman backend will be used; for the Kind backend install kind >= v0.27: {KIND_INSTALL}");
+                Check::warn("kind", "not found on PATH", hint)
+            }
+            Some(_) => {
+                let why = cluster.settings().why.clone();
+                let hint = "the podman backend will be used; for the Kind backend load or mirror a kindest/node image and pass it with --node-image IMAGE (or E2E_NODE_IMAGE)";
+                Check::warn("node image", why, hint)
+            }
+        });
     }
     let remove = cluster.remove_command();
     let remove =
@@ -206,7 +219,12 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     let kind_sh = needs.engine.map_or_else(|| sh.clone(), |engine| cluster::kind_shell(sh, engine));
     let disk_dir = nearest_existing(&root.join("target"));
     let program = needs.engine.map_or("", Engine::program);
-    let format = if program == "docker" { "{{.ServerVersion}}" } else { "{{.Version.Version}}" };
+    // The version, and where the engine keeps containers (for `node_disk`).
+    let format = if program == "docker" {
+        "{{.ServerVersion}} {{.DockerRootDir}}"
+    } else {
+        "{{.Version.Version}} {{.Store.GraphRoot}}"
+    };
     // Start every probe first so they overlap; each is judged below in table order.
     let start =
         |wanted: bool, cmd: Cmd<'_>, limit| wanted.then(|| step(cmd).timeout(limit).spawn());
@@ -218,8 +236,10 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     let df = start(needs.disk, cmd!(sh, "df -Pk {disk_dir}"), SHORT);
 
     let mut checks = Vec::new();
+    let mut store = None;
     if let (Some(engine), Some(out)) = (needs.engine, engine.map(finish)) {
         let path = project::which(program).unwrap_or_default();
+        store = out.as_ref().ok().and_then(|out| out.split_whitespace().nth(1)).map(str::to_string);
         checks.push(match out.map(|out| version(&out, "")) {
             Err(problem) => Check::fail(program, problem, engine_hint(engine, root)),
             Ok(Some(version)) => Check::ok(program, format!("{version} at {path}, answering")),
@@ -252,6 +272,29 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     // The caller's own findings (the backend choice, an earlier run) go before the ports.
     checks.extend(notes);
     checks.extend(needs.ports.iter().map(|service| check_port(*service)));
+    if let (true, Some(store)) = (needs.node_disk, store) {
+        let out = step(cmd!(sh, "df -Pk {store}")).timeout(SHORT).read();
+        let free = out.ok().as_deref().and_then(parse_df_available);
+        let prune = format!("free space there: `{program} system prune`, or remove images you do not need (`{program} images`)");
+        checks.push(match free {
+            Some(bytes) if bytes >= NODE_DISK_FLOOR => {
+                Check::ok("node disk", format!("{} free at {store}", gib(bytes)))
+            }
+            Some(bytes) => {
+                let detail = format!(
+                    "{} free at {store}, below the {} a Kind node needs",
+                    gib(bytes),
+                    gib(NODE_DISK_FLOOR)
+                );
+                Check::fail("node disk", detail, prune)
+            }
+            None => Check::warn(
+                "node disk",
+                format!("cannot read the free space at {store}"),
+                format!("run `df -Pk {store}`"),
+            ),
+        });
+    }
     if let Some(out) = df.map(finish) {
         let run_df = format!("run `df -Pk {disk_dir}`");
         let free = |bytes| format!("{} free at {disk_dir}", gib(bytes));
@@ -403,7 +446,7 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
 fn version_skew(kind_out: &str, kubectl_out: &str, node_image: Option<&str>) -> Option<Check> {
     let (kind, kubectl) = (version(kind_out, "v")?, version(kubectl_out, "v")?);
     let (kind_minor, kubectl_minor) = (numbers(&kind)?.1, numbers(&kubectl)?.1);
-    let node_minor = cluster::kind_node_minor(kind_minor, node_image)?;
+    let node_minor = cluster::kind_node_minor(&cluster::kind_node_image(kind_minor, node_image)?)?;
     let node = match node_image {
         Some(image) => format!("node image {image}"),
         None => format!("kind {kind}'s default node"),
@@ -421,7 +464,7 @@ fn version_skew(kind_out: &str, kubectl_out: &str, node_image: Option<&str>) -> 
 /// The first word of `out` that is `prefix` and a digit onwards: `go1.26.8` (`go env GOVERSION`),
 /// `v0.27.0` (`kind version`), `v1.32.4` (`kubectl version --client`, also the old
 /// `GitVersion:"v1.32.4"`), `4.3.1` (`podman info --format`).
-fn version(out: &str, prefix: &str) -> Option<String> {
+pub fn version(out: &str, prefix: &str) -> Option<String> {
     let words = out.split(|c: char| c.is_whitespace() || c == '"');
     let mut versions =
         words.filter(|w| w.strip_prefix(prefix).is_some_and(|r| r.starts_with(char::is_numeric)));
@@ -429,7 +472,7 @@ fn version(out: &str, prefix: &str) -> Option<String> {
 }
 
 /// `v0.20.1-alpha+0abc` -> (0, 20, 1).
-fn numbers(version: &str) -> Option<(u32, u32, u32)> {
+pub fn numbers(version: &str) -> Option<(u32, u32, u32)> {
     let mut parts = version.trim_start_matches('v').split(['.', '-', '+']);
     let mut next = || parts.next()?.parse::<u32>().ok();
     Some((next()?, next()?, next().unwrap_or(0)))

@@ -39,7 +39,7 @@ struct Run {
 
 pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let root = project::root();
-    let mut cluster = cluster::pick(&flags.target, &root, Services::from_env()?)?;
+    let mut cluster = cluster::pick(sh, &flags.target, &root, Services::from_env()?)?;
     cmd::set_leftover(cluster.remove_command());
     // Sortable by time, and apart from a run of another cluster name in the same second.
     let id = format!("{}-{}", project::utc_timestamp(SystemTime::now()), flags.target.cluster_name);

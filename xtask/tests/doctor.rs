@@ -196,7 +196,8 @@ fn docker_is_the_fallback_engine_and_kind_gets_no_provider() {
     assert_eq!(run.code, 0, "{run}");
     assert!(row(&run, "docker").detail.starts_with("27.1.0 at "));
     let calls = s.calls();
-    assert!(calls.iter().any(|l| l == "docker info --format {{.ServerVersion}}"), "{calls:?}");
+    let info = "docker info --format {{.ServerVersion}} {{.DockerRootDir}}";
+    assert!(calls.iter().any(|l| l == info), "{calls:?}");
     let kind = kind_calls(&s);
     assert!(!kind.is_empty(), "{calls:?}");
     assert!(kind.iter().all(|(_, env)| env == "KIND_EXPERIMENTAL_PROVIDER="), "{kind:?}");
@@ -254,4 +255,87 @@ fn a_container_that_cannot_start_is_named_with_the_engines_words_and_the_fix() {
     let run = ok.run(&["doctor", "--cluster", "podman"]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(row(&run, "container").status, "ok");
+}
+
+#[test]
+fn the_node_image_is_found_in_the_store_or_its_registry_or_fails_with_a_fix() {
+    let default = "kindest/node:v1.32.2@sha256:f226345927d7e348497136874b6d207e0b32cc52154ad8323129352923a3142f";
+    // In the store (the fake has every kindest/node image unless told otherwise).
+    let s = sandbox("node-image-here", HEALTHY, free_port(), free_port());
+    let run = s.run(&["doctor", "--cluster", "kind"]);
+    assert_eq!(run.code, 0, "{run}");
+    let node = row(&run, "node image");
+    assert_eq!(
+        (node.status.as_str(), node.detail.as_str()),
+        ("ok", &*format!("{default}, in podman's store"))
+    );
+    assert!(row(&run, "node disk").detail.contains("GiB free at /var/lib/containers/storage"));
+
+    // Not here, but its registry answers for it.
+    let mut s = sandbox("node-image-pull", HEALTHY, free_port(), free_port());
+    s.env("FAKE_NO_NODE_IMAGE", "1");
+    std::fs::create_dir_all(&s.state).unwrap();
+    std::fs::write(s.state.join("registry"), "mirror.local/kindest/node:v1.32.3\n").unwrap();
+    let run = s.run(&[
+        "doctor",
+        "--cluster",
+        "kind",
+        "--node-image",
+        "mirror.local/kindest/node:v1.32.3",
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(row(&run, "node image").detail.contains("its registry answers"), "{run}");
+    assert!(s
+        .calls()
+        .contains(&"podman manifest inspect mirror.local/kindest/node:v1.32.3".to_string()));
+
+    // Neither: the run would fail after the build, so doctor fails now, with the fix.
+    let run = s.run(&["doctor", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    let node = row(&run, "node image");
+    assert_eq!(node.status, "FAIL", "{run}");
+    assert!(
+        node.detail
+            .starts_with(&format!("{default} is not in podman's store and cannot be pulled")),
+        "{node:?}"
+    );
+    assert!(node
+        .fix
+        .unwrap()
+        .contains("--node-image IMAGE (or E2E_NODE_IMAGE); or use --cluster podman"));
+}
+
+#[test]
+fn auto_does_not_pick_a_kind_that_cannot_boot_its_node() {
+    let mut s = sandbox("auto-no-node", HEALTHY, free_port(), free_port());
+    s.env("FAKE_NO_NODE_IMAGE", "1");
+    let run = s.run(&["doctor"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.contains("cluster backend: podman (auto: kind found at ")
+            && run.stdout.contains("but kindest/node:v1.32.2@sha256:"),
+        "{run}"
+    );
+    let node = row(&run, "node image");
+    assert_eq!(node.status, "warn");
+    assert!(node.fix.unwrap().contains("--node-image"));
+    // With the image there, auto picks Kind.
+    s.env("FAKE_NO_NODE_IMAGE", "");
+    let run = s.run(&["doctor"]);
+    assert!(run.stdout.contains("cluster backend: kind (auto: kind found at "), "{run}");
+}
+
+#[test]
+fn too_little_disk_for_a_node_fails() {
+    let mut s = sandbox("node-disk", HEALTHY, free_port(), free_port());
+    s.env("FAKE_DF_AVAIL_KB", "1048576");
+    let run = s.run(&["doctor", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    let disk = row(&run, "node disk");
+    assert_eq!(disk.status, "FAIL");
+    assert!(
+        disk.detail.contains("1.0 GiB free at /var/lib/containers/storage, below the 2.0 GiB"),
+        "{disk:?}"
+    );
+    assert!(disk.fix.unwrap().contains("podman system prune"));
 }

@@ -34,14 +34,24 @@ fn kind_pipeline_runs_in_strict_order() {
     assert!(last("podman build") < create, "{calls:#?}");
     assert!(last("podman save") < create, "{calls:#?}");
 
-    // Between creation and the first load: only the node check, nothing slow.
+    // Between creation and the first load: only the node check and what the node holds,
+    // nothing slow.
     let load = first("kind load image-archive");
     let between = &calls[create + 1..load];
+    let quick = [
+        "podman inspect",
+        "kind get nodes",
+        "podman exec gateway-e2e-control-plane ctr --namespace k8s.io images list --quiet",
+    ];
     assert!(
-        between.iter().all(|c| c.starts_with("podman inspect") || c.starts_with("kind get nodes")),
+        between.iter().all(|c| quick.iter().any(|q| c.starts_with(q))),
         "only the node check may run between create and load: {between:?}"
     );
     assert_eq!(sandbox.count("kind load image-archive"), 2);
+    // Each load is checked in the node.
+    let listed =
+        sandbox.count("podman exec gateway-e2e-control-plane ctr --namespace k8s.io images list");
+    assert_eq!(listed, 3, "one listing before the loads and one after each: {calls:#?}");
 
     // Deploy after the last load, roll out in dependency order, test, scale down, delete.
     let apply = containing(" apply -f ");
@@ -144,6 +154,49 @@ fn node_down_once_is_recovered_by_one_recreation() {
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(sandbox.count("kind create cluster"), 2);
     assert_eq!(sandbox.count("kind load image-archive"), 2);
+}
+
+/// kind issue 4184: an archive imported under a made-up name is tagged with ours in the node,
+/// so the pods find their image.
+#[test]
+fn an_image_imported_under_a_made_up_name_is_tagged_with_ours() {
+    let mut sandbox = kind_sandbox("kind-import-name");
+    sandbox.env("FAKE_LOAD_AS_IMPORT", "1");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 0, "{run}");
+    let tags: Vec<String> =
+        sandbox.calls().into_iter().filter(|c| c.contains(" images tag ")).collect();
+    assert_eq!(tags.len(), 2, "{tags:#?}");
+    // The fake numbers what the node holds: the first tag is the second entry.
+    for (tag, (made_up, service)) in tags.iter().zip([(1, "datastorage"), (3, "gateway")]) {
+        let from = format!("import-2026-12-07@sha256:{made_up:064}");
+        let expected = format!("podman exec gateway-e2e-control-plane ctr --namespace k8s.io images tag {from} localhost/{service}:e2e-");
+        assert!(tag.starts_with(&expected), "{tag}");
+    }
+    assert!(run.stdout.contains("imported localhost/gateway:e2e-"), "{run}");
+    let apply = sandbox.calls().iter().position(|c| c.contains(" apply -f ")).unwrap();
+    assert!(apply > sandbox.last_position("podman exec"), "tagged before deploy");
+}
+
+#[test]
+fn an_image_missing_from_the_node_after_its_load_fails_naming_image_and_node() {
+    let mut sandbox = kind_sandbox("kind-load-lost");
+    sandbox.env("FAKE_LOAD_LOSES", "1");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("phase 4 (load images) failed: localhost/datastorage:e2e-"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains(
+            "is not in the node gateway-e2e-control-plane after `kind load image-archive`"
+        ),
+        "{run}"
+    );
+    assert_eq!(sandbox.count("kind load"), 1, "stops at the first image that is not there");
+    assert!(!sandbox.calls().iter().any(|c| c.contains(" apply -f ")), "nothing deployed");
+    assert!(sandbox.position("kind delete cluster") > sandbox.position("kind load"));
 }
 
 #[test]
@@ -253,7 +306,10 @@ fn a_kept_cluster_holding_our_ports_is_replaced_by_the_next_run() {
     let create = calls.iter().position(|c| c.starts_with("kind create cluster")).unwrap();
     assert!(delete < create, "{calls:?}");
     // The build phase's first engine call (`go list` is answered from a cache by now).
-    let build = calls.iter().position(|c| c.starts_with("podman image inspect")).unwrap();
+    let build = calls
+        .iter()
+        .position(|c| c.starts_with("podman image inspect") && c.contains("localhost/"))
+        .unwrap();
     assert!(delete < build, "the old cluster goes before coverdata/ is archived: {calls:?}");
 }
 
@@ -274,7 +330,10 @@ fn kept_podman_pods_are_replaced_by_the_next_run() {
     let down = calls.iter().position(|c| c.starts_with("podman kube down")).unwrap();
     // Before the build phase archives coverdata/: the old services write counters as they stop.
     // The build phase's first engine call (`go list` is answered from a cache by now).
-    let build = calls.iter().position(|c| c.starts_with("podman image inspect")).unwrap();
+    let build = calls
+        .iter()
+        .position(|c| c.starts_with("podman image inspect") && c.contains("localhost/"))
+        .unwrap();
     assert!(down < build, "{calls:?}");
     let play = calls.iter().position(|c| c.starts_with("podman kube play")).unwrap();
     assert!(down < play, "stale pods are removed before the new ones start: {calls:?}");
@@ -500,7 +559,11 @@ fn reusing_a_cluster_for_coverage_stops_its_old_services_before_archiving() {
     assert_eq!(run.code, 0, "{run}");
     let calls = sandbox.calls();
     let first_scale = calls.iter().position(|c| c.contains(" scale ")).unwrap();
-    assert!(first_scale < sandbox.position("podman image inspect"), "{calls:?}");
+    let build = calls
+        .iter()
+        .position(|c| c.starts_with("podman image inspect") && c.contains("localhost/"))
+        .unwrap();
+    assert!(first_scale < build, "{calls:?}");
     assert!(run.stdout.contains("previous coverage data archived to"), "{run}");
 }
 

@@ -143,10 +143,12 @@ impl Cluster for Existing {
                 format!("fetching the coverage counters of {name} through {host} failed: is its port-forward still up? see the diagnostics")
             })?;
             let (status, body) = (response.status, response.body.as_slice());
-            if response.code != 200 {
-                let said = String::from_utf8_lossy(body);
-                let said = said.trim();
-                bail!("{name} answered `{status}` on {path}: {said}; was it built with --coverage (the endpoint is in coverage builds only)?");
+            let said = String::from_utf8_lossy(body);
+            let said = said.trim();
+            match response.code {
+                200 => {}
+                404 => bail!("{name} has no {path} (`{status}`): it was built without coverage; rebuild with `--coverage` (the endpoint is in coverage builds only)"),
+                _ => bail!("{name} could not hand over its coverage counters (`{status}` on {path}): {said}; its log is in the diagnostics, and a coverage build of this checkout's internal/server serves them from memory (rebuild the image if it is older)"),
             }
             let dir = project::coverdata_dir(&self.settings.root).join(name);
             std::fs::create_dir_all(&dir)

@@ -11,10 +11,10 @@ use xshell::{cmd, Shell};
 use super::{collect, write_file, Cluster, Kubectl, Settings, State, STOP_GRACE_SECONDS};
 use crate::{
     build_images::Image,
-    cmd::step,
+    cmd::{step, Failure},
     doctor::{Check, Needs},
     flags::{ClusterAccess, Engine},
-    project,
+    project, ui,
 };
 
 /// Kind cluster creation is retried at most this many times, and only on these errors.
@@ -22,6 +22,8 @@ const CREATE_RETRIES: usize = 2;
 const TRANSIENT_CREATE_ERRORS: &[&str] =
     &["OCI runtime", "container state improper", "could not find a log line that matches"];
 const CONFIG: &str = "kind-gateway-config.yaml";
+/// How long the node image's registry has to answer for its manifest.
+const NODE_IMAGE_PROBE: Duration = Duration::from_secs(10);
 
 pub struct Kind {
     settings: Settings,
@@ -141,6 +143,59 @@ impl Kind {
         Ok(nodes)
     }
 
+    /// The image references the node's containerd holds for Kubernetes.
+    fn node_images(&self, sh: &Shell, node: &str) -> Result<Vec<String>> {
+        let program = self.settings.engine.program();
+        let list = cmd!(sh, "{program} exec {node} ctr --namespace k8s.io images list --quiet");
+        let fix = format!("check that the node runs (`{program} ps -a`) and its containerd answers (`{program} exec {node} crictl info`)");
+        let listed = step(list).hint(fix).read()?;
+        Ok(listed.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
+    }
+
+    /// The node holds `reference` after a load. Some kind, podman and containerd versions import
+    /// an archive under a made-up name (`import-<date>@sha256:...`, kind issue 4184), and pods
+    /// then cannot find their image: a single new name of that shape is tagged with ours;
+    /// anything else fails naming the image and the node. `known` is what the node held before
+    /// this load, and is updated.
+    fn verify_loaded(
+        &self,
+        sh: &Shell,
+        node: &str,
+        reference: &str,
+        known: &mut Vec<String>,
+    ) -> Result<()> {
+        let now = self.node_images(sh, node)?;
+        let imported: Vec<&String> =
+            now.iter().filter(|r| r.starts_with("import-") && !known.contains(r)).collect();
+        let wanted = containerd_name(reference);
+        let found = now.contains(&wanted);
+        *known = now.clone();
+        match imported[..] {
+            _ if found => Ok(()),
+            [made_up] => {
+                let program = self.settings.engine.program();
+                let tag = cmd!(
+                    sh,
+                    "{program} exec {node} ctr --namespace k8s.io images tag {made_up} {wanted}"
+                );
+                step(tag).hint(format!("tag it by hand in the node, or load it again with `kind load image-archive` and check `{program} exec {node} ctr --namespace k8s.io images list`")).run()?;
+                println!(
+                    "    {node} imported {reference} as {made_up} (kind issue 4184): tagged it"
+                );
+                known.push(wanted);
+                Ok(())
+            }
+            _ => {
+                let seen = if imported.is_empty() {
+                    "no new image".to_string()
+                } else {
+                    imported.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                };
+                bail!("{reference} is not in the node {node} after `kind load image-archive` (it holds {seen} from this load): pods could not start; check the archive with `tar -tf` and the node's images with `ctr --namespace k8s.io images list`, or use --registry")
+            }
+        }
+    }
+
     /// Why a cluster of an earlier run cannot be reused, if it cannot: a node that is not
     /// running, or an API that does not answer.
     fn unhealthy(&self, sh: &Shell) -> Result<Option<String>> {
@@ -157,22 +212,99 @@ impl Kind {
     }
 }
 
+/// The name containerd gives a reference: Docker Hub's are written out in full
+/// (`postgres:16` is `docker.io/library/postgres:16`).
+fn containerd_name(reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or_default();
+    let has_host = reference.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+    match (has_host, reference.contains('/')) {
+        (true, _) => reference.to_string(),
+        (false, true) => format!("docker.io/{reference}"),
+        (false, false) => format!("docker.io/library/{reference}"),
+    }
+}
+
 /// The image in kind's `failed to pull image "..."`, if that is why creation failed.
 fn unpullable_image(stderr: &str) -> Option<&str> {
     let rest = &stderr[stderr.find("failed to pull image \"")? + 22..];
     rest.split('"').next()
 }
 
-/// The Kubernetes minor version of the node image: from its tag (`kindest/node:v1.35.0`), else
-/// kind's default for its version (`pkg/apis/config/defaults/image.go` of each release).
-pub fn node_minor(kind_minor: u32, node_image: Option<&str>) -> Option<u32> {
-    if let Some(image) = node_image {
-        let tag = image.split('@').next()?.rsplit_once(':')?.1;
-        return tag.strip_prefix("v1.")?.split('.').next()?.parse().ok();
+/// kind's default node image per kind minor release (`pkg/apis/config/defaults/image.go`).
+const DEFAULT_NODE_IMAGES: [(u32, &str); 7] = [
+    (27, "kindest/node:v1.32.2@sha256:f226345927d7e348497136874b6d207e0b32cc52154ad8323129352923a3142f"),
+    (28, "kindest/node:v1.33.1@sha256:8d866994839cd096b3590681c55a6fa4a071fdaf33be7b9660e5697d2ed13002"),
+    (29, "kindest/node:v1.33.1@sha256:050072256b9a903bd914c0b2866828150cb229cea0efe5892e2b644d5dd3b34f"),
+    (30, "kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a"),
+    (31, "kindest/node:v1.35.0@sha256:452d707d4862f52530247495d180205e029056831160e22870e37e3f6c1ac31f"),
+    (32, "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"),
+    (33, "kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5"),
+];
+
+/// The node image a cluster boots: `--node-image`, else kind's default for its release; None
+/// when that release is not one we know.
+pub fn node_image(kind_minor: u32, chosen: Option<&str>) -> Option<String> {
+    let default = DEFAULT_NODE_IMAGES.iter().find(|(kind, _)| *kind == kind_minor);
+    chosen.or(default.map(|(_, image)| *image)).map(str::to_string)
+}
+
+/// The Kubernetes minor version of a node image, from its tag (`kindest/node:v1.35.0`).
+pub fn node_minor(image: &str) -> Option<u32> {
+    let tag = image.split('@').next()?.rsplit_once(':')?.1;
+    tag.strip_prefix("v1.")?.split('.').next()?.parse().ok()
+}
+
+/// Whether kind can boot `image`: in the engine's store already (`Ok(true)`), or its registry
+/// gives its manifest within a few seconds (`Ok(false)`: kind pulls it at create). `Err` says
+/// why neither.
+pub fn node_image_ready(sh: &Shell, engine: Engine, image: &str) -> Result<bool, String> {
+    let present = crate::engine::inspect(sh, engine, &[image.to_string()]);
+    if present.map_err(|err| format!("{err:#}"))?[0].is_some() {
+        return Ok(true);
     }
-    const DEFAULTS: [(u32, u32); 7] =
-        [(27, 32), (28, 33), (29, 33), (30, 34), (31, 35), (32, 36), (33, 37)];
-    DEFAULTS.iter().find(|(kind, _)| *kind == kind_minor).map(|(_, node)| *node)
+    let program = engine.program();
+    let manifest = step(cmd!(sh, "{program} manifest inspect {image}"));
+    match manifest.timeout(NODE_IMAGE_PROBE).run() {
+        Ok(_) => Ok(false),
+        Err(err) if matches!(err.failure, Failure::TimedOut(_)) => {
+            Err(format!("its registry did not answer within {}s", NODE_IMAGE_PROBE.as_secs()))
+        }
+        Err(err) => Err(err.cause().unwrap_or("its registry refused").to_string()),
+    }
+}
+
+/// The node image a cluster will boot: `chosen` (`--node-image`), else kind's default for the
+/// kind on PATH; Err says why it is not known (kind missing: its own row says so).
+pub fn boot_image(sh: &Shell, engine: Engine, chosen: Option<&str>) -> Result<String, String> {
+    if let Some(image) = chosen {
+        return Ok(image.to_string());
+    }
+    let kind_sh = kind_shell(sh, engine);
+    let out = step(cmd!(kind_sh, "kind version")).timeout(NODE_IMAGE_PROBE).read();
+    let out =
+        out.map_err(|err| format!("cannot tell which node image kind boots: {}", err.one_line()))?;
+    let version = crate::doctor::version(&out, "v").unwrap_or_default();
+    let minor = crate::doctor::numbers(&version).map(|(_, minor, _)| minor);
+    minor
+        .and_then(|minor| node_image(minor, None))
+        .ok_or_else(|| format!("kind {version}'s default node image is not one the xtask knows"))
+}
+
+/// The row for the node image of `Kind::needs_and_checks`; `auto` uses the same probe.
+fn node_image_check(sh: &Shell, engine: Engine, image: &str) -> Check {
+    let program = engine.program();
+    match node_image_ready(sh, engine, image) {
+        Ok(true) => Check::ok("node image", format!("{image}, in {program}'s store")),
+        Ok(false) => Check::ok(
+            "node image",
+            format!("{image}: its registry answers; kind pulls it when it creates the cluster"),
+        ),
+        Err(why) => Check::fail(
+            "node image",
+            format!("{image} is not in {program}'s store and cannot be pulled: {why}"),
+            format!("load a kindest/node image into {program} (`{program} load -i node.tar`) or mirror one, and pass it with --node-image IMAGE (or E2E_NODE_IMAGE); or use --cluster podman"),
+        ),
+    }
 }
 
 /// What keeps the nodes from taking images, said in a few words: one is not running, or there
@@ -198,19 +330,30 @@ impl Cluster for Kind {
 
     /// A registry on this machine's loopback is reachable from the nodes only through podman's
     /// `host.containers.internal`: with docker, say so before anything is built.
-    fn needs_and_checks(&self, _sh: &Shell, needs: &mut Needs) -> Vec<Check> {
+    fn needs_and_checks(&self, sh: &Shell, needs: &mut Needs) -> Vec<Check> {
         needs.kind = true;
         needs.kubectl = true;
         needs.node_image = self.settings.node_image.clone();
+        let engine = self.settings.engine;
+        let mut checks = Vec::new();
+        match boot_image(sh, engine, self.settings.node_image.as_deref()) {
+            Ok(image) => checks.push(node_image_check(sh, engine, &image)),
+            Err(why) => {
+                let fix = "pass the node image to use with --node-image IMAGE (or E2E_NODE_IMAGE)";
+                checks.push(Check::warn("node image", why, fix));
+            }
+        }
+        needs.node_disk = true;
         match &self.settings.registry {
-            Some(registry) if registry.is_loopback() && self.settings.engine != Engine::Podman => {
+            Some(registry) if registry.is_loopback() && engine != Engine::Podman => {
                 let host = &registry.host;
                 let detail = format!("{host} is on this machine's loopback, which kind's nodes cannot reach with docker");
                 let fix = "give an address the nodes reach, or run the registry on the `kind` network as kind's local-registry guide does";
-                vec![Check::fail("registry", detail, fix)]
+                checks.push(Check::fail("registry", detail, fix));
             }
-            _ => Vec::new(),
+            _ => {}
         }
+        checks
     }
 
     fn leftover(&self, sh: &Shell) -> Result<Option<String>> {
@@ -304,13 +447,15 @@ impl Cluster for Kind {
             return Ok(None);
         }
         let program = self.settings.engine.program();
-        if let Some(trouble) = not_running(&self.nodes(sh)?) {
+        let mut nodes = self.nodes(sh)?;
+        if let Some(trouble) = not_running(&nodes) {
             println!(
                 "    the Kind node containers are not all running ({trouble}): images cannot be loaded into a stopped node (the \"container state improper\" failure); recreating the cluster once"
             );
             self.delete_cluster(sh)?;
             self.create(sh)?;
-            if let Some(trouble) = not_running(&self.nodes(sh)?) {
+            nodes = self.nodes(sh)?;
+            if let Some(trouble) = not_running(&nodes) {
                 bail!(
                     "the Kind node containers are still not running after recreating the cluster ({trouble}): check `{program} logs <node>`, free memory and disk (`cargo xtask doctor`), then retry"
                 );
@@ -319,16 +464,25 @@ impl Cluster for Kind {
         let gap = self.ready_at.map(|t| t.elapsed()).unwrap_or_default();
         println!("    idle gap (cluster ready to first load): {} ms", gap.as_millis());
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
+        // What each node holds before our loads: a made-up name after a load is that load's.
+        let mut before = Vec::new();
+        for (node, _) in &nodes {
+            before.push(self.node_images(sh, node)?);
+        }
         for image in images {
             let service = image.service.name;
             let archive = image.archive.as_ref().with_context(|| {
                 format!("no image archive for {service}: this is a bug in the build phase")
             })?;
+            let started = Instant::now();
             step(cmd!(kind_sh, "kind load image-archive {archive} --name {name}"))
                 .hint(format!("check that the cluster's nodes are running (`{program} ps -a`)"))
                 .run()
                 .with_context(|| format!("loading the image of {service}"))?;
-            println!("    loaded {}", image.reference);
+            for ((node, _), known) in nodes.iter().zip(&mut before) {
+                self.verify_loaded(sh, node, &image.reference, known)?;
+            }
+            println!("    loaded {} ({})", image.reference, ui::seconds(started.elapsed()));
         }
         Ok(Some(gap))
     }
@@ -408,12 +562,22 @@ mod tests {
 
     #[test]
     fn node_versions_come_from_the_image_tag_or_kinds_default() {
-        assert_eq!(node_minor(33, None), Some(37));
-        assert_eq!(node_minor(27, None), Some(32));
-        assert_eq!(node_minor(99, None), None);
-        assert_eq!(node_minor(33, Some("kindest/node:v1.33.1@sha256:0505")), Some(33));
-        assert_eq!(node_minor(33, Some("mirror.local:5000/kindest/node:v1.35.0")), Some(35));
-        assert_eq!(node_minor(33, Some("my-node")), None);
+        let minor = |kind, chosen| node_minor(&node_image(kind, chosen)?);
+        assert_eq!(minor(33, None), Some(37));
+        assert_eq!(minor(27, None), Some(32));
+        assert_eq!(node_image(99, None), None);
+        assert_eq!(minor(33, Some("kindest/node:v1.33.1@sha256:0505")), Some(33));
+        assert_eq!(minor(33, Some("mirror.local:5000/kindest/node:v1.35.0")), Some(35));
+        assert_eq!(minor(33, Some("my-node")), None);
+    }
+
+    #[test]
+    fn containerd_names_docker_hub_images_in_full() {
+        assert_eq!(containerd_name("localhost/gateway:e2e-1"), "localhost/gateway:e2e-1");
+        assert_eq!(containerd_name("postgres:16"), "docker.io/library/postgres:16");
+        assert_eq!(containerd_name("bitnami/redis:7"), "docker.io/bitnami/redis:7");
+        assert_eq!(containerd_name("quay.io/x/y:1"), "quay.io/x/y:1");
+        assert_eq!(containerd_name("127.0.0.1:5000/e2e/gateway:1"), "127.0.0.1:5000/e2e/gateway:1");
     }
 
     #[test]
@@ -446,6 +610,7 @@ mod tests {
             node_image: None,
             registry: None,
             access: Default::default(),
+            why: String::new(),
             rendered: "/repo/target/xtask/rendered".into(),
             services: crate::project::Services {
                 datastorage: project::DATASTORAGE,
