@@ -199,6 +199,21 @@ fn an_image_missing_from_the_node_after_its_load_fails_naming_image_and_node() {
     assert!(sandbox.position("kind delete cluster") > sandbox.position("kind load"));
 }
 
+/// The old flow's failure: the node stops, and `kind load` fails in kind's words; ours say why.
+#[test]
+fn a_node_that_stops_during_the_load_is_named_as_the_cause() {
+    let mut sandbox = kind_sandbox("kind-node-stops");
+    sandbox.env("FAKE_NODE_STOPS_ON_LOAD", "1");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("loading the image of datastorage failed because a node stopped (gateway-e2e-control-plane is exited): images cannot be loaded into a stopped node (the \"container state improper\" failure)"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("container state improper"), "{run}");
+    assert!(sandbox.position("kind delete cluster") > sandbox.position("kind load"));
+}
+
 #[test]
 fn failing_build_creates_no_cluster() {
     let mut sandbox = kind_sandbox("kind-build-fails");

@@ -475,10 +475,19 @@ impl Cluster for Kind {
                 format!("no image archive for {service}: this is a bug in the build phase")
             })?;
             let started = Instant::now();
-            step(cmd!(kind_sh, "kind load image-archive {archive} --name {name}"))
+            let load = step(cmd!(kind_sh, "kind load image-archive {archive} --name {name}"))
                 .hint(format!("check that the cluster's nodes are running (`{program} ps -a`)"))
-                .run()
-                .with_context(|| format!("loading the image of {service}"))?;
+                .run();
+            if let Err(err) = load {
+                // A node that stopped after the check is the old flow's "container state
+                // improper": say that, not kind's words alone.
+                let stopped = self.nodes(sh).ok().as_deref().and_then(not_running);
+                let err = anyhow::Error::new(err);
+                return Err(match stopped {
+                    Some(trouble) => err.context(format!("loading the image of {service} failed because a node stopped ({trouble}): images cannot be loaded into a stopped node (the \"container state improper\" failure); check the node's log (`{program} logs <node>`) and free memory, then rerun (the cluster is recreated)")),
+                    None => err.context(format!("loading the image of {service}")),
+                });
+            }
             for ((node, _), known) in nodes.iter().zip(&mut before) {
                 self.verify_loaded(sh, node, &image.reference, known)?;
             }
