@@ -100,6 +100,11 @@ pub trait Cluster {
     /// The template values that differ between backends. By default those of a cluster (or a
     /// namespace) that is ours alone: the Kind config mounts coverdata/ at /coverdata in the
     /// node, the services find each other by name and keep their plain names.
+    ///
+    /// By name, through the cluster's DNS, although a new cluster makes that ready last: a pod
+    /// that connects to a Service's cluster IP before kube-proxy has written its rules goes
+    /// out of the node instead, and on machines whose network answers any address (a proxy) the
+    /// wrong connection is kept alive for good. A name resolves only once the rules exist.
     fn template_vars(&self) -> Vec<(String, String)> {
         let port = self.settings().services.datastorage.container_port;
         vec![
@@ -305,13 +310,14 @@ impl Kubectl {
         } else {
             ("your permissions in the namespace", " (can the cluster pull from the registry?)")
         };
-        for (service, file) in files {
-            let started = Instant::now();
-            let apply = self.services(sh).args(["apply", "-f", file.as_str()]);
-            step(apply).hint(format!("check the manifest and {check}")).run()?;
-            *deployed = true;
-            println!("    applied {} ({})", service.name, ui::seconds(started.elapsed()));
-        }
+        // One apply for all: kubectl discovers the API of a new cluster once, not per file.
+        let started = Instant::now();
+        let apply =
+            self.services(sh).arg("apply").args(files.iter().flat_map(|(_, f)| ["-f", f.as_str()]));
+        step(apply).hint(format!("check the manifests and {check}")).run()?;
+        *deployed = true;
+        let names: Vec<&str> = files.iter().map(|(s, _)| s.name).collect();
+        println!("    applied {} ({})", names.join(", "), ui::seconds(started.elapsed()));
         for (Service { name, .. }, _) in files {
             let started = Instant::now();
             let deployment = format!("deployment/{name}");

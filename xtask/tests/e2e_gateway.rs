@@ -276,6 +276,18 @@ fn stale_cluster_is_deleted_before_creation() {
     assert_eq!(run.code, 0, "{run}");
     assert!(sandbox.position("kind delete cluster") < sandbox.position("kind create cluster"));
     assert!(run.stdout.contains("deleting the stale cluster gateway-e2e"), "{run}");
+    // A stale cluster's services stop in order, so they write their last counters; the run's
+    // own nodes, whose counters are flushed, are killed at teardown.
+    let kills: Vec<usize> = sandbox
+        .calls()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.starts_with("podman kill gateway-e2e-control-plane"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(kills.len(), 1, "{:#?}", sandbox.calls());
+    assert!(kills[0] > sandbox.position("go tool -modfile=tools/go.mod gotestsum"));
+    assert_eq!(kills[0] + 1, sandbox.last_position("kind delete cluster"));
 }
 
 #[test]

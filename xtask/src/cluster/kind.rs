@@ -538,6 +538,13 @@ impl Cluster for Kind {
     /// `keep` includes `--reuse-cluster`: a reused cluster is kept for next time.
     fn teardown(&mut self, sh: &Shell, keep: bool) -> Result<()> {
         if !keep {
+            // Everything the run needs from the nodes is out by now (diagnostics, coverage):
+            // a node killed at once goes in a few seconds, one shut down in order takes ten
+            // more. Best effort: `kind delete` removes it either way.
+            let program = self.settings.engine.program();
+            for (node, _) in self.nodes(sh).unwrap_or_default() {
+                let _ = step(cmd!(sh, "{program} kill {node}")).output();
+            }
             self.delete_cluster(sh)?;
             println!("    deleted the cluster {}", self.settings.name);
             return Ok(());

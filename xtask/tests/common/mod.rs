@@ -239,6 +239,9 @@ impl Sandbox {
             .env_remove("CONTAINERS_CONF")
             .env_remove("BUILDER_IMAGE")
             .env_remove("BASE_IMAGE")
+            // What .ci/run exports for the real Kind tests: each test passes what it means.
+            .env_remove("E2E_NODE_IMAGE")
+            .env_remove("E2E_REGISTRY")
             .env("NO_COLOR", "1");
         for (k, v) in &self.env {
             cmd.env(k, v);
