@@ -401,6 +401,11 @@ impl Cluster for Kind {
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
         }
         let config = write_file(&self.settings.rendered, CONFIG, &text)?;
+        // The config mounts coverdata/ into the node, and podman refuses a missing source.
+        let coverdata = project::coverdata_dir(&self.settings.root);
+        std::fs::create_dir_all(&coverdata).with_context(|| {
+            format!("creating {coverdata}, which the Kind node mounts: make the checkout writable")
+        })?;
         let kind_sh = kind_shell(sh, self.settings.engine);
         let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
         for attempt in 0..=CREATE_RETRIES {

@@ -66,7 +66,10 @@ impl Scratch {
             .env_remove("GITHUB_ACTIONS")
             .env_remove("GITHUB_STEP_SUMMARY")
             .env_remove("BUILDER_IMAGE")
-            .env_remove("BASE_IMAGE");
+            .env_remove("BASE_IMAGE")
+            // What .ci/run exports for the real Kind tests: each test passes what it means.
+            .env_remove("E2E_NODE_IMAGE")
+            .env_remove("E2E_REGISTRY");
         cmd.envs(env.iter().copied());
         Run::from(cmd.output().unwrap())
     }
@@ -178,4 +181,50 @@ pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{prefix}-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+/// The CNCF Distribution registry on a free port, with storage of its own; stopped and
+/// removed when dropped. `addr` is its loopback address; with `all_addresses` it listens on
+/// every address, so a Kind node reaches it (as `host.containers.internal`).
+pub struct RegistryServer {
+    child: std::process::Child,
+    pub addr: String,
+    dir: camino::Utf8PathBuf,
+}
+
+impl RegistryServer {
+    pub fn start(all_addresses: bool) -> RegistryServer {
+        let dir = camino::Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("registry"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = super::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let listen = if all_addresses { format!("0.0.0.0:{port}") } else { addr.clone() };
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {dir}/data\nhttp:\n  addr: {listen}\n"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = std::process::Command::new("registry")
+            .args(["serve", config.as_str()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the distribution registry as `registry` on PATH: `go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2`");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(started.elapsed().as_secs() < 20, "the registry did not listen on {addr}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        RegistryServer { child, addr, dir }
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
