@@ -177,10 +177,17 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> 
     if tests.interrupted {
         bail!("interrupted by a signal (Ctrl-C or SIGTERM)");
     }
-    let failed = &tests.failed_names;
+    let (failed, log) = (&tests.failed_names, logs_dir.join("go-test.log"));
+    let (count, names) = (failed.len(), failed.join(", "));
+    if let Some(timeout) = tests.timeout.as_ref().filter(|t| !t.running.is_empty()) {
+        let (running, after) = (timeout.running.join(", "), &timeout.after);
+        bail!("{count} E2E test(s) failed ({names}): {running} hit `go test`'s -timeout ({after}): find where it hangs in the goroutine stacks in {log}, or pass `-- -timeout 30m`");
+    }
     if !failed.is_empty() {
-        let (count, names, log) = (failed.len(), failed.join(", "), logs_dir.join("go-test.log"));
         bail!("{count} E2E test(s) failed ({names}): see the output above and {log}");
+    }
+    if let Some(error) = &tests.error {
+        bail!("{error}");
     }
     if tests.passed == 0 {
         bail!("no E2E test ran: check the `go test` arguments after `--`");

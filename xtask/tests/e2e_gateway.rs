@@ -518,10 +518,35 @@ fn invalid_utf8_in_the_test_output_does_not_stop_the_run() {
 fn a_test_timeout_is_named_as_such() {
     let mut sandbox = Sandbox::new("test-timeout", &["podman", "go"]);
     sandbox.env("FAKE_TEST_TIMEOUT", "1");
-    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--", "-timeout", "10s"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("hit `go test`'s -timeout"), "{run}");
+    assert!(
+        run.stderr.contains(
+            "1 E2E test(s) failed (TestDeduplication/same_fingerprint): \
+             TestDeduplication/same_fingerprint hit `go test`'s -timeout (10s)"
+        ),
+        "{run}"
+    );
     assert!(run.stderr.contains("-- -timeout 30m"), "{run}");
+    // The summary counts what ran before the timeout, names the test it stopped, and keeps
+    // the JUnit file, which gotestsum wrote.
+    let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
+    let row = |label: &str| {
+        let line = last_run.lines().find(|l| l.trim_start().starts_with(&format!("{label}  ")));
+        line.map(|l| l.trim_start()[label.len()..].trim().to_string())
+    };
+    assert_eq!(
+        row("tests").as_deref(),
+        Some("1 passed, 1 failed, 1 skipped until `go test`'s -timeout (10s) ended the suite"),
+        "{last_run}"
+    );
+    assert_eq!(
+        row("failed tests").as_deref(),
+        Some("TestDeduplication/same_fingerprint (timed out)"),
+        "{last_run}"
+    );
+    let junit = row("junit").unwrap_or_else(|| panic!("no junit row:\n{last_run}"));
+    assert!(std::fs::read_to_string(junit).unwrap().contains("same_fingerprint"));
 }
 
 #[test]
@@ -605,4 +630,58 @@ fn in_github_actions_phases_are_groups_a_failure_an_error_line_and_the_summary_a
     plain.env("FAKE_TEST_FAIL", "1");
     let run = plain.run(&["e2e-gateway", "--cluster", "podman"]);
     assert!(!run.stdout.contains("::"), "{run}");
+}
+
+#[test]
+fn a_suite_that_crashes_keeps_the_counts_of_what_ran() {
+    let mut sandbox = Sandbox::new("test-crash", &["podman", "go"]);
+    sandbox.env("FAKE_TEST_CRASH", "1");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("phase 6 (test) failed: the suite failed (exit status: 2): it ended without a failed test"),
+        "{run}"
+    );
+    let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
+    assert!(
+        last_run.contains("  tests                    1 passed, 0 failed, 1 skipped\n"),
+        "{last_run}"
+    );
+    assert!(last_run.contains("  junit  "), "{last_run}");
+}
+
+/// The real `go test -timeout` through the real gotestsum, against the fake services: the
+/// summary agrees with the JSON events and the JUnit file go and gotestsum wrote.
+#[test]
+#[ignore = "needs go"]
+fn a_real_test_timeout_is_counted_named_and_its_junit_kept() {
+    let sandbox = Sandbox::new("real-test-timeout", &["podman"]);
+    sandbox.use_real("go");
+    let repo = common::repo_root();
+    for file in ["tools/go.mod", "tools/go.sum"] {
+        common::write(&sandbox.root.join(file), &std::fs::read_to_string(repo.join(file)).unwrap());
+    }
+    common::write(
+        &sandbox.root.join("test/e2e/gateway/suite_test.go"),
+        "//go:build e2e\n\npackage gateway\n\nimport (\n\t\"testing\"\n\t\"time\"\n)\n\n\
+         func TestFirst(t *testing.T) {}\n\n\
+         func TestSecond(t *testing.T) {\n\tt.Run(\"fine\", func(t *testing.T) {})\n\tt.Run(\"hangs\", func(t *testing.T) { time.Sleep(time.Hour) })\n}\n\n\
+         func TestNeverRuns(t *testing.T) {}\n",
+    );
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--", "-timeout", "5s"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("TestSecond/hangs hit `go test`'s -timeout (5s)"), "{run}");
+    let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
+    assert!(
+        last_run.contains(
+            "  tests                    2 passed, 1 failed, 0 skipped until `go test`'s -timeout (5s) ended the suite\n"
+        ) && last_run.contains("  failed tests             TestSecond/hangs (timed out)\n"),
+        "{last_run}"
+    );
+    let junit = last_run
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("junit"))
+        .unwrap_or_else(|| panic!("no junit row:\n{last_run}"));
+    let junit = std::fs::read_to_string(junit.trim()).unwrap();
+    assert!(junit.contains("name=\"TestSecond/hangs\""), "{junit}");
 }

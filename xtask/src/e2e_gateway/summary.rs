@@ -137,7 +137,7 @@ impl Summary {
         let tests = self.tests.as_ref();
         row("tests", tests.map_or("not run".to_string(), TestReport::line));
         if let Some(t) = tests.filter(|t| !t.failed_names.is_empty()) {
-            row("failed tests", t.failed_names.join(", "));
+            row("failed tests", t.failed().join(", "));
         }
         if let Some(junit) = tests.and_then(|t| t.junit.as_ref()) {
             row("junit", junit.to_string());
@@ -179,8 +179,9 @@ impl Summary {
         let tests = self.tests.as_ref().map_or("not run".into(), TestReport::line);
         out += &format!("Tests: {tests}\n\n");
         if let Some(t) = self.tests.as_ref().filter(|t| !t.failed_names.is_empty()) {
+            let mark = |n: &str| if t.timed_out(n) { " (timed out)" } else { "" };
             let failed: String =
-                t.failed_names.iter().map(|n| format!("- failed: `{n}`\n")).collect();
+                t.failed_names.iter().map(|n| format!("- failed: `{n}`{}\n", mark(n))).collect();
             out += &format!("{failed}\n");
         }
         if let Some(coverage) = &self.coverage {
@@ -201,6 +202,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::e2e_gateway::gotest::Timeout;
 
     #[test]
     fn phases_are_numbered_in_order() {
@@ -237,6 +239,8 @@ mod tests {
                 skipped: 0,
                 failed_names: vec!["TestDedup/same_fingerprint".into()],
                 interrupted: false,
+                timeout: None,
+                error: None,
                 junit: Some("/repo/target/xtask/logs/x/junit.xml".into()),
             }),
             coverage: Some(Coverage {
@@ -276,6 +280,29 @@ mod tests {
             cause                    `go test` exited with 1: FAIL
         "#]]
         .assert_eq(&unindented);
+    }
+
+    #[test]
+    fn a_test_the_timeout_stopped_is_named_as_such_in_both_summaries() {
+        let mut run = failed_run();
+        let tests = run.tests.as_mut().unwrap();
+        tests.failed_names.push("TestHangs".into());
+        let running = vec!["TestHangs".to_string()];
+        tests.timeout = Some(Timeout { after: "10s".into(), running });
+        let text = run.render();
+        assert!(
+            text.contains("  tests                    12 passed, 2 failed, 0 skipped until `go test`'s -timeout (10s) ended the suite\n")
+                && text.contains("  failed tests             TestDedup/same_fingerprint, TestHangs (timed out)\n")
+                && text.contains("  junit                    /repo/target/xtask/logs/x/junit.xml\n"),
+            "{text}"
+        );
+        let markdown = run.markdown();
+        assert!(
+            markdown.contains(
+                "- failed: `TestDedup/same_fingerprint`\n- failed: `TestHangs` (timed out)\n"
+            ),
+            "{markdown}"
+        );
     }
 
     #[test]
