@@ -65,7 +65,9 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         cluster.teardown(sh, keep)
     });
     // The next coverage run archives this data under its outcome; passed runs are kept longer.
-    if flags.coverage {
+    // The outcome is that of the run whose services wrote the data: a run that never started
+    // them (it could not archive the data before it, say) leaves that run's outcome alone.
+    if flags.coverage && cluster.state().deployed {
         if let Err(err) = coverdata::record_outcome(&root, outcome.is_ok()) {
             eprintln!("warning: {err:#}");
         }

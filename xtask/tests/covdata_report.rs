@@ -315,6 +315,33 @@ fn covdata_archives_carry_the_outcome_and_files_of_the_user_stay() {
 }
 
 #[test]
+fn a_run_that_cannot_archive_leaves_the_outcome_of_the_run_that_wrote_the_data() {
+    let sandbox = Sandbox::new("covdata-outcome-kept", &["podman", "go"]);
+    let coverdata = sandbox.root.join("coverdata");
+    let args = ["e2e-gateway", "--cluster", "podman", "--coverage"];
+    let passed = sandbox.run(&args);
+    assert_eq!(passed.code, 0, "{passed}");
+    let outcome = || fs::read_to_string(coverdata.join(".outcome")).unwrap();
+    assert_eq!(outcome(), "passed\n");
+
+    // A file where the archives go: the next run cannot archive the passed run's data.
+    common::write(&coverdata.join("archive"), "in the way");
+    let blocked = sandbox.run(&args);
+    assert_eq!(blocked.code, 1, "{blocked}");
+    assert!(blocked.stderr.contains("phase 2 (build images) failed: archiving"), "{blocked}");
+    assert_eq!(outcome(), "passed\n", "the data is still the passed run's");
+
+    fs::remove_file(coverdata.join("archive")).unwrap();
+    let next = sandbox.run(&args);
+    assert_eq!(next.code, 0, "{next}");
+    let archives: Vec<String> = fs::read_dir(coverdata.join("archive"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(archives.len() == 1 && archives[0].ends_with(".passed.tar.gz"), "{archives:?}\n{next}");
+}
+
+#[test]
 fn covdata_without_go_stops_in_preflight_with_the_install_hint() {
     let sandbox = project("no-go", &[]);
     let run = report(&sandbox, &[]);
