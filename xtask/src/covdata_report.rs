@@ -20,6 +20,11 @@ use crate::{
     ui,
 };
 
+/// What the report writes in target/coverage/. A report removes all of it first, so what is
+/// there afterwards is its own: an earlier run's page or per-service profile beside a new
+/// `e2e.out` would show other numbers.
+const OUTPUTS: [&str; 5] = ["e2e.out", "e2e.html", "services", "unit.out", "combined.out"];
+
 /// Where container builds put the source; the text profile names files below them when a
 /// package was built outside module mode, and `go tool cover` cannot resolve such paths here.
 const BUILD_PREFIXES: [&str; 3] = ["/opt/app-root/src/", "/workspace/", "/src/"];
@@ -122,9 +127,19 @@ pub fn report(
     root: &Utf8Path,
     dirs: &[Utf8PathBuf],
 ) -> Result<(Coverage, Blocks, Vec<String>)> {
+    let out_dir = root.join("target/coverage");
+    for output in OUTPUTS.map(|name| out_dir.join(name)) {
+        let removed = match output.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&output),
+            Ok(_) => fs::remove_file(&output),
+            Err(_) => Ok(()),
+        };
+        removed.with_context(|| {
+            format!("removing {output}, an earlier report's output: {WRITABLE_TARGET}")
+        })?;
+    }
     coverdata::check_counters(dirs)?;
     let module = project::go_module(root)?;
-    let out_dir = root.join("target/coverage");
     fs::create_dir_all(out_dir.join("services")).with_context(|| {
         format!("creating {out_dir} for the coverage profiles: {WRITABLE_TARGET}")
     })?;

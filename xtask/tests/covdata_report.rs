@@ -212,6 +212,30 @@ fn covdata_meta_without_counters_names_every_service_directory() {
 }
 
 #[test]
+fn covdata_outputs_of_an_earlier_report_do_not_stay_beside_this_ones() {
+    let sandbox = project("stale-outputs", &["go"]);
+    let (root, out) = (&sandbox.root, sandbox.root.join("target/coverage"));
+    common::write(&root.join("coverdata/a/covmeta.aa"), "meta");
+    common::write(&root.join("coverdata/a/covcounters.aa.1.2"), "counters");
+    for earlier in ["e2e.html", "services/gateway.out", "unit.out", "combined.out"] {
+        common::write(&out.join(earlier), "an earlier report's");
+    }
+    common::write(&out.join("notes.txt"), "mine");
+    // The fake's data is of another module: no page can be written for it.
+    let run = report(&sandbox, &["-i", "coverdata/a", "--html"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("warning: no HTML written"), "{run}");
+    let mut left: Vec<String> = walkdir::WalkDir::new(&out)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(&out).unwrap().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["e2e.out", "notes.txt", "services/a.out"], "{run}");
+}
+
+#[test]
 fn covdata_min_outside_0_to_100_is_a_usage_error() {
     let sandbox = project("min-usage", &["go"]);
     for bad in ["101", "-1", "abc"] {
