@@ -48,6 +48,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let settings = cluster.settings().clone();
     let run = Run { logs_dir: logs.join(&id), settings, flags: flags.clone() };
     let mut summary = Summary { id, backend: cluster.name(), ..Summary::default() };
+    summary.start(&project::xtask_dir(&root));
 
     // Held until the end, teardown included: see lock.rs.
     let mut lock = None;

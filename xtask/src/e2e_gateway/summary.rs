@@ -67,6 +67,10 @@ pub struct Summary {
     pub cause: Option<String>,
     /// What to do, for failures we recognise.
     pub fix: Option<String>,
+    /// `last-run.txt` from `start` until `finish`: rewritten after every phase, so a run that
+    /// never gets to its summary (a second Ctrl-C, kill -9) leaves what it did, not the summary
+    /// of the run before it.
+    pub unfinished: Option<Utf8PathBuf>,
 }
 
 impl Summary {
@@ -77,6 +81,8 @@ impl Summary {
         phase: Phase,
         f: impl FnOnce() -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
+        // What the phases before found (their test counts too) is kept before this one starts.
+        self.save_unfinished();
         let (title, name) = (phase.title(), NAMES[phase as usize]);
         if ui::github_actions() {
             println!("::group::{title}");
@@ -101,8 +107,24 @@ impl Summary {
         result
     }
 
+    /// Replaces `dir`/last-run.txt with this run's summary so far (again as each phase starts),
+    /// until `finish` writes the whole one.
+    pub fn start(&mut self, dir: &Utf8Path) {
+        self.unfinished = Some(dir.join("last-run.txt"));
+        self.save_unfinished();
+    }
+
+    /// Best effort: `finish` says when last-run.txt cannot be written.
+    fn save_unfinished(&self) {
+        if let Some(path) = &self.unfinished {
+            let _ = path.parent().map(std::fs::create_dir_all);
+            let _ = std::fs::write(path, self.render());
+        }
+    }
+
     /// Phase 10: the summary on the terminal, in `dir`/last-run.txt and in GitHub's job summary.
     pub fn finish(&mut self, dir: &Utf8Path) {
+        self.unfinished = None;
         let (text, markdown, last_run) = (self.render(), self.markdown(), dir.join("last-run.txt"));
         let written = self.phase(Phase::Summary, || {
             if let Err(err) = ui::append_step_summary(&markdown) {
@@ -121,6 +143,7 @@ impl Summary {
     /// The result and, on failure, the failed command and the fix: the summary's last rows.
     fn outcome(&self) -> [(&str, Option<String>); 3] {
         let result = match &self.error {
+            _ if self.unfinished.is_some() => "unfinished: the run is still going, or ended before its summary (a second Ctrl-C skips it, kill -9 too): the rows above are what it did".to_string(),
             None => "passed (exit 0)".to_string(),
             Some(err) => format!("failed (exit 1): {}", err.lines().next().unwrap_or("")),
         };
@@ -252,6 +275,7 @@ mod tests {
             error: Some("phase 6 (test) failed: 1 E2E test(s) failed\nmore".into()),
             cause: Some("`go test` exited with 1: FAIL".into()),
             fix: None,
+            unfinished: None,
         }
     }
 
