@@ -498,13 +498,20 @@ fn dirs_from_archive(sh: &Shell, root: &Utf8Path, archive: &Utf8Path) -> Result<
         format!("clearing {dest} (scratch output): remove it by hand with `rm -rf {dest}`")
     })?;
     fs::create_dir_all(&dest).with_context(|| format!("creating {dest}: {WRITABLE_TARGET}"))?;
-    coverdata::extract(archive, &dest)?;
-    let dirs = coverdata::service_dirs(&dest)?;
-    if dirs.is_empty() {
-        bail!("archive {archive} holds no service directories: it was not made by `{PRODUCER}`");
+    let extracted = coverdata::extract(archive, &dest).and_then(|()| {
+        let dirs = coverdata::service_dirs(&dest)?;
+        ensure!(
+            !dirs.is_empty(),
+            "archive {archive} holds no service directories: it was not made by `{PRODUCER}`"
+        );
+        Ok(dirs)
+    });
+    match &extracted {
+        Ok(_) => println!("reading {}", display(root, archive)),
+        // What a rejected archive left is no run's data: none of it stays.
+        Err(_) => drop(sh.remove_path(&dest)),
     }
-    println!("reading {}", display(root, archive));
-    Ok(dirs)
+    extracted
 }
 
 #[cfg(test)]

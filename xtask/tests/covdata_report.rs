@@ -236,6 +236,44 @@ fn covdata_outputs_of_an_earlier_report_do_not_stay_beside_this_ones() {
 }
 
 #[test]
+fn covdata_a_rejected_archive_leaves_nothing_extracted() {
+    let sandbox = project("rejected-archive", &["go"]);
+    let root = &sandbox.root;
+    // A small first entry, then one that does not compress: cut in the second, the first is
+    // already out when the read fails.
+    let noise: String = (0..200_000u32).map(|i| char::from(b'a' + (i * 7919 % 26) as u8)).collect();
+    common::write(&root.join("coverdata/a/covmeta.aa"), "meta");
+    common::write(&root.join("coverdata/a/covcounters.aa.1.2"), &noise);
+    let whole = root.join("whole.tar.gz");
+    let gz = flate2::write::GzEncoder::new(
+        fs::File::create(&whole).unwrap(),
+        flate2::Compression::default(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    tar.append_path_with_name(root.join("coverdata/a/covmeta.aa"), "a/covmeta.aa").unwrap();
+    tar.append_path_with_name(root.join("coverdata/a/covcounters.aa.1.2"), "a/covcounters.aa.1.2")
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    let bytes = fs::read(&whole).unwrap();
+    fs::write(root.join("cut.tar.gz"), &bytes[..bytes.len() / 2]).unwrap();
+    // An archive of a loose file: no service directory in it.
+    let mut loose = tar::Builder::new(fs::File::create(root.join("loose.tar")).unwrap());
+    loose.append_path_with_name(root.join("coverdata/a/covmeta.aa"), "covmeta.aa").unwrap();
+    loose.into_inner().unwrap();
+
+    for (name, archive, expected) in [
+        ("cut", "cut.tar.gz", "cut.tar.gz: it is damaged, or not a .tar.gz"),
+        ("loose", "loose.tar", "loose.tar holds no service directories"),
+    ] {
+        let err = fails(&report(&sandbox, &["--from-archive", archive]), 1);
+        assert!(err.contains(expected), "{err}");
+        let extracted = root.join("target/coverage/from-archive").join(name);
+        assert!(!extracted.exists(), "{extracted} was left: {err}");
+    }
+    assert!(root.join("target/coverage/from-archive").is_dir(), "the test looked elsewhere");
+}
+
+#[test]
 fn covdata_min_outside_0_to_100_is_a_usage_error() {
     let sandbox = project("min-usage", &["go"]);
     for bad in ["101", "-1", "abc"] {
