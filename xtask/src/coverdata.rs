@@ -37,8 +37,13 @@ pub fn prepare(root: &Utf8Path, services: &[Service]) -> Result<()> {
     }
     for service in services {
         let service_dir = dir.join(service.name);
+        // Not ours (archive_previous left it in place), and where the service must write.
+        if service_dir.symlink_metadata().is_ok_and(|meta| !meta.is_dir()) {
+            let (shown, name) = (display(root, &service_dir), service.name);
+            bail!("{shown} is not a directory, but the {name} service writes its coverage counters there: move it out of {} and rerun", display(root, &dir));
+        }
         fs::create_dir_all(&service_dir)
-            .with_context(|| format!("creating {service_dir}: make coverdata/ writable"))?;
+            .map_err(|err| io_error(format!("creating {service_dir}"), err, &dir))?;
         // The services run as an unprivileged user and must be able to write here.
         fs::set_permissions(&service_dir, fs::Permissions::from_mode(0o777))
             .with_context(|| format!("making {service_dir} writable for the services: check its owner (`ls -ld {service_dir}`)"))?;
@@ -78,13 +83,19 @@ pub fn check_counters(dirs: &[Utf8PathBuf]) -> Result<()> {
 /// instrumented process starts, its counters (`covcounters.<meta hash>.<pid>.<nanos>`) only when
 /// it exits normally, so a meta-data file without counters means a lost run.
 fn counter_problem(dir: &Utf8Path) -> Option<String> {
-    let names: Vec<String> = match dir.read_dir_utf8() {
-        Ok(list) => list.filter_map(|e| Some(e.ok()?.file_name().to_string())).collect(),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            return Some(format!("does not exist: produce it with `{PRODUCER}`"))
-        }
-        Err(err) => return Some(format!("cannot be read ({err}): fix its permissions")),
-    };
+    let names: Vec<String> =
+        match dir.read_dir_utf8() {
+            Ok(list) => list.filter_map(|e| Some(e.ok()?.file_name().to_string())).collect(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Some(format!("does not exist: produce it with `{PRODUCER}`"))
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotADirectory => return Some(
+                "is not a directory: coverage data is a directory of covmeta.* and covcounters.* \
+                 files (read an archive with `--from-archive`)"
+                    .to_string(),
+            ),
+            Err(err) => return Some(format!("cannot be read ({err}): fix its permissions")),
+        };
     let hashes = |prefix: &str| -> Vec<&str> {
         names.iter().filter_map(|n| n.strip_prefix(prefix)).collect()
     };
@@ -126,8 +137,18 @@ fn entries(dir: &Utf8Path, keep: impl Fn(&str) -> bool) -> Result<Vec<Utf8PathBu
         return Ok(Vec::new());
     }
     let list = dir.read_dir_utf8().and_then(|l| l.map(|e| Ok(e?.into_path())).collect());
-    let mut list: Vec<Utf8PathBuf> =
-        list.with_context(|| format!("listing {dir}: check that it is readable (`ls -ld {dir}`)"))?;
+    let mut list: Vec<Utf8PathBuf> = list.map_err(|err| {
+        let fix = match err.kind() {
+            io::ErrorKind::NotADirectory => {
+                format!("{dir} is a file where the xtask keeps a directory: move it away and rerun")
+            }
+            io::ErrorKind::PermissionDenied => {
+                format!("make {dir} readable for this user (`ls -ld {dir}` shows owner and mode)")
+            }
+            _ => format!("check {dir} (`ls -ld {dir}`)"),
+        };
+        anyhow::anyhow!("listing {dir}: {err}: {fix}")
+    })?;
     list.retain(|e| e.file_name().is_some_and(&keep));
     list.sort();
     Ok(list)
@@ -345,11 +366,12 @@ mod tests {
             ("other-build/covmeta.bb", "m"),
             ("no-meta/covcounters.aa.1.2", "c"),
             ("empty/.keep", ""),
+            ("a-file", "mine"),
         ] {
             touch(&tmp.join(file), content);
         }
         let dirs: Vec<Utf8PathBuf> =
-            ["good", "killed", "other-build", "no-meta", "empty", "missing"]
+            ["good", "killed", "other-build", "no-meta", "empty", "missing", "a-file"]
                 .iter()
                 .map(|d| tmp.join(d))
                 .collect();
@@ -361,7 +383,8 @@ mod tests {
               TMP/other-build: covmeta.bb has no covcounters.*, while the runs that finished here are of another build (covmeta.aa): it is data of a different build, not of a process of this run; remove it, or start clean with a fresh `cargo xtask e2e-gateway --coverage` (which archives the old data first)
               TMP/no-meta: covcounters.* but no covmeta.* file: the directory is incomplete (copied in part?); produce fresh data with `cargo xtask e2e-gateway --coverage`
               TMP/empty: no coverage data (no covmeta.* or covcounters.* files): produce it with `cargo xtask e2e-gateway --coverage`
-              TMP/missing: does not exist: produce it with `cargo xtask e2e-gateway --coverage`"#]]
+              TMP/missing: does not exist: produce it with `cargo xtask e2e-gateway --coverage`
+              TMP/a-file: is not a directory: coverage data is a directory of covmeta.* and covcounters.* files (read an archive with `--from-archive`)"#]]
         .assert_eq(&err.replace(tmp.as_str(), "TMP"));
         fs::remove_dir_all(tmp).unwrap();
     }
@@ -533,6 +556,34 @@ mod tests {
             "{err}"
         );
         assert_eq!(tree(&coverdata), before);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_file_where_a_directory_belongs_is_named_with_the_fix_that_fixes_it() {
+        let root = scratch("in-the-way");
+        let coverdata = root.join("coverdata");
+        touch(&coverdata.join("gateway"), "mine");
+        let services = [project::DATASTORAGE, project::GATEWAY];
+        let err = format!("{:#}", prepare(&root, &services).unwrap_err());
+        assert_eq!(
+            err,
+            "coverdata/gateway is not a directory, but the gateway service writes its coverage \
+             counters there: move it out of coverdata and rerun"
+        );
+        assert_eq!(fs::read_to_string(coverdata.join("gateway")).unwrap(), "mine");
+
+        fs::remove_dir_all(&coverdata).unwrap();
+        touch(&coverdata, "mine");
+        let err = format!("{:#}", prepare(&root, &services).unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "listing {coverdata}: Not a directory (os error 20): {coverdata} is a file where \
+                 the xtask keeps a directory: move it away and rerun"
+            )
+        );
+        assert_eq!(fs::read_to_string(&coverdata).unwrap(), "mine");
         fs::remove_dir_all(root).unwrap();
     }
 
