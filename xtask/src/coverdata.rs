@@ -60,6 +60,37 @@ pub fn record_outcome(root: &Utf8Path, passed: bool) -> Result<()> {
         .map_err(|err| io_error(format!("recording the run's outcome in {path}"), err, &dir))
 }
 
+/// After a run stopped its services: a service whose directory holds no `covmeta.*` never
+/// started in this run (`prepare` emptied the directory, and a coverage build writes its
+/// meta-data file as it starts), so it has no counters. Names each, and whose were written.
+pub fn check_started(root: &Utf8Path, services: &[Service]) -> Result<()> {
+    let dir = |service: &Service| project::coverdata_dir(root).join(service.name);
+    let holds = |service: &Service, prefix: &str| {
+        let names = entries(&dir(service), |name| name.starts_with(prefix));
+        names.is_ok_and(|names| !names.is_empty())
+    };
+    let (started, never): (Vec<&Service>, Vec<&Service>) =
+        services.iter().partition(|service| holds(service, "covmeta."));
+    if never.is_empty() {
+        return Ok(());
+    }
+    let shown = |list: &[&Service]| list.iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
+    let written: Vec<&Service> =
+        started.into_iter().filter(|service| holds(service, "covcounters.")).collect();
+    let written = match written.is_empty() {
+        true => String::new(),
+        false => format!("; the counters of {} were written", shown(&written)),
+    };
+    let dirs = never.iter().map(|s| display(root, &dir(s))).collect::<Vec<_>>().join(", ");
+    let (it, holds) = if never.len() == 1 { ("it", "holds") } else { ("they", "hold") };
+    bail!(
+        "no coverage counters of {}: {it} never started in this run ({dirs} {holds} no \
+         covmeta.*, which a coverage build writes as it starts){written}: find why in the deploy \
+         phase's error and rerun",
+        shown(&never)
+    )
+}
+
 /// A path as the user should see it: relative to the project root when below it.
 pub fn display(root: &Utf8Path, path: &Utf8Path) -> String {
     path.strip_prefix(root).unwrap_or(path).to_string()

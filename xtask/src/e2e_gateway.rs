@@ -293,6 +293,7 @@ fn coverage(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<
     cluster.stop_services(sh)?;
     let root = &run.settings.root;
     let services = run.settings.services.all();
+    coverdata::check_started(root, &services)?;
     let dirs = services.map(|s| project::coverdata_dir(root).join(s.name)).to_vec();
     Ok(covdata_report::report(sh, root, &dirs)?.0)
 }
