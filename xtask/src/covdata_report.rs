@@ -127,19 +127,10 @@ pub fn report(
     root: &Utf8Path,
     dirs: &[Utf8PathBuf],
 ) -> Result<(Coverage, Blocks, Vec<String>)> {
-    let out_dir = root.join("target/coverage");
-    for output in OUTPUTS.map(|name| out_dir.join(name)) {
-        let removed = match output.symlink_metadata() {
-            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&output),
-            Ok(_) => fs::remove_file(&output),
-            Err(_) => Ok(()),
-        };
-        removed.with_context(|| {
-            format!("removing {output}, an earlier report's output: {WRITABLE_TARGET}")
-        })?;
-    }
+    remove_outputs(root)?;
     coverdata::check_counters(dirs)?;
     let module = project::go_module(root)?;
+    let out_dir = root.join("target/coverage");
     fs::create_dir_all(out_dir.join("services")).with_context(|| {
         format!("creating {out_dir} for the coverage profiles: {WRITABLE_TARGET}")
     })?;
@@ -207,6 +198,22 @@ pub fn report(
     }
     println!("wrote {}", display(root, &profile));
     Ok((Coverage { services, total: count(&blocks).percent(), profile }, blocks, missing))
+}
+
+/// Removes what an earlier report wrote (see `OUTPUTS`): before a report, and when a coverage
+/// run archives the data it was made of.
+pub fn remove_outputs(root: &Utf8Path) -> Result<()> {
+    for output in OUTPUTS.map(|name| root.join("target/coverage").join(name)) {
+        let removed = match output.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&output),
+            Ok(_) => fs::remove_file(&output),
+            Err(_) => Ok(()),
+        };
+        removed.with_context(|| {
+            format!("removing {output}, an earlier report's output: {WRITABLE_TARGET}")
+        })?;
+    }
+    Ok(())
 }
 
 /// Every directory directly under `coverdata/` except `archive/`: one GOCOVERDIR per service.

@@ -237,6 +237,8 @@ fn build(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<Vec<Ima
     let services = settings.services.all().to_vec();
     if coverage {
         coverdata::prepare(&settings.root, &services)?;
+        // The report of the data just archived: this run's replaces it in phase 8, if it gets there.
+        covdata_report::remove_outputs(&settings.root)?;
     }
     let request = flags::BuildImages {
         services: Vec::new(), // none named: all of them

@@ -486,6 +486,28 @@ fn a_coverage_run_archives_the_previous_data_first() {
 }
 
 #[test]
+fn the_report_of_archived_data_goes_with_it_even_when_no_new_report_comes() {
+    let mut sandbox = Sandbox::new("archived-report", &["podman", "go"]);
+    common::write(&sandbox.root.join("coverdata/gateway/covmeta.old"), "old");
+    common::write(&sandbox.root.join("coverdata/gateway/covcounters.old.1.2"), "old");
+    for earlier in ["e2e.out", "e2e.html", "services/gateway.out"] {
+        common::write(&sandbox.root.join("target/coverage").join(earlier), "of the old data");
+    }
+    // Nothing starts, so no coverage phase writes a new report.
+    sandbox.env("FAKE_FAIL", "^podman kube play");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains("previous coverage data archived to"), "{run}");
+    let left: Vec<_> = walkdir::WalkDir::new(sandbox.root.join("target/coverage"))
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().to_path_buf())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn another_runs_network_is_left_alone_and_a_leftover_of_ours_is_removed_first() {
     let sandbox = Sandbox::new("podman-networks", &["podman", "go"]);
     std::fs::create_dir_all(&sandbox.state).unwrap();
