@@ -114,19 +114,18 @@ pub fn check_counters(dirs: &[Utf8PathBuf]) -> Result<()> {
 /// instrumented process starts, its counters (`covcounters.<meta hash>.<pid>.<nanos>`) only when
 /// it exits normally, so a meta-data file without counters means a lost run.
 fn counter_problem(dir: &Utf8Path) -> Option<String> {
-    let names: Vec<String> =
-        match dir.read_dir_utf8() {
-            Ok(list) => list.filter_map(|e| Some(e.ok()?.file_name().to_string())).collect(),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return Some(format!("does not exist: produce it with `{PRODUCER}`"))
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotADirectory => return Some(
-                "is not a directory: coverage data is a directory of covmeta.* and covcounters.* \
-                 files (read an archive with `--from-archive`)"
-                    .to_string(),
-            ),
-            Err(err) => return Some(format!("cannot be read ({err}): fix its permissions")),
-        };
+    let not_a_directory = "is not a directory: coverage data is a directory of covmeta.* and \
+                           covcounters.* files (read an archive with `--from-archive`)";
+    let names: Vec<String> = match dir.read_dir_utf8() {
+        Ok(list) => list.filter_map(|e| Some(e.ok()?.file_name().to_string())).collect(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Some(format!("does not exist: produce it with `{PRODUCER}`"))
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotADirectory => {
+            return Some(not_a_directory.to_string())
+        }
+        Err(err) => return Some(format!("cannot be read ({err}): fix its permissions")),
+    };
     let hashes = |prefix: &str| -> Vec<&str> {
         names.iter().filter_map(|n| n.strip_prefix(prefix)).collect()
     };

@@ -67,9 +67,9 @@ pub struct Summary {
     pub cause: Option<String>,
     /// What to do, for failures we recognise.
     pub fix: Option<String>,
-    /// `last-run.txt` from `start` until `finish`: rewritten after every phase, so a run that
-    /// never gets to its summary (a second Ctrl-C, kill -9) leaves what it did, not the summary
-    /// of the run before it.
+    /// `last-run.txt` from `start` until `finish`: rewritten as each phase starts, so a run
+    /// that never gets to its summary (a second Ctrl-C, kill -9) leaves what it did, not the
+    /// summary of the run before it.
     pub unfinished: Option<Utf8PathBuf>,
 }
 
