@@ -20,6 +20,11 @@ use crate::{
     ui,
 };
 
+/// What the report writes in target/coverage/. A report removes all of it first, so what is
+/// there afterwards is its own: an earlier run's page or per-service profile beside a new
+/// `e2e.out` would show other numbers.
+const OUTPUTS: [&str; 5] = ["e2e.out", "e2e.html", "services", "unit.out", "combined.out"];
+
 /// Where container builds put the source; the text profile names files below them when a
 /// package was built outside module mode, and `go tool cover` cannot resolve such paths here.
 const BUILD_PREFIXES: [&str; 3] = ["/opt/app-root/src/", "/workspace/", "/src/"];
@@ -122,6 +127,7 @@ pub fn report(
     root: &Utf8Path,
     dirs: &[Utf8PathBuf],
 ) -> Result<(Coverage, Blocks, Vec<String>)> {
+    remove_outputs(root)?;
     coverdata::check_counters(dirs)?;
     let module = project::go_module(root)?;
     let out_dir = root.join("target/coverage");
@@ -192,6 +198,22 @@ pub fn report(
     }
     println!("wrote {}", display(root, &profile));
     Ok((Coverage { services, total: count(&blocks).percent(), profile }, blocks, missing))
+}
+
+/// Removes what an earlier report wrote (see `OUTPUTS`): before a report, and when a coverage
+/// run archives the data it was made of.
+pub fn remove_outputs(root: &Utf8Path) -> Result<()> {
+    for output in OUTPUTS.map(|name| root.join("target/coverage").join(name)) {
+        let removed = match output.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&output),
+            Ok(_) => fs::remove_file(&output),
+            Err(_) => Ok(()),
+        };
+        removed.with_context(|| {
+            format!("removing {output}, an earlier report's output: {WRITABLE_TARGET}")
+        })?;
+    }
+    Ok(())
 }
 
 /// Every directory directly under `coverdata/` except `archive/`: one GOCOVERDIR per service.
@@ -483,13 +505,20 @@ fn dirs_from_archive(sh: &Shell, root: &Utf8Path, archive: &Utf8Path) -> Result<
         format!("clearing {dest} (scratch output): remove it by hand with `rm -rf {dest}`")
     })?;
     fs::create_dir_all(&dest).with_context(|| format!("creating {dest}: {WRITABLE_TARGET}"))?;
-    coverdata::extract(archive, &dest)?;
-    let dirs = coverdata::service_dirs(&dest)?;
-    if dirs.is_empty() {
-        bail!("archive {archive} holds no service directories: it was not made by `{PRODUCER}`");
+    let extracted = coverdata::extract(archive, &dest).and_then(|()| {
+        let dirs = coverdata::service_dirs(&dest)?;
+        ensure!(
+            !dirs.is_empty(),
+            "archive {archive} holds no service directories: it was not made by `{PRODUCER}`"
+        );
+        Ok(dirs)
+    });
+    match &extracted {
+        Ok(_) => println!("reading {}", display(root, archive)),
+        // What a rejected archive left is no run's data: none of it stays.
+        Err(_) => drop(sh.remove_path(&dest)),
     }
-    println!("reading {}", display(root, archive));
-    Ok(dirs)
+    extracted
 }
 
 #[cfg(test)]

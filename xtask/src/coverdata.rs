@@ -37,8 +37,13 @@ pub fn prepare(root: &Utf8Path, services: &[Service]) -> Result<()> {
     }
     for service in services {
         let service_dir = dir.join(service.name);
+        // Not ours (archive_previous left it in place), and where the service must write.
+        if service_dir.symlink_metadata().is_ok_and(|meta| !meta.is_dir()) {
+            let (shown, name) = (display(root, &service_dir), service.name);
+            bail!("{shown} is not a directory, but the {name} service writes its coverage counters there: move it out of {} and rerun", display(root, &dir));
+        }
         fs::create_dir_all(&service_dir)
-            .with_context(|| format!("creating {service_dir}: make coverdata/ writable"))?;
+            .map_err(|err| io_error(format!("creating {service_dir}"), err, &dir))?;
         // The services run as an unprivileged user and must be able to write here.
         fs::set_permissions(&service_dir, fs::Permissions::from_mode(0o777))
             .with_context(|| format!("making {service_dir} writable for the services: check its owner (`ls -ld {service_dir}`)"))?;
@@ -53,6 +58,37 @@ pub fn record_outcome(root: &Utf8Path, passed: bool) -> Result<()> {
     let outcome = if passed { "passed\n" } else { "failed\n" };
     fs::write(&path, outcome)
         .map_err(|err| io_error(format!("recording the run's outcome in {path}"), err, &dir))
+}
+
+/// After a run stopped its services: a service whose directory holds no `covmeta.*` never
+/// started in this run (`prepare` emptied the directory, and a coverage build writes its
+/// meta-data file as it starts), so it has no counters. Names each, and whose were written.
+pub fn check_started(root: &Utf8Path, services: &[Service]) -> Result<()> {
+    let dir = |service: &Service| project::coverdata_dir(root).join(service.name);
+    let holds = |service: &Service, prefix: &str| {
+        let names = entries(&dir(service), |name| name.starts_with(prefix));
+        names.is_ok_and(|names| !names.is_empty())
+    };
+    let (started, never): (Vec<&Service>, Vec<&Service>) =
+        services.iter().partition(|service| holds(service, "covmeta."));
+    if never.is_empty() {
+        return Ok(());
+    }
+    let shown = |list: &[&Service]| list.iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
+    let written: Vec<&Service> =
+        started.into_iter().filter(|service| holds(service, "covcounters.")).collect();
+    let written = match written.is_empty() {
+        true => String::new(),
+        false => format!("; the counters of {} were written", shown(&written)),
+    };
+    let dirs = never.iter().map(|s| display(root, &dir(s))).collect::<Vec<_>>().join(", ");
+    let (it, holds) = if never.len() == 1 { ("it", "holds") } else { ("they", "hold") };
+    bail!(
+        "no coverage counters of {}: {it} never started in this run ({dirs} {holds} no \
+         covmeta.*, which a coverage build writes as it starts){written}: find why in the deploy \
+         phase's error and rerun",
+        shown(&never)
+    )
 }
 
 /// A path as the user should see it: relative to the project root when below it.
@@ -78,10 +114,15 @@ pub fn check_counters(dirs: &[Utf8PathBuf]) -> Result<()> {
 /// instrumented process starts, its counters (`covcounters.<meta hash>.<pid>.<nanos>`) only when
 /// it exits normally, so a meta-data file without counters means a lost run.
 fn counter_problem(dir: &Utf8Path) -> Option<String> {
+    let not_a_directory = "is not a directory: coverage data is a directory of covmeta.* and \
+                           covcounters.* files (read an archive with `--from-archive`)";
     let names: Vec<String> = match dir.read_dir_utf8() {
         Ok(list) => list.filter_map(|e| Some(e.ok()?.file_name().to_string())).collect(),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             return Some(format!("does not exist: produce it with `{PRODUCER}`"))
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotADirectory => {
+            return Some(not_a_directory.to_string())
         }
         Err(err) => return Some(format!("cannot be read ({err}): fix its permissions")),
     };
@@ -126,8 +167,18 @@ fn entries(dir: &Utf8Path, keep: impl Fn(&str) -> bool) -> Result<Vec<Utf8PathBu
         return Ok(Vec::new());
     }
     let list = dir.read_dir_utf8().and_then(|l| l.map(|e| Ok(e?.into_path())).collect());
-    let mut list: Vec<Utf8PathBuf> =
-        list.with_context(|| format!("listing {dir}: check that it is readable (`ls -ld {dir}`)"))?;
+    let mut list: Vec<Utf8PathBuf> = list.map_err(|err| {
+        let fix = match err.kind() {
+            io::ErrorKind::NotADirectory => {
+                format!("{dir} is a file where the xtask keeps a directory: move it away and rerun")
+            }
+            io::ErrorKind::PermissionDenied => {
+                format!("make {dir} readable for this user (`ls -ld {dir}` shows owner and mode)")
+            }
+            _ => format!("check {dir} (`ls -ld {dir}`)"),
+        };
+        anyhow::anyhow!("listing {dir}: {err}: {fix}")
+    })?;
     list.retain(|e| e.file_name().is_some_and(&keep));
     list.sort();
     Ok(list)
@@ -345,11 +396,12 @@ mod tests {
             ("other-build/covmeta.bb", "m"),
             ("no-meta/covcounters.aa.1.2", "c"),
             ("empty/.keep", ""),
+            ("a-file", "mine"),
         ] {
             touch(&tmp.join(file), content);
         }
         let dirs: Vec<Utf8PathBuf> =
-            ["good", "killed", "other-build", "no-meta", "empty", "missing"]
+            ["good", "killed", "other-build", "no-meta", "empty", "missing", "a-file"]
                 .iter()
                 .map(|d| tmp.join(d))
                 .collect();
@@ -361,7 +413,8 @@ mod tests {
               TMP/other-build: covmeta.bb has no covcounters.*, while the runs that finished here are of another build (covmeta.aa): it is data of a different build, not of a process of this run; remove it, or start clean with a fresh `cargo xtask e2e-gateway --coverage` (which archives the old data first)
               TMP/no-meta: covcounters.* but no covmeta.* file: the directory is incomplete (copied in part?); produce fresh data with `cargo xtask e2e-gateway --coverage`
               TMP/empty: no coverage data (no covmeta.* or covcounters.* files): produce it with `cargo xtask e2e-gateway --coverage`
-              TMP/missing: does not exist: produce it with `cargo xtask e2e-gateway --coverage`"#]]
+              TMP/missing: does not exist: produce it with `cargo xtask e2e-gateway --coverage`
+              TMP/a-file: is not a directory: coverage data is a directory of covmeta.* and covcounters.* files (read an archive with `--from-archive`)"#]]
         .assert_eq(&err.replace(tmp.as_str(), "TMP"));
         fs::remove_dir_all(tmp).unwrap();
     }
@@ -533,6 +586,34 @@ mod tests {
             "{err}"
         );
         assert_eq!(tree(&coverdata), before);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_file_where_a_directory_belongs_is_named_with_the_fix_that_fixes_it() {
+        let root = scratch("in-the-way");
+        let coverdata = root.join("coverdata");
+        touch(&coverdata.join("gateway"), "mine");
+        let services = [project::DATASTORAGE, project::GATEWAY];
+        let err = format!("{:#}", prepare(&root, &services).unwrap_err());
+        assert_eq!(
+            err,
+            "coverdata/gateway is not a directory, but the gateway service writes its coverage \
+             counters there: move it out of coverdata and rerun"
+        );
+        assert_eq!(fs::read_to_string(coverdata.join("gateway")).unwrap(), "mine");
+
+        fs::remove_dir_all(&coverdata).unwrap();
+        touch(&coverdata, "mine");
+        let err = format!("{:#}", prepare(&root, &services).unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "listing {coverdata}: Not a directory (os error 20): {coverdata} is a file where \
+                 the xtask keeps a directory: move it away and rerun"
+            )
+        );
+        assert_eq!(fs::read_to_string(&coverdata).unwrap(), "mine");
         fs::remove_dir_all(root).unwrap();
     }
 

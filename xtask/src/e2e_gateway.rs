@@ -48,6 +48,7 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
     let settings = cluster.settings().clone();
     let run = Run { logs_dir: logs.join(&id), settings, flags: flags.clone() };
     let mut summary = Summary { id, backend: cluster.name(), ..Summary::default() };
+    summary.start(&project::xtask_dir(&root));
 
     // Held until the end, teardown included: see lock.rs.
     let mut lock = None;
@@ -65,7 +66,9 @@ pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
         cluster.teardown(sh, keep)
     });
     // The next coverage run archives this data under its outcome; passed runs are kept longer.
-    if flags.coverage {
+    // The outcome is that of the run whose services wrote the data: a run that never started
+    // them (it could not archive the data before it, say) leaves that run's outcome alone.
+    if flags.coverage && cluster.state().deployed {
         if let Err(err) = coverdata::record_outcome(&root, outcome.is_ok()) {
             eprintln!("warning: {err:#}");
         }
@@ -177,10 +180,17 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> 
     if tests.interrupted {
         bail!("interrupted by a signal (Ctrl-C or SIGTERM)");
     }
-    let failed = &tests.failed_names;
+    let (failed, log) = (&tests.failed_names, logs_dir.join("go-test.log"));
+    let (count, names) = (failed.len(), failed.join(", "));
+    if let Some(timeout) = tests.timeout.as_ref().filter(|t| !t.running.is_empty()) {
+        let (running, after) = (timeout.running.join(", "), &timeout.after);
+        bail!("{count} E2E test(s) failed ({names}): {running} hit `go test`'s -timeout ({after}): find where it hangs in the goroutine stacks in {log}, or pass `-- -timeout 30m`");
+    }
     if !failed.is_empty() {
-        let (count, names, log) = (failed.len(), failed.join(", "), logs_dir.join("go-test.log"));
         bail!("{count} E2E test(s) failed ({names}): see the output above and {log}");
+    }
+    if let Some(error) = &tests.error {
+        bail!("{error}");
     }
     if tests.passed == 0 {
         bail!("no E2E test ran: check the `go test` arguments after `--`");
@@ -227,6 +237,8 @@ fn build(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<Vec<Ima
     let services = settings.services.all().to_vec();
     if coverage {
         coverdata::prepare(&settings.root, &services)?;
+        // The report of the data just archived: this run's replaces it in phase 8, if it gets there.
+        covdata_report::remove_outputs(&settings.root)?;
     }
     let request = flags::BuildImages {
         services: Vec::new(), // none named: all of them
@@ -283,6 +295,7 @@ fn coverage(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<
     cluster.stop_services(sh)?;
     let root = &run.settings.root;
     let services = run.settings.services.all();
+    coverdata::check_started(root, &services)?;
     let dirs = services.map(|s| project::coverdata_dir(root).join(s.name)).to_vec();
     Ok(covdata_report::report(sh, root, &dirs)?.0)
 }

@@ -212,6 +212,68 @@ fn covdata_meta_without_counters_names_every_service_directory() {
 }
 
 #[test]
+fn covdata_outputs_of_an_earlier_report_do_not_stay_beside_this_ones() {
+    let sandbox = project("stale-outputs", &["go"]);
+    let (root, out) = (&sandbox.root, sandbox.root.join("target/coverage"));
+    common::write(&root.join("coverdata/a/covmeta.aa"), "meta");
+    common::write(&root.join("coverdata/a/covcounters.aa.1.2"), "counters");
+    for earlier in ["e2e.html", "services/gateway.out", "unit.out", "combined.out"] {
+        common::write(&out.join(earlier), "an earlier report's");
+    }
+    common::write(&out.join("notes.txt"), "mine");
+    // The fake's data is of another module: no page can be written for it.
+    let run = report(&sandbox, &["-i", "coverdata/a", "--html"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("warning: no HTML written"), "{run}");
+    let mut left: Vec<String> = walkdir::WalkDir::new(&out)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(&out).unwrap().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["e2e.out", "notes.txt", "services/a.out"], "{run}");
+}
+
+#[test]
+fn covdata_a_rejected_archive_leaves_nothing_extracted() {
+    let sandbox = project("rejected-archive", &["go"]);
+    let root = &sandbox.root;
+    // A small first entry, then one that does not compress: cut in the second, the first is
+    // already out when the read fails.
+    let noise: String = (0..200_000u32).map(|i| char::from(b'a' + (i * 7919 % 26) as u8)).collect();
+    common::write(&root.join("coverdata/a/covmeta.aa"), "meta");
+    common::write(&root.join("coverdata/a/covcounters.aa.1.2"), &noise);
+    let whole = root.join("whole.tar.gz");
+    let gz = flate2::write::GzEncoder::new(
+        fs::File::create(&whole).unwrap(),
+        flate2::Compression::default(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    tar.append_path_with_name(root.join("coverdata/a/covmeta.aa"), "a/covmeta.aa").unwrap();
+    tar.append_path_with_name(root.join("coverdata/a/covcounters.aa.1.2"), "a/covcounters.aa.1.2")
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    let bytes = fs::read(&whole).unwrap();
+    fs::write(root.join("cut.tar.gz"), &bytes[..bytes.len() / 2]).unwrap();
+    // An archive of a loose file: no service directory in it.
+    let mut loose = tar::Builder::new(fs::File::create(root.join("loose.tar")).unwrap());
+    loose.append_path_with_name(root.join("coverdata/a/covmeta.aa"), "covmeta.aa").unwrap();
+    loose.into_inner().unwrap();
+
+    for (name, archive, expected) in [
+        ("cut", "cut.tar.gz", "cut.tar.gz: it is damaged, or not a .tar.gz"),
+        ("loose", "loose.tar", "loose.tar holds no service directories"),
+    ] {
+        let err = fails(&report(&sandbox, &["--from-archive", archive]), 1);
+        assert!(err.contains(expected), "{err}");
+        let extracted = root.join("target/coverage/from-archive").join(name);
+        assert!(!extracted.exists(), "{extracted} was left: {err}");
+    }
+    assert!(root.join("target/coverage/from-archive").is_dir(), "the test looked elsewhere");
+}
+
+#[test]
 fn covdata_min_outside_0_to_100_is_a_usage_error() {
     let sandbox = project("min-usage", &["go"]);
     for bad in ["101", "-1", "abc"] {
@@ -312,6 +374,33 @@ fn covdata_archives_carry_the_outcome_and_files_of_the_user_stay() {
     );
     assert_eq!(outcome(), "passed\n");
     assert_eq!(fs::read_to_string(coverdata.join("gateway/notes.txt")).unwrap(), "mine");
+}
+
+#[test]
+fn a_run_that_cannot_archive_leaves_the_outcome_of_the_run_that_wrote_the_data() {
+    let sandbox = Sandbox::new("covdata-outcome-kept", &["podman", "go"]);
+    let coverdata = sandbox.root.join("coverdata");
+    let args = ["e2e-gateway", "--cluster", "podman", "--coverage"];
+    let passed = sandbox.run(&args);
+    assert_eq!(passed.code, 0, "{passed}");
+    let outcome = || fs::read_to_string(coverdata.join(".outcome")).unwrap();
+    assert_eq!(outcome(), "passed\n");
+
+    // A file where the archives go: the next run cannot archive the passed run's data.
+    common::write(&coverdata.join("archive"), "in the way");
+    let blocked = sandbox.run(&args);
+    assert_eq!(blocked.code, 1, "{blocked}");
+    assert!(blocked.stderr.contains("phase 2 (build images) failed: archiving"), "{blocked}");
+    assert_eq!(outcome(), "passed\n", "the data is still the passed run's");
+
+    fs::remove_file(coverdata.join("archive")).unwrap();
+    let next = sandbox.run(&args);
+    assert_eq!(next.code, 0, "{next}");
+    let archives: Vec<String> = fs::read_dir(coverdata.join("archive"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(archives.len() == 1 && archives[0].ends_with(".passed.tar.gz"), "{archives:?}\n{next}");
 }
 
 #[test]

@@ -198,6 +198,38 @@ fn a_stopped_test_phase_gets_sigint_first_and_reports_what_ran() {
 }
 
 #[test]
+fn after_two_ctrl_cs_last_run_txt_is_this_runs_so_far() {
+    let mut sandbox = Sandbox::new("two-ctrl-c", PODMAN_TOOLS);
+    sandbox.env("FAKE_TEST_SLEEP", "60").env("FAKE_SLOW", "^podman kube down");
+    let last_run = sandbox.root.join("target/xtask/last-run.txt");
+    common::write(&last_run, "  run                      the-run-before (podman backend)\n");
+    let mut child = sandbox.spawn(&["e2e-gateway", "--cluster", "podman"]);
+    sandbox.wait_for_call(&mut child, is_test_call);
+    std::thread::sleep(Duration::from_millis(300));
+    common::signal(&child, Signal::SIGINT);
+    // The teardown is under way (and slow): the second Ctrl-C skips it.
+    sandbox.wait_for_call(&mut child, |c| c.starts_with("podman kube down"));
+    common::signal(&child, Signal::SIGINT);
+    let run = common::finish(child);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("teardown skipped: remove what is left with `podman pod rm"),
+        "{run}"
+    );
+    let text = std::fs::read_to_string(&last_run).unwrap();
+    assert!(!text.contains("the-run-before"), "{text}");
+    for row in [
+        "  run                      ",
+        "  6. test                  ",
+        "  tests                    1 passed, 0 failed, 0 skipped before the interrupt\n",
+        "  result                   unfinished: the run is still going, or ended before its summary",
+    ] {
+        assert!(text.contains(row), "no `{row}` in:\n{text}");
+    }
+    assert!(!text.contains("9. teardown"), "{text}");
+}
+
+#[test]
 fn bad_host_ports_are_refused_before_anything_runs() {
     for (gateway, datastorage, expected) in [
         ("0", "28081", "GATEWAY_HOST_PORT=0 is not a port number from 1 to 65535"),

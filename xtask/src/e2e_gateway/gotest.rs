@@ -2,7 +2,7 @@
 //! stream gives the human-readable output (as `go test -v` prints it), the JUnit file and our
 //! test counts, whatever the user passes after `--`.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
@@ -15,19 +15,53 @@ use crate::{
 pub struct TestReport {
     pub passed: usize,
     pub skipped: usize,
-    /// The failed leaf tests, in the order they failed.
+    /// The failed leaf tests, in the order they failed; those `go test`'s -timeout stopped last.
     pub failed_names: Vec<String>,
     /// The run was stopped by a signal: the counts are what ran before it.
     pub interrupted: bool,
+    /// `go test`'s -timeout ended the suite: the counts are what ran before it.
+    pub timeout: Option<Timeout>,
+    /// Why the suite failed when no failed test says it (it did not compile, it crashed), and
+    /// what to do.
+    pub error: Option<String>,
     /// `junit.xml` in the run's log directory, when gotestsum wrote one.
     pub junit: Option<Utf8PathBuf>,
 }
 
+/// What the test binary's panic says when `go test`'s -timeout ends it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Timeout {
+    /// As go says it: `10s`, `10m0s`.
+    pub after: String,
+    /// The leaf tests running at that moment: they get no result event of their own.
+    pub running: Vec<String>,
+}
+
 impl TestReport {
     pub fn line(&self) -> String {
-        let suffix = if self.interrupted { " before the interrupt" } else { "" };
+        let suffix = match &self.timeout {
+            _ if self.interrupted => " before the interrupt".to_string(),
+            Some(timeout) => {
+                format!(" until `go test`'s -timeout ({}) ended the suite", timeout.after)
+            }
+            None => String::new(),
+        };
         let (passed, failed, skipped) = (self.passed, self.failed_names.len(), self.skipped);
         format!("{passed} passed, {failed} failed, {skipped} skipped{suffix}")
+    }
+
+    /// `go test`'s -timeout stopped this test.
+    pub fn timed_out(&self, name: &str) -> bool {
+        self.timeout.as_ref().is_some_and(|t| t.running.iter().any(|n| n == name))
+    }
+
+    /// The failed tests as the summary names them: those the -timeout stopped say so.
+    pub fn failed(&self) -> Vec<String> {
+        let mark = |name: &String| match self.timed_out(name) {
+            true => format!("{name} (timed out)"),
+            false => name.clone(),
+        };
+        self.failed_names.iter().map(mark).collect()
     }
 }
 
@@ -66,18 +100,25 @@ pub fn run(
         result => result?,
     };
     if !output.success() && report.failed_names.is_empty() {
-        let why = if output.stdout.contains("panic: test timed out") {
-            "the suite hit `go test`'s -timeout (10m by default): find the hanging test in the log, or pass `-- -timeout 30m`"
+        let why = if let Some(timeout) = &report.timeout {
+            let after = &timeout.after;
+            format!("the suite hit `go test`'s -timeout ({after}) outside any test (in TestMain?): find where it hangs in the goroutine stacks, or pass `-- -timeout 30m`")
         } else if output.stdout.contains("[build failed]")
             || output.stdout.contains("[setup failed]")
         {
             "the suite does not compile: fix test/e2e/gateway (`go vet -tags e2e ./test/e2e/...`)"
+                .to_string()
         } else {
-            "it reported no test result"
+            "it ended without a failed test to show for it (a panic outside a test, os.Exit?)"
+                .to_string()
         };
         let said =
             last_line(&output.stderr).map(|l| format!(" (it said: {l})")).unwrap_or_default();
-        bail!("the suite failed ({}): {why}{said}; see the output above and {log}", output.status);
+        // The counts stay in the report: what ran before the failure is in the summary.
+        report.error = Some(format!(
+            "the suite failed ({}): {why}{said}; see the output above and {log}",
+            output.status
+        ));
     }
     Ok(report)
 }
@@ -111,7 +152,32 @@ fn count_tests(events: &str) -> TestReport {
             _ => report.skipped += 1,
         }
     }
+    // The test binary's own output, as test2json passes it on line by line.
+    let output: String = events.lines().filter_map(|line| json_string(line, "Output")).collect();
+    report.timeout = timeout(&output);
+    // The tests it stopped get no result event: they failed, as gotestsum's JUnit file says.
+    let stopped = report.timeout.iter().flat_map(|t| &t.running);
+    let stopped = stopped.filter(|name| !results.iter().any(|(_, n)| n == *name)).cloned();
+    report.failed_names.extend(stopped.collect::<Vec<_>>());
     report
+}
+
+/// The panic of a test binary that `go test`'s -timeout ended: `panic: test timed out after
+/// 10s`, then `running tests:` and a `\t\t<name> (<time>)` line per test running then, parents
+/// included.
+fn timeout(output: &str) -> Option<Timeout> {
+    let rest = output.split_once("panic: test timed out after ")?.1;
+    let (after, rest) = rest.split_once('\n').unwrap_or((rest, ""));
+    let list = rest.strip_prefix("\trunning tests:\n").unwrap_or("");
+    let listed: Vec<&str> = list
+        .lines()
+        .map_while(|line| line.strip_prefix("\t\t"))
+        .map(|line| line.rsplit_once(" (").map_or(line, |(name, _)| name))
+        .collect();
+    // A parent runs as long as its subtest: the subtest is the one that hung.
+    let leaf = |name: &str| !listed.iter().any(|other| other.starts_with(&format!("{name}/")));
+    let running = listed.iter().filter(|name| leaf(name)).map(|name| name.to_string()).collect();
+    Some(Timeout { after: after.trim().to_string(), running })
 }
 
 /// The string value of `"key":"..."` in one line of JSON as test2json writes it (no spaces,
@@ -163,6 +229,53 @@ mod tests {
         assert_eq!(report.line(), "2 passed, 1 failed, 1 skipped");
         let stopped = TestReport { interrupted: true, ..report };
         assert_eq!(stopped.line(), "2 passed, 1 failed, 1 skipped before the interrupt");
+    }
+
+    /// `go test -json -timeout 2s` (Go 1.26.8) of a suite whose `TestSleep/inner` sleeps an
+    /// hour, as captured (the goroutine stacks trimmed): the panic is the hanging test's
+    /// output, neither it nor its parent gets a result, `TestAfter` never runs.
+    const TIMED_OUT: &str = r#"{"Time":"2026-12-07T19:24:56.53889369Z","Action":"start","Package":"example.com/m/e2e"}
+{"Time":"2026-12-07T19:24:56.543186024Z","Action":"run","Package":"example.com/m/e2e","Test":"TestA"}
+{"Time":"2026-12-07T19:24:56.543227452Z","Action":"output","Package":"example.com/m/e2e","Test":"TestA","Output":"=== RUN   TestA\n"}
+{"Time":"2026-12-07T19:24:56.543267306Z","Action":"output","Package":"example.com/m/e2e","Test":"TestA","Output":"--- PASS: TestA (0.00s)\n"}
+{"Time":"2026-12-07T19:24:56.543271323Z","Action":"pass","Package":"example.com/m/e2e","Test":"TestA","Elapsed":0}
+{"Time":"2026-12-07T19:24:56.543276894Z","Action":"run","Package":"example.com/m/e2e","Test":"TestB"}
+{"Time":"2026-12-07T19:24:56.543283236Z","Action":"run","Package":"example.com/m/e2e","Test":"TestB/one"}
+{"Time":"2026-12-07T19:24:56.543293705Z","Action":"pass","Package":"example.com/m/e2e","Test":"TestB/one","Elapsed":0}
+{"Time":"2026-12-07T19:24:56.543296861Z","Action":"run","Package":"example.com/m/e2e","Test":"TestB/bad"}
+{"Time":"2026-12-07T19:24:56.543302522Z","Action":"output","Package":"example.com/m/e2e","Test":"TestB/bad","Output":"    x_test.go:12: boom\n"}
+{"Time":"2026-12-07T19:24:56.543312961Z","Action":"fail","Package":"example.com/m/e2e","Test":"TestB/bad","Elapsed":0}
+{"Time":"2026-12-07T19:24:56.543319634Z","Action":"fail","Package":"example.com/m/e2e","Test":"TestB","Elapsed":0}
+{"Time":"2026-12-07T19:24:56.54332279Z","Action":"run","Package":"example.com/m/e2e","Test":"TestSleep"}
+{"Time":"2026-12-07T19:24:56.543325665Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep","Output":"=== RUN   TestSleep\n"}
+{"Time":"2026-12-07T19:24:56.543328731Z","Action":"run","Package":"example.com/m/e2e","Test":"TestSleep/inner"}
+{"Time":"2026-12-07T19:24:56.543331586Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep/inner","Output":"=== RUN   TestSleep/inner\n"}
+{"Time":"2026-12-07T19:24:56.543334561Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep/inner","Output":"    x_test.go:17: sleeping\n"}
+{"Time":"2026-12-07T19:24:58.549010007Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep/inner","Output":"panic: test timed out after 2s\n"}
+{"Time":"2026-12-07T19:24:58.549480987Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep/inner","Output":"\trunning tests:\n"}
+{"Time":"2026-12-07T19:24:58.549589349Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep/inner","Output":"\t\tTestSleep (2s)\n"}
+{"Time":"2026-12-07T19:24:58.549597224Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep/inner","Output":"\t\tTestSleep/inner (2s)\n"}
+{"Time":"2026-12-07T19:24:58.549602554Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep/inner","Output":"\n"}
+{"Time":"2026-12-07T19:24:58.54961111Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep/inner","Output":"goroutine 27 [running]:\n"}
+{"Time":"2026-12-07T19:24:58.549615949Z","Action":"output","Package":"example.com/m/e2e","Test":"TestSleep/inner","Output":"testing.(*M).startAlarm.func1()\n"}
+{"Time":"2026-12-07T19:24:58.550585489Z","Action":"output","Package":"example.com/m/e2e","Output":"FAIL\texample.com/m/e2e\t2.011s\n"}
+{"Time":"2026-12-07T19:24:58.550608181Z","Action":"fail","Package":"example.com/m/e2e","Elapsed":2.012}
+"#;
+
+    #[test]
+    fn a_test_the_timeout_stopped_is_a_failure_and_the_rest_still_counts() {
+        let report = count_tests(TIMED_OUT);
+        assert_eq!((report.passed, report.skipped), (2, 0));
+        assert_eq!(report.failed_names, ["TestB/bad", "TestSleep/inner"]);
+        let running = vec!["TestSleep/inner".to_string()];
+        assert_eq!(report.timeout, Some(Timeout { after: "2s".into(), running }));
+        assert_eq!(report.failed(), ["TestB/bad", "TestSleep/inner (timed out)"]);
+        assert_eq!(
+            report.line(),
+            "2 passed, 2 failed, 0 skipped until `go test`'s -timeout (2s) ended the suite"
+        );
+        // A suite without the panic timed out nowhere.
+        assert_eq!(count_tests(EVENTS).timeout, None);
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct Summary {
     pub cause: Option<String>,
     /// What to do, for failures we recognise.
     pub fix: Option<String>,
+    /// `last-run.txt` from `start` until `finish`: rewritten as each phase starts, so a run
+    /// that never gets to its summary (a second Ctrl-C, kill -9) leaves what it did, not the
+    /// summary of the run before it.
+    pub unfinished: Option<Utf8PathBuf>,
 }
 
 impl Summary {
@@ -77,6 +81,8 @@ impl Summary {
         phase: Phase,
         f: impl FnOnce() -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
+        // What the phases before found (their test counts too) is kept before this one starts.
+        self.save_unfinished();
         let (title, name) = (phase.title(), NAMES[phase as usize]);
         if ui::github_actions() {
             println!("::group::{title}");
@@ -101,8 +107,24 @@ impl Summary {
         result
     }
 
+    /// Replaces `dir`/last-run.txt with this run's summary so far (again as each phase starts),
+    /// until `finish` writes the whole one.
+    pub fn start(&mut self, dir: &Utf8Path) {
+        self.unfinished = Some(dir.join("last-run.txt"));
+        self.save_unfinished();
+    }
+
+    /// Best effort: `finish` says when last-run.txt cannot be written.
+    fn save_unfinished(&self) {
+        if let Some(path) = &self.unfinished {
+            let _ = path.parent().map(std::fs::create_dir_all);
+            let _ = std::fs::write(path, self.render());
+        }
+    }
+
     /// Phase 10: the summary on the terminal, in `dir`/last-run.txt and in GitHub's job summary.
     pub fn finish(&mut self, dir: &Utf8Path) {
+        self.unfinished = None;
         let (text, markdown, last_run) = (self.render(), self.markdown(), dir.join("last-run.txt"));
         let written = self.phase(Phase::Summary, || {
             if let Err(err) = ui::append_step_summary(&markdown) {
@@ -121,6 +143,7 @@ impl Summary {
     /// The result and, on failure, the failed command and the fix: the summary's last rows.
     fn outcome(&self) -> [(&str, Option<String>); 3] {
         let result = match &self.error {
+            _ if self.unfinished.is_some() => "unfinished: the run is still going, or ended before its summary (a second Ctrl-C skips it, kill -9 too): the rows above are what it did".to_string(),
             None => "passed (exit 0)".to_string(),
             Some(err) => format!("failed (exit 1): {}", err.lines().next().unwrap_or("")),
         };
@@ -137,7 +160,7 @@ impl Summary {
         let tests = self.tests.as_ref();
         row("tests", tests.map_or("not run".to_string(), TestReport::line));
         if let Some(t) = tests.filter(|t| !t.failed_names.is_empty()) {
-            row("failed tests", t.failed_names.join(", "));
+            row("failed tests", t.failed().join(", "));
         }
         if let Some(junit) = tests.and_then(|t| t.junit.as_ref()) {
             row("junit", junit.to_string());
@@ -179,8 +202,9 @@ impl Summary {
         let tests = self.tests.as_ref().map_or("not run".into(), TestReport::line);
         out += &format!("Tests: {tests}\n\n");
         if let Some(t) = self.tests.as_ref().filter(|t| !t.failed_names.is_empty()) {
+            let mark = |n: &str| if t.timed_out(n) { " (timed out)" } else { "" };
             let failed: String =
-                t.failed_names.iter().map(|n| format!("- failed: `{n}`\n")).collect();
+                t.failed_names.iter().map(|n| format!("- failed: `{n}`{}\n", mark(n))).collect();
             out += &format!("{failed}\n");
         }
         if let Some(coverage) = &self.coverage {
@@ -201,6 +225,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::e2e_gateway::gotest::Timeout;
 
     #[test]
     fn phases_are_numbered_in_order() {
@@ -237,6 +262,8 @@ mod tests {
                 skipped: 0,
                 failed_names: vec!["TestDedup/same_fingerprint".into()],
                 interrupted: false,
+                timeout: None,
+                error: None,
                 junit: Some("/repo/target/xtask/logs/x/junit.xml".into()),
             }),
             coverage: Some(Coverage {
@@ -248,6 +275,7 @@ mod tests {
             error: Some("phase 6 (test) failed: 1 E2E test(s) failed\nmore".into()),
             cause: Some("`go test` exited with 1: FAIL".into()),
             fix: None,
+            unfinished: None,
         }
     }
 
@@ -276,6 +304,29 @@ mod tests {
             cause                    `go test` exited with 1: FAIL
         "#]]
         .assert_eq(&unindented);
+    }
+
+    #[test]
+    fn a_test_the_timeout_stopped_is_named_as_such_in_both_summaries() {
+        let mut run = failed_run();
+        let tests = run.tests.as_mut().unwrap();
+        tests.failed_names.push("TestHangs".into());
+        let running = vec!["TestHangs".to_string()];
+        tests.timeout = Some(Timeout { after: "10s".into(), running });
+        let text = run.render();
+        assert!(
+            text.contains("  tests                    12 passed, 2 failed, 0 skipped until `go test`'s -timeout (10s) ended the suite\n")
+                && text.contains("  failed tests             TestDedup/same_fingerprint, TestHangs (timed out)\n")
+                && text.contains("  junit                    /repo/target/xtask/logs/x/junit.xml\n"),
+            "{text}"
+        );
+        let markdown = run.markdown();
+        assert!(
+            markdown.contains(
+                "- failed: `TestDedup/same_fingerprint`\n- failed: `TestHangs` (timed out)\n"
+            ),
+            "{markdown}"
+        );
     }
 
     #[test]
