@@ -7,7 +7,10 @@ mod common;
 use camino::Utf8Path;
 use common::{
     free_port,
-    real::{assert_covmeta_and_covcounters, images_of, podman, text, unique, Cleanup, Scratch},
+    real::{
+        assert_covmeta_and_covcounters, images_of, podman, text, unique, Cleanup, RegistryServer,
+        Scratch,
+    },
     Run,
 };
 
@@ -246,48 +249,5 @@ fn assert_coverage(scratch: &Scratch, run: &Run) {
     for service in ["gateway", "datastorage"] {
         let dir = scratch.root.join("coverdata").join(service);
         assert_covmeta_and_covcounters(&dir, &run.to_string());
-    }
-}
-
-/// The CNCF Distribution registry on a free loopback port, with storage of its own; stopped
-/// and removed when dropped.
-struct RegistryServer {
-    child: std::process::Child,
-    addr: String,
-    dir: camino::Utf8PathBuf,
-}
-
-impl RegistryServer {
-    fn start() -> RegistryServer {
-        let dir = camino::Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("registry"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {dir}/data\nhttp:\n  addr: {addr}\n"),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = std::process::Command::new("registry")
-            .args(["serve", config.as_str()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("the distribution registry as `registry` on PATH: `go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2`");
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(started.elapsed().as_secs() < 20, "the registry did not listen on {addr}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        RegistryServer { child, addr, dir }
-    }
-}
-
-impl Drop for RegistryServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -55,7 +55,19 @@ impl Scratch {
     /// The xtask binary with `args` on this copy; `env` is set on top of the test's environment,
     /// minus the variables that would change what xtask does.
     pub fn xtask(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        Run::from(self.command(&[], args, env).output().unwrap())
+    }
+
+    /// The command `xtask` runs, started through `wrapper` (e.g. `setpriv ...`) when not empty.
+    pub fn command(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = match wrapper {
+            [] => Command::new(env!("CARGO_BIN_EXE_xtask")),
+            [program, rest @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(env!("CARGO_BIN_EXE_xtask"));
+                cmd
+            }
+        };
         cmd.args(args)
             .current_dir(&self.root)
             .env("XTASK_PROJECT_ROOT", &self.root)
@@ -68,7 +80,7 @@ impl Scratch {
             .env_remove("BUILDER_IMAGE")
             .env_remove("BASE_IMAGE");
         cmd.envs(env.iter().copied());
-        Run::from(cmd.output().unwrap())
+        cmd
     }
 
     /// An empty directory any container user (65532 in host mode, 1001 in UBI9) can write.
@@ -178,4 +190,90 @@ pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{prefix}-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+/// The stand-in for the UBI9 go-toolset image (see xtask/tests/standin/builder.Dockerfile) in
+/// the store of `engine` (`podman` or `docker`), built unless it exists: it takes a while and
+/// never changes between runs.
+pub const STANDIN_BUILDER: &str = "localhost/standin-go-builder:test";
+
+pub fn ensure_standin_builder(engine: &str) {
+    let exists = Command::new(engine).args(["image", "inspect", STANDIN_BUILDER]).output().unwrap();
+    if exists.status.success() {
+        return;
+    }
+    let context =
+        Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("standin-builder-context"));
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::copy("/bin/busybox", context.join("busybox"))
+        .expect("a static busybox at /bin/busybox (Debian: apt-get install busybox-static)");
+    let standin = repo_root().join("xtask/tests/standin");
+    std::fs::copy(standin.join("dnf"), context.join("dnf")).unwrap();
+    std::fs::set_permissions(context.join("dnf"), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let goroot = Command::new("go").args(["env", "GOROOT"]).output().unwrap();
+    assert!(goroot.status.success(), "go env GOROOT: {}", text(&goroot));
+    let goroot = Utf8PathBuf::from(String::from_utf8(goroot.stdout).unwrap().trim());
+    let go = context.join("go");
+    std::fs::create_dir_all(&go).unwrap();
+    for entry in goroot.read_dir_utf8().unwrap() {
+        let entry = entry.unwrap();
+        // Documentation and the toolchain's own tests are not needed to build.
+        if ["api", "doc", "test", "misc"].contains(&entry.file_name()) {
+            continue;
+        }
+        let copied = Command::new("cp").arg("-a").arg(entry.path()).arg(&go).output().unwrap();
+        assert!(copied.status.success(), "copying GOROOT: {}", text(&copied));
+    }
+
+    let dockerfile = standin.join("builder.Dockerfile");
+    let built = Command::new(engine)
+        .args(["build", "-f", dockerfile.as_str(), "-t", STANDIN_BUILDER, context.as_str()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&context);
+    assert!(built.status.success(), "building the stand-in builder: {}", text(&built));
+}
+
+/// The CNCF Distribution registry on a free loopback port, with storage of its own; stopped
+/// and removed when dropped.
+pub struct RegistryServer {
+    child: std::process::Child,
+    pub addr: String,
+    dir: Utf8PathBuf,
+}
+
+impl RegistryServer {
+    pub fn start() -> RegistryServer {
+        let dir = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("registry"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = format!("127.0.0.1:{}", super::free_port());
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {dir}/data\nhttp:\n  addr: {addr}\n"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new("registry")
+            .args(["serve", config.as_str()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the distribution registry as `registry` on PATH: `go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2`");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(started.elapsed().as_secs() < 20, "the registry did not listen on {addr}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        RegistryServer { child, addr, dir }
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
