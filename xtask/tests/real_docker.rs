@@ -65,12 +65,7 @@ fn statuses(images: &[Image]) -> Vec<(&str, &str)> {
 }
 
 fn image_ids(images: &[Image]) -> Vec<String> {
-    let ids = images.iter().map(|image| {
-        let out = docker(&["image", "inspect", "--format", "{{.Id}}", &image.reference]);
-        assert!(out.status.success(), "inspect {}: {}", image.reference, text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    });
-    ids.collect()
+    image_ids_of(&images.iter().map(|i| i.reference.as_str()).collect::<Vec<_>>())
 }
 
 /// The container-mode run of the gateway alone, on the stand-in builder.
@@ -373,6 +368,32 @@ fn ctrl_c_during_a_docker_build_stops_it_at_once_and_leaves_nothing_running() {
     assert_eq!(containers(), containers_before, "a build container was left");
 }
 
+fn image_ids_of(references: &[&str]) -> Vec<String> {
+    let ids = references.iter().map(|reference| {
+        let out = docker(&["image", "inspect", "--format", "{{.Id}}", reference]);
+        assert!(out.status.success(), "inspect {reference}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    });
+    ids.collect()
+}
+
+/// Whether `ancestor` is among the parents of the image `id` (the legacy builder's chain).
+fn descends_from(id: &str, ancestor: &str) -> bool {
+    let mut current = id.to_string();
+    for _ in 0..50 {
+        let out = docker(&["image", "inspect", "--format", "{{.Parent}}", &current]);
+        let parent = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || parent.is_empty() {
+            return false;
+        }
+        if parent == ancestor {
+            return true;
+        }
+        current = parent;
+    }
+    false
+}
+
 /// Every image docker has, intermediate ones too.
 fn all_images() -> Vec<String> {
     let out = docker(&["images", "--all", "--quiet", "--no-trunc"]);
@@ -495,10 +516,17 @@ fn a_container_build_without_buildkit_fails_with_the_fix() {
     let before = all_images();
     let run = scratch.xtask(&CONTAINER, &env);
     made.of(&run);
-    // The legacy builder keeps the steps before the refused one as images (its cache). Without
-    // --force, docker removes none that another image or a container still uses.
-    for id in all_images().iter().filter(|id| !before.contains(id)) {
-        let _ = docker(&["rmi", id]);
+    // The legacy builder keeps the steps before the refused one as images (its cache), each on
+    // the one before, down to the stand-in: the last one first, then its parent, ... (a build
+    // of another test starts from scratch, not from the stand-in). Without --force, docker
+    // removes none that another image or a container still uses.
+    let standin = image_ids_of(&[STANDIN_BUILDER])[0].clone();
+    for _ in 0..20 {
+        let new = all_images().into_iter().filter(|id| !before.contains(id));
+        let ours: Vec<String> = new.filter(|id| descends_from(id, &standin)).collect();
+        if ours.iter().filter(|id| docker(&["rmi", id]).status.success()).count() == 0 {
+            break;
+        }
     }
     assert_eq!(run.code, 1, "{run}");
     assert!(

@@ -198,6 +198,9 @@ pub fn unique(prefix: &str) -> String {
 pub const STANDIN_BUILDER: &str = "localhost/standin-go-builder:test";
 
 pub fn ensure_standin_builder(engine: &str) {
+    // One build at a time: tests that start together would each build it.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let exists = Command::new(engine).args(["image", "inspect", STANDIN_BUILDER]).output().unwrap();
     if exists.status.success() {
         return;
@@ -229,6 +232,8 @@ pub fn ensure_standin_builder(engine: &str) {
     let dockerfile = standin.join("builder.Dockerfile");
     let built = Command::new(engine)
         .args(["build", "-f", dockerfile.as_str(), "-t", STANDIN_BUILDER, context.as_str()])
+        // docker's legacy builder would keep every step as an untagged image; BuildKit keeps none.
+        .env("DOCKER_BUILDKIT", "1")
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&context);
