@@ -4,10 +4,13 @@
 #   - Makefile: xtask/benches/Makefile, one `go build` with the same coverage flags for both
 #     services, then one `podman build` of docker/runtime.Dockerfile per service, every time
 #     (Go's build cache and podman's layer cache apply);
+#   - Makefile (docker) (when a docker daemon answers): the same Makefile with ENGINE=docker,
+#     one `docker build` per service (docker's cache applies; container mode with
+#     DOCKER_BUILDKIT=1, which needs a client that has BuildKit: see README, Docker);
 #   - ko (when installed): `ko build --push=false --tarball ...` of both services with the
 #     same flags (xtask/benches/.ko.yaml), then `podman load` of the tarball.
 #
-#   xtask/benches/build-images.sh [--runs N] [--cold-go-cache] [--container] [--no-ko]
+#   xtask/benches/build-images.sh [--runs N] [--cold-go-cache] [--container] [--no-ko] [--no-docker]
 #   (--help lists every option)
 #
 # Set-up (all of it is undone at exit: images, the scratch copy, the caches in it):
@@ -35,19 +38,22 @@
 #   2. one line changed in cmd/gateway          --prepare appends a unique comment line to
 #                                               cmd/gateway/main.go (of the copy), --warmup 1
 #   3. images removed, Go cache warm            --prepare removes the images the tool made,
-#                                               with podman's layer cache of them, --warmup 1
+#                                               with podman's layer cache of them (docker:
+#                                               `docker rmi`, which removes the untagged
+#                                               parents, its cache, too), --warmup 1
 #   4. images removed, Go cache empty           (--cold-go-cache) --prepare also runs
 #                                               `go clean -cache` on the private GOCACHE
 #   5. container mode, one line changed         (--container) xtask --build-mode container vs
 #                                               `make images-container` (both UBI9
-#                                               Dockerfiles); no registry here, so both get
+#                                               Dockerfiles); no registry here, so all get
 #                                               BUILDER_IMAGE=<a stand-in built from the
 #                                               host's Go, xtask/tests/standin/> and
 #                                               BASE_IMAGE=scratch. ko has no such mode.
 # Prints a Markdown table of hyperfine's medians with ratios, and each hyperfine command line.
 # Timings on a shared 2-core machine are noisy: compare medians, rerun when in doubt.
 #
-# Needs: cargo, go, podman, make, hyperfine, python3; busybox (/bin/busybox) for --container.
+# Needs: cargo, go, podman, make, hyperfine, python3; busybox (/bin/busybox) for --container;
+# for the docker column a daemon answering (DOCKER_HOST as .ci/run exports it).
 # Where podman needs runc and lower ulimits, CONTAINERS_CONF=<repo>/.ci/containers.conf (set
 # here when unset).
 set -euo pipefail
@@ -59,7 +65,8 @@ usage() {
     cat <<EOF
 Usage: xtask/benches/build-images.sh [OPTIONS]
 
-Times \`cargo xtask build-images --coverage\` against a plain Makefile and ko (when installed)
+Times \`cargo xtask build-images --coverage\` against a plain Makefile (with podman, and with
+docker when a daemon answers) and ko (when installed)
 in each build scenario, with hyperfine, and prints a Markdown table of medians and ratios.
 Works on a scratch copy of the repository; removes every image it made when it exits.
 
@@ -70,6 +77,8 @@ Options:
   --container           add scenario 5: container mode, one line changed (slow: builds a
                         stand-in builder image, then compiles in containers without a Go cache)
   --no-ko               leave out the ko column even when ko is installed
+  --no-docker           leave out the Makefile (docker) column even when a docker daemon
+                        answers
   --ko PATH             the ko binary (default: ko on PATH, else \$(go env GOPATH)/bin/ko)
   --results DIR         where the JSON exports, the tools' logs and the table go
                         (default: <repo>/target/xtask-bench/results-<UTC time>)
@@ -202,6 +211,11 @@ remove_tool_images() {
         mapfile -t ids < <(make_ids)
         [ ${#ids[@]} -eq 0 ] || remove_images "${ids[@]}"
         ;;
+    make-docker)
+        # Ours by name (the run id); without --force, nothing another image or container uses.
+        mapfile -t tags < <(make_tags)
+        docker rmi "${tags[@]}" >>"$BENCH_STATE/docker-cleanup.log" 2>&1 || true
+        ;;
     ko)
         [ -f "$BENCH_STATE/ko.tar" ] || return 0
         mapfile -t tags < <(tar -xOf "$BENCH_STATE/ko.tar" manifest.json |
@@ -247,6 +261,7 @@ runs=5
 cold=0
 container=0
 want_ko=1
+want_docker=1
 ko_bin=""
 results=""
 cargo_target=""
@@ -288,6 +303,10 @@ while [ $# -gt 0 ]; do
         cargo_target=$2
         shift 2
         ;;
+    --no-docker)
+        want_docker=0
+        shift
+        ;;
     -h | --help)
         usage
         exit 0
@@ -324,6 +343,14 @@ else
     ko_reason="--no-ko"
 fi
 [ -z "$ko_reason" ] || printf 'skipping the ko column: %s\n' "$ko_reason"
+
+docker_reason=""
+if [ "$want_docker" = 0 ]; then
+    docker_reason="--no-docker"
+elif ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+    docker_reason="no docker daemon answers (\`docker version\`; .ci/run's way to start one is in the README's Tests)"
+fi
+[ -z "$docker_reason" ] || printf 'skipping the Makefile (docker) column: %s\n' "$docker_reason"
 
 # ---------------------------------------------------------------------------------------------
 # Scratch state, removed at exit
@@ -373,6 +400,10 @@ cleanup() {
     for _ in 1 2; do
         [ ${#doomed[@]} -eq 0 ] || remove_images "${doomed[@]}"
     done
+    if [ -z "$docker_reason" ]; then
+        mapfile -t tags < <(make_tags)
+        docker rmi "${tags[@]}" "$standin" >>"$BENCH_STATE/docker-cleanup.log" 2>&1
+    fi
     # Three passes: a parent goes once its children have.
     mapfile -t family < <(standin_family)
     for _ in 1 2 3; do
@@ -463,19 +494,24 @@ make_cmd="make images IMAGE_REPO=$BENCH_MAKE_REPO IMAGE_TAG=$run_id $(log make)"
 ko_cmd="GOOS=linux GOARCH=$goarch $(printf '%q' "$ko_bin") build --push=false --tarball=$(printf '%q' "$BENCH_STATE/ko.tar") --base-import-paths ./cmd/datastorage ./cmd/gateway $(log ko) && podman load -i $(printf '%q' "$BENCH_STATE/ko.tar") $(log ko)"
 xtask_container_cmd="BUILDER_IMAGE=$standin BASE_IMAGE=scratch cargo xtask build-images --coverage --build-mode container $(log xtask-container)"
 make_container_cmd="make images-container IMAGE_REPO=$BENCH_MAKE_REPO IMAGE_TAG=$run_id BUILDER_IMAGE=$standin BASE_IMAGE=scratch $(log make-container)"
+make_docker_cmd="make images ENGINE=docker IMAGE_REPO=$BENCH_MAKE_REPO IMAGE_TAG=$run_id $(log make-docker)"
+make_docker_container_cmd="DOCKER_BUILDKIT=1 make images-container ENGINE=docker IMAGE_REPO=$BENCH_MAKE_REPO IMAGE_TAG=$run_id BUILDER_IMAGE=$standin BASE_IMAGE=scratch $(log make-docker-container)"
 
 
 # Display name, timed command and --prepare-step tool of each column's tool.
 declare -A label=(
-    [xtask]="xtask" [make]="Makefile" [ko]="ko (tarball)"
+    [xtask]="xtask" [make]="Makefile" [ko]="ko (tarball)" [make-docker]="Makefile (docker)"
     [xtask-container]="xtask" [make-container]="Makefile"
+    [make-docker-container]="Makefile (docker)"
 )
 declare -A command=(
-    [xtask]=$xtask_cmd [make]=$make_cmd [ko]=$ko_cmd
+    [xtask]=$xtask_cmd [make]=$make_cmd [ko]=$ko_cmd [make-docker]=$make_docker_cmd
     [xtask-container]=$xtask_container_cmd [make-container]=$make_container_cmd
+    [make-docker-container]=$make_docker_container_cmd
 )
 declare -A prep_tool=(
-    [xtask]=xtask [make]=make [ko]=ko [xtask-container]=xtask [make-container]=make
+    [xtask]=xtask [make]=make [ko]=ko [make-docker]=make-docker [xtask-container]=xtask
+    [make-container]=make [make-docker-container]=make-docker
 )
 
 elapsed_since() {
@@ -524,7 +560,7 @@ bench() {
         printf 'cd %q &&' "$copy"
         local var
         for var in XTASK_PROJECT_ROOT CARGO_TARGET_DIR GOCACHE KOCACHE KO_DOCKER_REPO \
-            CONTAINERS_CONF BENCH_STATE BENCH_RUN_ID BENCH_MAKE_REPO; do
+            CONTAINERS_CONF DOCKER_HOST BENCH_STATE BENCH_RUN_ID BENCH_MAKE_REPO; do
             printf ' %s=%q' "$var" "${!var}"
         done
         printf ' \\\n   '
@@ -565,11 +601,17 @@ build_standin() {
     podman build --layers=false --label "xtask-bench.run=$run_id" \
         -f "$repo/xtask/tests/standin/builder.Dockerfile" -t "$standin" "$context" >>"$BENCH_STATE/setup.log" 2>&1 ||
         die "building the stand-in builder image failed: $(tail -n 5 "$BENCH_STATE/setup.log")"
+    if [ -z "$docker_reason" ]; then
+        # BuildKit keeps no intermediate images either.
+        DOCKER_BUILDKIT=1 docker build -f "$repo/xtask/tests/standin/builder.Dockerfile" -t "$standin" "$context" >>"$BENCH_STATE/setup.log" 2>&1 ||
+            die "building the stand-in builder image with docker failed: $(tail -n 5 "$BENCH_STATE/setup.log")"
+    fi
     rm -rf "$context"
 }
 
 say "first builds: fill the Go cache, podman's store and ko's cache for every tool"
 host_tools=(xtask make)
+[ -n "$docker_reason" ] || host_tools+=(make-docker)
 [ -n "$ko_reason" ] || host_tools+=(ko)
 for tool in "${host_tools[@]}"; do
     once "$tool"
@@ -587,11 +629,13 @@ if [ "$container" = 1 ]; then
     started=$EPOCHREALTIME
     build_standin
     printf 'built in %s s\n' "$(elapsed_since "$started")"
-    for tool in xtask-container make-container; do
+    container_tools=(xtask-container make-container)
+    [ -n "$docker_reason" ] || container_tools+=(make-docker-container)
+    for tool in "${container_tools[@]}"; do
         once "$tool"
     done
     bench "container mode, one line changed" 5-container-one-line-changed change 0 \
-        xtask-container make-container
+        "${container_tools[@]}"
     restore_gateway
 fi
 
@@ -601,10 +645,11 @@ fi
 {
     printf '# build-images benchmark, %s\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
     printf 'Medians of %s runs (hyperfine), seconds. ' "$runs"
-    printf 'Checkout %s%s; %s; podman %s; %s; %s cores.\n\n' \
+    printf 'Checkout %s%s; %s; podman %s; %s; %s; %s cores.\n\n' \
         "$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')" \
         "$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')" \
         "$(go version | awk '{print $3}')" "$(podman version --format '{{.Client.Version}}')" \
+        "$([ -n "$docker_reason" ] && echo "docker: skipped, $docker_reason" || docker version --format 'docker daemon {{.Server.Version}}, client {{.Client.Version}}')" \
         "$([ -n "$ko_reason" ] && echo "ko: skipped, $ko_reason" || echo "ko $("$ko_bin" version 2>/dev/null)")" \
         "$(nproc)"
     python3 - "${scenario_names[@]}" -- "${scenario_files[@]}" <<'PY'
@@ -613,7 +658,7 @@ import json, sys
 args = sys.argv[1:]
 split = args.index("--")
 names, files = args[:split], args[split + 1:]
-columns = ["xtask", "Makefile", "ko (tarball)"]
+columns = ["xtask", "Makefile", "Makefile (docker)", "ko (tarball)"]
 
 def cell(value):
     return "n/a" if value is None else f"{value:.2f} s"
@@ -621,14 +666,16 @@ def cell(value):
 def ratio(a, b):
     return "n/a" if a is None or b is None else f"{a / b:.2f}"
 
-print("| scenario | " + " | ".join(columns) + " | xtask ÷ Makefile | xtask ÷ ko |")
-print("| --- | " + " | ".join("---:" for _ in columns) + " | ---: | ---: |")
+print("| scenario | " + " | ".join(columns)
+      + " | xtask ÷ Makefile | xtask ÷ Makefile (docker) | xtask ÷ ko |")
+print("| --- | " + " | ".join("---:" for _ in columns) + " | ---: | ---: | ---: |")
 for name, path in zip(names, files):
     with open(path) as f:
         results = {r["command"]: r["median"] for r in json.load(f)["results"]}
     medians = [results.get(c) for c in columns]
     print(f"| {name} | " + " | ".join(cell(m) for m in medians)
-          + f" | {ratio(medians[0], medians[1])} | {ratio(medians[0], medians[2])} |")
+          + f" | {ratio(medians[0], medians[1])} | {ratio(medians[0], medians[2])}"
+          + f" | {ratio(medians[0], medians[3])} |")
 PY
     printf '\nLoad average (1, 5, 15 min) at the start and the end of each scenario (%s cores):\n\n' "$(nproc)"
     for i in "${!scenario_names[@]}"; do

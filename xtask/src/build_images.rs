@@ -41,7 +41,8 @@ pub fn run(sh: &Shell, flags: &BuildImages) -> Result<()> {
     // nothing to build is one engine call. When a command fails, doctor's checks say why.
     let Err(err) = build(sh, &root, flags) else { return Ok(()) };
     let engine = Some(engine::resolve(flags.engine));
-    let needs = doctor::Needs { engine, disk: true, ..doctor::Needs::default() };
+    let buildkit = flags.build_mode == BuildMode::Container;
+    let needs = doctor::Needs { engine, buildkit, disk: true, ..doctor::Needs::default() };
     if doctor::preflight(sh, &root, &needs, Vec::new()).is_err() {
         eprintln!("build-images failed; the checks above say why");
     }
@@ -89,13 +90,21 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image
     // A single COPY: intermediate images would only pile up untagged in the store.
     let single_layer = engine == Engine::Podman && req.build_mode == BuildMode::Host;
     let flags = [single_layer.then_some("--layers=false"), req.no_cache.then_some("--no-cache")];
+    // The container-mode Dockerfiles need BuildKit (`RUN --mount`), which docker clients before
+    // 23 use only when asked; a newer one uses it anyway (through buildx). A value of the
+    // user's own stays: doctor's `buildkit` row says what it does.
+    let ask_buildkit = engine == Engine::Docker
+        && req.build_mode == BuildMode::Container
+        && std::env::var_os("DOCKER_BUILDKIT").is_none();
+    let buildkit_env = ask_buildkit.then_some(("DOCKER_BUILDKIT", "1"));
     let running: Vec<_> = to_build
         .iter()
         .map(|p| {
             let (file, tag, context) = (&p.dockerfile, &p.reference, &p.context);
             let build_args = p.args.iter().flat_map(|arg| ["--build-arg", arg]);
             let args = flags.into_iter().flatten().chain(build_args);
-            let build = cmd!(sh, "{program} build --file {file} --tag {tag} {args...} {context}");
+            let build = cmd!(sh, "{program} build --file {file} --tag {tag} {args...} {context}")
+                .envs(buildkit_env);
             let hint = format!("fix {file} or its build context as the output above says; if {program} itself fails, `cargo xtask doctor` checks it");
             (p.service.name, step(build).hint(hint).spawn())
         })

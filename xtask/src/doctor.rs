@@ -20,7 +20,10 @@ use crate::{
 
 /// What a task needs beside Go, which every task needs (`go env GOVERSION`, version shown); each
 /// task checks only that.
-/// - `engine`: present and answering `<engine> info` (`None`: the task runs no container engine);
+/// - `engine`: present and answering `podman info` / `docker version` (`None`: the task runs no
+///   container engine); with docker, whether `docker build` has BuildKit, which container mode's
+///   Dockerfiles need (`RUN --mount=type=cache`): `buildkit` says the task builds in containers,
+///   so that row fails instead of warning;
 /// - `covdata`: `go tool -n covdata` works;
 /// - `kind`: present, at least v0.27; `node_image`: the Kind node image a run will boot
 ///   (`--node-image`), for kubectl's version skew; `kubectl`: present, version shown;
@@ -30,6 +33,7 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct Needs {
     pub engine: Option<Engine>,
+    pub buildkit: bool,
     pub covdata: bool,
     pub kind: bool,
     pub node_image: Option<String>,
@@ -165,11 +169,12 @@ fn container_check(sh: &Shell, root: &Utf8Path, engine: Engine) -> Check {
         if crate::engine::inspect(sh, engine, &[image.to_string()])?[0].is_none() {
             let main = cluster::write_file(&dir, "main.go", "package main\n\nfunc main() {}\n")?;
             let containerfile = "FROM scratch\nCOPY probe /probe\nENTRYPOINT [\"/probe\"]\n";
-            cluster::write_file(&dir, "Containerfile", containerfile)?;
+            // Named explicitly: docker reads only a `Dockerfile` by default.
+            let file = cluster::write_file(&dir, "Containerfile", containerfile)?;
             let probe = dir.join("probe");
             let env = [("CGO_ENABLED", "0"), ("GOOS", "linux"), ("GOWORK", "off")];
             step(cmd!(sh, "go build -trimpath -o {probe} {main}").envs(env)).run()?;
-            step(cmd!(sh, "{program} build --tag {image} {dir}")).run()?;
+            step(cmd!(sh, "{program} build --file {file} --tag {image} {dir}")).run()?;
         }
         step(cmd!(sh, "{program} run --rm {image}")).timeout(GO_TOOL).run()?;
         Ok(())
@@ -219,16 +224,20 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     let kind_sh = needs.engine.map_or_else(|| sh.clone(), |engine| cluster::kind_shell(sh, engine));
     let disk_dir = nearest_existing(&root.join("target"));
     let program = needs.engine.map_or("", Engine::program);
-    // The version, and where the engine keeps containers (for `node_disk`).
-    let format = if program == "docker" {
-        "{{.ServerVersion}} {{.DockerRootDir}}"
-    } else {
-        "{{.Version.Version}} {{.Store.GraphRoot}}"
+    // `docker version` asks the daemon as `info` does, and says why it cannot where docker
+    // 20.10's `info --format` prints a template error; the client's version tells how it builds.
+    // podman's `info` also says where it keeps containers (for `node_disk`).
+    let (verb, format) = match needs.engine {
+        Some(Engine::Docker) => ("version", "{{.Server.Version}} {{.Client.Version}}"),
+        _ => ("info", "{{.Version.Version}} {{.Store.GraphRoot}}"),
     };
+    let docker = needs.engine == Some(Engine::Docker);
     // Start every probe first so they overlap; each is judged below in table order.
     let start =
         |wanted: bool, cmd: Cmd<'_>, limit| wanted.then(|| step(cmd).timeout(limit).spawn());
-    let engine = start(needs.engine.is_some(), cmd!(sh, "{program} info --format {format}"), SHORT);
+    let engine =
+        start(needs.engine.is_some(), cmd!(sh, "{program} {verb} --format {format}"), SHORT);
+    let buildx = start(docker, cmd!(sh, "docker buildx version"), SHORT);
     let go = step(cmd!(sh, "go env GOVERSION")).timeout(SHORT).spawn();
     let covdata = start(needs.covdata, cmd!(sh, "go tool -n covdata"), GO_TOOL);
     let kind = start(needs.kind, cmd!(kind_sh, "kind version"), SHORT);
@@ -238,13 +247,16 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     let mut checks = Vec::new();
     let mut store = None;
     if let (Some(engine), Some(out)) = (needs.engine, engine.map(finish)) {
-        let path = project::which(program).unwrap_or_default();
-        store = out.as_ref().ok().and_then(|out| out.split_whitespace().nth(1)).map(str::to_string);
-        checks.push(match out.map(|out| version(&out, "")) {
-            Err(problem) => Check::fail(program, problem, engine_hint(engine, root)),
-            Ok(Some(version)) => Check::ok(program, format!("{version} at {path}, answering")),
-            Ok(None) => Check::ok(program, format!("{path}, answering")),
-        });
+        if let (Engine::Podman, Ok(out)) = (engine, &out) {
+            store = out.split_whitespace().nth(1).map(str::to_string);
+        }
+        if let (Engine::Docker, true, Ok(_)) = (engine, needs.node_disk, &out) {
+            let root_dir = "{{.DockerRootDir}}";
+            let info = step(cmd!(sh, "docker info --format {root_dir}")).timeout(SHORT);
+            store = info.read().ok().map(|dir| dir.trim().to_string());
+        }
+        let buildx = buildx.map(finish).and_then(Result::ok);
+        checks.extend(engine_rows(engine, out, buildx, needs.buildkit, root));
     }
     checks.push(version_check("go", finish(go), ("go env GOVERSION", "go", GO_INSTALL), None));
     if let Some(out) = covdata.map(finish) {
@@ -312,6 +324,53 @@ fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> Vec<C
     checks
 }
 
+/// The engine's row from what `podman info` / `docker version` printed; with docker also the
+/// `buildkit` row (`buildx`: what `docker buildx version` printed, if it worked), failed when
+/// `buildkit` is needed and else a warning.
+fn engine_rows(
+    engine: Engine,
+    out: Result<String, String>,
+    buildx: Option<String>,
+    buildkit_needed: bool,
+    root: &Utf8Path,
+) -> Vec<Check> {
+    let program = engine.program();
+    let path = project::which(program).unwrap_or_default();
+    let out = match out {
+        Ok(out) => out,
+        Err(problem) => {
+            let host = std::env::var("DOCKER_HOST").ok();
+            let docker = engine == Engine::Docker;
+            let known = docker.then(|| docker_daemon_hint(&problem, host.as_deref())).flatten();
+            let hint = known.unwrap_or_else(|| engine_hint(engine, root));
+            return vec![Check::fail(program, problem, hint)];
+        }
+    };
+    if engine == Engine::Podman {
+        return vec![match version(&out, "") {
+            Some(version) => Check::ok(program, format!("{version} at {path}, answering")),
+            None => Check::ok(program, format!("{path}, answering")),
+        }];
+    }
+    let mut words = out.split_whitespace();
+    let (server, client) = (words.next().unwrap_or("?"), words.next().unwrap_or("?"));
+    let detail = format!("daemon {server} answering client {client} at {path}");
+    let env = std::env::var("DOCKER_BUILDKIT").ok();
+    let buildkit = match buildkit(server, client, buildx.as_deref(), env.as_deref()) {
+        Ok(how) => Check::ok("buildkit", how),
+        Err((why, fix)) if buildkit_needed => Check::fail(
+            "buildkit",
+            format!("{why}: the container-mode Dockerfiles cannot build"),
+            fix,
+        ),
+        Err((why, fix)) => {
+            let why = format!("{why}: --build-mode container cannot build (host mode can)");
+            Check::warn("buildkit", why, fix)
+        }
+    };
+    vec![Check::ok(program, detail), buildkit]
+}
+
 /// A probe's stdout, or one line saying what went wrong.
 fn finish(probe: Running) -> Result<String, String> {
     let missing =
@@ -366,6 +425,64 @@ fn engine_hint(engine: Engine, root: &Utf8Path) -> String {
         ),
         (Engine::Docker, true) => "start the Docker daemon (`sudo systemctl start docker`) and check `docker info`; or use podman: `apt-get install -y podman runc`".into(),
     }
+}
+
+/// The fix for a docker client that cannot reach its daemon, from what it said: no daemon there,
+/// or a socket this user may not open (not in the `docker` group). `host`: `DOCKER_HOST`.
+fn docker_daemon_hint(problem: &str, host: Option<&str>) -> Option<String> {
+    let host = host.filter(|host| !host.is_empty());
+    let socket = host.unwrap_or("unix:///var/run/docker.sock");
+    let podman = "or use podman (`--engine podman`)";
+    if problem.contains("permission denied") {
+        return Some(format!("this user may not open the daemon's socket {socket}: add it to the `docker` group (`sudo usermod -aG docker $USER`, then log in again) or run as root; {podman}"));
+    }
+    if !problem.contains("Cannot connect to the Docker daemon") {
+        return None;
+    }
+    let set = host.map(|h| format!(" (DOCKER_HOST={h} is set: is that the daemon you mean?)"));
+    Some(format!(
+        "no daemon answers at {socket}{}: start it (`sudo systemctl start docker`, or without systemd `sudo dockerd` as .ci/run does), then check `docker version`; {podman}",
+        set.unwrap_or_default()
+    ))
+}
+
+/// Whether `docker build` builds with BuildKit, which the container-mode Dockerfiles need
+/// (`RUN --mount=type=cache`): `Ok(how)`, or `Err((why not, fix))`. From the daemon's and the
+/// client's versions, what `docker buildx version` printed (`None`: it failed) and
+/// `DOCKER_BUILDKIT`. A client from Docker 23 on builds with BuildKit only through its buildx
+/// plugin (without it, `docker build` is the legacy builder); older clients have it built in,
+/// switched on by `DOCKER_BUILDKIT=1`, which the xtask sets for container builds.
+fn buildkit(
+    server: &str,
+    client: &str,
+    buildx: Option<&str>,
+    env: Option<&str>,
+) -> Result<String, (String, String)> {
+    let podman = "or use podman (`--engine podman`)";
+    // docker reads the variable as Go's strconv.ParseBool does.
+    if let Some(value) = env.filter(|v| !["1", "t", "T", "true", "TRUE", "True"].contains(v)) {
+        let fix = "unset DOCKER_BUILDKIT (or set it to 1)";
+        return Err((format!("DOCKER_BUILDKIT={value} turns BuildKit off"), fix.into()));
+    }
+    if numbers(server).is_some_and(|v| v < (18, 9, 0)) {
+        let why = format!("the daemon, docker {server}, is older than BuildKit (18.09)");
+        let fix =
+            format!("upgrade Docker Engine (https://docs.docker.com/engine/install/); {podman}");
+        return Err((why, fix));
+    }
+    if let Some(out) = buildx {
+        let version = version(out, "v").unwrap_or_else(|| "(version unknown)".into());
+        return Ok(format!("through buildx {version}"));
+    }
+    if numbers(client).is_some_and(|(major, _, _)| major < 23) {
+        return Ok(format!(
+            "built into the docker {client} client (DOCKER_BUILDKIT=1 on container builds)"
+        ));
+    }
+    let why =
+        format!("docker {client} has no buildx plugin, so `docker build` is the legacy builder");
+    let fix = format!("install the buildx plugin (Docker's docker-buildx-plugin package, https://docs.docker.com/go/buildx/), or put a client with BuildKit built in first on PATH (docker 20.10 to 22, e.g. Debian 12's docker.io in /usr/bin); {podman}");
+    Err((why, fix))
 }
 
 /// The host port of `service` is free; a busy one names who holds it and the variable that
@@ -539,6 +656,51 @@ mod tests {
         assert_eq!(version("golang\n", "go"), None);
         assert_eq!(version("4.3.1\n", "").as_deref(), Some("4.3.1"));
         assert_eq!(version("", ""), None);
+    }
+
+    /// The messages are those of docker 28.2 (the first) and Debian's 20.10 client.
+    #[test]
+    fn a_docker_daemon_that_cannot_be_reached_gets_the_fix_for_why() {
+        let down = "`docker version` exited with 1: Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?";
+        let fix = docker_daemon_hint(down, None).unwrap();
+        assert!(
+            fix.starts_with("no daemon answers at unix:///var/run/docker.sock: start it"),
+            "{fix}"
+        );
+        let elsewhere = docker_daemon_hint(down, Some("unix:///run/x.sock")).unwrap();
+        assert!(
+            elsewhere
+                .contains("(DOCKER_HOST=unix:///run/x.sock is set: is that the daemon you mean?)"),
+            "{elsewhere}"
+        );
+        for denied in [
+            "permission denied while trying to connect to the Docker daemon socket at unix:///run/x.sock: Get \"http://%2Frun%2Fx.sock/v1.50/version\": dial unix /run/x.sock: connect: permission denied",
+            "permission denied while trying to connect to the Docker daemon socket at unix:///run/x.sock: Get \"http://%2Frun%2Fx.sock/v1.24/version\": dial unix /run/x.sock: connect: permission denied",
+        ] {
+            let fix = docker_daemon_hint(denied, Some("unix:///run/x.sock")).unwrap();
+            assert!(fix.starts_with("this user may not open the daemon's socket unix:///run/x.sock: add it to the `docker` group"), "{fix}");
+        }
+        assert_eq!(docker_daemon_hint("error during connect: EOF", None), None);
+    }
+
+    #[test]
+    fn buildkit_comes_from_buildx_or_an_older_client_unless_switched_off() {
+        let buildx = Some("github.com/docker/buildx v0.16.2 0ab1c2d\n");
+        assert_eq!(buildkit("20.10.24", "28.2.2", buildx, None).unwrap(), "through buildx v0.16.2");
+        let debian = buildkit("20.10.24+dfsg1", "20.10.24+dfsg1", None, None).unwrap();
+        assert!(debian.starts_with("built into the docker 20.10.24+dfsg1 client"), "{debian}");
+        assert!(buildkit("20.10.24", "20.10.24", None, Some("1")).is_ok());
+        // This machine's docker 28.2 client without the plugin: the legacy builder.
+        let (why, fix) = buildkit("20.10.24+dfsg1", "28.2.2", None, None).unwrap_err();
+        assert!(why.starts_with("docker 28.2.2 has no buildx plugin"), "{why}");
+        assert!(fix.starts_with("install the buildx plugin"), "{fix}");
+        for off in ["0", "false"] {
+            let (why, fix) = buildkit("20.10.24", "28.2.2", buildx, Some(off)).unwrap_err();
+            assert_eq!(why, format!("DOCKER_BUILDKIT={off} turns BuildKit off"));
+            assert_eq!(fix, "unset DOCKER_BUILDKIT (or set it to 1)");
+        }
+        let (why, _) = buildkit("18.06.3-ce", "18.06.3-ce", None, None).unwrap_err();
+        assert!(why.contains("older than BuildKit (18.09)"), "{why}");
     }
 
     #[test]

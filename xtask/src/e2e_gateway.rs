@@ -210,6 +210,7 @@ fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result
     let ports = settings.services.all();
     let mut needs = doctor::Needs {
         covdata: flags.coverage,
+        buildkit: flags.build_mode == flags::BuildMode::Container,
         // Held by the earlier run until it is cleared: checked below.
         ports: if leftover.is_none() { ports.to_vec() } else { Vec::new() },
         disk: true,

@@ -58,7 +58,10 @@ pub fn known_fix(output: &str, root: &Utf8Path) -> Option<String> {
     let conf = format!("export CONTAINERS_CONF={root}/.ci/containers.conf");
     let no_runtime = output.contains("crun") && output.contains("not found")
         || output.contains("runc: executable file not found");
-    let fix = if output.contains("error setting rlimit") {
+    let fix = if output.contains("unable to apply caps") {
+        // Not transient: the same container is refused every time.
+        "the OCI runtime was refused the capabilities of a privileged container (`unable to apply caps`): root here lacks some of them (CAP_SYS_RESOURCE, as in a sandbox or a nested container), so privileged containers cannot run, and Kind's nodes are privileged: Kind's docker provider cannot run on this machine; use podman (`--engine podman`, or `--cluster podman`)".into()
+    } else if output.contains("error setting rlimit") {
         format!("podman may not raise the containers' ulimits on this machine: `{conf}` (runc and lower default ulimits), then rerun")
     } else if no_runtime {
         format!("the OCI runtime is missing: `apt-get install -y runc` and `{conf}`, then rerun")
@@ -94,5 +97,10 @@ mod tests {
             .unwrap()
             .contains("apt-get install -y runc"));
         assert_eq!(known_fix("Error: image not known", root), None);
+        // What kind v0.33 printed with docker 20.10 here, where root lacks CAP_SYS_RESOURCE.
+        let caps = "Command Output: 4c163b4b0432\ndocker: Error response from daemon: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: unable to apply caps: operation not permitted: unknown";
+        let fix = known_fix(caps, root).unwrap();
+        assert!(fix.contains("privileged containers cannot run"), "{fix}");
+        assert!(fix.ends_with("use podman (`--engine podman`, or `--cluster podman`)"), "{fix}");
     }
 }

@@ -411,3 +411,35 @@ fn container_mode_lints_first_printing_warnings_and_stopping_on_errors() {
     assert!(failed.stderr.contains("lint-dockerfiles found 1 error"), "{failed}");
     assert_eq!(sandbox.count("podman build"), builds_before, "nothing is built");
 }
+
+/// A docker client of 23 or later without the buildx plugin builds with the legacy builder,
+/// which refuses `RUN --mount`: the failed container build is followed by doctor's table, whose
+/// `buildkit` row fails with the fix (doctor alone only warns: host mode builds without it).
+#[test]
+fn a_docker_without_buildkit_fails_a_container_build_with_the_fix() {
+    let mut sandbox = Sandbox::new("docker-no-buildkit", &["docker", "go", "df"]);
+    sandbox
+        .env("BUILDER_IMAGE", "localhost/standin-builder:1")
+        .env("BASE_IMAGE", "scratch")
+        // `docker build` and `docker buildx version` alike.
+        .env("FAKE_FAIL", "^docker build")
+        .env(
+            "FAKE_FAIL_MESSAGE",
+            "ERROR: BuildKit is enabled but the buildx component is missing or broken.",
+        );
+    let run = sandbox.run(&["build-images", "--engine", "docker", "--build-mode", "container"]);
+    assert_eq!(run.code, 1, "{run}");
+    let row = |run: &common::Run| -> (String, String) {
+        let mut lines = run.stdout.lines().skip_while(|l| !l.starts_with("buildkit "));
+        let row = lines.next().unwrap_or_else(|| panic!("no buildkit row:\n{run}"));
+        (row.to_string(), lines.next().unwrap_or_default().trim().to_string())
+    };
+    let (buildkit, fix) = row(&run);
+    assert!(buildkit.contains("FAIL    docker 27.1.0 has no buildx plugin"), "{run}");
+    assert!(buildkit.ends_with("the container-mode Dockerfiles cannot build"), "{run}");
+    assert!(fix.starts_with("fix: install the buildx plugin"), "{run}");
+
+    let doctor = sandbox.run(&["doctor", "--engine", "docker", "--cluster", "existing"]);
+    let (buildkit, _) = row(&doctor);
+    assert!(buildkit.contains("warn    docker 27.1.0 has no buildx plugin"), "{doctor}");
+}

@@ -194,10 +194,15 @@ fn docker_is_the_fallback_engine_and_kind_gets_no_provider() {
     let s = sandbox("docker", &["docker", "go", "kind", "kubectl", "df"], free_port(), free_port());
     let run = s.run(&["doctor"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(row(&run, "docker").detail.starts_with("27.1.0 at "));
+    let docker = row(&run, "docker").detail;
+    assert!(docker.starts_with("daemon 27.1.0 answering client 27.1.0 at "), "{docker}");
+    assert_eq!(row(&run, "buildkit").detail, "through buildx v0.16.2");
     let calls = s.calls();
-    let info = "docker info --format {{.ServerVersion}} {{.DockerRootDir}}";
-    assert!(calls.iter().any(|l| l == info), "{calls:?}");
+    let version = "docker version --format {{.Server.Version}} {{.Client.Version}}";
+    assert!(calls.iter().any(|l| l == version), "{calls:?}");
+    // auto picked Kind: its node's disk is where docker keeps containers.
+    let root_dir = "docker info --format {{.DockerRootDir}}";
+    assert!(calls.iter().any(|l| l == root_dir), "{calls:?}");
     let kind = kind_calls(&s);
     assert!(!kind.is_empty(), "{calls:?}");
     assert!(kind.iter().all(|(_, env)| env == "KIND_EXPERIMENTAL_PROVIDER="), "{kind:?}");
@@ -249,7 +254,11 @@ fn a_container_that_cannot_start_is_named_with_the_engines_words_and_the_fix() {
         fix.contains(&format!("export CONTAINERS_CONF={}/.ci/containers.conf", s.root)),
         "{fix}"
     );
-    assert!(s.count("podman build --tag localhost/xtask-probe:1") == 1, "{:#?}", s.calls());
+    let probe = format!(
+        "podman build --file {}/target/xtask/probe/Containerfile --tag localhost/xtask-probe:1",
+        s.root
+    );
+    assert!(s.count(&probe) == 1, "{:#?}", s.calls());
 
     let ok = sandbox("container-ok", HEALTHY, free_port(), free_port());
     let run = ok.run(&["doctor", "--cluster", "podman"]);

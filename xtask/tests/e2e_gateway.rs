@@ -449,6 +449,25 @@ fn other_create_errors_are_not_retried() {
     assert!(sandbox.count("kind delete cluster") >= 1, "a half-created cluster is removed");
 }
 
+/// What kind v0.33 printed with Debian's docker 20.10 on our machines, where root lacks
+/// CAP_SYS_RESOURCE: an "OCI runtime" error, but one that comes back on every try.
+const CAPS_REFUSED: &str = "ERROR: failed to create cluster: command \"docker run --name gateway-e2e-control-plane --privileged --security-opt seccomp=unconfined kindest/node:v1.37.0\" failed with error: exit status 125\n\nCommand Output: 4c163b4b0432\ndocker: Error response from daemon: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: unable to apply caps: operation not permitted: unknown";
+
+#[test]
+fn a_refused_privileged_container_is_not_retried_and_says_what_it_means() {
+    let mut sandbox = Sandbox::new("kind-docker-caps", &["docker", "kind", "kubectl", "go"]);
+    sandbox.env("FAKE_FAIL", "^kind create").env("FAKE_FAIL_MESSAGE", CAPS_REFUSED);
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--engine", "docker"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(sandbox.count("kind create cluster"), 1, "no retry:\n{run}");
+    assert!(!run.stdout.contains("transient"), "{run}");
+    assert!(run.stderr.contains("unable to apply caps"), "{run}");
+    let fix = run.stderr.lines().find(|l| l.starts_with("fix: ")).unwrap_or_default();
+    assert!(fix.contains("privileged containers cannot run"), "{run}");
+    assert!(fix.contains("Kind's docker provider cannot run on this machine; use podman"), "{run}");
+    assert!(sandbox.count("kind delete cluster") >= 1, "a half-created cluster is removed");
+}
+
 #[test]
 fn ctrl_c_during_tests_still_deletes_the_cluster() {
     let mut sandbox = kind_sandbox("kind-ctrl-c");

@@ -9,21 +9,19 @@ mod common;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    os::unix::fs::PermissionsExt,
-    process::{Command, Output},
+    process::Output,
     time::{Duration, Instant},
 };
 
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 use common::{
     free_port,
     real::{
-        assert_covmeta_and_covcounters, images_of, podman, text, unique, Cleanup, Image, Scratch,
+        assert_covmeta_and_covcounters, ensure_standin_builder, images_of, podman, text, unique,
+        Cleanup, Image, Scratch, STANDIN_BUILDER,
     },
-    repo_root, Run,
+    Run,
 };
-
-const STANDIN_BUILDER: &str = "localhost/standin-go-builder:test";
 
 #[test]
 #[ignore = "needs podman and go"]
@@ -58,7 +56,7 @@ fn host_mode_images_run_write_coverage_and_are_cached() {
 #[ignore = "needs podman and go"]
 fn container_mode_with_standin_base_images_writes_coverage() {
     let mut guard = Cleanup::default();
-    ensure_standin_builder();
+    ensure_standin_builder("podman");
     let scratch = Scratch::new("real-container");
 
     let env = [
@@ -170,43 +168,6 @@ fn run_until_graceful_stop(guard: &mut Cleanup, image: &str, container_port: u16
         "the service must return from main on SIGTERM; logs:\n{}",
         text(&podman(&["logs", &name]))
     );
-}
-
-/// Builds the stand-in for the UBI9 go-toolset image (see xtask/tests/standin/builder.Dockerfile)
-/// unless it exists: it takes a while and never changes between runs.
-fn ensure_standin_builder() {
-    if podman(&["image", "exists", STANDIN_BUILDER]).status.success() {
-        return;
-    }
-    let context =
-        Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("standin-builder-context"));
-    std::fs::create_dir_all(&context).unwrap();
-    std::fs::copy("/bin/busybox", context.join("busybox"))
-        .expect("a static busybox at /bin/busybox (Debian: apt-get install busybox-static)");
-    let standin = repo_root().join("xtask/tests/standin");
-    std::fs::copy(standin.join("dnf"), context.join("dnf")).unwrap();
-    std::fs::set_permissions(context.join("dnf"), std::fs::Permissions::from_mode(0o755)).unwrap();
-
-    let goroot = Command::new("go").args(["env", "GOROOT"]).output().unwrap();
-    assert!(goroot.status.success(), "go env GOROOT: {}", text(&goroot));
-    let goroot = Utf8PathBuf::from(String::from_utf8(goroot.stdout).unwrap().trim());
-    let go = context.join("go");
-    std::fs::create_dir_all(&go).unwrap();
-    for entry in goroot.read_dir_utf8().unwrap() {
-        let entry = entry.unwrap();
-        // Documentation and the toolchain's own tests are not needed to build.
-        if ["api", "doc", "test", "misc"].contains(&entry.file_name()) {
-            continue;
-        }
-        let copied = Command::new("cp").arg("-a").arg(entry.path()).arg(&go).output().unwrap();
-        assert!(copied.status.success(), "copying GOROOT: {}", text(&copied));
-    }
-
-    let dockerfile = standin.join("builder.Dockerfile");
-    let built =
-        podman(&["build", "-f", dockerfile.as_str(), "-t", STANDIN_BUILDER, context.as_str()]);
-    let _ = std::fs::remove_dir_all(&context);
-    assert!(built.status.success(), "building the stand-in builder: {}", text(&built));
 }
 
 /// Like `images_of`; the images are this test's own (see `Scratch::new`), so the guard removes

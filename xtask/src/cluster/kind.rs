@@ -13,6 +13,7 @@ use crate::{
     build_images::Image,
     cmd::{step, Failure},
     doctor::{Check, Needs},
+    engine,
     flags::{ClusterAccess, Engine},
     project, ui,
 };
@@ -426,7 +427,10 @@ impl Cluster for Kind {
                     self.settings.engine.program()
                 )));
             }
-            let transient = TRANSIENT_CREATE_ERRORS.iter().any(|e| err.stderr.contains(e));
+            // An error with a known fix (`unable to apply caps`, rlimits) is refused every time.
+            let known = engine::known_fix(&err.stderr, &self.settings.root).is_some();
+            let transient =
+                !known && TRANSIENT_CREATE_ERRORS.iter().any(|e| err.stderr.contains(e));
             if !transient || attempt == CREATE_RETRIES || err.is_interrupt() {
                 let tries =
                     if transient { format!(" {} times", attempt + 1) } else { String::new() };

@@ -55,7 +55,19 @@ impl Scratch {
     /// The xtask binary with `args` on this copy; `env` is set on top of the test's environment,
     /// minus the variables that would change what xtask does.
     pub fn xtask(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        Run::from(self.command(&[], args, env).output().unwrap())
+    }
+
+    /// The command `xtask` runs, started through `wrapper` (e.g. `setpriv ...`) when not empty.
+    pub fn command(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = match wrapper {
+            [] => Command::new(env!("CARGO_BIN_EXE_xtask")),
+            [program, rest @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(env!("CARGO_BIN_EXE_xtask"));
+                cmd
+            }
+        };
         cmd.args(args)
             .current_dir(&self.root)
             .env("XTASK_PROJECT_ROOT", &self.root)
@@ -71,7 +83,7 @@ impl Scratch {
             .env_remove("E2E_NODE_IMAGE")
             .env_remove("E2E_REGISTRY");
         cmd.envs(env.iter().copied());
-        Run::from(cmd.output().unwrap())
+        cmd
     }
 
     /// An empty directory any container user (65532 in host mode, 1001 in UBI9) can write.
@@ -181,6 +193,54 @@ pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{prefix}-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+/// The stand-in for the UBI9 go-toolset image (see xtask/tests/standin/builder.Dockerfile) in
+/// the store of `engine` (`podman` or `docker`), built unless it exists: it takes a while and
+/// never changes between runs.
+pub const STANDIN_BUILDER: &str = "localhost/standin-go-builder:test";
+
+pub fn ensure_standin_builder(engine: &str) {
+    // One build at a time: tests that start together would each build it.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let exists = Command::new(engine).args(["image", "inspect", STANDIN_BUILDER]).output().unwrap();
+    if exists.status.success() {
+        return;
+    }
+    let context =
+        Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("standin-builder-context"));
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::copy("/bin/busybox", context.join("busybox"))
+        .expect("a static busybox at /bin/busybox (Debian: apt-get install busybox-static)");
+    let standin = repo_root().join("xtask/tests/standin");
+    std::fs::copy(standin.join("dnf"), context.join("dnf")).unwrap();
+    std::fs::set_permissions(context.join("dnf"), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let goroot = Command::new("go").args(["env", "GOROOT"]).output().unwrap();
+    assert!(goroot.status.success(), "go env GOROOT: {}", text(&goroot));
+    let goroot = Utf8PathBuf::from(String::from_utf8(goroot.stdout).unwrap().trim());
+    let go = context.join("go");
+    std::fs::create_dir_all(&go).unwrap();
+    for entry in goroot.read_dir_utf8().unwrap() {
+        let entry = entry.unwrap();
+        // Documentation and the toolchain's own tests are not needed to build.
+        if ["api", "doc", "test", "misc"].contains(&entry.file_name()) {
+            continue;
+        }
+        let copied = Command::new("cp").arg("-a").arg(entry.path()).arg(&go).output().unwrap();
+        assert!(copied.status.success(), "copying GOROOT: {}", text(&copied));
+    }
+
+    let dockerfile = standin.join("builder.Dockerfile");
+    let built = Command::new(engine)
+        .args(["build", "-f", dockerfile.as_str(), "-t", STANDIN_BUILDER, context.as_str()])
+        // docker's legacy builder would keep every step as an untagged image; BuildKit keeps none.
+        .env("DOCKER_BUILDKIT", "1")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&context);
+    assert!(built.status.success(), "building the stand-in builder: {}", text(&built));
 }
 
 /// The CNCF Distribution registry on a free port, with storage of its own; stopped and

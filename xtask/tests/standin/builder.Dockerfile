@@ -18,6 +18,9 @@ COPY busybox /bin/busybox
 RUN ["/bin/busybox", "mkdir", "-p", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin", "/root", "/tmp"]
 RUN ["/bin/busybox", "--install", "-s"]
 RUN ["/bin/busybox", "chmod", "1777", "/tmp"]
+# The users of the real image (root, and `default` as 1001): docker 20.10's BuildKit looks
+# up even a numeric USER in /etc/passwd ("unable to find user 0" without one).
+RUN ["/bin/sh", "-c", "echo 'root:x:0:0:root:/root:/bin/sh' >/etc/passwd && echo 'default:x:1001:0::/opt/app-root/src:/bin/sh' >>/etc/passwd && echo 'root:x:0:' >/etc/group"]
 COPY dnf /usr/local/bin/dnf
 COPY go /usr/local/go
 # The real image's Go honours go.mod's toolchain line by downloading; here
