@@ -142,7 +142,9 @@ func (e RedisError) Error() string { return "redis replied: " + string(e) }
 
 // redisClient sends one command at a time per connection and keeps a few idle
 // connections for reuse. A connection that fails in any way but a Redis error
-// reply is closed, never reused.
+// reply is closed, never reused. Nothing is retried (a retried INCR or RPUSH
+// could apply twice): after a restart of Redis, each idle connection fails the
+// one command that finds it closed (a 503), and /readyz clears them too.
 type redisClient struct {
 	addr    string
 	timeout time.Duration // per command, unless the context ends sooner
