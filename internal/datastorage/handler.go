@@ -1,6 +1,7 @@
 package datastorage
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,10 +18,15 @@ const EventsPath = "/api/v1/audit/events"
 
 const maxBodyBytes = 64 << 10
 
+// readyTimeout bounds how long /readyz waits for the store: a probe that hangs
+// is worse than one that says "not ready".
+const readyTimeout = 2 * time.Second
+
 // NewHandler returns the datastorage HTTP API over store. now is the clock
-// (time.Now in production).
-func NewHandler(logger *slog.Logger, store *Store, now func() time.Time) http.Handler {
-	h := &handler{logger: logger, store: store, now: now}
+// (time.Now in production); /readyz reports its reading at this call as
+// startedAt, which tells one run of the service from the next.
+func NewHandler(logger *slog.Logger, store Store, now func() time.Time) http.Handler {
+	h := &handler{logger: logger, store: store, now: now, started: now()}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+EventsPath, h.postEvent)
 	mux.HandleFunc("GET "+EventsPath, h.getEvents)
@@ -30,9 +36,10 @@ func NewHandler(logger *slog.Logger, store *Store, now func() time.Time) http.Ha
 }
 
 type handler struct {
-	logger *slog.Logger
-	store  *Store
-	now    func() time.Time
+	logger  *slog.Logger
+	store   Store
+	now     func() time.Time
+	started time.Time
 }
 
 func (h *handler) postEvent(w http.ResponseWriter, r *http.Request) {
@@ -51,11 +58,15 @@ func (h *handler) postEvent(w http.ResponseWriter, r *http.Request) {
 		server.WriteError(w, http.StatusBadRequest, field, msg)
 		return
 	}
-	stored, err := h.store.Add(e, h.now())
+	stored, err := h.store.Add(r.Context(), e, h.now())
 	if errors.Is(err, ErrFull) {
-		h.logger.Warn("audit store full, event refused", "fingerprint", e.Fingerprint, "max", h.store.max)
+		h.logger.Warn("audit store full, event refused", "fingerprint", e.Fingerprint, "max", h.store.Max())
 		server.WriteError(w, http.StatusInsufficientStorage, "",
-			fmt.Sprintf("store full: it holds its maximum of %d events (raise MAX_EVENTS)", h.store.max))
+			fmt.Sprintf("store full: it holds its maximum of %d events (raise MAX_EVENTS)", h.store.Max()))
+		return
+	}
+	if err != nil {
+		h.unavailable(w, "storing an event", err)
 		return
 	}
 	server.WriteJSON(w, http.StatusCreated, stored)
@@ -82,11 +93,33 @@ func (h *handler) getEvents(w http.ResponseWriter, r *http.Request) {
 		server.WriteError(w, http.StatusBadRequest, "fingerprint", "query parameter fingerprint is required")
 		return
 	}
-	server.WriteJSON(w, http.StatusOK, map[string][]Event{"events": h.store.ByFingerprint(fp)})
+	events, err := h.store.ByFingerprint(r.Context(), fp)
+	if err != nil {
+		h.unavailable(w, "reading events", err)
+		return
+	}
+	server.WriteJSON(w, http.StatusOK, map[string][]Event{"events": events})
 }
 
-// readyz: the store is in memory, so serving means ready. A full store is
-// still ready: it answers reads, and writes get a clear 507.
-func (h *handler) readyz(w http.ResponseWriter, _ *http.Request) {
-	server.WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "events": h.store.Len()})
+// unavailable answers 503 for a store that failed (Redis went away): the
+// client may retry, and /readyz says the same meanwhile.
+func (h *handler) unavailable(w http.ResponseWriter, doing string, err error) {
+	h.logger.Error("store failed", "store", h.store.Kind(), "doing", doing, "err", err)
+	server.WriteError(w, http.StatusServiceUnavailable, "", fmt.Sprintf("%s store unavailable: %v", h.store.Kind(), err))
+}
+
+// readyz: ready while the store answers. A full store is still ready: it
+// answers reads, and writes get a clear 507.
+func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+	defer cancel()
+	body := map[string]any{"store": h.store.Kind(), "startedAt": h.started}
+	n, err := h.store.Len(ctx)
+	if err != nil {
+		body["status"], body["error"] = "not ready", err.Error()
+		server.WriteJSON(w, http.StatusServiceUnavailable, body)
+		return
+	}
+	body["status"], body["events"] = "ready", n
+	server.WriteJSON(w, http.StatusOK, body)
 }

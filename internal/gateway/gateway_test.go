@@ -121,14 +121,14 @@ func webhook(fps ...string) string {
 
 type fixture struct {
 	gw    *Handler
-	store *datastorage.Store
+	store *datastorage.MemoryStore
 	clock *clock
 }
 
 // newFixture runs a real datastorage handler behind httptest.
 func newFixture(t *testing.T, maxEvents int) *fixture {
 	t.Helper()
-	store := datastorage.NewStore(maxEvents)
+	store := datastorage.NewMemoryStore(maxEvents)
 	ds := httptest.NewServer(datastorage.NewHandler(discard(), store, time.Now))
 	t.Cleanup(ds.Close)
 	c := &clock{now: t0}
@@ -161,7 +161,7 @@ func TestPostAcceptsAndAudits(t *testing.T) {
 	if got.Accepted != 2 || len(got.Signals) != 2 || got.Signals[0].Fingerprint != "fp1" || got.Signals[0].Count != 1 {
 		t.Fatalf("body %#v", got)
 	}
-	events := f.store.ByFingerprint("fp1")
+	events, _ := f.store.ByFingerprint(context.Background(), "fp1")
 	if len(events) != 1 {
 		t.Fatalf("audit events for fp1: %#v", events)
 	}
@@ -180,7 +180,7 @@ func TestPostDeduplicates(t *testing.T) {
 	if rec.Code != http.StatusAccepted || got.Signals[0].Count != 2 || !got.Signals[0].Deduplicated || !got.Signals[0].FirstSeen.Equal(t0) {
 		t.Fatalf("second post: %d %#v", rec.Code, got)
 	}
-	if events := f.store.ByFingerprint("fp1"); len(events) != 2 || events[1].Count != 2 {
+	if events, _ := f.store.ByFingerprint(context.Background(), "fp1"); len(events) != 2 || events[1].Count != 2 {
 		t.Fatalf("audit events %#v", events)
 	}
 	m := f.gw.Metrics()
@@ -201,7 +201,7 @@ func TestPostMalformedNamesField(t *testing.T) {
 	if n := f.gw.Metrics().Rejected.Load(); n != uint64(len(malformed)) {
 		t.Fatalf("rejected %d, want %d", n, len(malformed))
 	}
-	if f.store.Len() != 0 {
+	if n, _ := f.store.Len(context.Background()); n != 0 {
 		t.Fatalf("a rejected request reached datastorage")
 	}
 }
