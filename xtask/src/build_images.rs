@@ -13,11 +13,11 @@ use walkdir::WalkDir;
 use xshell::{cmd, Shell};
 
 use crate::{
+    check::{self, Needs},
     cmd::step,
-    doctor,
+    engine::Engine,
     engine::{self, ImageInfo},
-    flags::{BuildImages, BuildMode, Engine},
-    lint_dockerfiles::{self, Severity},
+    flags::{BuildImages, BuildMode},
     project::{self, Service, WRITABLE_TARGET},
     ui,
 };
@@ -37,13 +37,18 @@ const GO_TARGET: [(&str, &str); 3] = [("CGO_ENABLED", "0"), ("GOOS", "linux"), (
 
 pub fn run(sh: &Shell, flags: &BuildImages) -> Result<()> {
     let root = project::root();
-    // No checks up front: the first engine call proves the engine answers, and a run with
-    // nothing to build is one engine call. When a command fails, doctor's checks say why.
+    let container = flags.build_mode == BuildMode::Container;
+    // A container build's Dockerfiles pass the lint first (a `dnf update` costs minutes each
+    // build). No other checks up front: the first engine call proves the engine answers, and a
+    // run with nothing to build is one engine call. When a command fails, the checks say why.
+    if container {
+        let needs = Needs { dockerfiles: true, ..Needs::default() };
+        check::preflight(sh, &root, &needs, Vec::new())?;
+    }
     let Err(err) = build(sh, &root, flags) else { return Ok(()) };
     let engine = Some(engine::resolve(flags.engine));
-    let buildkit = flags.build_mode == BuildMode::Container;
-    let needs = doctor::Needs { engine, buildkit, disk: true, ..doctor::Needs::default() };
-    if doctor::preflight(sh, &root, &needs, Vec::new()).is_err() {
+    let needs = Needs { engine, buildkit: container, disk: true, ..Needs::default() };
+    if check::preflight(sh, &root, &needs, Vec::new()).is_err() {
         eprintln!("build-images failed; the checks above say why");
     }
     Err(err)
@@ -56,18 +61,10 @@ fn select_services(names: &[String]) -> impl Iterator<Item = Service> + '_ {
         .filter(move |s| names.is_empty() || names.iter().any(|n| n == s.name))
 }
 
-/// Builds what is missing, reuses what exists, prints one line per service.
+/// Builds what is missing, reuses what exists, prints one line per service. The caller has run
+/// the checks (the Dockerfiles' lint for a container build).
 pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image>> {
     let engine = engine::resolve(req.engine);
-    if req.build_mode == BuildMode::Container {
-        let findings =
-            lint_dockerfiles::lint_files(&lint_dockerfiles::default_paths(root)?, false)?;
-        for finding in findings.iter().filter(|f| f.severity != Severity::Info) {
-            println!("{finding}");
-        }
-        let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
-        ensure!(errors == 0, "lint-dockerfiles found {errors} error(s) above: fix them before a container build (see `cargo xtask lint-dockerfiles`)");
-    }
     let mut planned = plan(sh, root, req, engine)?;
 
     // One inspect for all images rather than listing the store, which grows slow with its size.

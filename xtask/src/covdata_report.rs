@@ -13,9 +13,10 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
 use crate::{
+    check,
     cmd::step,
     coverdata::{self, display, PRODUCER},
-    doctor, flags,
+    flags,
     project::{self, WRITABLE_TARGET},
     ui,
 };
@@ -60,8 +61,8 @@ type Blocks = BTreeMap<(String, Pos, Pos, u32), bool>;
 
 pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> Result<()> {
     let root = project::root();
-    let needs = doctor::Needs { covdata: true, ..Default::default() };
-    doctor::preflight(sh, &root, &needs, Vec::new())?;
+    let needs = check::Needs { covdata: true, ..Default::default() };
+    check::preflight(sh, &root, &needs, Vec::new())?;
     let dirs = match &flags.from_archive {
         Some(archive) if archive.as_str().is_empty() => {
             bail!("--from-archive was given an empty path: name an archive, e.g. one in coverdata/archive/")

@@ -6,16 +6,17 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::bail;
+use anyhow::{bail, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
 use crate::{
     build_images::{self, Image},
-    cluster::{self, Cluster, Settings},
+    check::{self, Needs},
+    cluster::{self, Clear, Cluster, Diagnose, Leftover, Preflight, Settings},
     cmd::{self, check_interrupted, CmdError},
     covdata_report::{self, Coverage},
-    coverdata, doctor, engine, flags, http,
+    coverdata, engine, flags, http,
     lock::{self, Lock},
     project::{self, Service, Services},
     ui,
@@ -30,72 +31,210 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Run folders kept in target/xtask/logs/, this run's included.
 const LOGS_KEPT: usize = 20;
 
-/// Everything the phases share, decided once at the start.
-struct Run {
-    settings: Settings,
-    flags: flags::E2eGateway,
-    logs_dir: Utf8PathBuf,
-}
-
-pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> anyhow::Result<()> {
+/// The phases of one run, in the order they run. Phases 1 to 6 stop at the first failure;
+/// 7 to 10 run after one too. The run's state is its own: what exists (in the teardown guard)
+/// and whether any service started.
+pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> Result<()> {
     let root = project::root();
-    let mut cluster = cluster::pick(sh, &flags.target, &root, Services::from_env()?)?;
+    let (settings, cluster) = cluster::pick(sh, &flags.target, &root, Services::from_env()?)?;
     cmd::set_leftover(cluster.remove_command());
     // Sortable by time, and apart from a run of another cluster name in the same second.
-    let id = format!("{}-{}", project::utc_timestamp(SystemTime::now()), flags.target.cluster_name);
+    let id = format!("{}-{}", project::utc_timestamp(SystemTime::now()), settings.name);
     let logs = project::xtask_dir(&root).join("logs");
     prune_logs(&logs, LOGS_KEPT - 1);
-    let settings = cluster.settings().clone();
-    let run = Run { logs_dir: logs.join(&id), settings, flags: flags.clone() };
-    let mut summary = Summary { id, backend: cluster.name(), ..Summary::default() };
-    summary.start(&project::xtask_dir(&root));
-
-    // Held until the end, teardown included: see lock.rs.
-    let mut lock = None;
-    let outcome = pipeline(sh, &run, cluster.as_mut(), &mut summary, &mut lock);
-    // Teardown runs on success, failure and Ctrl-C alike; `--reuse-cluster` keeps the cluster
-    // too: reusing it next time is the point of the flag.
+    let logs_dir = logs.join(&id);
+    let mut run = Run::new(Summary { id, backend: settings.backend.name(), ..Summary::default() });
+    run.summary.start(&project::xtask_dir(&root));
+    // Declared before the cluster's guard, so dropped after it: the name is ours through the
+    // teardown, whatever ends the run.
+    let _lock: Option<Lock>;
+    // `--reuse-cluster` keeps the cluster too: reusing it next time is the point of the flag.
     let keep = flags.keep_cluster || flags.reuse_cluster || flags.keep_namespace;
-    // What the run wrote there (the test log, diagnostics), if anything.
-    summary.logs = run.logs_dir.is_dir().then(|| run.logs_dir.clone());
-    let teardown = summary.phase(Phase::Teardown, || {
-        if !cluster.state().exists {
-            println!("    nothing to tear down");
-            return Ok(());
-        }
-        cluster.teardown(sh, keep)
+    let mut cluster = Teardown { cluster, sh: sh.clone(), keep, exists: false, done: false };
+    let mut started = false;
+
+    // 1. The name's lock, the checks, what an earlier run left.
+    let preflight = run.phase(Phase::Preflight, || preflight(sh, &settings, flags, &mut cluster));
+    let (lock, archives) = preflight.unzip();
+    _lock = lock;
+    // 2. Every image, before any cluster exists.
+    let build = || build(sh, &settings, flags, archives.unwrap_or_default());
+    let images = run.phase(Phase::BuildImages, build).unwrap_or_default();
+    // 3. The cluster, and 4. the images in it, at once.
+    run.phase(Phase::CreateCluster, || {
+        cluster.exists = true;
+        cluster.create(sh)
     });
-    // The next coverage run archives this data under its outcome; passed runs are kept longer.
-    // The outcome is that of the run whose services wrote the data: a run that never started
-    // them (it could not archive the data before it, say) leaves that run's outcome alone.
-    if flags.coverage && cluster.state().deployed {
-        if let Err(err) = coverdata::record_outcome(&root, outcome.is_ok()) {
+    run.summary.idle_gap = run.phase(Phase::LoadImages, || cluster.load(sh, &images)).flatten();
+    // 5. The services, in dependency order, each ready.
+    run.phase(Phase::Deploy, || {
+        let deployed = cluster.deploy(sh, &images);
+        started = deployed.as_ref().map_or_else(|err| err.started, |()| true);
+        deployed.map_err(|err| err.error)?;
+        settings.services.all().into_iter().try_for_each(wait_ready)
+    });
+    // 6. The suite.
+    let mut tests = None;
+    run.phase(Phase::Test, || {
+        let (services, args) = (&settings.services, &flags.go_test_args);
+        let report = tests.insert(gotest::run(sh, services, args, &logs_dir)?);
+        println!("{}", report.line());
+        judge(report, &logs_dir)
+    });
+    run.summary.tests = tests;
+
+    // 7. What explains a failure, and before a coverage run stops its services, their logs:
+    // before anything is stopped or deleted (not after Ctrl-C).
+    let diagnose = match run.failure {
+        Some(_) => Some(Diagnose::Failure),
+        None => (flags.coverage && started).then_some(Diagnose::BeforeStopping),
+    };
+    if let (Some(what), true, false) = (diagnose, cluster.exists, cmd::interrupted()) {
+        let collected = run.summary.phase(Phase::Diagnostics, || {
+            if cluster.diagnostics(sh, &logs_dir, what)? {
+                println!("    diagnostics written to {logs_dir}");
+            }
+            Ok(())
+        });
+        if let Err(err) = collected {
             eprintln!("warning: {err:#}");
         }
     }
-    if let Err(err) = outcome.as_ref().and(teardown.as_ref()) {
-        let text = format!("{err:#}");
-        summary.cause =
-            err.chain().find_map(|e| e.downcast_ref::<CmdError>()).map(CmdError::one_line);
-        summary.fix = engine::known_fix(&text, &root);
-        summary.error = Some(text);
+    // 8. The services stop gracefully and their counters are reported; a test failure stays
+    // the headline.
+    if flags.coverage && started && !cmd::interrupted() {
+        let report = || coverage(sh, &settings, &mut cluster);
+        run.summary.coverage = run.after_failure(Phase::Coverage, "warning", report);
     }
-    summary.finish(&project::xtask_dir(&root));
-    if let (Err(_), Err(err)) = (&outcome, &teardown) {
-        eprintln!("error: {err:#}");
+    // 9. After success, failure and Ctrl-C alike.
+    run.after_failure(Phase::Teardown, "error", || cluster.tear_down());
+    // The next coverage run archives this data under its outcome; passed runs are kept longer.
+    // The outcome is that of the run whose services wrote the data: a run that never started
+    // them (it could not archive the data before it, say) leaves that run's outcome alone.
+    if flags.coverage && started {
+        if let Err(err) = coverdata::record_outcome(&root, run.failure.is_none()) {
+            eprintln!("warning: {err:#}");
+        }
     }
-    if let (true, Some(err)) = (ui::github_actions(), &summary.error) {
-        // The failed phase and its fix on the run's page, outside the folded groups.
-        let (title, rest) = err.split_once(": ").unwrap_or(("e2e-gateway failed", err));
-        let lines =
-            rest.lines().take(1).chain(summary.cause.as_deref()).chain(summary.fix.as_deref());
-        println!("{}", ui::error_annotation(title, &lines.collect::<Vec<_>>().join("\n")));
+    // 10. The summary.
+    run.summary.logs = logs_dir.is_dir().then(|| logs_dir.clone());
+    run.finish(&root)
+}
+
+/// The cluster, torn down when the run ends: by phase 9, or when it is dropped before that (a
+/// panic), so nothing is left behind either way. Whether something of ours may exist is the
+/// pipeline's to know: it says so when it creates (or keeps) the cluster.
+struct Teardown {
+    cluster: Box<dyn Cluster>,
+    sh: Shell,
+    keep: bool,
+    exists: bool,
+    done: bool,
+}
+
+impl Teardown {
+    fn tear_down(&mut self) -> Result<()> {
+        self.done = true;
+        if !self.exists {
+            println!("    nothing to tear down");
+            return Ok(());
+        }
+        self.cluster.teardown(&self.sh, self.keep)
     }
-    // The fix goes last, under the error it is for.
-    outcome.and(teardown).map_err(|err| match &summary.fix {
-        Some(fix) => anyhow::anyhow!("{err:#}\nfix: {fix}"),
-        None => err,
-    })
+}
+
+impl std::ops::Deref for Teardown {
+    type Target = dyn Cluster;
+    fn deref(&self) -> &Self::Target {
+        self.cluster.as_ref()
+    }
+}
+
+impl std::ops::DerefMut for Teardown {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.cluster.as_mut()
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if !self.done && self.exists {
+            if let Err(err) = self.cluster.teardown(&self.sh, self.keep) {
+                eprintln!("error: tearing down after the run stopped early failed: {err:#}\nremove it with: {}", self.cluster.remove_command());
+            }
+        }
+    }
+}
+
+/// The summary, and the run's first failure.
+struct Run {
+    summary: Summary,
+    failure: Option<anyhow::Error>,
+}
+
+impl Run {
+    fn new(summary: Summary) -> Run {
+        Run { summary, failure: None }
+    }
+
+    /// Runs `phase` unless an earlier phase failed or the run was interrupted; its value, or
+    /// None when it did not run or failed (its failure is the run's).
+    fn phase<T>(&mut self, phase: Phase, f: impl FnOnce() -> Result<T>) -> Option<T> {
+        if self.failure.is_none() {
+            self.failure = cmd::check_interrupted().err();
+        }
+        if self.failure.is_some() {
+            return None;
+        }
+        self.summary.phase(phase, f).map_err(|err| self.failure = Some(err)).ok()
+    }
+
+    /// Runs `phase` whatever happened before: its failure is the run's if the run has none yet,
+    /// else printed as a `level` line beside it.
+    fn after_failure<T>(
+        &mut self,
+        phase: Phase,
+        level: &str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Option<T> {
+        match self.summary.phase(phase, f) {
+            Ok(value) => Some(value),
+            Err(err) if self.failure.is_none() => {
+                self.failure = Some(err);
+                None
+            }
+            Err(err) => {
+                eprintln!("{level}: {err:#}");
+                None
+            }
+        }
+    }
+
+    /// Phase 10: the summary, the failure's cause and fix (also as a GitHub Actions
+    /// annotation), and the run's result.
+    fn finish(mut self, root: &Utf8Path) -> Result<()> {
+        if let Some(err) = &self.failure {
+            let text = format!("{err:#}");
+            self.summary.cause =
+                err.chain().find_map(|e| e.downcast_ref::<CmdError>()).map(CmdError::one_line);
+            self.summary.fix = engine::known_fix(&text, root);
+            self.summary.error = Some(text);
+        }
+        self.summary.finish(&project::xtask_dir(root));
+        if let (true, Some(err)) = (ui::github_actions(), &self.summary.error) {
+            // The failed phase and its fix on the run's page, outside the folded groups.
+            let (title, rest) = err.split_once(": ").unwrap_or(("e2e-gateway failed", err));
+            let (cause, fix) = (self.summary.cause.as_deref(), self.summary.fix.as_deref());
+            let lines = rest.lines().take(1).chain(cause).chain(fix);
+            println!("{}", ui::error_annotation(title, &lines.collect::<Vec<_>>().join("\n")));
+        }
+        // The fix goes last, under the error it is for.
+        match (self.failure, &self.summary.fix) {
+            (None, _) => Ok(()),
+            (Some(err), Some(fix)) => Err(anyhow::anyhow!("{err:#}\nfix: {fix}")),
+            (Some(err), None) => Err(err),
+        }
+    }
 }
 
 /// Removes all but the newest `keep` run folders (their names start with the time). Best
@@ -114,69 +253,8 @@ fn prune_logs(logs: &Utf8Path, keep: usize) {
     }
 }
 
-/// Phases 1 to 8. Returns Err on any failure, including failed tests.
-fn pipeline(
-    sh: &Shell,
-    run: &Run,
-    cluster: &mut dyn Cluster,
-    summary: &mut Summary,
-    lock: &mut Option<Lock>,
-) -> anyhow::Result<()> {
-    *lock = Some(summary.phase(Phase::Preflight, || preflight(sh, run, cluster))?);
-    let images = summary.phase(Phase::BuildImages, || build(sh, run, cluster))?;
-    check_interrupted()?;
-
-    let result = cluster_phases(sh, run, cluster, summary, &images);
-    // Diagnostics come before anything is scaled down or deleted.
-    let interrupted = cmd::interrupted();
-    if result.is_err() && cluster.state().exists && !interrupted {
-        diagnostics(sh, run, cluster, summary);
-    }
-    if run.flags.coverage && cluster.state().deployed && !interrupted {
-        match summary.phase(Phase::Coverage, || coverage(sh, run, cluster)) {
-            Ok(coverage) => summary.coverage = Some(coverage),
-            // A test failure stays the headline; the coverage problem is reported beside it.
-            Err(err) if result.is_err() => eprintln!("warning: {err:#}"),
-            Err(err) => {
-                if !cmd::interrupted() {
-                    diagnostics(sh, run, cluster, summary);
-                }
-                return Err(err);
-            }
-        }
-    }
-    result
-}
-
-/// Phases 3 to 6: the cluster, the images in it, the services, the tests.
-fn cluster_phases(
-    sh: &Shell,
-    run: &Run,
-    cluster: &mut dyn Cluster,
-    summary: &mut Summary,
-    images: &[Image],
-) -> anyhow::Result<()> {
-    summary.phase(Phase::CreateCluster, || cluster.create(sh))?;
-    summary.idle_gap = summary.phase(Phase::LoadImages, || cluster.load(sh, images))?;
-    check_interrupted()?;
-    summary.phase(Phase::Deploy, || {
-        cluster.deploy(sh, images)?;
-        run.settings.services.all().into_iter().try_for_each(wait_ready)
-    })?;
-    check_interrupted()?;
-    let mut report = None;
-    let result = summary.phase(Phase::Test, || {
-        let (services, args) = (&run.settings.services, &run.flags.go_test_args);
-        let tests = report.insert(gotest::run(sh, services, args, &run.logs_dir)?);
-        println!("{}", tests.line());
-        judge(tests, &run.logs_dir)
-    });
-    summary.tests = report;
-    result
-}
-
 /// A test phase succeeds only when tests ran and none failed.
-fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> {
+fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> Result<()> {
     if tests.interrupted {
         bail!("interrupted by a signal (Ctrl-C or SIGTERM)");
     }
@@ -198,43 +276,63 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Phase 1: the cluster name is ours alone (no live run uses it), doctor's checks for this
-/// backend, then what an earlier run left is cleared (it holds our host ports, which are
-/// checked once it is gone), before the build phase archives coverdata/: its services write
-/// their last counters when they stop.
-fn preflight(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<Lock> {
-    let (settings, flags) = (&run.settings, &run.flags);
+/// Phase 1: the cluster name is ours alone (no live run uses it), the checks for this backend,
+/// then what an earlier run left is cleared (it holds our host ports, which are checked once it
+/// is gone), before the build phase archives coverdata/: its services write their last
+/// counters when they stop. Returns the lock and whether the build saves image archives.
+fn preflight(
+    sh: &Shell,
+    settings: &Settings,
+    flags: &flags::E2eGateway,
+    cluster: &mut Teardown,
+) -> Result<(Lock, bool)> {
     let lock = lock::acquire(&settings.name, &settings.root, flags.coverage)?;
     // An error here means a missing tool, which the checks below report properly.
-    let leftover = cluster.leftover(sh).unwrap_or(None);
-    let ports = settings.services.all();
-    let mut needs = doctor::Needs {
+    let leftover = cluster.leftover(sh).unwrap_or(Leftover::Nothing);
+    let Preflight { needs, checks, archives } = cluster.preflight(sh);
+    let container = flags.build_mode == flags::BuildMode::Container;
+    let needs = Needs {
         covdata: flags.coverage,
-        buildkit: flags.build_mode == flags::BuildMode::Container,
-        // Held by the earlier run until it is cleared: checked below.
-        ports: if leftover.is_none() { ports.to_vec() } else { Vec::new() },
+        buildkit: container,
+        dockerfiles: container,
         disk: true,
-        ..doctor::Needs::default()
+        // Held by the earlier run until it is cleared: checked below.
+        ports: if leftover == Leftover::Nothing { needs.ports.clone() } else { Vec::new() },
+        ..needs
     };
-    let checks = cluster.preflight(sh, &mut needs);
-    doctor::preflight(sh, &settings.root, &needs, checks)?;
-    let Some(what) = leftover else {
-        return Ok(lock);
+    check::preflight(sh, &settings.root, &needs, checks)?;
+    let Leftover::Stale(what) = leftover else {
+        return Ok((lock, archives));
     };
     println!("    {what}");
-    if !cluster.clear_leftover(sh, flags.reuse_cluster, flags.coverage)? {
-        let taken = ports.into_iter().map(|s| (s, doctor::check_port(s))).find(|(_, c)| !c.is_ok());
-        if let Some((service, check)) = taken {
-            let (port, name, hint) = (service.host_port, service.name, &check.hint);
-            bail!("port {port} ({name}) is still in use after removing the earlier run: {hint}");
+    let how = if flags.reuse_cluster { Clear::ReuseIfHealthy } else { Clear::Remove };
+    if cluster.clear_leftover(sh, how)? == Clear::Reused {
+        cluster.exists = true;
+        // Its services write their last counters before coverdata/ is archived.
+        if flags.coverage {
+            if let Err(err) = cluster.flush_coverage(sh) {
+                println!("    could not stop its services: {err:#}");
+            }
         }
+        return Ok((lock, archives));
     }
-    Ok(lock)
+    let ports = settings.services.all();
+    let taken = ports.into_iter().map(|s| (s, check::check_port(s))).find(|(_, c)| !c.is_ok());
+    if let Some((service, check)) = taken {
+        let (port, name, hint) = (service.host_port, service.name, &check.hint);
+        bail!("port {port} ({name}) is still in use after removing the earlier run: {hint}");
+    }
+    Ok((lock, archives))
 }
 
 /// Phase 2: every image, before any cluster exists (cache hits cost nothing).
-fn build(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<Vec<Image>> {
-    let (settings, coverage) = (&run.settings, run.flags.coverage);
+fn build(
+    sh: &Shell,
+    settings: &Settings,
+    flags: &flags::E2eGateway,
+    archive: bool,
+) -> Result<Vec<Image>> {
+    let coverage = flags.coverage;
     let services = settings.services.all().to_vec();
     if coverage {
         coverdata::prepare(&settings.root, &services)?;
@@ -244,10 +342,10 @@ fn build(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<Vec<Ima
     let request = flags::BuildImages {
         services: Vec::new(), // none named: all of them
         coverage,
-        build_mode: run.flags.build_mode,
+        build_mode: flags.build_mode,
         engine: Some(settings.engine),
         no_cache: false,
-        archive: cluster.needs_archives(),
+        archive,
         registry: settings.registry.clone(),
     };
     build_images::build(sh, &settings.root, &request)
@@ -255,7 +353,7 @@ fn build(sh: &Shell, run: &Run, cluster: &dyn Cluster) -> anyhow::Result<Vec<Ima
 
 /// Phase 5's end: polls `GET /readyz` on the host port until it answers 200, bounded by
 /// READY_TIMEOUT.
-fn wait_ready(service: Service) -> anyhow::Result<()> {
+fn wait_ready(service: Service) -> Result<()> {
     let (name, port, started) = (service.name, service.host_port, Instant::now());
     let mut last = String::from("no answer yet");
     while started.elapsed() < READY_TIMEOUT {
@@ -276,26 +374,12 @@ fn wait_ready(service: Service) -> anyhow::Result<()> {
     bail!("{name} did not become ready: http://127.0.0.1:{port}/readyz still answered `{last}` after {secs}s; its logs are in the diagnostics")
 }
 
-/// Phase 7, on any failure once a cluster exists; a failure to collect is a warning, never the
-/// reason the run failed.
-fn diagnostics(sh: &Shell, run: &Run, cluster: &dyn Cluster, summary: &mut Summary) {
-    let collected = summary.phase(Phase::Diagnostics, || {
-        if cluster.diagnostics(sh, &run.logs_dir)? {
-            println!("    diagnostics written to {}", run.logs_dir);
-        }
-        Ok(())
-    });
-    if let Err(err) = collected {
-        eprintln!("warning: {err:#}");
-    }
-}
-
-/// Phase 8: the services stop gracefully (counters are only written on a normal exit), each
-/// must have left counters, then the report.
-fn coverage(sh: &Shell, run: &Run, cluster: &mut dyn Cluster) -> anyhow::Result<Coverage> {
-    cluster.stop_services(sh)?;
-    let root = &run.settings.root;
-    let services = run.settings.services.all();
+/// Phase 8: the services' counters into coverdata/ (stopped gracefully, or fetched), each must
+/// have left counters, then the report.
+fn coverage(sh: &Shell, settings: &Settings, cluster: &mut Teardown) -> Result<Coverage> {
+    cluster.flush_coverage(sh)?;
+    let root = &settings.root;
+    let services = settings.services.all();
     coverdata::check_started(root, &services)?;
     let dirs = services.map(|s| project::coverdata_dir(root).join(s.name)).to_vec();
     Ok(covdata_report::report(sh, root, &dirs)?.0)

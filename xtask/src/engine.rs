@@ -4,7 +4,25 @@ use anyhow::{ensure, Result};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
-use crate::{cmd::step, flags::Engine, project};
+use crate::{cmd::step, project};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Podman,
+    Docker,
+}
+
+impl Engine {
+    /// Each engine by the name of its program, as `--engine` takes it.
+    pub const NAMES: &[(&str, Engine)] = &[("podman", Engine::Podman), ("docker", Engine::Docker)];
+
+    pub fn program(self) -> &'static str {
+        match self {
+            Engine::Podman => "podman",
+            Engine::Docker => "docker",
+        }
+    }
+}
 
 /// `--engine` if given, else podman if on PATH, else docker if on PATH, else podman (whose
 /// missing row in the preflight says how to install it).

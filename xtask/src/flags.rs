@@ -5,7 +5,7 @@ use std::ffi::OsString;
 
 use camino::Utf8PathBuf;
 
-pub use crate::registry::Registry;
+use crate::{engine::Engine, registry::Registry};
 
 const HELP: &str = "\
 cargo xtask: build, test and measure the Go services of this repository in containers
@@ -163,12 +163,6 @@ pub enum BuildMode {
     Container,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Podman,
-    Docker,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClusterBackend {
     #[default]
@@ -182,7 +176,6 @@ pub enum ClusterBackend {
 /// The words of the flags that take one of a few, in the order a usage error lists them.
 const BUILD_MODES: &[(&str, BuildMode)] =
     &[("host", BuildMode::Host), ("container", BuildMode::Container)];
-const ENGINES: &[(&str, Engine)] = &[("podman", Engine::Podman), ("docker", Engine::Docker)];
 const BACKENDS: &[(&str, ClusterBackend)] = &[
     ("auto", ClusterBackend::Auto),
     ("kind", ClusterBackend::Kind),
@@ -198,12 +191,6 @@ fn word<T: PartialEq>(choices: &[(&'static str, T)], value: T) -> &'static str {
 impl ClusterBackend {
     pub fn name(self) -> &'static str {
         word(BACKENDS, self)
-    }
-}
-
-impl Engine {
-    pub fn program(self) -> &'static str {
-        word(ENGINES, self)
     }
 }
 
@@ -319,7 +306,7 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
             coverage: args.flag("--coverage"),
             services: args.values("--service", known_service)?,
             build_mode: args.value("--build-mode", |s| one_of(s, BUILD_MODES))?.unwrap_or_default(),
-            engine: args.value("--engine", |s| one_of(s, ENGINES))?,
+            engine: args.value("--engine", |s| one_of(s, Engine::NAMES))?,
             no_cache: args.flag("--no-cache"),
             archive: args.flag("--archive"),
             registry: args.registry()?,
@@ -458,7 +445,7 @@ impl Args {
         Ok(Target {
             cluster: self.value("--cluster", |s| one_of(s, BACKENDS))?.unwrap_or_default(),
             cluster_name: name.unwrap_or("gateway-e2e".into()),
-            engine: self.value("--engine", |s| one_of(s, ENGINES))?,
+            engine: self.value("--engine", |s| one_of(s, Engine::NAMES))?,
             node_image,
             registry: self.registry()?,
             access: ClusterAccess {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: parses the command line and dispatches to one module per task.
 
 mod build_images;
+mod check;
 mod cluster;
 mod cmd;
 mod covdata_report;
@@ -12,6 +13,7 @@ mod flags;
 mod http;
 mod lint_dockerfiles;
 mod lock;
+mod manifests;
 mod project;
 mod registry;
 mod ui;

@@ -124,6 +124,14 @@ pub fn infrastructure_dir(root: &Utf8Path) -> Utf8PathBuf {
     root.join("test/infrastructure")
 }
 
+/// Writes `text` to `dir/name`, creating `dir` (below target/).
+pub fn write_file(dir: &Utf8Path, name: &str, text: &str) -> anyhow::Result<Utf8PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}: {WRITABLE_TARGET}"))?;
+    let path = dir.join(name);
+    std::fs::write(&path, text).with_context(|| format!("writing {path}: {WRITABLE_TARGET}"))?;
+    Ok(path)
+}
+
 /// The Go module path, read from `go.mod`.
 pub fn go_module(root: &Utf8Path) -> anyhow::Result<String> {
     let path = root.join("go.mod");

@@ -7,7 +7,7 @@ use std::{num::NonZeroU16, time::Duration};
 use anyhow::Context;
 use xshell::{cmd, Shell};
 
-use crate::{cmd::step, flags::Engine, http};
+use crate::{cmd::step, engine::Engine, http};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registry {

@@ -396,6 +396,7 @@ fn container_mode_lints_first_printing_warnings_and_stopping_on_errors() {
     let args = ["build-images", "--build-mode", "container"];
     let warned = sandbox.run(&args);
     assert_eq!(warned.code, 0, "{warned}");
+    assert!(warned.stdout.contains("dockerfiles  warn    1 warning(s), the first: "), "{warned}");
     assert!(warned.stdout.contains("warning[base-image-drift]"), "{warned}");
 
     let upgraded = drifted.replace(
@@ -408,7 +409,8 @@ fn container_mode_lints_first_printing_warnings_and_stopping_on_errors() {
     let failed = sandbox.run(&args);
     assert_eq!(failed.code, 1, "{failed}");
     assert!(failed.stdout.contains("error[distro-upgrade]"), "{failed}");
-    assert!(failed.stderr.contains("lint-dockerfiles found 1 error"), "{failed}");
+    assert!(failed.stdout.contains("dockerfiles  FAIL    1 error(s), the first: "), "{failed}");
+    assert!(failed.stderr.contains("preflight failed (dockerfiles)"), "{failed}");
     assert_eq!(sandbox.count("podman build"), builds_before, "nothing is built");
 }
 

@@ -95,7 +95,7 @@ fn every_missing_tool_is_listed_in_one_run_with_a_hint() {
     }
     assert!(row(&run, "disk").detail.contains("1.0 GiB free"));
     assert!(
-        run.stderr.contains("preflight failed (podman, go, go tool covdata, kind, kubectl, disk)"),
+        run.stderr.contains("preflight failed (podman, go, go tool covdata, kubectl, kind, disk)"),
         "{run}"
     );
     // kind is missing, so there is no cluster to look for; the kind row already says why.

@@ -62,6 +62,17 @@ fn kind_pipeline_runs_in_strict_order() {
     let delete = first("kind delete cluster");
     let order = [last("kind load"), apply, datastorage, gateway, test, scale, delete];
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?} in {calls:#?}");
+    // A passing coverage run keeps each service's logs and the pods' descriptions, taken
+    // before the services are scaled down: whatever phase 8 finds, the evidence is kept.
+    for evidence in [
+        " logs deployment/datastorage ",
+        " logs deployment/gateway ",
+        " describe pods",
+    ] {
+        let at = containing(evidence);
+        assert!(test < at && at < scale, "{evidence} after the tests, before the scale-down");
+    }
+    assert!(!calls.iter().any(|c| c.starts_with("kind export logs")), "no failure to explain");
 
     // The suite found the services through the environment.
     let (_, env) =
@@ -79,7 +90,12 @@ fn kind_pipeline_runs_in_strict_order() {
         .filter_map(|l| l.trim_start().split_once(". ").map(|(n, _)| n))
         .filter(|n| n.parse::<usize>().is_ok())
         .collect();
-    assert_eq!(phases, ["1", "2", "3", "4", "5", "6", "8", "9"], "{last_run}");
+    assert_eq!(phases, ["1", "2", "3", "4", "5", "6", "7", "8", "9"], "{last_run}");
+    let logs = sandbox.root.join("target/xtask/logs");
+    let run_dir = std::fs::read_dir(logs).unwrap().next().unwrap().unwrap().path();
+    for file in ["datastorage.log", "gateway.log", "describe-pods.txt"] {
+        assert!(run_dir.join(file).is_file(), "{file} missing in {}", run_dir.display());
+    }
 }
 
 #[test]

@@ -4,20 +4,23 @@
 //! coverage counters come home through the services' own endpoint (coverage builds only; see
 //! internal/server/coverdata.go) before the namespace goes: there is no disk to share.
 
-use std::{net::TcpListener, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 use sha2::{Digest, Sha256};
 use xshell::Shell;
 
-use super::{collect, write_file, Cluster, Kubectl, Settings, State};
+use super::{
+    collect, Clear, Cluster, DeployError, Diagnose, Kubectl, Leftover, Preflight, Settings,
+};
 use crate::{
     build_images::Image,
+    check::{Check, Needs},
     cmd::{step, Running},
-    doctor::{Check, Needs},
     http,
-    project::{self, Service},
+    manifests::{self, Placement},
+    project::{self, write_file, Service},
 };
 
 pub struct Existing {
@@ -25,35 +28,22 @@ pub struct Existing {
     namespace: String,
     kubectl: Kubectl,
     forwards: Vec<Running>,
-    state: State,
 }
 
 impl Existing {
-    /// The services are reached on free local ports (the forwards), not on host ports.
-    pub fn new(mut settings: Settings) -> Existing {
+    /// The services' ports in `settings` are free local ones (`pick` chose them): the forwards.
+    pub fn new(settings: Settings) -> Existing {
         let stamp = project::utc_timestamp(std::time::SystemTime::now()).to_lowercase();
         let run = format!("{}:{}:{stamp}", settings.root, std::process::id());
         let namespace = format!("e2e-{stamp}-{}", &project::hex(&Sha256::digest(run))[..6]);
-        for service in [&mut settings.services.datastorage, &mut settings.services.gateway] {
-            let free = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
-            service.host_port = free.map_or(service.host_port, |a| a.port());
-        }
         let kubectl = Kubectl::new(&settings.root, &settings.access, Some(namespace.clone()));
-        Existing { settings, namespace, kubectl, forwards: Vec::new(), state: State::default() }
+        Existing { settings, namespace, kubectl, forwards: Vec::new() }
     }
 }
 
-impl Cluster for Existing {
-    fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// A registry, then the context, the API and the permission to create namespaces: each of
-    /// these needs the one before it, so the first that fails is the last row.
-    fn needs_and_checks(&self, sh: &Shell, needs: &mut Needs) -> Vec<Check> {
-        needs.kubectl = true;
-        // The services are reached through forwards on free local ports.
-        needs.ports.clear();
+impl Existing {
+    /// The backend's own rows: a registry, the context, the API, the right to make namespaces.
+    fn checks(&self, sh: &Shell) -> Vec<Check> {
         let none = "none given: an existing cluster cannot see this machine's images";
         let fix =
             "give --registry HOST[:PORT][/PREFIX] (or E2E_REGISTRY) that the cluster can pull from";
@@ -91,6 +81,25 @@ impl Cluster for Existing {
         }
         checks
     }
+}
+
+impl Cluster for Existing {
+    /// kubectl, no host ports (the services are reached through forwards on free local
+    /// ports); a registry, then the context, the API and the permission to create namespaces:
+    /// each of these needs the one before it, so the first that fails is the last row.
+    fn preflight(&self, sh: &Shell) -> Preflight {
+        let needs = Needs { engine: Some(self.settings.engine), kubectl: true, ..Needs::default() };
+        Preflight { needs, checks: self.checks(sh), archives: false }
+    }
+
+    /// Every run has a namespace of its own: nothing of an earlier one is in its way.
+    fn leftover(&self, _sh: &Shell) -> Result<Leftover> {
+        Ok(Leftover::Nothing)
+    }
+
+    fn clear_leftover(&mut self, _sh: &Shell, _how: Clear) -> Result<Clear> {
+        Ok(Clear::Remove)
+    }
 
     /// Creates the run's namespace, labelled so that a user can find the runs of a checkout or a
     /// user.
@@ -105,7 +114,6 @@ impl Cluster for Existing {
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels:\n    e2e.xtask/user: \"{user}\"\n    e2e.xtask/checkout: \"{checkout}\"\n  annotations:\n    e2e.xtask/checkout-path: \"{root}\"\n"
         );
         let file = write_file(&self.settings.rendered, "namespace.yaml", &manifest)?;
-        self.state.exists = true;
         step(self.kubectl.cmd(sh).args(["create", "-f", file.as_str()]))
             .hint("check the permissions with `cargo xtask doctor --cluster existing`")
             .run()?;
@@ -118,9 +126,19 @@ impl Cluster for Existing {
         Ok(None)
     }
 
-    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()> {
-        let files = self.manifests(images, shared_cluster_manifest)?;
-        self.kubectl.deploy(sh, &files, &mut self.state.deployed)?;
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<(), DeployError> {
+        let settings = &self.settings;
+        let placement = Placement::own_cluster(&settings.services);
+        let vars = manifests::values(&settings.root, &settings.services, &placement, images);
+        let files = manifests::write(
+            &settings.rendered,
+            &settings.root,
+            &settings.services,
+            &vars,
+            shared_cluster_manifest,
+        )
+        .map_err(DeployError::before_start)?;
+        self.kubectl.deploy(sh, &files)?;
         // The suite reaches each service on a local port of its own.
         for service in self.settings.services.all() {
             let deployment = format!("deployment/{}", service.name);
@@ -134,7 +152,7 @@ impl Cluster for Existing {
     /// GETs each service's counters through its forward (the services keep running; the
     /// namespace goes at teardown) and unpacks them into coverdata/<service>/, where
     /// covdata-report reads them as always.
-    fn stop_services(&mut self, _sh: &Shell) -> Result<()> {
+    fn flush_coverage(&mut self, _sh: &Shell) -> Result<()> {
         let path = "/debug/coverdata";
         for Service { name, host_port: port, .. } in self.settings.services.all() {
             let host = format!("127.0.0.1:{port}");
@@ -161,8 +179,8 @@ impl Cluster for Existing {
         Ok(())
     }
 
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> Result<bool> {
-        collect(dir, self.kubectl.diagnostics(sh, &self.settings.services))
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path, what: Diagnose) -> Result<bool> {
+        collect(dir, self.kubectl.diagnostics(sh, &self.settings.services, what))
     }
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> Result<()> {
@@ -182,10 +200,6 @@ impl Cluster for Existing {
     fn remove_command(&self) -> String {
         let access = self.kubectl.access.iter().map(|a| format!(" {a}")).collect::<String>();
         format!("kubectl{access} delete namespace {}", self.namespace)
-    }
-
-    fn state(&self) -> State {
-        self.state
     }
 }
 

@@ -8,14 +8,20 @@ use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use super::{collect, write_file, Cluster, Kubectl, Settings, State, STOP_GRACE_SECONDS};
+use super::{
+    collect, Clear, Cluster, DeployError, Diagnose, Kubectl, Leftover, Preflight, Settings,
+    STOP_GRACE_SECONDS,
+};
 use crate::{
     build_images::Image,
+    check::{self, Check, Needs},
     cmd::{step, Failure},
-    doctor::{Check, Needs},
     engine,
-    flags::{ClusterAccess, Engine},
-    project, ui,
+    engine::Engine,
+    flags::ClusterAccess,
+    manifests::{self, Placement},
+    project::{self, write_file},
+    ui,
 };
 
 /// Kind cluster creation is retried at most this many times, and only on these errors.
@@ -23,6 +29,9 @@ const CREATE_RETRIES: usize = 2;
 const TRANSIENT_CREATE_ERRORS: &[&str] =
     &["OCI runtime", "container state improper", "could not find a log line that matches"];
 const CONFIG: &str = "kind-gateway-config.yaml";
+/// The oldest kind whose `kind load` and node images the backend works with.
+const MIN_KIND: &str = "v0.27";
+pub const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.33.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
 /// How long the node image's registry has to answer for its manifest.
 const NODE_IMAGE_PROBE: Duration = Duration::from_secs(10);
 
@@ -35,7 +44,6 @@ pub struct Kind {
     ready_at: Option<Instant>,
     /// A healthy cluster of an earlier run is used instead of a new one (`--reuse-cluster`).
     reused: bool,
-    state: State,
 }
 
 /// The state of a node container as the engine reports it.
@@ -67,14 +75,7 @@ impl Kind {
             project::xtask_dir(&settings.root).join(format!("kubeconfig-{}", settings.name));
         let access = ClusterAccess { kubeconfig: Some(kubeconfig.clone()), context: None };
         let kubectl = Kubectl::new(&settings.root, &access, None);
-        Kind {
-            settings,
-            kubeconfig,
-            kubectl,
-            ready_at: None,
-            reused: false,
-            state: State::default(),
-        }
+        Kind { settings, kubeconfig, kubectl, ready_at: None, reused: false }
     }
 
     /// The one definition of how our cluster is deleted: run, printed and suggested alike.
@@ -89,7 +90,6 @@ impl Kind {
         step(cmd!(kind_sh, "kind").args(self.delete_args()))
             .hint(format!("delete it by hand and check `{} ps -a`", self.settings.engine.program()))
             .run()?;
-        self.state.exists = false;
         self.ready_at = None;
         Ok(())
     }
@@ -244,13 +244,13 @@ const DEFAULT_NODE_IMAGES: [(u32, &str); 7] = [
 
 /// The node image a cluster boots: `--node-image`, else kind's default for its release; None
 /// when that release is not one we know.
-pub fn node_image(kind_minor: u32, chosen: Option<&str>) -> Option<String> {
+fn node_image(kind_minor: u32, chosen: Option<&str>) -> Option<String> {
     let default = DEFAULT_NODE_IMAGES.iter().find(|(kind, _)| *kind == kind_minor);
     chosen.or(default.map(|(_, image)| *image)).map(str::to_string)
 }
 
 /// The Kubernetes minor version of a node image, from its tag (`kindest/node:v1.35.0`).
-pub fn node_minor(image: &str) -> Option<u32> {
+fn node_minor(image: &str) -> Option<u32> {
     let tag = image.split('@').next()?.rsplit_once(':')?.1;
     tag.strip_prefix("v1.")?.split('.').next()?.parse().ok()
 }
@@ -258,7 +258,7 @@ pub fn node_minor(image: &str) -> Option<u32> {
 /// Whether kind can boot `image`: in the engine's store already (`Ok(true)`), or its registry
 /// gives its manifest within a few seconds (`Ok(false)`: kind pulls it at create). `Err` says
 /// why neither.
-pub fn node_image_ready(sh: &Shell, engine: Engine, image: &str) -> Result<bool, String> {
+fn node_image_ready(sh: &Shell, engine: Engine, image: &str) -> Result<bool, String> {
     let present = crate::engine::inspect(sh, engine, &[image.to_string()]);
     if present.map_err(|err| format!("{err:#}"))?[0].is_some() {
         return Ok(true);
@@ -275,23 +275,39 @@ pub fn node_image_ready(sh: &Shell, engine: Engine, image: &str) -> Result<bool,
 }
 
 /// The node image a cluster will boot: `chosen` (`--node-image`), else kind's default for the
-/// kind on PATH; Err says why it is not known (kind missing: its own row says so).
-pub fn boot_image(sh: &Shell, engine: Engine, chosen: Option<&str>) -> Result<String, String> {
+/// kind on PATH; Err says why it is not known.
+fn boot_image(sh: &Shell, engine: Engine, chosen: Option<&str>) -> Result<String, String> {
     if let Some(image) = chosen {
         return Ok(image.to_string());
     }
     let kind_sh = kind_shell(sh, engine);
-    let out = step(cmd!(kind_sh, "kind version")).timeout(NODE_IMAGE_PROBE).read();
+    let out = step(cmd!(kind_sh, "kind version")).timeout(check::SHORT).read();
     let out =
         out.map_err(|err| format!("cannot tell which node image kind boots: {}", err.one_line()))?;
-    let version = crate::doctor::version(&out, "v").unwrap_or_default();
-    let minor = crate::doctor::numbers(&version).map(|(_, minor, _)| minor);
+    let version = check::version(&out, "v").unwrap_or_default();
+    let minor = check::numbers(&version).map(|(_, minor, _)| minor);
     minor
         .and_then(|minor| node_image(minor, None))
         .ok_or_else(|| format!("kind {version}'s default node image is not one the xtask knows"))
 }
 
-/// The row for the node image of `Kind::needs_and_checks`; `auto` uses the same probe.
+/// The node image kind would boot, if it can boot it; Err says why not (for `auto`).
+pub fn usable_node_image(
+    sh: &Shell,
+    engine: Engine,
+    chosen: Option<&str>,
+) -> Result<String, String> {
+    let image = boot_image(sh, engine, chosen)?;
+    let program = engine.program();
+    match node_image_ready(sh, engine, &image) {
+        Ok(_) => Ok(image),
+        Err(why) => {
+            Err(format!("{image} is not in {program}'s store and cannot be pulled ({why})"))
+        }
+    }
+}
+
+/// The row for the node image of `Kind::preflight`; `auto` uses the same probe.
 fn node_image_check(sh: &Shell, engine: Engine, image: &str) -> Check {
     let program = engine.program();
     match node_image_ready(sh, engine, image) {
@@ -325,50 +341,81 @@ fn not_running(nodes: &[(String, NodeState)]) -> Option<String> {
 }
 
 impl Cluster for Kind {
-    fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// A registry on this machine's loopback is reachable from the nodes only through podman's
-    /// `host.containers.internal`: with docker, say so before anything is built.
-    fn needs_and_checks(&self, sh: &Shell, needs: &mut Needs) -> Vec<Check> {
-        needs.kind = true;
-        needs.kubectl = true;
-        needs.node_image = self.settings.node_image.clone();
+    /// kind and its node image, kubectl near the node's Kubernetes, the host ports, disk for a
+    /// node; and a registry on this machine's loopback is reachable from the nodes only
+    /// through podman's `host.containers.internal`: with docker, say so before anything is built.
+    fn preflight(&self, sh: &Shell) -> Preflight {
         let engine = self.settings.engine;
-        let mut checks = Vec::new();
-        match boot_image(sh, engine, self.settings.node_image.as_deref()) {
-            Ok(image) => checks.push(node_image_check(sh, engine, &image)),
-            Err(why) => {
+        let kind_sh = kind_shell(sh, engine);
+        let version = step(cmd!(kind_sh, "kind version")).timeout(check::SHORT).output();
+        let version = match version {
+            Ok(out) if out.success() => Ok(out.stdout),
+            Ok(out) => Err(format!(
+                "`kind version` failed: {}",
+                check::one_line(&format!("{}{}", out.stderr, out.stdout))
+            )),
+            Err(err) if check::missing(&err) => Err("not found on PATH".to_string()),
+            Err(err) => Err(err.one_line()),
+        };
+        let hint = format!("install kind >= {MIN_KIND}: {KIND_INSTALL}; or use --cluster podman");
+        let kind_row = ("kind version", "v", hint.as_str());
+        let mut checks =
+            vec![check::version_check("kind", version.clone(), kind_row, Some(MIN_KIND))];
+        let kind = version.ok().and_then(|out| check::version(&out, "v"));
+        let kind_minor = kind.as_deref().and_then(check::numbers).map(|(_, minor, _)| minor);
+        let chosen = self.settings.node_image.as_deref();
+        let image =
+            kind_minor.and_then(|minor| node_image(minor, chosen)).or(chosen.map(str::to_string));
+        let mut kubectl_skew = None;
+        match (&image, &kind) {
+            (Some(image), _) => {
+                checks.push(node_image_check(sh, engine, image));
+                let whose = match (chosen, &kind) {
+                    (None, Some(kind)) => format!("kind {kind}'s default node"),
+                    _ => format!("node image {image}"),
+                };
+                kubectl_skew = node_minor(image).map(|minor| (minor, whose));
+            }
+            (None, Some(kind)) => {
+                let why = format!("kind {kind}'s default node image is not one the xtask knows");
                 let fix = "pass the node image to use with --node-image IMAGE (or E2E_NODE_IMAGE)";
                 checks.push(Check::warn("node image", why, fix));
             }
+            // kind is missing or does not answer: its row says so.
+            (None, None) => {}
         }
-        needs.node_disk = true;
-        match &self.settings.registry {
-            Some(registry) if registry.is_loopback() && engine != Engine::Podman => {
+        if let Some(registry) = &self.settings.registry {
+            if registry.is_loopback() && engine != Engine::Podman {
                 let host = &registry.host;
                 let detail = format!("{host} is on this machine's loopback, which kind's nodes cannot reach with docker");
                 let fix = "give an address the nodes reach, or run the registry on the `kind` network as kind's local-registry guide does";
                 checks.push(Check::fail("registry", detail, fix));
             }
-            _ => {}
         }
-        checks
+        let needs = Needs {
+            engine: Some(engine),
+            kubectl: true,
+            kubectl_skew,
+            ports: self.settings.services.all().to_vec(),
+            node_disk: true,
+            ..Needs::default()
+        };
+        Preflight { needs, checks, archives: self.settings.registry.is_none() }
     }
 
-    fn leftover(&self, sh: &Shell) -> Result<Option<String>> {
+    fn leftover(&self, sh: &Shell) -> Result<Leftover> {
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         let clusters =
             step(cmd!(kind_sh, "kind get clusters")).hint("run `cargo xtask doctor`").read()?;
-        let found = clusters.lines().any(|l| l.trim() == name);
-        Ok(found.then(|| format!("a Kind cluster named {name} exists already")))
+        Ok(match clusters.lines().any(|l| l.trim() == name) {
+            true => Leftover::Stale(format!("a Kind cluster named {name} exists already")),
+            false => Leftover::Nothing,
+        })
     }
 
-    fn clear_leftover(&mut self, sh: &Shell, reuse: bool, coverage: bool) -> Result<bool> {
+    fn clear_leftover(&mut self, sh: &Shell, how: Clear) -> Result<Clear> {
         let name = self.settings.name.clone();
-        self.state.exists = true;
-        if !reuse {
+        if how != Clear::ReuseIfHealthy {
             println!(
                 "    deleting the stale cluster {name} of an earlier run (--reuse-cluster keeps a healthy one)"
             );
@@ -378,16 +425,10 @@ impl Cluster for Kind {
             println!("    the cluster {name} exists and is healthy: reusing it");
             self.reused = true;
             self.ready_at = Some(Instant::now());
-            // Its services write their last counters before coverdata/ is archived.
-            if coverage {
-                if let Err(err) = self.stop_services(sh) {
-                    println!("    could not stop its services: {err:#}");
-                }
-            }
-            return Ok(true);
+            return Ok(Clear::Reused);
         }
         self.delete_cluster(sh)?;
-        Ok(false)
+        Ok(Clear::Remove)
     }
 
     fn create(&mut self, sh: &Shell) -> Result<()> {
@@ -396,7 +437,10 @@ impl Cluster for Kind {
             self.ready_at = Some(Instant::now());
             return Ok(());
         }
-        let mut text = self.render(CONFIG, &[])?;
+        let settings = &self.settings;
+        let placement = Placement::own_cluster(&settings.services);
+        let vars = manifests::values(&settings.root, &settings.services, &placement, &[]);
+        let mut text = manifests::render(&settings.root, CONFIG, &vars)?;
         if self.settings.registry.is_some() {
             // kind's local-registry set-up: containerd reads each registry's hosts.toml.
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
@@ -410,7 +454,6 @@ impl Cluster for Kind {
         let kind_sh = kind_shell(sh, self.settings.engine);
         let (name, kubeconfig) = (self.settings.name.clone(), self.kubeconfig.clone());
         for attempt in 0..=CREATE_RETRIES {
-            self.state.exists = true;
             let create = cmd!(
                 kind_sh,
                 "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
@@ -442,10 +485,6 @@ impl Cluster for Kind {
             self.delete_cluster(sh)?;
         }
         unreachable!("the loop returns on its last attempt")
-    }
-
-    fn needs_archives(&self) -> bool {
-        self.settings.registry.is_none()
     }
 
     /// Checks every node is running (a stopped node is the "container state improper"
@@ -505,12 +544,24 @@ impl Cluster for Kind {
         Ok(Some(gap))
     }
 
-    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()> {
-        let files = self.manifests(images, |text| text)?;
-        self.kubectl.deploy(sh, &files, &mut self.state.deployed)
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<(), DeployError> {
+        let settings = &self.settings;
+        let placement = Placement::own_cluster(&settings.services);
+        let vars = manifests::values(&settings.root, &settings.services, &placement, images);
+        let files = manifests::write(
+            &settings.rendered,
+            &settings.root,
+            &settings.services,
+            &vars,
+            |text| text,
+        )
+        .map_err(DeployError::before_start)?;
+        self.kubectl.deploy(sh, &files)
     }
 
-    fn stop_services(&mut self, sh: &Shell) -> Result<()> {
+    /// Scales the services to zero and waits until their pods are gone: they exit normally and
+    /// write their counters into the node's /coverdata, which is coverdata/ on this machine.
+    fn flush_coverage(&mut self, sh: &Shell) -> Result<()> {
         let services = self.settings.services.all();
         let deployments = services.map(|s| format!("deployment/{}", s.name));
         let scale = self.kubectl.cmd(sh).arg("scale").args(&deployments).arg("--replicas=0");
@@ -530,17 +581,20 @@ impl Cluster for Kind {
         }
     }
 
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> Result<bool> {
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path, what: Diagnose) -> Result<bool> {
         if self.ready_at.is_none() {
             println!(
                 "    the cluster never became ready: nothing to collect beyond the error above"
             );
             return Ok(false);
         }
+        let kubectl = self.kubectl.diagnostics(sh, &self.settings.services, what);
+        if what == Diagnose::BeforeStopping {
+            return collect(dir, kubectl);
+        }
         let (kind_sh, name, logs) =
             (kind_shell(sh, self.settings.engine), &self.settings.name, dir.join("kind"));
         let export = step(cmd!(kind_sh, "kind export logs {logs} --name {name}"));
-        let kubectl = self.kubectl.diagnostics(sh, &self.settings.services);
         collect(dir, [("kind-export.txt".to_string(), export)].into_iter().chain(kubectl))
     }
 
@@ -562,22 +616,15 @@ impl Cluster for Kind {
         println!(
             "    keeping the cluster: export KUBECONFIG={kubeconfig}\n    delete it with: {remove}"
         );
-        if self.state.deployed {
-            let deployments =
-                self.settings.services.all().map(|s| format!("deployment/{}", s.name));
-            let deployments = deployments.join(" ");
-            println!("    if the services were scaled to zero to flush coverage, start them with: kubectl --kubeconfig {kubeconfig} scale {deployments} --replicas=1");
-        }
+        let deployments = self.settings.services.all().map(|s| format!("deployment/{}", s.name));
+        let deployments = deployments.join(" ");
+        println!("    if the services were scaled to zero to flush coverage, start them with: kubectl --kubeconfig {kubeconfig} scale {deployments} --replicas=1");
         Ok(())
     }
 
     fn remove_command(&self) -> String {
         let env = provider(self.settings.engine).map(|(key, value)| format!("{key}={value} "));
         format!("{}kind {}", env.unwrap_or_default(), self.delete_args().join(" "))
-    }
-
-    fn state(&self) -> State {
-        self.state
     }
 }
 

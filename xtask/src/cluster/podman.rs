@@ -7,14 +7,23 @@ use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
-use super::{collect, Cluster, Settings, State, STOP_GRACE_SECONDS};
-use crate::{build_images::Image, cmd::step, project::Service};
+use super::{
+    collect, Clear, Cluster, DeployError, Diagnose, Leftover, Preflight, Settings,
+    STOP_GRACE_SECONDS,
+};
+use crate::{
+    build_images::Image,
+    check::Needs,
+    cmd::step,
+    engine::Engine,
+    manifests::{self, Placement},
+    project::{self, Service},
+};
 
 pub struct Podman {
     settings: Settings,
     /// Ours alone, named after the cluster name: removing it never touches another run's pods.
     network: String,
-    state: State,
 }
 
 /// `podman <kind> exists <name>`, for pods and networks.
@@ -25,10 +34,10 @@ fn exists(sh: &Shell, kind: &str, name: &str) -> Result<bool> {
 impl Podman {
     pub fn new(settings: Settings) -> Podman {
         let network = format!("xtask-{}", settings.name);
-        Podman { settings, network, state: State::default() }
+        Podman { settings, network }
     }
 
-    /// The Deployment is named `<cluster name>-<service>` (see `template_vars`), and podman
+    /// The Deployment is named `<cluster name>-<service>` (see `placement`), and podman
     /// names the pod of a one-replica Deployment `<name>-pod-0`.
     fn pod(&self, service: Service) -> String {
         format!("{}-{}-pod-0", self.settings.name, service.name)
@@ -74,12 +83,28 @@ impl Podman {
     }
 }
 
+impl Podman {
+    /// podman kube play has no Service DNS: the gateway reaches datastorage through its host
+    /// port; the pods are named after the run (pod names are machine-wide).
+    fn placement(&self) -> Placement {
+        let Settings { root, name, services, .. } = &self.settings;
+        let port = services.datastorage.host_port;
+        Placement {
+            coverdata_node_path: project::coverdata_dir(root).to_string(),
+            datastorage_url: format!("http://host.containers.internal:{port}"),
+            name_prefix: format!("{name}-"),
+        }
+    }
+}
+
 impl Cluster for Podman {
-    fn settings(&self) -> &Settings {
-        &self.settings
+    fn preflight(&self, _sh: &Shell) -> Preflight {
+        let ports = self.settings.services.all().to_vec();
+        let needs = Needs { engine: Some(Engine::Podman), ports, ..Needs::default() };
+        Preflight { needs, checks: Vec::new(), archives: false }
     }
 
-    fn leftover(&self, sh: &Shell) -> Result<Option<String>> {
+    fn leftover(&self, sh: &Shell) -> Result<Leftover> {
         let ours = self.pods().into_iter().map(|pod| ("pod", pod));
         let mut left = Vec::new();
         for (kind, name) in ours.chain([("network", self.network.clone())]) {
@@ -87,13 +112,21 @@ impl Cluster for Podman {
                 left.push(format!("the {kind} {name}"));
             }
         }
-        Ok((!left.is_empty()).then(|| format!("an earlier run left {}", left.join(", "))))
+        Ok(match left.is_empty() {
+            true => Leftover::Nothing,
+            false => Leftover::Stale(format!("an earlier run left {}", left.join(", "))),
+        })
     }
 
-    fn clear_leftover(&mut self, sh: &Shell, _reuse: bool, _: bool) -> Result<bool> {
-        println!("    removing what the earlier run left");
+    /// Pods are not reused: they are started from this run's manifests, so reuse means the
+    /// same names, ports and network, freshly made.
+    fn clear_leftover(&mut self, sh: &Shell, how: Clear) -> Result<Clear> {
+        match how {
+            Clear::ReuseIfHealthy => println!("    removing what the earlier run left (the podman backend starts its pods afresh each run; --reuse-cluster saves nothing here)"),
+            _ => println!("    removing what the earlier run left"),
+        }
         self.remove_pods(sh)?;
-        Ok(false)
+        Ok(Clear::Remove)
     }
 
     fn create(&mut self, _sh: &Shell) -> Result<()> {
@@ -106,43 +139,45 @@ impl Cluster for Podman {
         Ok(None)
     }
 
-    /// podman kube play has no Service DNS: the gateway reaches datastorage via its host port;
-    /// the pods are named after the run.
-    fn template_vars(&self) -> Vec<(String, String)> {
-        let Settings { root, name, services, .. } = &self.settings;
-        let port = services.datastorage.host_port;
-        vec![
-            ("COVERDATA_NODE_PATH".into(), crate::project::coverdata_dir(root).to_string()),
-            ("DATASTORAGE_URL".into(), format!("http://host.containers.internal:{port}")),
-            ("NAME_PREFIX".into(), format!("{name}-")),
-        ]
-    }
-
-    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<()> {
-        let files = self.manifests(images, without_services)?;
-        self.state.exists = true;
+    fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<(), DeployError> {
+        let settings = &self.settings;
+        let vars = manifests::values(&settings.root, &settings.services, &self.placement(), images);
+        let files = manifests::write(
+            &settings.rendered,
+            &settings.root,
+            &settings.services,
+            &vars,
+            without_services,
+        )
+        .map_err(DeployError::before_start)?;
         let network = &self.network;
-        if !exists(sh, "network", network)? {
-            step(cmd!(sh, "podman network create {network}"))
-                .hint("check that podman answers: `cargo xtask doctor`")
-                .run()?;
-        }
+        let created = exists(sh, "network", network).and_then(|there| {
+            if !there {
+                step(cmd!(sh, "podman network create {network}"))
+                    .hint("check that podman answers: `cargo xtask doctor`")
+                    .run()?;
+            }
+            Ok(())
+        });
+        created.map_err(DeployError::before_start)?;
         // podman kube play would treat a directory entry named like an image as a build
         // context: run it from a directory of our own.
-        let _dir = sh.push_dir(&self.settings.rendered);
+        let _dir = sh.push_dir(&settings.rendered);
         // From a registry, kube play pulls what is not here (plain HTTP says so).
-        let tls = self.settings.registry.as_ref().and_then(|r| r.tls_args());
+        let tls = settings.registry.as_ref().and_then(|r| r.tls_args());
+        let mut started = false;
         for (Service { name, .. }, file) in files {
-            step(cmd!(sh, "podman kube play {tls...} --network {network} {file}"))
+            let play = step(cmd!(sh, "podman kube play {tls...} --network {network} {file}"))
                 .hint(format!("{name} could not be started: see its logs in the diagnostics"))
-                .run()?;
+                .run();
             // Only services that started have counters to flush.
-            self.state.deployed = true;
+            play.map_err(|err| DeployError { error: err.into(), started })?;
+            started = true;
         }
         Ok(())
     }
 
-    fn stop_services(&mut self, sh: &Shell) -> Result<()> {
+    fn flush_coverage(&mut self, sh: &Shell) -> Result<()> {
         let (pods, grace) = (self.pods(), STOP_GRACE_SECONDS.to_string());
         // A service that never started has no pod: without --ignore, podman stops none at all.
         step(cmd!(sh, "podman pod stop --ignore --time {grace} {pods...}"))
@@ -151,7 +186,8 @@ impl Cluster for Podman {
         Ok(())
     }
 
-    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path) -> Result<bool> {
+    /// The same on a failure and before stopping: each service's logs and its pod.
+    fn diagnostics(&self, sh: &Shell, dir: &Utf8Path, _what: Diagnose) -> Result<bool> {
         let commands = self.settings.services.all().into_iter().flat_map(|service| {
             let pod = self.pod(service);
             let container = format!("{pod}-{}", service.name);
@@ -179,10 +215,6 @@ impl Cluster for Podman {
     fn remove_command(&self) -> String {
         let (pods, network) = (self.pods().join(" "), &self.network);
         format!("podman pod rm --force {pods}; podman network rm {network}")
-    }
-
-    fn state(&self) -> State {
-        self.state
     }
 }
 

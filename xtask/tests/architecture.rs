@@ -1,0 +1,106 @@
+//! The module structure ARCHITECTURE.md describes: modules form layers, and no module reaches
+//! back up to one that depends on it. Read from the source (`crate::` paths outside tests),
+//! with each file below `src/<module>/` counted as part of `<module>`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Every module's `crate::` uses outside its tests: module -> (used module -> example path).
+fn uses() -> BTreeMap<String, BTreeMap<String, String>> {
+    let src = common::repo_root().join("xtask/src");
+    let mut graph: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(&src) {
+        let entry = entry.unwrap();
+        if entry.path().extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let relative = entry.path().strip_prefix(&src).unwrap().to_str().unwrap().to_string();
+        let module = relative.split(['/', '.']).next().unwrap().to_string();
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let code: String = code
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let edges = graph.entry(module.clone()).or_default();
+        for used in crate_paths(&code) {
+            if used != module {
+                edges.entry(used).or_insert_with(|| relative.clone());
+            }
+        }
+    }
+    graph
+}
+
+/// The first segment after each `crate::`, including every item of `crate::{a, b::c}`.
+fn crate_paths(code: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let ident = |s: &str| -> String {
+        s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+    };
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // The items at the group's top level.
+            let (mut depth, mut start) = (0, 0);
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        found.insert(ident(group[start..].trim_start()));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        found.insert(ident(group[start..].trim_start()));
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            found.insert(ident(rest));
+        }
+    }
+    found.retain(|m| !m.is_empty());
+    found
+}
+
+/// The modules in a cycle with `start`, found by walking the graph.
+fn reaches(graph: &BTreeMap<String, BTreeMap<String, String>>, from: &str, to: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![from.to_string()];
+    while let Some(module) = stack.pop() {
+        if module == to {
+            return true;
+        }
+        if seen.insert(module.clone()) {
+            stack.extend(graph.get(&module).into_iter().flat_map(|e| e.keys().cloned()));
+        }
+    }
+    false
+}
+
+#[test]
+fn modules_have_no_import_cycles() {
+    let graph = uses();
+    assert!(graph.contains_key("cluster") && graph.contains_key("main"), "{graph:?}");
+    let mut cycles = Vec::new();
+    for (module, edges) in &graph {
+        for (used, file) in edges {
+            if reaches(&graph, used, module) {
+                cycles.push(format!("{module} -> {used} (in {file}) and back"));
+            }
+        }
+    }
+    assert!(cycles.is_empty(), "import cycles between modules:\n{}", cycles.join("\n"));
+}
+
+#[test]
+fn the_reader_finds_grouped_and_plain_uses() {
+    let code = "use crate::{\n    a::{self, B},\n    c, d::e,\n};\nfn f() { crate::g::h(); }\n";
+    let found: Vec<String> = crate_paths(code).into_iter().collect();
+    assert_eq!(found, ["a", "c", "d", "g"]);
+}
