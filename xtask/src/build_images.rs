@@ -17,10 +17,46 @@ use crate::{
     cmd::step,
     engine::Engine,
     engine::{self, ImageInfo},
-    flags::{BuildImages, BuildMode},
     project::{self, Service, WRITABLE_TARGET},
+    registry::Registry,
     ui,
 };
+
+/// What to build: `cargo xtask build-images`' flags, and what the E2E pipeline asks for.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Request {
+    pub coverage: bool,
+    /// `--service`: none named means all.
+    pub services: Vec<String>,
+    pub build_mode: BuildMode,
+    pub engine: Option<Engine>,
+    pub no_cache: bool,
+    /// Also save each image to an archive (what a Kind load reads).
+    pub archive: bool,
+    pub registry: Option<Registry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BuildMode {
+    /// `go build` on the host, then a minimal runtime image.
+    #[default]
+    Host,
+    /// The multi-stage docker/<svc>-ubi9.Dockerfile, as CI and releases build it.
+    Container,
+}
+
+impl BuildMode {
+    /// Each mode by its name, as `--build-mode` takes it.
+    pub const NAMES: &[(&str, BuildMode)] =
+        &[("host", BuildMode::Host), ("container", BuildMode::Container)];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildMode::Host => "host",
+            BuildMode::Container => "container",
+        }
+    }
+}
 
 /// One service image, built or found in the engine's store.
 #[derive(Debug, Clone)]
@@ -35,7 +71,7 @@ pub struct Image {
 /// How every `go` call here builds: static binaries for linux, this module alone.
 const GO_TARGET: [(&str, &str); 3] = [("CGO_ENABLED", "0"), ("GOOS", "linux"), ("GOWORK", "off")];
 
-pub fn run(sh: &Shell, flags: &BuildImages) -> Result<()> {
+pub fn run(sh: &Shell, flags: &Request) -> Result<()> {
     let root = project::root();
     let container = flags.build_mode == BuildMode::Container;
     // A container build's Dockerfiles pass the lint first (a `dnf update` costs minutes each
@@ -63,7 +99,7 @@ fn select_services(names: &[String]) -> impl Iterator<Item = Service> + '_ {
 
 /// Builds what is missing, reuses what exists, prints one line per service. The caller has run
 /// the checks (the Dockerfiles' lint for a container build).
-pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image>> {
+pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
     let engine = engine::resolve(req.engine);
     let mut planned = plan(sh, root, req, engine)?;
 
@@ -170,7 +206,7 @@ struct Planned {
 
 /// The image reference of every requested service, from the Go sources it is built from, its
 /// Dockerfile and the build settings. Needs the engine only in container mode (base image IDs).
-fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Result<Vec<Planned>> {
+fn plan(sh: &Shell, root: &Utf8Path, req: &Request, engine: Engine) -> Result<Vec<Planned>> {
     let module = project::go_module(root)?;
     let (version, arch, packages) = go_list(sh, root, req)?;
     // Both services build from the same base images: resolve (and pull) each once.
@@ -246,7 +282,7 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &BuildImages, engine: Engine) -> Resul
 /// found on PATH, the variables that choose a toolchain or target, go's own settings file,
 /// `go.mod`, `go.sum`, and every file in the package folders the answer names (a new import or
 /// file changes one of them). A cache that cannot be written costs the next run the commands.
-fn go_list(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<(String, String, Packages)> {
+fn go_list(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<(String, String, Packages)> {
     // The files of the build tags the binaries are built with (see `coverage_flags`).
     let tags: &[&str] = if req.coverage { &["-tags=e2ecoverage"] } else { &[] };
     let services = select_services(&req.services).map(|s| format!("./cmd/{}", s.name));
@@ -643,7 +679,7 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
 
         let sh = Shell::new().unwrap();
         sh.change_dir(&root);
-        let req = BuildImages { coverage: true, ..BuildImages::default() };
+        let req = Request { coverage: true, ..Request::default() };
         let tags = || -> BTreeMap<&'static str, String> {
             plan(&sh, &root, &req, Engine::Podman)
                 .unwrap()

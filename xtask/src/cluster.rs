@@ -19,7 +19,6 @@ use crate::{
     check::{Check, Needs},
     cmd::{step, Step},
     engine::{self, Engine},
-    flags::{ClusterAccess, ClusterBackend, Target},
     manifests::Manifests,
     project::{self, write_file, Service, Services},
     registry::Registry,
@@ -33,6 +32,55 @@ mod podman;
 /// Grace period for the services to flush their coverage counters when stopped.
 const STOP_GRACE_SECONDS: u32 = 30;
 const ROLLOUT_TIMEOUT: &str = "180s";
+
+/// Where a run's services go and how to reach them: what e2e-gateway runs on and doctor checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub cluster: ClusterBackend,
+    pub cluster_name: String,
+    pub engine: Option<Engine>,
+    /// Kind's node image instead of its default (a local or mirrored one).
+    pub node_image: Option<String>,
+    pub registry: Option<Registry>,
+    pub access: ClusterAccess,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterBackend {
+    #[default]
+    Auto,
+    Kind,
+    Podman,
+    /// A cluster that exists already (`--kubeconfig`, `--context`): a namespace per run.
+    Existing,
+}
+
+impl ClusterBackend {
+    /// Each backend by its name, as `--cluster` takes it.
+    pub const NAMES: &[(&str, ClusterBackend)] = &[
+        ("auto", ClusterBackend::Auto),
+        ("kind", ClusterBackend::Kind),
+        ("podman", ClusterBackend::Podman),
+        ("existing", ClusterBackend::Existing),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterBackend::Auto => "auto",
+            ClusterBackend::Kind => "kind",
+            ClusterBackend::Podman => "podman",
+            ClusterBackend::Existing => "existing",
+        }
+    }
+}
+
+/// How to reach an existing cluster: `--kubeconfig` and `--context`, else kubectl's defaults
+/// (its current context, which the xtask never changes).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterAccess {
+    pub kubeconfig: Option<Utf8PathBuf>,
+    pub context: Option<String>,
+}
 
 /// What every backend is told about the run, and what the pipeline knows of it.
 #[derive(Debug, Clone)]

@@ -16,7 +16,6 @@ use crate::{
     check,
     cmd::step,
     coverdata::{self, display, PRODUCER},
-    flags,
     project::{self, WRITABLE_TARGET},
     ui,
 };
@@ -59,7 +58,20 @@ type Pos = (u32, u32);
 /// Key: (file, start, end, statements).
 type Blocks = BTreeMap<(String, Pos, Pos, u32), bool>;
 
-pub fn run(sh: &Shell, flags: &flags::CovdataReport) -> Result<()> {
+/// `cargo xtask covdata-report`'s flags.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Options {
+    /// `-i`: coverage directories (none: every service's under coverdata/).
+    pub inputs: Vec<Utf8PathBuf>,
+    /// An archived run instead.
+    pub from_archive: Option<Utf8PathBuf>,
+    pub html: bool,
+    /// Fail below this merged statement total, in percent.
+    pub min: Option<f64>,
+    pub with_unit: bool,
+}
+
+pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
     let root = project::root();
     let needs = check::Needs { covdata: true, ..Default::default() };
     check::preflight(sh, &root, &needs, Vec::new())?;

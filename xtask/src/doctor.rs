@@ -7,10 +7,9 @@ use xshell::{cmd, Shell};
 
 use crate::{
     check::{self, first_line, Check, Needs, GO_TOOL},
-    cluster::{self, kind::KIND_INSTALL, Leftover},
+    cluster::{self, kind::KIND_INSTALL, ClusterBackend, Leftover, Target},
     cmd::step,
     engine::Engine,
-    flags::{ClusterBackend, Target},
     project::{self, Services},
 };
 

@@ -11,12 +11,12 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::Shell;
 
 use crate::{
-    build_images::{self, Image},
+    build_images::{self, BuildMode, Image},
     check::{self, Needs},
-    cluster::{self, Clear, Cluster, Diagnose, Leftover, Preflight, Settings},
+    cluster::{self, Clear, Cluster, Diagnose, Leftover, Preflight, Settings, Target},
     cmd::{self, check_interrupted, CmdError},
     covdata_report::{self, Coverage},
-    coverdata, engine, flags, http,
+    coverdata, engine, http,
     lock::{self, Lock},
     project::{self, Service, Services},
     ui,
@@ -27,6 +27,19 @@ mod summary;
 
 use summary::{Phase, Summary};
 
+/// `cargo xtask e2e-gateway`'s flags, and the arguments after `--`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub coverage: bool,
+    pub target: Target,
+    pub keep_cluster: bool,
+    pub reuse_cluster: bool,
+    pub build_mode: BuildMode,
+    /// `--cluster existing`: keep the run's namespace afterwards.
+    pub keep_namespace: bool,
+    pub go_test_args: Vec<String>,
+}
+
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Run folders kept in target/xtask/logs/, this run's included.
 const LOGS_KEPT: usize = 20;
@@ -34,7 +47,7 @@ const LOGS_KEPT: usize = 20;
 /// The phases of one run, in the order they run. Phases 1 to 6 stop at the first failure;
 /// 7 to 10 run after one too. The run's state is its own: what exists (in the teardown guard)
 /// and whether any service started.
-pub fn run(sh: &Shell, flags: &flags::E2eGateway) -> Result<()> {
+pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
     let root = project::root();
     let (settings, cluster) = cluster::pick(sh, &flags.target, &root, Services::from_env()?)?;
     cmd::set_leftover(cluster.remove_command());
@@ -283,14 +296,14 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> Result<()> {
 fn preflight(
     sh: &Shell,
     settings: &Settings,
-    flags: &flags::E2eGateway,
+    flags: &Options,
     cluster: &mut Teardown,
 ) -> Result<(Lock, bool)> {
     let lock = lock::acquire(&settings.name, &settings.root, flags.coverage)?;
     // An error here means a missing tool, which the checks below report properly.
     let leftover = cluster.leftover(sh).unwrap_or(Leftover::Nothing);
     let Preflight { needs, checks, archives } = cluster.preflight(sh);
-    let container = flags.build_mode == flags::BuildMode::Container;
+    let container = flags.build_mode == BuildMode::Container;
     let needs = Needs {
         covdata: flags.coverage,
         buildkit: container,
@@ -326,12 +339,7 @@ fn preflight(
 }
 
 /// Phase 2: every image, before any cluster exists (cache hits cost nothing).
-fn build(
-    sh: &Shell,
-    settings: &Settings,
-    flags: &flags::E2eGateway,
-    archive: bool,
-) -> Result<Vec<Image>> {
+fn build(sh: &Shell, settings: &Settings, flags: &Options, archive: bool) -> Result<Vec<Image>> {
     let coverage = flags.coverage;
     let services = settings.services.all().to_vec();
     if coverage {
@@ -339,7 +347,7 @@ fn build(
         // The report of the data just archived: this run's replaces it in phase 8, if it gets there.
         covdata_report::remove_outputs(&settings.root)?;
     }
-    let request = flags::BuildImages {
+    let request = build_images::Request {
         services: Vec::new(), // none named: all of them
         coverage,
         build_mode: flags.build_mode,

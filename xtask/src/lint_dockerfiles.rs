@@ -25,7 +25,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use parse_dockerfile::{parse_iter, Command, Instruction, RunInstruction};
 use xshell::Shell;
 
-use crate::{flags, project, ui};
+use crate::{project, ui};
 
 mod shell;
 
@@ -68,7 +68,16 @@ impl std::fmt::Display for Finding {
     }
 }
 
-pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
+/// `cargo xtask lint-dockerfiles`' flags and paths.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Options {
+    /// Files and directories (none: those of this repository).
+    pub paths: Vec<Utf8PathBuf>,
+    pub require_digest: bool,
+    pub deny_warnings: bool,
+}
+
+pub fn run(_sh: &Shell, flags: &Options) -> anyhow::Result<()> {
     let root = project::root();
     let paths =
         if flags.paths.is_empty() { default_paths(&root) } else { named_paths(&flags.paths) }?;
@@ -1260,11 +1269,8 @@ FROM alpine:3.20@sha256:bb AS later
         );
 
         let sh = Shell::new().unwrap();
-        let flags = flags::LintDockerfiles {
-            paths: vec![dir.0.join("svc")],
-            require_digest: false,
-            deny_warnings: false,
-        };
+        let flags =
+            Options { paths: vec![dir.0.join("svc")], require_digest: false, deny_warnings: false };
         let err = run(&sh, &flags).unwrap_err().to_string();
         assert!(err.starts_with("lint-dockerfiles found 4 errors"), "{err}");
     }
@@ -1337,7 +1343,7 @@ FROM alpine:3.20@sha256:bb AS later
     fn run_fails_on_errors_and_on_warnings_only_when_denied() {
         let dir = TempDir::new("run");
         let sh = Shell::new().unwrap();
-        let flags = |path: &Utf8PathBuf, deny_warnings: bool| flags::LintDockerfiles {
+        let flags = |path: &Utf8PathBuf, deny_warnings: bool| Options {
             paths: vec![path.clone()],
             require_digest: false,
             deny_warnings,
@@ -1355,11 +1361,8 @@ FROM alpine:3.20@sha256:bb AS later
         let err = run(&sh, &flags(&error, false)).unwrap_err().to_string();
         assert!(err.starts_with("lint-dockerfiles found 1 error: fix each line"), "{err}");
 
-        let require_digest = flags::LintDockerfiles {
-            paths: vec![clean],
-            require_digest: true,
-            deny_warnings: false,
-        };
+        let require_digest =
+            Options { paths: vec![clean], require_digest: true, deny_warnings: false };
         assert!(run(&sh, &require_digest).is_err());
     }
 }

@@ -103,9 +103,84 @@ impl Registry {
     }
 }
 
+/// An image reference as registries and engines take it: `[HOST[:PORT]/]PATH[:TAG][@DIGEST]`,
+/// the path lowercase.
+pub fn image_reference(value: &str) -> Result<String, String> {
+    let bad = || {
+        format!("`{value}` is not an image reference ([HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST], e.g. kindest/node:v1.32.3)")
+    };
+    let (name, digest) = value.split_once('@').unwrap_or((value, ""));
+    let digest_ok = digest.is_empty()
+        || digest.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty()
+                && algo.chars().all(|c| c.is_ascii_alphanumeric())
+                && hex.len() >= 32
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+    // A colon after the last slash starts the tag; one before it is the registry's port.
+    let (path, tag) = match name.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') => (path, tag),
+        _ => (name, ""),
+    };
+    let tag_ok = tag.len() <= 128
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !tag.starts_with(['.', '-'])
+        && (!tag.is_empty() || !name.ends_with(':'));
+    let mut parts: Vec<&str> = path.split('/').collect();
+    let host = parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost");
+    if host {
+        let (host_name, port) = parts[0].split_once(':').unwrap_or((parts[0], ""));
+        let host_ok = !host_name.is_empty()
+            && host_name.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+            && (port.is_empty() || port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !host_ok {
+            return Err(bad());
+        }
+        parts.remove(0);
+    }
+    let component_ok = |c: &&str| {
+        !c.is_empty()
+            && c.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+            && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+            && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
+    };
+    if !(digest_ok && tag_ok && parts.iter().all(component_ok)) {
+        return Err(bad());
+    }
+    Ok(value.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_references_are_checked() {
+        for good in [
+            "kindest/node:v1.32.3",
+            "localhost/kindest-node-offline:v1.32.3",
+            "kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5",
+            "mirror.local:5000/kindest/node:v1.35.0",
+            "127.0.0.1:5000/node",
+            "postgres",
+        ] {
+            assert_eq!(image_reference(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "NOT A/valid::image",
+            "Kindest/node:v1",
+            "node:",
+            "node:v1 x",
+            "host:0/node",
+            "a//b",
+            "node@sha256:xyz",
+            "",
+        ] {
+            let err = image_reference(bad).unwrap_err();
+            assert!(err.contains("is not an image reference"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn registry_names_are_parsed_and_images_renamed() {

@@ -64,11 +64,8 @@ fn kind_pipeline_runs_in_strict_order() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?} in {calls:#?}");
     // A passing coverage run keeps each service's logs and the pods' descriptions, taken
     // before the services are scaled down: whatever phase 8 finds, the evidence is kept.
-    for evidence in [
-        " logs deployment/datastorage ",
-        " logs deployment/gateway ",
-        " describe pods",
-    ] {
+    for evidence in [" logs deployment/datastorage ", " logs deployment/gateway ", " describe pods"]
+    {
         let at = containing(evidence);
         assert!(test < at && at < scale, "{evidence} after the tests, before the scale-down");
     }

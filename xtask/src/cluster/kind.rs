@@ -9,8 +9,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
 use super::{
-    collect, Clear, Cluster, DeployError, Diagnose, Kubectl, Leftover, Preflight, Settings,
-    STOP_GRACE_SECONDS,
+    collect, Clear, Cluster, ClusterAccess, DeployError, Diagnose, Kubectl, Leftover, Preflight,
+    Settings, STOP_GRACE_SECONDS,
 };
 use crate::{
     build_images::Image,
@@ -18,7 +18,6 @@ use crate::{
     cmd::{step, Failure},
     engine,
     engine::Engine,
-    flags::ClusterAccess,
     manifests::{self, Placement},
     project::{self, write_file},
     ui,
@@ -675,7 +674,7 @@ mod tests {
     #[test]
     fn the_printed_delete_command_names_the_provider_and_our_kubeconfig() {
         let settings = |engine| Settings {
-            backend: crate::flags::ClusterBackend::Kind,
+            backend: crate::cluster::ClusterBackend::Kind,
             root: "/repo".into(),
             name: "e2e".into(),
             engine,
