@@ -61,18 +61,28 @@ pub fn values(
     vars
 }
 
-/// test/infrastructure/`file` with its tokens replaced by `vars`.
+/// test/infrastructure/`file` with its tokens replaced by `vars`; comment lines, which
+/// document the tokens, are kept as they are.
 pub fn render(root: &Utf8Path, file: &str, vars: &[(String, String)]) -> Result<String> {
     let source = project::infrastructure_dir(root).join(file);
-    let mut text = std::fs::read_to_string(&source)
+    let template = std::fs::read_to_string(&source)
         .with_context(|| format!("reading {source}: restore it from version control"))?;
-    for (name, value) in vars {
-        text = text.replace(&format!("${{{name}}}"), value);
-    }
-    if let Some(start) = text.find("${") {
-        let token = text[start..].split('}').next().unwrap_or_default();
-        let known = vars.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
-        bail!("{source} uses {token}}}, which the xtask does not provide: use one of {known}");
+    let mut text = String::new();
+    for line in template.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') {
+            text += line;
+            continue;
+        }
+        let mut line = line.to_string();
+        for (name, value) in vars {
+            line = line.replace(&format!("${{{name}}}"), value);
+        }
+        if let Some(start) = line.find("${") {
+            let token = line[start..].split('}').next().unwrap_or_default();
+            let known = vars.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+            bail!("{source} uses {token}}}, which the xtask does not provide: use one of {known}");
+        }
+        text += &line;
     }
     Ok(text)
 }
@@ -93,4 +103,18 @@ pub fn write(
         files.push((service, write_file(dir, &name, &text)?));
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_nobody_provides_is_named_with_the_ones_there_are() {
+        let root = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let vars = vec![("NAME_PREFIX".to_string(), String::new())];
+        let err = render(root, "gateway.yaml", &vars).unwrap_err().to_string();
+        assert!(err.contains("gateway.yaml uses ${GATEWAY_IMAGE}"), "{err}");
+        assert!(err.ends_with("which the xtask does not provide: use one of NAME_PREFIX"), "{err}");
+    }
 }

@@ -526,13 +526,7 @@ fn podman_backend_plays_and_removes_the_same_manifests() {
     );
     assert!(stop > sandbox.position("go tool -modfile=tools/go.mod gotestsum"));
     assert!(sandbox.last_position("podman kube down") > stop);
-    let rendered =
-        std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
-    assert!(rendered.contains("image: localhost/gateway:e2e-"), "{rendered}");
-    assert!(rendered.contains("http://host.containers.internal:"), "{rendered}");
-    assert!(rendered.contains(sandbox.root.join("coverdata").as_str()), "{rendered}");
-    assert!(!rendered.contains("kind: Service"), "{rendered}");
-    assert!(!rendered.contains("${"), "{rendered}");
+    // What it played is compared whole in tests/rendered.rs.
     assert!(
         sandbox.position("podman network rm xtask-gateway-e2e")
             > sandbox.last_position("podman kube down"),

@@ -275,19 +275,15 @@ fn reusing_a_cluster_after_an_image_change_rolls_out_on_one_node() {
     assert_eq!(run.code, 0, "{run}");
     assert!(run.stdout.contains(" built "), "a new gateway image: {run}");
 
-    // The fake models the one-node deadlock: without the Recreate strategy it happens.
-    let deadlock = Sandbox::new("reuse-rolling-update", KIND_TOOLS);
-    let manifest = deadlock.root.join("test/infrastructure/gateway.yaml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("type: Recreate", "type: RollingUpdate")).unwrap();
-    assert_eq!(deadlock.run(&["e2e-gateway", "--cluster", "kind", "--keep-cluster"]).code, 0);
-    common::write(
-        &deadlock.root.join("cmd/gateway/main.go"),
-        "package main\n\nfunc main() { println(\"changed\") }\n",
-    );
-    let stuck = deadlock.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster"]);
-    assert_eq!(stuck.code, 1, "{stuck}");
-    assert!(stuck.stderr.contains("didn't have free ports"), "{stuck}");
+    // On one node with a host port, a rolling update's new pod waits for the port the old pod
+    // holds: the manifests applied recreate the Deployment instead (the real Kind test shows
+    // the rollout finishing).
+    let gateway = run.stdout.lines().find(|l| l.starts_with("gateway ")).unwrap();
+    let image = gateway.split_whitespace().nth(1).unwrap();
+    let applied = std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml"));
+    let applied = applied.unwrap();
+    assert!(applied.contains(&format!("image: {image}")), "{applied}");
+    assert!(applied.contains("strategy:\n    type: Recreate"), "{applied}");
 }
 
 #[test]

@@ -227,25 +227,6 @@ mod tests {
     use super::*;
     use crate::e2e_gateway::gotest::Timeout;
 
-    #[test]
-    fn phases_are_numbered_in_order() {
-        let all = [
-            Phase::Preflight,
-            Phase::BuildImages,
-            Phase::CreateCluster,
-            Phase::LoadImages,
-            Phase::Deploy,
-            Phase::Test,
-            Phase::Diagnostics,
-            Phase::Coverage,
-            Phase::Teardown,
-            Phase::Summary,
-        ];
-        let titles: Vec<String> = all.iter().map(|p| p.title()).collect();
-        assert_eq!(titles[..2], ["1. preflight", "2. build images"]);
-        assert_eq!(titles[9], "10. summary");
-    }
-
     fn failed_run() -> Summary {
         Summary {
             id: "2026-11-26T05-45-00Z".into(),
