@@ -56,7 +56,7 @@ enum NodeState {
 /// A clone of `sh` whose every command carries the Kind provider variable: every kind call
 /// (create, get, load, export, delete) goes through it, since Kind drives podman only when
 /// told to.
-pub fn kind_shell(sh: &Shell, engine: Engine) -> Shell {
+fn kind_shell(sh: &Shell, engine: Engine) -> Shell {
     let kind_sh = sh.clone();
     if let Some((key, value)) = provider(engine) {
         kind_sh.set_var(key, value);
