@@ -25,7 +25,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use parse_dockerfile::{parse_iter, Command, Instruction, RunInstruction};
 use xshell::Shell;
 
-use crate::{flags, project, ui};
+use crate::{cmd, flags, project, ui};
 
 mod shell;
 
@@ -157,6 +157,8 @@ pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result
                 file
             }
         });
+        // Ctrl-C or SIGTERM: what was read is incomplete, so no summary of it.
+        cmd::check_interrupted()?;
     }
     let mut findings: Vec<Finding> = files.iter().flat_map(|f| f.findings.clone()).collect();
     findings.extend(check_drift(&files));
@@ -276,7 +278,8 @@ impl Lines {
 }
 
 /// Reads one file's base images and distribution upgrades: the parse-dockerfile crate reads the
-/// instructions, we resolve FROM and scan RUN..
+/// instructions, we resolve FROM and scan RUN. Stops early, with what it found so far, when a
+/// signal arrived (`lint_files` then says so).
 fn analyze(path: &Utf8Path, text: &str) -> File {
     // The crate skips a byte order mark and counts its offsets after it.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -366,6 +369,9 @@ impl Reader<'_> {
         };
         // A restart's first instruction is the header's FROM.
         for item in items.skip(usize::from(pass.from > 0)) {
+            if cmd::interrupted() {
+                return None;
+            }
             match item {
                 // The crate's only error without a line is a file without FROM.
                 Err(e) if e.line() == 0 && !self.seen_from => {
