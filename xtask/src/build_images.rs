@@ -73,8 +73,10 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &BuildImages) -> Result<Vec<Image
     let references: Vec<String> = planned.iter().map(|p| p.reference.clone()).collect();
     for (p, found) in planned.iter_mut().zip(engine::inspect(sh, engine, &references)?) {
         // A tag the registry has is that image: nothing to build or push (another machine did).
-        p.remote =
-            !req.no_cache && req.registry.as_ref().is_some_and(|r| r.has(sh, engine, &p.reference));
+        p.remote = match &req.registry {
+            Some(registry) if !req.no_cache => registry.has(sh, engine, &p.reference)?,
+            _ => false,
+        };
         p.build = req.no_cache || found.is_none() && !p.remote;
         p.found = found;
     }

@@ -70,6 +70,16 @@ impl CmdError {
         matches!(self.failure, Failure::Interrupted)
     }
 
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.failure, Failure::TimedOut(_))
+    }
+
+    /// The same failure with another fix, for a caller that knows the fix once it knows how
+    /// the command failed (a registry that stopped answering, say).
+    pub fn with_hint(self, hint: impl Into<String>) -> CmdError {
+        CmdError { hint: hint.into(), ..self }
+    }
+
     /// The last line the tool printed on stderr (else stdout): usually the one that says why.
     pub fn cause(&self) -> Option<&str> {
         last_line(&self.stderr).or_else(|| last_line(&self.stdout))

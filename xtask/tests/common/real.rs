@@ -55,6 +55,11 @@ impl Scratch {
     /// The xtask binary with `args` on this copy; `env` is set on top of the test's environment,
     /// minus the variables that would change what xtask does.
     pub fn xtask(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Run::from(self.command(args, env).output().unwrap())
+    }
+
+    /// The command `xtask` runs, to start it without waiting.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
         cmd.args(args)
             .current_dir(&self.root)
@@ -68,7 +73,7 @@ impl Scratch {
             .env_remove("BUILDER_IMAGE")
             .env_remove("BASE_IMAGE");
         cmd.envs(env.iter().copied());
-        Run::from(cmd.output().unwrap())
+        cmd
     }
 
     /// An empty directory any container user (65532 in host mode, 1001 in UBI9) can write.
