@@ -13,7 +13,7 @@ use walkdir::WalkDir;
 use xshell::{cmd, Shell};
 
 use crate::{
-    cmd::step,
+    cmd::{self, step},
     doctor,
     engine::{self, ImageInfo},
     flags::{BuildImages, BuildMode, Engine},
@@ -40,6 +40,10 @@ pub fn run(sh: &Shell, flags: &BuildImages) -> Result<()> {
     // No checks up front: the first engine call proves the engine answers, and a run with
     // nothing to build is one engine call. When a command fails, doctor's checks say why.
     let Err(err) = build(sh, &root, flags) else { return Ok(()) };
+    // Stopped by Ctrl-C or SIGTERM: nothing to explain, and nothing more to start.
+    if cmd::interrupted() {
+        return Err(err);
+    }
     let engine = Some(engine::resolve(flags.engine));
     let needs = doctor::Needs { engine, disk: true, ..doctor::Needs::default() };
     if doctor::preflight(sh, &root, &needs, Vec::new()).is_err() {

@@ -104,6 +104,23 @@ fn failing_image_build_names_the_service_command_and_output() {
     assert!(run.stderr.contains("fake podman failure"), "tool output shown: {run}");
 }
 
+/// Ctrl-C during a build stops it, and starts nothing more: a failed build runs doctor's
+/// checks to say why, an interrupted one has nothing to explain.
+#[test]
+fn an_interrupted_build_stops_without_running_the_checks() {
+    let mut sandbox = Sandbox::new("build-interrupted", TOOLS);
+    sandbox.env("FAKE_BUILD_SLEEP", "30");
+    let mut xtask = sandbox.spawn(&["build-images"]);
+    sandbox.wait_for_call(&mut xtask, |call| call.starts_with("go build"));
+    common::signal(&xtask, nix::sys::signal::Signal::SIGINT);
+    let run = common::finish(xtask);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("interrupted by a signal (Ctrl-C or SIGTERM)"), "{run}");
+    let after: Vec<String> =
+        sandbox.calls().into_iter().skip_while(|c| !c.starts_with("go build")).collect();
+    assert_eq!(after.len(), 1, "commands started after the interrupt: {after:#?}");
+}
+
 #[test]
 fn missing_dockerfile_is_named() {
     let sandbox = Sandbox::new("no-dockerfile", TOOLS);
