@@ -63,8 +63,8 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let severity = self.severity.name();
-        write!(f, "{}:{}: {severity}[{}]: {}", self.path, self.line, self.rule, self.message)
+        let (severity, path) = (self.severity.name(), ui::line_start_path(self.path.as_str()));
+        write!(f, "{path}:{}: {severity}[{}]: {}", self.line, self.rule, self.message)
     }
 }
 
@@ -76,6 +76,7 @@ pub fn run(_sh: &Shell, flags: &flags::LintDockerfiles) -> anyhow::Result<()> {
         let named: Vec<&str> = flags.paths.iter().map(|p| p.as_str()).collect();
         let searched =
             if named.is_empty() { format!("{root}/docker or {root}") } else { named.join(", ") };
+        let searched = ui::escaped(&searched);
         println!("no Dockerfile, Dockerfile.*, *.Dockerfile, Containerfile or *.Containerfile under {searched}: nothing to lint");
         return Ok(());
     }
@@ -120,7 +121,10 @@ fn named_paths(paths: &[Utf8PathBuf]) -> anyhow::Result<Vec<Utf8PathBuf>> {
 /// `Dockerfile`, `Dockerfile.*`, `*.Dockerfile`, `Containerfile`, `*.Containerfile`.
 fn dockerfiles_under(dir: &Utf8Path, depth: usize) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let skipped = |e: &walkdir::DirEntry| matches!(e.file_name().to_str(), Some(".git" | "target"));
-    let listing = || format!("listing {dir}: check that it is readable, or name the files to lint");
+    let listing = || {
+        let dir = ui::escaped(dir.as_str());
+        format!("listing {dir}: check that it is readable, or name the files to lint")
+    };
     let mut paths = Vec::new();
     // Sorted by name in each directory, the order of the paths sorted.
     let entries = walkdir::WalkDir::new(dir).max_depth(depth).sort_by_file_name().into_iter();
@@ -131,8 +135,9 @@ fn dockerfiles_under(dir: &Utf8Path, depth: usize) -> anyhow::Result<Vec<Utf8Pat
         let dockerfile = matches!(name.rsplit('.').next(), Some("Dockerfile" | "Containerfile"))
             || name.starts_with("Dockerfile.");
         if dockerfile && entry.path().is_file() {
-            let path = Utf8PathBuf::from_path_buf(entry.into_path())
-                .map_err(|p| anyhow::anyhow!("{} is not UTF-8: rename it", p.display()))?;
+            let path = Utf8PathBuf::from_path_buf(entry.into_path()).map_err(|p| {
+                anyhow::anyhow!("{} is not UTF-8: rename it", ui::escaped(&p.to_string_lossy()))
+            })?;
             paths.push(path);
         }
     }
@@ -144,8 +149,9 @@ pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result
     let root = project::root();
     let mut files = Vec::new();
     for path in paths {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading {path}: check the path and its permissions"))?;
+        let bytes = std::fs::read(path).with_context(|| {
+            format!("reading {}: check the path and its permissions", ui::escaped(path.as_str()))
+        })?;
         let shown = path.strip_prefix(&root).unwrap_or(path);
         files.push(match std::str::from_utf8(&bytes) {
             Ok(text) => analyze(shown, text),
@@ -235,7 +241,7 @@ fn check_drift(files: &[File]) -> Vec<Finding> {
         let counts = tags.chunk_by(|a, b| a == b).map(|same| (same[0], same.len()));
         let (norm, norm_count) = counts.max_by_key(|&(t, n)| (n, numbers(t), t)).expect("uses");
         let (first, first_line, ..) = uses.iter().find(|u| u.3 == norm).expect("a use of norm");
-        let (first, total) = (&first.path, uses.len());
+        let (first, total) = (ui::escaped(first.path.as_str()), uses.len());
         for (file, line, repository, tag) in uses.iter().filter(|u| u.3 != norm) {
             let message = format!("`{repository}` has tag `{tag}` here and `{norm}` in {norm_count} of its {total} uses (first at {first}:{first_line}); move this file to `{norm}`, or every file to one current tag (services on different base versions behave differently and share no cached layers)");
             let (path, severity, rule) = (file.path.clone(), Warning, "base-image-drift");
@@ -603,6 +609,27 @@ mod tests {
         assert_eq!(
             finding.to_string(),
             "docker/gateway-ubi9.Dockerfile:7: error[distro-upgrade]: remove `dnf update -y`"
+        );
+    }
+
+    /// A file name of a pull request's choosing must not start a line of output: GitHub Actions
+    /// reads a line that starts with `::` as a workflow command.
+    #[test]
+    fn a_path_cannot_start_a_line_of_its_choosing() {
+        let finding = |path: &str| Finding {
+            path: path.into(),
+            line: 1,
+            severity: Severity::Error,
+            rule: "distro-upgrade",
+            message: "remove `dnf update`".into(),
+        };
+        assert_eq!(
+            finding("docker/x\n::error file=a::pwned.Dockerfile").to_string(),
+            "docker/x\\n::error file=a::pwned.Dockerfile:1: error[distro-upgrade]: remove `dnf update`"
+        );
+        assert_eq!(
+            finding("::error::pwned.Dockerfile").to_string(),
+            "./::error::pwned.Dockerfile:1: error[distro-upgrade]: remove `dnf update`"
         );
     }
 

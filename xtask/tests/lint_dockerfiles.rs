@@ -55,3 +55,32 @@ fn a_signal_stops_the_lint_with_a_failure_and_no_summary() {
         assert!(!stdout.contains(" in 1 file"), "a summary of an interrupted lint: {shown}");
     }
 }
+
+/// Dockerfiles whose names hold a newline and a workflow command, or start with one, as a pull
+/// request could add them: no line of the output starts with `::` but our own annotations (one
+/// per finding, with GitHub Actions only).
+#[test]
+fn file_names_cannot_issue_workflow_commands() {
+    let mut sandbox = Sandbox::empty("lint-names", &[]);
+    let upgrade = "FROM alpine:3.20\nRUN apk upgrade\n";
+    common::write(&sandbox.root.join("docker/x\n::error file=a,line=1::pwned.Dockerfile"), upgrade);
+    common::write(&sandbox.root.join("::warning::pwned.Dockerfile"), upgrade);
+    for actions in ["false", "true"] {
+        sandbox.env("GITHUB_ACTIONS", actions);
+        let run = sandbox.run(&["lint-dockerfiles"]);
+        assert_eq!(run.code, 1, "{run}");
+        let commands: Vec<&str> = (run.stdout.lines().chain(run.stderr.lines()))
+            .filter(|line| line.trim_start().starts_with("::"))
+            .collect();
+        let ours =
+            |line: &&str| line.starts_with("::error file=") || line.starts_with("::notice file=");
+        assert!(commands.iter().all(ours), "{commands:#?}\n{run}");
+        assert_eq!(commands.len(), if actions == "true" { 4 } else { 0 }, "{run}");
+        for shown in [
+            "\ndocker/x\\n::error file=a,line=1::pwned.Dockerfile:2: error[distro-upgrade]",
+            "\n./::warning::pwned.Dockerfile:2: error[distro-upgrade]",
+        ] {
+            assert!(run.stdout.contains(shown), "{shown}\n{run}");
+        }
+    }
+}
