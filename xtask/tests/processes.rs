@@ -1,6 +1,7 @@
-//! What the xtask's commands leave when it is stopped: no process keeps running after it dies,
-//! even by kill -9 (the reaper stops them), and go's temporary files stay in a directory of the
-//! run under target/xtask/tmp/, removed at its end, or by the next run when it died.
+//! What a run leaves behind: no process keeps running after the xtask dies, even by kill -9 (the
+//! reaper stops them); go's temporary files stay in a directory of the run under
+//! target/xtask/tmp/, removed at its end, or by the next run when it died; and the lock file of
+//! the cluster name in the temporary directory is removed when the run ends.
 
 mod common;
 
@@ -66,6 +67,8 @@ fn a_killed_xtask_takes_its_commands_along_and_the_next_run_clears_go_files() {
     common::signal(&xtask, Signal::SIGKILL);
     let killed = common::finish(xtask);
     assert_eq!(killed.code, -1, "{killed}");
+    let lock = sandbox.dir.join("xtask-e2e-gateway-e2e.lock");
+    assert!(lock.exists(), "test setup: the killed run's lock file");
 
     assert_all_end(&sandbox.state.join("test-pids"));
     // Stopped as Ctrl-C stops it: SIGINT first, so go can remove its files.
@@ -81,6 +84,8 @@ fn a_killed_xtask_takes_its_commands_along_and_the_next_run_clears_go_files() {
     assert_eq!(next.code, 0, "{next}");
     assert!(!dead.exists(), "{dead} is still there:\n{next}");
     assert_eq!(go_tmp_entries(&sandbox), Vec::<String>::new(), "{next}");
+    // The next run took the killed one's lock file over, and removed it at its end.
+    assert!(!lock.exists(), "{lock} is still there:\n{next}");
 }
 
 /// Ctrl-C in the test phase, once and twice: go's files go with the run (twice, the xtask exits
