@@ -201,7 +201,7 @@ fn keep_recent_images(sh: &Shell, root: &Utf8Path, engine: Engine, used: &[(&str
                 Ok(()) => gone.push(reference.as_str()),
                 Err(err) => {
                     let cause = err.cause().unwrap_or("no reason given").to_string();
-                    println!("kept {reference}: `{program} rmi` refused it ({cause}); it goes once no container uses it");
+                    println!("still kept: {reference}, as `{program} rmi` refused it ({cause}); it goes once no container uses it");
                 }
             }
         }

@@ -164,7 +164,7 @@ fn older_images_this_checkout_built_are_removed_keeping_the_three_most_recent() 
     sandbox.env("FAKE_FAIL", "^podman rmi").env("FAKE_FAIL_MESSAGE", refusal);
     let (_, run) = change(&sandbox, 5);
     let kept = format!(
-        "kept {}: `podman rmi` refused it ({refusal}); it goes once no container uses it\n",
+        "still kept: {}, as `podman rmi` refused it ({refusal}); it goes once no container uses it\n",
         tags[2]
     );
     assert!(run.stdout.contains(&kept), "{run}");
