@@ -334,8 +334,8 @@ fn restart(parsed: &mut String, header: &str, start: usize) -> Pass {
     Pass { from, start, header_lines: header.lines().count() }
 }
 
-/// `#escape=`` followed by a newline when the crate read the file's escape character as a
-/// backtick, else nothing (the default).
+/// The line `#escape=` and a backtick when the crate read the file's escape character as a
+/// backtick, else nothing (the default, a backslash).
 fn escape_directive(text: &str) -> &'static str {
     // Parser directives are among the lines starting with `#` at the very top.
     let top: String = text.split_inclusive('\n').take_while(|l| l.starts_with('#')).collect();
