@@ -14,7 +14,7 @@ use xshell::{cmd, Shell};
 
 use crate::{
     check::{self, Needs},
-    cmd::step,
+    cmd::{self, step},
     engine::Engine,
     engine::{self, ImageInfo},
     project::{self, Service, WRITABLE_TARGET},
@@ -82,6 +82,10 @@ pub fn run(sh: &Shell, flags: &Request) -> Result<()> {
         check::preflight(sh, &root, &needs, Vec::new())?;
     }
     let Err(err) = build(sh, &root, flags) else { return Ok(()) };
+    // Stopped by Ctrl-C or SIGTERM: nothing to explain, and nothing more to start.
+    if cmd::interrupted() {
+        return Err(err);
+    }
     let engine = Some(engine::resolve(flags.engine));
     let needs = Needs { engine, buildkit: container, disk: true, ..Needs::default() };
     if check::preflight(sh, &root, &needs, Vec::new()).is_err() {
@@ -107,8 +111,10 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
     let references: Vec<String> = planned.iter().map(|p| p.reference.clone()).collect();
     for (p, found) in planned.iter_mut().zip(engine::inspect(sh, engine, &references)?) {
         // A tag the registry has is that image: nothing to build or push (another machine did).
-        p.remote =
-            !req.no_cache && req.registry.as_ref().is_some_and(|r| r.has(sh, engine, &p.reference));
+        p.remote = match &req.registry {
+            Some(registry) if !req.no_cache => registry.has(sh, engine, &p.reference)?,
+            _ => false,
+        };
         p.build = req.no_cache || found.is_none() && !p.remote;
         p.found = found;
     }
@@ -154,8 +160,13 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
     };
 
     let mut images = Vec::new();
+    // The images of this run in the engine's store: kept whatever else is removed.
+    let mut in_store = Vec::new();
     for (p, info) in planned.into_iter().zip(found) {
         let (name, reference) = (p.service.name, &p.reference);
+        if info.is_some() {
+            in_store.push((name, reference.clone()));
+        }
         if let (true, Some(old)) = (p.build, &p.found) {
             // `--no-cache` moved the tag to a new image; the old one would linger untagged. Best
             // effort: an image still used by a container stays, and that is fine.
@@ -183,7 +194,74 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
         println!("{name:<12} {reference:<40} {status:<6} {seconds:>6} {size:>9}{note}");
         images.push(Image { service: p.service, reference: used, archive });
     }
+    keep_recent_images(sh, root, engine, &in_store);
     Ok(images)
+}
+
+/// How many images of each service a checkout keeps in the engine's store: the most recently
+/// used, this run's among them (a plain and a coverage build, and the one before).
+const IMAGES_KEPT: usize = 3;
+
+/// Notes this run's images as the most recently used of the ones this checkout built (in
+/// `target/xtask/cache/images`, oldest first), and removes the images of a service beyond its
+/// newest `IMAGES_KEPT` from the engine's store: one per source change would fill the disk.
+/// Only images this checkout built or used, by their tag: another checkout's are not ours to
+/// remove. `rmi` without `--force` refuses one that a container uses: it is kept, said so, and
+/// tried again next time. Nothing here fails the build.
+fn keep_recent_images(sh: &Shell, root: &Utf8Path, engine: Engine, used: &[(&str, String)]) {
+    let path = project::xtask_dir(root).join("cache/images");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut known: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(svc, reference)| (svc.to_string(), reference.to_string()))
+        .filter(|(_, reference)| !used.iter().any(|(_, r)| r == reference))
+        .collect();
+    known.extend(used.iter().map(|(svc, reference)| (svc.to_string(), reference.clone())));
+    let mut older = Vec::new();
+    for (svc, _) in used {
+        let of_service: Vec<&String> =
+            known.iter().filter(|(s, _)| s == svc).map(|(_, r)| r).collect();
+        let excess = of_service.len().saturating_sub(IMAGES_KEPT);
+        older.extend(of_service[..excess].iter().map(|r| r.to_string()));
+    }
+    // Not knowing which are still there, remove none this time.
+    let present = match older.is_empty() {
+        true => Vec::new(),
+        false => engine::inspect(sh, engine, &older).unwrap_or_default(),
+    };
+    if !present.is_empty() {
+        let program = engine.program();
+        let mut gone = Vec::new();
+        for (reference, found) in older.iter().zip(present) {
+            // One that is not there any more was removed by hand.
+            let removed = match found {
+                Some(_) => step(cmd!(sh, "{program} rmi {reference}")).run().map(drop),
+                None => Ok(()),
+            };
+            match removed {
+                Ok(()) => gone.push(reference.as_str()),
+                Err(err) => {
+                    let cause = err.cause().unwrap_or("no reason given").to_string();
+                    println!("still kept: {reference}, as `{program} rmi` refused it ({cause}); it goes once no container uses it");
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let (n, list) = (gone.len(), gone.join(", "));
+            println!("removed {n} older image(s) this checkout built (it keeps the {IMAGES_KEPT} most recently used of each service): {list}");
+        }
+        known.retain(|(_, reference)| !gone.contains(&reference.as_str()));
+    }
+    let lines: String =
+        known.iter().map(|(svc, reference)| format!("{svc} {reference}\n")).collect();
+    if lines != text {
+        let written = std::fs::create_dir_all(path.parent().expect("in the cache folder"))
+            .and_then(|()| std::fs::write(&path, lines));
+        if let Err(err) = written {
+            eprintln!("warning: writing {path} failed ({err}): older images are not removed until it can be written; {WRITABLE_TARGET}");
+        }
+    }
 }
 
 /// One image to build or reuse.

@@ -6,16 +6,21 @@
 //! xtask, which then stops the running commands itself (SIGINT first, so `go test` removes its
 //! temporary build directory, then SIGTERM, then SIGKILL) and leaves the commands it starts
 //! afterwards (teardown) alone.
+//!
+//! When the xtask dies without stopping them (kill -9, a crash), a small process of its own, the
+//! reaper, stops the process groups of the commands still running. And `go` keeps its temporary
+//! files (the build's work directory, the test binary) in a directory of the run under `target/`,
+//! removed at its end, or by the next run when it died.
 
 use std::{
     fmt,
-    fs::File,
+    fs::{File, TryLockError},
     io::{BufRead, BufReader, Read, Write},
     os::unix::process::CommandExt,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Mutex, MutexGuard,
+        mpsc, Mutex, MutexGuard, OnceLock,
     },
     thread::{self, JoinHandle},
     time::Duration,
@@ -68,6 +73,16 @@ pub struct CmdError {
 impl CmdError {
     pub fn is_interrupt(&self) -> bool {
         matches!(self.failure, Failure::Interrupted)
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.failure, Failure::TimedOut(_))
+    }
+
+    /// The same failure with another fix, for a caller that knows the fix once it knows how
+    /// the command failed (a registry that stopped answering, say).
+    pub fn with_hint(self, hint: impl Into<String>) -> CmdError {
+        CmdError { hint: hint.into(), ..self }
     }
 
     /// The last line the tool printed on stderr (else stdout): usually the one that says why.
@@ -146,7 +161,13 @@ pub struct Step {
 
 pub fn step(cmd: xshell::Cmd<'_>) -> Step {
     let shown = cmd.to_string();
-    Step { command: cmd.into(), shown, hint: String::new(), echo: false, log: None, limit: None }
+    let mut command: Command = cmd.into();
+    if command.get_program() == "go" {
+        if let Some(dir) = go_tmpdir() {
+            command.env("GOTMPDIR", dir);
+        }
+    }
+    Step { command, shown, hint: String::new(), echo: false, log: None, limit: None }
 }
 
 impl Step {
@@ -196,6 +217,7 @@ impl Step {
         };
         let group = child.id() as i32;
         locked(&RUNNING).push(group);
+        tell_reaper(format!("+{group}\n"));
         // Both readers append to the one file (a whole line per write), each through its handle.
         let logs = self.log.as_ref().and_then(|path| {
             let opened = File::options().create(true).append(true).open(path);
@@ -266,6 +288,11 @@ impl Running {
             fired.join().unwrap_or(false)
         });
         let stopped = timed_out || (!interrupted_before && interrupted());
+        // What a stopped command started may still be in its group: should we end before it
+        // is gone, the reaper stops it.
+        if !stopped {
+            tell_reaper(format!("-{}\n", child.id()));
+        }
         // A stopped command's pipes may be held by something that outlived it: do not wait long.
         let collect = |rx: mpsc::Receiver<String>| match stopped {
             true => rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default(),
@@ -349,9 +376,10 @@ pub fn set_leftover(remove_with: String) {
 pub fn install_signal_handler() {
     let _ = ctrlc::set_handler(|| {
         let leftover = locked(&LEFTOVER).clone();
-        let mut running = locked(&RUNNING).clone();
+        let running = locked(&RUNNING).clone();
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             running.iter().for_each(|g| signal_group(*g, Signal::SIGKILL));
+            remove_go_tmpdir();
             let skipped =
                 |command| format!("teardown skipped: remove what is left with `{command}`");
             eprintln!("{}", leftover.map_or("stopped".to_string(), skipped));
@@ -359,22 +387,161 @@ pub fn install_signal_handler() {
         }
         let teardown = " and tearing down (press Ctrl-C again to skip teardown)";
         eprintln!("\ninterrupted: stopping{}", if leftover.is_some() { teardown } else { "" });
-        // Only the commands running now: teardown commands started later must run.
-        thread::spawn(move || {
-            for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
-                running.retain(|g| locked(&RUNNING).contains(g));
-                running.iter().for_each(|g| signal_group(*g, signal));
-                if running.is_empty() {
-                    break;
-                }
-                thread::sleep(GRACE);
-            }
-        });
+        // Only the commands running now: teardown commands started later must run. Until their
+        // groups are empty: what a command started stays in its group when it ends first.
+        thread::spawn(move || stop_groups(running, group_exists));
     });
+}
+
+/// Whether any process is left in `group`.
+fn group_exists(group: i32) -> bool {
+    killpg(Pid::from_raw(group), None).is_ok()
+}
+
+/// SIGINT to each group, then SIGTERM, then SIGKILL, `GRACE` apart, while it is `running`.
+fn stop_groups(mut groups: Vec<i32>, running: impl Fn(i32) -> bool) {
+    for (i, signal) in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL].into_iter().enumerate() {
+        if i > 0 {
+            thread::sleep(GRACE);
+        }
+        groups.retain(|g| running(*g));
+        groups.iter().for_each(|g| signal_group(*g, signal));
+    }
 }
 
 fn signal_group(group: i32, signal: Signal) {
     let _ = killpg(Pid::from_raw(group), signal);
+}
+
+// ---- The reaper ------------------------------------------------------------------------------
+
+/// The hidden task `main` runs as the reaper.
+pub const REAPER_TASK: &str = "__reaper";
+
+/// The reaper's stdin; `None` once it could not be started or told.
+static REAPER: Mutex<Option<Option<ChildStdin>>> = Mutex::new(None);
+
+/// Tells the reaper that a command's group started (`+<group>`) or ended (`-<group>`); starts
+/// the reaper first. Without one (it could not start) commands simply are not watched.
+fn tell_reaper(line: String) {
+    let mut reaper = locked(&REAPER);
+    let stdin = reaper.get_or_insert_with(start_reaper);
+    if stdin.as_mut().is_some_and(|stdin| stdin.write_all(line.as_bytes()).is_err()) {
+        *stdin = None;
+    }
+}
+
+/// This binary again, as the reaper, in a process group of its own (Ctrl-C at the terminal
+/// does not reach it), reading what we tell it on its stdin. It is never waited for: it ends
+/// after us.
+fn start_reaper() -> Option<ChildStdin> {
+    // A unit test's binary is no xtask.
+    if cfg!(test) {
+        return None;
+    }
+    let mut reaper = Command::new("/proc/self/exe");
+    reaper.arg(REAPER_TASK).process_group(0).stdin(Stdio::piped());
+    // Not our stdout: whoever reads it would wait for the reaper too.
+    let started = reaper.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+    let warn = |err| {
+        eprintln!("warning: starting a watcher for the commands of this run failed ({err}): if it is killed, stop what it started by hand")
+    };
+    started.map_err(warn).ok()?.stdin.take()
+}
+
+/// The reaper: notes the groups the xtask says are running; when its stdin closes (the xtask
+/// ended, however), stops those still listed as Ctrl-C would, so that nothing the xtask started
+/// outlives it (gotestsum, `go test` and the test binary would run on until their own timeout).
+pub fn reap() -> std::process::ExitCode {
+    let mut groups = Vec::new();
+    for line in std::io::stdin().lines().map_while(Result::ok) {
+        let (sign, group) = line.split_at(line.len().min(1));
+        match (sign, group.parse::<i32>()) {
+            ("+", Ok(group)) if group > 0 => groups.push(group),
+            ("-", Ok(group)) => groups.retain(|g| *g != group),
+            _ => {}
+        }
+    }
+    stop_groups(groups, group_exists);
+    std::process::ExitCode::SUCCESS
+}
+
+// ---- Go's temporary files --------------------------------------------------------------------
+
+/// The run's GOTMPDIR and the lock that says the run lives; `None` when it cannot be created
+/// (go then uses the system's temporary directory, as before).
+static GO_TMPDIR: OnceLock<Option<(Utf8PathBuf, File)>> = OnceLock::new();
+
+/// `target/xtask/tmp/go-<pid>`, created on first use (after removing what dead runs left): where
+/// every `go` we run keeps its temporary files, so that what a stopped go leaves is ours to
+/// remove. Locked while the run lives: another run's directory is left alone.
+fn go_tmpdir() -> Option<&'static Utf8Path> {
+    // Unit tests run in the checkout, whose target/ is not theirs to write, and end without
+    // `remove_go_tmpdir`.
+    if cfg!(test) {
+        return None;
+    }
+    let created = GO_TMPDIR.get_or_init(|| {
+        let parent = crate::project::xtask_dir(&crate::project::root()).join("tmp");
+        let created = create_locked_dir(&parent, &format!("go-{}", std::process::id()));
+        created.map_err(|err| eprintln!("warning: creating go's temporary directory in {parent} failed ({err}): go uses the system's, where an interrupted build may leave files; {}", crate::project::WRITABLE_TARGET)).ok()
+    });
+    created.as_ref().map(|(dir, _)| dir.as_path())
+}
+
+/// Removes this run's GOTMPDIR (at its end): best effort, the next run removes what is left.
+pub fn remove_go_tmpdir() {
+    if let Some(Some((dir, _lock))) = GO_TMPDIR.get() {
+        if let Err(err) = std::fs::remove_dir_all(dir) {
+            eprintln!("warning: removing {dir} failed ({err}): the next run removes it");
+        }
+    }
+}
+
+/// `parent/name` (or `name-N` when a live process elsewhere holds that one), created and
+/// locked; first every directory in `parent` that no live run has locked is removed. Another run
+/// may remove ours between creating and locking it (it is not locked yet): only a locked
+/// directory that is still at its path is ours.
+fn create_locked_dir(parent: &Utf8Path, name: &str) -> std::io::Result<(Utf8PathBuf, File)> {
+    std::fs::create_dir_all(parent)?;
+    remove_unlocked(parent);
+    for attempt in 0..10 {
+        let dir = match attempt {
+            0 => parent.join(name),
+            n => parent.join(format!("{name}-{n}")),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let lock = File::open(&dir)?;
+        match lock.try_lock() {
+            Ok(()) if std::fs::metadata(&dir).is_ok_and(|now| same_file(&now, &lock)) => {
+                return Ok((dir, lock))
+            }
+            Ok(()) | Err(TryLockError::WouldBlock) => continue,
+            Err(TryLockError::Error(err)) => return Err(err),
+        }
+    }
+    Err(std::io::Error::other("another process keeps taking or removing it"))
+}
+
+/// Whether `lock` is the file whose metadata is `now`.
+fn same_file(now: &std::fs::Metadata, lock: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    lock.metadata().is_ok_and(|locked| (locked.dev(), locked.ino()) == (now.dev(), now.ino()))
+}
+
+/// Removes the directories in `parent` that no live run holds locked: left by runs that died.
+fn remove_unlocked(parent: &Utf8Path) {
+    for entry in parent.read_dir_utf8().into_iter().flatten().flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.into_path();
+        let Ok(lock) = File::open(&path) else { continue };
+        // Held while removing: a run that takes the name meanwhile finds it locked.
+        if lock.try_lock().is_ok() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +587,29 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err.failure, Failure::TimedOut(_)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A run's directory is locked while it lives: the next run removes only the directories
+    /// of runs that are gone, and takes another name when a live one holds its own.
+    #[test]
+    fn locked_directories_are_kept_and_the_others_removed() {
+        let temp = Utf8PathBuf::from_path_buf(std::env::temp_dir()).unwrap();
+        let parent = temp.join(format!("cmd-locked-dirs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        let (live, live_lock) = create_locked_dir(&parent, "go-1").unwrap();
+        std::fs::write(live.join("a.out"), "running").unwrap();
+        let dead = parent.join("go-2/go-build9");
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("gateway.test"), "left by a killed go").unwrap();
+        // Another run whose PID is the live one's (another PID namespace, say).
+        let (other, _other_lock) = create_locked_dir(&parent, "go-1").unwrap();
+        assert_eq!(other, parent.join("go-1-1"));
+        assert!(live.join("a.out").exists(), "a live run's directory was removed");
+        assert!(!parent.join("go-2").exists(), "a dead run's directory was left");
+        drop(live_lock);
+        let (_, _again) = create_locked_dir(&parent, "go-3").unwrap();
+        assert!(!live.exists(), "once its run is gone, it goes too");
+        std::fs::remove_dir_all(&parent).unwrap();
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::{
     io::{self, Read, Write},
     net::{TcpStream, ToSocketAddrs},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 pub struct Response {
@@ -16,22 +16,42 @@ pub struct Response {
 
 /// Sends `request` (`GET /readyz`, say) to `host` (`name:port`) with `headers` (each ending in
 /// CRLF) and reads the answer until the server closes the connection, as an HTTP/1.0 server
-/// does after its answer; `timeout` bounds the connection and each read. An answer that is not
-/// HTTP is an error.
+/// does after its answer. `timeout` bounds the whole exchange, so a server that accepts the
+/// connection and then sends nothing, or a byte now and then, cannot hold us: past it, the
+/// error is of kind `TimedOut`. An answer that is not HTTP is an error.
 pub fn request(
     host: &str,
     request: &str,
     headers: &str,
     timeout: Duration,
 ) -> io::Result<Response> {
+    let deadline = Instant::now() + timeout;
     let no_address = || io::Error::other(format!("{host} has no address"));
     let address = host.to_socket_addrs()?.next().ok_or_else(no_address)?;
     let mut stream = TcpStream::connect_timeout(&address, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
+    // What is left of `timeout`, for the next write or read.
+    let left = || {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let secs = timeout.as_secs_f64();
+        let late = || io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {secs} s"));
+        Some(left).filter(|d| !d.is_zero()).ok_or_else(late)
+    };
+    stream.set_write_timeout(Some(left()?))?;
     // One write: `write!` on the stream would send each piece in a packet of its own.
     stream.write_all(format!("{request} HTTP/1.0\r\nHost: {host}\r\n{headers}\r\n").as_bytes())?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
+    let mut buf = [0u8; 8192];
+    loop {
+        stream.set_read_timeout(Some(left()?))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A read timeout is `WouldBlock` on Linux: the deadline passed.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => left().map(drop)?,
+            Err(e) => return Err(e),
+        }
+    }
     let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(answer.len());
     let head = String::from_utf8_lossy(&answer[..head_end]);
     let status = head.lines().next().unwrap_or("").to_string();
@@ -75,5 +95,33 @@ mod tests {
         assert_eq!(response.body, b"nope");
         let sent = server.join().unwrap();
         assert_eq!(sent, format!("HEAD /v2/x HTTP/1.0\r\nHost: {host}\r\nAccept: a\r\n\r\n"));
+    }
+
+    /// A server that takes the connection and then sends nothing, or a byte now and then (each
+    /// within a read timeout), is given up on once the time limit of the whole exchange passes.
+    #[test]
+    fn a_server_that_stops_answering_is_given_up_on_in_time() {
+        let limit = Duration::from_millis(300);
+        // Never accepted: the kernel takes the connection, nobody answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = silent.local_addr().unwrap().to_string();
+        let err = request(&host, "HEAD /v2/x", "", limit).err().expect("no answer");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert_eq!(err.to_string(), "no answer within 0.3 s");
+
+        let trickling = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = trickling.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = trickling.accept().unwrap();
+            for _ in 0..30 {
+                if stream.write_all(b"H").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let err = request(&host, "HEAD /v2/x", "", limit).err().expect("no whole answer");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        drop(server);
     }
 }

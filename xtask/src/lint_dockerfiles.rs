@@ -25,7 +25,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use parse_dockerfile::{parse_iter, Command, Instruction, RunInstruction};
 use xshell::Shell;
 
-use crate::{project, ui};
+use crate::{cmd, project, ui};
 
 mod shell;
 
@@ -63,8 +63,8 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let severity = self.severity.name();
-        write!(f, "{}:{}: {severity}[{}]: {}", self.path, self.line, self.rule, self.message)
+        let (severity, path) = (self.severity.name(), ui::line_start_path(self.path.as_str()));
+        write!(f, "{path}:{}: {severity}[{}]: {}", self.line, self.rule, self.message)
     }
 }
 
@@ -85,6 +85,7 @@ pub fn run(_sh: &Shell, flags: &Options) -> anyhow::Result<()> {
         let named: Vec<&str> = flags.paths.iter().map(|p| p.as_str()).collect();
         let searched =
             if named.is_empty() { format!("{root}/docker or {root}") } else { named.join(", ") };
+        let searched = ui::escaped(&searched);
         println!("no Dockerfile, Dockerfile.*, *.Dockerfile, Containerfile or *.Containerfile under {searched}: nothing to lint");
         return Ok(());
     }
@@ -129,7 +130,10 @@ fn named_paths(paths: &[Utf8PathBuf]) -> anyhow::Result<Vec<Utf8PathBuf>> {
 /// `Dockerfile`, `Dockerfile.*`, `*.Dockerfile`, `Containerfile`, `*.Containerfile`.
 fn dockerfiles_under(dir: &Utf8Path, depth: usize) -> anyhow::Result<Vec<Utf8PathBuf>> {
     let skipped = |e: &walkdir::DirEntry| matches!(e.file_name().to_str(), Some(".git" | "target"));
-    let listing = || format!("listing {dir}: check that it is readable, or name the files to lint");
+    let listing = || {
+        let dir = ui::escaped(dir.as_str());
+        format!("listing {dir}: check that it is readable, or name the files to lint")
+    };
     let mut paths = Vec::new();
     // Sorted by name in each directory, the order of the paths sorted.
     let entries = walkdir::WalkDir::new(dir).max_depth(depth).sort_by_file_name().into_iter();
@@ -140,8 +144,9 @@ fn dockerfiles_under(dir: &Utf8Path, depth: usize) -> anyhow::Result<Vec<Utf8Pat
         let dockerfile = matches!(name.rsplit('.').next(), Some("Dockerfile" | "Containerfile"))
             || name.starts_with("Dockerfile.");
         if dockerfile && entry.path().is_file() {
-            let path = Utf8PathBuf::from_path_buf(entry.into_path())
-                .map_err(|p| anyhow::anyhow!("{} is not UTF-8: rename it", p.display()))?;
+            let path = Utf8PathBuf::from_path_buf(entry.into_path()).map_err(|p| {
+                anyhow::anyhow!("{} is not UTF-8: rename it", ui::escaped(&p.to_string_lossy()))
+            })?;
             paths.push(path);
         }
     }
@@ -153,19 +158,22 @@ pub fn lint_files(paths: &[Utf8PathBuf], require_digest: bool) -> anyhow::Result
     let root = project::root();
     let mut files = Vec::new();
     for path in paths {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading {path}: check the path and its permissions"))?;
+        let bytes = std::fs::read(path).with_context(|| {
+            format!("reading {}: check the path and its permissions", ui::escaped(path.as_str()))
+        })?;
         let shown = path.strip_prefix(&root).unwrap_or(path);
         files.push(match std::str::from_utf8(&bytes) {
             Ok(text) => analyze(shown, text),
             // One such file must not stop the others from being checked.
             Err(e) => {
                 let mut file = File { path: shown.to_path_buf(), ..File::default() };
-                let line = line_at(&String::from_utf8_lossy(&bytes), e.valid_up_to());
+                let line = Lines::new(&String::from_utf8_lossy(&bytes)).at(e.valid_up_to());
                 file.push(line, Warning, "unreadable", "not UTF-8 text from this line on, so the file is not checked: save it as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`) (what cannot be read is not checked)".to_string());
                 file
             }
         });
+        // Ctrl-C or SIGTERM: what was read is incomplete, so no summary of it.
+        cmd::check_interrupted()?;
     }
     let mut findings: Vec<Finding> = files.iter().flat_map(|f| f.findings.clone()).collect();
     findings.extend(check_drift(&files));
@@ -242,7 +250,7 @@ fn check_drift(files: &[File]) -> Vec<Finding> {
         let counts = tags.chunk_by(|a, b| a == b).map(|same| (same[0], same.len()));
         let (norm, norm_count) = counts.max_by_key(|&(t, n)| (n, numbers(t), t)).expect("uses");
         let (first, first_line, ..) = uses.iter().find(|u| u.3 == norm).expect("a use of norm");
-        let (first, total) = (&first.path, uses.len());
+        let (first, total) = (ui::escaped(first.path.as_str()), uses.len());
         for (file, line, repository, tag) in uses.iter().filter(|u| u.3 != norm) {
             let message = format!("`{repository}` has tag `{tag}` here and `{norm}` in {norm_count} of its {total} uses (first at {first}:{first_line}); move this file to `{norm}`, or every file to one current tag (services on different base versions behave differently and share no cached layers)");
             let (path, severity, rule) = (file.path.clone(), Warning, "base-image-drift");
@@ -269,85 +277,225 @@ fn parse_image(name: &str) -> (&str, Option<&str>, Option<&str>) {
     (repository, Some(tag).filter(|t| !t.is_empty()), digest)
 }
 
-/// The 1-based line of a byte offset in `text`.
-fn line_at(text: &str, offset: usize) -> usize {
-    text[..offset].matches('\n').count() + 1
+/// The line numbers of one text's byte offsets: where each line starts, searched. Counting the
+/// newlines before an offset instead, for every instruction, made a long file quadratic.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Lines {
+        Lines(std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect())
+    }
+
+    /// The 1-based line of `offset`.
+    fn at(&self, offset: usize) -> usize {
+        self.0.partition_point(|&start| start <= offset)
+    }
 }
 
 /// Reads one file's base images and distribution upgrades: the parse-dockerfile crate reads the
-/// instructions, we resolve FROM and scan RUN.
+/// instructions, we resolve FROM and scan RUN. Stops early, with what it found so far, when a
+/// signal arrived (`lint_files` then says so).
 fn analyze(path: &Utf8Path, text: &str) -> File {
     // The crate skips a byte order mark and counts its offsets after it.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    // What the crate reads: `text` with the heredoc bodies it missed blanked out with spaces, so
-    // that it reads on after them and offsets stay as they were.
+    let mut reader = Reader {
+        text,
+        lines: Lines::new(text),
+        file: File { path: path.to_path_buf(), ..File::default() },
+        global_args: HashMap::new(),
+        seen_from: false,
+        stages: vec!["scratch".to_string()],
+    };
+    // What the crate reads: `text`, but for the headers `restart` writes over what it has read.
     let mut parsed = text.to_string();
-    loop {
-        let missed = match read_pass(path, text, &parsed) {
-            Ok(file) => return file,
-            Err(missed) => missed,
-        };
-        let blank = parsed[missed.clone()].bytes().map(|b| if b == b'\n' { '\n' } else { ' ' });
-        parsed.replace_range(missed, &blank.collect::<String>());
+    let header = format!("{}FROM a", escape_directive(text));
+    let mut pass = Pass { from: 0, start: 0, header_lines: 0 };
+    while let Some(start) = reader.read(&parsed, &pass) {
+        pass = restart(&mut parsed, &header, start);
+    }
+    reader.file
+}
+
+/// Where one reading of the crate starts: it reads `parsed[from..]`, whose instructions from
+/// `start` on are the file's; before `start` (after a restart) are `header_lines` lines of ours.
+struct Pass {
+    from: usize,
+    start: usize,
+    header_lines: usize,
+}
+
+/// Makes the crate read on at `start`, after heredoc bodies it missed, without reading the file
+/// again from the top (once per such RUN, that was quadratic) and without copying the rest: a
+/// header is written over the text before `start`, which the crate has read already, and the
+/// next reading starts at the header. It restores what the crate knew there: the escape
+/// character (a parser directive) and that a stage has begun (a RUN was read, so a FROM was).
+/// The header fits: before `start` lie a FROM line and a RUN at least, and the directive as
+/// the file wrote it, or the previous header and a RUN.
+fn restart(parsed: &mut String, header: &str, start: usize) -> Pass {
+    // Spaces after `FROM a` fill the rest up to `start`, from a character boundary.
+    let mut from = start - header.len() - 1;
+    while !parsed.is_char_boundary(from) {
+        from -= 1;
+    }
+    let padding = " ".repeat(start - from - header.len() - 1);
+    // The same length as what it replaces: nothing after `start` moves.
+    parsed.replace_range(from..start, &format!("{header}{padding}\n"));
+    Pass { from, start, header_lines: header.lines().count() }
+}
+
+/// The line `#escape=` and a backtick when the crate read the file's escape character as a
+/// backtick, else nothing (the default, a backslash).
+fn escape_directive(text: &str) -> &'static str {
+    // Parser directives are among the lines starting with `#` at the very top.
+    let top: String = text.split_inclusive('\n').take_while(|l| l.starts_with('#')).collect();
+    let file = format!("{top}FROM a\n");
+    let parsed = parse_dockerfile::parse(&file);
+    let escape = parsed.ok().and_then(|d| d.parser_directives.escape.map(|e| e.value.value));
+    if escape == Some('`') {
+        "#escape=`\n"
+    } else {
+        ""
     }
 }
 
-/// Where the bodies of heredocs the crate missed are, to be blanked out before it reads again.
-type Missed = std::ops::Range<usize>;
+/// One Dockerfile being read: its text, what the rules found so far, and what FROM needs to
+/// know of the instructions before it.
+struct Reader<'t> {
+    text: &'t str,
+    lines: Lines,
+    file: File,
+    /// Only ARGs before the first FROM are visible in FROM lines.
+    global_args: HashMap<String, Value>,
+    seen_from: bool,
+    /// Names in FROM that are no image to check: `scratch`, and the stages so far (lowercase).
+    stages: Vec<String>,
+}
 
-/// One reading of the file with the crate, or the first RUN whose heredocs it missed.
-fn read_pass(path: &Utf8Path, text: &str, parsed: &str) -> Result<File, Missed> {
-    let mut file = File { path: path.to_path_buf(), ..File::default() };
-    let items = parse_iter(parsed).map_or_else(|e| vec![Err(e)], Iterator::collect);
-    // Only ARGs before the first FROM are visible in FROM lines.
-    let mut global_args: HashMap<String, Value> = HashMap::new();
-    let mut seen_from = false;
-    // Names in FROM that are no image to check: `scratch`, and the stages so far (lowercase).
-    let mut stages = vec!["scratch".to_string()];
-    for item in items {
-        match item {
-            // The crate's only error without a line is a file without FROM.
-            Err(e) if e.line() == 0 && !seen_from => {
-                file.push(1, Info, "no-from", "no FROM instruction: add one, e.g. `FROM <image>:<version>`, or remove the file if it is not a Dockerfile (a Dockerfile without FROM builds nothing)".to_string());
-                break;
-            }
-            // The crate stops at its first error: report it, keep what it read before.
+impl Reader<'_> {
+    /// One reading of the crate, through the end or through the first RUN whose heredocs it
+    /// missed: then where to read on, after their bodies.
+    fn read(&mut self, parsed: &str, pass: &Pass) -> Option<usize> {
+        let items = match parse_iter(&parsed[pass.from..]) {
+            Ok(items) => items,
             Err(e) => {
-                file.push(e.line().max(1), Warning, "unreadable", format!("cannot read past here: {e:#}; fix the syntax so BuildKit accepts it (`docker build --check` shows its errors), then the rest of the file is checked (what cannot be read is not checked)"));
-                break;
+                self.unreadable(e.line().max(1), &e);
+                return None;
             }
-            Ok(Instruction::Arg(arg)) if !seen_from => {
-                for (word, _) in simple_commands(&arg.arguments.value).0.into_iter().flatten() {
-                    if let Some((name, default)) = word.split_once('=') {
-                        global_args.insert(name.to_string(), expand(default, &global_args));
-                    } else {
-                        global_args.entry(word.clone()).or_insert(Err(word));
+        };
+        // A restart's first instruction is the header's FROM.
+        for item in items.skip(usize::from(pass.from > 0)) {
+            if cmd::interrupted() {
+                return None;
+            }
+            match item {
+                // The crate's only error without a line is a file without FROM.
+                Err(e) if e.line() == 0 && !self.seen_from => {
+                    self.file.push(1, Info, "no-from", "no FROM instruction: add one, e.g. `FROM <image>:<version>`, or remove the file if it is not a Dockerfile (a Dockerfile without FROM builds nothing)".to_string());
+                    return None;
+                }
+                // The crate stops at its first error: report it, keep what it read before.
+                Err(e) => {
+                    // Its line counts from `from`: the header's lines, then the file's at `start`.
+                    let line = match pass.from {
+                        0 => e.line(),
+                        _ => {
+                            self.lines.at(pass.start)
+                                + e.line().saturating_sub(pass.header_lines + 1)
+                        }
+                    };
+                    self.unreadable(line.max(1), &e);
+                    return None;
+                }
+                Ok(Instruction::Arg(arg)) if !self.seen_from => {
+                    for (word, _) in simple_commands(&arg.arguments.value).0.into_iter().flatten() {
+                        if let Some((name, default)) = word.split_once('=') {
+                            let value = expand(default, &self.global_args);
+                            self.global_args.insert(name.to_string(), value);
+                        } else {
+                            self.global_args.entry(word.clone()).or_insert(Err(word));
+                        }
                     }
                 }
-            }
-            Ok(Instruction::From(from)) => {
-                seen_from = true;
-                let line = line_at(text, from.image.span.start);
-                let written = from.image.value;
-                match expand(&written, &global_args) {
-                    Err(var) if global_args.contains_key(&var) => file.push(line, Warning, "unresolved-base", format!("cannot check base image `{written}`: `ARG {var}` has no default; give it one, e.g. `ARG {var}=<image>:<version>` (a base image behind a build argument without a default cannot be checked)")),
-                    Err(var) => file.push(line, Warning, "unresolved-base", format!("cannot check base image `{written}`: `{var}` is not declared by an ARG before the first FROM; add `ARG {var}=<image>:<version>` there (a base image behind a build argument without a default cannot be checked)")),
-                    Ok(name) if stages.contains(&name.to_ascii_lowercase()) => {}
-                    Ok(name) => check_image(&mut file, line, &written, &name),
+                Ok(Instruction::From(from)) => {
+                    self.seen_from = true;
+                    let line = self.lines.at(pass.from + from.image.span.start);
+                    let written = from.image.value;
+                    let file = &mut self.file;
+                    match expand(&written, &self.global_args) {
+                        Err(var) if self.global_args.contains_key(&var) => file.push(line, Warning, "unresolved-base", format!("cannot check base image `{written}`: `ARG {var}` has no default; give it one, e.g. `ARG {var}=<image>:<version>` (a base image behind a build argument without a default cannot be checked)")),
+                        Err(var) => file.push(line, Warning, "unresolved-base", format!("cannot check base image `{written}`: `{var}` is not declared by an ARG before the first FROM; add `ARG {var}=<image>:<version>` there (a base image behind a build argument without a default cannot be checked)")),
+                        Ok(name) if self.stages.contains(&name.to_ascii_lowercase()) => {}
+                        Ok(name) => check_image(file, line, &written, &name),
+                    }
+                    let names = from.as_.iter().map(|(_, stage)| stage.value.to_ascii_lowercase());
+                    self.stages.extend(names);
                 }
-                stages.extend(from.as_.iter().map(|(_, stage)| stage.value.to_ascii_lowercase()));
-            }
-            Ok(Instruction::Run(run)) => check_run(run, text, parsed, &mut file)?,
-            // `ONBUILD RUN ...` runs in every build that starts from this image.
-            Ok(Instruction::Onbuild(onbuild)) => {
-                if let Instruction::Run(run) = *onbuild.instruction {
-                    check_run(run, text, parsed, &mut file)?;
+                Ok(Instruction::Run(run)) => {
+                    if let Some(start) = self.check_run(run, pass.from) {
+                        return Some(start);
+                    }
                 }
+                // `ONBUILD RUN ...` runs in every build that starts from this image.
+                Ok(Instruction::Onbuild(onbuild)) => {
+                    if let Instruction::Run(run) = *onbuild.instruction {
+                        if let Some(start) = self.check_run(run, pass.from) {
+                            return Some(start);
+                        }
+                    }
+                }
+                Ok(_) => {}
             }
-            Ok(_) => {}
         }
+        None
     }
-    Ok(file)
+
+    fn unreadable(&mut self, line: usize, e: &parse_dockerfile::Error) {
+        self.file.push(line, Warning, "unreadable", format!("cannot read past here: {e:#}; fix the syntax so BuildKit accepts it (`docker build --check` shows its errors), then the rest of the file is checked (what cannot be read is not checked)"));
+    }
+
+    /// The upgrades a `RUN` performs, in its command and in the heredocs it runs as scripts;
+    /// `from` is where the crate's offsets start in the file. When the crate missed heredocs,
+    /// where their bodies end: it must read on from there.
+    fn check_run(&mut self, run: RunInstruction, from: usize) -> Option<usize> {
+        let (text, lines) = (self.text, &self.lines);
+        // The exec form is one simple command: its words, as the crate decoded them, quoted.
+        let quote = |arg: &str| format!("'{}' ", arg.replace('\'', r"'\''"));
+        let (args, command) = match &run.arguments {
+            Command::Exec(argv) => {
+                (&argv.span, argv.value.iter().map(|a| quote(&a.value)).collect())
+            }
+            Command::Shell(shell) => (&shell.span, shell_text(shell.value)),
+            _ => return None,
+        };
+        let (commands, unread) = simple_commands(&command);
+        let read =
+            run.here_docs.iter().map(|h| (lines.at(from + h.span.start), h.value.to_string()));
+        let mut heredocs: Vec<(usize, String)> = read.collect();
+        // The heredocs the crate missed: parse-dockerfile 0.1.9 reads a RUN heredoc only when `<<`
+        // starts the command, and only one (`RUN <<EOF`), while BuildKit reads them anywhere
+        // (`RUN python3 <<EOF`, `RUN <<A <<B`). Their bodies start after the RUN line, or after
+        // the delimiter of the heredoc the crate read. BuildKit opens a heredoc only with one
+        // word, `<<EOF`; after `<< EOF` it reads the body as instructions, and so does the crate,
+        // which then says where that fails.
+        let end = from + run.here_docs.last().map_or(args.end, |h| h.span.end);
+        let first = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
+        let mut start = first;
+        for heredoc in unread.iter().filter(|h| h.one_word) {
+            let (body, len) = heredoc_body(&text[start..], heredoc);
+            heredocs.push((lines.at(start), body));
+            start += len;
+        }
+        let scripts =
+            heredocs.into_iter().filter(|(_, body)| heredoc_is_script(commands.first(), body));
+        let first_line = lines.at(from + args.start);
+        for (first_line, script) in [(first_line, command)].into_iter().chain(scripts) {
+            for (line, command) in upgrades(&script) {
+                self.file.push(first_line + line, Error, "distro-upgrade", format!("remove `{command}`; pick a current base image instead, or update only the packages you need by name (a whole-distribution upgrade rebuilds every package on every build)"));
+            }
+        }
+        // Until the crate reads on after them, it would read the bodies as instructions.
+        (start > first).then_some(start)
+    }
 }
 
 /// The rules on one base image: `written` after `FROM`, `name` once expanded.
@@ -364,46 +512,6 @@ fn check_image(file: &mut File, line: usize, written: &str, name: &str) {
     if tag.is_some() || digest.is_none() {
         file.images.push((line, repository.to_string(), tag.unwrap_or("latest").to_string()));
     }
-}
-
-/// The upgrades a `RUN` performs, in its command and in the heredocs it runs as scripts.
-fn check_run(run: RunInstruction, text: &str, parsed: &str, file: &mut File) -> Result<(), Missed> {
-    // The exec form is one simple command: its words, as the crate decoded them, quoted.
-    let quote = |arg: &str| format!("'{}' ", arg.replace('\'', r"'\''"));
-    let (args, command) = match &run.arguments {
-        Command::Exec(argv) => (&argv.span, argv.value.iter().map(|a| quote(&a.value)).collect()),
-        Command::Shell(shell) => (&shell.span, shell_text(shell.value)),
-        _ => return Ok(()),
-    };
-    let (commands, unread) = simple_commands(&command);
-    let read = run.here_docs.iter().map(|h| (line_at(text, h.span.start), h.value.to_string()));
-    let mut heredocs: Vec<(usize, String)> = read.collect();
-    // The heredocs the crate missed: parse-dockerfile 0.1.9 reads a RUN heredoc only when `<<`
-    // starts the command, and only one (`RUN <<EOF`), while BuildKit reads them anywhere
-    // (`RUN python3 <<EOF`, `RUN <<A <<B`). Their bodies start after the RUN line, or after the
-    // delimiter of the heredoc the crate read. BuildKit opens a heredoc only with one word,
-    // `<<EOF`; after `<< EOF` it reads the body as instructions, and so does the crate, which
-    // then says where that fails.
-    let end = run.here_docs.last().map_or(args.end, |h| h.span.end);
-    let first = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
-    let mut start = first;
-    for heredoc in unread.iter().filter(|h| h.one_word) {
-        let (body, len) = heredoc_body(&text[start..], heredoc);
-        heredocs.push((line_at(text, start), body));
-        start += len;
-    }
-    // Until they are blanked out, the crate reads the bodies as instructions: read again.
-    if !parsed[first..start].trim().is_empty() {
-        return Err(first..start);
-    }
-    let scripts =
-        heredocs.into_iter().filter(|(_, body)| heredoc_is_script(commands.first(), body));
-    for (first_line, script) in [(line_at(text, args.start), command)].into_iter().chain(scripts) {
-        for (line, command) in upgrades(&script) {
-            file.push(first_line + line, Error, "distro-upgrade", format!("remove `{command}`; pick a current base image instead, or update only the packages you need by name (a whole-distribution upgrade rebuilds every package on every build)"));
-        }
-    }
-    Ok(())
 }
 
 /// The command of a shell-form `RUN` as the shell gets it. The crate keeps it as written and
@@ -510,6 +618,27 @@ mod tests {
         assert_eq!(
             finding.to_string(),
             "docker/gateway-ubi9.Dockerfile:7: error[distro-upgrade]: remove `dnf update -y`"
+        );
+    }
+
+    /// A file name of a pull request's choosing must not start a line of output: GitHub Actions
+    /// reads a line that starts with `::` as a workflow command.
+    #[test]
+    fn a_path_cannot_start_a_line_of_its_choosing() {
+        let finding = |path: &str| Finding {
+            path: path.into(),
+            line: 1,
+            severity: Severity::Error,
+            rule: "distro-upgrade",
+            message: "remove `dnf update`".into(),
+        };
+        assert_eq!(
+            finding("docker/x\n::error file=a::pwned.Dockerfile").to_string(),
+            "docker/x\\n::error file=a::pwned.Dockerfile:1: error[distro-upgrade]: remove `dnf update`"
+        );
+        assert_eq!(
+            finding("::error::pwned.Dockerfile").to_string(),
+            "./::error::pwned.Dockerfile:1: error[distro-upgrade]: remove `dnf update`"
         );
     }
 
@@ -762,6 +891,31 @@ B
 RUN apk upgrade
 ";
         assert_eq!(rules(text), [(7, "distro-upgrade")]);
+    }
+
+    /// After heredocs the crate missed it reads on from their end (see `restart`): lines,
+    /// stages, the escape character and where it stops are as if it had read them itself.
+    #[test]
+    fn reading_goes_on_after_heredocs_the_parser_missed() {
+        // Many in a row: each restart's header goes where the previous one was.
+        let missed = "RUN cat <<A >/a\nA\n".repeat(50);
+        let text = format!("FROM a:1@sha256:abc\n{missed}RUN apk upgrade\n");
+        assert_eq!(rules(&text), [(102, "distro-upgrade")]);
+        // Text of several bytes a character right before the restart.
+        let text = "FROM a:1@sha256:abc\nRUN cat <<ÄÖÜx >/a\nääääääää\nÄÖÜx\nRUN apk upgrade\n";
+        assert_eq!(rules(text), [(5, "distro-upgrade")]);
+        // Where the crate stops after a restart is a line of the file, not of the header.
+        let text = "FROM a:1@sha256:abc\nRUN cat <<A >/a\nA\nRUN true\ndnf update -y\n";
+        assert_eq!(rules(text), [(5, "unreadable")]);
+        // The escape directive holds after a restart: a backtick continues the RUN.
+        let text =
+            "# escape=`\nFROM a:1@sha256:abc\nRUN cat <<A >/a\nA\nRUN echo `\n && yum update\n";
+        assert_eq!(rules(text), [(6, "distro-upgrade")]);
+        let text = "FROM a:1@sha256:abc\nRUN cat <<A >/a\nA\nRUN echo `\n && yum update\n";
+        assert_eq!(rules(text), [(5, "unreadable")]);
+        // Stages named before a restart are still stages, and images still images.
+        let text = "FROM b:1@sha256:abc AS build\nRUN cat <<A >/a\nA\nFROM build\nFROM c\n";
+        assert_eq!(rules(text), [(5, "unpinned-tag"), (5, "no-digest")]);
     }
 
     #[test]

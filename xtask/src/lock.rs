@@ -1,11 +1,13 @@
 //! One live run per cluster name on this machine. Pods, networks and clusters are named after
 //! `--cluster-name`, so two runs of one name would remove each other's services; the lock makes
 //! the second wait for nobody and say who holds the name instead. It is the one file the xtask
-//! writes outside the project: it must be seen by every checkout on the machine.
+//! writes outside the project: it must be seen by every checkout on the machine. Released, it is
+//! removed (a run that crashed leaves it, and the next run of the name takes it over).
 
 use std::{
     fs::{File, TryLockError},
     io::Write,
+    os::unix::fs::MetadataExt,
     time::SystemTime,
 };
 
@@ -17,7 +19,27 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::project;
 
 /// Held while the run lives; the kernel releases it when the process exits, even on a crash.
-pub type Lock = Vec<File>;
+/// Dropped, it removes its files.
+#[derive(Debug)]
+pub struct Lock {
+    _held: Vec<Held>,
+}
+
+/// One locked file, removed when dropped.
+#[derive(Debug)]
+struct Held {
+    path: Utf8PathBuf,
+    _file: File,
+}
+
+impl Drop for Held {
+    /// Removed while still locked (the file is closed after this): a run that opened it
+    /// meanwhile gets the lock once we close it, and then finds that the path no longer names
+    /// the file it locked (see `take`).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
 
 /// Where the lock of `name` lives: the system's temporary directory, shared by every checkout.
 pub fn path(name: &str) -> Utf8PathBuf {
@@ -40,16 +62,33 @@ pub fn acquire(name: &str, root: &Utf8Path, coverage: bool) -> anyhow::Result<Lo
         let fix = "wait for it to finish, or run this one without --coverage or from another clone";
         files.push(take(&path(&format!("coverdata-{checkout}")), root, &what, fix)?);
     }
-    Ok(files)
+    Ok(Lock { _held: files })
 }
 
 /// Locks the file at `path` and writes who holds it; when another holds it, says `what` that
 /// means, who it is, and the `fix`.
-fn take(path: &Utf8Path, root: &Utf8Path, what: &str, fix: &str) -> anyhow::Result<File> {
+fn take(path: &Utf8Path, root: &Utf8Path, what: &str, fix: &str) -> anyhow::Result<Held> {
     let opening = || {
         format!("opening the lock {path}: make it writable for this user, or remove it (no run holds a lock file it cannot open)")
     };
-    let mut file = File::options().create(true).append(true).open(path).with_context(opening)?;
+    // Again when the holder we waited for removed the file between our opening and locking it.
+    for _ in 0..10 {
+        let file = File::options().create(true).append(true).open(path).with_context(opening)?;
+        if let Some(mut file) = lock_opened(path, file, what, fix)? {
+            let since = project::utc_timestamp(SystemTime::now());
+            let holder = format!("pid {}\ncheckout {root}\nsince {since}\n", std::process::id());
+            file.set_len(0).and_then(|()| file.write_all(holder.as_bytes())).with_context(
+                || format!("writing who holds {path}: check free space in the temporary directory"),
+            )?;
+            return Ok(Held { path: path.to_path_buf(), _file: file });
+        }
+    }
+    bail!("locking {path}: the file keeps being removed and created again; check what removes files in the temporary directory")
+}
+
+/// Locks `file`, opened at `path`; `None` when `path` no longer names it: its last holder
+/// removed it after we opened it, so a run that opens `path` now would lock another file.
+fn lock_opened(path: &Utf8Path, file: File, what: &str, fix: &str) -> anyhow::Result<Option<File>> {
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -67,12 +106,12 @@ fn take(path: &Utf8Path, root: &Utf8Path, what: &str, fix: &str) -> anyhow::Resu
             return Err(err).with_context(locking);
         }
     }
-    let since = project::utc_timestamp(SystemTime::now());
-    let holder = format!("pid {}\ncheckout {root}\nsince {since}\n", std::process::id());
-    file.set_len(0).and_then(|()| file.write_all(holder.as_bytes())).with_context(|| {
-        format!("writing who holds {path}: check free space in the temporary directory")
-    })?;
-    Ok(file)
+    let now = std::fs::metadata(path).ok();
+    let locked = file.metadata().ok();
+    let same = |(now, locked): (std::fs::Metadata, std::fs::Metadata)| {
+        (now.dev(), now.ino()) == (locked.dev(), locked.ino())
+    };
+    Ok(now.zip(locked).is_some_and(same).then_some(file))
 }
 
 #[cfg(test)]
@@ -99,7 +138,28 @@ mod tests {
         let text = std::fs::read_to_string(path(&name)).unwrap();
         assert!(text.contains("checkout /checkout/b\n"), "{text}");
         drop(again);
-        std::fs::remove_file(path(&name)).unwrap();
+        assert!(!path(&name).exists(), "a released lock's file is removed");
+    }
+
+    /// The race of removing a released lock file: a second run opened the file before the
+    /// first removed it and let go; it then locks a file no path names, and a third run would
+    /// create and lock a new one beside it. The second sees that, and opens the path again.
+    #[test]
+    fn a_lock_file_removed_after_it_was_opened_is_not_taken() {
+        let name = format!("lock-race-{}", std::process::id());
+        let first = acquire(&name, Utf8Path::new("/checkout/a"), false).unwrap();
+        let opened_before = File::options().append(true).open(path(&name)).unwrap();
+        drop(first);
+        let (what, fix) = ("taken", "wait");
+        let stale = lock_opened(&path(&name), opened_before, what, fix).unwrap();
+        assert!(stale.is_none(), "a file that the path no longer names was taken");
+        // `take` opens the path again: a new file, which is taken, and named by the path.
+        let second = acquire(&name, Utf8Path::new("/checkout/b"), false).unwrap();
+        let opened_now = File::options().append(true).open(path(&name)).unwrap();
+        let err = lock_opened(&path(&name), opened_now, what, fix).unwrap_err().to_string();
+        assert!(err.starts_with("taken (pid "), "{err}");
+        drop(second);
+        assert!(!path(&name).exists());
     }
 
     #[test]
@@ -119,7 +179,7 @@ mod tests {
         drop((first, plain));
         let checkout = &project::hex(&sha2::Sha256::digest(root.as_str()))[..12];
         for name in [a, b, format!("coverdata-{checkout}")] {
-            std::fs::remove_file(path(&name)).unwrap();
+            assert!(!path(&name).exists(), "{name} was left");
         }
     }
 }

@@ -24,6 +24,9 @@ use flags::Task;
 use xshell::Shell;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == cmd::REAPER_TASK) {
+        return cmd::reap();
+    }
     let task = match flags::parse(std::env::args_os().skip(1).collect()) {
         Ok(task) => task,
         Err(usage) => {
@@ -31,7 +34,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(task) {
+    let result = run(task);
+    cmd::remove_go_tmpdir();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -2,12 +2,16 @@
 //! cluster elsewhere (or a Kind node) pulls them, and a tag already there is neither built nor
 //! pushed again: the content-hash tag says the image is the same.
 
-use std::{num::NonZeroU16, time::Duration};
+use std::{io::ErrorKind, num::NonZeroU16, time::Duration};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use xshell::{cmd, Shell};
 
-use crate::{cmd::step, engine::Engine, http};
+use crate::{
+    cmd::{step, CmdError, Output, Step},
+    engine::Engine,
+    http,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registry {
@@ -65,42 +69,110 @@ impl Registry {
 
     /// Whether the registry has `local` already. A plain-HTTP registry is asked directly
     /// (podman 4.3's `manifest inspect` cannot skip TLS); others through the engine, with its
-    /// credentials. Not knowing (no answer, no permission) is `false`: the push then says why.
-    pub fn has(&self, sh: &Shell, engine: Engine, local: &str) -> bool {
+    /// credentials. A registry that does not answer in time is an error: the push after it would
+    /// wait for it too. Any other failure (refused, no permission) is `false`: the push then
+    /// says why.
+    pub fn has(&self, sh: &Shell, engine: Engine, local: &str) -> anyhow::Result<bool> {
         let (program, reference) = (engine.program(), self.reference(local));
+        let limit = transfer_limit()?.min(CHECK_LIMIT);
         if self.insecure {
-            return self.head_manifest(&reference).unwrap_or(false);
+            return self.head_manifest(&reference, limit);
         }
         let inspect = step(cmd!(sh, "{program} manifest inspect {reference}"));
-        inspect.timeout(Duration::from_secs(30)).run().is_ok()
+        match self.run_bounded(inspect, limit, false) {
+            Ok(_) => Ok(true),
+            Err(err) if err.is_timeout() || err.is_interrupt() => Err(err.into()),
+            Err(_) => Ok(false),
+        }
     }
 
-    fn head_manifest(&self, reference: &str) -> std::io::Result<bool> {
+    fn head_manifest(&self, reference: &str, limit: Duration) -> anyhow::Result<bool> {
         let path = reference.strip_prefix(&format!("{}/", self.host)).unwrap_or(reference);
         let (repository, tag) = path.rsplit_once(':').unwrap_or((path, "latest"));
         let head = format!("HEAD /v2/{repository}/manifests/{tag}");
         let accept = format!("Accept: {MANIFEST_TYPES}\r\n");
-        Ok(http::request(&self.host, &head, &accept, Duration::from_secs(10))?.code == 200)
+        match http::request(&self.host, &head, &accept, limit) {
+            Ok(response) => Ok(response.code == 200),
+            Err(err) if err.kind() == ErrorKind::TimedOut => {
+                let (host, secs) = (&self.host, limit.as_secs_f64());
+                let fix = check_it_runs(host, self.insecure);
+                bail!("the registry {host} stopped answering: it took the connection but sent no answer to `{head}` within {secs} s; {fix}")
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     /// Pushes the local image `local` under its name here, which it returns. A registry that
-    /// refuses (authentication, TLS, not reachable) fails with its own words and what to do.
+    /// refuses (authentication, TLS, not reachable) fails with its own words and what to do;
+    /// one that stops answering, once the time limit passes, with that.
     pub fn push(&self, sh: &Shell, engine: Engine, local: &str) -> anyhow::Result<String> {
         let (program, remote, host) = (engine.program(), self.reference(local), &self.host);
         let hint = format!("check that {host} answers and takes pushes: log in with `{program} login {host}`, add --registry-insecure for a plain-HTTP registry, or check its certificate");
-        let tls = self.tls_args();
+        let (tls, limit) = (self.tls_args(), transfer_limit()?);
         let pushed = match engine {
             Engine::Podman => {
-                step(cmd!(sh, "podman push {tls...} {local} {remote}")).hint(hint).run()
+                let push = step(cmd!(sh, "podman push {tls...} {local} {remote}")).hint(hint);
+                self.run_bounded(push, limit, true)
             }
             // docker pushes a tag of its own name.
-            Engine::Docker => step(cmd!(sh, "docker tag {local} {remote}"))
-                .run()
-                .and_then(|_| step(cmd!(sh, "docker push {remote}")).hint(hint).run()),
+            Engine::Docker => step(cmd!(sh, "docker tag {local} {remote}")).run().and_then(|_| {
+                let push = step(cmd!(sh, "docker push {remote}")).hint(hint);
+                self.run_bounded(push, limit, true)
+            }),
         };
         pushed.with_context(|| format!("pushing {local} to {remote} failed"))?;
         Ok(remote)
     }
+
+    /// Pulls `reference` (a name in this registry) into podman's store, within the time limit:
+    /// `podman kube play` would pull it with none.
+    pub fn pull(&self, sh: &Shell, reference: &str) -> anyhow::Result<()> {
+        let (tls, host) = (self.tls_args(), &self.host);
+        let hint = format!("check that {host} answers and has {reference} (it was pushed or found there in phase 2): `podman pull {reference}` shows the same; log in with `podman login {host}` where it needs it");
+        let pull = step(cmd!(sh, "podman pull {tls...} {reference}")).hint(hint);
+        self.run_bounded(pull, transfer_limit()?, true)
+            .with_context(|| format!("pulling {reference} from {host} failed"))?;
+        Ok(())
+    }
+
+    /// Runs `step`, which talks to the registry, for `limit` at most; past it, the error says
+    /// that the registry stopped answering and what to do (for a push or pull, a `transfer`:
+    /// also how to give it more time).
+    fn run_bounded(&self, step: Step, limit: Duration, transfer: bool) -> Result<Output, CmdError> {
+        let (host, default) = (&self.host, TRANSFER_LIMIT.as_secs());
+        let more = match transfer {
+            true => format!("; on a slow link raise the time limit of each push and pull with E2E_REGISTRY_TIMEOUT=SECONDS (default {default})"),
+            false => String::new(),
+        };
+        let fix = check_it_runs(host, self.insecure);
+        step.timeout(limit).run().map_err(|err| match err.is_timeout() {
+            true => err.with_hint(format!("the registry {host} stopped answering: {fix}{more}")),
+            false => err,
+        })
+    }
+}
+
+/// A tag check is a single small request: a registry that answers at all answers it at once.
+const CHECK_LIMIT: Duration = Duration::from_secs(10);
+/// A push or pull of one image, unless `E2E_REGISTRY_TIMEOUT` says otherwise.
+const TRANSFER_LIMIT: Duration = Duration::from_secs(300);
+
+/// How long a push or pull may take: `E2E_REGISTRY_TIMEOUT` seconds, else `TRANSFER_LIMIT`. A
+/// tag check takes `CHECK_LIMIT` at most, less when this is less.
+fn transfer_limit() -> anyhow::Result<Duration> {
+    let Some(value) = std::env::var("E2E_REGISTRY_TIMEOUT").ok().filter(|v| !v.is_empty()) else {
+        return Ok(TRANSFER_LIMIT);
+    };
+    match value.parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => bail!("E2E_REGISTRY_TIMEOUT={value} is not a number of seconds: set it to a whole number above 0 (default {}), or unset it", TRANSFER_LIMIT.as_secs()),
+    }
+}
+
+/// What to do about a registry at `host` that stopped answering.
+fn check_it_runs(host: &str, insecure: bool) -> String {
+    let scheme = if insecure { "http" } else { "https" };
+    format!("check that it runs and is not stopped or overloaded (`curl {scheme}://{host}/v2/` answers at once when it is well), then rerun")
 }
 
 /// An image reference as registries and engines take it: `[HOST[:PORT]/]PATH[:TAG][@DIGEST]`,
@@ -202,5 +274,25 @@ mod tests {
             assert!(Registry::parse(bad, false).is_err(), "{bad}");
         }
         assert!(Registry::parse("http://r:1", false).unwrap_err().contains("without a scheme"));
+    }
+
+    /// A registry that takes the connection and never answers (a stopped process) is an error
+    /// that names it, once the limit passes: before, the check said "not there" after 10 s
+    /// and the push that followed waited for ever.
+    #[test]
+    fn a_tag_check_on_a_registry_that_never_answers_says_it_stopped_answering() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = silent.local_addr().unwrap().to_string();
+        let registry = Registry::parse(&format!("{host}/e2e"), true).unwrap();
+        let reference = registry.reference("localhost/gateway:e2e-0123456789ab");
+        let err = registry.head_manifest(&reference, Duration::from_millis(200)).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            format!("the registry {host} stopped answering: it took the connection but sent no answer to `HEAD /v2/e2e/gateway/manifests/e2e-0123456789ab` within 0.2 s; check that it runs and is not stopped or overloaded (`curl http://{host}/v2/` answers at once when it is well), then rerun")
+        );
+        // Refused is no answer either way: the push says why, in the registry's words.
+        drop(silent);
+        assert!(!registry.head_manifest(&reference, Duration::from_millis(200)).unwrap());
     }
 }

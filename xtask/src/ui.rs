@@ -2,6 +2,7 @@
 //! the job summary, `NO_COLOR`.
 
 use std::{
+    borrow::Cow,
     io::{IsTerminal, Write},
     time::Duration,
 };
@@ -45,6 +46,30 @@ pub fn append_step_summary(markdown: &str) -> anyhow::Result<()> {
     file.and_then(|mut file| file.write_all(markdown.as_bytes())).with_context(fix)
 }
 
+/// A name we did not choose (a file name, a path) fit for a line of output: its control
+/// characters escaped as Rust escapes them (`\n`), so that it cannot start a line of its own,
+/// which GitHub Actions would read as a workflow command if it began with `::`.
+pub fn escaped(name: &str) -> Cow<'_, str> {
+    if !name.chars().any(char::is_control) {
+        return Cow::Borrowed(name);
+    }
+    let escape = |c: char| if c.is_control() { c.escape_default().to_string() } else { c.into() };
+    Cow::Owned(name.chars().map(escape).collect())
+}
+
+/// A relative path that starts a line, escaped, and made to start with `./` when it would
+/// otherwise start the line with `::` (a workflow command) or with blanks (which GitHub Actions
+/// skips before looking for `::`).
+pub fn line_start_path(path: &str) -> String {
+    let path = escaped(path);
+    let risky = path.starts_with(char::is_whitespace) || path.starts_with(':');
+    if risky {
+        format!("./{path}")
+    } else {
+        path.into_owned()
+    }
+}
+
 pub fn seconds(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -59,5 +84,15 @@ mod tests {
             error_annotation("phase 5 (deploy): failed, twice", "100% wrong\nfix: this"),
             "::error title=phase 5 (deploy)%3A failed%2C twice::100%25 wrong%0Afix: this"
         );
+    }
+
+    #[test]
+    fn names_cannot_start_a_line_of_their_own() {
+        assert_eq!(escaped("docker/a.Dockerfile"), "docker/a.Dockerfile");
+        assert_eq!(escaped("a\n::error::x\r\t\u{1b}"), "a\\n::error::x\\r\\t\\u{1b}");
+        assert_eq!(line_start_path("::error::x.Dockerfile"), "./::error::x.Dockerfile");
+        assert_eq!(line_start_path(" ::x"), "./ ::x");
+        assert_eq!(line_start_path("x\n::error::y"), "x\\n::error::y");
+        assert_eq!(line_start_path("/abs/::x"), "/abs/::x");
     }
 }

@@ -104,6 +104,73 @@ fn failing_image_build_names_the_service_command_and_output() {
     assert!(run.stderr.contains("fake podman failure"), "tool output shown: {run}");
 }
 
+/// Ctrl-C during a build stops it, and starts nothing more: a failed build runs doctor's
+/// checks to say why, an interrupted one has nothing to explain.
+#[test]
+fn an_interrupted_build_stops_without_running_the_checks() {
+    let mut sandbox = Sandbox::new("build-interrupted", TOOLS);
+    sandbox.env("FAKE_BUILD_SLEEP", "30");
+    let mut xtask = sandbox.spawn(&["build-images"]);
+    sandbox.wait_for_call(&mut xtask, |call| call.starts_with("go build"));
+    common::signal(&xtask, nix::sys::signal::Signal::SIGINT);
+    let run = common::finish(xtask);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("interrupted by a signal (Ctrl-C or SIGTERM)"), "{run}");
+    let after: Vec<String> =
+        sandbox.calls().into_iter().skip_while(|c| !c.starts_with("go build")).collect();
+    assert_eq!(after.len(), 1, "commands started after the interrupt: {after:#?}");
+}
+
+/// One image per source change would fill the disk: a checkout keeps the 3 most recently used
+/// images of each service, removes the older ones it built and says so; an image it did not
+/// build, and one that a container uses, stay.
+#[test]
+fn older_images_this_checkout_built_are_removed_keeping_the_three_most_recent() {
+    let mut sandbox = Sandbox::new("image-retention", TOOLS);
+    let images = sandbox.state.join("images");
+    let not_ours = "localhost/gateway:e2e-000000000000";
+    common::write(&images, &format!("{not_ours}\n"));
+    // A source change, then build-images: the gateway's new tag, and the run.
+    let change = |sandbox: &Sandbox, i: usize| {
+        let main = sandbox.root.join("cmd/gateway/main.go");
+        let text = std::fs::read_to_string(&main).unwrap();
+        std::fs::write(&main, format!("{text}// change {i}\n")).unwrap();
+        let run = sandbox.run(&["build-images"]);
+        assert_eq!(run.code, 0, "{run}");
+        let line = run.stdout.lines().find(|l| l.starts_with("gateway ")).unwrap().to_string();
+        (line.split_whitespace().nth(1).unwrap().to_string(), run)
+    };
+    let mut tags = Vec::new();
+    for i in 0..3 {
+        let (tag, run) = change(&sandbox, i);
+        assert!(!run.stdout.contains("removed"), "{run}");
+        tags.push(tag);
+    }
+    let (fourth, run) = change(&sandbox, 3);
+    tags.push(fourth);
+    let said = format!("removed 1 older image(s) this checkout built (it keeps the 3 most recently used of each service): {}\n", tags[0]);
+    assert!(run.stdout.contains(&said), "{run}");
+    let (fifth, _) = change(&sandbox, 4);
+    tags.push(fifth);
+    let store = std::fs::read_to_string(&images).unwrap();
+    let stored = |tag: &str| store.lines().any(|l| l == tag);
+    assert!(!stored(&tags[0]) && !stored(&tags[1]), "{store}");
+    assert!(tags[2..].iter().all(|t| stored(t)), "{store}");
+    assert!(stored(not_ours), "an image this checkout did not build was removed: {store}");
+    assert_eq!(store.lines().filter(|l| l.starts_with("localhost/datastorage:")).count(), 1);
+
+    // A container uses the oldest one: podman refuses, and it stays (and is tried again).
+    let refusal = "Error: image used by 5f2c: image is in use by a container";
+    sandbox.env("FAKE_FAIL", "^podman rmi").env("FAKE_FAIL_MESSAGE", refusal);
+    let (_, run) = change(&sandbox, 5);
+    let kept = format!(
+        "still kept: {}, as `podman rmi` refused it ({refusal}); it goes once no container uses it\n",
+        tags[2]
+    );
+    assert!(run.stdout.contains(&kept), "{run}");
+    assert!(std::fs::read_to_string(&images).unwrap().lines().any(|l| l == tags[2]));
+}
+
 #[test]
 fn missing_dockerfile_is_named() {
     let sandbox = Sandbox::new("no-dockerfile", TOOLS);

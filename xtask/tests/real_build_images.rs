@@ -89,6 +89,42 @@ fn container_mode_with_standin_base_images_writes_coverage() {
     assert!(left.is_empty(), "untagged images left behind: {left:?}");
 }
 
+/// Older images this checkout built are removed by tag, the 3 most recently used of the
+/// service staying; one that a container uses stays too (podman refuses to remove it).
+#[test]
+#[ignore = "needs podman and go"]
+fn older_images_go_and_one_a_container_uses_stays() {
+    let mut guard = Cleanup::default();
+    let scratch = Scratch::new("real-retention");
+    let main = scratch.root.join("cmd/gateway/main.go");
+    let mut gateway = Vec::new();
+    let mut last = None;
+    for i in 0..5 {
+        let source = std::fs::read_to_string(&main).unwrap();
+        std::fs::write(&main, format!("{source}\n// change {i}\n")).unwrap();
+        let run = scratch.xtask(&["build-images", "--service", "gateway"], &[]);
+        let images = own_images(&run, &mut guard);
+        assert_eq!(run.code, 0, "{run}");
+        gateway.push(images[0].reference.clone());
+        if i == 0 {
+            // A container of the first image, never started.
+            let name = unique("retention");
+            guard.containers.push(name.clone());
+            let created = podman(&["create", "--name", &name, &gateway[0]]);
+            assert!(created.status.success(), "{}", text(&created));
+        }
+        last = Some(run);
+    }
+    let last = last.unwrap();
+    let exists = |image: &str| podman(&["image", "exists", image]).status.success();
+    assert!(exists(&gateway[0]), "the image a container uses was removed:\n{last}");
+    assert!(!exists(&gateway[1]), "{} is still there:\n{last}", gateway[1]);
+    assert!(gateway[2..].iter().all(|image| exists(image)), "{last}");
+    let kept = format!("still kept: {}, as `podman rmi` refused it (", gateway[0]);
+    assert!(last.stdout.contains(&kept), "{last}");
+    assert!(last.stdout.contains(&format!("removed 1 older image(s) this checkout built (it keeps the 3 most recently used of each service): {}\n", gateway[1])), "{last}");
+}
+
 /// Untagged images built on `base`: their chain of parents leads to it.
 fn dangling_on(base: &str) -> Vec<String> {
     let base = image_id(base);

@@ -245,6 +245,53 @@ fn images_go_through_a_registry_and_a_second_run_pushes_nothing() {
     assert_coverage(&scratch, &second);
 }
 
+/// The case for real: the registry process stopped (SIGSTOP), so the kernel takes the
+/// connection and nothing answers. The run stops in phase 2 at the first tag check, within its
+/// 10 s, with the registry's name; nothing is pushed and no pod is created. Before, it was still
+/// in phase 2 after 150 s, 20 s of them in two tag checks and the rest in `podman push`.
+#[test]
+#[ignore = "needs podman, go and the distribution registry (`registry` on PATH; .ci/run builds it)"]
+fn a_registry_that_stopped_answering_stops_the_run_in_phase_2_with_its_name() {
+    let registry = RegistryServer::start(false);
+    let pid = nix::unistd::Pid::from_raw(registry.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let scratch = Scratch::new("real-registry-stopped");
+    let name = unique("regstop");
+    let mut guard = Cleanup::default();
+    guard.pods = ["datastorage", "gateway"].map(|s| format!("{name}-{s}-pod-0")).to_vec();
+    guard.networks = vec![format!("xtask-{name}")];
+    let (gateway, datastorage) = (free_port().to_string(), free_port().to_string());
+    let registry_flag = format!("{}/e2e", registry.addr);
+    let args = ["e2e-gateway", "--coverage", "--cluster", "podman", "--cluster-name", &name];
+    let args = [&args[..], &["--registry", &registry_flag, "--registry-insecure"]].concat();
+    let env = [("GATEWAY_HOST_PORT", &*gateway), ("DATASTORAGE_HOST_PORT", &*datastorage)];
+    let mut xtask = scratch
+        .command(&[], &args, &env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Without the time limits it would wait for ever: give up on it after 5 minutes.
+    let started = std::time::Instant::now();
+    while xtask.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(300) {
+            let _ = xtask.kill();
+            panic!("the run still waits on the stopped registry after 5 minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let run = Run::from(xtask.wait_with_output().unwrap());
+    assert_eq!(run.code, 1, "{run}");
+    let host = &registry.addr;
+    let said = format!("error: phase 2 (build images) failed: the registry {host} stopped answering: it took the connection but sent no answer to `HEAD /v2/e2e/datastorage/manifests/e2e-");
+    assert!(run.stderr.contains(&said), "{run}");
+    assert!(run.stderr.contains(&format!("(`curl http://{host}/v2/` answers at once")), "{run}");
+    assert!(!run.stdout.contains("pushed: "), "{run}");
+    for pod in &guard.pods {
+        assert!(!podman(&["pod", "exists", pod]).status.success(), "{pod} was created:\n{run}");
+    }
+}
+
 fn assert_coverage(scratch: &Scratch, run: &Run) {
     for service in ["gateway", "datastorage"] {
         let dir = scratch.root.join("coverdata").join(service);

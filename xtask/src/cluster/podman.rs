@@ -163,7 +163,12 @@ impl Cluster for Podman {
         // podman kube play would treat a directory entry named like an image as a build
         // context: run it from a directory of our own.
         let _dir = sh.push_dir(&settings.rendered);
-        // From a registry, kube play pulls what is not here (plain HTTP says so).
+        // From a registry, kube play would pull what is not here with no time limit: pulled
+        // first, with one (plain HTTP says so).
+        if let Some(registry) = &settings.registry {
+            let pulled = images.iter().try_for_each(|image| registry.pull(sh, &image.reference));
+            pulled.map_err(DeployError::before_start)?;
+        }
         let tls = settings.registry.as_ref().and_then(|r| r.tls_args());
         let mut started = false;
         for (Service { name, .. }, file) in files {

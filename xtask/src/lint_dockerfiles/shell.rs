@@ -17,7 +17,8 @@ pub(super) struct Heredoc {
 /// The whole-distribution upgrades in a script: the line of each one's command (0 for the
 /// script's first), and the command as written.
 pub(super) fn upgrades(script: &str) -> Vec<(usize, String)> {
-    let line = |offset: usize| script[..offset].matches('\n').count();
+    let lines = super::Lines::new(script);
+    let line = |offset: usize| lines.at(offset) - 1;
     let mut found = Vec::new();
     for words in simple_commands(script).0 {
         let argv: Vec<&str> = words.iter().map(|(text, _)| text.as_str()).collect();
@@ -162,7 +163,8 @@ fn is_shell(program: &str) -> bool {
 /// Whether `word` is in `list`, words separated by single spaces (so that long lists stay
 /// readable).
 fn listed(list: &str, word: &str) -> bool {
-    list.split(' ').any(|w| w == word)
+    // Most words are in no list, and `contains` says so quickly, even in a debug build.
+    list.contains(word) && list.split(' ').any(|w| w == word)
 }
 
 /// The index of the first word from `k` on that is neither an option nor an option's value.

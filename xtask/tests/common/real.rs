@@ -247,7 +247,7 @@ pub fn ensure_standin_builder(engine: &str) {
 /// removed when dropped. `addr` is its loopback address; with `all_addresses` it listens on
 /// every address, so a Kind node reaches it (as `host.containers.internal`).
 pub struct RegistryServer {
-    child: std::process::Child,
+    pub child: std::process::Child,
     pub addr: String,
     dir: camino::Utf8PathBuf,
 }
