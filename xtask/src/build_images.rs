@@ -17,8 +17,10 @@ use crate::{
     cmd::{self, step},
     engine::Engine,
     engine::{self, ImageInfo},
-    project::{self, Service, WRITABLE_TARGET},
+    project::{self, WRITABLE_TARGET},
+    registry,
     registry::Registry,
+    suite::{self, Component, Source},
     ui,
 };
 
@@ -26,8 +28,8 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Request {
     pub coverage: bool,
-    /// `--service`: none named means all.
-    pub services: Vec<String>,
+    /// The services to build (each with its `suite::Build`), in dependency order.
+    pub services: Vec<Component>,
     pub build_mode: BuildMode,
     pub engine: Option<Engine>,
     pub no_cache: bool,
@@ -58,10 +60,12 @@ impl BuildMode {
     }
 }
 
-/// One service image, built or found in the engine's store.
-#[derive(Debug, Clone)]
+/// One image a suite runs: a service of ours, built or found in the engine's store, or a
+/// third-party image.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Image {
-    pub service: Service,
+    /// The component's name.
+    pub name: String,
     /// `localhost/<svc>:e2e-<12 hex>`, or its name in the registry with `--registry`.
     pub reference: String,
     /// The `docker-archive` tarball a Kind load reads, when asked for.
@@ -71,8 +75,20 @@ pub struct Image {
 /// How every `go` call here builds: static binaries for linux, this module alone.
 const GO_TARGET: [(&str, &str); 3] = [("CGO_ENABLED", "0"), ("GOOS", "linux"), ("GOWORK", "off")];
 
-pub fn run(sh: &Shell, flags: &Request) -> Result<()> {
+/// `cargo xtask build-images`: the services `names` (none: those of every suite), as `flags`
+/// say.
+pub fn run(sh: &Shell, flags: Request, names: &[String]) -> Result<()> {
     let root = project::root();
+    let mut services: Vec<Component> = Vec::new();
+    for suite in suite::all(&root)? {
+        for service in suite.services() {
+            let wanted = names.is_empty() || names.contains(&service.name);
+            if wanted && !services.iter().any(|s| s.name == service.name) {
+                services.push(service.clone());
+            }
+        }
+    }
+    let flags = &Request { services, ..flags };
     let container = flags.build_mode == BuildMode::Container;
     // A container build's Dockerfiles pass the lint first (a `dnf update` costs minutes each
     // build). No other checks up front: the first engine call proves the engine answers, and a
@@ -92,13 +108,6 @@ pub fn run(sh: &Shell, flags: &Request) -> Result<()> {
         eprintln!("build-images failed; the checks above say why");
     }
     Err(err)
-}
-
-/// `--service` values (validated by the parser), in dependency order; none means all.
-fn select_services(names: &[String]) -> impl Iterator<Item = Service> + '_ {
-    project::SERVICES
-        .into_iter()
-        .filter(move |s| names.is_empty() || names.iter().any(|n| n == s.name))
 }
 
 /// Builds what is missing, reuses what exists, prints one line per service. The caller has run
@@ -145,7 +154,7 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
             let build = cmd!(sh, "{program} build --file {file} --tag {tag} {args...} {context}")
                 .envs(buildkit_env);
             let hint = format!("fix {file} or its build context as the output above says; if {program} itself fails, `cargo xtask doctor` checks it");
-            (p.service.name, step(build).hint(hint).spawn())
+            (p.service.name.clone(), step(build).hint(hint).spawn())
         })
         .collect();
     let mut took = BTreeMap::new();
@@ -163,9 +172,9 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
     // The images of this run in the engine's store: kept whatever else is removed.
     let mut in_store = Vec::new();
     for (p, info) in planned.into_iter().zip(found) {
-        let (name, reference) = (p.service.name, &p.reference);
+        let (name, reference) = (p.service.name.clone(), &p.reference);
         if info.is_some() {
-            in_store.push((name, reference.clone()));
+            in_store.push((name.clone(), reference.clone()));
         }
         if let (true, Some(old)) = (p.build, &p.found) {
             // `--no-cache` moved the tag to a new image; the old one would linger untagged. Best
@@ -190,12 +199,117 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
             None => (p.reference.clone(), ""),
         };
         let note = if note.is_empty() { String::new() } else { format!("  {note}: {used}") };
-        let seconds = ui::seconds(took.get(name).copied().unwrap_or_default());
+        let seconds = ui::seconds(took.get(&name).copied().unwrap_or_default());
         println!("{name:<12} {reference:<40} {status:<6} {seconds:>6} {size:>9}{note}");
-        images.push(Image { service: p.service, reference: used, archive });
+        images.push(Image { name, reference: used, archive });
     }
     keep_recent_images(sh, root, engine, &in_store);
     Ok(images)
+}
+
+/// The third-party images a suite runs (`components` with a `Source::Image`), used as they are
+/// and never built: pulled when the engine's store lacks them, archived by image ID for a Kind
+/// load (an archive of that ID is reused), mirrored into `--registry` under
+/// `HOST/PREFIX/<reference>` (once: a tag the registry has is not pushed again). Prints one line
+/// each, like `build`.
+pub fn third_party(
+    sh: &Shell,
+    root: &Utf8Path,
+    req: &Request,
+    components: &[&Component],
+) -> Result<Vec<Image>> {
+    let engine = engine::resolve(req.engine);
+    let mut images = Vec::new();
+    for component in components {
+        let Source::Image(reference) = &component.source else { continue };
+        let name = &component.name;
+        let mirrored = match &req.registry {
+            Some(registry) if registry.has(sh, engine, reference)? => {
+                Some(registry.reference(reference))
+            }
+            _ => None,
+        };
+        if let Some(mirror) = mirrored {
+            println!("{name:<12} {reference:<40} remote  in the registry: {mirror}");
+            images.push(Image { name: name.clone(), reference: mirror, archive: None });
+            continue;
+        }
+        let (info, status) =
+            match engine::inspect(sh, engine, std::slice::from_ref(reference))?.remove(0) {
+                Some(info) => (info, "here"),
+                None => (pull(sh, engine, reference)?, "pulled"),
+            };
+        let archive = match req.archive {
+            true => Some(save_third_party(sh, root, engine, reference, &info.id)?),
+            false => None,
+        };
+        let (used, note) = match &req.registry {
+            Some(registry) => {
+                let mirror = registry.push(sh, engine, reference)?;
+                (mirror.clone(), format!("  pushed: {mirror}"))
+            }
+            None => (reference.clone(), String::new()),
+        };
+        let size = format!("{:.1} MB", info.size as f64 / 1e6);
+        println!("{name:<12} {reference:<40} {status:<6} {:>6} {size:>9}{note}", "");
+        images.push(Image { name: name.clone(), reference: used, archive });
+    }
+    Ok(images)
+}
+
+/// Pulls a third-party image, within the registry time limit; a failure names the image and
+/// says how to have it without a pull.
+fn pull(sh: &Shell, engine: Engine, reference: &str) -> Result<ImageInfo> {
+    let program = engine.program();
+    let hint = format!("where its registry is out of reach (offline, air-gapped, a rate limit), load it into {program} (`{program} load -i image.tar` of a `{program} save` made elsewhere), or copy it into a registry you reach and pass that with --registry (the suite then runs its copy there)");
+    let limit = registry::transfer_limit()?;
+    step(cmd!(sh, "{program} pull {reference}"))
+        .hint(hint)
+        .timeout(limit)
+        .run()
+        .with_context(|| format!("pulling the third-party image {reference} failed"))?;
+    let found = engine::inspect(sh, engine, &[reference.to_string()])?.remove(0);
+    found.with_context(|| format!("{reference} was pulled but `{program} image inspect` does not find it: run `cargo xtask doctor`"))
+}
+
+/// The docker-archive of a third-party image for a Kind load, named after the image and its ID
+/// (`target/xtask/images/docker.io-library-redis-7.4-alpine@<12 hex>.tar`): an archive of the
+/// same ID is reused, those of other IDs of the same reference are removed.
+fn save_third_party(
+    sh: &Shell,
+    root: &Utf8Path,
+    engine: Engine,
+    reference: &str,
+    id: &str,
+) -> Result<Utf8PathBuf> {
+    let dir = project::xtask_dir(root).join("images");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}: {WRITABLE_TARGET}"))?;
+    let stem = reference.replace(['/', ':'], "-");
+    let id = id.trim_start_matches("sha256:");
+    let archive = dir.join(format!("{stem}@{}.tar", &id[..id.len().min(12)]));
+    if archive.exists() {
+        return Ok(archive);
+    }
+    let partial = dir.join(format!("{stem}.tar.{}.partial", std::process::id()));
+    let program = engine.program();
+    let format: &[&str] =
+        if engine == Engine::Podman { &["--format", "docker-archive"] } else { &[] };
+    step(cmd!(sh, "{program} save {format...} --output {partial} {reference}"))
+        .hint("check free disk space (`cargo xtask doctor`)")
+        .run()
+        .with_context(|| format!("saving {reference} to {partial} failed"))?;
+    std::fs::rename(&partial, &archive)
+        .with_context(|| format!("renaming {partial} to {archive}: {WRITABLE_TARGET}"))?;
+    let older =
+        (dir.read_dir_utf8().with_context(|| format!("listing {dir}: {WRITABLE_TARGET}"))?)
+            .flatten()
+            .filter(|e| e.file_name().starts_with(&format!("{stem}@")) && e.path() != archive);
+    for old in older {
+        let path = old.into_path();
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing the old archive {path}: {WRITABLE_TARGET}"))?;
+    }
+    Ok(archive)
 }
 
 /// How many images of each service a checkout keeps in the engine's store: the most recently
@@ -208,7 +322,7 @@ const IMAGES_KEPT: usize = 3;
 /// Only images this checkout built or used, by their tag: another checkout's are not ours to
 /// remove. `rmi` without `--force` refuses one that a container uses: it is kept, said so, and
 /// tried again next time. Nothing here fails the build.
-fn keep_recent_images(sh: &Shell, root: &Utf8Path, engine: Engine, used: &[(&str, String)]) {
+fn keep_recent_images(sh: &Shell, root: &Utf8Path, engine: Engine, used: &[(String, String)]) {
     let path = project::xtask_dir(root).join("cache/images");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let mut known: Vec<(String, String)> = text
@@ -266,7 +380,7 @@ fn keep_recent_images(sh: &Shell, root: &Utf8Path, engine: Engine, used: &[(&str
 
 /// One image to build or reuse.
 struct Planned {
-    service: Service,
+    service: Component,
     dockerfile: Utf8PathBuf,
     /// `localhost/<svc>:e2e-<hash of the inputs>`
     reference: String,
@@ -290,14 +404,14 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &Request, engine: Engine) -> Result<Ve
     // Both services build from the same base images: resolve (and pull) each once.
     let mut base_ids: BTreeMap<String, String> = BTreeMap::new();
     let mut plans = Vec::new();
-    for service in select_services(&req.services) {
-        let name = service.name;
+    for service in &req.services {
+        let (name, build) = (&service.name, service.build().expect("a service of ours"));
         let dockerfile = match req.build_mode {
             BuildMode::Host => root.join("docker/runtime.Dockerfile"),
-            BuildMode::Container => root.join(format!("docker/{name}-ubi9.Dockerfile")),
+            BuildMode::Container => root.join(&build.dockerfile),
         };
-        ensure!(dockerfile.exists(), "missing Dockerfile for {name}: {dockerfile} does not exist; restore it from version control");
-        let mut files = source_files(&packages, &format!("{module}/cmd/{name}"))?;
+        ensure!(dockerfile.exists(), "missing Dockerfile for {name}: {dockerfile} does not exist; restore it from version control, or name it in its suite's file (`dockerfile`)");
+        let mut files = source_files(&packages, &import_path(&module, &build.package))?;
         files.insert(dockerfile.clone());
         files.extend(["go.mod", "go.sum"].map(|f| root.join(f)).into_iter().filter(|f| f.exists()));
         // Everything besides file contents that changes the image, in the order (and so the
@@ -340,7 +454,7 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &Request, engine: Engine) -> Result<Ve
         };
         let reference = format!("localhost/{name}:e2e-{}", inputs_hash(root, &files, &settings)?);
         plans.push(Planned {
-            service,
+            service: service.clone(),
             dockerfile,
             reference,
             args,
@@ -363,8 +477,8 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &Request, engine: Engine) -> Result<Ve
 fn go_list(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<(String, String, Packages)> {
     // The files of the build tags the binaries are built with (see `coverage_flags`).
     let tags: &[&str] = if req.coverage { &["-tags=e2ecoverage"] } else { &[] };
-    let services = select_services(&req.services).map(|s| format!("./cmd/{}", s.name));
-    let patterns: Vec<String> = services.collect();
+    let builds = req.services.iter().filter_map(Component::build);
+    let patterns: Vec<String> = builds.map(|b| b.package.clone()).collect();
     let go = project::which("go").unwrap_or_default();
     let binary = std::fs::metadata(&go)
         .map(|m| format!("{:?} {}", m.modified().ok(), m.len()))
@@ -383,8 +497,8 @@ fn go_list(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<(String, String
         let inputs = sources.chain(module_files.clone()).chain(go_settings_file());
         inputs_hash(root, &inputs.filter(|f| f.exists()).collect(), &[("go", key.clone())]).ok()
     };
-    let name =
-        patterns.join("-").replace("./cmd/", "") + if req.coverage { "-coverage" } else { "" };
+    let names: Vec<&str> = req.services.iter().map(|s| s.name.as_str()).collect();
+    let name = names.join("-") + if req.coverage { "-coverage" } else { "" };
     let path = project::xtask_dir(root).join(format!("cache/go-list-{name}"));
     let stored = std::fs::read_to_string(&path).unwrap_or_default();
     let answer = match stored.split_once('\n') {
@@ -418,6 +532,14 @@ fn go_settings_file() -> Option<Utf8PathBuf> {
     let config = std::env::var("XDG_CONFIG_HOME").ok().filter(|dir| !dir.is_empty());
     let config = config.or_else(|| Some(std::env::var("HOME").ok()? + "/.config"))?;
     Some(Utf8PathBuf::from(config).join("go/env"))
+}
+
+/// The import path of a package named from the module's root (`./cmd/x`).
+fn import_path(module: &str, package: &str) -> String {
+    match package.trim_start_matches("./").trim_end_matches('/') {
+        "" | "." => module.to_string(),
+        path => format!("{module}/{path}"),
+    }
 }
 
 /// A non-standard package the services are built from.
@@ -537,21 +659,25 @@ fn go_build_host(sh: &Shell, root: &Utf8Path, coverage: bool, planned: &[&Planne
         .with_context(|| format!("creating {bin_dir}: make target/ writable"))?;
     let module = project::go_module(root)?;
     let flags = if coverage { coverage_flags(&module) } else { vec!["-trimpath".into()] };
-    let packages = planned.iter().map(|p| format!("./cmd/{}", p.service.name));
+    let builds: Vec<&crate::suite::Build> =
+        planned.iter().filter_map(|p| p.service.build()).collect();
+    let packages = builds.iter().map(|b| b.package.as_str());
     let out_dir = format!("{bin_dir}/");
-    let names = planned.iter().map(|p| p.service.name).collect::<Vec<_>>().join(", ");
+    let names = planned.iter().map(|p| p.service.name.as_str()).collect::<Vec<_>>().join(", ");
     step(cmd!(sh, "go build {flags...} -o {out_dir} {packages...}").envs(GO_TARGET))
         .hint("fix the compile error")
         .run()
         .with_context(|| format!("go build failed for {names}"))?;
-    for Planned { service, context, .. } in planned {
+    for (Planned { service, context, .. }, build) in planned.iter().zip(&builds) {
         if context.exists() {
             std::fs::remove_dir_all(context)
                 .with_context(|| format!("clearing {context}: {WRITABLE_TARGET}"))?;
         }
         std::fs::create_dir_all(context)
             .with_context(|| format!("creating {context}: {WRITABLE_TARGET}"))?;
-        let (from, to) = (bin_dir.join(service.name), context.join(service.name));
+        // `go build -o DIR/` names each binary after the last element of its package.
+        let binary = build.package.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+        let (from, to) = (bin_dir.join(binary), context.join(&service.name));
         std::fs::hard_link(&from, &to)
             .or_else(|_| std::fs::copy(&from, &to).map(drop))
             .with_context(|| {
@@ -757,8 +883,22 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
 
         let sh = Shell::new().unwrap();
         sh.change_dir(&root);
-        let req = Request { coverage: true, ..Request::default() };
-        let tags = || -> BTreeMap<&'static str, String> {
+        let service = |name: &str| Component {
+            name: name.to_string(),
+            source: Source::Build(crate::suite::Build {
+                package: format!("./cmd/{name}"),
+                dockerfile: format!("docker/{name}-ubi9.Dockerfile").into(),
+                coverage: true,
+            }),
+            manifest: Utf8PathBuf::new(),
+            port: 8080,
+            host_port: 18080,
+            ready: crate::suite::Ready::Tcp,
+            depends_on: Vec::new(),
+        };
+        let services = vec![service("datastorage"), service("gateway")];
+        let req = Request { coverage: true, services, ..Request::default() };
+        let tags = || -> BTreeMap<String, String> {
             plan(&sh, &root, &req, Engine::Podman)
                 .unwrap()
                 .into_iter()
@@ -820,17 +960,6 @@ example.com/m/cmd/datastorage\t/r/cmd/datastorage\tmain.go,,static.txt,,\texampl
         let edited = tags();
         assert_ne!(edited["gateway"], imported["gateway"]);
         assert_ne!(edited["datastorage"], imported["datastorage"]);
-    }
-
-    #[test]
-    fn services_are_selected_in_dependency_order() {
-        let names = |names: &[&str]| -> Vec<&str> {
-            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            select_services(&names).map(|s| s.name).collect()
-        };
-        assert_eq!(names(&["gateway", "datastorage"]), ["datastorage", "gateway"]);
-        assert_eq!(names(&["gateway"]), ["gateway"]);
-        assert_eq!(names(&[]), ["datastorage", "gateway"]);
     }
 
     #[test]

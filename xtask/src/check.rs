@@ -15,7 +15,8 @@ use crate::{
     cmd::{step, CmdError, Failure, Running},
     engine::Engine,
     lint_dockerfiles::{self, Severity},
-    project::{self, Service},
+    project,
+    suite::Component,
     ui,
 };
 
@@ -41,7 +42,7 @@ pub struct Needs {
     pub kubectl: bool,
     pub kubectl_skew: Option<(u32, String)>,
     pub dockerfiles: bool,
-    pub ports: Vec<Service>,
+    pub ports: Vec<Component>,
     pub disk: bool,
     pub node_disk: bool,
 }
@@ -198,7 +199,7 @@ pub fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> V
     }
     // The caller's own findings (the backend choice, an earlier run) go before the ports.
     checks.extend(notes);
-    checks.extend(needs.ports.iter().map(|service| check_port(*service)));
+    checks.extend(needs.ports.iter().map(check_port));
     if let (true, Some(store)) = (needs.node_disk, store) {
         let out = step(cmd!(sh, "df -Pk {store}")).timeout(SHORT).read();
         let free = out.ok().as_deref().and_then(parse_df_available);
@@ -430,10 +431,11 @@ fn buildkit(
 
 /// The host port of `service` is free; a busy one names who holds it and the variable that
 /// moves ours.
-pub fn check_port(service: Service) -> Check {
-    let port = service.host_port;
+pub fn check_port(component: &Component) -> Check {
+    let port = component.host_port;
     let name = format!("port {port}");
-    let free = format!("free port {port}, or set {} to a free port", service.port_variable());
+    let free =
+        format!("free port {port}, or set {} to a free port", component.variable("HOST_PORT"));
     // Look in /proc before binding: our own test listener would otherwise be the owner.
     let owner = port_owner(port);
     // The bind also catches what /proc cannot show (another network namespace, another user).

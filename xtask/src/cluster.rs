@@ -20,8 +20,9 @@ use crate::{
     cmd::{step, Step},
     engine::{self, Engine},
     manifests::Manifests,
-    project::{self, write_file, Service, Services},
+    project::{self, write_file},
     registry::Registry,
+    suite::{Component, Suite},
     ui,
 };
 
@@ -37,7 +38,8 @@ const ROLLOUT_TIMEOUT: &str = "180s";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub cluster: ClusterBackend,
-    pub cluster_name: String,
+    /// `--cluster-name`; by default each suite's cluster is `<suite>-e2e`.
+    pub cluster_name: Option<String>,
     pub engine: Option<Engine>,
     /// Kind's node image instead of its default (a local or mirrored one).
     pub node_image: Option<String>,
@@ -91,8 +93,9 @@ pub struct Settings {
     /// `--cluster-name`: names the cluster (and everything else a backend creates).
     pub name: String,
     pub engine: Engine,
-    /// With the ports the suite reaches them on: host ports, or a shared cluster's forwards.
-    pub services: Services,
+    /// What it deploys, with the ports the tests reach each on: host ports, or a shared
+    /// cluster's forwards.
+    pub suite: Suite,
     /// `--node-image`: Kind boots this instead of its default node image.
     pub node_image: Option<String>,
     /// `--registry`: the images come from there (and the manifests name it).
@@ -101,7 +104,8 @@ pub struct Settings {
     pub access: ClusterAccess,
     /// Why this backend: `--cluster kind`, or what `auto` found.
     pub why: String,
-    /// Rendered manifests and configs: a directory of our own (see `podman::deploy`).
+    /// Rendered manifests and configs: a directory of this cluster name's own (see
+    /// `podman::deploy`), so runs side by side never write each other's.
     rendered: Utf8PathBuf,
 }
 
@@ -195,15 +199,22 @@ pub trait Cluster {
 
     /// The command that removes everything this backend may have created.
     fn remove_command(&self) -> String;
+
+    /// A command that makes `component` stop gracefully and start again (its data must
+    /// survive, its counters be written), for tests that check just that; None where the
+    /// backend cannot (a shared cluster's port-forward would not survive it).
+    fn restart_command(&self, component: &Component) -> Option<Vec<String>>;
 }
 
-/// The backend for `--cluster`, the engine it runs with, and the run's settings: `auto` means
-/// kind when `kind` is on PATH and can boot its node, else podman. Says which and why.
+/// The backend for `--cluster`, the engine it runs with, and the run's settings (`name`: the
+/// cluster's): `auto` means kind when `kind` is on PATH and can boot its node, else podman;
+/// `Settings::why` says which and why.
 pub fn pick(
     sh: &Shell,
     target: &Target,
+    name: &str,
     root: &Utf8Path,
-    mut services: Services,
+    mut suite: Suite,
 ) -> Result<(Settings, Box<dyn Cluster>)> {
     let engine = engine::resolve(target.engine);
     let (backend, why) = match target.cluster {
@@ -231,30 +242,29 @@ pub fn pick(
         _ => engine,
     };
     if backend == ClusterBackend::Existing {
-        // The suite reaches the services through forwards on free local ports.
-        for service in [&mut services.datastorage, &mut services.gateway] {
+        // The tests reach the components through forwards on free local ports.
+        for component in &mut suite.components {
             let free = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
-            service.host_port = free.map_or(service.host_port, |a| a.port());
+            component.host_port = free.map_or(component.host_port, |a| a.port());
         }
     }
     let settings = Settings {
         backend,
         root: root.to_path_buf(),
-        name: target.cluster_name.clone(),
+        name: name.to_string(),
         engine,
-        services,
+        suite,
         node_image: target.node_image.clone(),
         registry: target.registry.clone(),
         access: target.access.clone(),
         why,
-        rendered: project::xtask_dir(root).join("rendered"),
+        rendered: project::xtask_dir(root).join("rendered").join(name),
     };
     let cluster: Box<dyn Cluster> = match backend {
         ClusterBackend::Podman => Box::new(podman::Podman::new(settings.clone())),
         ClusterBackend::Existing => Box::new(existing::Existing::new(settings.clone())),
         _ => Box::new(kind::Kind::new(settings.clone())),
     };
-    println!("cluster backend: {} ({})", backend.name(), settings.why);
     Ok((settings, cluster))
 }
 
@@ -314,9 +324,10 @@ impl Kubectl {
             self.services(sh).arg("apply").args(files.iter().flat_map(|(_, f)| ["-f", f.as_str()]));
         let hint = format!("check the manifests and {check}");
         step(apply).hint(hint).run().map_err(DeployError::before_start)?;
-        let names: Vec<&str> = files.iter().map(|(s, _)| s.name).collect();
+        let names: Vec<&str> = files.iter().map(|(c, _)| c.name.as_str()).collect();
         println!("    applied {} ({})", names.join(", "), ui::seconds(started.elapsed()));
-        for (Service { name, .. }, _) in files {
+        for (component, _) in files {
+            let name = &component.name;
             let started = Instant::now();
             let deployment = format!("deployment/{name}");
             let rollout = ["rollout", "status", &deployment, "--timeout", ROLLOUT_TIMEOUT];
@@ -333,7 +344,7 @@ impl Kubectl {
     /// What kubectl tells about the services: each service's logs and the pods' descriptions;
     /// after a failure also the pods and events, of all namespaces where the cluster is ours
     /// alone.
-    fn diagnostics(&self, sh: &Shell, services: &Services, what: Diagnose) -> Vec<(String, Step)> {
+    fn diagnostics(&self, sh: &Shell, suite: &Suite, what: Diagnose) -> Vec<(String, Step)> {
         let scope = if self.namespace.is_none() { &["--all-namespaces"][..] } else { &[] };
         let get = |what: &[&str]| step(self.services(sh).args(what).args(scope));
         let mut commands = vec![(
@@ -347,10 +358,10 @@ impl Kubectl {
                 get(&["get", "events", "--sort-by", ".lastTimestamp"]),
             ));
         }
-        for service in services.all() {
-            let deployment = format!("deployment/{}", service.name);
+        for component in &suite.components {
+            let deployment = format!("deployment/{}", component.name);
             let logs = ["logs", &deployment, "--all-containers", "--timestamps"];
-            commands.push((format!("{}.log", service.name), step(self.services(sh).args(logs))));
+            commands.push((format!("{}.log", component.name), step(self.services(sh).args(logs))));
         }
         commands
     }

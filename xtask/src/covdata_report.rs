@@ -61,10 +61,12 @@ type Blocks = BTreeMap<(String, Pos, Pos, u32), bool>;
 /// `cargo xtask covdata-report`'s flags.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Options {
-    /// `-i`: coverage directories (none: every service's under coverdata/).
+    /// `-i`: coverage directories, read instead of the suites' data.
     pub inputs: Vec<Utf8PathBuf>,
-    /// An archived run instead.
-    pub from_archive: Option<Utf8PathBuf>,
+    /// `--suite`: these suites' data (none, and no archive: every suite's).
+    pub suites: Vec<String>,
+    /// Archived runs, merged with the suites' data named.
+    pub from_archive: Vec<Utf8PathBuf>,
     pub html: bool,
     /// Fail below this merged statement total, in percent.
     pub min: Option<f64>,
@@ -75,19 +77,24 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
     let root = project::root();
     let needs = check::Needs { covdata: true, ..Default::default() };
     check::preflight(sh, &root, &needs, Vec::new())?;
-    let dirs = match &flags.from_archive {
-        Some(archive) if archive.as_str().is_empty() => {
-            bail!("--from-archive was given an empty path: name an archive, e.g. one in coverdata/archive/")
+    if flags.inputs.iter().chain(&flags.from_archive).any(|d| d.as_str().is_empty()) {
+        bail!("an empty path was given to -i or --from-archive: name a coverage directory (`-i coverdata/<suite>/<service>`) or an archive (`coverdata/<suite>/archive/...`)");
+    }
+    let dirs = match flags.inputs.is_empty() {
+        false => flags.inputs.iter().map(|d| project::absolute(d)).collect::<Result<_>>()?,
+        true => {
+            let mut dirs = match (flags.suites.is_empty(), flags.from_archive.is_empty()) {
+                (true, false) => Vec::new(),
+                _ => suites_data(&root, &flags.suites)?,
+            };
+            for archive in &flags.from_archive {
+                dirs.extend(dirs_from_archive(sh, &root, &project::absolute(archive)?)?);
+            }
+            dirs
         }
-        Some(archive) => dirs_from_archive(sh, &root, &project::absolute(archive)?)?,
-        None if flags.inputs.iter().any(|d| d.as_str().is_empty()) => {
-            bail!("-i was given an empty path: name a coverage directory, e.g. `-i coverdata/gateway`, or leave -i out to read every service under coverdata/")
-        }
-        None if flags.inputs.is_empty() => default_dirs(&root)?,
-        None => flags.inputs.iter().map(|d| project::absolute(d)).collect::<anyhow::Result<_>>()?,
     };
-
-    let (coverage, blocks, missing) = report(sh, &root, &dirs)?;
+    let out_dir = root.join("target/coverage");
+    let (coverage, blocks, missing) = report(sh, &root, &dirs, &out_dir)?;
     if let (true, Some(file)) = (flags.with_unit, missing.first()) {
         bail!("--with-unit runs this checkout's unit tests, but the E2E data is of other sources ({file} is not here): drop --with-unit, or run it in the checkout the binaries were built from");
     }
@@ -97,7 +104,7 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
             "warning: no HTML written: its source files are not in this checkout (see above)"
         );
     } else if flags.html {
-        let (profile, html) = (&coverage.profile, root.join("target/coverage/e2e.html"));
+        let (profile, html) = (&coverage.profile, out_dir.join("e2e.html"));
         let cover = cmd!(sh, "go tool cover -html={profile} -o {html}");
         go_output("go tool cover -html", &display(&root, profile), cover)?;
         println!("wrote {}", display(&root, &html));
@@ -131,19 +138,21 @@ fn distinct_percents(a: f64, b: f64) -> (String, String) {
     (format!("{a:.decimals$}"), format!("{b:.decimals$}"))
 }
 
-/// Prints the per-service and per-package table and the totals, writes target/coverage/e2e.out.
-/// The numbers come from the coverage data alone (`covdata textfmt`, which needs no sources):
-/// statements per block, summed per package and in total. Only the HTML needs the sources.
-/// Returns the merged blocks too, and the files of the data that are not in this checkout.
+/// Prints the per-service and per-package table and the totals, writes `out_dir`/e2e.out (and
+/// each service's own profile in `out_dir`/services/). A service is every directory of its
+/// name (`coverdata/<suite>/<service>/` of several suites or runs): merged. The numbers come
+/// from the coverage data alone (`covdata textfmt`, which needs no sources): statements per
+/// block, summed per package and in total. Only the HTML needs the sources. Returns the merged
+/// blocks too, and the files of the data that are not in this checkout.
 pub fn report(
     sh: &Shell,
     root: &Utf8Path,
     dirs: &[Utf8PathBuf],
+    out_dir: &Utf8Path,
 ) -> Result<(Coverage, Blocks, Vec<String>)> {
-    remove_outputs(root)?;
+    remove_outputs(out_dir)?;
     coverdata::check_counters(dirs)?;
     let module = project::go_module(root)?;
-    let out_dir = root.join("target/coverage");
     fs::create_dir_all(out_dir.join("services")).with_context(|| {
         format!("creating {out_dir} for the coverage profiles: {WRITABLE_TARGET}")
     })?;
@@ -170,11 +179,17 @@ pub fn report(
         );
         Ok(blocks)
     };
-    let (mut rows, mut services) = (Vec::new(), Vec::new());
+    let mut by_service: Vec<(String, Vec<Utf8PathBuf>)> = Vec::new();
     for dir in dirs {
         let name = dir.file_name().unwrap_or(dir.as_str()).to_string();
-        let blocks =
-            textfmt(std::slice::from_ref(dir), &out_dir.join(format!("services/{name}.out")))?;
+        match by_service.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, of)) => of.push(dir.clone()),
+            None => by_service.push((name, vec![dir.clone()])),
+        }
+    }
+    let (mut rows, mut services) = (Vec::new(), Vec::new());
+    for (name, of) in by_service {
+        let blocks = textfmt(&of, &out_dir.join(format!("services/{name}.out")))?;
         rows.extend(
             per_package(&blocks).into_iter().map(|(p, s)| (name.clone(), p.to_string(), s)),
         );
@@ -213,10 +228,10 @@ pub fn report(
     Ok((Coverage { services, total: count(&blocks).percent(), profile }, blocks, missing))
 }
 
-/// Removes what an earlier report wrote (see `OUTPUTS`): before a report, and when a coverage
-/// run archives the data it was made of.
-pub fn remove_outputs(root: &Utf8Path) -> Result<()> {
-    for output in OUTPUTS.map(|name| root.join("target/coverage").join(name)) {
+/// Removes what an earlier report wrote in `out_dir` (see `OUTPUTS`): before a report, and when
+/// a coverage run archives the data it was made of.
+pub fn remove_outputs(out_dir: &Utf8Path) -> Result<()> {
+    for output in OUTPUTS.map(|name| out_dir.join(name)) {
         let removed = match output.symlink_metadata() {
             Ok(meta) if meta.is_dir() => fs::remove_dir_all(&output),
             Ok(_) => fs::remove_file(&output),
@@ -229,22 +244,52 @@ pub fn remove_outputs(root: &Utf8Path) -> Result<()> {
     Ok(())
 }
 
-/// Every directory directly under `coverdata/` except `archive/`: one GOCOVERDIR per service.
-fn default_dirs(root: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
+/// The service directories of the suites' data, `coverdata/<suite>/<service>/` (one GOCOVERDIR
+/// each): of `suites`, or of every suite with data when none is named.
+fn suites_data(root: &Utf8Path, suites: &[String]) -> Result<Vec<Utf8PathBuf>> {
     let coverdata = project::coverdata_dir(root);
-    let dirs = coverdata::service_dirs(&coverdata)?;
-    if !dirs.is_empty() {
-        return Ok(dirs);
-    }
     let shown = display(root, &coverdata);
-    let mut message = format!("no coverage data in {shown}: produce it with `{PRODUCER}`");
-    if let Some(latest) = coverdata::archives(&coverdata.join("archive"))?.pop() {
-        message.push_str(&format!(
-            ", or report an archived run with `cargo xtask covdata-report --from-archive {}`",
-            display(root, &latest)
-        ));
+    let named: Vec<Utf8PathBuf> = match suites.is_empty() {
+        true => coverdata::service_dirs(&coverdata)?,
+        false => suites.iter().map(|s| coverdata.join(s)).collect(),
+    };
+    let mut dirs = Vec::new();
+    for suite in &named {
+        let of_suite = match suite.is_dir() {
+            true => coverdata::service_dirs(suite)?,
+            false => Vec::new(),
+        };
+        if of_suite.is_empty() && !suites.is_empty() {
+            let mut message = format!(
+                "no coverage data of the suite {} in {}: produce it with `{PRODUCER}`",
+                suite.file_name().unwrap_or_default(),
+                display(root, suite)
+            );
+            if let Some(latest) = coverdata::archives(&suite.join("archive"))?.pop() {
+                message += &format!(
+                    ", or report an archived run with `--from-archive {}`",
+                    display(root, &latest)
+                );
+            }
+            bail!(message);
+        }
+        dirs.extend(of_suite);
     }
-    bail!(message)
+    if dirs.is_empty() {
+        let archives: Vec<Utf8PathBuf> = named
+            .iter()
+            .flat_map(|s| coverdata::archives(&s.join("archive")).unwrap_or_default())
+            .collect();
+        let mut message = format!("no coverage data in {shown}: produce it with `{PRODUCER}`");
+        if let Some(latest) = archives.iter().max_by_key(|a| a.file_name()) {
+            message += &format!(
+                ", or report an archived run with `cargo xtask covdata-report --from-archive {}`",
+                display(root, latest)
+            );
+        }
+        bail!(message);
+    }
+    Ok(dirs)
 }
 
 /// The profile `tool` wrote, its paths rewritten so `go tool cover` resolves them here (and
@@ -501,10 +546,10 @@ fn same_statements(e2e: &Blocks, unit: &Blocks) -> ([Stmts; 3], Blocks) {
     ([ran_in(unit), ran_in(e2e), count(&combined)], combined)
 }
 
-/// Extracts an archived run into `target/coverage/from-archive/<name>/` and returns its
+/// Extracts an archived run into `target/coverage/from-archive/<suite>-<name>/` and returns its
 /// service directories.
 fn dirs_from_archive(sh: &Shell, root: &Utf8Path, archive: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
-    let archives = display(root, &project::coverdata_dir(root).join("archive"));
+    let archives = display(root, &project::coverdata_dir(root).join("<suite>/archive"));
     ensure!(
         !archive.is_dir(),
         "{archive} is a directory: --from-archive takes an archive (a .tar.gz written by \
@@ -513,6 +558,11 @@ fn dirs_from_archive(sh: &Shell, root: &Utf8Path, archive: &Utf8Path) -> Result<
     ensure!(archive.is_file(), "archive {archive} not found: the archived runs are in {archives}");
     let name =
         archive.file_name().unwrap_or("archive").trim_end_matches(".gz").trim_end_matches(".tar");
+    // An archive is `coverdata/<suite>/archive/<time>.<outcome>.tar.gz`: its suite makes the
+    // name unique among archives of several suites.
+    let in_archive_dir = archive.parent().filter(|dir| dir.file_name() == Some("archive"));
+    let suite = in_archive_dir.and_then(|dir| dir.parent()).and_then(|s| s.file_name());
+    let name = suite.map_or(name.to_string(), |suite| format!("{suite}-{name}"));
     let dest = root.join("target/coverage/from-archive").join(name);
     sh.remove_path(&dest).with_context(|| {
         format!("clearing {dest} (scratch output): remove it by hand with `rm -rf {dest}`")
@@ -725,7 +775,7 @@ mod tests {
             format!("{:#}", dirs_from_archive(&sh, root, &root.join("nope.tar.gz")).unwrap_err());
         assert_eq!(
             err,
-            "archive /nonexistent/repo/nope.tar.gz not found: the archived runs are in coverdata/archive"
+            "archive /nonexistent/repo/nope.tar.gz not found: the archived runs are in coverdata/<suite>/archive"
         );
     }
 

@@ -1,16 +1,16 @@
-//! `coverdata/`, where the instrumented services write their counters: prepared before a
-//! coverage run (the previous run's data archived, never silently deleted), and checked after
-//! it (every service left counters).
+//! `coverdata/<suite>/`, where a suite's instrumented services write their counters: prepared
+//! before a coverage run (the previous run's data archived, never silently deleted), and
+//! checked after it (every service left counters).
 
 use std::{collections::BTreeMap, fs, io, time::SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::project::{self, Service};
+use crate::project;
 
 /// The command that produces coverage data, named in every "no data" message.
-pub const PRODUCER: &str = "cargo xtask e2e-gateway --coverage";
+pub const PRODUCER: &str = "cargo xtask e2e <suite> --coverage";
 
 /// How many archived runs `archive_previous` keeps: the newest passed ones, and fewer of the
 /// others (failed, or of unknown outcome), so failed runs never push a passed one out.
@@ -23,27 +23,27 @@ const KEEP_OTHERS: usize = 3;
 const OUTCOME_FILE: &str = ".outcome";
 const OUTCOMES: [&str; 3] = ["passed", "failed", "unknown"];
 
-/// Archives the previous coverage run and gives each service an empty, writable directory.
-pub fn prepare(root: &Utf8Path, services: &[Service]) -> Result<()> {
+/// Archives the previous coverage run of the suite whose data is in `dir` and gives each of
+/// its `services` an empty, writable directory there.
+pub fn prepare(root: &Utf8Path, dir: &Utf8Path, services: &[&str]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = project::coverdata_dir(root);
-    let left = archive_previous(root)?;
+    let left = archive_previous(root, dir)?;
     if !left.is_empty() {
         let left = left.join(", ");
         println!(
             "    left in place in {} (not written by the services): {left}",
-            display(root, &dir)
+            display(root, dir)
         );
     }
-    for service in services {
-        let service_dir = dir.join(service.name);
+    for name in services {
+        let service_dir = dir.join(name);
         // Not ours (archive_previous left it in place), and where the service must write.
         if service_dir.symlink_metadata().is_ok_and(|meta| !meta.is_dir()) {
-            let (shown, name) = (display(root, &service_dir), service.name);
-            bail!("{shown} is not a directory, but the {name} service writes its coverage counters there: move it out of {} and rerun", display(root, &dir));
+            let shown = display(root, &service_dir);
+            bail!("{shown} is not a directory, but the {name} service writes its coverage counters there: move it out of {} and rerun", display(root, dir));
         }
         fs::create_dir_all(&service_dir)
-            .map_err(|err| io_error(format!("creating {service_dir}"), err, &dir))?;
+            .map_err(|err| io_error(format!("creating {service_dir}"), err, dir))?;
         // The services run as an unprivileged user and must be able to write here.
         fs::set_permissions(&service_dir, fs::Permissions::from_mode(0o777))
             .with_context(|| format!("making {service_dir} writable for the services: check its owner (`ls -ld {service_dir}`)"))?;
@@ -51,31 +51,30 @@ pub fn prepare(root: &Utf8Path, services: &[Service]) -> Result<()> {
     Ok(())
 }
 
-/// Records whether the coverage run that wrote coverdata/ passed: see `OUTCOME_FILE`.
-pub fn record_outcome(root: &Utf8Path, passed: bool) -> Result<()> {
-    let dir = project::coverdata_dir(root);
+/// Records whether the coverage run that wrote `dir` passed: see `OUTCOME_FILE`.
+pub fn record_outcome(dir: &Utf8Path, passed: bool) -> Result<()> {
     let path = dir.join(OUTCOME_FILE);
     let outcome = if passed { "passed\n" } else { "failed\n" };
     fs::write(&path, outcome)
-        .map_err(|err| io_error(format!("recording the run's outcome in {path}"), err, &dir))
+        .map_err(|err| io_error(format!("recording the run's outcome in {path}"), err, dir))
 }
 
 /// After a run stopped its services: a service whose directory holds no `covmeta.*` never
 /// started in this run (`prepare` emptied the directory, and a coverage build writes its
 /// meta-data file as it starts), so it has no counters. Names each, and whose were written.
-pub fn check_started(root: &Utf8Path, services: &[Service]) -> Result<()> {
-    let dir = |service: &Service| project::coverdata_dir(root).join(service.name);
-    let holds = |service: &Service, prefix: &str| {
+pub fn check_started(root: &Utf8Path, data: &Utf8Path, services: &[&str]) -> Result<()> {
+    let dir = |service: &str| data.join(service);
+    let holds = |service: &str, prefix: &str| {
         let names = entries(&dir(service), |name| name.starts_with(prefix));
         names.is_ok_and(|names| !names.is_empty())
     };
-    let (started, never): (Vec<&Service>, Vec<&Service>) =
+    let (started, never): (Vec<&str>, Vec<&str>) =
         services.iter().partition(|service| holds(service, "covmeta."));
     if never.is_empty() {
         return Ok(());
     }
-    let shown = |list: &[&Service]| list.iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
-    let written: Vec<&Service> =
+    let shown = |list: &[&str]| list.join(", ");
+    let written: Vec<&str> =
         started.into_iter().filter(|service| holds(service, "covcounters.")).collect();
     let written = match written.is_empty() {
         true => String::new(),
@@ -196,13 +195,12 @@ pub fn service_dirs(dir: &Utf8Path) -> Result<Vec<Utf8PathBuf>> {
 }
 
 /// Archives the previous run's data, the `covmeta.*` and `covcounters.*` files directly in
-/// each `coverdata/<service>/`, into `coverdata/archive/<UTC time>.<outcome>.tar.gz`, prunes
+/// each `<dir>/<service>/`, into `<dir>/archive/<UTC time>.<outcome>.tar.gz`, prunes
 /// the old archives, then removes the archived files. Everything else (a file of the user's,
 /// a FIFO, a directory of their own) stays where it is and is returned, relative to coverdata/.
 /// Nothing is deleted before the archive is written, read back and renamed into place.
-fn archive_previous(root: &Utf8Path) -> Result<Vec<String>> {
-    let coverdata = project::coverdata_dir(root);
-    let (files, left) = sort_out(&coverdata)?;
+fn archive_previous(root: &Utf8Path, coverdata: &Utf8Path) -> Result<Vec<String>> {
+    let (files, left) = sort_out(coverdata)?;
     let outcome_file = coverdata.join(OUTCOME_FILE);
     if files.is_empty() {
         let _ = fs::remove_file(&outcome_file);
@@ -222,7 +220,7 @@ fn archive_previous(root: &Utf8Path) -> Result<Vec<String>> {
         n += 1;
     }
     let partial = archive_dir.join(format!(".{}.partial", archive.file_name().unwrap_or("")));
-    if let Err(err) = write_archive(&coverdata, &files, &partial) {
+    if let Err(err) = write_archive(coverdata, &files, &partial) {
         let _ = fs::remove_file(&partial);
         return Err(err.context(format!(
             "archiving the previous coverage data into {archive} (nothing was deleted)"
@@ -237,7 +235,7 @@ fn archive_previous(root: &Utf8Path) -> Result<Vec<String>> {
     }
     for (rel, _) in &files {
         let path = coverdata.join(rel);
-        let dir = path.parent().unwrap_or(&coverdata);
+        let dir = path.parent().unwrap_or(coverdata);
         let step = format!("removing {path} after archiving it into {archive}");
         fs::remove_file(&path).map_err(|err| io_error(step, err, dir))?;
         // A service directory emptied by the removal goes too (prepare makes it anew).
@@ -410,10 +408,10 @@ mod tests {
         expect_test::expect![[r#"
             coverage data is missing or incomplete:
               TMP/killed: covmeta.bb but no covcounters.* for it: the process never exited normally (killed, or still running): stop it gracefully so the counters are written
-              TMP/other-build: covmeta.bb has no covcounters.*, while the runs that finished here are of another build (covmeta.aa): it is data of a different build, not of a process of this run; remove it, or start clean with a fresh `cargo xtask e2e-gateway --coverage` (which archives the old data first)
-              TMP/no-meta: covcounters.* but no covmeta.* file: the directory is incomplete (copied in part?); produce fresh data with `cargo xtask e2e-gateway --coverage`
-              TMP/empty: no coverage data (no covmeta.* or covcounters.* files): produce it with `cargo xtask e2e-gateway --coverage`
-              TMP/missing: does not exist: produce it with `cargo xtask e2e-gateway --coverage`
+              TMP/other-build: covmeta.bb has no covcounters.*, while the runs that finished here are of another build (covmeta.aa): it is data of a different build, not of a process of this run; remove it, or start clean with a fresh `cargo xtask e2e <suite> --coverage` (which archives the old data first)
+              TMP/no-meta: covcounters.* but no covmeta.* file: the directory is incomplete (copied in part?); produce fresh data with `cargo xtask e2e <suite> --coverage`
+              TMP/empty: no coverage data (no covmeta.* or covcounters.* files): produce it with `cargo xtask e2e <suite> --coverage`
+              TMP/missing: does not exist: produce it with `cargo xtask e2e <suite> --coverage`
               TMP/a-file: is not a directory: coverage data is a directory of covmeta.* and covcounters.* files (read an archive with `--from-archive`)"#]]
         .assert_eq(&err.replace(tmp.as_str(), "TMP"));
         fs::remove_dir_all(tmp).unwrap();
@@ -501,12 +499,12 @@ mod tests {
         for day in 1..=6 {
             touch(&coverdata.join(format!("archive/2020-01-0{day}T00-00-00Z.tar.gz")), "old");
         }
-        record_outcome(&root, true).unwrap();
+        record_outcome(&coverdata, true).unwrap();
         let before = tree(&coverdata);
         // Archives the data and returns what it left and the new archive, if any.
         let archive_once = || {
             let before = archives(&coverdata.join("archive")).unwrap();
-            let left = archive_previous(&root).unwrap();
+            let left = archive_previous(&root, &coverdata).unwrap();
             let after = archives(&coverdata.join("archive")).unwrap();
             (left, after.into_iter().find(|a| !before.contains(a)))
         };
@@ -558,7 +556,7 @@ mod tests {
         let unknown = archive_once().1.unwrap();
         assert!(unknown.as_str().ends_with(".unknown.tar.gz"), "{unknown}");
         touch(&coverdata.join("gateway/covmeta.dd"), "meta-d");
-        record_outcome(&root, false).unwrap();
+        record_outcome(&coverdata, false).unwrap();
         let failed = archive_once().1.unwrap();
         assert!(failed.as_str().ends_with(".failed.tar.gz"), "{failed}");
         touch(&coverdata.join("gateway/covmeta.ee"), "meta-e");
@@ -576,7 +574,7 @@ mod tests {
         // A file where the archive directory should be makes the archive step fail.
         touch(&coverdata.join("archive"), "not a directory");
         let before = tree(&coverdata);
-        let err = format!("{:#}", archive_previous(&root).unwrap_err());
+        let err = format!("{:#}", archive_previous(&root, &coverdata).unwrap_err());
         assert!(
             err.starts_with(&format!(
                 "archiving the previous coverage data into {coverdata}/archive/"
@@ -594,8 +592,8 @@ mod tests {
         let root = scratch("in-the-way");
         let coverdata = root.join("coverdata");
         touch(&coverdata.join("gateway"), "mine");
-        let services = [project::DATASTORAGE, project::GATEWAY];
-        let err = format!("{:#}", prepare(&root, &services).unwrap_err());
+        let services = ["datastorage", "gateway"];
+        let err = format!("{:#}", prepare(&root, &coverdata, &services).unwrap_err());
         assert_eq!(
             err,
             "coverdata/gateway is not a directory, but the gateway service writes its coverage \
@@ -605,7 +603,7 @@ mod tests {
 
         fs::remove_dir_all(&coverdata).unwrap();
         touch(&coverdata, "mine");
-        let err = format!("{:#}", prepare(&root, &services).unwrap_err());
+        let err = format!("{:#}", prepare(&root, &coverdata, &services).unwrap_err());
         assert_eq!(
             err,
             format!(

@@ -10,19 +10,46 @@ use crate::{
     cluster::{self, kind::KIND_INSTALL, ClusterBackend, Leftover, Target},
     cmd::step,
     engine::Engine,
-    project::{self, Services},
+    project,
+    suite::{self, Suite},
 };
 
-pub fn run(sh: &Shell, target: &Target) -> Result<()> {
-    let root = project::root();
+/// `cargo xtask doctor`'s flags: what a run of these suites on this target would need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// None named: every suite.
+    pub suites: Vec<String>,
+    pub target: Target,
+}
+
+pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
+    let (root, target) = (project::root(), &flags.target);
     let mut notes = Vec::new();
-    let services = Services::from_env().unwrap_or_else(|err| {
-        let hint =
-            "set GATEWAY_HOST_PORT / DATASTORAGE_HOST_PORT to free port numbers, or unset them";
-        notes.push(Check::fail("host ports", format!("{err:#}"), hint));
-        Services { datastorage: project::DATASTORAGE, gateway: project::GATEWAY }
-    });
-    let (settings, cluster) = cluster::pick(sh, target, &root, services)?;
+    let suites = match flags.suites.is_empty() {
+        true => suite::all(&root)?,
+        false => flags.suites.iter().map(|name| suite::load(&root, name)).collect::<Result<_>>()?,
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let suites: Vec<Suite> = suites
+        .into_iter()
+        .map(|suite| {
+            suite.clone().with_host_ports(env).unwrap_or_else(|err| {
+                let hint = "set each `<NAME>_HOST_PORT` named to a free port number, or unset it";
+                notes.push(Check::fail("host ports", format!("{err:#}"), hint));
+                suite
+            })
+        })
+        .collect();
+    let Some(first) = suites.first() else {
+        anyhow::bail!(
+            "there are no suites in {}: add one (test/e2e/<suite>/suite.toml)",
+            suite::SUITES_DIR
+        );
+    };
+    // The backend is chosen once; what an earlier run left is looked for under each suite's name.
+    let name = |suite: &Suite| target.cluster_name.clone().unwrap_or(format!("{}-e2e", suite.name));
+    let (settings, cluster) = cluster::pick(sh, target, &name(first), &root, first.clone())?;
+    println!("cluster backend: {} ({})", settings.backend.name(), settings.why);
     if target.cluster == ClusterBackend::Auto && settings.backend == ClusterBackend::Podman {
         notes.push(match project::which("kind") {
             None => {
@@ -36,22 +63,38 @@ pub fn run(sh: &Shell, target: &Target) -> Result<()> {
             }
         });
     }
-    let remove = cluster.remove_command();
-    let remove =
-        format!("remove it with `{remove}`, or let the next `cargo xtask e2e-gateway` replace it");
-    notes.extend(match cluster.leftover(sh) {
-        Ok(Leftover::Nothing) => Some(Check::ok("earlier run", "nothing left behind")),
-        Ok(Leftover::Stale(what)) => Some(Check::warn("earlier run", what, remove)),
-        // A tool that cannot start is reported by its own row; there is nothing to look for then.
-        Err(err) if err.downcast_ref().is_some_and(check::missing) => None,
-        Err(err) => {
-            let detail = format!("cannot look: {}", first_line(&err));
-            Some(Check::warn("earlier run", detail, "run the command above by hand to see why"))
-        }
-    });
+    for suite in &suites {
+        let (_, cluster) = cluster::pick(sh, target, &name(suite), &root, suite.clone())?;
+        let row = format!("earlier run ({})", suite.name);
+        let remove = cluster.remove_command();
+        let remove = format!(
+            "remove it with `{remove}`, or let the next `cargo xtask e2e {}` replace it",
+            suite.name
+        );
+        notes.extend(match cluster.leftover(sh) {
+            Ok(Leftover::Nothing) => Some(Check::ok(&row, "nothing left behind")),
+            Ok(Leftover::Stale(what)) => Some(Check::warn(&row, what, remove)),
+            // A tool that cannot start is reported by its own row; there is nothing to look for then.
+            Err(err) if err.downcast_ref().is_some_and(check::missing) => None,
+            Err(err) => {
+                let detail = format!("cannot look: {}", first_line(&err));
+                Some(Check::warn(&row, detail, "run the command above by hand to see why"))
+            }
+        });
+    }
     let preflight = cluster.preflight(sh);
     notes.extend(preflight.checks);
-    let needs = Needs { covdata: true, disk: true, ..preflight.needs };
+    // The host ports of every suite, each once (suites run one after another may share one),
+    // where the backend publishes any.
+    let mut ports: Vec<suite::Component> = Vec::new();
+    if !preflight.needs.ports.is_empty() {
+        for component in suites.iter().flat_map(|s| &s.components) {
+            if !ports.iter().any(|p| p.host_port == component.host_port) {
+                ports.push(component.clone());
+            }
+        }
+    }
+    let needs = Needs { covdata: true, disk: true, ports, ..preflight.needs };
     let mut checks = check::check(sh, &root, &needs, notes);
     // `info` answering does not mean a container can start (ulimits, the OCI runtime): start
     // one, once the engine and go (which builds it) are known to work.

@@ -10,19 +10,20 @@ use camino::Utf8PathBuf;
 use crate::{
     build_images::{self, BuildMode},
     cluster::{ClusterAccess, ClusterBackend, Target},
-    covdata_report,
-    e2e_gateway::{self},
+    covdata_report, doctor, e2e,
     engine::Engine,
     lint_dockerfiles, project,
     registry::{image_reference, Registry},
+    suite,
 };
 
 #[derive(Debug, PartialEq)]
 pub enum Task {
     Help(String),
-    BuildImages(build_images::Request),
-    Doctor(Target),
-    E2eGateway(e2e_gateway::Options),
+    /// What to build, but for the services: `--service` names them (none: every suite's).
+    BuildImages(build_images::Request, Vec<String>),
+    Doctor(doctor::Options),
+    E2e(e2e::Options),
     CovdataReport(covdata_report::Options),
     LintDockerfiles(lint_dockerfiles::Options),
 }
@@ -82,7 +83,7 @@ const CLUSTER: Flag = Flag {
 const CLUSTER_NAME: Flag = Flag {
     names: &["--cluster-name"],
     value: "NAME",
-    help: "names the cluster, pods and network, and the lock that keeps two runs of one name apart (default: gateway-e2e); kind's rule: lowercase letters, digits, `-`, `.`, at most 50 characters",
+    help: "names the cluster, pods and network, and the lock that keeps two runs of one name apart (default: <suite>-e2e); kind's rule: lowercase letters, digits, `-`, `.`, at most 50 characters",
 };
 const NODE_IMAGE: Flag = Flag {
     names: &["--node-image"],
@@ -100,26 +101,73 @@ const CONTEXT: Flag = Flag {
     help: "--cluster existing: this context (default: the current one, which is never changed)",
 };
 const HELP_FLAG: Flag = Flag { names: &["-h", "--help"], value: "", help: "print this help" };
+const KEEP_CLUSTER: Flag = Flag {
+    names: &["--keep-cluster"],
+    value: "",
+    help: "leave the cluster running afterwards (prints how to delete it)",
+};
+const REUSE_CLUSTER: Flag = Flag {
+    names: &["--reuse-cluster"],
+    value: "",
+    help: "reuse a running cluster of the same name instead of recreating it, and keep it afterwards for the next run",
+};
+const KEEP_NAMESPACE: Flag = Flag {
+    names: &["--keep-namespace"],
+    value: "",
+    help: "--cluster existing: keep the run's namespace (prints how to delete it)",
+};
+const SUITE: Flag = Flag {
+    names: &["--suite"],
+    value: "NAME",
+    help: "this suite (repeatable; default: every suite in test/e2e/)",
+};
 
 /// Every task, in the order the overview lists them.
 const TASKS: &[Spec] = &[
     Spec {
+        name: "e2e",
+        summary: "build images, start a throwaway cluster per suite, run each suite, collect coverage, tear down",
+        usage: "[FLAGS] SUITE... [-- TEST_ARGS...]",
+        flags: &[
+            Flag {
+                names: &["--list"],
+                value: "",
+                help: "list the suites (test/e2e/*/suite.toml), what each deploys and how its tests run",
+            },
+            Flag {
+                names: &["--jobs"],
+                value: "N",
+                help: "run up to N suites side by side, each on a cluster of its own (default: 1); their output goes to files, the summary shows them all",
+            },
+            COVERAGE,
+            CLUSTER,
+            KEEP_CLUSTER,
+            REUSE_CLUSTER,
+            Flag {
+                names: &["--cluster-name"],
+                value: "NAME",
+                help: "names the cluster, pods and network, and the lock that keeps two runs of one name apart (default: <suite>-e2e; with several suites <NAME>-<suite>); kind's rule: lowercase letters, digits, `-`, `.`, at most 50 characters",
+            },
+            NODE_IMAGE,
+            BUILD_MODE,
+            ENGINE,
+            REGISTRY,
+            REGISTRY_INSECURE,
+            KUBECONFIG,
+            CONTEXT,
+            KEEP_NAMESPACE,
+        ],
+        notes: "Everything after `--` goes to the suite's runner: `go test` (e.g. `-- -run TestDedup`) or ginkgo\n(e.g. `-- --label-filter=smoke --procs=4`).\n",
+    },
+    Spec {
         name: "e2e-gateway",
-        summary: "build images, start a throwaway cluster, run the gateway E2E suite, collect coverage, tear down",
+        summary: "the gateway suite: `e2e gateway`",
         usage: "[FLAGS] [-- GO_TEST_ARGS...]",
         flags: &[
             COVERAGE,
             CLUSTER,
-            Flag {
-                names: &["--keep-cluster"],
-                value: "",
-                help: "leave the cluster running afterwards (prints how to delete it)",
-            },
-            Flag {
-                names: &["--reuse-cluster"],
-                value: "",
-                help: "reuse a running cluster of the same name instead of recreating it, and keep it afterwards for the next run",
-            },
+            KEEP_CLUSTER,
+            REUSE_CLUSTER,
             CLUSTER_NAME,
             NODE_IMAGE,
             BUILD_MODE,
@@ -128,11 +176,7 @@ const TASKS: &[Spec] = &[
             REGISTRY_INSECURE,
             KUBECONFIG,
             CONTEXT,
-            Flag {
-                names: &["--keep-namespace"],
-                value: "",
-                help: "--cluster existing: keep the run's namespace (prints how to delete it)",
-            },
+            KEEP_NAMESPACE,
         ],
         notes: "Everything after `--` is passed to `go test`, e.g. `-- -run TestDedup`.\n",
     },
@@ -174,10 +218,11 @@ const TASKS: &[Spec] = &[
                 value: "DIR",
                 help: "a coverage directory (repeatable; default: every service under coverdata/)",
             },
+            SUITE,
             Flag {
                 names: &["--from-archive"],
                 value: "FILE",
-                help: "read an archived run (coverdata/archive/<time>.<outcome>.tar.gz, or a .tar)",
+                help: "also read an archived run (coverdata/<suite>/archive/<time>.<outcome>.tar.gz, or a .tar; repeatable): merged with the suites named, or alone",
             },
             Flag {
                 names: &["--html"],
@@ -195,13 +240,23 @@ const TASKS: &[Spec] = &[
                 help: "also run the Go unit tests with coverage of the E2E build's packages and report unit, E2E and combined over the same statements",
             },
         ],
-        notes: "Writes the merged profile to target/coverage/e2e.out. The numbers come from the coverage data\nalone: without its sources (data of another checkout) everything but the HTML is reported.\n",
+        notes: "Writes the merged profile to target/coverage/e2e.out; a service of several suites or runs is merged.\nThe numbers come from the coverage data alone: without its sources (data of another checkout)\neverything but the HTML is reported.\n",
     },
     Spec {
         name: "doctor",
         summary: "check the tools, ports and disk the other tasks need, and say how to fix what is missing",
         usage: "[FLAGS]",
-        flags: &[CLUSTER, CLUSTER_NAME, KUBECONFIG, CONTEXT, REGISTRY, REGISTRY_INSECURE, ENGINE, NODE_IMAGE],
+        flags: &[
+            SUITE,
+            CLUSTER,
+            CLUSTER_NAME,
+            KUBECONFIG,
+            CONTEXT,
+            REGISTRY,
+            REGISTRY_INSECURE,
+            ENGINE,
+            NODE_IMAGE,
+        ],
         notes: "Checks what a run with the same flags would need. Exit code 1 when a required check fails.\n",
     },
     Spec {
@@ -306,8 +361,10 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
     if help_asked || args.rest.contains(["-h", "--help"]) {
         return Ok(Task::Help(help(spec)));
     }
-    if !passthrough.is_empty() && spec.name != "e2e-gateway" {
-        return Err(args.error("`--` and the arguments after it are only accepted by e2e-gateway"));
+    if !passthrough.is_empty() && !spec.name.starts_with("e2e") {
+        return Err(
+            args.error("`--` and the arguments after it are only accepted by e2e and e2e-gateway")
+        );
     }
     let passthrough = passthrough.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let parsed = task(&mut args, passthrough)?;
@@ -321,34 +378,67 @@ pub fn parse(raw: Vec<OsString>) -> Result<Task, UsageError> {
 fn task(args: &mut Args, go_test_args: Vec<String>) -> Result<Task, UsageError> {
     let name = args.spec.map(|spec| spec.name).unwrap_or_default();
     Ok(match name {
-        "build-images" => Task::BuildImages(build_images::Request {
-            coverage: args.flag("--coverage"),
-            services: args.values("--service", known_service)?,
-            build_mode: args
-                .value("--build-mode", |s| one_of(s, BuildMode::NAMES))?
-                .unwrap_or_default(),
-            engine: args.value("--engine", |s| one_of(s, Engine::NAMES))?,
-            no_cache: args.flag("--no-cache"),
-            archive: args.flag("--archive"),
-            registry: args.registry()?,
-        }),
-        "doctor" => Task::Doctor(args.target()?),
-        "e2e-gateway" => Task::E2eGateway(e2e_gateway::Options {
-            coverage: args.flag("--coverage"),
-            target: args.target()?,
-            keep_cluster: args.flag("--keep-cluster"),
-            reuse_cluster: args.flag("--reuse-cluster"),
-            build_mode: args
-                .value("--build-mode", |s| one_of(s, BuildMode::NAMES))?
-                .unwrap_or_default(),
-            keep_namespace: args.flag("--keep-namespace"),
-            go_test_args,
-        }),
+        "build-images" => {
+            let request = build_images::Request {
+                coverage: args.flag("--coverage"),
+                services: Vec::new(),
+                build_mode: args
+                    .value("--build-mode", |s| one_of(s, BuildMode::NAMES))?
+                    .unwrap_or_default(),
+                engine: args.value("--engine", |s| one_of(s, Engine::NAMES))?,
+                no_cache: args.flag("--no-cache"),
+                archive: args.flag("--archive"),
+                registry: args.registry()?,
+            };
+            Task::BuildImages(request, args.values("--service", known_service)?)
+        }
+        "doctor" => {
+            let suites = args.values("--suite", |s| Ok(s.to_string()))?;
+            Task::Doctor(doctor::Options { suites, target: args.target()? })
+        }
+        "e2e" | "e2e-gateway" => {
+            let list = name == "e2e" && args.flag("--list");
+            let jobs = match name {
+                "e2e" => args.value("--jobs", jobs)?.unwrap_or(1),
+                _ => 1,
+            };
+            let options = e2e::Options {
+                suites: Vec::new(),
+                list,
+                jobs,
+                coverage: args.flag("--coverage"),
+                target: args.target()?,
+                keep_cluster: args.flag("--keep-cluster"),
+                reuse_cluster: args.flag("--reuse-cluster"),
+                build_mode: args
+                    .value("--build-mode", |s| one_of(s, BuildMode::NAMES))?
+                    .unwrap_or_default(),
+                keep_namespace: args.flag("--keep-namespace"),
+                test_args: go_test_args,
+            };
+            // The alias names its one suite; `e2e` takes them after its flags.
+            let mut suites = Vec::new();
+            match name {
+                "e2e-gateway" => suites.push("gateway".to_string()),
+                _ => {
+                    while let Some(suite) = args.free()? {
+                        suites.push(suite);
+                    }
+                    if suites.is_empty() && !list {
+                        return Err(args.error(
+                            "name the suites to run (`cargo xtask e2e --list` lists them)",
+                        ));
+                    }
+                }
+            }
+            Task::E2e(e2e::Options { suites, ..options })
+        }
         "covdata-report" => {
             let inputs = args.values("--input", |s| Ok(Utf8PathBuf::from(s)))?;
-            let from_archive = args.value("--from-archive", |s| Ok(s.into()))?;
-            if from_archive.is_some() && !inputs.is_empty() {
-                let message = "`--from-archive` and `-i` name two different sources of data: give one of them";
+            let suites = args.values("--suite", |s| Ok(s.to_string()))?;
+            let from_archive = args.values("--from-archive", |s| Ok(Utf8PathBuf::from(s)))?;
+            if (!from_archive.is_empty() || !suites.is_empty()) && !inputs.is_empty() {
+                let message = "`-i` names directories to read instead of the suites' data: give `-i`, or `--suite`/`--from-archive`";
                 return Err(args.error(message));
             }
             let percent = |s: &str| match s.parse::<f64>() {
@@ -357,6 +447,7 @@ fn task(args: &mut Args, go_test_args: Vec<String>) -> Result<Task, UsageError> 
             };
             Task::CovdataReport(covdata_report::Options {
                 inputs,
+                suites,
                 from_archive,
                 html: args.flag("--html"),
                 min: args.value("--min", percent)?,
@@ -483,7 +574,7 @@ impl Args {
             cluster: self
                 .value("--cluster", |s| one_of(s, ClusterBackend::NAMES))?
                 .unwrap_or_default(),
-            cluster_name: name.unwrap_or("gateway-e2e".into()),
+            cluster_name: name,
             engine: self.value("--engine", |s| one_of(s, Engine::NAMES))?,
             node_image,
             registry: self.registry()?,
@@ -510,10 +601,25 @@ fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
     })
 }
 
+/// A service of one of the suites; when the suites cannot be read, the build says why.
 fn known_service(name: &str) -> Result<String, String> {
-    let names = project::service_names();
-    let unknown = || format!("unknown service `{name}`: the services are {names}");
-    project::service(name).map(|service| service.name.to_string()).ok_or_else(unknown)
+    let Ok(suites) = suite::all(&project::root()) else { return Ok(name.to_string()) };
+    let mut names: Vec<&str> =
+        suites.iter().flat_map(|s| s.services()).map(|c| c.name.as_str()).collect();
+    names.sort();
+    names.dedup();
+    match names.contains(&name) {
+        true => Ok(name.to_string()),
+        false => Err(format!("unknown service `{name}`: the services are {}", names.join(", "))),
+    }
+}
+
+/// `--jobs`: a number of suites from 1.
+fn jobs(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a number of suites from 1, got `{value}`")),
+    }
 }
 
 /// Kind's own rule (`^[a-z0-9.-]+$`, at most 50 characters), starting with a letter or digit
@@ -548,8 +654,10 @@ mod tests {
     #[test]
     fn every_parsed_flag_is_declared_and_every_declared_flag_is_parsed() {
         for spec in TASKS {
+            // `e2e` needs a suite to run.
+            let words = if spec.name == "e2e" { vec!["s".into()] } else { Vec::new() };
             let mut args = Args {
-                rest: pico_args::Arguments::from_vec(Vec::new()),
+                rest: pico_args::Arguments::from_vec(words),
                 spec: Some(spec),
                 asked: Vec::new(),
             };
@@ -633,7 +741,7 @@ mod tests {
 
     #[test]
     fn help_with_a_task_is_that_tasks_help() {
-        let e2e = help(&TASKS[0]);
+        let e2e = help(TASKS.iter().find(|spec| spec.name == "e2e-gateway").unwrap());
         assert_eq!(parse_str("help e2e-gateway"), Ok(Task::Help(e2e.clone())));
         assert_eq!(parse_str("e2e-gateway --help"), Ok(Task::Help(e2e)));
         assert_eq!(parse_str("help"), Ok(Task::Help(overview())));
@@ -653,16 +761,13 @@ mod tests {
     #[test]
     fn an_archive_and_inputs_are_two_sources() {
         let message = message("covdata-report --from-archive a.tar.gz -i coverdata/gateway");
-        assert!(
-            message.starts_with("`--from-archive` and `-i` name two different sources"),
-            "{message}"
-        );
+        assert!(message.starts_with("`-i` names directories to read instead of"), "{message}");
     }
 
     #[test]
     fn cluster_names_follow_kinds_rule() {
         let name = |n: &str| match parse_str(&format!("e2e-gateway --cluster-name {n}")) {
-            Ok(Task::E2eGateway(flags)) => Ok(flags.target.cluster_name),
+            Ok(Task::E2e(flags)) => Ok(flags.target.cluster_name.unwrap_or_default()),
             Ok(other) => panic!("{other:?}"),
             Err(err) => Err(err.to_string()),
         };
@@ -684,39 +789,58 @@ mod tests {
         .unwrap();
         assert_eq!(
             task,
-            Task::BuildImages(build_images::Request {
-                coverage: true,
-                services: vec!["gateway".into(), "datastorage".into()],
-                build_mode: BuildMode::Container,
-                engine: Some(Engine::Docker),
-                no_cache: true,
-                archive: true,
-                registry: None,
-            })
+            Task::BuildImages(
+                build_images::Request {
+                    coverage: true,
+                    services: Vec::new(),
+                    build_mode: BuildMode::Container,
+                    engine: Some(Engine::Docker),
+                    no_cache: true,
+                    archive: true,
+                    registry: None,
+                },
+                vec!["gateway".into(), "datastorage".into()]
+            )
         );
         assert_eq!(
             parse_str("build-images").unwrap(),
-            Task::BuildImages(build_images::Request::default())
+            Task::BuildImages(build_images::Request::default(), Vec::new())
         );
     }
 
     #[test]
     fn e2e_defaults_and_passthrough() {
-        let Task::E2eGateway(flags) =
-            parse_str("e2e-gateway --coverage -- -run TestDedup -v").unwrap()
+        let Task::E2e(flags) = parse_str("e2e-gateway --coverage -- -run TestDedup -v").unwrap()
         else {
             panic!("expected e2e-gateway");
         };
         assert!(flags.coverage);
+        assert_eq!(flags.suites, ["gateway"], "the alias's one suite");
         assert_eq!(flags.target.cluster, ClusterBackend::Auto);
-        assert_eq!(flags.target.cluster_name, "gateway-e2e");
-        assert_eq!(flags.go_test_args, ["-run", "TestDedup", "-v"]);
+        assert_eq!(flags.target.cluster_name, None, "each suite's own");
+        assert_eq!(flags.test_args, ["-run", "TestDedup", "-v"]);
         assert!(!flags.keep_cluster && !flags.reuse_cluster);
     }
 
     #[test]
+    fn e2e_takes_suites_and_how_many_side_by_side() {
+        let Task::E2e(flags) = parse_str("e2e one two --jobs 2 --coverage -- --procs=4").unwrap()
+        else {
+            panic!("expected e2e");
+        };
+        assert_eq!(
+            (flags.suites.as_slice(), flags.jobs),
+            (&["one".to_string(), "two".to_string()][..], 2)
+        );
+        assert_eq!(flags.test_args, ["--procs=4"]);
+        let Task::E2e(list) = parse_str("e2e --list").unwrap() else { panic!("expected e2e") };
+        assert!(list.list && list.suites.is_empty());
+        assert!(message("e2e-gateway --list").contains("unknown flag `--list`"));
+    }
+
+    #[test]
     fn e2e_flags() {
-        let Task::E2eGateway(flags) = parse_str(
+        let Task::E2e(flags) = parse_str(
             "e2e-gateway --cluster podman --keep-cluster --reuse-cluster --cluster-name ci-1 --build-mode container --engine podman",
         )
         .unwrap() else {
@@ -724,7 +848,7 @@ mod tests {
         };
         assert_eq!(flags.target.cluster, ClusterBackend::Podman);
         assert!(flags.keep_cluster && flags.reuse_cluster);
-        assert_eq!(flags.target.cluster_name, "ci-1");
+        assert_eq!(flags.target.cluster_name.as_deref(), Some("ci-1"));
         assert_eq!(flags.build_mode, BuildMode::Container);
         assert_eq!(flags.target.engine, Some(Engine::Podman));
     }
@@ -735,7 +859,8 @@ mod tests {
             parse_str("covdata-report -i a --input b --html --min 72.5 --with-unit").unwrap(),
             Task::CovdataReport(covdata_report::Options {
                 inputs: vec!["a".into(), "b".into()],
-                from_archive: None,
+                suites: Vec::new(),
+                from_archive: Vec::new(),
                 html: true,
                 min: Some(72.5),
                 with_unit: true,
@@ -760,7 +885,10 @@ mod tests {
         assert!(message("build-images --service").contains("`--service` needs a value"));
         assert!(message("doctor extra").contains("unexpected argument `extra`"));
         assert!(message("lint-dockerfiles --strict").contains("unknown flag `--strict`"));
-        assert!(message("build-images -- -v").contains("only accepted by e2e-gateway"));
+        assert!(message("build-images -- -v").contains("only accepted by e2e and e2e-gateway"));
+        assert!(message("e2e --coverage").contains("name the suites to run"));
+        assert!(message("e2e gateway --jobs 0")
+            .contains("`--jobs`: expected a number of suites from 1, got `0`"));
         assert!(message("--coverage").contains("expected a task"));
         let not_utf8 = std::os::unix::ffi::OsStringExt::from_vec(vec![0xff]);
         let args = ["build-images".into(), "--service".into(), not_utf8];

@@ -48,19 +48,18 @@ pub fn path(name: &str) -> Utf8PathBuf {
 }
 
 /// Takes the lock of the cluster `name` for this run of the checkout at `root`, and with
-/// `coverage` the checkout's `coverdata/` too (its services write there whatever their cluster
-/// name); or says who holds what.
-pub fn acquire(name: &str, root: &Utf8Path, coverage: bool) -> anyhow::Result<Lock> {
-    let what = format!("another e2e-gateway run is using the cluster name {name}");
-    let fix = "wait for it to finish, or run beside it with `--cluster-name <another name>` and free ports in GATEWAY_HOST_PORT and DATASTORAGE_HOST_PORT";
+/// `coverage` (a suite's name) that suite's `coverdata/<suite>/` too (its services write there
+/// whatever their cluster name); or says who holds what.
+pub fn acquire(name: &str, root: &Utf8Path, coverage: Option<&str>) -> anyhow::Result<Lock> {
+    let what = format!("another e2e run is using the cluster name {name}");
+    let fix = "wait for it to finish, or run beside it with `--cluster-name <another name>` and other free host ports (`<NAME>_HOST_PORT`)";
     let mut files = vec![take(&path(name), root, &what, fix)?];
-    if coverage {
+    if let Some(suite) = coverage {
         let checkout = &project::hex(&sha2::Sha256::digest(root.as_str()))[..12];
-        let what = format!(
-            "another `e2e-gateway --coverage` run of this checkout is writing {root}/coverdata"
-        );
+        let what =
+            format!("another `e2e {suite} --coverage` run of this checkout is writing {root}/coverdata/{suite}");
         let fix = "wait for it to finish, or run this one without --coverage or from another clone";
-        files.push(take(&path(&format!("coverdata-{checkout}")), root, &what, fix)?);
+        files.push(take(&path(&format!("coverdata-{checkout}-{suite}")), root, &what, fix)?);
     }
     Ok(Lock { _held: files })
 }
@@ -121,8 +120,8 @@ mod tests {
     #[test]
     fn a_second_holder_is_refused_with_the_first_ones_details_until_it_lets_go() {
         let name = format!("lock-test-{}", std::process::id());
-        let first = acquire(&name, Utf8Path::new("/checkout/a"), false).unwrap();
-        let err = acquire(&name, Utf8Path::new("/checkout/b"), false)
+        let first = acquire(&name, Utf8Path::new("/checkout/a"), None).unwrap();
+        let err = acquire(&name, Utf8Path::new("/checkout/b"), None)
             .expect_err("the name is taken")
             .to_string();
         assert!(
@@ -134,7 +133,7 @@ mod tests {
         );
         assert!(err.contains("--cluster-name <another name>"), "{err}");
         drop(first);
-        let again = acquire(&name, Utf8Path::new("/checkout/b"), false).unwrap();
+        let again = acquire(&name, Utf8Path::new("/checkout/b"), None).unwrap();
         let text = std::fs::read_to_string(path(&name)).unwrap();
         assert!(text.contains("checkout /checkout/b\n"), "{text}");
         drop(again);
@@ -147,14 +146,14 @@ mod tests {
     #[test]
     fn a_lock_file_removed_after_it_was_opened_is_not_taken() {
         let name = format!("lock-race-{}", std::process::id());
-        let first = acquire(&name, Utf8Path::new("/checkout/a"), false).unwrap();
+        let first = acquire(&name, Utf8Path::new("/checkout/a"), None).unwrap();
         let opened_before = File::options().append(true).open(path(&name)).unwrap();
         drop(first);
         let (what, fix) = ("taken", "wait");
         let stale = lock_opened(&path(&name), opened_before, what, fix).unwrap();
         assert!(stale.is_none(), "a file that the path no longer names was taken");
         // `take` opens the path again: a new file, which is taken, and named by the path.
-        let second = acquire(&name, Utf8Path::new("/checkout/b"), false).unwrap();
+        let second = acquire(&name, Utf8Path::new("/checkout/b"), None).unwrap();
         let opened_now = File::options().append(true).open(path(&name)).unwrap();
         let err = lock_opened(&path(&name), opened_now, what, fix).unwrap_err().to_string();
         assert!(err.starts_with("taken (pid "), "{err}");
@@ -168,17 +167,19 @@ mod tests {
         let root = Utf8Path::new(&root);
         let (a, b) =
             (format!("lock-a-{}", std::process::id()), format!("lock-b-{}", std::process::id()));
-        let first = acquire(&a, root, true).unwrap();
-        let err = acquire(&b, root, true).expect_err("coverdata/ is taken").to_string();
+        let first = acquire(&a, root, Some("s")).unwrap();
+        let err = acquire(&b, root, Some("s")).expect_err("coverdata/s is taken").to_string();
         assert!(
-            err.contains(&format!("run of this checkout is writing {root}/coverdata (pid ")),
+            err.contains(&format!("run of this checkout is writing {root}/coverdata/s (pid ")),
             "{err}"
         );
-        // Without coverage the other name is free.
-        let plain = acquire(&b, root, false).unwrap();
-        drop((first, plain));
+        // Without coverage, or for another suite, the other name is free.
+        let plain = acquire(&b, root, None).unwrap();
+        drop(plain);
+        let other = acquire(&b, root, Some("t")).unwrap();
+        drop((first, other));
         let checkout = &project::hex(&sha2::Sha256::digest(root.as_str()))[..12];
-        for name in [a, b, format!("coverdata-{checkout}")] {
+        for name in [a, b, format!("coverdata-{checkout}-s"), format!("coverdata-{checkout}-t")] {
             assert!(!path(&name).exists(), "{name} was left");
         }
     }

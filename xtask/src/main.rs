@@ -7,7 +7,7 @@ mod cmd;
 mod covdata_report;
 mod coverdata;
 mod doctor;
-mod e2e_gateway;
+mod e2e;
 mod engine;
 mod flags;
 mod http;
@@ -16,6 +16,7 @@ mod lock;
 mod manifests;
 mod project;
 mod registry;
+mod suite;
 mod ui;
 
 use std::process::ExitCode;
@@ -54,9 +55,9 @@ fn run(task: Task) -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
-        Task::BuildImages(flags) => build_images::run(&sh, &flags),
+        Task::BuildImages(request, services) => build_images::run(&sh, request, &services),
         Task::Doctor(flags) => doctor::run(&sh, &flags),
-        Task::E2eGateway(flags) => e2e_gateway::run(&sh, &flags),
+        Task::E2e(flags) => e2e::run(&sh, &flags),
         Task::CovdataReport(flags) => covdata_report::run(&sh, &flags),
         Task::LintDockerfiles(flags) => lint_dockerfiles::run(&sh, &flags),
     }

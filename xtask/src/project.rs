@@ -1,82 +1,10 @@
-//! Where things are: the project root, the paths every task shares, and the services.
+//! Where things are: the project root and the paths every task shares.
 
 use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 
 /// The fix for a file under target/ that cannot be written.
 pub const WRITABLE_TARGET: &str = "make target/ writable and check free space (`df -h target`)";
-
-/// A service of the sample repository: its binary is `./cmd/<name>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Service {
-    pub name: &'static str,
-    /// Port the process listens on inside its container.
-    pub container_port: u16,
-    /// Port on the host where the E2E suite reaches it (Kind port mapping or podman hostPort).
-    pub host_port: u16,
-}
-
-pub const DATASTORAGE: Service =
-    Service { name: "datastorage", container_port: 8081, host_port: 18081 };
-
-pub const GATEWAY: Service = Service { name: "gateway", container_port: 8080, host_port: 18080 };
-
-/// In dependency order: datastorage must be ready before gateway.
-pub const SERVICES: [Service; 2] = [DATASTORAGE, GATEWAY];
-
-pub fn service(name: &str) -> Option<Service> {
-    SERVICES.into_iter().find(|s| s.name == name)
-}
-
-pub fn service_names() -> String {
-    SERVICES.map(|s| s.name).join(", ")
-}
-
-impl Service {
-    /// `GATEWAY_HOST_PORT`: moves the service's host port when the default is taken.
-    pub fn port_variable(&self) -> String {
-        format!("{}_HOST_PORT", self.name.to_uppercase())
-    }
-}
-
-/// The services with their host ports for this run: `<SERVICE>_HOST_PORT` moves one when the
-/// default is taken on this machine (and lets runs share a machine).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Services {
-    pub datastorage: Service,
-    pub gateway: Service,
-}
-
-impl Services {
-    pub fn from_env() -> anyhow::Result<Services> {
-        Services::from(|name| std::env::var(name).ok())
-    }
-
-    fn from(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Services> {
-        let with_port = |service: Service| -> anyhow::Result<Service> {
-            let (var, default) = (service.port_variable(), service.host_port);
-            let Some(value) = env(&var).filter(|v| !v.is_empty()) else { return Ok(service) };
-            match value.parse::<u16>() {
-                Ok(host_port) if host_port > 0 => Ok(Service { host_port, ..service }),
-                _ => bail!("{var}={value} is not a port number from 1 to 65535: set it to a free port like {default}"),
-            }
-        };
-        let services =
-            Services { datastorage: with_port(DATASTORAGE)?, gateway: with_port(GATEWAY)? };
-        let [a, b] = services.all();
-        if a.host_port == b.host_port {
-            let (port, var_a, var_b) = (a.host_port, a.port_variable(), b.port_variable());
-            let (a, b) = (a.name, b.name);
-            bail!("{a} and {b} would both use host port {port}: set {var_a} or {var_b} to another free port");
-        }
-        Ok(services)
-    }
-
-    /// Both, in dependency order.
-    pub fn all(&self) -> [Service; 2] {
-        [self.datastorage, self.gateway]
-    }
-}
 
 /// The repository the xtask works on. `XTASK_PROJECT_ROOT` exists so tests can run the real
 /// binary against a scratch copy. Otherwise the checkout being run, not the one the binary was
@@ -120,8 +48,9 @@ pub fn coverdata_dir(root: &Utf8Path) -> Utf8PathBuf {
     root.join("coverdata")
 }
 
-pub fn infrastructure_dir(root: &Utf8Path) -> Utf8PathBuf {
-    root.join("test/infrastructure")
+/// Where a suite's services write their coverage counters: `coverdata/<suite>/<service>/`.
+pub fn suite_coverdata(root: &Utf8Path, suite: &str) -> Utf8PathBuf {
+    coverdata_dir(root).join(suite)
 }
 
 /// Writes `text` to `dir/name`, creating `dir` (below target/).
@@ -187,34 +116,5 @@ mod tests {
         let at = |secs: u64| utc_timestamp(UNIX_EPOCH + Duration::from_secs(secs));
         assert_eq!(at(0), "1970-01-01T00-00-00Z");
         assert_eq!(at(1_795_671_900), "2026-11-26T05-45-00Z");
-    }
-
-    #[test]
-    fn host_ports_come_from_the_environment_and_are_checked() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
-        };
-        let defaults = Services::from(env(&[])).unwrap();
-        assert_eq!(defaults.all().map(|s| s.host_port), [18081, 18080]);
-        let moved = Services::from(env(&[("GATEWAY_HOST_PORT", "28080")])).unwrap();
-        assert_eq!(moved.gateway.host_port, 28080);
-        assert_eq!(moved.gateway.container_port, 8080);
-        for (pairs, expected) in [
-            (
-                &[("GATEWAY_HOST_PORT", "0")][..],
-                "GATEWAY_HOST_PORT=0 is not a port number from 1 to 65535",
-            ),
-            (
-                &[("DATASTORAGE_HOST_PORT", "http")][..],
-                "DATASTORAGE_HOST_PORT=http is not a port number",
-            ),
-            (
-                &[("GATEWAY_HOST_PORT", "18081")][..],
-                "datastorage and gateway would both use host port 18081: set DATASTORAGE_HOST_PORT or GATEWAY_HOST_PORT",
-            ),
-        ] {
-            let err = Services::from(env(pairs)).unwrap_err().to_string();
-            assert!(err.starts_with(expected), "{err}");
-        }
     }
 }

@@ -23,6 +23,16 @@ pub struct Registry {
     pub insecure: bool,
 }
 
+/// `HOST[:PORT][/PREFIX]`, as `--registry` takes it.
+impl std::fmt::Display for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prefix.is_empty() {
+            true => write!(f, "{}", self.host),
+            false => write!(f, "{}/{}", self.host, self.prefix),
+        }
+    }
+}
+
 /// The manifests a registry may hold for a tag: an image or an index, OCI or docker.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
@@ -159,7 +169,7 @@ const TRANSFER_LIMIT: Duration = Duration::from_secs(300);
 
 /// How long a push or pull may take: `E2E_REGISTRY_TIMEOUT` seconds, else `TRANSFER_LIMIT`. A
 /// tag check takes `CHECK_LIMIT` at most, less when this is less.
-fn transfer_limit() -> anyhow::Result<Duration> {
+pub fn transfer_limit() -> anyhow::Result<Duration> {
     let Some(value) = std::env::var("E2E_REGISTRY_TIMEOUT").ok().filter(|v| !v.is_empty()) else {
         return Ok(TRANSFER_LIMIT);
     };

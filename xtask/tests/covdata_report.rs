@@ -180,35 +180,40 @@ fn covdata_no_data_says_which_command_produces_it() {
     assert_eq!(calls, ["go env GOVERSION", "go tool -n covdata"], "{run}");
     assert!(
         err.contains(
-            "no coverage data in coverdata: produce it with `cargo xtask e2e-gateway --coverage`"
+            "no coverage data in coverdata: produce it with `cargo xtask e2e <suite> --coverage`"
         ),
         "{err}"
     );
-    let err = fails(&report(&sandbox, &["-i", "coverdata/gateway"]), 1);
-    assert!(err.contains("coverdata/gateway: does not exist: produce it with `cargo xtask e2e-gateway --coverage`"), "{err}");
+    let err = fails(&report(&sandbox, &["-i", "coverdata/s/gateway"]), 1);
+    assert!(err.contains("coverdata/s/gateway: does not exist: produce it with `cargo xtask e2e <suite> --coverage`"), "{err}");
+    let err = fails(&report(&sandbox, &["--suite", "s"]), 1);
+    assert!(
+        err.contains("no coverage data of the suite s in coverdata/s: produce it with"),
+        "{err}"
+    );
 }
 
 #[test]
 fn covdata_meta_without_counters_names_every_service_directory() {
     let sandbox = project("meta-only", &["go"]);
     let root = &sandbox.root;
-    common::write(&root.join("coverdata/gateway/covmeta.0a1b"), "meta");
-    common::write(&root.join("coverdata/datastorage/covmeta.2c3d"), "meta");
-    fs::create_dir_all(root.join("coverdata/empty")).unwrap();
+    common::write(&root.join("coverdata/s/gateway/covmeta.0a1b"), "meta");
+    common::write(&root.join("coverdata/t/datastorage/covmeta.2c3d"), "meta");
+    fs::create_dir_all(root.join("coverdata/s/empty")).unwrap();
     let err = fails(&report(&sandbox, &[]), 1);
     assert!(
         err.contains(&format!(
-            "coverdata/gateway: covmeta.0a1b but no covcounters.* for it: {KILLED}"
+            "coverdata/s/gateway: covmeta.0a1b but no covcounters.* for it: {KILLED}"
         )),
         "{err}"
     );
     assert!(
         err.contains(&format!(
-            "coverdata/datastorage: covmeta.2c3d but no covcounters.* for it: {KILLED}"
+            "coverdata/t/datastorage: covmeta.2c3d but no covcounters.* for it: {KILLED}"
         )),
         "{err}"
     );
-    assert!(err.contains("coverdata/empty: no coverage data"), "{err}");
+    assert!(err.contains("coverdata/s/empty: no coverage data"), "{err}");
 }
 
 #[test]
@@ -284,10 +289,10 @@ fn covdata_min_outside_0_to_100_is_a_usage_error() {
 #[test]
 fn covdata_a_missing_archive_is_named() {
     let sandbox = project("missing-archive", &["go"]);
-    let run = report(&sandbox, &["--from-archive", "coverdata/archive/nope.tar.gz"]);
+    let run = report(&sandbox, &["--from-archive", "coverdata/s/archive/nope.tar.gz"]);
     let err = fails(&run, 1);
     assert!(
-        err.contains("nope.tar.gz not found: the archived runs are in coverdata/archive"),
+        err.contains("nope.tar.gz not found: the archived runs are in coverdata/<suite>/archive"),
         "{err}"
     );
 }
@@ -295,16 +300,13 @@ fn covdata_a_missing_archive_is_named() {
 #[test]
 fn covdata_empty_paths_are_named_as_such() {
     let sandbox = project("empty-paths", &["go"]);
-    let err = fails(&report(&sandbox, &["-i", ""]), 1);
-    assert!(
-        err.contains("error: -i was given an empty path: name a coverage directory, e.g. `-i coverdata/gateway`"),
-        "{err}"
-    );
-    let err = fails(&report(&sandbox, &["--from-archive", ""]), 1);
-    assert!(
-        err.contains("error: --from-archive was given an empty path: name an archive"),
-        "{err}"
-    );
+    for flag in ["-i", "--from-archive"] {
+        let err = fails(&report(&sandbox, &[flag, ""]), 1);
+        assert!(
+            err.contains("error: an empty path was given to -i or --from-archive: name a coverage directory (`-i coverdata/<suite>/<service>`) or an archive"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -318,7 +320,7 @@ fn covdata_from_archive_reads_tar_and_says_what_else_it_was_given() {
     assert!(
         err.contains(&format!(
             "{root}/coverdata/a is a directory: --from-archive takes an archive (a .tar.gz written by \
-             `cargo xtask e2e-gateway --coverage`, in coverdata/archive); read a directory of \
+             `cargo xtask e2e <suite> --coverage`, in coverdata/<suite>/archive); read a directory of \
              coverage data with `-i {root}/coverdata/a`"
         )),
         "{err}"
@@ -347,14 +349,14 @@ fn covdata_from_archive_reads_tar_and_says_what_else_it_was_given() {
 #[test]
 fn covdata_archives_carry_the_outcome_and_files_of_the_user_stay() {
     let sandbox = Sandbox::new("covdata-outcome", &["podman", "go"]);
-    let coverdata = sandbox.root.join("coverdata");
+    let coverdata = sandbox.root.join("coverdata/gateway");
     common::write(&coverdata.join("gateway/notes.txt"), "mine");
     let args = ["e2e-gateway", "--cluster", "podman", "--coverage"];
     let failed = Run::from(sandbox.command(&args).env("FAKE_TEST_FAIL", "1").output().unwrap());
     assert_eq!(failed.code, 1, "{failed}");
     assert!(
         failed.stdout.contains(
-            "left in place in coverdata (not written by the services): gateway/notes.txt\n"
+            "left in place in coverdata/gateway (not written by the services): gateway/notes.txt\n"
         ),
         "{failed}"
     );
@@ -369,7 +371,7 @@ fn covdata_archives_carry_the_outcome_and_files_of_the_user_stay() {
         .find_map(|l| l.strip_prefix("    previous coverage data archived to "))
         .unwrap_or_else(|| panic!("{passed}"));
     assert!(
-        archived.starts_with("coverdata/archive/") && archived.ends_with(".failed.tar.gz"),
+        archived.starts_with("coverdata/gateway/archive/") && archived.ends_with(".failed.tar.gz"),
         "{passed}"
     );
     assert_eq!(outcome(), "passed\n");
@@ -379,7 +381,7 @@ fn covdata_archives_carry_the_outcome_and_files_of_the_user_stay() {
 #[test]
 fn a_run_that_cannot_archive_leaves_the_outcome_of_the_run_that_wrote_the_data() {
     let sandbox = Sandbox::new("covdata-outcome-kept", &["podman", "go"]);
-    let coverdata = sandbox.root.join("coverdata");
+    let coverdata = sandbox.root.join("coverdata/gateway");
     let args = ["e2e-gateway", "--cluster", "podman", "--coverage"];
     let passed = sandbox.run(&args);
     assert_eq!(passed.code, 0, "{passed}");

@@ -59,7 +59,7 @@ fn all_ok_exits_zero_and_asks_the_engine_once() {
         ("go tool covdata", "available"),
         ("kind", "v0.27.0"),
         ("kubectl", "v1.32.4"),
-        ("earlier run", "nothing left behind"),
+        ("earlier run (gateway)", "nothing left behind"),
         (&format!("port {port}"), "free"),
         ("disk", "100.0 GiB free"),
     ] {
@@ -99,7 +99,7 @@ fn every_missing_tool_is_listed_in_one_run_with_a_hint() {
         "{run}"
     );
     // kind is missing, so there is no cluster to look for; the kind row already says why.
-    assert!(!has_row(&run, "earlier run"));
+    assert!(!has_row(&run, "earlier run (gateway)"));
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn auto_without_kind_warns_uses_podman_and_passes() {
     assert!(fix.contains("podman backend will be used") && fix.contains("kind@v0.33.0"));
     // The podman backend needs no kubectl, and looks for pods, not a Kind cluster.
     assert!(!has_row(&run, "kubectl"));
-    assert_eq!(row(&run, "earlier run").status, "ok");
+    assert_eq!(row(&run, "earlier run (gateway)").status, "ok");
     assert_eq!(s.count("kind"), 0, "{:?}", s.calls());
     assert!(s.count("podman pod exists") > 0, "{:?}", s.calls());
     assert!(run.stdout.contains("1 warnings, 0 failed"));
@@ -169,7 +169,7 @@ fn a_stale_cluster_warns_and_every_kind_call_carries_the_provider() {
     let run = s.run(&["doctor"]);
     assert_eq!(run.code, 0, "{run}");
     assert!(run.stdout.contains("cluster backend: kind (auto: kind found at "));
-    let stale = row(&run, "earlier run");
+    let stale = row(&run, "earlier run (gateway)");
     assert_eq!(stale.status, "warn");
     assert_eq!(stale.detail, "a Kind cluster named gateway-e2e exists already");
     assert!(stale
@@ -186,7 +186,7 @@ fn a_stale_cluster_warns_and_every_kind_call_carries_the_provider() {
 
     // Another name is not stale.
     let run = s.run(&["doctor", "--cluster-name", "mine"]);
-    assert_eq!(row(&run, "earlier run").status, "ok");
+    assert_eq!(row(&run, "earlier run (gateway)").status, "ok");
 }
 
 #[test]

@@ -58,16 +58,20 @@ fn a_run_deploys_into_a_namespace_of_its_own_and_deletes_only_it() {
     let created = calls.iter().position(|c| c.contains(" create -f ")).unwrap();
     let first_in_namespace = calls.iter().position(|c| c.contains(" --namespace ")).unwrap();
     assert!(created < first_in_namespace, "{calls:#?}");
-    let manifest =
-        std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/namespace.yaml")).unwrap();
+    let manifest = std::fs::read_to_string(
+        sandbox.root.join("target/xtask/rendered/gateway-e2e/namespace.yaml"),
+    )
+    .unwrap();
     assert!(manifest.contains(&format!("name: {namespace}")), "{manifest}");
     for label in ["e2e.xtask/user:", "e2e.xtask/checkout:", "e2e.xtask/checkout-path:"] {
         assert!(manifest.contains(label), "{label} missing:\n{manifest}");
     }
 
     // Images from the registry; no host ports or host paths on a cluster we share.
-    let gateway =
-        std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
+    let gateway = std::fs::read_to_string(
+        sandbox.root.join("target/xtask/rendered/gateway-e2e/gateway.yaml"),
+    )
+    .unwrap();
     assert!(gateway.contains("image: 127.0.0.1:1/e2e/gateway:e2e-"), "{gateway}");
     let yaml: Vec<&str> = gateway.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
     assert!(!yaml.iter().any(|l| l.contains("hostPort") || l.contains("hostPath")), "{gateway}");
@@ -86,9 +90,9 @@ fn a_run_deploys_into_a_namespace_of_its_own_and_deletes_only_it() {
         assert!(env.contains(&format!("http://127.0.0.1:{port}")), "{env}");
     }
 
-    // The counters came over HTTP into coverdata/, and were reported.
+    // The counters came over HTTP into coverdata/<suite>/, and were reported.
     for service in ["gateway", "datastorage"] {
-        let dir = sandbox.root.join("coverdata").join(service);
+        let dir = sandbox.root.join("coverdata/gateway").join(service);
         assert!(
             dir.join("covmeta.aa").is_file() && dir.join("covcounters.aa.1.2").is_file(),
             "{dir}"

@@ -554,8 +554,8 @@ fn a_service_without_counters_is_named() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(run.stderr.contains("phase 8 (coverage) failed"), "{run}");
-    assert!(run.stderr.contains("coverdata/gateway"), "{run}");
-    assert!(!run.stderr.contains("coverdata/datastorage"), "{run}");
+    assert!(run.stderr.contains("coverdata/gateway/gateway"), "{run}");
+    assert!(!run.stderr.contains("coverdata/gateway/datastorage"), "{run}");
     assert!(run.stderr.contains("the process never exited normally"), "{run}");
     assert!(sandbox.count("podman kube down") >= 2, "still torn down");
 }
@@ -570,7 +570,7 @@ fn a_service_that_never_started_is_named_and_the_others_counters_are_flushed() {
     assert!(
         run.stderr.contains(
             "warning: phase 8 (coverage) failed: no coverage counters of gateway: it never started \
-             in this run (coverdata/gateway holds no covmeta.*, which a coverage build writes as \
+             in this run (coverdata/gateway/gateway holds no covmeta.*, which a coverage build writes as \
              it starts); the counters of datastorage were written: find why in the deploy \
              phase's error and rerun"
         ),
@@ -579,31 +579,34 @@ fn a_service_that_never_started_is_named_and_the_others_counters_are_flushed() {
     // datastorage was stopped for its counters in phase 8, before the teardown.
     let stop = sandbox.position("podman pod stop --ignore --time 30 ");
     assert!(stop < sandbox.position("podman kube down"), "{:#?}", sandbox.calls());
-    let counters = sandbox.root.join("coverdata/datastorage/covcounters.aa.1.2");
+    let counters = sandbox.root.join("coverdata/gateway/datastorage/covcounters.aa.1.2");
     assert!(counters.is_file(), "{run}");
 }
 
 #[test]
 fn a_coverage_run_archives_the_previous_data_first() {
     let sandbox = Sandbox::new("archive-previous", &["podman", "go"]);
-    common::write(&sandbox.root.join("coverdata/gateway/covmeta.old"), "old");
-    common::write(&sandbox.root.join("coverdata/gateway/covcounters.old.1.2"), "old");
+    common::write(&sandbox.root.join("coverdata/gateway/gateway/covmeta.old"), "old");
+    common::write(&sandbox.root.join("coverdata/gateway/gateway/covcounters.old.1.2"), "old");
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--coverage"]);
     assert_eq!(run.code, 0, "{run}");
     assert!(run.stdout.contains("previous coverage data archived to"), "{run}");
     let archives: Vec<_> =
-        std::fs::read_dir(sandbox.root.join("coverdata/archive")).unwrap().collect();
+        std::fs::read_dir(sandbox.root.join("coverdata/gateway/archive")).unwrap().collect();
     assert_eq!(archives.len(), 1);
-    assert!(!sandbox.root.join("coverdata/gateway/covmeta.old").exists());
+    assert!(!sandbox.root.join("coverdata/gateway/gateway/covmeta.old").exists());
 }
 
 #[test]
 fn the_report_of_archived_data_goes_with_it_even_when_no_new_report_comes() {
     let mut sandbox = Sandbox::new("archived-report", &["podman", "go"]);
-    common::write(&sandbox.root.join("coverdata/gateway/covmeta.old"), "old");
-    common::write(&sandbox.root.join("coverdata/gateway/covcounters.old.1.2"), "old");
+    common::write(&sandbox.root.join("coverdata/gateway/gateway/covmeta.old"), "old");
+    common::write(&sandbox.root.join("coverdata/gateway/gateway/covcounters.old.1.2"), "old");
     for earlier in ["e2e.out", "e2e.html", "services/gateway.out"] {
-        common::write(&sandbox.root.join("target/coverage").join(earlier), "of the old data");
+        common::write(
+            &sandbox.root.join("target/coverage/gateway").join(earlier),
+            "of the old data",
+        );
     }
     // Nothing starts, so no coverage phase writes a new report.
     sandbox.env("FAKE_FAIL", "^podman kube play");

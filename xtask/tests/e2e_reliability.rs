@@ -30,7 +30,7 @@ fn a_second_run_of_the_same_name_is_refused_and_touches_nothing_of_the_first() {
     assert_eq!(refused.code, 1, "{refused}");
     assert!(started.elapsed() < Duration::from_secs(10), "it waited");
     let holder = format!(
-        "another e2e-gateway run is using the cluster name gateway-e2e (pid {}, checkout {}, since ",
+        "another e2e run is using the cluster name gateway-e2e (pid {}, checkout {}, since ",
         running.id(),
         first.root
     );
@@ -280,7 +280,9 @@ fn reusing_a_cluster_after_an_image_change_rolls_out_on_one_node() {
     // the rollout finishing).
     let gateway = run.stdout.lines().find(|l| l.starts_with("gateway ")).unwrap();
     let image = gateway.split_whitespace().nth(1).unwrap();
-    let applied = std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml"));
+    let applied = std::fs::read_to_string(
+        sandbox.root.join("target/xtask/rendered/gateway-e2e/gateway.yaml"),
+    );
     let applied = applied.unwrap();
     assert!(applied.contains(&format!("image: {image}")), "{applied}");
     assert!(applied.contains("strategy:\n    type: Recreate"), "{applied}");
@@ -371,12 +373,13 @@ fn kind_nodes_pull_from_the_registry_instead_of_loading_archives() {
     assert_eq!(sandbox.count("podman save"), 0);
     assert_eq!(sandbox.count("podman push localhost/"), 2);
     let config = std::fs::read_to_string(
-        sandbox.root.join("target/xtask/rendered/kind-gateway-config.yaml"),
+        sandbox.root.join("target/xtask/rendered/gateway-e2e/kind-config.yaml"),
     )
     .unwrap();
     assert!(config.contains("config_path = \"/etc/containerd/certs.d\""), "{config}");
     let hosts =
-        std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/hosts.toml")).unwrap();
+        std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway-e2e/hosts.toml"))
+            .unwrap();
     assert!(hosts.starts_with("server = \"https://registry.example.com:5000\""), "{hosts}");
     let dir = "/etc/containerd/certs.d/registry.example.com:5000";
     let mkdir = sandbox.position(&format!("podman exec gateway-e2e-control-plane mkdir -p {dir}"));
@@ -385,8 +388,10 @@ fn kind_nodes_pull_from_the_registry_instead_of_loading_archives() {
     assert!(
         sandbox.calls()[copy].ends_with(&format!(" gateway-e2e-control-plane:{dir}/hosts.toml"))
     );
-    let gateway =
-        std::fs::read_to_string(sandbox.root.join("target/xtask/rendered/gateway.yaml")).unwrap();
+    let gateway = std::fs::read_to_string(
+        sandbox.root.join("target/xtask/rendered/gateway-e2e/gateway.yaml"),
+    )
+    .unwrap();
     assert!(gateway.contains("image: registry.example.com:5000/e2e/gateway:e2e-"), "{gateway}");
 }
 

@@ -20,7 +20,8 @@ use crate::{
     cmd::{step, Running},
     http,
     manifests::{self, Placement},
-    project::{self, write_file, Service},
+    project::{self, write_file},
+    suite::Component,
 };
 
 pub struct Existing {
@@ -128,21 +129,21 @@ impl Cluster for Existing {
 
     fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<(), DeployError> {
         let settings = &self.settings;
-        let placement = Placement::own_cluster(&settings.services);
-        let vars = manifests::values(&settings.root, &settings.services, &placement, images);
+        let vars =
+            manifests::values(&settings.root, &settings.suite, &Placement::own_cluster(), images);
         let files = manifests::write(
             &settings.rendered,
             &settings.root,
-            &settings.services,
+            &settings.suite,
             &vars,
             shared_cluster_manifest,
         )
         .map_err(DeployError::before_start)?;
         self.kubectl.deploy(sh, &files)?;
         // The suite reaches each service on a local port of its own.
-        for service in self.settings.services.all() {
+        for service in &self.settings.suite.components {
             let deployment = format!("deployment/{}", service.name);
-            let ports = format!("{}:{}", service.host_port, service.container_port);
+            let ports = format!("{}:{}", service.host_port, service.port);
             let forward = ["port-forward", "--address", "127.0.0.1", &deployment, &ports];
             self.forwards.push(step(self.kubectl.services(sh).args(forward)).spawn());
         }
@@ -154,7 +155,9 @@ impl Cluster for Existing {
     /// covdata-report reads them as always.
     fn flush_coverage(&mut self, _sh: &Shell) -> Result<()> {
         let path = "/debug/coverdata";
-        for Service { name, host_port: port, .. } in self.settings.services.all() {
+        let covered = self.settings.suite.components.iter().filter(|c| c.covered());
+        for component in covered {
+            let (name, port) = (&component.name, component.host_port);
             let host = format!("127.0.0.1:{port}");
             let fetched = http::request(&host, &format!("GET {path}"), "", Duration::from_secs(60));
             let response = fetched.with_context(|| {
@@ -168,7 +171,8 @@ impl Cluster for Existing {
                 404 => bail!("{name} has no {path} (`{status}`): it was built without coverage; rebuild with `--coverage` (the endpoint is in coverage builds only)"),
                 _ => bail!("{name} could not hand over its coverage counters (`{status}` on {path}): {said}; its log is in the diagnostics, and a coverage build of this checkout's internal/server serves them from memory (rebuild the image if it is older)"),
             }
-            let dir = project::coverdata_dir(&self.settings.root).join(name);
+            let suite = &self.settings.suite.name;
+            let dir = project::suite_coverdata(&self.settings.root, suite).join(name);
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("creating {dir}: make coverdata/ writable"))?;
             tar::Archive::new(body)
@@ -180,7 +184,7 @@ impl Cluster for Existing {
     }
 
     fn diagnostics(&self, sh: &Shell, dir: &Utf8Path, what: Diagnose) -> Result<bool> {
-        collect(dir, self.kubectl.diagnostics(sh, &self.settings.services, what))
+        collect(dir, self.kubectl.diagnostics(sh, &self.settings.suite, what))
     }
 
     fn teardown(&mut self, sh: &Shell, keep: bool) -> Result<()> {
@@ -200,6 +204,11 @@ impl Cluster for Existing {
     fn remove_command(&self) -> String {
         let access = self.kubectl.access.iter().map(|a| format!(" {a}")).collect::<String>();
         format!("kubectl{access} delete namespace {}", self.namespace)
+    }
+
+    /// A restarted pod would take its port-forward with it.
+    fn restart_command(&self, _component: &Component) -> Option<Vec<String>> {
+        None
     }
 }
 

@@ -20,6 +20,7 @@ use crate::{
     engine::Engine,
     manifests::{self, Placement},
     project::{self, write_file},
+    suite::Component,
     ui,
 };
 
@@ -27,7 +28,8 @@ use crate::{
 const CREATE_RETRIES: usize = 2;
 const TRANSIENT_CREATE_ERRORS: &[&str] =
     &["OCI runtime", "container state improper", "could not find a log line that matches"];
-const CONFIG: &str = "kind-gateway-config.yaml";
+/// The suite's Kind config, rendered.
+const CONFIG: &str = "kind-config.yaml";
 /// The oldest kind whose `kind load` and node images the backend works with.
 const MIN_KIND: &str = "v0.27";
 pub const KIND_INSTALL: &str = "`go install sigs.k8s.io/kind@v0.33.0` (lands in $(go env GOPATH)/bin), or https://kind.sigs.k8s.io/docs/user/quick-start/#installation";
@@ -323,6 +325,12 @@ fn node_image_check(sh: &Shell, engine: Engine, image: &str) -> Check {
     }
 }
 
+/// The names of the suite's services built with coverage: those scaled down to flush it.
+fn covered(settings: &Settings) -> Vec<&str> {
+    let components = settings.suite.components.iter().filter(|c| c.covered());
+    components.map(|c| c.name.as_str()).collect()
+}
+
 /// What keeps the nodes from taking images, said in a few words: one is not running, or there
 /// is none.
 fn not_running(nodes: &[(String, NodeState)]) -> Option<String> {
@@ -395,7 +403,7 @@ impl Cluster for Kind {
             engine: Some(engine),
             kubectl: true,
             kubectl_skew,
-            ports: self.settings.services.all().to_vec(),
+            ports: self.settings.suite.components.clone(),
             node_disk: true,
             ..Needs::default()
         };
@@ -437,9 +445,9 @@ impl Cluster for Kind {
             return Ok(());
         }
         let settings = &self.settings;
-        let placement = Placement::own_cluster(&settings.services);
-        let vars = manifests::values(&settings.root, &settings.services, &placement, &[]);
-        let mut text = manifests::render(&settings.root, CONFIG, &vars)?;
+        let vars =
+            manifests::values(&settings.root, &settings.suite, &Placement::own_cluster(), &[]);
+        let mut text = manifests::render(&settings.root, &settings.suite.kind_config, &vars)?;
         if self.settings.registry.is_some() {
             // kind's local-registry set-up: containerd reads each registry's hosts.toml.
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
@@ -517,7 +525,7 @@ impl Cluster for Kind {
             before.push(self.node_images(sh, node)?);
         }
         for image in images {
-            let service = image.service.name;
+            let service = &image.name;
             let archive = image.archive.as_ref().with_context(|| {
                 format!("no image archive for {service}: this is a bug in the build phase")
             })?;
@@ -545,29 +553,28 @@ impl Cluster for Kind {
 
     fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<(), DeployError> {
         let settings = &self.settings;
-        let placement = Placement::own_cluster(&settings.services);
-        let vars = manifests::values(&settings.root, &settings.services, &placement, images);
-        let files = manifests::write(
-            &settings.rendered,
-            &settings.root,
-            &settings.services,
-            &vars,
-            |text| text,
-        )
-        .map_err(DeployError::before_start)?;
+        let vars =
+            manifests::values(&settings.root, &settings.suite, &Placement::own_cluster(), images);
+        let files =
+            manifests::write(&settings.rendered, &settings.root, &settings.suite, &vars, |text| {
+                text
+            })
+            .map_err(DeployError::before_start)?;
         self.kubectl.deploy(sh, &files)
     }
 
-    /// Scales the services to zero and waits until their pods are gone: they exit normally and
+    /// Scales the services built with coverage to zero and waits until their pods are gone: they
+    /// exit normally and
     /// write their counters into the node's /coverdata, which is coverdata/ on this machine.
     fn flush_coverage(&mut self, sh: &Shell) -> Result<()> {
-        let services = self.settings.services.all();
-        let deployments = services.map(|s| format!("deployment/{}", s.name));
+        let services: Vec<&str> = covered(&self.settings);
+        let deployments: Vec<String> =
+            services.iter().map(|name| format!("deployment/{name}")).collect();
         let scale = self.kubectl.cmd(sh).arg("scale").args(&deployments).arg("--replicas=0");
         let fix =
             "the services could not be scaled to zero, so their coverage counters are missing";
         step(scale).hint(fix).run()?;
-        let selector = format!("app in ({})", services.map(|s| s.name).join(","));
+        let selector = format!("app in ({})", services.join(","));
         let timeout = format!("{}s", STOP_GRACE_SECONDS + 30);
         let wait = ["wait", "--for=delete", "pod", "--selector", &selector, "--timeout", &timeout];
         let hint = format!(
@@ -587,7 +594,7 @@ impl Cluster for Kind {
             );
             return Ok(false);
         }
-        let kubectl = self.kubectl.diagnostics(sh, &self.settings.services, what);
+        let kubectl = self.kubectl.diagnostics(sh, &self.settings.suite, what);
         if what == Diagnose::BeforeStopping {
             return collect(dir, kubectl);
         }
@@ -615,7 +622,8 @@ impl Cluster for Kind {
         println!(
             "    keeping the cluster: export KUBECONFIG={kubeconfig}\n    delete it with: {remove}"
         );
-        let deployments = self.settings.services.all().map(|s| format!("deployment/{}", s.name));
+        let deployments: Vec<String> =
+            covered(&self.settings).iter().map(|name| format!("deployment/{name}")).collect();
         let deployments = deployments.join(" ");
         println!("    if the services were scaled to zero to flush coverage, start them with: kubectl --kubeconfig {kubeconfig} scale {deployments} --replicas=1");
         Ok(())
@@ -624,6 +632,24 @@ impl Cluster for Kind {
     fn remove_command(&self) -> String {
         let env = provider(self.settings.engine).map(|(key, value)| format!("{key}={value} "));
         format!("{}kind {}", env.unwrap_or_default(), self.delete_args().join(" "))
+    }
+
+    /// Deletes its pod: the Deployment starts a new one, and the old one is stopped gracefully
+    /// (its counters land in coverdata/ like any).
+    fn restart_command(&self, component: &Component) -> Option<Vec<String>> {
+        let selector = format!("app={}", component.name);
+        let kubeconfig = self.kubeconfig.to_string();
+        let words = [
+            "kubectl",
+            "--kubeconfig",
+            &kubeconfig,
+            "delete",
+            "pod",
+            "--selector",
+            &selector,
+            "--wait=false",
+        ];
+        Some(words.map(str::to_string).to_vec())
     }
 }
 
@@ -683,10 +709,7 @@ mod tests {
             access: Default::default(),
             why: String::new(),
             rendered: "/repo/target/xtask/rendered".into(),
-            services: crate::project::Services {
-                datastorage: project::DATASTORAGE,
-                gateway: project::GATEWAY,
-            },
+            suite: crate::suite::Suite::empty("s"),
         };
         assert_eq!(
             Kind::new(settings(Engine::Podman)).remove_command(),

@@ -17,7 +17,8 @@ use crate::{
     cmd::step,
     engine::Engine,
     manifests::{self, Placement},
-    project::{self, Service},
+    project,
+    suite::Component,
 };
 
 pub struct Podman {
@@ -39,12 +40,12 @@ impl Podman {
 
     /// The Deployment is named `<cluster name>-<service>` (see `placement`), and podman
     /// names the pod of a one-replica Deployment `<name>-pod-0`.
-    fn pod(&self, service: Service) -> String {
-        format!("{}-{}-pod-0", self.settings.name, service.name)
+    fn pod(&self, component: &Component) -> String {
+        format!("{}-{}-pod-0", self.settings.name, component.name)
     }
 
     fn pods(&self) -> Vec<String> {
-        self.settings.services.all().map(|s| self.pod(s)).to_vec()
+        self.settings.suite.components.iter().map(|c| self.pod(c)).collect()
     }
 
     /// Stops (gracefully: `kube down` alone gives no grace period) and removes every pod of
@@ -56,13 +57,13 @@ impl Podman {
             .with_context(|| format!("creating {dir}: make target/ writable"))?;
         let _dir = sh.push_dir(dir);
         let grace = STOP_GRACE_SECONDS.to_string();
-        for service in self.settings.services.all() {
-            let pod = self.pod(service);
+        for component in &self.settings.suite.components {
+            let pod = self.pod(component);
             if !exists(sh, "pod", &pod)? {
                 continue;
             }
             let _ = step(cmd!(sh, "podman pod stop --time {grace} {pod}")).run();
-            let manifest = dir.join(format!("{}.yaml", service.name));
+            let manifest = dir.join(format!("{}.yaml", component.name));
             let downed =
                 manifest.exists() && step(cmd!(sh, "podman kube down {manifest}")).run().is_ok();
             let remove = format!("remove it with `podman pod rm --force {pod}`");
@@ -84,22 +85,22 @@ impl Podman {
 }
 
 impl Podman {
-    /// podman kube play has no Service DNS: the gateway reaches datastorage through its host
-    /// port; the pods are named after the run (pod names are machine-wide).
+    /// podman kube play has no Service DNS: a component reaches another through its host port
+    /// (this machine is `host.containers.internal`); the pods are named after the run (pod
+    /// names are machine-wide).
     fn placement(&self) -> Placement {
-        let Settings { root, name, services, .. } = &self.settings;
-        let port = services.datastorage.host_port;
+        let Settings { root, name, suite, .. } = &self.settings;
         Placement {
-            coverdata_node_path: project::coverdata_dir(root).to_string(),
-            datastorage_url: format!("http://host.containers.internal:{port}"),
+            coverdata_node_path: project::suite_coverdata(root, &suite.name).to_string(),
             name_prefix: format!("{name}-"),
+            address: |c| format!("host.containers.internal:{}", c.host_port),
         }
     }
 }
 
 impl Cluster for Podman {
     fn preflight(&self, _sh: &Shell) -> Preflight {
-        let ports = self.settings.services.all().to_vec();
+        let ports = self.settings.suite.components.clone();
         let needs = Needs { engine: Some(Engine::Podman), ports, ..Needs::default() };
         Preflight { needs, checks: Vec::new(), archives: false }
     }
@@ -141,11 +142,11 @@ impl Cluster for Podman {
 
     fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<(), DeployError> {
         let settings = &self.settings;
-        let vars = manifests::values(&settings.root, &settings.services, &self.placement(), images);
+        let vars = manifests::values(&settings.root, &settings.suite, &self.placement(), images);
         let files = manifests::write(
             &settings.rendered,
             &settings.root,
-            &settings.services,
+            &settings.suite,
             &vars,
             without_services,
         )
@@ -171,7 +172,7 @@ impl Cluster for Podman {
         }
         let tls = settings.registry.as_ref().and_then(|r| r.tls_args());
         let mut started = false;
-        for (Service { name, .. }, file) in files {
+        for (Component { name, .. }, file) in files {
             let play = step(cmd!(sh, "podman kube play {tls...} --network {network} {file}"))
                 .hint(format!("{name} could not be started: see its logs in the diagnostics"))
                 .run();
@@ -182,8 +183,12 @@ impl Cluster for Podman {
         Ok(())
     }
 
+    /// Stops the pods of the services built with coverage: they exit normally and write their
+    /// counters into the suite's coverdata/, which their pods mount.
     fn flush_coverage(&mut self, sh: &Shell) -> Result<()> {
-        let (pods, grace) = (self.pods(), STOP_GRACE_SECONDS.to_string());
+        let covered = self.settings.suite.components.iter().filter(|c| c.covered());
+        let pods: Vec<String> = covered.map(|c| self.pod(c)).collect();
+        let grace = STOP_GRACE_SECONDS.to_string();
         // A service that never started has no pod: without --ignore, podman stops none at all.
         step(cmd!(sh, "podman pod stop --ignore --time {grace} {pods...}"))
             .hint("the pods could not be stopped, so their coverage counters may be missing")
@@ -193,12 +198,12 @@ impl Cluster for Podman {
 
     /// The same on a failure and before stopping: each service's logs and its pod.
     fn diagnostics(&self, sh: &Shell, dir: &Utf8Path, _what: Diagnose) -> Result<bool> {
-        let commands = self.settings.services.all().into_iter().flat_map(|service| {
-            let pod = self.pod(service);
-            let container = format!("{pod}-{}", service.name);
+        let commands = self.settings.suite.components.iter().flat_map(|component| {
+            let pod = self.pod(component);
+            let container = format!("{pod}-{}", component.name);
             let logs = step(cmd!(sh, "podman logs --timestamps {container}"));
             let inspect = step(cmd!(sh, "podman pod inspect {pod}"));
-            [(format!("{}.log", service.name), logs), (format!("{pod}-inspect.json"), inspect)]
+            [(format!("{}.log", component.name), logs), (format!("{pod}-inspect.json"), inspect)]
         });
         collect(dir, commands)
     }
@@ -220,6 +225,14 @@ impl Cluster for Podman {
     fn remove_command(&self) -> String {
         let (pods, network) = (self.pods().join(" "), &self.network);
         format!("podman pod rm --force {pods}; podman network rm {network}")
+    }
+
+    /// SIGTERM to its container: it exits normally (writing its counters), and `kube play`'s
+    /// restart policy starts it again in the same pod. (`podman pod restart` races the pod's
+    /// own exit policy and can leave it stopped.)
+    fn restart_command(&self, component: &Component) -> Option<Vec<String>> {
+        let container = format!("{}-{}", self.pod(component), component.name);
+        Some(["podman", "kill", "--signal", "TERM", &container].map(str::to_string).to_vec())
     }
 }
 

@@ -103,6 +103,10 @@ impl Sandbox {
         for sub in ["docker", "test/infrastructure"] {
             copy_dir(&repo.join(sub), &root.join(sub));
         }
+        // The gateway suite's file; its tests are the fake go's.
+        let suite = "test/e2e/gateway/suite.toml";
+        std::fs::create_dir_all(root.join("test/e2e/gateway")).unwrap();
+        std::fs::copy(repo.join(suite), root.join(suite)).unwrap();
         sandbox
     }
 

@@ -1,8 +1,9 @@
-//! `cargo xtask e2e-gateway`: build every image, then create the cluster, load the images at
-//! once, deploy, test, collect coverage, and tear down, in that strict order. Building before
-//! the cluster exists is the point: a Kind node left idle during a long build is what broke
-//! `kind load` in the old flow. The cluster backend (`crate::cluster`) does the work of each
-//! phase; this file only says the order.
+//! `cargo xtask e2e <suite>...` (and `e2e-gateway`, the gateway suite): build every image, then
+//! create the cluster, load the images at once, deploy, test, collect coverage, and tear down,
+//! in that strict order. Building before the cluster exists is the point: a Kind node left idle
+//! during a long build is what broke `kind load` in the old flow. The cluster backend
+//! (`crate::cluster`) does the work of each phase; this file only says the order. Several
+//! suites: `e2e/several.rs`.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,18 +19,26 @@ use crate::{
     covdata_report::{self, Coverage},
     coverdata, engine, http,
     lock::{self, Lock},
-    project::{self, Service, Services},
+    project,
+    suite::{self, Component, Ready, Suite},
     ui,
 };
 
-mod gotest;
+mod runner;
+mod several;
 mod summary;
 
 use summary::{Phase, Summary};
 
-/// `cargo xtask e2e-gateway`'s flags, and the arguments after `--`.
+/// `cargo xtask e2e`'s flags, its suites, and the arguments after `--`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
+    /// The suites to run, by name.
+    pub suites: Vec<String>,
+    /// `--list`: say which suites there are instead.
+    pub list: bool,
+    /// How many suites run side by side.
+    pub jobs: usize,
     pub coverage: bool,
     pub target: Target,
     pub keep_cluster: bool,
@@ -37,26 +46,49 @@ pub struct Options {
     pub build_mode: BuildMode,
     /// `--cluster existing`: keep the run's namespace afterwards.
     pub keep_namespace: bool,
-    pub go_test_args: Vec<String>,
+    /// For the suite's runner (`go test`, ginkgo).
+    pub test_args: Vec<String>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Run folders kept in target/xtask/logs/, this run's included.
 const LOGS_KEPT: usize = 20;
 
-/// The phases of one run, in the order they run. Phases 1 to 6 stop at the first failure;
-/// 7 to 10 run after one too. The run's state is its own: what exists (in the teardown guard)
-/// and whether any service started.
 pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
     let root = project::root();
-    let (settings, cluster) = cluster::pick(sh, &flags.target, &root, Services::from_env()?)?;
+    if flags.list {
+        print!("{}", suite::list(&suite::all(&root)?));
+        return Ok(());
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    let suites: Vec<Suite> = flags
+        .suites
+        .iter()
+        .map(|name| suite::load(&root, name)?.with_host_ports(env))
+        .collect::<Result<_>>()?;
+    match &suites[..] {
+        [] => bail!("no suite named: name one or more (`cargo xtask e2e --list` lists them)"),
+        [one] => run_suite(sh, flags, one.clone()),
+        several => several::run(sh, flags, several),
+    }
+}
+
+/// The phases of one suite's run, in the order they run. Phases 1 to 6 stop at the first
+/// failure; 7 to 10 run after one too. The run's state is its own: what exists (in the teardown
+/// guard) and whether any service started.
+fn run_suite(sh: &Shell, flags: &Options, suite: Suite) -> Result<()> {
+    let root = project::root();
+    let name = flags.target.cluster_name.clone().unwrap_or(format!("{}-e2e", suite.name));
+    let (settings, cluster) = cluster::pick(sh, &flags.target, &name, &root, suite)?;
+    println!("cluster backend: {} ({})", settings.backend.name(), settings.why);
     cmd::set_leftover(cluster.remove_command());
     // Sortable by time, and apart from a run of another cluster name in the same second.
     let id = format!("{}-{}", project::utc_timestamp(SystemTime::now()), settings.name);
     let logs = project::xtask_dir(&root).join("logs");
     prune_logs(&logs, LOGS_KEPT - 1);
     let logs_dir = logs.join(&id);
-    let mut run = Run::new(Summary { id, backend: settings.backend.name(), ..Summary::default() });
+    let summary = Summary { id, backend: settings.backend.name(), ..Summary::default() };
+    let mut run = Run::new(summary);
     run.summary.start(&project::xtask_dir(&root));
     // Declared before the cluster's guard, so dropped after it: the name is ours through the
     // teardown, whatever ends the run.
@@ -65,6 +97,7 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
     let keep = flags.keep_cluster || flags.reuse_cluster || flags.keep_namespace;
     let mut cluster = Teardown { cluster, sh: sh.clone(), keep, exists: false, done: false };
     let mut started = false;
+    let suite = &settings.suite;
 
     // 1. The name's lock, the checks, what an earlier run left.
     let preflight = run.phase(Phase::Preflight, || preflight(sh, &settings, flags, &mut cluster));
@@ -79,18 +112,18 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
         cluster.create(sh)
     });
     run.summary.idle_gap = run.phase(Phase::LoadImages, || cluster.load(sh, &images)).flatten();
-    // 5. The services, in dependency order, each ready.
+    // 5. Everything the suite deploys, in dependency order, each ready.
     run.phase(Phase::Deploy, || {
         let deployed = cluster.deploy(sh, &images);
         started = deployed.as_ref().map_or_else(|err| err.started, |()| true);
         deployed.map_err(|err| err.error)?;
-        settings.services.all().into_iter().try_for_each(wait_ready)
+        suite.components.iter().try_for_each(wait_ready)
     });
-    // 6. The suite.
+    // 6. The suite's tests, told where each component is and how to restart it.
     let mut tests = None;
     run.phase(Phase::Test, || {
-        let (services, args) = (&settings.services, &flags.go_test_args);
-        let report = tests.insert(gotest::run(sh, services, args, &logs_dir)?);
+        let env = test_env(suite, cluster.cluster.as_ref());
+        let report = tests.insert(runner::run(sh, suite, &env, &flags.test_args, &logs_dir)?);
         println!("{}", report.line());
         judge(report, &logs_dir)
     });
@@ -125,13 +158,44 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
     // The outcome is that of the run whose services wrote the data: a run that never started
     // them (it could not archive the data before it, say) leaves that run's outcome alone.
     if flags.coverage && started {
-        if let Err(err) = coverdata::record_outcome(&root, run.failure.is_none()) {
+        let data = project::suite_coverdata(&root, &suite.name);
+        if let Err(err) = coverdata::record_outcome(&data, run.failure.is_none()) {
             eprintln!("warning: {err:#}");
         }
     }
     // 10. The summary.
     run.summary.logs = logs_dir.is_dir().then(|| logs_dir.clone());
     run.finish(&root)
+}
+
+/// What the tests are told: where each component is on this machine (`<NAME>_URL`,
+/// `<NAME>_ADDR`), and how to restart it where the backend can (`<NAME>_RESTART_COMMAND`, the
+/// command's words as a JSON array).
+fn test_env(suite: &Suite, cluster: &dyn Cluster) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for c in &suite.components {
+        env.push((c.variable("URL"), format!("http://127.0.0.1:{}", c.host_port)));
+        env.push((c.variable("ADDR"), format!("127.0.0.1:{}", c.host_port)));
+        if let Some(command) = cluster.restart_command(c) {
+            let words: Vec<String> = command.iter().map(|w| json_string(w)).collect();
+            env.push((c.variable("RESTART_COMMAND"), format!("[{}]", words.join(","))));
+        }
+    }
+    env
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str) -> String {
+    let mut out = String::from('"');
+    for c in text.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            c if (c as u32) < 0x20 => out += &format!("\\u{:04x}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out + "\""
 }
 
 /// The cluster, torn down when the run ends: by phase 9, or when it is dropped before that (a
@@ -234,9 +298,10 @@ impl Run {
             self.summary.error = Some(text);
         }
         self.summary.finish(&project::xtask_dir(root));
+        several::leave_result(&self.summary.render());
         if let (true, Some(err)) = (ui::github_actions(), &self.summary.error) {
             // The failed phase and its fix on the run's page, outside the folded groups.
-            let (title, rest) = err.split_once(": ").unwrap_or(("e2e-gateway failed", err));
+            let (title, rest) = err.split_once(": ").unwrap_or(("e2e failed", err));
             let (cause, fix) = (self.summary.cause.as_deref(), self.summary.fix.as_deref());
             let lines = rest.lines().take(1).chain(cause).chain(fix);
             println!("{}", ui::error_annotation(title, &lines.collect::<Vec<_>>().join("\n")));
@@ -267,7 +332,7 @@ fn prune_logs(logs: &Utf8Path, keep: usize) {
 }
 
 /// A test phase succeeds only when tests ran and none failed.
-fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> Result<()> {
+fn judge(tests: &runner::TestReport, logs_dir: &Utf8Path) -> Result<()> {
     if tests.interrupted {
         bail!("interrupted by a signal (Ctrl-C or SIGTERM)");
     }
@@ -284,7 +349,7 @@ fn judge(tests: &gotest::TestReport, logs_dir: &Utf8Path) -> Result<()> {
         bail!("{error}");
     }
     if tests.passed == 0 {
-        bail!("no E2E test ran: check the `go test` arguments after `--`");
+        bail!("no E2E test ran: check the arguments after `--` (a `-run` or label filter that matches nothing?)");
     }
     Ok(())
 }
@@ -299,7 +364,8 @@ fn preflight(
     flags: &Options,
     cluster: &mut Teardown,
 ) -> Result<(Lock, bool)> {
-    let lock = lock::acquire(&settings.name, &settings.root, flags.coverage)?;
+    let suite = &settings.suite.name;
+    let lock = lock::acquire(&settings.name, &settings.root, flags.coverage.then_some(suite))?;
     // An error here means a missing tool, which the checks below report properly.
     let leftover = cluster.leftover(sh).unwrap_or(Leftover::Nothing);
     let Preflight { needs, checks, archives } = cluster.preflight(sh);
@@ -329,26 +395,28 @@ fn preflight(
         }
         return Ok((lock, archives));
     }
-    let ports = settings.services.all();
-    let taken = ports.into_iter().map(|s| (s, check::check_port(s))).find(|(_, c)| !c.is_ok());
-    if let Some((service, check)) = taken {
-        let (port, name, hint) = (service.host_port, service.name, &check.hint);
+    let components = &settings.suite.components;
+    let taken = components.iter().map(|c| (c, check::check_port(c))).find(|(_, c)| !c.is_ok());
+    if let Some((component, check)) = taken {
+        let (port, name, hint) = (component.host_port, &component.name, &check.hint);
         bail!("port {port} ({name}) is still in use after removing the earlier run: {hint}");
     }
     Ok((lock, archives))
 }
 
-/// Phase 2: every image, before any cluster exists (cache hits cost nothing).
+/// Phase 2: every image, before any cluster exists (cache hits cost nothing): the services of
+/// ours, built, and the third-party images, pulled when missing.
 fn build(sh: &Shell, settings: &Settings, flags: &Options, archive: bool) -> Result<Vec<Image>> {
-    let coverage = flags.coverage;
-    let services = settings.services.all().to_vec();
+    let (root, suite, coverage) = (&settings.root, &settings.suite, flags.coverage);
     if coverage {
-        coverdata::prepare(&settings.root, &services)?;
+        let covered: Vec<&str> =
+            suite.components.iter().filter(|c| c.covered()).map(|c| c.name.as_str()).collect();
+        coverdata::prepare(root, &project::suite_coverdata(root, &suite.name), &covered)?;
         // The report of the data just archived: this run's replaces it in phase 8, if it gets there.
-        covdata_report::remove_outputs(&settings.root)?;
+        covdata_report::remove_outputs(&coverage_out(root, suite))?;
     }
     let request = build_images::Request {
-        services: Vec::new(), // none named: all of them
+        services: suite.services().cloned().collect(),
         coverage,
         build_mode: flags.build_mode,
         engine: Some(settings.engine),
@@ -356,46 +424,80 @@ fn build(sh: &Shell, settings: &Settings, flags: &Options, archive: bool) -> Res
         archive,
         registry: settings.registry.clone(),
     };
-    build_images::build(sh, &settings.root, &request)
+    let mut images = build_images::build(sh, root, &request)?;
+    let third_party: Vec<&Component> =
+        suite.components.iter().filter(|c| c.build().is_none()).collect();
+    images.extend(build_images::third_party(sh, root, &request, &third_party)?);
+    Ok(images)
 }
 
-/// Phase 5's end: polls `GET /readyz` on the host port until it answers 200, bounded by
-/// READY_TIMEOUT.
-fn wait_ready(service: Service) -> Result<()> {
-    let (name, port, started) = (service.name, service.host_port, Instant::now());
+/// Phase 5's end: polls a component on its host port until it is ready (`GET <path>` answers
+/// 200, or the port takes a connection), bounded by READY_TIMEOUT.
+fn wait_ready(component: &Component) -> Result<()> {
+    let (name, port, started) = (&component.name, component.host_port, Instant::now());
+    let host = format!("127.0.0.1:{port}");
     let mut last = String::from("no answer yet");
     while started.elapsed() < READY_TIMEOUT {
         check_interrupted()?;
-        let host = format!("127.0.0.1:{port}");
-        match http::request(&host, "GET /readyz", "", Duration::from_secs(2)) {
-            Ok(response) if response.code == 200 => {
+        let answer = match &component.ready {
+            Ready::Http(path) => {
+                let response =
+                    http::request(&host, &format!("GET {path}"), "", Duration::from_secs(2));
+                response.map(|r| (r.code == 200).then_some(()).ok_or(format!("HTTP {}", r.code)))
+            }
+            Ready::Tcp => std::net::TcpStream::connect_timeout(
+                &([127, 0, 0, 1], port).into(),
+                Duration::from_secs(2),
+            )
+            .map(|_| Ok(())),
+        };
+        match answer {
+            Ok(Ok(())) => {
                 let took = ui::seconds(started.elapsed());
-                println!("    {name} ready on 127.0.0.1:{port} after {took}");
+                println!("    {name} ready on {host} after {took}");
                 return Ok(());
             }
-            Ok(response) => last = format!("HTTP {}", response.code),
+            Ok(Err(status)) => last = status,
             Err(err) => last = err.to_string(),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let secs = READY_TIMEOUT.as_secs();
-    bail!("{name} did not become ready: http://127.0.0.1:{port}/readyz still answered `{last}` after {secs}s; its logs are in the diagnostics")
+    let (secs, what) = match &component.ready {
+        Ready::Http(path) => {
+            (READY_TIMEOUT.as_secs(), format!("http://{host}{path} still answered"))
+        }
+        Ready::Tcp => (READY_TIMEOUT.as_secs(), format!("{host} still said")),
+    };
+    bail!("{name} did not become ready: {what} `{last}` after {secs}s; its logs are in the diagnostics")
 }
 
-/// Phase 8: the services' counters into coverdata/ (stopped gracefully, or fetched), each must
-/// have left counters, then the report.
+/// Where phase 8 writes a suite's coverage report: `target/coverage/<suite>/`.
+fn coverage_out(root: &Utf8Path, suite: &Suite) -> Utf8PathBuf {
+    root.join("target/coverage").join(&suite.name)
+}
+
+/// Phase 8: the counters of the services built with coverage into `coverdata/<suite>/` (stopped
+/// gracefully, or fetched), each must have left counters, then the report.
 fn coverage(sh: &Shell, settings: &Settings, cluster: &mut Teardown) -> Result<Coverage> {
     cluster.flush_coverage(sh)?;
-    let root = &settings.root;
-    let services = settings.services.all();
-    coverdata::check_started(root, &services)?;
-    let dirs = services.map(|s| project::coverdata_dir(root).join(s.name)).to_vec();
-    Ok(covdata_report::report(sh, root, &dirs)?.0)
+    let (root, suite) = (&settings.root, &settings.suite);
+    let data = project::suite_coverdata(root, &suite.name);
+    let covered: Vec<&str> =
+        suite.components.iter().filter(|c| c.covered()).map(|c| c.name.as_str()).collect();
+    coverdata::check_started(root, &data, &covered)?;
+    let dirs: Vec<Utf8PathBuf> = covered.iter().map(|name| data.join(name)).collect();
+    Ok(covdata_report::report(sh, root, &dirs, &coverage_out(root, suite))?.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_commands_are_json_arrays_of_strings() {
+        assert_eq!(json_string(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+        assert_eq!(json_string("line\nbreak"), r#""line\u000abreak""#);
+    }
 
     #[test]
     fn only_the_newest_run_folders_are_kept() {

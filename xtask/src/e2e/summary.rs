@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 
-use super::gotest::TestReport;
+use super::runner::TestReport;
 use crate::{
     cmd,
     covdata_report::{self, Coverage},
@@ -225,7 +225,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::e2e_gateway::gotest::Timeout;
+    use crate::e2e::runner::Timeout;
 
     fn failed_run() -> Summary {
         Summary {

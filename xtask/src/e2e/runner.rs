@@ -1,6 +1,7 @@
-//! Phase 6: the Go E2E suite through gotestsum, which runs `go test -json`: the same structured
-//! stream gives the human-readable output (as `go test -v` prints it), the JUnit file and our
-//! test counts, whatever the user passes after `--`.
+//! Phase 6: a suite's tests, through gotestsum (which runs `go test -json`) or the ginkgo CLI
+//! (which writes the same `go test -json` events with `--gojson-report`): the one structured
+//! stream gives our test counts, beside the human-readable output and the JUnit file, whatever
+//! the user passes after `--`. Both tools are pinned in `tools/go.mod`.
 
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
@@ -8,7 +9,7 @@ use xshell::{cmd, Shell};
 
 use crate::{
     cmd::{last_line, step},
-    project::Services,
+    suite::{Runner, Suite},
 };
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -65,11 +66,13 @@ impl TestReport {
     }
 }
 
-/// Runs the suite against the services' host ports; `extra` are the arguments after `--`.
-/// Returns the report also when the tests failed or were interrupted: the caller decides.
+/// Runs the suite's tests with `env` (where to reach each component); `extra` are the arguments
+/// after `--`. Returns the report also when the tests failed or were interrupted: the caller
+/// decides.
 pub fn run(
     sh: &Shell,
-    services: &Services,
+    suite: &Suite,
+    env: &[(String, String)],
     extra: &[String],
     logs_dir: &Utf8Path,
 ) -> anyhow::Result<TestReport> {
@@ -77,18 +80,39 @@ pub fn run(
         .with_context(|| format!("creating {logs_dir}: make target/ writable"))?;
     let (log, json, junit) =
         (logs_dir.join("go-test.log"), logs_dir.join("go-test.json"), logs_dir.join("junit.xml"));
-    let (args, ignored) = passthrough(extra);
+    // gotestsum's `go test -json` stream is ours; ginkgo writes its own report beside its output.
+    let (args, ignored) = match suite.tests.runner {
+        Runner::GoTest => passthrough(extra),
+        Runner::Ginkgo => (extra.to_vec(), Vec::new()),
+    };
     if !ignored.is_empty() {
         let ignored = ignored.join(" ");
         println!("    ignoring {ignored} after `--`: the xtask needs every test's result from `go test -json`");
     }
-    let url = |port: u16| format!("http://127.0.0.1:{port}");
-    let test = cmd!(
-        sh,
-        "go tool -modfile=tools/go.mod gotestsum --format standard-verbose --jsonfile {json} --junitfile {junit} -- -tags e2e -count=1 ./test/e2e/gateway/... {args...}"
-    )
-    .env("GATEWAY_URL", url(services.gateway.host_port))
-    .env("DATASTORAGE_URL", url(services.datastorage.host_port));
+    let package = &suite.tests.package;
+    let test = match suite.tests.runner {
+        Runner::GoTest => cmd!(
+            sh,
+            "go tool -modfile=tools/go.mod gotestsum --format standard-verbose --jsonfile {json} --junitfile {junit} -- -tags e2e -count=1 {package} {args...}"
+        ),
+        Runner::Ginkgo => {
+            // The suite's defaults, unless given after `--`.
+            let given = |flag: &str| args.iter().any(|a| a.trim_start_matches('-').starts_with(flag));
+            let labels = suite.tests.labels.as_ref().filter(|_| !given("label-filter"));
+            let labels = labels.map(|l| format!("--label-filter={l}"));
+            let procs = suite.tests.procs.filter(|_| !given("procs")).map(|n| format!("--procs={n}"));
+            let reports = [
+                "--junit-report=junit.xml",
+                "--gojson-report=go-test.json",
+                "--json-report=ginkgo.json",
+            ];
+            cmd!(
+                sh,
+                "go tool -modfile=tools/go.mod ginkgo --no-color --keep-going {labels...} {procs...} {reports...} --output-dir={logs_dir} {args...} -tags e2e {package}"
+            )
+        }
+    };
+    let test = test.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     // Remove the previous run's files: a partial stream must not be mistaken for a whole one.
     let _ = std::fs::remove_file(&json);
     let result = step(test).echo().log(&log).output();
@@ -106,8 +130,7 @@ pub fn run(
         } else if output.stdout.contains("[build failed]")
             || output.stdout.contains("[setup failed]")
         {
-            "the suite does not compile: fix test/e2e/gateway (`go vet -tags e2e ./test/e2e/...`)"
-                .to_string()
+            format!("the suite does not compile: fix {package} (`go vet -tags e2e {package}`)")
         } else {
             "it ended without a failed test to show for it (a panic outside a test, os.Exit?)"
                 .to_string()
