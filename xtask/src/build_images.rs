@@ -273,7 +273,7 @@ fn pull(sh: &Shell, engine: Engine, reference: &str) -> Result<ImageInfo> {
 }
 
 /// The docker-archive of a third-party image for a Kind load, named after the image and its ID
-/// (`target/xtask/images/docker.io-library-redis-7.4-alpine@<12 hex>.tar`): an archive of the
+/// (`target/xtask/images/docker.io-library-x-1@<12 hex>.tar` for `docker.io/library/x:1`): an archive of the
 /// same ID is reused, those of other IDs of the same reference are removed.
 fn save_third_party(
     sh: &Shell,
@@ -694,7 +694,7 @@ fn go_build_host(sh: &Shell, root: &Utf8Path, coverage: bool, planned: &[&Planne
 fn save_archive(sh: &Shell, root: &Utf8Path, engine: Engine, p: &Planned) -> Result<Utf8PathBuf> {
     let dir = project::xtask_dir(root).join("images");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}: {WRITABLE_TARGET}"))?;
-    // `localhost/gateway:e2e-<hash>` is saved as `gateway-e2e-<hash>.tar`.
+    // `localhost/<svc>:e2e-<hash>` is saved as `<svc>-e2e-<hash>.tar`.
     let name = p.reference.trim_start_matches("localhost/").replace(':', "-");
     let archive = dir.join(format!("{name}.tar"));
     // `--no-cache` rebuilds under the same tag: the old archive holds the old image.

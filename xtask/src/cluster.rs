@@ -1,6 +1,6 @@
 //! Where the services run during an E2E run. Each backend owns every command it needs (create,
 //! load, deploy, flush coverage, diagnose, tear down, find what an earlier run left), so the
-//! pipeline in `e2e_gateway.rs` never asks which backend it has; the pipeline owns what it knows
+//! pipeline in `e2e.rs` never asks which backend it has; the pipeline owns what it knows
 //! of the run (what exists, what started). A new backend is one new file implementing `Cluster`,
 //! and one line in `pick`. What backends share lives here: the diagnostics runner and the
 //! kubectl steps of Kind and an existing cluster; the templates are `manifests.rs`.
@@ -34,7 +34,7 @@ mod podman;
 const STOP_GRACE_SECONDS: u32 = 30;
 const ROLLOUT_TIMEOUT: &str = "180s";
 
-/// Where a run's services go and how to reach them: what e2e-gateway runs on and doctor checks.
+/// Where a run's services go and how to reach them: what an e2e run runs on and doctor checks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub cluster: ClusterBackend,

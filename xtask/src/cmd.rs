@@ -346,7 +346,7 @@ fn read_lines(
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Process groups of the commands running now.
 static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-/// What a second signal leaves behind, and how to remove it (set by e2e-gateway).
+/// What a second signal leaves behind, and how to remove it (set by an e2e run).
 static LEFTOVER: Mutex<Option<String>> = Mutex::new(None);
 
 /// A lock that a panic elsewhere has not made useless.

@@ -1,4 +1,4 @@
-//! `cargo xtask e2e <suite>...` (and `e2e-gateway`, the gateway suite): build every image, then
+//! `cargo xtask e2e <suite>...` (and the `e2e-gateway` alias of flags.rs): build every image, then
 //! create the cluster, load the images at once, deploy, test, collect coverage, and tear down,
 //! in that strict order. Building before the cluster exists is the point: a Kind node left idle
 //! during a long build is what broke `kind load` in the old flow. The cluster backend

@@ -58,7 +58,8 @@ impl Registry {
         Ok(Registry { host: host.to_string(), prefix: prefix.to_string(), insecure })
     }
 
-    /// `localhost/gateway:e2e-<hash>` in this registry: `HOST/PREFIX/gateway:e2e-<hash>`.
+    /// `localhost/<svc>:e2e-<hash>` in this registry: `HOST/PREFIX/<svc>:e2e-<hash>` (a
+    /// third-party `docker.io/library/x:1` is `HOST/PREFIX/docker.io/library/x:1`).
     pub fn reference(&self, local: &str) -> String {
         let prefix =
             if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };

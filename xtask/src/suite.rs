@@ -321,7 +321,7 @@ fn parse(root: &Utf8Path, file: &Utf8Path, name: &str, text: &str) -> Result<Sui
                 }
             }
             let Some(reference) = &c.reference else {
-                bail!(at(c.name.span(), format!("the image {name} has no `reference`: name the image to use, e.g. reference = \"docker.io/library/redis:7.4-alpine\"")));
+                bail!(at(c.name.span(), format!("the image {name} has no `reference`: name the image to use, e.g. reference = \"registry.example.com/team/store:1.0\"")));
             };
             image_reference(reference.get_ref()).map_err(|e| {
                 at(reference.span(), format!("{e}: write it as a registry names it"))

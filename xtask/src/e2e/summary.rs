@@ -189,7 +189,7 @@ impl Summary {
     pub fn markdown(&self) -> String {
         let verdict = if self.error.is_some() { "failed" } else { "passed" };
         let mut out = format!(
-            "### e2e-gateway {verdict}\n\nRun `{}` on the {} backend.\n\n| phase | took |\n| --- | ---: |\n",
+            "### e2e {verdict}\n\nRun `{}` on the {} backend.\n\n| phase | took |\n| --- | ---: |\n",
             self.id, self.backend
         );
         for (phase, took) in &self.phases {
