@@ -78,7 +78,8 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
 /// guard) and whether any service started.
 fn run_suite(sh: &Shell, flags: &Options, suite: Suite) -> Result<()> {
     let root = project::root();
-    let name = flags.target.cluster_name.clone().unwrap_or(format!("{}-e2e", suite.name));
+    let suite_name = suite.name.clone();
+    let name = flags.target.cluster_name.clone().unwrap_or(format!("{suite_name}-e2e"));
     let (settings, cluster) = cluster::pick(sh, &flags.target, &name, &root, suite)?;
     println!("cluster backend: {} ({})", settings.backend.name(), settings.why);
     cmd::set_leftover(cluster.remove_command());
@@ -87,7 +88,8 @@ fn run_suite(sh: &Shell, flags: &Options, suite: Suite) -> Result<()> {
     let logs = project::xtask_dir(&root).join("logs");
     prune_logs(&logs, LOGS_KEPT - 1);
     let logs_dir = logs.join(&id);
-    let summary = Summary { id, backend: settings.backend.name(), ..Summary::default() };
+    let summary =
+        Summary { id, suite: suite_name, backend: settings.backend.name(), ..Summary::default() };
     let mut run = Run::new(summary);
     run.summary.start(&project::xtask_dir(&root));
     // Declared before the cluster's guard, so dropped after it: the name is ours through the

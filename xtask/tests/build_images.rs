@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Sandbox;
+use common::{free_port, Sandbox};
 
 const TOOLS: &[&str] = &["podman", "go"];
 
@@ -271,14 +271,14 @@ fn sandbox_path_holds_only_fakes_and_basic_tools() {
 #[test]
 fn dropping_a_sandbox_stops_the_fake_servers() {
     let sandbox = Sandbox::new("harness-servers", &["kubectl"]);
-    let run = sandbox.run_fake("kubectl", &["apply", "-f", "x.yaml"]);
+    let manifest = sandbox.root.join("x.yaml");
+    // Ports of their own, free now: another test may serve 18080.
+    let ports = [free_port(), free_port()];
+    let text = format!("hostPort: {}\nhostPort: {}\n", ports[0], ports[1]);
+    std::fs::write(&manifest, text).unwrap();
+    let run = sandbox.run_fake("kubectl", &["apply", "-f", manifest.as_str()]);
     assert_eq!(run.code, 0, "{run}");
-    let pids: Vec<String> = std::fs::read_to_string(sandbox.state.join("servers"))
-        .unwrap()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(pids.len(), 2, "{pids:?}");
+    let pids: Vec<String> = sandbox.server_pids().iter().map(i32::to_string).collect();
     let alive = |pid: &str| {
         // A zombie (state Z) has exited; only its parent has not reaped it yet.
         std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -777,7 +777,7 @@ fn in_github_actions_phases_are_groups_a_failure_an_error_line_and_the_summary_a
     );
     let markdown = std::fs::read_to_string(&job_summary).unwrap();
     for expected in [
-        "### e2e-gateway failed",
+        "### e2e gateway failed",
         "| 6. test | ",
         "Tests: 1 passed, 1 failed, 1 skipped",
         "- failed: `TestDeduplication`",

@@ -55,6 +55,7 @@ impl Phase {
 #[derive(Default)]
 pub struct Summary {
     pub id: String,
+    pub suite: String,
     pub backend: &'static str,
     /// In phase order: diagnostics may run after coverage failed.
     pub phases: BTreeMap<Phase, Duration>,
@@ -189,8 +190,8 @@ impl Summary {
     pub fn markdown(&self) -> String {
         let verdict = if self.error.is_some() { "failed" } else { "passed" };
         let mut out = format!(
-            "### e2e {verdict}\n\nRun `{}` on the {} backend.\n\n| phase | took |\n| --- | ---: |\n",
-            self.id, self.backend
+            "### e2e {} {verdict}\n\nRun `{}` on the {} backend.\n\n| phase | took |\n| --- | ---: |\n",
+            self.suite, self.id, self.backend
         );
         for (phase, took) in &self.phases {
             out += &format!("| {} | {} |\n", phase.title(), ui::seconds(*took));
@@ -230,6 +231,7 @@ mod tests {
     fn failed_run() -> Summary {
         Summary {
             id: "2026-11-26T05-45-00Z".into(),
+            suite: "gateway".into(),
             backend: "kind",
             phases: BTreeMap::from([
                 (Phase::Preflight, Duration::from_millis(300)),
@@ -316,7 +318,7 @@ mod tests {
         let coverage =
             covdata_report::markdown_summary(&failed_run().coverage.unwrap(), None, None);
         expect_test::expect![[r#"
-            ### e2e-gateway failed
+            ### e2e gateway failed
 
             Run `2026-11-26T05-45-00Z` on the kind backend.
 

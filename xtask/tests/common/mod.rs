@@ -298,12 +298,21 @@ impl Sandbox {
 /// cluster goes away; a test that keeps the cluster, or panics, must not leave them running.
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let Ok(pids) = std::fs::read_to_string(self.state.join("servers")) else {
-            return;
-        };
-        for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+        for pid in self.server_pids() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
         }
+    }
+}
+
+impl Sandbox {
+    /// The fake's servers, one `server-<port>` file each.
+    pub fn server_pids(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir(&self.state) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("server-"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+            .collect()
     }
 }
 
