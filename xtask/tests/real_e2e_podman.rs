@@ -53,7 +53,7 @@ fn e2e_with_coverage_on_podman_passes_and_leaves_nothing_behind() {
     assert_eq!(failed, 0, "{run}");
 
     for service in ["gateway", "datastorage"] {
-        let dir = scratch.root.join("coverdata").join(service);
+        let dir = scratch.root.join("coverdata/gateway").join(service);
         assert_covmeta_and_covcounters(&dir, &run.to_string());
     }
 
@@ -116,7 +116,7 @@ fn two_runs_at_once_with_their_own_names_and_ports_each_finish_on_their_own() {
     assert_eq!(junit.failed_leaves(), ["TestInjected/broken"]);
     // Its services were still stopped for their counters.
     for service in ["gateway", "datastorage"] {
-        let dir = failing.root.join("coverdata").join(service);
+        let dir = failing.root.join("coverdata/gateway").join(service);
         assert_covmeta_and_covcounters(&dir, &b.to_string());
     }
 }
@@ -294,7 +294,7 @@ fn a_registry_that_stopped_answering_stops_the_run_in_phase_2_with_its_name() {
 
 fn assert_coverage(scratch: &Scratch, run: &Run) {
     for service in ["gateway", "datastorage"] {
-        let dir = scratch.root.join("coverdata").join(service);
+        let dir = scratch.root.join("coverdata/gateway").join(service);
         assert_covmeta_and_covcounters(&dir, &run.to_string());
     }
 }

@@ -243,6 +243,20 @@ pub fn ensure_standin_builder(engine: &str) {
     assert!(built.status.success(), "building the stand-in builder: {}", text(&built));
 }
 
+/// The third-party image of the datastorage suite, under the reference a user would pull.
+pub const REDIS: &str = "docker.io/library/redis:7.4-alpine";
+
+/// The stand-in for `REDIS` in the store of `engine`, built from Debian's redis-server by
+/// xtask/tests/standin/build-redis.sh unless an image of that reference is there. Kept, like a
+/// pulled image: the xtask uses it as it is and removes nothing it did not build.
+pub fn ensure_redis_standin(engine: &str) {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let script = repo_root().join("xtask/tests/standin/build-redis.sh");
+    let built = Command::new(script.as_str()).arg(engine).output().unwrap();
+    assert!(built.status.success(), "{script} {engine}: {}", text(&built));
+}
+
 /// The CNCF Distribution registry on a free port, with storage of its own; stopped and
 /// removed when dropped. `addr` is its loopback address; with `all_addresses` it listens on
 /// every address, so a Kind node reaches it (as `host.containers.internal`).
