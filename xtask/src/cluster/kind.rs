@@ -453,8 +453,9 @@ impl Cluster for Kind {
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
         }
         let config = write_file(&self.settings.rendered, CONFIG, &text)?;
-        // The config mounts coverdata/ into the node, and podman refuses a missing source.
-        let coverdata = project::coverdata_dir(&self.settings.root);
+        // The config mounts the suite's coverdata/ into the node, and podman refuses a missing
+        // source (a run without --coverage prepares none).
+        let coverdata = project::suite_coverdata(&self.settings.root, &self.settings.suite.name);
         std::fs::create_dir_all(&coverdata).with_context(|| {
             format!("creating {coverdata}, which the Kind node mounts: make the checkout writable")
         })?;
@@ -564,8 +565,8 @@ impl Cluster for Kind {
     }
 
     /// Scales the services built with coverage to zero and waits until their pods are gone: they
-    /// exit normally and
-    /// write their counters into the node's /coverdata, which is coverdata/ on this machine.
+    /// exit normally and write their counters into the node's /coverdata, which is the suite's
+    /// coverdata/<suite>/ on this machine.
     fn flush_coverage(&mut self, sh: &Shell) -> Result<()> {
         let services: Vec<&str> = covered(&self.settings);
         let deployments: Vec<String> =

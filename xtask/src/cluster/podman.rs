@@ -151,6 +151,14 @@ impl Cluster for Podman {
             without_services,
         )
         .map_err(DeployError::before_start)?;
+        // The pods mount the suite's coverdata/ (hostPath, type Directory), which must exist
+        // also when no service writes there (a run without --coverage prepares none).
+        let coverdata = project::suite_coverdata(&settings.root, &settings.suite.name);
+        std::fs::create_dir_all(&coverdata)
+            .with_context(|| {
+                format!("creating {coverdata}, which the pods mount: make the checkout writable")
+            })
+            .map_err(DeployError::before_start)?;
         let network = &self.network;
         let created = exists(sh, "network", network).and_then(|there| {
             if !there {
