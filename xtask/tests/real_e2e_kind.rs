@@ -27,10 +27,14 @@ use common::{
 /// One Kind test at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn node_image() -> String {
-    std::env::var("E2E_NODE_IMAGE").ok().filter(|v| !v.is_empty()).expect(
-        "E2E_NODE_IMAGE: a Kind node image podman has, e.g. `export E2E_NODE_IMAGE=$(../shared/kind-node/build)`",
-    )
+/// `--node-image` with `E2E_NODE_IMAGE` (a node image podman has: `.ci/run` builds one with
+/// `../shared/kind-node/build`, as no registry is reachable here); without it, nothing: kind
+/// pulls its default node image, where a registry is reachable (GitHub's runners).
+fn node_image_args() -> Vec<String> {
+    match std::env::var("E2E_NODE_IMAGE").ok().filter(|v| !v.is_empty()) {
+        Some(image) => vec!["--node-image".into(), image],
+        None => Vec::new(),
+    }
 }
 
 /// A Kind cluster of a test: its name, its host ports, and `kind delete` when dropped.
@@ -64,10 +68,10 @@ impl Cluster {
     /// `<task> --cluster kind` (`task` like `["e2e", "datastorage"]`) on `scratch` with `args`,
     /// in this cluster's name and ports.
     fn run(&mut self, scratch: &Scratch, task: &[&str], args: &[&str]) -> Run {
-        let image = node_image();
+        let image = node_image_args();
         let mut all = task.to_vec();
         all.extend(["--cluster", "kind", "--cluster-name", &self.name]);
-        all.extend(["--node-image", &image]);
+        all.extend(image.iter().map(String::as_str));
         all.extend(args);
         let env = self.ports.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>();
         let run = scratch.xtask(&all, &env);
@@ -151,7 +155,7 @@ fn assert_coverage(scratch: &Scratch, run: &Run) {
 }
 
 #[test]
-#[ignore = "needs podman, kind, kubectl, go and a Kind node image in E2E_NODE_IMAGE (.ci/run builds it)"]
+#[ignore = "needs podman, kind, kubectl, go and a Kind node image (E2E_NODE_IMAGE, which .ci/run builds, or a reachable registry)"]
 fn a_coverage_run_on_kind_passes_and_leaves_nothing_behind() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new("kind-coverage");
@@ -175,7 +179,7 @@ fn a_coverage_run_on_kind_passes_and_leaves_nothing_behind() {
 /// The datastorage suite on Kind: Redis, a third-party image used as it is, goes into the node
 /// with ours from an archive named after its image ID; ginkgo's specs pass, the restart one too.
 #[test]
-#[ignore = "needs podman, kind, kubectl, go, redis-server (for the Redis stand-in) and a Kind node image in E2E_NODE_IMAGE (.ci/run builds it)"]
+#[ignore = "needs podman, kind, kubectl, go, redis-server (for the Redis stand-in) and a Kind node image (E2E_NODE_IMAGE, which .ci/run builds, or a reachable registry)"]
 fn the_datastorage_suite_on_kind_loads_redis_with_ours_and_passes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     ensure_redis_standin("podman");
@@ -204,7 +208,7 @@ fn the_datastorage_suite_on_kind_loads_redis_with_ours_and_passes() {
 /// gateway's image is new, and its Deployment is recreated on the one node (no rollout
 /// deadlock over the host port).
 #[test]
-#[ignore = "needs podman, kind, kubectl, go and a Kind node image in E2E_NODE_IMAGE (.ci/run builds it)"]
+#[ignore = "needs podman, kind, kubectl, go and a Kind node image (E2E_NODE_IMAGE, which .ci/run builds, or a reachable registry)"]
 fn reuse_cluster_after_an_image_change_passes_on_the_kept_cluster() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new("kind-reuse");
@@ -247,7 +251,7 @@ fn reuse_cluster_after_an_image_change_passes_on_the_kept_cluster() {
 /// finds it unhealthy and recreates the cluster once; a node that stops right before the load
 /// fails the load with a message that says so.
 #[test]
-#[ignore = "needs podman, kind, kubectl, go and a Kind node image in E2E_NODE_IMAGE (.ci/run builds it)"]
+#[ignore = "needs podman, kind, kubectl, go and a Kind node image (E2E_NODE_IMAGE, which .ci/run builds, or a reachable registry)"]
 fn a_stopped_node_is_recreated_once_and_a_load_into_one_fails_clearly() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new("kind-stopped");
@@ -281,16 +285,9 @@ fn a_stopped_node_is_recreated_once_and_a_load_into_one_fails_clearly() {
     )
     .unwrap();
     let path = format!("{wrapper}:{}", std::env::var("PATH").unwrap());
-    let image = node_image();
-    let args = [
-        "e2e-gateway",
-        "--cluster",
-        "kind",
-        "--cluster-name",
-        &cluster.name,
-        "--node-image",
-        &image,
-    ];
+    let image = node_image_args();
+    let mut args = vec!["e2e-gateway", "--cluster", "kind", "--cluster-name", &cluster.name];
+    args.extend(image.iter().map(String::as_str));
     let mut env: Vec<(&str, &str)> = cluster.ports.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.push(("PATH", &path));
     let failed = scratch.xtask(&args, &env);
@@ -308,7 +305,7 @@ fn a_stopped_node_is_recreated_once_and_a_load_into_one_fails_clearly() {
 /// forwards, counters over HTTP) pushes nothing and deletes only its namespace; a third run, on
 /// a new cluster and with no local copies, pushes nothing and its node pulls.
 #[test]
-#[ignore = "needs podman, kind, kubectl, go and a Kind node image in E2E_NODE_IMAGE (.ci/run builds it)"]
+#[ignore = "needs podman, kind, kubectl, go and a Kind node image (E2E_NODE_IMAGE, which .ci/run builds, or a reachable registry)"]
 fn a_registry_feeds_kind_and_an_existing_cluster_pushing_each_image_once() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let registry = RegistryServer::start(true);
@@ -390,7 +387,7 @@ fn a_registry_feeds_kind_and_an_existing_cluster_pushing_each_image_once() {
 /// A failing test on Kind: the diagnostics hold kind's logs, the pods' logs, events and
 /// descriptions with real content, taken while the services still ran.
 #[test]
-#[ignore = "needs podman, kind, kubectl, go and a Kind node image in E2E_NODE_IMAGE (.ci/run builds it)"]
+#[ignore = "needs podman, kind, kubectl, go and a Kind node image (E2E_NODE_IMAGE, which .ci/run builds, or a reachable registry)"]
 fn a_failing_test_on_kind_leaves_real_diagnostics() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new("kind-fails");
@@ -439,22 +436,14 @@ fn a_failing_test_on_kind_leaves_real_diagnostics() {
 
 /// Ctrl-C while the services deploy: the cluster is deleted and nothing is left.
 #[test]
-#[ignore = "needs podman, kind, kubectl, go and a Kind node image in E2E_NODE_IMAGE (.ci/run builds it)"]
+#[ignore = "needs podman, kind, kubectl, go and a Kind node image (E2E_NODE_IMAGE, which .ci/run builds, or a reachable registry)"]
 fn ctrl_c_during_deploy_deletes_the_cluster() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new("kind-ctrl-c");
     let cluster = Cluster::new("kint");
-    let image = node_image();
     let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args([
-            "e2e-gateway",
-            "--cluster",
-            "kind",
-            "--cluster-name",
-            &cluster.name,
-            "--node-image",
-            &image,
-        ])
+        .args(["e2e-gateway", "--cluster", "kind", "--cluster-name", &cluster.name])
+        .args(node_image_args())
         .current_dir(&scratch.root)
         .env("XTASK_PROJECT_ROOT", &scratch.root)
         .env("TMPDIR", scratch.root.join("target"))
