@@ -85,6 +85,27 @@ fn e2e_with_coverage_on_podman_passes_and_leaves_nothing_behind() {
     assert!(ours.is_empty(), "containers left behind: {ours:?}");
 }
 
+/// Without --coverage, from a checkout with no coverdata/ at all (a fresh clone): the pods'
+/// hostPath into coverdata/<suite>/ is made for them, and nothing is written there.
+#[test]
+#[ignore = "needs podman and go"]
+fn a_plain_run_from_a_fresh_clone_passes() {
+    let scratch = Scratch::new("real-e2e-plain");
+    assert!(!scratch.root.join("coverdata").exists());
+    let name = unique("plain");
+    let mut guard = Cleanup::default();
+    guard.pods = ["datastorage", "gateway"].map(|s| format!("{name}-{s}-pod-0")).to_vec();
+    guard.networks = vec![format!("xtask-{name}")];
+    let (gateway, datastorage) = (free_port().to_string(), free_port().to_string());
+    let args = ["e2e-gateway", "--cluster", "podman", "--cluster-name", &name];
+    let run = scratch
+        .xtask(&args, &[("GATEWAY_HOST_PORT", &gateway), ("DATASTORAGE_HOST_PORT", &datastorage)]);
+    guard.images.extend(images_of(&run).into_iter().map(|i| i.reference));
+    assert_eq!(run.code, 0, "{run}");
+    let written = std::fs::read_dir(scratch.root.join("coverdata/gateway")).unwrap().count();
+    assert_eq!(written, 0, "a plain build writes no coverage data:\n{run}");
+}
+
 /// Two checkouts run at once under their own names and ports: neither touches the other, one
 /// passes, and the other fails exactly where its own suite fails.
 #[test]
