@@ -15,11 +15,12 @@
 #
 # Set-up (all of it is undone at exit: images, the scratch copy, the caches in it):
 #   - Everything runs in a scratch copy of the repository in a temp dir (go.mod, go.sum*,
-#     cmd/, internal/, docker/, xtask/, Cargo.*, .cargo/, .ci/, .containerignore,
-#     .dockerignore), so the checkout is never modified. The copy's go.mod gets a comment
-#     naming this run: it changes no binary, but go.mod is hashed into the xtask's tags, so
-#     its images (localhost/<svc>:e2e-<hash>) are this run's own and cleanup removes no
-#     image of another run. The Makefile's and ko's images carry the run id in their names.
+#     cmd/, internal/, docker/, test/ (the suites name the services), xtask/, Cargo.*,
+#     .cargo/, .ci/, .containerignore, .dockerignore), so the checkout is never modified. The
+#     copy's go.mod gets a comment naming this run: it changes no binary, but go.mod is
+#     hashed into the xtask's tags, so its images (localhost/<svc>:e2e-<hash>) are this run's
+#     own and cleanup removes no image of another run. The Makefile's and ko's images carry
+#     the run id in their names.
 #   - xtask: `cargo xtask build-images --coverage` in the copy with XTASK_PROJECT_ROOT=<copy>
 #     and CARGO_TARGET_DIR=<a directory kept between runs>, compiled before anything is timed;
 #     cargo's own up-to-date check is part of the time, as it is for a user.
@@ -438,7 +439,7 @@ mkdir -p "$copy"
 (
     cd "$repo"
     shopt -s nullglob
-    cp -a go.mod go.sum* Cargo.toml Cargo.lock cmd internal docker xtask .cargo .ci "$copy/"
+    cp -a go.mod go.sum* Cargo.toml Cargo.lock cmd internal docker test xtask .cargo .ci "$copy/"
     for f in .containerignore .dockerignore; do
         [ ! -e "$f" ] || cp -a "$f" "$copy/"
     done
@@ -561,7 +562,7 @@ bench() {
         local var
         for var in XTASK_PROJECT_ROOT CARGO_TARGET_DIR GOCACHE KOCACHE KO_DOCKER_REPO \
             CONTAINERS_CONF DOCKER_HOST BENCH_STATE BENCH_RUN_ID BENCH_MAKE_REPO; do
-            printf ' %s=%q' "$var" "${!var}"
+            printf ' %s=%q' "$var" "${!var-}"
         done
         printf ' \\\n   '
         printf ' %q' "${args[@]}"

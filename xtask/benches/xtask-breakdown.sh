@@ -120,7 +120,7 @@ mkdir -p "$copy"
 (
     cd "$repo"
     shopt -s nullglob
-    cp -a go.mod go.sum* Cargo.toml Cargo.lock cmd internal docker xtask .cargo .ci "$copy/"
+    cp -a go.mod go.sum* Cargo.toml Cargo.lock cmd internal docker test xtask .cargo .ci "$copy/"
 )
 # Changes no binary; makes the xtask's image tags (a hash over go.mod among others) ours.
 printf '\n// xtask breakdown run %s\n' "$run_id" >>"$copy/go.mod"
