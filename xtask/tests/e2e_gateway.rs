@@ -316,6 +316,27 @@ fn reuse_cluster_keeps_a_healthy_one_and_keeps_it_afterwards() {
     assert!(sandbox.count("kind get nodes") >= 1, "every node is checked");
 }
 
+/// A kept cluster already holds our unchanged images (their tags are their content): the next
+/// run loads only what changed.
+#[test]
+fn reuse_cluster_loads_only_the_images_the_node_lacks() {
+    let sandbox = kind_sandbox("kind-reuse-load");
+    let first = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster"]);
+    assert_eq!(first.code, 0, "{first}");
+    assert_eq!(sandbox.count("kind load image-archive"), 2, "{first}");
+    let main = sandbox.root.join("cmd/gateway/main.go");
+    let source = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, format!("{source}\n// a one-line change\n")).unwrap();
+    let second = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--reuse-cluster"]);
+    assert_eq!(second.code, 0, "{second}");
+    let loads: Vec<String> =
+        sandbox.calls().into_iter().filter(|c| c.starts_with("kind load image-archive")).collect();
+    assert_eq!(loads.len(), 3, "{loads:#?}");
+    assert!(loads[2].contains("/gateway-"), "only the changed gateway: {loads:#?}");
+    assert!(second.stdout.contains("    localhost/datastorage:e2e-"), "{second}");
+    assert!(second.stdout.contains(" is in the node already"), "{second}");
+}
+
 #[test]
 fn reuse_cluster_recreates_an_unhealthy_one() {
     let mut sandbox = kind_sandbox("kind-reuse-unhealthy");

@@ -230,6 +230,11 @@ fn reuse_cluster_after_an_image_change_passes_on_the_kept_cluster() {
     let images = images_of(&second);
     let status = |svc: &str| images.iter().find(|i| i.service == svc).unwrap().status.clone();
     assert_eq!((status("gateway").as_str(), status("datastorage").as_str()), ("built", "cached"));
+    // Only the changed image goes into the node.
+    let datastorage = images.iter().find(|i| i.service == "datastorage").unwrap();
+    let kept = format!("    {} is in the node already", datastorage.reference);
+    assert!(second.stdout.contains(&kept), "{second}");
+    assert_eq!(second.stdout.matches("    loaded localhost/").count(), 1, "{second}");
     // The pod runs the new image.
     let gateway = images.iter().find(|i| i.service == "gateway").unwrap().reference.clone();
     let kubeconfig = cluster.kubeconfig(&scratch);

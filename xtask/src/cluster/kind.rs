@@ -527,6 +527,18 @@ impl Cluster for Kind {
         }
         for image in images {
             let service = &image.name;
+            // A tag of ours is its content: a kept cluster (`--reuse-cluster`) that holds it in
+            // every node holds this very image. A third-party tag may have moved: loaded again.
+            let ours = self
+                .settings
+                .suite
+                .components
+                .iter()
+                .any(|c| c.name == image.name && c.build().is_some());
+            if ours && before.iter().all(|known| known.contains(&image.reference)) {
+                println!("    {} is in the node already", image.reference);
+                continue;
+            }
             let archive = image.archive.as_ref().with_context(|| {
                 format!("no image archive for {service}: this is a bug in the build phase")
             })?;
