@@ -19,7 +19,7 @@ use crate::{
     check::{Check, Needs},
     cmd::{step, Running},
     http,
-    manifests::{self, Placement},
+    manifests::{self, Document, Placement},
     project::{self, write_file},
     suite::Component,
 };
@@ -136,7 +136,7 @@ impl Cluster for Existing {
             &settings.root,
             &settings.suite,
             &vars,
-            shared_cluster_manifest,
+            |documents| documents.into_iter().map(shared_cluster_document).collect(),
         )
         .map_err(DeployError::before_start)?;
         self.kubectl.deploy(sh, &files)?;
@@ -212,8 +212,13 @@ impl Cluster for Existing {
     }
 }
 
-/// The manifest for a cluster we share: no host ports (nodes are not ours), and an emptyDir
+/// A document for a cluster we share: no host ports (nodes are not ours), and an emptyDir
 /// instead of the hostPath into coverdata/ (no disk is shared; the counters come over HTTP).
+fn shared_cluster_document(document: Document) -> Document {
+    Document { text: shared_cluster_manifest(document.text), ..document }
+}
+
+/// `shared_cluster_document`'s change, line by line.
 fn shared_cluster_manifest(manifest: String) -> String {
     let mut out = String::new();
     let mut skip_below: Option<usize> = None;

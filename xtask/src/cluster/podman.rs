@@ -16,7 +16,7 @@ use crate::{
     check::Needs,
     cmd::step,
     engine::Engine,
-    manifests::{self, Placement},
+    manifests::{self, Document, Placement},
     project,
     suite::Component,
 };
@@ -236,11 +236,9 @@ impl Cluster for Podman {
     }
 }
 
-/// Drops the documents of a kind `podman kube play` does not run (Services).
-fn without_services(manifest: String) -> String {
-    let documents = manifest.split("\n---");
-    let kept = documents.filter(|doc| !doc.lines().any(|l| l.trim() == "kind: Service"));
-    kept.collect::<Vec<_>>().join("\n---")
+/// Drops the documents of a kind `podman kube play` does not run (Services), as read.
+fn without_services(documents: Vec<Document>) -> Vec<Document> {
+    documents.into_iter().filter(|d| d.kind.as_deref() != Some("Service")).collect()
 }
 
 #[cfg(test)]
@@ -248,10 +246,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn services_are_dropped() {
-        let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: gateway\n";
-        let podman = without_services(manifest.to_string());
-        assert!(podman.contains("kind: Deployment"));
-        assert!(!podman.contains("kind: Service"));
+    fn services_are_dropped_by_their_kind_and_nothing_else() {
+        let manifest = "# header\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\n  annotations:\n    note: |\n      kind: Service\n--- # a Service, written another way\napiVersion: v1\nkind: \"Service\"\nmetadata: {name: gateway}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kind-service\n";
+        let documents = manifests::documents("m.yaml".into(), manifest).unwrap();
+        let kept: String = without_services(documents).into_iter().map(|d| d.text).collect();
+        // The Deployment that mentions a Service in a value stays, as written; the quoted
+        // Service goes.
+        assert_eq!(
+            kept,
+            "# header\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\n  annotations:\n    note: |\n      kind: Service\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kind-service\n"
+        );
     }
 }
