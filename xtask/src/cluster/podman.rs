@@ -15,7 +15,7 @@ use crate::{
     build_images::Image,
     check::Needs,
     cmd::step,
-    engine::Engine,
+    engine::{self, Engine},
     manifests::{self, Document, Placement},
     project,
     suite::Component,
@@ -165,9 +165,15 @@ impl Cluster for Podman {
         // context: run it from a directory of our own.
         let _dir = sh.push_dir(&settings.rendered);
         // From a registry, kube play would pull what is not here with no time limit: pulled
-        // first, with one (plain HTTP says so).
+        // first, with one (plain HTTP says so). Phase 2 pulled every image it verified: those
+        // are played as verified, not pulled again by their tag.
         if let Some(registry) = &settings.registry {
-            let pulled = images.iter().try_for_each(|image| registry.pull(sh, &image.reference));
+            let pulled = (|| {
+                let references: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
+                let found = engine::inspect(sh, Engine::Podman, &references)?;
+                let missing = references.iter().zip(found).filter(|(_, found)| found.is_none());
+                missing.into_iter().try_for_each(|(r, _)| registry.pull(sh, Engine::Podman, r))
+            })();
             pulled.map_err(DeployError::before_start)?;
         }
         let tls = settings.registry.as_ref().and_then(|r| r.tls_args());
