@@ -112,13 +112,14 @@ pub fn write(
     root: &Utf8Path,
     suite: &Suite,
     vars: &[(String, String)],
-    adapt: fn(Vec<Document>) -> Vec<Document>,
+    adapt: fn(Vec<Document>) -> Result<Vec<Document>>,
 ) -> Result<Manifests> {
     let mut files = Vec::new();
     for component in &suite.components {
         let file = &component.manifest;
         let documents = documents(file, &render(root, file, vars)?)?;
-        let text: String = adapt(documents).into_iter().map(|d| d.text).collect();
+        let adapted = adapt(documents).with_context(|| format!("adapting {file}"))?;
+        let text: String = adapted.into_iter().map(|d| d.text).collect();
         let file = write_file(dir, &format!("{}.yaml", component.name), &text)?;
         files.push((component.clone(), file));
     }

@@ -557,10 +557,8 @@ impl Cluster for Kind {
         let vars =
             manifests::values(&settings.root, &settings.suite, &Placement::own_cluster(), images);
         let files =
-            manifests::write(&settings.rendered, &settings.root, &settings.suite, &vars, |docs| {
-                docs
-            })
-            .map_err(DeployError::before_start)?;
+            manifests::write(&settings.rendered, &settings.root, &settings.suite, &vars, Ok)
+                .map_err(DeployError::before_start)?;
         self.kubectl.deploy(sh, &files)
     }
 
