@@ -18,8 +18,7 @@ use crate::{
     engine::Engine,
     engine::{self, ImageInfo},
     project::{self, WRITABLE_TARGET},
-    registry,
-    registry::Registry,
+    registry::{self, Expected, Registry, CONTENT_LABEL},
     suite::{self, Component, Source},
     ui,
 };
@@ -151,8 +150,12 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
             let (file, tag, context) = (&p.dockerfile, &p.reference, &p.context);
             let build_args = p.args.iter().flat_map(|arg| ["--build-arg", arg]);
             let args = flags.into_iter().flatten().chain(build_args);
-            let build = cmd!(sh, "{program} build --file {file} --tag {tag} {args...} {context}")
-                .envs(buildkit_env);
+            let label = format!("{CONTENT_LABEL}={}", content(tag));
+            let build = cmd!(
+                sh,
+                "{program} build --file {file} --tag {tag} --label {label} {args...} {context}"
+            )
+            .envs(buildkit_env);
             let hint = format!("fix {file} or its build context as the output above says; if {program} itself fails, `cargo xtask doctor` checks it");
             (p.service.name.clone(), step(build).hint(hint).spawn())
         })
@@ -198,6 +201,11 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
             Some(registry) => (registry.push(sh, engine, &p.reference)?, "pushed"),
             None => (p.reference.clone(), ""),
         };
+        // What the registry holds under our tag must be what this tag was built from.
+        if let Some(registry) = &req.registry {
+            let expected = Expected::Content(content(&p.reference).to_string());
+            registry.verify(sh, engine, &used, &expected)?;
+        }
         let note = if note.is_empty() { String::new() } else { format!("  {note}: {used}") };
         let seconds = ui::seconds(took.get(&name).copied().unwrap_or_default());
         println!("{name:<12} {reference:<40} {status:<6} {seconds:>6} {size:>9}{note}");
@@ -205,6 +213,11 @@ pub fn build(sh: &Shell, root: &Utf8Path, req: &Request) -> Result<Vec<Image>> {
     }
     keep_recent_images(sh, root, engine, &in_store);
     Ok(images)
+}
+
+/// The value of an image's `CONTENT_LABEL`: its tag without `localhost/`, `<svc>:e2e-<hash>`.
+fn content(reference: &str) -> &str {
+    reference.trim_start_matches("localhost/")
 }
 
 /// The third-party images a suite runs (`components` with a `Source::Image`), used as they are
@@ -225,11 +238,19 @@ pub fn third_party(
         let name = &component.name;
         let mirrored = match &req.registry {
             Some(registry) if registry.has(sh, engine, reference)? => {
-                Some(registry.reference(reference))
+                Some((registry, registry.reference(reference)))
             }
             _ => None,
         };
-        if let Some(mirror) = mirrored {
+        if let Some((registry, mirror)) = mirrored {
+            // It carries no label of ours: the mirror is checked against the image here, if
+            // this store has it (else there is nothing to compare it with).
+            if let Some(here) =
+                engine::inspect(sh, engine, std::slice::from_ref(reference))?.remove(0)
+            {
+                let expected = Expected::Id { reference: reference.clone(), id: here.id };
+                registry.verify(sh, engine, &mirror, &expected)?;
+            }
             println!("{name:<12} {reference:<40} remote  in the registry: {mirror}");
             images.push(Image { name: name.clone(), reference: mirror, archive: None });
             continue;
@@ -246,6 +267,8 @@ pub fn third_party(
         let (used, note) = match &req.registry {
             Some(registry) => {
                 let mirror = registry.push(sh, engine, reference)?;
+                let expected = Expected::Id { reference: reference.clone(), id: info.id.clone() };
+                registry.verify(sh, engine, &mirror, &expected)?;
                 (mirror.clone(), format!("  pushed: {mirror}"))
             }
             None => (reference.clone(), String::new()),
@@ -421,6 +444,9 @@ fn plan(sh: &Shell, root: &Utf8Path, req: &Request, engine: Engine) -> Result<Ve
             ("mode", req.build_mode.as_str().to_string()),
             ("coverage", req.coverage.to_string()),
             ("arch", arch.clone()),
+            // Images built before they carried the label must not pass for ones that do (a
+            // registry refuses an image without it): the label changed every tag once.
+            ("label", CONTENT_LABEL.to_string()),
         ];
         let mut args = Vec::new();
         let context = match req.build_mode {

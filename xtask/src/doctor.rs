@@ -10,7 +10,7 @@ use crate::{
     cluster::{self, kind::KIND_INSTALL, ClusterBackend, Leftover, Target},
     cmd::step,
     engine::Engine,
-    project,
+    manifests, project,
     suite::{self, Suite},
 };
 
@@ -64,6 +64,7 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
         });
     }
     for suite in &suites {
+        notes.push(manifests::check(&root, suite));
         let (_, cluster) = cluster::pick(sh, target, &name(suite), &root, suite.clone())?;
         let row = format!("earlier run ({})", suite.name);
         let remove = cluster.remove_command();

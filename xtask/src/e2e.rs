@@ -19,7 +19,7 @@ use crate::{
     covdata_report::{self, Coverage},
     coverdata, engine, http,
     lock::{self, Lock},
-    project,
+    manifests, project,
     suite::{self, Component, Ready, Suite},
     ui,
 };
@@ -370,7 +370,9 @@ fn preflight(
     let lock = lock::acquire(&settings.name, &settings.root, flags.coverage.then_some(suite))?;
     // An error here means a missing tool, which the checks below report properly.
     let leftover = cluster.leftover(sh).unwrap_or(Leftover::Nothing);
-    let Preflight { needs, checks, archives } = cluster.preflight(sh);
+    let Preflight { needs, mut checks, archives } = cluster.preflight(sh);
+    // A broken manifest fails here, before anything is built or created.
+    checks.push(manifests::check(&settings.root, &settings.suite));
     let container = flags.build_mode == BuildMode::Container;
     let needs = Needs {
         covdata: flags.coverage,

@@ -61,6 +61,30 @@ pub fn inspect(sh: &Shell, engine: Engine, images: &[String]) -> Result<Vec<Opti
     Ok(images.iter().map(info).collect())
 }
 
+/// The ID of `image` in the engine's store and its label `key`, if it has one; None when the
+/// store does not have the image.
+pub fn label(
+    sh: &Shell,
+    engine: Engine,
+    image: &str,
+    key: &str,
+) -> Result<Option<(String, Option<String>)>> {
+    let program = engine.program();
+    // `index` of a label the image lacks (or of no labels at all) prints nothing.
+    let format = format!("{{{{.Id}}}} {{{{index .Config.Labels \"{key}\"}}}}");
+    let output = step(cmd!(sh, "{program} image inspect --format {format} {image}"))
+        .hint("check that the engine answers: `cargo xtask doctor`")
+        .output()?;
+    let stderr = output.stderr.trim();
+    if !output.success() && is_missing_image(stderr) {
+        return Ok(None);
+    }
+    ensure!(output.success(), "`{program} image inspect {image}` failed ({}): {stderr}\ncheck that {program} answers: `cargo xtask doctor`", output.status);
+    let line = output.stdout.trim();
+    let (id, label) = line.split_once(' ').unwrap_or((line, ""));
+    Ok(Some((id.to_string(), Some(label.trim()).filter(|l| !l.is_empty()).map(str::to_string))))
+}
+
 /// Podman lists `localhost/x:1` as such; docker may list the short `x:1` for a local image.
 fn same_reference(listed: &str, wanted: &str) -> bool {
     listed.trim_start_matches("localhost/") == wanted.trim_start_matches("localhost/")

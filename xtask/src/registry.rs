@@ -9,7 +9,7 @@ use xshell::{cmd, Shell};
 
 use crate::{
     cmd::{step, CmdError, Output, Step},
-    engine::Engine,
+    engine::{self, Engine},
     http,
 };
 
@@ -31,6 +31,20 @@ impl std::fmt::Display for Registry {
             false => write!(f, "{}/{}", self.host, self.prefix),
         }
     }
+}
+
+/// The label every image we build carries: its content tag's `<svc>:e2e-<hash>`, so that an
+/// image in a registry shows what it was built from, whoever pushed it.
+pub const CONTENT_LABEL: &str = "e2e.xtask/content";
+
+/// What an image in the registry must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// One of ours: its `CONTENT_LABEL` is this.
+    Content(String),
+    /// A third-party image (it has no label of ours): the same image ID as the engine's
+    /// `reference`.
+    Id { reference: String, id: String },
 }
 
 /// The manifests a registry may hold for a tag: an image or an index, OCI or docker.
@@ -135,15 +149,51 @@ impl Registry {
         Ok(remote)
     }
 
-    /// Pulls `reference` (a name in this registry) into podman's store, within the time limit:
-    /// `podman kube play` would pull it with none.
-    pub fn pull(&self, sh: &Shell, reference: &str) -> anyhow::Result<()> {
-        let (tls, host) = (self.tls_args(), &self.host);
-        let hint = format!("check that {host} answers and has {reference} (it was pushed or found there in phase 2): `podman pull {reference}` shows the same; log in with `podman login {host}` where it needs it");
-        let pull = step(cmd!(sh, "podman pull {tls...} {reference}")).hint(hint);
+    /// Pulls `reference` (a name in this registry) into the engine's store, within the time
+    /// limit: `podman kube play` would pull it with none.
+    pub fn pull(&self, sh: &Shell, engine: Engine, reference: &str) -> anyhow::Result<()> {
+        let (program, host) = (engine.program(), &self.host);
+        // docker takes plain HTTP from a registry on loopback without being told.
+        let tls = if engine == Engine::Podman { self.tls_args() } else { None };
+        let hint = format!("check that {host} answers and has {reference} (it was pushed or found there in phase 2): `{program} pull {reference}` shows the same; log in with `{program} login {host}` where it needs it");
+        let pull = step(cmd!(sh, "{program} pull {tls...} {reference}")).hint(hint);
         self.run_bounded(pull, transfer_limit()?, true)
             .with_context(|| format!("pulling {reference} from {host} failed"))?;
         Ok(())
+    }
+
+    /// Refuses `remote` (this registry's name of an image we use) unless it is what `expected`
+    /// says: the tag alone proves nothing, as anyone may push anything under it (another
+    /// service's image was deployed, and reported as this one's coverage). The image is pulled
+    /// into the engine's store to read it: neither podman 4.3 nor docker reads an image's
+    /// configuration from a registry without it, and a registry with TLS is read the same way.
+    pub fn verify(
+        &self,
+        sh: &Shell,
+        engine: Engine,
+        remote: &str,
+        expected: &Expected,
+    ) -> anyhow::Result<()> {
+        self.pull(sh, engine, remote)?;
+        let program = engine.program();
+        let (id, content) = engine::label(sh, engine, remote, CONTENT_LABEL)?.with_context(|| {
+            format!("{remote} was pulled but `{program} image inspect` does not find it: run `cargo xtask doctor`")
+        })?;
+        let fix = format!("delete that tag in the registry {self} (or push the right image under it), or use another --registry prefix");
+        match expected {
+            Expected::Content(ours) if content.as_deref() == Some(ours) => Ok(()),
+            Expected::Content(ours) => {
+                let held = match content {
+                    Some(other) => format!("an image labelled {CONTENT_LABEL}={other}"),
+                    None => format!("an image without the label {CONTENT_LABEL} (not built by this xtask, or by one older than the label)"),
+                };
+                bail!("the registry's {remote} is not the image it should be: it holds {held}, not {ours}; {fix}")
+            }
+            Expected::Id { id: ours, .. } if *ours == id => Ok(()),
+            Expected::Id { reference, id: ours } => bail!(
+                "the registry's {remote} is not the image it should be: it holds the image {id}, while {program}'s {reference} is {ours}; {fix}"
+            ),
+        }
     }
 
     /// Runs `step`, which talks to the registry, for `limit` at most; past it, the error says

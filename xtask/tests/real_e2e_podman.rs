@@ -266,6 +266,44 @@ fn images_go_through_a_registry_and_a_second_run_pushes_nothing() {
     assert_coverage(&scratch, &second);
 }
 
+/// Another service's image under our content tag in the registry, for real: datastorage's
+/// image pushed as the gateway's registry reference (what a mistake in a shared registry does)
+/// is refused in phase 2, naming the reference and what it holds (its label), before any pod.
+/// Before, the run found the tag, deployed datastorage as the gateway, and reported its
+/// coverage as the gateway's.
+#[test]
+#[ignore = "needs podman, go and the distribution registry (`registry` on PATH; .ci/run builds it)"]
+fn another_services_image_under_our_tag_in_the_registry_is_refused() {
+    let registry = RegistryServer::start(false);
+    let scratch = Scratch::new("real-registry-wrong");
+    let name = unique("regwrong");
+    let mut guard = Cleanup::default();
+    let target = format!("{}/e2e", registry.addr);
+    let flags = ["--registry", target.as_str(), "--registry-insecure"];
+    // The images of a coverage run, pushed (and verified: pulled under the registry's names).
+    let built = scratch.xtask(&[&["build-images", "--coverage"][..], &flags].concat(), &[]);
+    assert_eq!(built.code, 0, "{built}");
+    let pushed = |service: &str| {
+        let line = built.stdout.lines().find(|l| l.starts_with(&format!("{service} "))).unwrap();
+        let local = line.split_whitespace().nth(1).unwrap().to_string();
+        (local, line.split_once("  pushed: ").unwrap().1.trim().to_string())
+    };
+    let ((gateway, remote), (datastorage, other)) = (pushed("gateway"), pushed("datastorage"));
+    guard.images.extend([gateway.clone(), datastorage.clone(), remote.clone(), other]);
+
+    let wrong = podman(&["push", "--tls-verify=false", &datastorage, &remote]);
+    assert!(wrong.status.success(), "{}", text(&wrong));
+    let run = e2e_with(&scratch, &name, &mut guard, &flags);
+    assert_eq!(run.code, 1, "{run}");
+    let (ours, theirs) = (&gateway["localhost/".len()..], &datastorage["localhost/".len()..]);
+    let refused = format!("the registry's {remote} is not the image it should be: it holds an image labelled e2e.xtask/content={theirs}, not {ours}; delete that tag in the registry {target} (or push the right image under it), or use another --registry prefix");
+    assert!(run.stderr.contains(&refused), "{run}");
+    assert!(run.stderr.contains("phase 2 (build images) failed"), "{run}");
+    for pod in &guard.pods {
+        assert!(!podman(&["pod", "exists", pod]).status.success(), "{pod} was created:\n{run}");
+    }
+}
+
 /// The case for real: the registry process stopped (SIGSTOP), so the kernel takes the
 /// connection and nothing answers. The run stops in phase 2 at the first tag check, within its
 /// 10 s, with the registry's name; nothing is pushed and no pod is created. Before, it was still

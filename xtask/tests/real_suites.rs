@@ -9,8 +9,8 @@ use camino::Utf8Path;
 use common::{
     free_port,
     real::{
-        assert_covmeta_and_covcounters, ensure_redis_standin, images_of, podman, unique, Cleanup,
-        Scratch, REDIS,
+        assert_covmeta_and_covcounters, ensure_redis_standin, images_of, podman, text, unique,
+        Cleanup, RegistryServer, Scratch, REDIS,
     },
     Run,
 };
@@ -137,4 +137,50 @@ fn counts(run: &Run) -> (usize, usize) {
         }
     });
     found.unwrap_or_else(|| panic!("no `N passed, N failed` line:\n{run}"))
+}
+
+/// The datastorage suite through a real registry: Redis, a third-party image with no label of
+/// ours, is mirrored there and checked by its image ID (the same after a push and a pull), so
+/// the run passes; another image pushed under the mirror's name is then refused, naming it and
+/// both IDs, before any pod.
+#[test]
+#[ignore = "needs podman, go, redis-server (for the Redis stand-in) and the distribution registry (`registry` on PATH; .ci/run builds it)"]
+fn a_third_party_mirror_is_checked_by_its_image_id() {
+    ensure_redis_standin("podman");
+    let registry = RegistryServer::start(false);
+    let scratch = Scratch::new("real-suite-mirror");
+    let name = unique("dsmirror");
+    let mut guard = Cleanup::default();
+    guard.pods = ["redis", "datastorage"].map(|c| format!("{name}-{c}-pod-0")).to_vec();
+    guard.networks = vec![format!("xtask-{name}")];
+    let (redis, datastorage) = (free_port().to_string(), free_port().to_string());
+    let env = [("REDIS_HOST_PORT", &*redis), ("DATASTORAGE_HOST_PORT", &*datastorage)];
+    let target = format!("{}/e2e", registry.addr);
+    let args = ["e2e", "datastorage", "--coverage", "--cluster", "podman", "--cluster-name", &name];
+    let args = [&args[..], &["--registry", &target, "--registry-insecure"]].concat();
+    let mirror = format!("{target}/{REDIS}");
+    let first = scratch.xtask(&args, &env);
+    let built = images_of(&first).into_iter().map(|i| i.reference);
+    guard.images.extend(built.chain([mirror.clone()]));
+    let pushed = first.stdout.lines().filter_map(|l| l.split_once("  pushed: ")).map(|(_, r)| r);
+    guard.images.extend(pushed.map(|r| r.trim().to_string()).collect::<Vec<_>>());
+    assert_eq!(first.code, 0, "{first}");
+    assert!(first.stdout.contains(&format!("pushed: {mirror}")), "{first}");
+
+    let ours = images_of(&first).remove(0).reference;
+    let wrong = podman(&["push", "--tls-verify=false", &ours, &mirror]);
+    assert!(wrong.status.success(), "{}", text(&wrong));
+    let id = |image: &str| text(&podman(&["image", "inspect", "--format", "{{.Id}}", image]));
+    let (theirs, redis_id) = (id(&ours), id(REDIS));
+    let second = scratch.xtask(&args, &env);
+    assert_eq!(second.code, 1, "{second}");
+    let refused = format!(
+        "the registry's {mirror} is not the image it should be: it holds the image {}, while podman's {REDIS} is {}; delete that tag",
+        theirs.lines().nth(1).unwrap(),
+        redis_id.lines().nth(1).unwrap()
+    );
+    assert!(second.stderr.contains(&refused), "{second}");
+    for pod in &guard.pods {
+        assert!(!podman(&["pod", "exists", pod]).status.success(), "{pod} was left behind");
+    }
 }

@@ -97,11 +97,11 @@ fn a_push_or_an_engine_check_that_hangs_is_stopped_at_the_time_limit() {
     }
 }
 
-/// `podman kube play` pulls what is not in podman's store with no time limit of its own: the
-/// podman backend pulls first, with one, and a registry that stopped answering since the build
-/// fails the deploy with its name; the teardown still runs.
+/// Every image from the registry is pulled, within the time limit, to verify it in phase 2
+/// (`podman kube play` would pull what is not in podman's store with no time limit of its
+/// own): a registry that stops answering then fails the run with its name, before any pod.
 #[test]
-fn a_pull_that_hangs_on_the_podman_backend_fails_the_deploy_with_the_registrys_name() {
+fn a_pull_that_hangs_fails_the_run_with_the_registrys_name_before_any_pod() {
     let mut sandbox = Sandbox::new("registry-pull-hang", PODMAN_TOOLS);
     sandbox.env("E2E_REGISTRY_TIMEOUT", "2").env("FAKE_HANG", "^podman pull");
     let args = ["e2e-gateway", "--cluster", "podman", "--registry", "registry.example.com/e2e"];
@@ -110,12 +110,13 @@ fn a_pull_that_hangs_on_the_podman_backend_fails_the_deploy_with_the_registrys_n
     assert!(run.stderr.contains("pulling registry.example.com/e2e/datastorage:e2e-"), "{run}");
     assert!(run.stderr.contains("from registry.example.com failed"), "{run}");
     assert!(run.stderr.contains("the registry registry.example.com stopped answering"), "{run}");
+    assert!(run.stderr.contains("phase 2 (build images) failed"), "{run}");
     assert!(sandbox.position("podman push") < sandbox.position("podman pull"));
     assert!(!sandbox.calls().iter().any(|c| c.starts_with("podman kube play")));
-    assert!(run.stdout.contains("removed the pods and the network"), "{run}");
     assert_hung_commands_are_gone(&sandbox);
 
-    // A registry that answers: each image is pulled once, then played.
+    // A registry that answers: each image is pulled once (to verify it), then played as it
+    // was verified, not pulled again.
     let sandbox = Sandbox::new("registry-pull", PODMAN_TOOLS);
     let run = sandbox.run(&args);
     assert_eq!(run.code, 0, "{run}");
@@ -139,4 +140,47 @@ fn a_bad_time_limit_says_what_it_takes() {
         "{run}"
     );
     assert!(!sandbox.calls().iter().any(|c| c.starts_with("podman push")));
+}
+
+/// The registry's name of `service` in a run's output (`... pushed: <name>` or `... in the
+/// registry: <name>`), and its local tag.
+fn names(run: &Run, service: &str) -> (String, String) {
+    let line = run.stdout.lines().find(|l| l.starts_with(&format!("{service} "))).unwrap();
+    let local = line.split_whitespace().nth(1).unwrap().to_string();
+    let remote = line.rsplit_once(": ").unwrap().1.trim().to_string();
+    (local, remote)
+}
+
+/// The case: another service's image pushed under our content tag was deployed, and
+/// its coverage reported as ours. Every image from the registry is verified by the label it was
+/// built with before any pod starts: another's label, or none, is refused with the registry's
+/// name, what it holds and the fix.
+#[test]
+fn another_image_under_our_tag_in_the_registry_is_refused_before_any_pod() {
+    let sandbox = Sandbox::new("registry-wrong-image", PODMAN_TOOLS);
+    let args = ["e2e-gateway", "--cluster", "podman", "--registry", "registry.example.com/e2e"];
+    let first = sandbox.run(&args);
+    assert_eq!(first.code, 0, "{first}");
+    let (gateway, remote) = names(&first, "gateway");
+    let (datastorage, _) = names(&first, "datastorage");
+    assert!(remote.starts_with("registry.example.com/e2e/gateway:e2e-"), "{first}");
+    let content = |local: &str| local.trim_start_matches("localhost/").to_string();
+    let plays = sandbox.count("podman kube play");
+
+    // datastorage's image pushed under the gateway's tag, then one without our label.
+    for (held, said) in [
+        (content(&datastorage), format!("an image labelled e2e.xtask/content={}", content(&datastorage))),
+        (String::new(), "an image without the label e2e.xtask/content (not built by this xtask, or by one older than the label)".to_string()),
+    ] {
+        let labels = sandbox.state.join("labels");
+        let mut text = std::fs::read_to_string(&labels).unwrap();
+        text += &format!("{remote} {held}\n");
+        std::fs::write(&labels, text).unwrap();
+        let run = sandbox.run(&args);
+        assert_eq!(run.code, 1, "{run}");
+        let refused = format!("phase 2 (build images) failed: the registry's {remote} is not the image it should be: it holds {said}, not {}; delete that tag in the registry registry.example.com/e2e (or push the right image under it), or use another --registry prefix\n", content(&gateway));
+        assert!(run.stderr.ends_with(&refused), "{run}");
+        assert!(run.stdout.contains("nothing to tear down"), "{run}");
+        assert_eq!(sandbox.count("podman kube play"), plays, "a pod was started:\n{run}");
+    }
 }

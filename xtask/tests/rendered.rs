@@ -64,3 +64,51 @@ fn an_existing_cluster_gets_no_host_ports_or_host_paths() {
         snapshot("existing", file).assert_eq(&rendered(&sandbox, file));
     }
 }
+
+/// A Service document with a YAML error (a key indented one space too far) fails the run in
+/// its preflight on every backend, naming the template's line and column and the fix, before
+/// anything is built or created. The podman backend used to drop every document that said
+/// `kind: Service` unread, so the run passed there and failed only on Kind.
+#[test]
+fn a_broken_service_document_fails_every_backend_before_anything_starts() {
+    let registry = ["--registry", "127.0.0.1:1/e2e", "--registry-insecure"];
+    for (backend, tools, extra) in [
+        ("podman", &["podman", "go"][..], &[][..]),
+        ("kind", &["podman", "kind", "kubectl", "go"], &[]),
+        ("existing", &["podman", "kubectl", "go"], &registry),
+    ] {
+        let sandbox = Sandbox::new(&format!("broken-service-{backend}"), tools);
+        let file = sandbox.root.join("test/infrastructure/gateway.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let (good, bad) = ("    app: gateway\n  ports:", "    app: gateway\n   ports:");
+        assert_eq!(text.matches(good).count(), 1, "the Service's selector and ports");
+        let text = text.replace(good, bad);
+        std::fs::write(&file, &text).unwrap();
+        let line = text.lines().position(|l| l == "   ports:").unwrap() + 1;
+
+        let args = [&["e2e-gateway", "--cluster", backend][..], extra].concat();
+        let run = sandbox.run(&args);
+        assert_eq!(run.code, 1, "{backend}: {run}");
+        let at = format!("test/infrastructure/gateway.yaml:{line}:4: did not find expected key");
+        assert!(run.stdout.contains(&at), "{backend}: {run}");
+        assert!(
+            run.stdout.contains("fix: fix the YAML there in test/infrastructure/gateway.yaml"),
+            "{backend}: {run}"
+        );
+        assert!(run.stderr.contains("preflight failed (manifests (gateway))"), "{backend}: {run}");
+        let calls = sandbox.calls();
+        // The existing cluster's checks read from it; nothing is created or applied.
+        let started = [
+            "go build",
+            "podman build",
+            "kind create",
+            "podman kube play",
+            "podman network create",
+        ];
+        let made = |c: &&String| {
+            started.iter().any(|s| c.starts_with(s))
+                || c.starts_with("kubectl") && (c.contains(" apply ") || c.contains(" create -f "))
+        };
+        assert_eq!(calls.iter().find(made), None, "{backend}: {calls:#?}");
+    }
+}

@@ -237,3 +237,26 @@ fn kind_loads_a_third_party_image_with_ours() {
     );
     assert!(run.stdout.contains("loaded docker.io/library/redis:7.4-alpine"), "{run}");
 }
+
+/// A third-party image mirrored into the registry has no label of ours: the mirror is checked
+/// against the image in the engine's store by its ID, after the push and when found there.
+#[test]
+fn a_third_party_mirror_of_another_image_is_refused_by_its_id() {
+    let mut sandbox = Sandbox::new("suite-mirror-id", TOOLS);
+    with_datastorage_suite(&mut sandbox);
+    let args =
+        ["e2e", "datastorage", "--cluster", "podman", "--registry", "registry.example.com/e2e"];
+    let first = sandbox.run(&args);
+    assert_eq!(first.code, 0, "{first}");
+    let mirror = "registry.example.com/e2e/docker.io/library/redis:7.4-alpine";
+    assert!(first.stdout.contains(&format!("pushed: {mirror}")), "{first}");
+    assert_eq!(sandbox.count(&format!("podman pull {mirror}")), 1, "verified once pushed");
+
+    // Another image under the mirror's name.
+    common::write(&sandbox.state.join("ids"), &format!("{mirror} sha256:2222\n"));
+    let run = sandbox.run(&args);
+    assert_eq!(run.code, 1, "{run}");
+    let refused = format!("phase 2 (build images) failed: the registry's {mirror} is not the image it should be: it holds the image sha256:2222, while podman's docker.io/library/redis:7.4-alpine is sha256:1111; delete that tag in the registry registry.example.com/e2e (or push the right image under it), or use another --registry prefix\n");
+    assert!(run.stderr.ends_with(&refused), "{run}");
+    assert_eq!(sandbox.count("podman kube play"), 2, "no pod of the second run:\n{run}");
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
+use serde_norway::Value;
 use sha2::{Digest, Sha256};
 use xshell::Shell;
 
@@ -19,7 +20,7 @@ use crate::{
     check::{Check, Needs},
     cmd::{step, Running},
     http,
-    manifests::{self, Placement},
+    manifests::{self, Document, Placement},
     project::{self, write_file},
     suite::Component,
 };
@@ -136,7 +137,7 @@ impl Cluster for Existing {
             &settings.root,
             &settings.suite,
             &vars,
-            shared_cluster_manifest,
+            |documents| documents.into_iter().map(shared_cluster_document).collect(),
         )
         .map_err(DeployError::before_start)?;
         self.kubectl.deploy(sh, &files)?;
@@ -212,8 +213,33 @@ impl Cluster for Existing {
     }
 }
 
-/// The manifest for a cluster we share: no host ports (nodes are not ours), and an emptyDir
+/// A document for a cluster we share: no host ports (nodes are not ours), and an emptyDir
 /// instead of the hostPath into coverdata/ (no disk is shared; the counters come over HTTP).
+/// The change is made line by line, which sees block style only: the result is read again, and
+/// a `hostPort` or `hostPath` it left (in flow style, say) is an error, not a pod that cannot
+/// be scheduled.
+fn shared_cluster_document(document: Document) -> Result<Document> {
+    let text = shared_cluster_manifest(document.text);
+    let value: Value = serde_norway::from_str(&text)
+        .context("the manifest with its host ports and host paths removed is no YAML document: write its ports and volumes in block style, one key per line")?;
+    let kind = document.kind.as_deref().unwrap_or("a");
+    if let Some(key) = ["hostPort", "hostPath"].into_iter().find(|key| has_key(&value, key)) {
+        bail!("its {kind} document keeps a {key} that the xtask could not remove for a shared cluster: write its ports and volumes in block style, one key per line");
+    }
+    Ok(Document { text, ..document })
+}
+
+/// Whether `key` is a key of any mapping in `value`.
+fn has_key(value: &Value, key: &str) -> bool {
+    match value {
+        Value::Mapping(map) => map.iter().any(|(k, v)| k.as_str() == Some(key) || has_key(v, key)),
+        Value::Sequence(items) => items.iter().any(|item| has_key(item, key)),
+        Value::Tagged(tagged) => has_key(&tagged.value, key),
+        _ => false,
+    }
+}
+
+/// `shared_cluster_document`'s change, line by line.
 fn shared_cluster_manifest(manifest: String) -> String {
     let mut out = String::new();
     let mut skip_below: Option<usize> = None;
@@ -264,5 +290,18 @@ mod tests {
             kind: Service
         "#]]
         .assert_eq(&shared_cluster_manifest(manifest));
+    }
+
+    /// The line-by-line change sees block style only: a host port written in flow style is
+    /// found in the document read again, and refused with the fix.
+    #[test]
+    fn a_host_port_the_change_cannot_remove_is_refused() {
+        let block = "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n    - name: a\n      ports:\n        - containerPort: 8080\n          hostPort: 18080\n";
+        let read = |text: &str| manifests::documents("m.yaml".into(), text).unwrap().remove(0);
+        let shared = shared_cluster_document(read(block)).unwrap();
+        assert!(!shared.text.contains("hostPort"), "{}", shared.text);
+        let flow = "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n    - name: a\n      ports: [{containerPort: 8080, hostPort: 18080}]\n";
+        let err = shared_cluster_document(read(flow)).unwrap_err().to_string();
+        assert_eq!(err, "its Pod document keeps a hostPort that the xtask could not remove for a shared cluster: write its ports and volumes in block style, one key per line");
     }
 }

@@ -448,6 +448,7 @@ impl Cluster for Kind {
         let vars =
             manifests::values(&settings.root, &settings.suite, &Placement::own_cluster(), &[]);
         let mut text = manifests::render(&settings.root, &settings.suite.kind_config, &vars)?;
+        manifests::documents(&settings.suite.kind_config, &text)?;
         if self.settings.registry.is_some() {
             // kind's local-registry set-up: containerd reads each registry's hosts.toml.
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
@@ -569,10 +570,8 @@ impl Cluster for Kind {
         let vars =
             manifests::values(&settings.root, &settings.suite, &Placement::own_cluster(), images);
         let files =
-            manifests::write(&settings.rendered, &settings.root, &settings.suite, &vars, |text| {
-                text
-            })
-            .map_err(DeployError::before_start)?;
+            manifests::write(&settings.rendered, &settings.root, &settings.suite, &vars, Ok)
+                .map_err(DeployError::before_start)?;
         self.kubectl.deploy(sh, &files)
     }
 

@@ -15,8 +15,8 @@ use crate::{
     build_images::Image,
     check::Needs,
     cmd::step,
-    engine::Engine,
-    manifests::{self, Placement},
+    engine::{self, Engine},
+    manifests::{self, Document, Placement},
     project,
     suite::Component,
 };
@@ -173,9 +173,15 @@ impl Cluster for Podman {
         // context: run it from a directory of our own.
         let _dir = sh.push_dir(&settings.rendered);
         // From a registry, kube play would pull what is not here with no time limit: pulled
-        // first, with one (plain HTTP says so).
+        // first, with one (plain HTTP says so). Phase 2 pulled every image it verified: those
+        // are played as verified, not pulled again by their tag.
         if let Some(registry) = &settings.registry {
-            let pulled = images.iter().try_for_each(|image| registry.pull(sh, &image.reference));
+            let pulled = (|| {
+                let references: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
+                let found = engine::inspect(sh, Engine::Podman, &references)?;
+                let missing = references.iter().zip(found).filter(|(_, found)| found.is_none());
+                missing.into_iter().try_for_each(|(r, _)| registry.pull(sh, Engine::Podman, r))
+            })();
             pulled.map_err(DeployError::before_start)?;
         }
         let tls = settings.registry.as_ref().and_then(|r| r.tls_args());
@@ -244,11 +250,9 @@ impl Cluster for Podman {
     }
 }
 
-/// Drops the documents of a kind `podman kube play` does not run (Services).
-fn without_services(manifest: String) -> String {
-    let documents = manifest.split("\n---");
-    let kept = documents.filter(|doc| !doc.lines().any(|l| l.trim() == "kind: Service"));
-    kept.collect::<Vec<_>>().join("\n---")
+/// Drops the documents of a kind `podman kube play` does not run (Services), as read.
+fn without_services(documents: Vec<Document>) -> Result<Vec<Document>> {
+    Ok(documents.into_iter().filter(|d| d.kind.as_deref() != Some("Service")).collect())
 }
 
 #[cfg(test)]
@@ -256,10 +260,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn services_are_dropped() {
-        let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: gateway\n";
-        let podman = without_services(manifest.to_string());
-        assert!(podman.contains("kind: Deployment"));
-        assert!(!podman.contains("kind: Service"));
+    fn services_are_dropped_by_their_kind_and_nothing_else() {
+        let manifest = "# header\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\n  annotations:\n    note: |\n      kind: Service\n--- # a Service, written another way\napiVersion: v1\nkind: \"Service\"\nmetadata: {name: gateway}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kind-service\n";
+        let documents = manifests::documents("m.yaml".into(), manifest).unwrap();
+        let kept: String =
+            without_services(documents).unwrap().into_iter().map(|d| d.text).collect();
+        // The Deployment that mentions a Service in a value stays, as written; the quoted
+        // Service goes.
+        assert_eq!(
+            kept,
+            "# header\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\n  annotations:\n    note: |\n      kind: Service\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kind-service\n"
+        );
     }
 }
