@@ -370,6 +370,10 @@ fn preflight(
     let lock = lock::acquire(&settings.name, &settings.root, flags.coverage.then_some(suite))?;
     // An error here means a missing tool, which the checks below report properly.
     let leftover = cluster.leftover(sh).unwrap_or(Leftover::Nothing);
+    // Not ours to remove, and in the way of what the run creates: stop before anything starts.
+    if let Leftover::Foreign { what, fix } = &leftover {
+        bail!("{what}: {fix}");
+    }
     let Preflight { needs, checks, archives } = cluster.preflight(sh);
     let container = flags.build_mode == BuildMode::Container;
     let needs = Needs {

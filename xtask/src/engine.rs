@@ -4,7 +4,7 @@ use anyhow::{ensure, Result};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
-use crate::{cmd::step, project};
+use crate::{cmd::step, lock, project};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -59,6 +59,15 @@ pub fn inspect(sh: &Shell, engine: Engine, images: &[String]) -> Result<Vec<Opti
         Some(ImageInfo { id: words.next()?.to_string(), size: words.next()?.parse().ok()? })
     };
     Ok(images.iter().map(info).collect())
+}
+
+/// The cluster name on the run label (`lock::LABEL`) of a podman pod or network (`kind`) that
+/// exists, if it has one.
+pub fn run_label(sh: &Shell, kind: &str, name: &str) -> Result<Option<String>> {
+    let format = format!("{{{{index .Labels \"{}\"}}}}", lock::LABEL);
+    let inspect = step(cmd!(sh, "podman {kind} inspect --format {format} {name}"));
+    let label = inspect.hint("check that podman answers: `cargo xtask doctor`").read()?;
+    Ok(Some(label.trim().to_string()).filter(|l| !l.is_empty()))
 }
 
 /// Podman lists `localhost/x:1` as such; docker may list the short `x:1` for a local image.

@@ -107,11 +107,12 @@ pub fn write(
     root: &Utf8Path,
     suite: &Suite,
     vars: &[(String, String)],
-    adapt: fn(String) -> String,
+    adapt: impl Fn(String) -> Result<String>,
 ) -> Result<Manifests> {
     let mut files = Vec::new();
     for component in &suite.components {
-        let text = adapt(render(root, &component.manifest, vars)?);
+        let file = &component.manifest;
+        let text = adapt(render(root, file, vars)?).with_context(|| format!("{file}"))?;
         let file = write_file(dir, &format!("{}.yaml", component.name), &text)?;
         files.push((component.clone(), file));
     }

@@ -131,14 +131,11 @@ impl Cluster for Existing {
         let settings = &self.settings;
         let vars =
             manifests::values(&settings.root, &settings.suite, &Placement::own_cluster(), images);
-        let files = manifests::write(
-            &settings.rendered,
-            &settings.root,
-            &settings.suite,
-            &vars,
-            shared_cluster_manifest,
-        )
-        .map_err(DeployError::before_start)?;
+        let files =
+            manifests::write(&settings.rendered, &settings.root, &settings.suite, &vars, |text| {
+                Ok(shared_cluster_manifest(text))
+            })
+            .map_err(DeployError::before_start)?;
         self.kubectl.deploy(sh, &files)?;
         // The suite reaches each service on a local port of its own.
         for service in &self.settings.suite.components {

@@ -15,7 +15,8 @@ use crate::{
     build_images::Image,
     check::Needs,
     cmd::step,
-    engine::Engine,
+    engine::{self, Engine},
+    lock,
     manifests::{self, Placement},
     project,
     suite::Component,
@@ -105,17 +106,31 @@ impl Cluster for Podman {
         Preflight { needs, checks: Vec::new(), archives: false }
     }
 
+    /// Ours are labelled with our name: what is not stays, whoever made it.
     fn leftover(&self, sh: &Shell) -> Result<Leftover> {
         let ours = self.pods().into_iter().map(|pod| ("pod", pod));
-        let mut left = Vec::new();
+        let (mut left, mut foreign) = (Vec::new(), Vec::new());
         for (kind, name) in ours.chain([("network", self.network.clone())]) {
-            if exists(sh, kind, &name)? {
-                left.push(format!("the {kind} {name}"));
+            if !exists(sh, kind, &name)? {
+                continue;
             }
+            let label = engine::run_label(sh, kind, &name)?;
+            if label.as_deref() == Some(self.settings.name.as_str()) {
+                left.push(format!("the {kind} {name}"));
+                continue;
+            }
+            let owner = lock::owner(label.as_deref());
+            let remove = match (&owner, kind) {
+                (lock::Owner::Live { .. }, _) => None,
+                (_, "pod") => Some(format!("podman pod rm --force {name}")),
+                _ => Some(format!("podman network rm {name}")),
+            };
+            foreign.push((format!("the {kind} {name} {owner}"), remove));
         }
-        Ok(match left.is_empty() {
-            true => Leftover::Nothing,
-            false => Leftover::Stale(format!("an earlier run left {}", left.join(", "))),
+        Ok(match (left.is_empty(), foreign.is_empty()) {
+            (_, false) => Leftover::foreign(foreign),
+            (true, true) => Leftover::Nothing,
+            (false, true) => Leftover::Stale(format!("an earlier run left {}", left.join(", "))),
         })
     }
 
@@ -143,18 +158,15 @@ impl Cluster for Podman {
     fn deploy(&mut self, sh: &Shell, images: &[Image]) -> Result<(), DeployError> {
         let settings = &self.settings;
         let vars = manifests::values(&settings.root, &settings.suite, &self.placement(), images);
-        let files = manifests::write(
-            &settings.rendered,
-            &settings.root,
-            &settings.suite,
-            &vars,
-            without_services,
-        )
-        .map_err(DeployError::before_start)?;
-        let network = &self.network;
+        // Each pod says which run made it (podman gives a pod its template's labels).
+        let label = |text| with_run_label(&without_services(text), &settings.name);
+        let files =
+            manifests::write(&settings.rendered, &settings.root, &settings.suite, &vars, label)
+                .map_err(DeployError::before_start)?;
+        let (network, label) = (&self.network, format!("{}={}", lock::LABEL, settings.name));
         let created = exists(sh, "network", network).and_then(|there| {
             if !there {
-                step(cmd!(sh, "podman network create {network}"))
+                step(cmd!(sh, "podman network create --label {label} {network}"))
                     .hint("check that podman answers: `cargo xtask doctor`")
                     .run()?;
             }
@@ -243,6 +255,79 @@ fn without_services(manifest: String) -> String {
     kept.collect::<Vec<_>>().join("\n---")
 }
 
+/// Adds `lock::LABEL: "<name>"` to the labels of the pod each Deployment (its template) or Pod
+/// of `manifest` makes. The manifests are block-style YAML as Kubernetes writes it; labels
+/// written inline, or a Deployment without a template's metadata, are refused with the fix.
+fn with_run_label(manifest: &str, name: &str) -> Result<String> {
+    let label = format!("{}: \"{name}\"", lock::LABEL);
+    let documents = manifest.split("\n---").map(|doc| label_document(doc, &label));
+    Ok(documents.collect::<Result<Vec<_>>>()?.join("\n---"))
+}
+
+fn label_document(document: &str, label: &str) -> Result<String> {
+    let mut lines: Vec<String> = document.split('\n').map(str::to_string).collect();
+    let kind = lines.iter().find_map(|l| l.strip_prefix("kind:")).map(str::trim);
+    let path: &[&str] = match kind {
+        Some("Deployment") => &["spec", "template", "metadata"],
+        Some("Pod") => &["metadata"],
+        _ => return Ok(document.to_string()),
+    };
+    let mut metadata = None;
+    for key in path {
+        metadata = Some(child(&lines, metadata, key).with_context(|| {
+            format!("the podman backend labels each pod it starts, but found no {} here: write the {} block-style, one key per line", path.join("."), kind.unwrap_or_default())
+        })?);
+    }
+    let metadata = metadata.expect("the path has a key");
+    let (at, pad) = match child(&lines, Some(metadata), "labels") {
+        Some(labels) if lines[labels].trim_end().ends_with("labels:") => {
+            (labels + 1, children_indent(&lines, labels))
+        }
+        Some(_) => bail!("the podman backend labels each pod it starts, but its labels are written inline: write them one `key: value` per line"),
+        None => {
+            let pad = children_indent(&lines, metadata);
+            lines.insert(metadata + 1, format!("{}labels:", " ".repeat(pad)));
+            (metadata + 2, pad + 2)
+        }
+    };
+    lines.insert(at, format!("{}{label}", " ".repeat(pad)));
+    Ok(lines.join("\n"))
+}
+
+/// The line of `key` among the children of the line `parent` (None: the top level).
+fn child(lines: &[String], parent: Option<usize>, key: &str) -> Option<usize> {
+    let (start, above) = parent.map_or((0, None), |p| (p + 1, Some(indent(&lines[p]))));
+    let mut level = None;
+    for (i, line) in lines.iter().enumerate().skip(start) {
+        let text = line.trim_start();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        if above.is_some_and(|above| indent(line) <= above) {
+            break;
+        }
+        let at_level = *level.get_or_insert(indent(line)) == indent(line);
+        if at_level && text.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// The indentation of the children of the line `parent`: its first child's, else two more.
+fn children_indent(lines: &[String], parent: usize) -> usize {
+    let first = lines[parent + 1..].iter().find(|l| {
+        let text = l.trim_start();
+        !text.is_empty() && !text.starts_with('#')
+    });
+    let parent = indent(&lines[parent]);
+    first.map(|l| indent(l)).filter(|&i| i > parent).unwrap_or(parent + 2)
+}
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +338,63 @@ mod tests {
         let podman = without_services(manifest.to_string());
         assert!(podman.contains("kind: Deployment"));
         assert!(!podman.contains("kind: Service"));
+    }
+
+    #[test]
+    fn every_pod_a_manifest_makes_gets_the_run_label() {
+        let deployment = "# a comment\nkind: Deployment\nmetadata:\n  name: x\n  labels:\n    app: x\nspec:\n  selector:\n    matchLabels:\n      app: x\n  template:\n    # the pod\n    metadata:\n\n      labels:\n        app: x\n    spec:\n      containers:\n      - name: x\n";
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n    name: y\nspec:\n    containers: []\n";
+        let claim = "kind: PersistentVolumeClaim\nmetadata:\n  name: z\n";
+        let manifest = format!("{deployment}---\n{pod}---\n{claim}");
+        let labelled = with_run_label(&manifest, "e2e-1").unwrap();
+        expect_test::expect![[r#"
+            # a comment
+            kind: Deployment
+            metadata:
+              name: x
+              labels:
+                app: x
+            spec:
+              selector:
+                matchLabels:
+                  app: x
+              template:
+                # the pod
+                metadata:
+
+                  labels:
+                    e2e.xtask/cluster: "e2e-1"
+                    app: x
+                spec:
+                  containers:
+                  - name: x
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata:
+                labels:
+                  e2e.xtask/cluster: "e2e-1"
+                name: y
+            spec:
+                containers: []
+            ---
+            kind: PersistentVolumeClaim
+            metadata:
+              name: z
+        "#]]
+        .assert_eq(&labelled);
+    }
+
+    #[test]
+    fn labels_the_backend_cannot_extend_are_refused_with_the_fix() {
+        let inline = "kind: Pod\nmetadata:\n  name: y\n  labels: {app: y}\n";
+        let err = with_run_label(inline, "e2e").unwrap_err().to_string();
+        assert!(err.ends_with("write them one `key: value` per line"), "{err}");
+        let flow = "kind: Deployment\nspec: {template: {metadata: {labels: {app: x}}}}\n";
+        let err = with_run_label(flow, "e2e").unwrap_err().to_string();
+        assert!(
+            err.contains("found no spec.template.metadata here: write the Deployment block-style"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,176 @@
+//! What a run may remove, against the fake tools: only what carries its label (kind's for Kind's
+//! nodes, `e2e.xtask/cluster=<name>` for podman's pods and network) and has no live owner. A
+//! pod, network or container that only has one of our names stops the run with what it is,
+//! whose, and what to do; nothing of it is touched.
+
+mod common;
+
+use common::{Run, Sandbox};
+
+const KIND_TOOLS: &[&str] = &["podman", "kind", "kubectl", "go"];
+const PODMAN_TOOLS: &[&str] = &["podman", "go"];
+
+/// Calls from the `from`th on that create, remove or stop something (the build included: it
+/// comes after phase 1).
+fn touching(sandbox: &Sandbox, from: usize) -> Vec<String> {
+    let verbs = [
+        "podman pod rm",
+        "podman pod stop",
+        "podman network rm",
+        "podman network create",
+        "podman kube",
+        "podman rm",
+        "podman kill",
+        "podman build",
+        "go build",
+        "kind create",
+        "kind delete",
+    ];
+    let calls = sandbox.calls().into_iter().skip(from);
+    calls.filter(|c| verbs.iter().any(|v| c.starts_with(v))).collect()
+}
+
+/// The doctor row `name` and the `fix:` line under it.
+fn doctor_row(run: &Run, name: &str) -> (String, String) {
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no row `{name}`:\n{run}"));
+    let fix = lines.get(i + 1).and_then(|l| l.trim_start().strip_prefix("fix: "));
+    (lines[i][name.len()..].trim().to_string(), fix.unwrap_or_default().to_string())
+}
+
+/// The repro: a pod and a network someone made under the names of the run's
+/// (`--cluster-name probe-d`), without our label.
+#[test]
+fn a_pod_and_a_network_of_our_names_without_our_label_stop_the_run_untouched() {
+    let sandbox = Sandbox::new("foreign-podman", PODMAN_TOOLS);
+    let made = sandbox.run_fake(
+        "podman",
+        &["pod", "create", "--name", "probe-d-gateway-pod-0", "--label", "owner=me"],
+    );
+    assert_eq!(made.code, 0, "{made}");
+    assert_eq!(sandbox.run_fake("podman", &["network", "create", "xtask-probe-d"]).code, 0);
+    let before = sandbox.calls().len();
+
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "probe-d"]);
+    assert_eq!(run.code, 1, "{run}");
+    let what = "the pod probe-d-gateway-pod-0 has no label e2e.xtask/cluster (an e2e run labels everything it creates); the network xtask-probe-d has no label e2e.xtask/cluster (an e2e run labels everything it creates): a run removes only what an earlier run of its name left";
+    let fix = "remove them yourself if nobody needs them (`podman pod rm --force probe-d-gateway-pod-0; podman network rm xtask-probe-d`), or run under another `--cluster-name`";
+    assert!(
+        run.stderr.contains(&format!("error: phase 1 (preflight) failed: {what}: {fix}")),
+        "{run}"
+    );
+    assert!(!run.stdout.contains("an earlier run left"), "{run}");
+    assert_eq!(
+        touching(&sandbox, before),
+        Vec::<String>::new(),
+        "nothing may be created or removed"
+    );
+    for kept in ["pod-probe-d-gateway-pod-0", "network-xtask-probe-d"] {
+        assert!(sandbox.state.join(kept).exists(), "{kept} was removed");
+    }
+    assert_eq!(
+        std::fs::read_to_string(sandbox.state.join("labels-pod-probe-d-gateway-pod-0")).unwrap(),
+        "owner=me\n"
+    );
+
+    // Doctor says the same, and fails as the run would.
+    let doctor = sandbox.run(&["doctor", "--cluster", "podman", "--cluster-name", "probe-d"]);
+    assert_eq!(doctor.code, 1, "{doctor}");
+    let (row, row_fix) = doctor_row(&doctor, "earlier run (gateway)");
+    assert_eq!(row, format!("FAIL    {what}"), "{doctor}");
+    assert_eq!(row_fix, fix, "{doctor}");
+    let calls = sandbox.calls();
+    assert!(
+        !calls[before..].iter().any(|c| c.starts_with("podman pod rm") || c.contains("network rm")),
+        "{calls:#?}"
+    );
+}
+
+/// A leftover of our name with our label is still an earlier run's, and goes; what only has
+/// one of our names stays, and then nothing of ours goes either (the run stops first).
+#[test]
+fn our_labelled_leftover_goes_but_not_while_a_stranger_stands_beside_it() {
+    let sandbox = Sandbox::new("foreign-mixed", PODMAN_TOOLS);
+    let ours = ["--label", "e2e.xtask/cluster=mixed"];
+    let network =
+        sandbox.run_fake("podman", &[&["network", "create"][..], &ours, &["xtask-mixed"]].concat());
+    assert_eq!(network.code, 0, "{network}");
+    let pod = ["pod", "create", "--name", "mixed-datastorage-pod-0"];
+    assert_eq!(sandbox.run_fake("podman", &pod).code, 0);
+    let before = sandbox.calls().len();
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "mixed"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stderr.contains("the pod mixed-datastorage-pod-0 has no label"), "{run}");
+    assert!(!run.stderr.contains("the network xtask-mixed"), "ours is no stranger: {run}");
+    assert!(run.stderr.contains("(`podman pod rm --force mixed-datastorage-pod-0`)"), "{run}");
+    assert_eq!(touching(&sandbox, before), Vec::<String>::new());
+
+    // Without the stranger, our network is an earlier run's: removed, and made again.
+    assert_eq!(sandbox.run_fake("podman", &["pod", "rm", "mixed-datastorage-pod-0"]).code, 0);
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "mixed"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("an earlier run left the network xtask-mixed"), "{run}");
+    let create = "podman network create --label e2e.xtask/cluster=mixed xtask-mixed";
+    assert!(sandbox.position("podman network rm xtask-mixed") < sandbox.last_position(create));
+}
+
+/// A pod of our name that another run labelled, while that run lives: no command to remove
+/// it is offered, only another name.
+#[test]
+fn a_pod_of_a_live_run_of_another_name_is_never_offered_for_removal() {
+    let sandbox = Sandbox::new("foreign-live", PODMAN_TOOLS);
+    let pod = ["pod", "create", "--name", "x-gateway-pod-0", "--label", "e2e.xtask/cluster=other"];
+    assert_eq!(sandbox.run_fake("podman", &pod).code, 0);
+    let before = sandbox.calls().len();
+    // The run of `other` lives: it holds its name's lock (in the sandbox's temporary directory).
+    let lock = sandbox.dir.join("xtask-e2e-other.lock");
+    std::fs::write(&lock, "pid 4242\ncheckout /elsewhere\nsince 2026-12-07T00:00:00Z\n").unwrap();
+    let held = std::fs::File::open(&lock).unwrap();
+    held.lock().unwrap();
+
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "x"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("the pod x-gateway-pod-0 belongs to the live e2e run of the cluster name other (pid 4242, checkout /elsewhere, since 2026-12-07T00:00:00Z): a run removes only what an earlier run of its name left: run under another `--cluster-name` (a live run's objects are never removed)"),
+        "{run}"
+    );
+    assert!(!run.stderr.contains("rm --force"), "{run}");
+
+    // Once that run is over, removing it is the fix.
+    drop(held);
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "x"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("the pod x-gateway-pod-0 was left by an e2e run of the cluster name other, which is over"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("(`podman pod rm --force x-gateway-pod-0`)"), "{run}");
+    assert_eq!(touching(&sandbox, before), Vec::<String>::new());
+}
+
+/// Kind counts as its own only the containers with its label: a container of its node's name
+/// without it is not deleted (nor killed), and the run stops before the build.
+#[test]
+fn a_container_named_like_our_kind_node_without_kinds_label_is_not_deleted() {
+    let sandbox = Sandbox::new("foreign-kind", KIND_TOOLS);
+    std::fs::create_dir_all(&sandbox.state).unwrap();
+    std::fs::write(sandbox.state.join("container-gateway-e2e-control-plane"), "").unwrap();
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("error: phase 1 (preflight) failed: the container gateway-e2e-control-plane is named like a node of the Kind cluster gateway-e2e but is not one (it has no label io.x-k8s.kind.cluster=gateway-e2e): a run removes only what an earlier run of its name left: remove it yourself if nobody needs it (`podman rm --force gateway-e2e-control-plane`), or run under another `--cluster-name`"),
+        "{run}"
+    );
+    assert_eq!(touching(&sandbox, 0), Vec::<String>::new());
+    assert!(sandbox.state.join("container-gateway-e2e-control-plane").exists());
+
+    let doctor = sandbox.run(&["doctor", "--cluster", "kind"]);
+    let (row, _) = doctor_row(&doctor, "earlier run (gateway)");
+    assert!(
+        row.starts_with("FAIL    the container gateway-e2e-control-plane is named like a node"),
+        "{doctor}"
+    );
+}
