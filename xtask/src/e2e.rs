@@ -402,7 +402,7 @@ fn preflight(
         return Ok((lock, archives));
     }
     let components = &settings.suite.components;
-    let taken = components.iter().map(|c| (c, check::check_port(c))).find(|(_, c)| !c.is_ok());
+    let taken = components.iter().map(|c| (c, check::check_port(sh, c))).find(|(_, c)| !c.is_ok());
     if let Some((component, check)) = taken {
         let (port, name, hint) = (component.host_port, &component.name, &check.hint);
         bail!("port {port} ({name}) is still in use after removing the earlier run: {hint}");

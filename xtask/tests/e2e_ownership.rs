@@ -1,11 +1,12 @@
 //! What a run may remove, against the fake tools: only what carries its label (kind's for Kind's
 //! nodes, `e2e.xtask/cluster=<name>` for podman's pods and network) and has no live owner. A
-//! pod, network or container that only has one of our names stops the run with what it is,
-//! whose, and what to do; nothing of it is touched.
+//! pod, network or container that only has one of our names, or a host port another run's pod
+//! holds, stops the run with what it is, whose, and what to do; nothing of it is touched.
 
 mod common;
 
 use common::{Run, Sandbox};
+use nix::sys::signal::Signal;
 
 const KIND_TOOLS: &[&str] = &["podman", "kind", "kubectl", "go"];
 const PODMAN_TOOLS: &[&str] = &["podman", "go"];
@@ -173,4 +174,134 @@ fn a_container_named_like_our_kind_node_without_kinds_label_is_not_deleted() {
         row.starts_with("FAIL    the container gateway-e2e-control-plane is named like a node"),
         "{doctor}"
     );
+}
+
+fn is_test_call(call: &str) -> bool {
+    call.contains(" gotestsum ")
+}
+
+/// A sandbox of the same machine as `first` (its lock directory and podman state) and the
+/// same host ports.
+fn beside(first: &Sandbox, name: &str) -> Sandbox {
+    let mut second = Sandbox::new(name, PODMAN_TOOLS);
+    second.env("TMPDIR", first.dir.as_str()).env("FAKE_STATE", first.state.as_str());
+    for port in ["GATEWAY_HOST_PORT", "DATASTORAGE_HOST_PORT"] {
+        second.env(port, &first.env_value(port));
+    }
+    second
+}
+
+/// Another live run's pods hold our host ports: the preflight names each port, the pod and that
+/// its run lives, and the fix is another port, never removing that pod.
+#[test]
+fn host_ports_of_a_live_runs_pods_are_named_and_the_fix_is_another_port() {
+    let mut first = Sandbox::new("ports-live-first", PODMAN_TOOLS);
+    first.env("FAKE_TEST_SLEEP", "30");
+    let mut running =
+        first.spawn(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "first"]);
+    first.wait_for_call(&mut running, is_test_call);
+
+    let second = beside(&first, "ports-live-second");
+    let run = second.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "second"]);
+    let pid = running.id();
+    common::signal(&running, Signal::SIGINT);
+    let first_run = common::finish(running);
+    assert_eq!(run.code, 1, "{run}");
+    let (gateway, datastorage) =
+        (first.env_value("GATEWAY_HOST_PORT"), first.env_value("DATASTORAGE_HOST_PORT"));
+    let owner = format!(
+        "which belongs to the live e2e run of the cluster name first (pid {pid}, checkout {}, since ",
+        first.root
+    );
+    for (port, pod, variable) in [
+        (&gateway, "first-gateway-pod-0", "GATEWAY_HOST_PORT"),
+        (&datastorage, "first-datastorage-pod-0", "DATASTORAGE_HOST_PORT"),
+    ] {
+        let (row, fix) = doctor_row(&run, &format!("port {port}"));
+        assert!(row.starts_with(&format!("FAIL    in use by the pod {pod}, {owner}")), "{run}");
+        assert_eq!(
+            fix,
+            format!("set {variable} to a free port: a live run's pod is never to be removed")
+        );
+    }
+    assert!(
+        run.stderr.contains(&format!("preflight failed (port {datastorage}, port {gateway})")),
+        "{run}"
+    );
+    assert!(!run.stdout.contains("pod rm"), "{run}");
+    assert_eq!(touching(&second, 0), Vec::<String>::new());
+    assert_eq!(first_run.code, 1, "{first_run}");
+}
+
+/// Pods that a finished run kept hold our host ports: removing them is a fix now (their run is
+/// over), as is another port.
+#[test]
+fn host_ports_of_a_finished_runs_pods_may_be_freed_by_removing_them() {
+    let first = Sandbox::new("ports-kept-first", PODMAN_TOOLS);
+    let kept = first.run(&[
+        "e2e-gateway",
+        "--cluster",
+        "podman",
+        "--cluster-name",
+        "kept",
+        "--keep-cluster",
+    ]);
+    assert_eq!(kept.code, 0, "{kept}");
+    let second = beside(&first, "ports-kept-second");
+    let run = second.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "other"]);
+    assert_eq!(run.code, 1, "{run}");
+    let (row, fix) = doctor_row(&run, &format!("port {}", first.env_value("GATEWAY_HOST_PORT")));
+    assert_eq!(row, "FAIL    in use by the pod kept-gateway-pod-0, which was left by an e2e run of the cluster name kept, which is over", "{run}");
+    assert_eq!(fix, "remove the pod (`podman pod rm --force kept-gateway-pod-0`: its run is over), or set GATEWAY_HOST_PORT to a free port");
+    assert_eq!(touching(&second, 0), Vec::<String>::new());
+    // The fix works.
+    let removed = first.run_fake("podman", &["pod", "rm", "--force", "kept-gateway-pod-0"]);
+    assert_eq!(removed.code, 0);
+    let rerun = second.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "other"]);
+    let (row, _) = doctor_row(&rerun, &format!("port {}", first.env_value("GATEWAY_HOST_PORT")));
+    assert_eq!(row, "ok      free", "{rerun}");
+    assert!(
+        first.run_fake("podman", &["pod", "rm", "--force", "kept-datastorage-pod-0"]).code == 0
+    );
+}
+
+/// Two runs that pass the preflight together, the other one's pods start first: our
+/// `kube play` fails on the port, and says so (not podman's `failed to start 2 containers`),
+/// whose pod holds it, and that the fix is another port.
+#[test]
+fn a_port_taken_between_the_preflight_and_kube_play_is_named_with_its_pod() {
+    let mut late = Sandbox::new("ports-race-late", PODMAN_TOOLS);
+    late.env("FAKE_SLOW", "^go build").env("FAKE_SLOW_SECONDS", "6");
+    let mut slow = late.spawn(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "late"]);
+    late.wait_for_call(&mut slow, |c| c.starts_with("go build"));
+    // Phase 1 of `late` is over: another run starts its pods on the same ports meanwhile.
+    let mut early = beside(&late, "ports-race-early");
+    early.env("FAKE_TEST_SLEEP", "30");
+    let mut running =
+        early.spawn(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "early"]);
+    early.wait_for_call(&mut running, is_test_call);
+    let pid = running.id();
+    let run = common::finish(slow);
+    common::signal(&running, Signal::SIGINT);
+    let early_run = common::finish(running);
+    assert_eq!(run.code, 1, "{run}");
+    let port = late.env_value("DATASTORAGE_HOST_PORT");
+    let said = format!("error: phase 5 (deploy) failed: datastorage could not start: its host port {port} is in use by the pod early-datastorage-pod-0, which belongs to the live e2e run of the cluster name early (pid {pid}, checkout {}, since ", early.root);
+    assert!(run.stderr.contains(&said), "{run}");
+    assert!(
+        run.stderr.contains("): set DATASTORAGE_HOST_PORT to a free port: a live run's pod is never to be removed: `podman kube play "),
+        "{run}"
+    );
+    let last_run = std::fs::read_to_string(late.root.join("target/xtask/last-run.txt")).unwrap();
+    assert!(last_run.contains(&format!("result                   failed (exit 1): phase 5 (deploy) failed: datastorage could not start: its host port {port} is in use by the pod early-datastorage-pod-0")), "{last_run}");
+    // Its own pod that could not start is removed; the other run's are not touched.
+    let calls = late.calls();
+    assert!(
+        calls.iter().any(|c| c.starts_with("podman pod rm --force late-datastorage-pod-0")
+            || c.contains("kube down")),
+        "{calls:#?}"
+    );
+    let early_touched = touching(&late, 0).into_iter().filter(|c| c.contains("early-"));
+    assert_eq!(early_touched.collect::<Vec<_>>(), Vec::<String>::new());
+    assert_eq!(early_run.code, 1, "{early_run}");
 }

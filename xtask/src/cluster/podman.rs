@@ -13,8 +13,8 @@ use super::{
 };
 use crate::{
     build_images::Image,
-    check::Needs,
-    cmd::step,
+    check::{self, Needs},
+    cmd::{step, CmdError},
     engine::{self, Engine},
     lock,
     manifests::{self, Placement},
@@ -184,12 +184,13 @@ impl Cluster for Podman {
         }
         let tls = settings.registry.as_ref().and_then(|r| r.tls_args());
         let mut started = false;
-        for (Component { name, .. }, file) in files {
+        for (component, file) in files {
+            let name = &component.name;
             let play = step(cmd!(sh, "podman kube play {tls...} --network {network} {file}"))
                 .hint(format!("{name} could not be started: see its logs in the diagnostics"))
                 .run();
             // Only services that started have counters to flush.
-            play.map_err(|err| DeployError { error: err.into(), started })?;
+            play.map_err(|err| DeployError { error: port_taken(sh, &component, err), started })?;
             started = true;
         }
         Ok(())
@@ -246,6 +247,21 @@ impl Cluster for Podman {
         let container = format!("{}-{}", self.pod(component), component.name);
         Some(["podman", "kill", "--signal", "TERM", &container].map(str::to_string).to_vec())
     }
+}
+
+/// A `kube play` that failed because the host port was taken (by a pod that started since the
+/// preflight, say: the run beside us) says so, whose pod holds it and what to do, instead of
+/// podman's last line (`failed to start 2 containers`).
+fn port_taken(sh: &Shell, component: &Component, err: CmdError) -> anyhow::Error {
+    let port = component.host_port;
+    let bind = format!(":{port}: bind: address already in use");
+    let check = check::check_port(sh, component);
+    if !(err.stderr.contains(&bind) || err.stdout.contains(&bind)) || check.is_ok() {
+        return err.into();
+    }
+    let (name, detail, fix) = (&component.name, &check.detail, &check.hint);
+    let headline = format!("{name} could not start: its host port {port} is {detail}");
+    anyhow::Error::new(err.with_hint(fix)).context(format!("{headline}: {fix}"))
 }
 
 /// Drops the documents of a kind `podman kube play` does not run (Services).
