@@ -151,7 +151,10 @@ impl Cluster for Podman {
     }
 
     fn load(&mut self, _sh: &Shell, _images: &[Image]) -> Result<Option<Duration>> {
-        println!("    podman backend: the images are already in podman's store");
+        match &self.settings.registry {
+            Some(registry) => println!("    podman backend: the images come from {}: each is pulled into podman's store before `podman kube play`", registry.host),
+            None => println!("    podman backend: the images are already in podman's store"),
+        }
         Ok(None)
     }
 
