@@ -176,6 +176,36 @@ fn a_container_named_like_our_kind_node_without_kinds_label_is_not_deleted() {
     );
 }
 
+/// What gets one of our names after the preflight looked (here: while the images build) is
+/// not this run's either: the teardown leaves it alone, and says so.
+#[test]
+fn a_pod_of_our_name_made_after_the_preflight_is_left_alone_by_the_teardown() {
+    let mut sandbox = Sandbox::new("foreign-late", PODMAN_TOOLS);
+    sandbox.env("FAKE_SLOW", "^go build").env("FAKE_SLOW_SECONDS", "3");
+    let mut xtask = sandbox.spawn(&["e2e-gateway", "--cluster", "podman"]);
+    sandbox.wait_for_call(&mut xtask, |c| c.starts_with("go build"));
+    let pod = ["pod", "create", "--name", "gateway-e2e-gateway-pod-0", "--label", "owner=me"];
+    assert_eq!(sandbox.run_fake("podman", &pod).code, 0);
+    let run = common::finish(xtask);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("\"gateway-e2e-gateway-pod-0\" is in use: pod already exists"),
+        "{run}"
+    );
+    assert!(sandbox.state.join("pod-gateway-e2e-gateway-pod-0").exists(), "{run}");
+    assert!(
+        run.stdout.contains("    left the pod gateway-e2e-gateway-pod-0 alone: it is not this run's (it has no label e2e.xtask/cluster=gateway-e2e)"),
+        "{run}"
+    );
+    let touched: Vec<String> = touching(&sandbox, 0)
+        .into_iter()
+        .filter(|c| c.contains("gateway-e2e-gateway-pod-0"))
+        .collect();
+    assert_eq!(touched, Vec::<String>::new());
+    // Its own pod, which started, is removed.
+    assert!(!sandbox.state.join("pod-gateway-e2e-datastorage-pod-0").exists(), "{run}");
+}
+
 fn is_test_call(call: &str) -> bool {
     call.contains(" gotestsum ")
 }

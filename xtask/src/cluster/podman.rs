@@ -49,8 +49,24 @@ impl Podman {
         self.settings.suite.components.iter().map(|c| self.pod(c)).collect()
     }
 
+    /// Whether the pod or network (`kind`) `name` exists and is this run's name's: it carries
+    /// our label. Something of our names can appear after the preflight looked.
+    fn ours(&self, sh: &Shell, kind: &str, name: &str) -> Result<bool> {
+        if !exists(sh, kind, name)? {
+            return Ok(false);
+        }
+        if engine::run_label(sh, kind, name)?.as_deref() == Some(self.settings.name.as_str()) {
+            return Ok(true);
+        }
+        let label = format!("{}={}", lock::LABEL, self.settings.name);
+        println!(
+            "    left the {kind} {name} alone: it is not this run's (it has no label {label})"
+        );
+        Ok(false)
+    }
+
     /// Stops (gracefully: `kube down` alone gives no grace period) and removes every pod of
-    /// ours, then checks none is left. Idempotent.
+    /// ours, then checks none is left. Idempotent. What only has one of our names stays.
     fn remove_pods(&self, sh: &Shell) -> Result<()> {
         let dir = &self.settings.rendered;
         // `kube down` of a file resolves names like `kube play` does: run it from our directory.
@@ -60,7 +76,7 @@ impl Podman {
         let grace = STOP_GRACE_SECONDS.to_string();
         for component in &self.settings.suite.components {
             let pod = self.pod(component);
-            if !exists(sh, "pod", &pod)? {
+            if !self.ours(sh, "pod", &pod)? {
                 continue;
             }
             let _ = step(cmd!(sh, "podman pod stop --time {grace} {pod}")).run();
@@ -76,7 +92,7 @@ impl Podman {
             }
         }
         let network = &self.network;
-        if exists(sh, "network", network)? {
+        if self.ours(sh, "network", network)? {
             step(cmd!(sh, "podman network rm {network}"))
                 .hint(format!("remove it with `podman network rm {network}`"))
                 .run()?;
@@ -167,7 +183,8 @@ impl Cluster for Podman {
             manifests::write(&settings.rendered, &settings.root, &settings.suite, &vars, label)
                 .map_err(DeployError::before_start)?;
         let (network, label) = (&self.network, format!("{}={}", lock::LABEL, settings.name));
-        let created = exists(sh, "network", network).and_then(|there| {
+        // One of that name that is not ours makes `create` fail, saying so.
+        let created = self.ours(sh, "network", network).and_then(|there| {
             if !there {
                 step(cmd!(sh, "podman network create --label {label} {network}"))
                     .hint("check that podman answers: `cargo xtask doctor`")
