@@ -275,8 +275,11 @@ impl Cluster for Podman {
 fn port_taken(sh: &Shell, component: &Component, err: CmdError) -> anyhow::Error {
     let port = component.host_port;
     let bind = format!(":{port}: bind: address already in use");
+    if !(err.stderr.contains(&bind) || err.stdout.contains(&bind)) {
+        return err.into();
+    }
     let check = check::check_port(sh, component);
-    if !(err.stderr.contains(&bind) || err.stdout.contains(&bind)) || check.is_ok() {
+    if check.is_ok() {
         return err.into();
     }
     let (name, detail, fix) = (&component.name, &check.detail, &check.hint);
