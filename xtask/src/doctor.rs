@@ -10,7 +10,7 @@ use crate::{
     cluster::{self, kind::KIND_INSTALL, ClusterBackend, Leftover, Target},
     cmd::step,
     engine::Engine,
-    manifests, project,
+    lock, manifests, project,
     suite::{self, Suite},
 };
 
@@ -74,7 +74,17 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
         );
         notes.extend(match cluster.leftover(sh) {
             Ok(Leftover::Nothing) => Some(Check::ok(&row, "nothing left behind")),
-            Ok(Leftover::Stale(what)) => Some(Check::warn(&row, what, remove)),
+            // A run stops on it just the same.
+            Ok(Leftover::Foreign { what, fix }) => Some(Check::fail(&row, what, fix)),
+            // Doctor holds no lock: what a live run has is its own, not left.
+            Ok(Leftover::Stale(what)) => Some(match lock::holder(&name(suite)) {
+                Some(holder) => {
+                    let detail =
+                        format!("a live run is using the cluster name {} ({holder})", name(suite));
+                    Check::warn(&row, detail, lock::RUN_BESIDE)
+                }
+                None => Check::warn(&row, what, remove),
+            }),
             // A tool that cannot start is reported by its own row; there is nothing to look for then.
             Err(err) if err.downcast_ref().is_some_and(check::missing) => None,
             Err(err) => {

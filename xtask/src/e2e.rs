@@ -370,6 +370,10 @@ fn preflight(
     let lock = lock::acquire(&settings.name, &settings.root, flags.coverage.then_some(suite))?;
     // An error here means a missing tool, which the checks below report properly.
     let leftover = cluster.leftover(sh).unwrap_or(Leftover::Nothing);
+    // Not ours to remove, and in the way of what the run creates: stop before anything starts.
+    if let Leftover::Foreign { what, fix } = &leftover {
+        bail!("{what}: {fix}");
+    }
     let Preflight { needs, mut checks, archives } = cluster.preflight(sh);
     // A broken manifest fails here, before anything is built or created.
     checks.push(manifests::check(&settings.root, &settings.suite));
@@ -400,7 +404,7 @@ fn preflight(
         return Ok((lock, archives));
     }
     let components = &settings.suite.components;
-    let taken = components.iter().map(|c| (c, check::check_port(c))).find(|(_, c)| !c.is_ok());
+    let taken = components.iter().map(|c| (c, check::check_port(sh, c))).find(|(_, c)| !c.is_ok());
     if let Some((component, check)) = taken {
         let (port, name, hint) = (component.host_port, &component.name, &check.hint);
         bail!("port {port} ({name}) is still in use after removing the earlier run: {hint}");

@@ -4,7 +4,7 @@ use anyhow::{ensure, Result};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
-use crate::{cmd::step, project};
+use crate::{cmd::step, lock, project};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -83,6 +83,15 @@ pub fn label(
     let line = output.stdout.trim();
     let (id, label) = line.split_once(' ').unwrap_or((line, ""));
     Ok(Some((id.to_string(), Some(label.trim()).filter(|l| !l.is_empty()).map(str::to_string))))
+}
+
+/// The cluster name on the run label (`lock::LABEL`) of a podman pod or network (`kind`) that
+/// exists, if it has one.
+pub fn run_label(sh: &Shell, kind: &str, name: &str) -> Result<Option<String>> {
+    let format = format!("{{{{index .Labels \"{}\"}}}}", lock::LABEL);
+    let inspect = step(cmd!(sh, "podman {kind} inspect --format {format} {name}"));
+    let label = inspect.hint("check that podman answers: `cargo xtask doctor`").read()?;
+    Ok(Some(label.trim().to_string()).filter(|l| !l.is_empty()))
 }
 
 /// Podman lists `localhost/x:1` as such; docker may list the short `x:1` for a local image.

@@ -18,6 +18,10 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::project;
 
+/// The label that ties what a run creates (the podman backend's pods and network) to its
+/// cluster name, whose lock says whether that run is still alive.
+pub const LABEL: &str = "e2e.xtask/cluster";
+
 /// Held while the run lives; the kernel releases it when the process exits, even on a crash.
 /// Dropped, it removes its files.
 #[derive(Debug)]
@@ -41,6 +45,9 @@ impl Drop for Held {
     }
 }
 
+/// What to do when a live run holds the cluster name.
+pub const RUN_BESIDE: &str = "wait for it to finish, or run beside it with `--cluster-name <another name>` and other free host ports (`<NAME>_HOST_PORT`)";
+
 /// Where the lock of `name` lives: the system's temporary directory, shared by every checkout.
 pub fn path(name: &str) -> Utf8PathBuf {
     let dir = Utf8PathBuf::from_path_buf(std::env::temp_dir()).unwrap_or_else(|_| "/tmp".into());
@@ -52,8 +59,7 @@ pub fn path(name: &str) -> Utf8PathBuf {
 /// whatever their cluster name); or says who holds what.
 pub fn acquire(name: &str, root: &Utf8Path, coverage: Option<&str>) -> anyhow::Result<Lock> {
     let what = format!("another e2e run is using the cluster name {name}");
-    let fix = "wait for it to finish, or run beside it with `--cluster-name <another name>` and other free host ports (`<NAME>_HOST_PORT`)";
-    let mut files = vec![take(&path(name), root, &what, fix)?];
+    let mut files = vec![take(&path(name), root, &what, RUN_BESIDE)?];
     if let Some(suite) = coverage {
         let checkout = &project::hex(&sha2::Sha256::digest(root.as_str()))[..12];
         let what =
@@ -62,6 +68,68 @@ pub fn acquire(name: &str, root: &Utf8Path, coverage: Option<&str>) -> anyhow::R
         files.push(take(&path(&format!("coverdata-{checkout}-{suite}")), root, &what, fix)?);
     }
     Ok(Lock { _held: files })
+}
+
+/// Who holds the cluster name `name` (`pid .., checkout .., since ..`), if a live run does.
+/// Only looks: it takes a shared lock for an instant, so a run starting in that very instant
+/// is refused as if the name were taken (it says so; rerun it).
+pub fn holder(name: &str) -> Option<String> {
+    let path = path(name);
+    // A live run's file is there: it is removed only as its run lets go.
+    let file = File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        Err(TryLockError::WouldBlock) => Some(written_holder(&path)),
+        // Free (a crashed run's file), or a file that cannot be locked: nobody to name.
+        _ => None,
+    }
+}
+
+/// Whose something is, by the value of its `LABEL` (None: it has none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// No e2e run made it (or an xtask from before the label).
+    Unknown,
+    /// The run of this cluster name lives: what it has is never touched.
+    Live { name: String, holder: String },
+    /// The run of this cluster name is over.
+    Gone { name: String },
+}
+
+pub fn owner(label: Option<&str>) -> Owner {
+    let Some(name) = label.filter(|l| !l.is_empty()) else {
+        return Owner::Unknown;
+    };
+    let name = name.to_string();
+    match holder(&name) {
+        Some(holder) => Owner::Live { name, holder },
+        None => Owner::Gone { name },
+    }
+}
+
+/// Said after what it owns: "the pod P {owner}".
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Unknown => {
+                write!(f, "has no label {LABEL} (an e2e run labels everything it creates)")
+            }
+            Owner::Live { name, holder } => {
+                write!(f, "belongs to the live e2e run of the cluster name {name} ({holder})")
+            }
+            Owner::Gone { name } => {
+                write!(f, "was left by an e2e run of the cluster name {name}, which is over")
+            }
+        }
+    }
+}
+
+/// What the holder of the lock at `path` wrote of itself, on one line.
+fn written_holder(path: &Utf8Path) -> String {
+    let holder = std::fs::read_to_string(path).unwrap_or_default();
+    match holder.trim() {
+        "" => "a run that is just starting".to_string(),
+        holder => holder.replace('\n', ", "),
+    }
 }
 
 /// Locks the file at `path` and writes who holds it; when another holds it, says `what` that
@@ -91,11 +159,7 @@ fn lock_opened(path: &Utf8Path, file: File, what: &str, fix: &str) -> anyhow::Re
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(path).unwrap_or_default();
-            let holder = match holder.trim() {
-                "" => "a run that is just starting".to_string(),
-                holder => holder.replace('\n', ", "),
-            };
+            let holder = written_holder(path);
             bail!("{what} ({holder}; lock {path}): {fix}");
         }
         Err(TryLockError::Error(err)) => {
@@ -159,6 +223,26 @@ mod tests {
         assert!(err.starts_with("taken (pid "), "{err}");
         drop(second);
         assert!(!path(&name).exists());
+    }
+
+    #[test]
+    fn a_live_holder_is_named_and_a_released_or_crashed_one_is_not() {
+        let name = format!("lock-holder-{}", std::process::id());
+        assert_eq!(holder(&name), None, "no file, no holder");
+        let held = acquire(&name, Utf8Path::new("/checkout/a"), None).unwrap();
+        let found = holder(&name).expect("a live holder");
+        assert!(
+            found.starts_with(&format!("pid {}, checkout /checkout/a, since ", std::process::id())),
+            "{found}"
+        );
+        // Looking took nothing: the holder still holds it, alone.
+        assert!(acquire(&name, Utf8Path::new("/checkout/b"), None).is_err());
+        drop(held);
+        assert_eq!(holder(&name), None);
+        // A crashed run leaves its file unlocked.
+        std::fs::write(path(&name), "pid 1\ncheckout /gone\n").unwrap();
+        assert_eq!(holder(&name), None);
+        std::fs::remove_file(path(&name)).unwrap();
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub fn write(
     root: &Utf8Path,
     suite: &Suite,
     vars: &[(String, String)],
-    adapt: fn(Vec<Document>) -> Result<Vec<Document>>,
+    adapt: impl Fn(Vec<Document>) -> Result<Vec<Document>>,
 ) -> Result<Manifests> {
     let mut files = Vec::new();
     for component in &suite.components {

@@ -650,12 +650,17 @@ fn another_runs_network_is_left_alone_and_a_leftover_of_ours_is_removed_first() 
     for network in ["xtask-other", "xtask-gateway-e2e"] {
         std::fs::write(sandbox.state.join(format!("network-{network}")), "").unwrap();
     }
+    // An earlier run's network carries its run's label.
+    let label = "e2e.xtask/cluster=gateway-e2e\n";
+    std::fs::write(sandbox.state.join("labels-network-xtask-gateway-e2e"), label).unwrap();
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
     assert_eq!(run.code, 0, "{run}");
     assert!(run.stdout.contains("an earlier run left the network xtask-gateway-e2e"), "{run}");
     assert!(
         sandbox.position("podman network rm xtask-gateway-e2e")
-            < sandbox.position("podman network create xtask-gateway-e2e"),
+            < sandbox.position(
+                "podman network create --label e2e.xtask/cluster=gateway-e2e xtask-gateway-e2e"
+            ),
         "{:#?}",
         sandbox.calls()
     );

@@ -429,3 +429,23 @@ fn kind_with_docker_refuses_a_loopback_registry_before_anything_is_built() {
     assert_eq!(sandbox.count("docker build --"), 0);
     assert_eq!(sandbox.count("kind create"), 0);
 }
+
+/// With `--registry` the podman backend's images come from the registry, pulled at deploy:
+/// the load phase says so, not that they are in podman's store already.
+#[test]
+fn the_podman_backend_says_its_images_come_from_the_registry() {
+    let sandbox = Sandbox::new("registry-load-says", PODMAN_TOOLS);
+    let args = ["e2e-gateway", "--cluster", "podman", "--registry", "registry.example.com/e2e"];
+    let run = sandbox.run(&args);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.contains("    podman backend: the images come from registry.example.com: each is pulled into podman's store before `podman kube play`\n"),
+        "{run}"
+    );
+    assert!(!run.stdout.contains("already in podman's store"), "{run}");
+    // And it is true: each is pulled, before the first play.
+    assert!(
+        sandbox.last_position("podman pull registry.example.com/e2e/")
+            < sandbox.position("podman kube play")
+    );
+}

@@ -28,6 +28,9 @@ use crate::{
 const CREATE_RETRIES: usize = 2;
 const TRANSIENT_CREATE_ERRORS: &[&str] =
     &["OCI runtime", "container state improper", "could not find a log line that matches"];
+/// The label kind gives its node containers, with the cluster's name: what `kind get clusters`
+/// and `kind delete cluster` go by.
+const KIND_LABEL: &str = "io.x-k8s.kind.cluster";
 /// The suite's Kind config, rendered.
 const CONFIG: &str = "kind-config.yaml";
 /// The oldest kind whose `kind load` and node images the backend works with.
@@ -212,6 +215,16 @@ impl Kind {
             && step(self.kubectl.cmd(sh).args(["get", "--raw", "/readyz"])).output()?.success();
         Ok((!answers).then(|| "its API does not answer".to_string()))
     }
+}
+
+/// Whether kind would name a node of the cluster `cluster` so: `<cluster>-control-plane`,
+/// `-control-plane2`, `-worker`, `-worker3`, `-external-load-balancer`.
+fn is_node_name(cluster: &str, container: &str) -> bool {
+    let Some(role) = container.strip_prefix(cluster).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let role = role.trim_end_matches(|c: char| c.is_ascii_digit());
+    ["control-plane", "worker", "external-load-balancer"].contains(&role)
 }
 
 /// The name containerd gives a reference: Docker Hub's are written out in full
@@ -410,8 +423,29 @@ impl Cluster for Kind {
         Preflight { needs, checks, archives: self.settings.registry.is_none() }
     }
 
+    /// kind counts as its cluster's only the node containers with its label: a container of a
+    /// node's name without it is someone else's, and would fail `kind create` besides.
     fn leftover(&self, sh: &Shell) -> Result<Leftover> {
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
+        let (program, format) = (self.settings.engine.program(), "{{.Names}}");
+        let list = |filter: &[&str]| {
+            let ps = cmd!(sh, "{program} ps --all {filter...} --format {format}");
+            step(ps).hint("run `cargo xtask doctor`").read()
+        };
+        let label = format!("label={KIND_LABEL}={name}");
+        let (all, kinds) = (list(&[])?, list(&["--filter", &label])?);
+        let foreign: Vec<(String, Option<String>)> = all
+            .lines()
+            .map(str::trim)
+            .filter(|c| is_node_name(name, c) && !kinds.lines().any(|k| k.trim() == *c))
+            .map(|c| {
+                let what = format!("the container {c} is named like a node of the Kind cluster {name} but is not one (it has no label {KIND_LABEL}={name})");
+                (what, Some(format!("{program} rm --force {c}")))
+            })
+            .collect();
+        if !foreign.is_empty() {
+            return Ok(Leftover::foreign(foreign));
+        }
         let clusters =
             step(cmd!(kind_sh, "kind get clusters")).hint("run `cargo xtask doctor`").read()?;
         Ok(match clusters.lines().any(|l| l.trim() == name) {
@@ -678,6 +712,18 @@ mod tests {
         assert_eq!(minor(33, Some("kindest/node:v1.33.1@sha256:0505")), Some(33));
         assert_eq!(minor(33, Some("mirror.local:5000/kindest/node:v1.35.0")), Some(35));
         assert_eq!(minor(33, Some("my-node")), None);
+    }
+
+    #[test]
+    fn node_names_are_kinds() {
+        assert!(is_node_name("e2e", "e2e-control-plane"));
+        assert!(is_node_name("e2e", "e2e-control-plane2"));
+        assert!(is_node_name("e2e", "e2e-worker"));
+        assert!(is_node_name("e2e", "e2e-worker12"));
+        assert!(is_node_name("e2e", "e2e-external-load-balancer"));
+        assert!(!is_node_name("e2e", "e2e-gateway-pod-0"));
+        assert!(!is_node_name("e2e", "e2e-x-control-plane"), "the cluster e2e-x's");
+        assert!(!is_node_name("e2e", "e2e2-worker"));
     }
 
     #[test]
