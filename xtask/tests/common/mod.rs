@@ -71,21 +71,23 @@ pub struct Sandbox {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// A port nobody listens on right now.
 /// A port nobody listens on right now, and that no other test of this process gets: handed
-/// out from a range of this process's own below the kernel's ephemeral ports, so a port one
-/// test released is not given to another while the first one's servers may still hold it.
+/// out in turn from 20000 to 31999 (below the kernel's ephemeral ports), starting at a place of
+/// this process's own and going round, so a port one test released is not given to another
+/// while the first one's servers may still hold it.
 pub fn free_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 400) as u16 * 30;
-    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
-    loop {
-        let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(port < 32_000, "test setup: out of ports");
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static HANDED_OUT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = (std::process::id() % 400) * 30;
+    for _ in 0..COUNT {
+        let n = HANDED_OUT.fetch_add(1, Ordering::SeqCst);
+        let port = (FIRST + (start + n) % COUNT) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("test setup: no free port from {FIRST} to {}", FIRST + COUNT - 1);
 }
 
 impl Sandbox {
