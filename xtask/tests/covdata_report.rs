@@ -143,9 +143,10 @@ fn build(sandbox: &Sandbox, mode: &str) -> Utf8PathBuf {
     bin
 }
 
-/// Runs the program to completion with GOCOVERDIR=coverdata/<svc>.
+/// Runs the program to completion with GOCOVERDIR=coverdata/s/<svc>, as service `svc` of the
+/// suite `s`.
 fn run_app(sandbox: &Sandbox, bin: &Utf8Path, svc: &str, args: &[&str]) {
-    let dir = sandbox.root.join("coverdata").join(svc);
+    let dir = sandbox.root.join("coverdata/s").join(svc);
     fs::create_dir_all(&dir).unwrap();
     let out = Command::new(bin).args(args).env("GOCOVERDIR", &dir).output().unwrap();
     assert!(out.status.success(), "{}", Run::from(out));
@@ -565,7 +566,7 @@ fn covdata_a_killed_process_is_diagnosed() {
     let sandbox = project_with_go("killed");
     let bin = build(&sandbox, "atomic");
     run_app(&sandbox, &bin, "a", &[]);
-    let dir = sandbox.root.join("coverdata/killed");
+    let dir = sandbox.root.join("coverdata/s/killed");
     fs::create_dir_all(&dir).unwrap();
     let mut child =
         Command::new(&bin).env("GOCOVERDIR", &dir).env("COVTEST_HANG", "1").spawn().unwrap();
@@ -578,27 +579,27 @@ fn covdata_a_killed_process_is_diagnosed() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let err = fails(&report(&sandbox, &["-i", "coverdata/killed"]), 1);
-    assert!(err.contains("coverdata/killed: covmeta."), "{err}");
+    let err = fails(&report(&sandbox, &["-i", "coverdata/s/killed"]), 1);
+    assert!(err.contains("coverdata/s/killed: covmeta."), "{err}");
     assert!(err.contains(KILLED), "{err}");
     let err = fails(&report(&sandbox, &[]), 1);
     assert!(err.contains(KILLED), "{err}");
-    assert!(!err.contains("coverdata/a"), "{err}");
+    assert!(!err.contains("coverdata/s/a"), "{err}");
 }
 
 #[test]
 #[ignore = "needs go"]
 fn covdata_a_truncated_counter_file_shows_the_go_error_and_the_file() {
     let sandbox = two_services("corrupt");
-    let counters = files_starting(&sandbox.root.join("coverdata/b"), "covcounters.").pop().unwrap();
+    let counters = files_starting(&sandbox.root.join("coverdata/s/b"), "covcounters.").pop().unwrap();
     let len = fs::metadata(&counters).unwrap().len();
     fs::OpenOptions::new().write(true).open(&counters).unwrap().set_len(len / 2).unwrap();
 
     let err = fails(&report(&sandbox, &[]), 1);
-    assert!(err.contains("failed for coverdata/b"), "{err}");
+    assert!(err.contains("failed for coverdata/s/b"), "{err}");
     // Depending on where the cut falls, Go says "unexpected EOF" or "invalid magic string".
     assert!(err.contains(&format!("reading counter data file {counters}")), "{err}");
-    assert!(err.contains("truncated or corrupt") && err.contains("`rm -rf coverdata/b`"), "{err}");
+    assert!(err.contains("truncated or corrupt") && err.contains("`rm -rf coverdata/s/b`"), "{err}");
 }
 
 #[test]
@@ -614,7 +615,7 @@ fn covdata_mixed_coverage_modes_suggest_a_clean_run() {
     assert!(err.contains("counter mode clash"), "{err}");
     assert!(err.contains("different -covermode values"), "{err}");
     assert!(
-        err.contains("`rm -rf coverdata/a`") && err.contains("cargo xtask e2e-gateway --coverage"),
+        err.contains("`rm -rf coverdata/s/a`") && err.contains("cargo xtask e2e <suite> --coverage"),
         "{err}"
     );
 }
@@ -633,18 +634,18 @@ fn covdata_data_from_an_older_build_suggests_a_clean_run() {
 
     let err = fails(&report(&sandbox, &[]), 1);
     assert!(
-        err.contains("coverdata/a: the data comes from more than one build of changed source"),
+        err.contains("coverdata/s/a: the data comes from more than one build of changed source"),
         "{err}"
     );
     assert!(err.contains("example.com/covtest/lib/lib.go"), "{err}");
-    assert!(err.contains("`rm -rf coverdata/a`"), "{err}");
+    assert!(err.contains("`rm -rf coverdata/s/a`"), "{err}");
     // The other service only ran the old build and still reports.
-    let text = succeeds(&report(&sandbox, &["-i", "coverdata/b"]));
+    let text = succeeds(&report(&sandbox, &["-i", "coverdata/s/b"]));
     assert!(has_row(&text, &["b", "(total)", "45.5%", "5", "of", "11"]), "{text}");
 }
 
-/// Writes the service directories of `coverdata/` into a gzipped tar at `archive`, as
-/// e2e-gateway does, and removes them.
+/// Writes the service directories of the suite `s` into a gzipped tar at `archive`, as an
+/// e2e run does, and removes them.
 fn archive_services(sandbox: &Sandbox, archive: &Utf8Path, services: &[&str]) {
     fs::create_dir_all(archive.parent().unwrap()).unwrap();
     let gz = flate2::write::GzEncoder::new(
@@ -653,7 +654,7 @@ fn archive_services(sandbox: &Sandbox, archive: &Utf8Path, services: &[&str]) {
     );
     let mut tar = tar::Builder::new(gz);
     for svc in services {
-        let dir = sandbox.root.join("coverdata").join(svc);
+        let dir = sandbox.root.join("coverdata/s").join(svc);
         tar.append_dir_all(svc, &dir).unwrap();
         fs::remove_dir_all(dir).unwrap();
     }
@@ -665,17 +666,17 @@ fn archive_services(sandbox: &Sandbox, archive: &Utf8Path, services: &[&str]) {
 fn covdata_from_archive_gives_the_numbers_of_the_directory() {
     let sandbox = two_services("from-archive");
     let direct = succeeds(&report(&sandbox, &[]));
-    let archive = sandbox.root.join("coverdata/archive/2025-01-01T00-00-00Z.tar.gz");
+    let archive = sandbox.root.join("coverdata/s/archive/2025-01-01T00-00-00Z.tar.gz");
     archive_services(&sandbox, &archive, &["a", "b"]);
 
     let err = fails(&report(&sandbox, &[]), 1);
     assert!(
-        err.contains("or report an archived run with `cargo xtask covdata-report --from-archive coverdata/archive/2025-01-01T00-00-00Z.tar.gz`"),
+        err.contains("or report an archived run with `cargo xtask covdata-report --from-archive coverdata/s/archive/2025-01-01T00-00-00Z.tar.gz`"),
         "{err}"
     );
     let archived = succeeds(&report(
         &sandbox,
-        &["--from-archive", "coverdata/archive/2025-01-01T00-00-00Z.tar.gz"],
+        &["--from-archive", "coverdata/s/archive/2025-01-01T00-00-00Z.tar.gz"],
     ));
     assert_eq!(table(&archived), table(&direct));
 }
