@@ -128,14 +128,19 @@ pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) 
     fail_on(&checks)
 }
 
+/// Fails naming every failed check, and ends with what to do: the fix of the one that failed,
+/// or each one's fix after its name.
 pub fn fail_on(checks: &[Check]) -> Result<()> {
-    let failed = checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.name.as_str());
-    let failed = failed.collect::<Vec<_>>().join(", ");
-    anyhow::ensure!(
-        failed.is_empty(),
-        "preflight failed ({failed}): apply the fix lines above, then rerun `cargo xtask doctor`"
-    );
-    Ok(())
+    let failed: Vec<&Check> = checks.iter().filter(|c| c.status == Status::Fail).collect();
+    let names = failed.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+    let fixes = match &failed[..] {
+        [] => return Ok(()),
+        [one] => one.hint.clone(),
+        several => {
+            several.iter().map(|c| format!("{}: {}", c.name, c.hint)).collect::<Vec<_>>().join("; ")
+        }
+    };
+    anyhow::bail!("preflight failed ({names}): {fixes}")
 }
 
 /// Runs every check `needs` asks for (`notes` go in before the ports) and returns the rows in
@@ -710,7 +715,10 @@ mod tests {
         checks.push(Check::fail("kind", "not found on PATH", "install kind"));
         checks.push(Check::fail("disk", "1.0 GiB free", "free space"));
         let err = fail_on(&checks).unwrap_err().to_string();
-        assert!(err.starts_with("preflight failed (kind, disk): "), "{err}");
+        // What to do, not merely to run doctor again: each failed check's fix.
+        assert_eq!(err, "preflight failed (kind, disk): kind: install kind; disk: free space");
+        let one = fail_on(&checks[2..3]).unwrap_err().to_string();
+        assert_eq!(one, "preflight failed (kind): install kind");
     }
 
     #[test]

@@ -98,6 +98,9 @@ fn every_missing_tool_is_listed_in_one_run_with_a_hint() {
         run.stderr.contains("preflight failed (podman, go, go tool covdata, kubectl, kind, disk)"),
         "{run}"
     );
+    // The closing line says what to do for each: their fixes, not "rerun doctor".
+    assert!(run.stderr.contains("; disk: free space there: `podman system prune`"), "{run}");
+    assert!(run.stderr.contains(": podman: `apt-get install -y podman runc`"), "{run}");
     // kind is missing, so there is no cluster to look for; the kind row already says why.
     assert!(!has_row(&run, "earlier run (gateway)"));
 }
@@ -249,11 +252,15 @@ fn a_container_that_cannot_start_is_named_with_the_engines_words_and_the_fix() {
     let container = row(&run, "container");
     assert_eq!(container.status, "FAIL");
     assert!(container.detail.contains("error setting rlimits"), "{container:?}");
+    // The fix is the one line to run, with this checkout's absolute path; the closing line
+    // says the same, not merely to run doctor again.
+    let export = format!("`export CONTAINERS_CONF={}/.ci/containers.conf`", s.root);
     let fix = container.fix.unwrap();
-    assert!(
-        fix.contains(&format!("export CONTAINERS_CONF={}/.ci/containers.conf", s.root)),
-        "{fix}"
-    );
+    assert!(fix.ends_with(&export), "{fix}");
+    let closing = run.stderr.trim_end().lines().last().unwrap();
+    assert!(closing.starts_with("error: preflight failed (container): "), "{run}");
+    assert!(closing.ends_with(&export), "{run}");
+    assert!(!run.stderr.contains("rerun `cargo xtask doctor`"), "{run}");
     let probe = format!(
         "podman build --file {}/target/xtask/probe/Containerfile --tag localhost/xtask-probe:1",
         s.root

@@ -306,6 +306,9 @@ fn a_failed_cluster_creation_keeps_its_cause_and_collects_nothing_from_it() {
     assert_eq!(sandbox.count("kind export logs"), 0);
     assert_eq!(sandbox.count("kubectl --kubeconfig"), 0, "{:#?}", sandbox.calls());
     assert!(!last_run.contains("  logs "), "{last_run}");
+    // What to do, not merely to run doctor.
+    assert!(run.stderr.contains("run this command by hand with --retain added"), "{run}");
+    assert!(!run.stderr.contains("run `cargo xtask doctor`"), "{run}");
 }
 
 #[test]

@@ -130,8 +130,9 @@ impl Kind {
     fn nodes(&self, sh: &Shell) -> Result<Vec<(String, NodeState)>> {
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         let get = cmd!(kind_sh, "kind get nodes --name {name}");
-        let listed = step(get).hint("run `cargo xtask doctor`").read()?;
-        let (program, format) = (self.settings.engine.program(), "{{.State.Status}}");
+        let program = self.settings.engine.program();
+        let listed = step(get).hint(engine::answers(self.settings.engine)).read()?;
+        let format = "{{.State.Status}}";
         let mut nodes = Vec::new();
         for node in listed.lines().map(str::trim).filter(|n| !n.is_empty()) {
             let output = step(cmd!(sh, "{program} inspect --format {format} {node}")).output()?;
@@ -412,8 +413,8 @@ impl Cluster for Kind {
 
     fn leftover(&self, sh: &Shell) -> Result<Leftover> {
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
-        let clusters =
-            step(cmd!(kind_sh, "kind get clusters")).hint("run `cargo xtask doctor`").read()?;
+        let hint = engine::answers(self.settings.engine);
+        let clusters = step(cmd!(kind_sh, "kind get clusters")).hint(hint).read()?;
         Ok(match clusters.lines().any(|l| l.trim() == name) {
             true => Leftover::Stale(format!("a Kind cluster named {name} exists already")),
             false => Leftover::Nothing,
@@ -466,7 +467,9 @@ impl Cluster for Kind {
                 "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
             );
             let create = create.args(self.settings.node_image.iter().flat_map(|i| ["--image", i]));
-            let Err(err) = step(create).hint("run `cargo xtask doctor`, then retry").run() else {
+            let program = self.settings.engine.program();
+            let hint = format!("what kind printed says which step failed; to look at a node that would not start, run this command by hand with --retain added and read `{program} logs {name}-control-plane`, then `kind delete cluster --name {name}`");
+            let Err(err) = step(create).hint(hint).run() else {
                 self.ready_at = Some(Instant::now());
                 return self.use_registry(sh);
             };

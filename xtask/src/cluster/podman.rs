@@ -15,7 +15,7 @@ use crate::{
     build_images::Image,
     check::Needs,
     cmd::step,
-    engine::Engine,
+    engine::{self, Engine},
     manifests::{self, Placement},
     project,
     suite::Component,
@@ -155,7 +155,7 @@ impl Cluster for Podman {
         let created = exists(sh, "network", network).and_then(|there| {
             if !there {
                 step(cmd!(sh, "podman network create {network}"))
-                    .hint("check that podman answers: `cargo xtask doctor`")
+                    .hint(engine::answers(Engine::Podman))
                     .run()?;
             }
             Ok(())
