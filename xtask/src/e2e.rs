@@ -372,7 +372,10 @@ fn preflight(
     let leftover = cluster.leftover(sh).unwrap_or(Leftover::Nothing);
     let Preflight { needs, checks, archives } = cluster.preflight(sh);
     let container = flags.build_mode == BuildMode::Container;
+    let mut writes = settings.writes(flags.coverage);
+    writes.extend(needs.writes.iter().cloned());
     let needs = Needs {
+        writes,
         covdata: flags.coverage,
         buildkit: container,
         dockerfiles: container,

@@ -273,6 +273,78 @@ fn a_container_that_cannot_start_is_named_with_the_engines_words_and_the_fix() {
     assert_eq!(row(&run, "container").status, "ok");
 }
 
+/// A `target/` this user may not write (as a run with sudo leaves it) fails doctor and the
+/// preflight, naming the place and the fix, before anything is built: not phase 5. Root writes
+/// whatever the permissions say, so as root the xtask runs as nobody (setpriv), the sandbox but
+/// `target/` given to nobody; as another user, `target/` simply loses its write permission.
+#[test]
+fn a_target_this_user_may_not_write_fails_doctor_and_the_preflight() {
+    let s = sandbox("read-only-target", HEALTHY, free_port(), free_port());
+    // doctor's probe image is in the store already (an earlier doctor built it): starting it
+    // writes nothing.
+    std::fs::create_dir_all(&s.state).unwrap();
+    std::fs::write(s.state.join("images"), "localhost/xtask-probe:1\n").unwrap();
+    let xtask = s.root.join("target/xtask");
+    std::fs::create_dir_all(&xtask).unwrap();
+    let root_user = nix::unistd::geteuid().is_root();
+    let sh = |args: &[&str]| {
+        let status = std::process::Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(status.success(), "test setup: {args:?} failed");
+    };
+    let wrapper: &[&str] = if root_user {
+        sh(&["chown", "-R", "65534:65534", s.dir.as_str()]);
+        sh(&["chown", "-R", "0:0", s.root.join("target").as_str()]);
+        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    } else {
+        sh(&["chmod", "a-w", xtask.as_str(), s.root.join("target").as_str()]);
+        &["env"]
+    };
+    let doctor = s.run_through(wrapper, &["doctor", "--cluster", "kind"]);
+    let run = s.run_through(wrapper, &["e2e-gateway", "--cluster", "kind"]);
+    if !root_user {
+        sh(&["chmod", "u+w", xtask.as_str(), s.root.join("target").as_str()]);
+    }
+
+    assert_eq!(doctor.code, 1, "{doctor}");
+    let target = row(&doctor, "target/");
+    assert_eq!(target.status, "FAIL", "{doctor}");
+    let (detail, fix) = match root_user {
+        true => (
+            "target/xtask is not writable by this user (uid 65534; it belongs to uid 0)",
+            format!("`sudo chown -R $(id -u):$(id -g) {xtask}`"),
+        ),
+        false => (
+            "target/xtask is this user's, but its permissions forbid writing",
+            format!("`chmod -R u+w {xtask}`"),
+        ),
+    };
+    assert_eq!(target.detail, detail, "{doctor}");
+    assert!(target.fix.as_deref().is_some_and(|f| f.ends_with(&fix)), "{target:?}");
+    assert_eq!(row(&doctor, "coverdata/").status, "ok", "{doctor}");
+    assert!(doctor.stderr.contains("preflight failed (target/): "), "{doctor}");
+    assert!(doctor.stderr.contains(&fix), "{doctor}");
+
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains(detail), "{run}");
+    assert!(run.stdout.contains("phase 1 (preflight) failed"), "{run}");
+    for command in ["go build", "podman build", "kind create"] {
+        assert_eq!(s.count(command), 0, "{command}: {:#?}", s.calls());
+    }
+}
+
+/// A file where a directory of the run belongs fails too, with what to move.
+#[test]
+fn a_file_where_the_run_writes_a_directory_fails_doctor() {
+    let s = sandbox("file-in-the-way", HEALTHY, free_port(), free_port());
+    common::write(&s.root.join("target/xtask/logs"), "not a directory\n");
+    let run = s.run(&["doctor", "--cluster", "podman"]);
+    assert_eq!(run.code, 1, "{run}");
+    let target = row(&run, "target/");
+    assert_eq!(target.status, "FAIL", "{run}");
+    assert_eq!(target.detail, "target/xtask/logs is a file where the run needs a directory");
+    assert_eq!(target.fix.unwrap(), format!("move {}/target/xtask/logs out of the way", s.root));
+}
+
 #[test]
 fn the_node_image_is_found_in_the_store_or_its_registry_or_fails_with_a_fix() {
     let default = "kindest/node:v1.32.2@sha256:f226345927d7e348497136874b6d207e0b32cc52154ad8323129352923a3142f";

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     build_images::Image,
-    check::{Check, Needs},
+    check::{Check, Needs, Writes},
     cmd::{step, Running},
     http,
     manifests::{self, Placement},
@@ -89,7 +89,9 @@ impl Cluster for Existing {
     /// ports); a registry, then the context, the API and the permission to create namespaces:
     /// each of these needs the one before it, so the first that fails is the last row.
     fn preflight(&self, sh: &Shell) -> Preflight {
-        let needs = Needs { engine: Some(self.settings.engine), kubectl: true, ..Needs::default() };
+        let writes = vec![Writes::Dir(self.kubectl.cache.clone())];
+        let needs =
+            Needs { engine: Some(self.settings.engine), kubectl: true, writes, ..Needs::default() };
         Preflight { needs, checks: self.checks(sh), archives: false }
     }
 

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     build_images::Image,
-    check::{self, Check, Needs},
+    check::{self, Check, Needs, Writes},
     cmd::{step, Failure},
     engine,
     engine::Engine,
@@ -400,15 +400,28 @@ impl Cluster for Kind {
                 checks.push(Check::fail("registry", detail, fix));
             }
         }
+        let archives = self.settings.registry.is_none();
+        let root = &self.settings.root;
+        let mut writes =
+            vec![Writes::File(self.kubeconfig.clone()), Writes::Dir(self.kubectl.cache.clone())];
+        if archives {
+            writes.push(Writes::Dir(project::xtask_dir(root).join("images")));
+        }
+        // The node mounts coverdata/, which `create` makes when it is missing.
+        let coverdata = project::coverdata_dir(root);
+        if !coverdata.exists() {
+            writes.push(Writes::Dir(coverdata));
+        }
         let needs = Needs {
             engine: Some(engine),
             kubectl: true,
             kubectl_skew,
             ports: self.settings.suite.components.clone(),
+            writes,
             node_disk: true,
             ..Needs::default()
         };
-        Preflight { needs, checks, archives: self.settings.registry.is_none() }
+        Preflight { needs, checks, archives }
     }
 
     fn leftover(&self, sh: &Shell) -> Result<Leftover> {

@@ -169,6 +169,20 @@ impl Sandbox {
         self.command_for(env!("CARGO_BIN_EXE_xtask").as_ref(), args)
     }
 
+    /// The xtask with `args` through `wrapper` (`setpriv --reuid=...`, say: found on the test's
+    /// PATH, not the sandbox's), in this sandbox's environment.
+    pub fn run_through(&self, wrapper: &[&str], args: &[&str]) -> Run {
+        let (program, before) = wrapper.split_first().expect("a wrapper command");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let found = std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file());
+        let found = found.unwrap_or_else(|| panic!("test setup: `{program}` is not on PATH"));
+        let found = Utf8PathBuf::from_path_buf(found).expect("a UTF-8 path");
+        let mut all: Vec<&str> = before.to_vec();
+        all.push(env!("CARGO_BIN_EXE_xtask"));
+        all.extend(args);
+        Run::from(self.command_for(&found, &all).output().unwrap())
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         let output = self.command(args).output().unwrap();
         Run::from(output)
