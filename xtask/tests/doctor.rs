@@ -5,7 +5,7 @@ mod common;
 
 use std::net::TcpListener;
 
-use common::{free_port, Run, Sandbox};
+use common::{free_port, has_row, row, Sandbox};
 
 const HEALTHY: &[&str] = &["podman", "go", "kind", "kubectl", "df"];
 
@@ -15,30 +15,6 @@ fn sandbox(name: &str, fakes: &[&str], gateway: u16, datastorage: u16) -> Sandbo
     s.env("GATEWAY_HOST_PORT", &gateway.to_string())
         .env("DATASTORAGE_HOST_PORT", &datastorage.to_string());
     s
-}
-
-/// One table row: (status, detail, the `fix:` line under it if any).
-#[derive(Debug)]
-struct Row {
-    status: String,
-    detail: String,
-    fix: Option<String>,
-}
-
-fn row(run: &Run, name: &str) -> Row {
-    let lines: Vec<&str> = run.stdout.lines().collect();
-    let i = lines
-        .iter()
-        .position(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with("  ")))
-        .unwrap_or_else(|| panic!("no row `{name}` in:\n{}", run.stdout));
-    let (status, detail) = lines[i][name.len()..].trim_start().split_once("  ").unwrap();
-    let fix =
-        lines.get(i + 1).and_then(|l| l.trim_start().strip_prefix("fix: ")).map(str::to_string);
-    Row { status: status.trim().to_string(), detail: detail.trim().to_string(), fix }
-}
-
-fn has_row(run: &Run, name: &str) -> bool {
-    run.stdout.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with("  ")))
 }
 
 /// Every kind call with the provider variable the fake recorded for it.

@@ -362,6 +362,30 @@ impl std::fmt::Display for Run {
     }
 }
 
+/// One table row: (status, detail, the `fix:` line under it if any).
+#[derive(Debug)]
+pub struct Row {
+    pub status: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+pub fn row(run: &Run, name: &str) -> Row {
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with("  ")))
+        .unwrap_or_else(|| panic!("no row `{name}` in:\n{}", run.stdout));
+    let (status, detail) = lines[i][name.len()..].trim_start().split_once("  ").unwrap();
+    let fix =
+        lines.get(i + 1).and_then(|l| l.trim_start().strip_prefix("fix: ")).map(str::to_string);
+    Row { status: status.trim().to_string(), detail: detail.trim().to_string(), fix }
+}
+
+pub fn has_row(run: &Run, name: &str) -> bool {
+    run.stdout.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with("  ")))
+}
+
 pub fn write(path: &Utf8Path, content: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, content).unwrap();
