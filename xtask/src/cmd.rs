@@ -85,6 +85,11 @@ impl CmdError {
         CmdError { hint: hint.into(), ..self }
     }
 
+    /// What the caller said to do when the command fails (may be empty).
+    pub fn hint(&self) -> &str {
+        &self.hint
+    }
+
     /// The last line the tool printed on stderr (else stdout): usually the one that says why.
     pub fn cause(&self) -> Option<&str> {
         last_line(&self.stderr).or_else(|| last_line(&self.stdout))

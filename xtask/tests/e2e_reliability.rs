@@ -422,6 +422,40 @@ fn a_registry_that_refuses_stops_the_run_at_the_push_before_any_cluster() {
     assert_eq!(sandbox.count("kind create"), 0);
 }
 
+/// A registry that refuses the connection (nothing listens there) is named as such, with the
+/// fix; --registry-insecure, given already, is not suggested again.
+#[test]
+fn a_registry_that_refuses_the_connection_is_named_and_insecure_not_suggested_again() {
+    let mut sandbox = Sandbox::new("registry-refused", KIND_TOOLS);
+    let host = format!("127.0.0.1:{}", free_port());
+    let said = format!("Error: trying to reuse blob sha256:cd7192b2 at destination: pinging container registry {host}: Get \"http://{host}/v2/\": dial tcp {host}: connect: connection refused");
+    sandbox
+        .env("FAKE_FAIL", "^podman push")
+        .env("FAKE_FAIL_CODE", "125")
+        .env("FAKE_FAIL_MESSAGE", &said);
+    let registry = format!("{host}/e2e");
+    let args = ["e2e-gateway", "--cluster", "kind", "--registry", &registry, "--registry-insecure"];
+    let run = sandbox.run(&args);
+    assert_eq!(run.code, 1, "{run}");
+    let fix = format!("the registry {host} refused the connection: nothing listens at that address and port; start the registry, or check the address and port given to --registry");
+    assert!(run.stdout.contains(&fix) || run.stderr.contains(&fix), "{run}");
+    assert!(!format!("{run}").contains("add --registry-insecure"), "{run}");
+    assert_eq!(sandbox.count("kind create"), 0);
+
+    // Over TLS, a registry that speaks plain HTTP: then it is the fix.
+    let mut tls = Sandbox::new("registry-tls", KIND_TOOLS);
+    let said = format!("Error: trying to reuse blob sha256:cd7192b2 at destination: pinging container registry {host}: Get \"https://{host}/v2/\": tls: first record does not look like a TLS handshake");
+    tls.env("FAKE_FAIL", "^podman push")
+        .env("FAKE_FAIL_CODE", "125")
+        .env("FAKE_FAIL_MESSAGE", &said);
+    let run = tls.run(&args[..5]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        format!("{run}").contains("a registry that serves plain HTTP needs --registry-insecure"),
+        "{run}"
+    );
+}
+
 #[test]
 fn kind_with_docker_refuses_a_loopback_registry_before_anything_is_built() {
     let sandbox = Sandbox::new("kind-docker-loopback", &["docker", "kind", "kubectl", "go"]);
