@@ -392,7 +392,7 @@ fn a_run_that_cannot_archive_leaves_the_outcome_of_the_run_that_wrote_the_data()
     common::write(&coverdata.join("archive"), "in the way");
     let blocked = sandbox.run(&args);
     assert_eq!(blocked.code, 1, "{blocked}");
-    assert!(blocked.stderr.contains("phase 2 (build images) failed: archiving"), "{blocked}");
+    assert!(blocked.stdout.contains("phase 2 (build images) failed: archiving"), "{blocked}");
     assert_eq!(outcome(), "passed\n", "the data is still the passed run's");
 
     fs::remove_file(coverdata.join("archive")).unwrap();

@@ -145,7 +145,7 @@ fn a_user_who_may_not_create_namespaces_is_told_before_anything_runs() {
     let run = existing(&sandbox, &[]);
     assert_eq!(run.code, 1, "{run}");
     assert!(run.stdout.contains("this user may not create namespaces on shared-ci"), "{run}");
-    assert!(run.stderr.contains("preflight failed (namespaces)"), "{run}");
+    assert!(run.stdout.contains("preflight failed (namespaces)"), "{run}");
     assert_eq!(sandbox.count("podman build"), 0);
     assert!(!sandbox.calls().iter().any(|c| c.contains(" create -f ")));
 }

@@ -60,10 +60,12 @@ fn a_registry_that_takes_connections_but_never_answers_stops_the_run_at_the_tag_
     let xtask = sandbox.spawn(&[&args[..], &["--registry-insecure"]].concat());
     let run = finish_within(xtask, Duration::from_secs(60));
     assert_eq!(run.code, 1, "{run}");
-    let said = format!("error: phase 2 (build images) failed: the registry {host} stopped answering: it took the connection but sent no answer to `HEAD /v2/e2e/datastorage/manifests/e2e-");
-    assert!(run.stderr.contains(&said), "{run}");
-    let fix = format!("within 2 s; check that it runs and is not stopped or overloaded (`curl http://{host}/v2/` answers at once when it is well), then rerun\n");
-    assert!(run.stderr.ends_with(&fix), "{run}");
+    // The summary's result, which ends with the fix.
+    let result = run.stdout.lines().find(|l| l.starts_with("  result ")).unwrap_or_default();
+    let said = format!("failed (exit 1): phase 2 (build images) failed: the registry {host} stopped answering: it took the connection but sent no answer to `HEAD /v2/e2e/datastorage/manifests/e2e-");
+    assert!(result.contains(&said), "{run}");
+    let fix = format!("within 2 s; check that it runs and is not stopped or overloaded (`curl http://{host}/v2/` answers at once when it is well), then rerun");
+    assert!(result.ends_with(&fix), "{run}");
     // The first service's check stopped the run: no second wait, no push, no pods.
     let calls = sandbox.calls();
     assert!(!calls.iter().any(|c| c.starts_with("podman push")), "{calls:#?}");
@@ -107,9 +109,9 @@ fn a_pull_that_hangs_on_the_podman_backend_fails_the_deploy_with_the_registrys_n
     let args = ["e2e-gateway", "--cluster", "podman", "--registry", "registry.example.com/e2e"];
     let run = finish_within(sandbox.spawn(&args), Duration::from_secs(60));
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("pulling registry.example.com/e2e/datastorage:e2e-"), "{run}");
-    assert!(run.stderr.contains("from registry.example.com failed"), "{run}");
-    assert!(run.stderr.contains("the registry registry.example.com stopped answering"), "{run}");
+    assert!(run.stdout.contains("pulling registry.example.com/e2e/datastorage:e2e-"), "{run}");
+    assert!(run.stdout.contains("from registry.example.com failed"), "{run}");
+    assert!(run.stdout.contains("the registry registry.example.com stopped answering"), "{run}");
     assert!(sandbox.position("podman push") < sandbox.position("podman pull"));
     assert!(!sandbox.calls().iter().any(|c| c.starts_with("podman kube play")));
     assert!(run.stdout.contains("removed the pods and the network"), "{run}");

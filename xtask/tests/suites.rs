@@ -208,16 +208,16 @@ fn a_failed_spec_is_named_and_a_failed_pull_says_how_to_have_the_image() {
     sandbox.env("FAKE_TEST_FAIL", "1");
     let run = sandbox.run(&["e2e", "datastorage", "--cluster", "podman"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("1 E2E test(s) failed ([It] queries filter [query])"), "{run}");
+    assert!(run.stdout.contains("1 E2E test(s) failed ([It] queries filter [query])"), "{run}");
 
     let mut offline = Sandbox::new("suite-no-pull", TOOLS);
     with_datastorage_suite(&mut offline);
     offline.env("FAKE_FAIL", "^podman pull").env("FAKE_FAIL_MESSAGE", "Error: initializing source docker://redis:7.4-alpine: pinging container registry registry-1.docker.io: dial tcp: lookup registry-1.docker.io: no such host");
     let run = offline.run(&["e2e", "datastorage", "--cluster", "podman"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("phase 2 (build images) failed: pulling the third-party image docker.io/library/redis:7.4-alpine failed"), "{run}");
-    assert!(run.stderr.contains("load it into podman (`podman load -i image.tar`"), "{run}");
-    assert!(run.stderr.contains("pass that with --registry"), "{run}");
+    assert!(run.stdout.contains("phase 2 (build images) failed: pulling the third-party image docker.io/library/redis:7.4-alpine failed"), "{run}");
+    assert!(run.stdout.contains("load it into podman (`podman load -i image.tar`"), "{run}");
+    assert!(run.stdout.contains("pass that with --registry"), "{run}");
 }
 
 /// On Kind the third-party image goes into the node with ours, from an archive named after its
