@@ -606,7 +606,7 @@ impl Cluster for Kind {
     fn diagnostics(&self, sh: &Shell, dir: &Utf8Path, what: Diagnose) -> Result<bool> {
         if self.ready_at.is_none() {
             println!(
-                "    the cluster never became ready: nothing to collect beyond the error above"
+                "    the cluster never became ready: nothing to collect; the summary below says why"
             );
             return Ok(false);
         }
