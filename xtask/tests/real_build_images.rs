@@ -279,7 +279,12 @@ fn doctor_starts_a_container_and_names_the_fix_when_it_cannot() {
     assert_eq!(run.code, 1, "{run}");
     let container = row(&run);
     assert!(container.contains("FAIL") && container.contains("rlimit"), "{run}");
-    assert!(container.contains("export CONTAINERS_CONF="), "{run}");
+    // The one line to run, with this checkout's path, closes the output too.
+    let export = format!("`export CONTAINERS_CONF={}/.ci/containers.conf`", scratch.root);
+    assert!(container.ends_with(&export), "{run}");
+    let closing = run.stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(closing.starts_with("error: preflight failed (container): "), "{run}");
+    assert!(closing.ends_with(&export), "{run}");
     if !had_probe {
         let _ = podman(&["rmi", probe]);
     }
