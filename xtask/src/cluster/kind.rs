@@ -407,8 +407,8 @@ impl Cluster for Kind {
         if archives {
             writes.push(Writes::Dir(project::xtask_dir(root).join("images")));
         }
-        // The node mounts coverdata/, which `create` makes when it is missing.
-        let coverdata = project::coverdata_dir(root);
+        // The node mounts the suite's coverdata/, which `create` makes when it is missing.
+        let coverdata = project::suite_coverdata(root, &self.settings.suite.name);
         if !coverdata.exists() {
             writes.push(Writes::Dir(coverdata));
         }
@@ -467,8 +467,9 @@ impl Cluster for Kind {
             text.push_str("containerdConfigPatches:\n  - |-\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"/etc/containerd/certs.d\"\n");
         }
         let config = write_file(&self.settings.rendered, CONFIG, &text)?;
-        // The config mounts coverdata/ into the node, and podman refuses a missing source.
-        let coverdata = project::coverdata_dir(&self.settings.root);
+        // The config mounts the suite's coverdata/ into the node, and podman refuses a missing
+        // source (a run without --coverage prepares none).
+        let coverdata = project::suite_coverdata(&self.settings.root, &self.settings.suite.name);
         std::fs::create_dir_all(&coverdata).with_context(|| {
             format!("creating {coverdata}, which the Kind node mounts: make the checkout writable")
         })?;
