@@ -339,7 +339,11 @@ impl Run {
         let summary = format!("the summary above says {what} (also in target/xtask/last-run.txt)");
         match more.filter(|(_, lines)| !lines.is_empty()) {
             Some((header, lines)) => {
-                let lines: String = lines.iter().map(|line| format!("    {line}\n")).collect();
+                let indent = |line: &String| match line.trim().is_empty() {
+                    true => "\n".to_string(),
+                    false => format!("    {line}\n"),
+                };
+                let lines: String = lines.iter().map(indent).collect();
                 bail!("{failed}; {header}:\n{lines}{summary}")
             }
             None => bail!("{failed}: {summary}"),
