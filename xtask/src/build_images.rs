@@ -292,7 +292,7 @@ fn pull(sh: &Shell, engine: Engine, reference: &str) -> Result<ImageInfo> {
         .run()
         .with_context(|| format!("pulling the third-party image {reference} failed"))?;
     let found = engine::inspect(sh, engine, &[reference.to_string()])?.remove(0);
-    found.with_context(|| format!("{reference} was pulled but `{program} image inspect` does not find it: run `cargo xtask doctor`"))
+    found.with_context(|| format!("{reference} was pulled but `{program} image inspect` does not find it: something removed it right after the pull (a prune?); rerun"))
 }
 
 /// The docker-archive of a third-party image for a Kind load, named after the image and its ID
@@ -318,7 +318,7 @@ fn save_third_party(
     let format: &[&str] =
         if engine == Engine::Podman { &["--format", "docker-archive"] } else { &[] };
     step(cmd!(sh, "{program} save {format...} --output {partial} {reference}"))
-        .hint("check free disk space (`cargo xtask doctor`)")
+        .hint("free disk space where target/ is (`df -h target`) and in the engine's store")
         .run()
         .with_context(|| format!("saving {reference} to {partial} failed"))?;
     std::fs::rename(&partial, &archive)
@@ -640,7 +640,7 @@ fn base_image_id(sh: &Shell, engine: Engine, arg: &str, reference: &str) -> Resu
         format!("pulling base image {reference} ({arg}) failed: it is not local")
     })?;
     image_id()?.with_context(|| {
-        format!("{reference} was pulled but `{program} image inspect {reference}` does not find it; run `cargo xtask doctor`")
+        format!("{reference} was pulled but `{program} image inspect {reference}` does not find it: something removed it right after the pull (a prune?); rerun")
     })
 }
 
@@ -742,7 +742,7 @@ fn save_archive(sh: &Shell, root: &Utf8Path, engine: Engine, p: &Planned) -> Res
     let format: &[&str] =
         if engine == Engine::Podman { &["--format", "docker-archive"] } else { &[] };
     step(cmd!(sh, "{program} save {format...} --output {partial} {reference}"))
-        .hint("check free disk space (`cargo xtask doctor`)")
+        .hint("free disk space where target/ is (`df -h target`) and in the engine's store")
         .run()
         .with_context(|| format!("saving {reference} to {partial} failed"))?;
     std::fs::rename(&partial, &archive)

@@ -32,6 +32,8 @@ use crate::{
 /// - `dockerfiles`: the Dockerfiles a container build uses pass `lint-dockerfiles` without
 ///   errors;
 /// - `ports`: services whose host ports must be free;
+/// - `writes`: what the task writes in the checkout, each writable by this user (one row for
+///   `target/`, one for `coverdata/`);
 /// - `disk`: free disk where `target/` lives above `DISK_FLOOR`;
 /// - `node_disk`: free disk where the engine keeps containers above `NODE_DISK_FLOOR` (a Kind node).
 #[derive(Debug, Default)]
@@ -43,6 +45,7 @@ pub struct Needs {
     pub kubectl_skew: Option<(u32, String)>,
     pub dockerfiles: bool,
     pub ports: Vec<Component>,
+    pub writes: Vec<Writes>,
     pub disk: bool,
     pub node_disk: bool,
 }
@@ -96,6 +99,14 @@ impl Check {
     }
 }
 
+/// A place in the checkout a task writes: a directory it writes in (created when missing), or a
+/// file it writes over (created when missing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writes {
+    Dir(Utf8PathBuf),
+    File(Utf8PathBuf),
+}
+
 /// Below this much free space a cold run (images, archives, Go build cache) may fill the disk.
 const DISK_FLOOR: u64 = 5 << 30;
 /// A Kind node with our images loaded takes about 1.6 GB in the engine's store.
@@ -130,14 +141,19 @@ pub fn preflight(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) 
     fail_on(&checks)
 }
 
+/// Fails naming every failed check, and ends with what to do: the fix of the one that failed,
+/// or each one's fix after its name.
 pub fn fail_on(checks: &[Check]) -> Result<()> {
-    let failed = checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.name.as_str());
-    let failed = failed.collect::<Vec<_>>().join(", ");
-    anyhow::ensure!(
-        failed.is_empty(),
-        "preflight failed ({failed}): apply the fix lines above, then rerun `cargo xtask doctor`"
-    );
-    Ok(())
+    let failed: Vec<&Check> = checks.iter().filter(|c| c.status == Status::Fail).collect();
+    let names = failed.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+    let fixes = match &failed[..] {
+        [] => return Ok(()),
+        [one] => one.hint.clone(),
+        several => {
+            several.iter().map(|c| format!("{}: {}", c.name, c.hint)).collect::<Vec<_>>().join("; ")
+        }
+    };
+    anyhow::bail!("preflight failed ({names}): {fixes}")
 }
 
 /// Runs every check `needs` asks for (`notes` go in before the ports) and returns the rows in
@@ -225,6 +241,7 @@ pub fn check(sh: &Shell, root: &Utf8Path, needs: &Needs, notes: Vec<Check>) -> V
             ),
         });
     }
+    checks.extend(writable_rows(root, &needs.writes));
     if let Some(out) = df.map(finish) {
         let run_df = format!("run `df -Pk {disk_dir}`");
         let free = |bytes| format!("{} free at {disk_dir}", gib(bytes));
@@ -591,6 +608,102 @@ fn parse_df_available(out: &str) -> Option<u64> {
     Some(kb.saturating_mul(1024))
 }
 
+/// One row per top directory of the checkout that `writes` names (`target/`, `coverdata/`): this
+/// user may write every place there, or the first that it may not, with the fix.
+fn writable_rows(root: &Utf8Path, writes: &[Writes]) -> Vec<Check> {
+    let mut rows: Vec<(String, Vec<&Writes>)> = Vec::new();
+    for place in writes {
+        let (Writes::Dir(path) | Writes::File(path)) = place;
+        let top = path.strip_prefix(root).ok().and_then(|p| p.components().next());
+        let top = top.map_or(path.to_string(), |c| format!("{}/", c.as_str()));
+        match rows.iter_mut().find(|(name, _)| *name == top) {
+            Some((_, places)) => places.push(place),
+            None => rows.push((top, vec![place])),
+        }
+    }
+    let rows = rows.into_iter().map(|(name, places)| {
+        match places.iter().find_map(|place| writable(root, place).err()) {
+            Some((detail, fix)) => Check::fail(&name, detail, fix),
+            None => {
+                let places = match places.len() {
+                    1 => "the 1 place".to_string(),
+                    n => format!("all {n} places"),
+                };
+                Check::ok(&name, format!("writable: {places} a run writes there"))
+            }
+        }
+    });
+    rows.collect()
+}
+
+/// Whether this user may write `place`: a directory, or the nearest existing one above it,
+/// which the run creates it in, takes a new file; a file is opened for appending (nothing is
+/// changed). `Err((detail, fix))`.
+fn writable(root: &Utf8Path, place: &Writes) -> Result<(), (String, String)> {
+    let shown = |path: &Utf8Path| path.strip_prefix(root).unwrap_or(path).to_string();
+    let (path, file) = match place {
+        Writes::Dir(path) => (path, false),
+        Writes::File(path) => (path, true),
+    };
+    let Some(at) = path.ancestors().find(|p| p.symlink_metadata().is_ok()) else {
+        return Ok(());
+    };
+    let is_dir = at.is_dir();
+    let in_the_way = |what: &str| {
+        let detail = format!(
+            "{} is {what} where the run needs {}",
+            shown(at),
+            match at == path {
+                true if file => "a file".to_string(),
+                true => "a directory".to_string(),
+                false => format!("a directory (for {})", shown(path)),
+            }
+        );
+        Err((detail, format!("move {at} out of the way")))
+    };
+    let probed = match (at == path && file, is_dir) {
+        (true, false) => std::fs::File::options().append(true).open(at).map(drop),
+        (true, true) => return in_the_way("a directory"),
+        (false, false) => return in_the_way("a file"),
+        (false, true) => {
+            let probe = at.join(format!(".xtask-write-probe-{}", std::process::id()));
+            let created = std::fs::File::options().write(true).create_new(true).open(&probe);
+            created.and_then(|_| std::fs::remove_file(&probe))
+        }
+    };
+    probed.map_err(|err| unwritable(&shown(at), at, &err))
+}
+
+/// Why `at` (`shown` relative to the checkout) may not be written, and the fix for that.
+fn unwritable(shown: &str, at: &Utf8Path, err: &std::io::Error) -> (String, String) {
+    use std::{io::ErrorKind, os::unix::fs::MetadataExt};
+    let me = nix::unistd::geteuid();
+    match err.kind() {
+        ErrorKind::ReadOnlyFilesystem => (
+            format!("{shown} is on a read-only file system"),
+            "remount it read-write, or run from a checkout on a writable disk".into(),
+        ),
+        ErrorKind::PermissionDenied if me.is_root() => (
+            format!("{shown} may not be written, not even by root ({err})"),
+            format!("it is immutable (`lsattr -d {at}` shows an `i`): `chattr -i {at}`"),
+        ),
+        ErrorKind::PermissionDenied => match std::fs::metadata(at).map(|m| m.uid()) {
+            Ok(owner) if owner == me.as_raw() => (
+                format!("{shown} is this user's, but its permissions forbid writing"),
+                format!("`chmod -R u+w {at}`"),
+            ),
+            owner => (
+                format!(
+                    "{shown} is not writable by this user (uid {me}; it belongs to uid {})",
+                    owner.map_or("?".into(), |uid| uid.to_string())
+                ),
+                format!("make it this user's (a run with sudo leaves it root's): `sudo chown -R $(id -u):$(id -g) {at}`"),
+            ),
+        },
+        _ => (format!("writing in {shown} failed: {err}"), format!("make {at} writable")),
+    }
+}
+
 fn nearest_existing(path: &Utf8Path) -> Utf8PathBuf {
     path.ancestors().find(|p| p.exists()).unwrap_or(Utf8Path::new("/")).to_path_buf()
 }
@@ -754,7 +867,10 @@ mod tests {
         checks.push(Check::fail("kind", "not found on PATH", "install kind"));
         checks.push(Check::fail("disk", "1.0 GiB free", "free space"));
         let err = fail_on(&checks).unwrap_err().to_string();
-        assert!(err.starts_with("preflight failed (kind, disk): "), "{err}");
+        // What to do, not merely to run doctor again: each failed check's fix.
+        assert_eq!(err, "preflight failed (kind, disk): kind: install kind; disk: free space");
+        let one = fail_on(&checks[2..3]).unwrap_err().to_string();
+        assert_eq!(one, "preflight failed (kind): install kind");
     }
 
     #[test]
@@ -765,6 +881,34 @@ mod tests {
         assert!(!publishes(ports, 8080), "a container port");
         assert!(!publishes(ports, 8443), "exposed, not published");
         assert!(!publishes("", 18080));
+    }
+
+    #[test]
+    fn what_stands_where_the_run_writes_is_named_with_what_to_move() {
+        let temp = Utf8PathBuf::from_path_buf(std::env::temp_dir()).unwrap();
+        let root = temp.join(format!("check-writable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("target/xtask/kubeconfig-x")).unwrap();
+        std::fs::write(root.join("target/xtask/logs"), "a file").unwrap();
+        std::fs::write(root.join("target/xtask/kubeconfig-y"), "a file").unwrap();
+        let dir = |p: &str| Writes::Dir(root.join(p));
+        let file = |p: &str| Writes::File(root.join(p));
+        for ok in [
+            dir("target/xtask"),
+            dir("target/xtask/new/deeper"),
+            file("target/xtask/kubeconfig-y"),
+            file("target/new/kubeconfig"),
+        ] {
+            assert_eq!(writable(&root, &ok), Ok(()), "{ok:?}");
+        }
+        let (detail, fix) = writable(&root, &dir("target/xtask/logs/run-1")).unwrap_err();
+        assert_eq!(detail, "target/xtask/logs is a file where the run needs a directory (for target/xtask/logs/run-1)");
+        assert_eq!(fix, format!("move {root}/target/xtask/logs out of the way"));
+        let (detail, _) = writable(&root, &file("target/xtask/kubeconfig-x")).unwrap_err();
+        assert_eq!(detail, "target/xtask/kubeconfig-x is a directory where the run needs a file");
+        // Nothing is left of the probes.
+        assert_eq!(std::fs::read_dir(root.join("target/xtask")).unwrap().count(), 3);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

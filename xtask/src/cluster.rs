@@ -16,7 +16,7 @@ use xshell::{cmd, Cmd, Shell};
 
 use crate::{
     build_images::Image,
-    check::{Check, Needs},
+    check::{Check, Needs, Writes},
     cmd::{step, Step},
     engine::{self, Engine},
     manifests::Manifests,
@@ -107,6 +107,24 @@ pub struct Settings {
     /// Rendered manifests and configs: a directory of this cluster name's own (see
     /// `podman::deploy`), so runs side by side never write each other's.
     rendered: Utf8PathBuf,
+}
+
+impl Settings {
+    /// What a run on these settings writes in the checkout, beside what its backend adds in
+    /// its preflight: its summary and logs, the build's caches, binaries and contexts, go's
+    /// temporary files, the rendered manifests; with coverage, the suite's coverdata/ and the
+    /// report.
+    pub fn writes(&self, coverage: bool) -> Vec<Writes> {
+        let xtask = project::xtask_dir(&self.root);
+        let mut dirs = vec![xtask.clone()];
+        dirs.extend(["logs", "cache", "bin", "context", "tmp"].map(|dir| xtask.join(dir)));
+        dirs.push(self.rendered.clone());
+        if coverage {
+            dirs.push(project::suite_coverdata(&self.root, &self.suite.name));
+            dirs.push(self.root.join("target/coverage"));
+        }
+        dirs.into_iter().map(Writes::Dir).collect()
+    }
 }
 
 /// What a backend asks of the run before anything starts.

@@ -85,9 +85,23 @@ impl CmdError {
         CmdError { hint: hint.into(), ..self }
     }
 
+    /// What the caller said to do when the command fails (may be empty).
+    pub fn hint(&self) -> &str {
+        &self.hint
+    }
+
     /// The last line the tool printed on stderr (else stdout): usually the one that says why.
     pub fn cause(&self) -> Option<&str> {
         last_line(&self.stderr).or_else(|| last_line(&self.stdout))
+    }
+
+    /// The lines of the output's tail (what the error quotes) before the one `cause` quotes.
+    pub fn earlier_lines(&self) -> Vec<String> {
+        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        let lines: Vec<&str> = text.trim_end().lines().collect();
+        let tail = &lines[lines.len().saturating_sub(TAIL_LINES)..];
+        let before = &tail[..tail.len().saturating_sub(1)];
+        before.iter().map(|line| line.trim_end().to_string()).collect()
     }
 
     /// One line: the command, how it ended, and the last line it printed.
@@ -566,6 +580,18 @@ mod tests {
         // `output` hands back a failed run instead.
         let output = step(cmd!(sh, "ls /nonexistent-xtask-cmd")).output().unwrap();
         assert!(!output.success());
+    }
+
+    #[test]
+    fn the_lines_before_the_cause_are_the_tails_others() {
+        let sh = Shell::new().unwrap();
+        let err = step(cmd!(sh, "sh -c 'echo out; printf \"one\\ntwo\\nlast\\n\\n\" >&2; exit 3'"))
+            .run()
+            .unwrap_err();
+        assert_eq!(err.cause(), Some("last"));
+        assert_eq!(err.earlier_lines(), ["one", "two"]);
+        let quiet = step(cmd!(sh, "sh -c 'echo only; exit 1'")).run().unwrap_err();
+        assert_eq!((quiet.cause(), quiet.earlier_lines().len()), (Some("only"), 0));
     }
 
     #[test]

@@ -63,9 +63,16 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
             }
         });
     }
+    // What a coverage run of each suite would write (a plain run writes less).
+    let mut writes = Vec::new();
     for suite in &suites {
         notes.push(manifests::check(&root, suite));
-        let (_, cluster) = cluster::pick(sh, target, &name(suite), &root, suite.clone())?;
+        let (settings, cluster) = cluster::pick(sh, target, &name(suite), &root, suite.clone())?;
+        for place in settings.writes(true) {
+            if !writes.contains(&place) {
+                writes.push(place);
+            }
+        }
         let row = format!("earlier run ({})", suite.name);
         let remove = cluster.remove_command();
         let remove = format!(
@@ -105,7 +112,8 @@ pub fn run(sh: &Shell, flags: &Options) -> Result<()> {
             }
         }
     }
-    let needs = Needs { covdata: true, disk: true, ports, ..preflight.needs };
+    writes.extend(preflight.needs.writes.iter().cloned());
+    let needs = Needs { covdata: true, disk: true, ports, writes, ..preflight.needs };
     let mut checks = check::check(sh, &root, &needs, notes);
     // `info` answering does not mean a container can start (ulimits, the OCI runtime): start
     // one, once the engine and go (which builds it) are known to work.

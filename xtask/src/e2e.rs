@@ -290,14 +290,36 @@ impl Run {
     }
 
     /// Phase 10: the summary, the failure's cause and fix (also as a GitHub Actions
-    /// annotation), and the run's result.
+    /// annotation), and the run's result. Each text is printed once: the summary's `result` says
+    /// what the run was doing (the failed phase and the contexts above the failed command),
+    /// `cause` the command, how it ended and the last line it printed, `fix` what to do (for
+    /// errors we know, else the command's own hint); the error after it only what the summary
+    /// leaves out (the lines the command printed before its last, or the error's further lines).
     fn finish(mut self, root: &Utf8Path) -> Result<()> {
+        // What only the error says: a header and its lines.
+        let mut more: Option<(String, Vec<String>)> = None;
         if let Some(err) = &self.failure {
-            let text = format!("{err:#}");
-            self.summary.cause =
-                err.chain().find_map(|e| e.downcast_ref::<CmdError>()).map(CmdError::one_line);
-            self.summary.fix = engine::known_fix(&text, root);
-            self.summary.error = Some(text);
+            let is_command = |e: &&(dyn std::error::Error + 'static)| e.is::<CmdError>();
+            let command = err.chain().find_map(|e| e.downcast_ref::<CmdError>());
+            let doing: Vec<String> =
+                err.chain().take_while(|e| !is_command(e)).map(|e| e.to_string()).collect();
+            let doing = doing.join(": ");
+            more = match command {
+                Some(command) => {
+                    let program = command.command.split_whitespace().next().unwrap_or("it");
+                    let header = format!("before the line the cause quotes, `{program}` printed");
+                    Some((header, command.earlier_lines()))
+                }
+                None => Some((
+                    "the result goes on".into(),
+                    doing.lines().skip(1).map(str::to_string).collect(),
+                )),
+            };
+            self.summary.cause = command.map(CmdError::one_line);
+            let hint = command.map(CmdError::hint).filter(|hint| !hint.is_empty());
+            self.summary.fix =
+                engine::known_fix(&format!("{err:#}"), root).or(hint.map(str::to_string));
+            self.summary.error = Some(doing);
         }
         self.summary.finish(&project::xtask_dir(root));
         several::leave_result(&self.summary.render());
@@ -308,11 +330,23 @@ impl Run {
             let lines = rest.lines().take(1).chain(cause).chain(fix);
             println!("{}", ui::error_annotation(title, &lines.collect::<Vec<_>>().join("\n")));
         }
-        // The fix goes last, under the error it is for.
-        match (self.failure, &self.summary.fix) {
-            (None, _) => Ok(()),
-            (Some(err), Some(fix)) => Err(anyhow::anyhow!("{err:#}\nfix: {fix}")),
-            (Some(err), None) => Err(err),
+        let Some(err) = self.failure else { return Ok(()) };
+        // The outermost context: `phase 3 (create cluster) failed`.
+        let failed = err.to_string();
+        // An error of ours ends with its fix; a command's only when we know one.
+        let fixed = self.summary.fix.is_some() || self.summary.cause.is_none();
+        let what = if fixed { "why and what to do" } else { "why" };
+        let summary = format!("the summary above says {what} (also in target/xtask/last-run.txt)");
+        match more.filter(|(_, lines)| !lines.is_empty()) {
+            Some((header, lines)) => {
+                let indent = |line: &String| match line.trim().is_empty() {
+                    true => "\n".to_string(),
+                    false => format!("    {line}\n"),
+                };
+                let lines: String = lines.iter().map(indent).collect();
+                bail!("{failed}; {header}:\n{lines}{summary}")
+            }
+            None => bail!("{failed}: {summary}"),
         }
     }
 }
@@ -378,7 +412,10 @@ fn preflight(
     // A broken manifest fails here, before anything is built or created.
     checks.push(manifests::check(&settings.root, &settings.suite));
     let container = flags.build_mode == BuildMode::Container;
+    let mut writes = settings.writes(flags.coverage);
+    writes.extend(needs.writes.iter().cloned());
     let needs = Needs {
+        writes,
         covdata: flags.coverage,
         buildkit: container,
         dockerfiles: container,

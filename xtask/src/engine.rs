@@ -32,6 +32,12 @@ pub fn resolve(requested: Option<Engine>) -> Engine {
     requested.or_else(on_path).unwrap_or(Engine::Podman)
 }
 
+/// The fix for an engine command that failed for no reason we know: the engine's own account.
+pub fn answers(engine: Engine) -> String {
+    let program = engine.program();
+    format!("check that {program} answers: `{program} info` says why it does not")
+}
+
 /// What the engine's store holds under a reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
@@ -46,11 +52,11 @@ pub fn inspect(sh: &Shell, engine: Engine, images: &[String]) -> Result<Vec<Opti
     let format = "{{.Id}} {{.Size}} {{range .RepoTags}}{{.}} {{end}}";
     // A missing image makes the whole call fail, but the others are still printed.
     let output = step(cmd!(sh, "{program} image inspect --format {format} {images...}"))
-        .hint("check that the engine answers: `cargo xtask doctor`")
+        .hint(answers(engine))
         .output()?;
     let (status, stderr) = (&output.status, output.stderr.trim());
     let answered = output.success() || !output.stdout.trim().is_empty() || is_missing_image(stderr);
-    ensure!(answered, "`{program} image inspect` failed ({status}): {stderr}\ncheck that {program} answers: `cargo xtask doctor`");
+    ensure!(answered, "`{program} image inspect` failed ({status}): {stderr}\n{}", answers(engine));
     let info = |reference: &String| {
         let line = output.stdout.lines().find(|line| {
             line.split_whitespace().skip(2).any(|tag| same_reference(tag, reference))
@@ -73,13 +79,18 @@ pub fn label(
     // `index` of a label the image lacks (or of no labels at all) prints nothing.
     let format = format!("{{{{.Id}}}} {{{{index .Config.Labels \"{key}\"}}}}");
     let output = step(cmd!(sh, "{program} image inspect --format {format} {image}"))
-        .hint("check that the engine answers: `cargo xtask doctor`")
+        .hint(answers(engine))
         .output()?;
     let stderr = output.stderr.trim();
     if !output.success() && is_missing_image(stderr) {
         return Ok(None);
     }
-    ensure!(output.success(), "`{program} image inspect {image}` failed ({}): {stderr}\ncheck that {program} answers: `cargo xtask doctor`", output.status);
+    ensure!(
+        output.success(),
+        "`{program} image inspect {image}` failed ({}): {stderr}\n{}",
+        output.status,
+        answers(engine)
+    );
     let line = output.stdout.trim();
     let (id, label) = line.split_once(' ').unwrap_or((line, ""));
     Ok(Some((id.to_string(), Some(label.trim()).filter(|l| !l.is_empty()).map(str::to_string))))
@@ -90,7 +101,7 @@ pub fn label(
 pub fn run_label(sh: &Shell, kind: &str, name: &str) -> Result<Option<String>> {
     let format = format!("{{{{index .Labels \"{}\"}}}}", lock::LABEL);
     let inspect = step(cmd!(sh, "podman {kind} inspect --format {format} {name}"));
-    let label = inspect.hint("check that podman answers: `cargo xtask doctor`").read()?;
+    let label = inspect.hint(answers(Engine::Podman)).read()?;
     Ok(Some(label.trim().to_string()).filter(|l| !l.is_empty()))
 }
 
@@ -106,14 +117,19 @@ fn is_missing_image(stderr: &str) -> bool {
 
 /// The fix for an engine failure we know, read from what the engine printed.
 pub fn known_fix(output: &str, root: &Utf8Path) -> Option<String> {
-    let conf = format!("export CONTAINERS_CONF={root}/.ci/containers.conf");
+    let file = format!("{root}/.ci/containers.conf");
+    let conf = format!("export CONTAINERS_CONF={file}");
     let no_runtime = output.contains("crun") && output.contains("not found")
         || output.contains("runc: executable file not found");
     let fix = if output.contains("unable to apply caps") {
         // Not transient: the same container is refused every time.
         "the OCI runtime was refused the capabilities of a privileged container (`unable to apply caps`): root here lacks some of them (CAP_SYS_RESOURCE, as in a sandbox or a nested container), so privileged containers cannot run, and Kind's nodes are privileged: Kind's docker provider cannot run on this machine; use podman (`--engine podman`, or `--cluster podman`)".into()
     } else if output.contains("error setting rlimit") {
-        format!("podman may not raise the containers' ulimits on this machine: `{conf}` (runc and lower default ulimits), then rerun")
+        // The one line to run, last, with this checkout's absolute path: the user copies it.
+        match std::env::var("CONTAINERS_CONF") {
+            Ok(set) if set == file => format!("podman may not raise the containers' ulimits on this machine, not even to those CONTAINERS_CONF={file} sets: lower its `default_ulimits` to what `ulimit -Hn` and `ulimit -Hu` allow here"),
+            _ => format!("podman may not raise the containers' ulimits on this machine; use this checkout's settings (runc, lower default ulimits) in the shell that runs the xtask: `{conf}`"),
+        }
     } else if no_runtime {
         format!("the OCI runtime is missing: `apt-get install -y runc` and `{conf}`, then rerun")
     } else if output.contains("no space left on device") {
@@ -143,7 +159,7 @@ mod tests {
         let root = Utf8Path::new("/repo");
         let rlimit = "Error: runc: runc create failed: unable to start container process: error during container init: error setting rlimits for ready process: error setting rlimit type 7: operation not permitted: OCI permission denied";
         let fix = known_fix(rlimit, root).unwrap();
-        assert!(fix.contains("`export CONTAINERS_CONF=/repo/.ci/containers.conf`"), "{fix}");
+        assert!(fix.ends_with(": `export CONTAINERS_CONF=/repo/.ci/containers.conf`"), "{fix}");
         assert!(known_fix("Error: default OCI runtime \"crun\" not found: invalid argument", root)
             .unwrap()
             .contains("apt-get install -y runc"));

@@ -131,18 +131,18 @@ impl Registry {
     /// refuses (authentication, TLS, not reachable) fails with its own words and what to do;
     /// one that stops answering, once the time limit passes, with that.
     pub fn push(&self, sh: &Shell, engine: Engine, local: &str) -> anyhow::Result<String> {
-        let (program, remote, host) = (engine.program(), self.reference(local), &self.host);
-        let hint = format!("check that {host} answers and takes pushes: log in with `{program} login {host}`, add --registry-insecure for a plain-HTTP registry, or check its certificate");
+        let remote = self.reference(local);
         let (tls, limit) = (self.tls_args(), transfer_limit()?);
+        let refused = |err: CmdError| self.refused(engine, err);
         let pushed = match engine {
             Engine::Podman => {
-                let push = step(cmd!(sh, "podman push {tls...} {local} {remote}")).hint(hint);
-                self.run_bounded(push, limit, true)
+                let push = step(cmd!(sh, "podman push {tls...} {local} {remote}"));
+                self.run_bounded(push, limit, true).map_err(refused)
             }
             // docker pushes a tag of its own name.
             Engine::Docker => step(cmd!(sh, "docker tag {local} {remote}")).run().and_then(|_| {
-                let push = step(cmd!(sh, "docker push {remote}")).hint(hint);
-                self.run_bounded(push, limit, true)
+                let push = step(cmd!(sh, "docker push {remote}"));
+                self.run_bounded(push, limit, true).map_err(refused)
             }),
         };
         pushed.with_context(|| format!("pushing {local} to {remote} failed"))?;
@@ -158,6 +158,7 @@ impl Registry {
         let hint = format!("check that {host} answers and has {reference} (it was pushed or found there in phase 2): `{program} pull {reference}` shows the same; log in with `{program} login {host}` where it needs it");
         let pull = step(cmd!(sh, "{program} pull {tls...} {reference}")).hint(hint);
         self.run_bounded(pull, transfer_limit()?, true)
+            .map_err(|err| self.refused(engine, err))
             .with_context(|| format!("pulling {reference} from {host} failed"))?;
         Ok(())
     }
@@ -176,9 +177,13 @@ impl Registry {
     ) -> anyhow::Result<()> {
         self.pull(sh, engine, remote)?;
         let program = engine.program();
-        let (id, content) = engine::label(sh, engine, remote, CONTENT_LABEL)?.with_context(|| {
-            format!("{remote} was pulled but `{program} image inspect` does not find it: run `cargo xtask doctor`")
-        })?;
+        let (id, content) =
+            engine::label(sh, engine, remote, CONTENT_LABEL)?.with_context(|| {
+                format!(
+                    "{remote} was pulled but `{program} image inspect` does not find it: {}",
+                    engine::answers(engine)
+                )
+            })?;
         let fix = format!("delete that tag in the registry {self} (or push the right image under it), or use another --registry prefix");
         match expected {
             Expected::Content(ours) if content.as_deref() == Some(ours) => Ok(()),
@@ -193,6 +198,30 @@ impl Registry {
             Expected::Id { reference, id: ours } => bail!(
                 "the registry's {remote} is not the image it should be: it holds the image {id}, while {program}'s {reference} is {ours}; {fix}"
             ),
+        }
+    }
+
+    /// A push or pull the registry refused, with the fix for why, read from what the engine
+    /// said: nothing listening, TLS, credentials. A time limit's error keeps its own fix, and one
+    /// we cannot tell keeps the caller's.
+    fn refused(&self, engine: Engine, err: CmdError) -> CmdError {
+        if err.is_timeout() || err.is_interrupt() {
+            return err;
+        }
+        match refusal_fix(self, engine, &format!("{}\n{}", err.stderr, err.stdout)) {
+            Some(fix) => err.with_hint(fix),
+            None => {
+                let (program, host) = (engine.program(), &self.host);
+                let plain = match self.insecure {
+                    true => String::new(),
+                    false => ", add --registry-insecure for a plain-HTTP registry".into(),
+                };
+                let fix = format!("check that {host} answers and takes pushes: log in with `{program} login {host}`{plain}, or check its certificate");
+                match err.hint().is_empty() {
+                    true => err.with_hint(fix),
+                    false => err,
+                }
+            }
         }
     }
 
@@ -228,6 +257,37 @@ pub fn transfer_limit() -> anyhow::Result<Duration> {
         Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
         _ => bail!("E2E_REGISTRY_TIMEOUT={value} is not a number of seconds: set it to a whole number above 0 (default {}), or unset it", TRANSFER_LIMIT.as_secs()),
     }
+}
+
+/// What to do about a registry that refused a push or pull, from what the engine said
+/// (podman 4.3's and docker's words); `None` when it says nothing we know. --registry-insecure
+/// is suggested only where it was not given and TLS failed.
+fn refusal_fix(registry: &Registry, engine: Engine, said: &str) -> Option<String> {
+    let (program, host) = (engine.program(), &registry.host);
+    let tls = ["tls:", "x509:", "certificate", "server gave HTTP response to HTTPS client"];
+    let fix = if said.contains("connection refused") {
+        format!("the registry {host} refused the connection: nothing listens at that address and port; start the registry, or check the address and port given to --registry")
+    } else if said.contains("no such host") {
+        let name = host.split(':').next().unwrap_or(host);
+        format!("{name} does not resolve to an address: check the host name given to --registry")
+    } else if tls.iter().any(|t| said.contains(t)) {
+        let ca = match engine {
+            Engine::Podman => format!("/etc/containers/certs.d/{host}/ca.crt"),
+            Engine::Docker => format!("/etc/docker/certs.d/{host}/ca.crt"),
+        };
+        match (registry.insecure, engine) {
+            (false, _) => format!("{program} could not speak TLS with {host}: a registry that serves plain HTTP needs --registry-insecure; one whose certificate is not trusted needs its CA certificate in {ca}"),
+            // docker's own settings say which registries it talks to without TLS.
+            (true, Engine::Docker) => format!("docker talks TLS to {host} whatever --registry-insecure says: add it to `insecure-registries` in the daemon's /etc/docker/daemon.json and restart the daemon"),
+            (true, Engine::Podman) => return None,
+        }
+    } else if ["unauthorized", "authentication required", "denied"].iter().any(|w| said.contains(w))
+    {
+        format!("the registry {host} wants credentials that may push there: log in with `{program} login {host}`")
+    } else {
+        return None;
+    };
+    Some(fix)
 }
 
 /// What to do about a registry at `host` that stopped answering.
@@ -335,6 +395,38 @@ mod tests {
             assert!(Registry::parse(bad, false).is_err(), "{bad}");
         }
         assert!(Registry::parse("http://r:1", false).unwrap_err().contains("without a scheme"));
+    }
+
+    /// podman 4.3's words, as it printed them here, for a port nothing listens on (with and
+    /// without --tls-verify=false) and for a plain-HTTP server asked for TLS.
+    #[test]
+    fn a_refused_push_gets_the_fix_for_why() {
+        let plain = Registry::parse("127.0.0.1:5999/e2e", true).unwrap();
+        let tls = Registry::parse("127.0.0.1:5999/e2e", false).unwrap();
+        let refused = |scheme: &str| {
+            format!("Error: trying to reuse blob sha256:cd7192b2 at destination: pinging container registry 127.0.0.1:5999: Get \"{scheme}://127.0.0.1:5999/v2/\": dial tcp 127.0.0.1:5999: connect: connection refused")
+        };
+        for (registry, said) in [(&plain, refused("http")), (&tls, refused("https"))] {
+            let fix = refusal_fix(registry, Engine::Podman, &said).unwrap();
+            assert_eq!(fix, "the registry 127.0.0.1:5999 refused the connection: nothing listens at that address and port; start the registry, or check the address and port given to --registry");
+        }
+        let handshake = "Error: trying to reuse blob sha256:cd7192b2 at destination: pinging container registry 127.0.0.1:5998: Get \"https://127.0.0.1:5998/v2/\": tls: first record does not look like a TLS handshake";
+        let fix = refusal_fix(&tls, Engine::Podman, handshake).unwrap();
+        assert!(
+            fix.contains("a registry that serves plain HTTP needs --registry-insecure"),
+            "{fix}"
+        );
+        assert!(fix.ends_with("/etc/containers/certs.d/127.0.0.1:5999/ca.crt"), "{fix}");
+        // Given already: not suggested again (podman then does not speak TLS at all).
+        assert_eq!(refusal_fix(&plain, Engine::Podman, handshake), None);
+        let docker =
+            refusal_fix(&plain, Engine::Docker, "http: server gave HTTP response to HTTPS client")
+                .unwrap();
+        assert!(docker.contains("`insecure-registries`"), "{docker}");
+        let auth =
+            refusal_fix(&tls, Engine::Podman, "unauthorized: authentication required").unwrap();
+        assert!(auth.ends_with("log in with `podman login 127.0.0.1:5999`"), "{auth}");
+        assert_eq!(refusal_fix(&tls, Engine::Podman, "Error: something else"), None);
     }
 
     /// A registry that takes the connection and never answers (a stopped process) is an error

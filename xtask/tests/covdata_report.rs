@@ -393,7 +393,7 @@ fn a_run_that_cannot_archive_leaves_the_outcome_of_the_run_that_wrote_the_data()
     common::write(&coverdata.join("archive"), "in the way");
     let blocked = sandbox.run(&args);
     assert_eq!(blocked.code, 1, "{blocked}");
-    assert!(blocked.stderr.contains("phase 2 (build images) failed: archiving"), "{blocked}");
+    assert!(blocked.stdout.contains("phase 2 (build images) failed: archiving"), "{blocked}");
     assert_eq!(outcome(), "passed\n", "the data is still the passed run's");
 
     fs::remove_file(coverdata.join("archive")).unwrap();
@@ -591,7 +591,8 @@ fn covdata_a_killed_process_is_diagnosed() {
 #[ignore = "needs go"]
 fn covdata_a_truncated_counter_file_shows_the_go_error_and_the_file() {
     let sandbox = two_services("corrupt");
-    let counters = files_starting(&sandbox.root.join("coverdata/s/b"), "covcounters.").pop().unwrap();
+    let counters =
+        files_starting(&sandbox.root.join("coverdata/s/b"), "covcounters.").pop().unwrap();
     let len = fs::metadata(&counters).unwrap().len();
     fs::OpenOptions::new().write(true).open(&counters).unwrap().set_len(len / 2).unwrap();
 
@@ -599,7 +600,10 @@ fn covdata_a_truncated_counter_file_shows_the_go_error_and_the_file() {
     assert!(err.contains("failed for coverdata/s/b"), "{err}");
     // Depending on where the cut falls, Go says "unexpected EOF" or "invalid magic string".
     assert!(err.contains(&format!("reading counter data file {counters}")), "{err}");
-    assert!(err.contains("truncated or corrupt") && err.contains("`rm -rf coverdata/s/b`"), "{err}");
+    assert!(
+        err.contains("truncated or corrupt") && err.contains("`rm -rf coverdata/s/b`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -615,7 +619,8 @@ fn covdata_mixed_coverage_modes_suggest_a_clean_run() {
     assert!(err.contains("counter mode clash"), "{err}");
     assert!(err.contains("different -covermode values"), "{err}");
     assert!(
-        err.contains("`rm -rf coverdata/s/a`") && err.contains("cargo xtask e2e <suite> --coverage"),
+        err.contains("`rm -rf coverdata/s/a`")
+            && err.contains("cargo xtask e2e <suite> --coverage"),
         "{err}"
     );
 }

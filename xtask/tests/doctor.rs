@@ -5,7 +5,7 @@ mod common;
 
 use std::net::TcpListener;
 
-use common::{free_port, Run, Sandbox};
+use common::{free_port, has_row, row, Sandbox};
 
 const HEALTHY: &[&str] = &["podman", "go", "kind", "kubectl", "df"];
 
@@ -15,30 +15,6 @@ fn sandbox(name: &str, fakes: &[&str], gateway: u16, datastorage: u16) -> Sandbo
     s.env("GATEWAY_HOST_PORT", &gateway.to_string())
         .env("DATASTORAGE_HOST_PORT", &datastorage.to_string());
     s
-}
-
-/// One table row: (status, detail, the `fix:` line under it if any).
-#[derive(Debug)]
-struct Row {
-    status: String,
-    detail: String,
-    fix: Option<String>,
-}
-
-fn row(run: &Run, name: &str) -> Row {
-    let lines: Vec<&str> = run.stdout.lines().collect();
-    let i = lines
-        .iter()
-        .position(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with("  ")))
-        .unwrap_or_else(|| panic!("no row `{name}` in:\n{}", run.stdout));
-    let (status, detail) = lines[i][name.len()..].trim_start().split_once("  ").unwrap();
-    let fix =
-        lines.get(i + 1).and_then(|l| l.trim_start().strip_prefix("fix: ")).map(str::to_string);
-    Row { status: status.trim().to_string(), detail: detail.trim().to_string(), fix }
-}
-
-fn has_row(run: &Run, name: &str) -> bool {
-    run.stdout.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with("  ")))
 }
 
 /// Every kind call with the provider variable the fake recorded for it.
@@ -98,6 +74,9 @@ fn every_missing_tool_is_listed_in_one_run_with_a_hint() {
         run.stderr.contains("preflight failed (podman, go, go tool covdata, kubectl, kind, disk)"),
         "{run}"
     );
+    // The closing line says what to do for each: their fixes, not "rerun doctor".
+    assert!(run.stderr.contains("; disk: free space there: `podman system prune`"), "{run}");
+    assert!(run.stderr.contains(": podman: `apt-get install -y podman runc`"), "{run}");
     // kind is missing, so there is no cluster to look for; the kind row already says why.
     assert!(!has_row(&run, "earlier run (gateway)"));
 }
@@ -249,11 +228,15 @@ fn a_container_that_cannot_start_is_named_with_the_engines_words_and_the_fix() {
     let container = row(&run, "container");
     assert_eq!(container.status, "FAIL");
     assert!(container.detail.contains("error setting rlimits"), "{container:?}");
+    // The fix is the one line to run, with this checkout's absolute path; the closing line
+    // says the same, not merely to run doctor again.
+    let export = format!("`export CONTAINERS_CONF={}/.ci/containers.conf`", s.root);
     let fix = container.fix.unwrap();
-    assert!(
-        fix.contains(&format!("export CONTAINERS_CONF={}/.ci/containers.conf", s.root)),
-        "{fix}"
-    );
+    assert!(fix.ends_with(&export), "{fix}");
+    let closing = run.stderr.trim_end().lines().last().unwrap();
+    assert!(closing.starts_with("error: preflight failed (container): "), "{run}");
+    assert!(closing.ends_with(&export), "{run}");
+    assert!(!run.stderr.contains("rerun `cargo xtask doctor`"), "{run}");
     let probe = format!(
         "podman build --file {}/target/xtask/probe/Containerfile --tag localhost/xtask-probe:1",
         s.root
@@ -264,6 +247,78 @@ fn a_container_that_cannot_start_is_named_with_the_engines_words_and_the_fix() {
     let run = ok.run(&["doctor", "--cluster", "podman"]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(row(&run, "container").status, "ok");
+}
+
+/// A `target/` this user may not write (as a run with sudo leaves it) fails doctor and the
+/// preflight, naming the place and the fix, before anything is built: not phase 5. Root writes
+/// whatever the permissions say, so as root the xtask runs as nobody (setpriv), the sandbox but
+/// `target/` given to nobody; as another user, `target/` simply loses its write permission.
+#[test]
+fn a_target_this_user_may_not_write_fails_doctor_and_the_preflight() {
+    let s = sandbox("read-only-target", HEALTHY, free_port(), free_port());
+    // doctor's probe image is in the store already (an earlier doctor built it): starting it
+    // writes nothing.
+    std::fs::create_dir_all(&s.state).unwrap();
+    std::fs::write(s.state.join("images"), "localhost/xtask-probe:1\n").unwrap();
+    let xtask = s.root.join("target/xtask");
+    std::fs::create_dir_all(&xtask).unwrap();
+    let root_user = nix::unistd::geteuid().is_root();
+    let sh = |args: &[&str]| {
+        let status = std::process::Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(status.success(), "test setup: {args:?} failed");
+    };
+    let wrapper: &[&str] = if root_user {
+        sh(&["chown", "-R", "65534:65534", s.dir.as_str()]);
+        sh(&["chown", "-R", "0:0", s.root.join("target").as_str()]);
+        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    } else {
+        sh(&["chmod", "a-w", xtask.as_str(), s.root.join("target").as_str()]);
+        &["env"]
+    };
+    let doctor = s.run_through(wrapper, &["doctor", "--cluster", "kind"]);
+    let run = s.run_through(wrapper, &["e2e-gateway", "--cluster", "kind"]);
+    if !root_user {
+        sh(&["chmod", "u+w", xtask.as_str(), s.root.join("target").as_str()]);
+    }
+
+    assert_eq!(doctor.code, 1, "{doctor}");
+    let target = row(&doctor, "target/");
+    assert_eq!(target.status, "FAIL", "{doctor}");
+    let (detail, fix) = match root_user {
+        true => (
+            "target/xtask is not writable by this user (uid 65534; it belongs to uid 0)",
+            format!("`sudo chown -R $(id -u):$(id -g) {xtask}`"),
+        ),
+        false => (
+            "target/xtask is this user's, but its permissions forbid writing",
+            format!("`chmod -R u+w {xtask}`"),
+        ),
+    };
+    assert_eq!(target.detail, detail, "{doctor}");
+    assert!(target.fix.as_deref().is_some_and(|f| f.ends_with(&fix)), "{target:?}");
+    assert_eq!(row(&doctor, "coverdata/").status, "ok", "{doctor}");
+    assert!(doctor.stderr.contains("preflight failed (target/): "), "{doctor}");
+    assert!(doctor.stderr.contains(&fix), "{doctor}");
+
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains(detail), "{run}");
+    assert!(run.stdout.contains("phase 1 (preflight) failed"), "{run}");
+    for command in ["go build", "podman build", "kind create"] {
+        assert_eq!(s.count(command), 0, "{command}: {:#?}", s.calls());
+    }
+}
+
+/// A file where a directory of the run belongs fails too, with what to move.
+#[test]
+fn a_file_where_the_run_writes_a_directory_fails_doctor() {
+    let s = sandbox("file-in-the-way", HEALTHY, free_port(), free_port());
+    common::write(&s.root.join("target/xtask/logs"), "not a directory\n");
+    let run = s.run(&["doctor", "--cluster", "podman"]);
+    assert_eq!(run.code, 1, "{run}");
+    let target = row(&run, "target/");
+    assert_eq!(target.status, "FAIL", "{run}");
+    assert_eq!(target.detail, "target/xtask/logs is a file where the run needs a directory");
+    assert_eq!(target.fix.unwrap(), format!("move {}/target/xtask/logs out of the way", s.root));
 }
 
 #[test]

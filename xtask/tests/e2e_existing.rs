@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Sandbox;
+use common::{has_row, row, Sandbox};
 
 const TOOLS: &[&str] = &["podman", "kubectl", "go"];
 
@@ -145,7 +145,7 @@ fn a_user_who_may_not_create_namespaces_is_told_before_anything_runs() {
     let run = existing(&sandbox, &[]);
     assert_eq!(run.code, 1, "{run}");
     assert!(run.stdout.contains("this user may not create namespaces on shared-ci"), "{run}");
-    assert!(run.stderr.contains("preflight failed (namespaces)"), "{run}");
+    assert!(run.stdout.contains("preflight failed (namespaces)"), "{run}");
     assert_eq!(sandbox.count("podman build"), 0);
     assert!(!sandbox.calls().iter().any(|c| c.contains(" create -f ")));
 }
@@ -167,6 +167,149 @@ fn a_failed_run_is_diagnosed_from_its_namespace() {
     }
 }
 
+/// doctor's rows of an existing cluster reached through `access` (`--kubeconfig`, `--context`).
+fn doctor(sandbox: &Sandbox, access: &[&str]) -> common::Run {
+    let mut args = vec!["doctor", "--cluster", "existing", "--registry", "127.0.0.1:1/e2e"];
+    args.extend(access);
+    sandbox.run(&args)
+}
+
+/// A kubeconfig that is not there is named as such, with the fix: not "current-context is not
+/// set" and "pass --context", which is what kubectl says of a missing file.
+#[test]
+fn a_kubeconfig_that_does_not_exist_is_named_with_the_fix() {
+    let sandbox = Sandbox::new("existing-no-kubeconfig", TOOLS);
+    let run = doctor(&sandbox, &["--kubeconfig", "/nonexistent/kubeconfig", "--context", "ci"]);
+    assert_eq!(run.code, 1, "{run}");
+    let kubeconfig = row(&run, "kubeconfig");
+    assert_eq!(kubeconfig.status, "FAIL");
+    assert_eq!(kubeconfig.detail, "/nonexistent/kubeconfig does not exist");
+    let fix = kubeconfig.fix.unwrap();
+    assert!(fix.starts_with("point --kubeconfig at a valid kubeconfig file"), "{fix}");
+    // Nothing after it is checked, and nothing suggests --context.
+    assert!(!has_row(&run, "context") && !has_row(&run, "cluster api"), "{run}");
+    assert!(!run.stdout.contains("--context"), "{run}");
+}
+
+/// A context the kubeconfig does not have is named with the contexts it has, and every command
+/// suggested keeps --kubeconfig; the API is not asked.
+#[test]
+fn an_unknown_context_is_named_with_those_the_kubeconfig_has() {
+    let sandbox = Sandbox::new("existing-no-context", TOOLS);
+    let file = sandbox.root.join("ci.kubeconfig");
+    common::write(&file, "apiVersion: v1\nkind: Config\n");
+    let run = doctor(&sandbox, &["--kubeconfig", file.as_str(), "--context", "nope"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(row(&run, "kubeconfig").status, "ok");
+    let context = row(&run, "context");
+    assert_eq!(context.status, "FAIL");
+    assert_eq!(
+        context.detail,
+        format!("{file} has no context nope; its contexts: fake-context, shared-ci")
+    );
+    let fix = context.fix.unwrap();
+    assert!(
+        fix.contains(&format!("`kubectl --kubeconfig {file} config get-contexts` lists them")),
+        "{fix}"
+    );
+    assert!(!run.stdout.contains("is up"), "{run}");
+    assert!(!has_row(&run, "cluster api"), "{run}");
+    assert_eq!(
+        sandbox.count("kubectl --kubeconfig"),
+        1,
+        "only `config view`: {:#?}",
+        sandbox.calls()
+    );
+
+    // Without --context, a kubeconfig without a current one says so, with its contexts.
+    let mut none = Sandbox::new("existing-no-current", TOOLS);
+    none.env("FAKE_CONTEXT", "");
+    let run = doctor(&none, &["--kubeconfig", file.as_str()]);
+    let context = row(&run, "context");
+    assert_eq!(context.status, "FAIL");
+    assert_eq!(
+        context.detail,
+        format!("{file} sets no current context; its contexts: fake-context, shared-ci")
+    );
+}
+
+/// An API that does not answer: the command to see why reads the same kubeconfig and context.
+#[test]
+fn the_command_that_shows_why_the_api_does_not_answer_keeps_the_kubeconfig() {
+    let mut sandbox = Sandbox::new("existing-api-down", TOOLS);
+    sandbox.env("FAKE_FAIL", "get --raw /version").env("FAKE_FAIL_MESSAGE", "The connection to the server 10.0.0.1:6443 was refused - did you specify the right host or port?");
+    let file = sandbox.root.join("ci.kubeconfig");
+    common::write(&file, "apiVersion: v1\nkind: Config\n");
+    let run = doctor(&sandbox, &["--kubeconfig", file.as_str(), "--context", "shared-ci"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(row(&run, "context").status, "ok");
+    let api = row(&run, "cluster api");
+    assert_eq!(api.status, "FAIL");
+    assert!(
+        api.detail.ends_with("was refused - did you specify the right host or port?"),
+        "{api:?}"
+    );
+    let fix = api.fix.unwrap();
+    assert!(
+        fix.ends_with(&format!(
+            "`kubectl --kubeconfig {file} --context shared-ci get --raw /version` says why"
+        )),
+        "{fix}"
+    );
+}
+
+/// What the real kubectl says of a kubeconfig that is not one (no cluster is needed to read
+/// one): its own words, and the fix; a context it lacks, with the ones it has.
+#[test]
+#[ignore = "needs kubectl"]
+fn the_real_kubectl_names_what_is_wrong_with_a_kubeconfig() {
+    let sandbox = Sandbox::new("existing-real-kubectl", &["podman", "go", "df"]);
+    sandbox.use_real("kubectl");
+    let garbage = sandbox.root.join("garbage.kubeconfig");
+    common::write(&garbage, "garbage: [\n");
+    let run = doctor(&sandbox, &["--kubeconfig", garbage.as_str(), "--context", "ci"]);
+    let kubeconfig = row(&run, "kubeconfig");
+    assert_eq!(kubeconfig.status, "FAIL", "{run}");
+    assert_eq!(
+        kubeconfig.detail,
+        format!("{garbage} is not a kubeconfig: kubectl says `error loading config file \"{garbage}\": yaml: line 1: did not find expected node content`")
+    );
+    assert!(kubeconfig.fix.unwrap().starts_with("point --kubeconfig at a valid kubeconfig file"));
+
+    // YAML, but no kubeconfig: kubectl reads it as an empty one.
+    let other = sandbox.root.join("other.yaml");
+    common::write(&other, "foo: bar\n");
+    let run = doctor(&sandbox, &["--kubeconfig", other.as_str()]);
+    let kubeconfig = row(&run, "kubeconfig");
+    assert_eq!(kubeconfig.status, "FAIL", "{run}");
+    assert_eq!(
+        kubeconfig.detail,
+        format!("{other} has no contexts: it is not a kubeconfig, or an empty one")
+    );
+    assert!(!run.stdout.contains("current-context is not set"), "{run}");
+
+    let run = doctor(&sandbox, &["--kubeconfig", "/nonexistent/kubeconfig"]);
+    assert_eq!(row(&run, "kubeconfig").detail, "/nonexistent/kubeconfig does not exist", "{run}");
+
+    // A real kubeconfig of a cluster that is not there (nothing listens on port 1).
+    let file = sandbox.root.join("ci.kubeconfig");
+    common::write(&file, "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: alpha\n  context: {cluster: c, user: u}\n- name: beta\n  context: {cluster: c, user: u}\ncurrent-context: alpha\nusers:\n- name: u\n  user: {token: x}\n");
+    let run = doctor(&sandbox, &["--kubeconfig", file.as_str(), "--context", "nope"]);
+    let context = row(&run, "context");
+    assert_eq!(context.status, "FAIL", "{run}");
+    assert_eq!(context.detail, format!("{file} has no context nope; its contexts: alpha, beta"));
+    let run = doctor(&sandbox, &["--kubeconfig", file.as_str()]);
+    assert_eq!(row(&run, "context").detail, "alpha", "{run}");
+    let api = row(&run, "cluster api");
+    assert_eq!(api.status, "FAIL", "{run}");
+    assert!(api.detail.contains("127.0.0.1:1 was refused"), "{api:?}");
+    let fix = api.fix.unwrap();
+    assert!(
+        fix.contains(&format!("`kubectl --kubeconfig {file} --context alpha get --raw /version`")),
+        "{fix}"
+    );
+}
+
 /// Every kubectl command line the backend runs, checked against the real kubectl's help: a
 /// flag the fake accepts but kubectl does not would only fail on a real cluster.
 #[test]
@@ -180,7 +323,7 @@ fn every_kubectl_flag_it_passes_exists_in_the_real_kubectl() {
     assert_eq!(existing(&passed, &["--keep-namespace"]).code, 0);
     // The subcommands it uses, longest first; every call must start with one.
     const SUBCOMMANDS: &[&str] = &[
-        "config current-context",
+        "config view",
         "auth can-i",
         "rollout status",
         "port-forward",

@@ -149,7 +149,7 @@ fn node_not_running_is_detected_before_any_load_and_fails_clearly() {
     assert_eq!(sandbox.count("kind create cluster"), 2, "recreated exactly once");
     assert!(run.stdout.contains("not all running (gateway-e2e-control-plane is exited)"), "{run}");
     assert!(
-        run.stderr.contains(
+        run.stdout.contains(
             "still not running after recreating the cluster (gateway-e2e-control-plane is exited)"
         ),
         "{run}"
@@ -198,11 +198,11 @@ fn an_image_missing_from_the_node_after_its_load_fails_naming_image_and_node() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains("phase 4 (load images) failed: localhost/datastorage:e2e-"),
+        run.stdout.contains("phase 4 (load images) failed: localhost/datastorage:e2e-"),
         "{run}"
     );
     assert!(
-        run.stderr.contains(
+        run.stdout.contains(
             "is not in the node gateway-e2e-control-plane after `kind load image-archive`"
         ),
         "{run}"
@@ -220,10 +220,10 @@ fn a_node_that_stops_during_the_load_is_named_as_the_cause() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains("loading the image of datastorage failed because a node stopped (gateway-e2e-control-plane is exited): images cannot be loaded into a stopped node (the \"container state improper\" failure)"),
+        run.stdout.contains("loading the image of datastorage failed because a node stopped (gateway-e2e-control-plane is exited): images cannot be loaded into a stopped node (the \"container state improper\" failure)"),
         "{run}"
     );
-    assert!(run.stderr.contains("container state improper"), "{run}");
+    assert!(run.stdout.contains("container state improper"), "{run}");
     assert!(sandbox.position("kind delete cluster") > sandbox.position("kind load"));
 }
 
@@ -235,8 +235,12 @@ fn failing_build_creates_no_cluster() {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(sandbox.count("kind create"), 0);
     assert!(run.stderr.contains("phase 2 (build images) failed"), "{run}");
-    assert!(run.stderr.contains("image build failed for datastorage"), "{run}");
-    assert!(run.stderr.contains("runtime.Dockerfile or its build context"), "{run}");
+    assert!(run.stdout.contains("image build failed for datastorage"), "{run}");
+    assert!(run.stdout.contains("runtime.Dockerfile or its build context"), "{run}");
+    // The command and what it said, once (in the summary's `cause`), not again in the error.
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(all.matches("exited with 1: fake podman failure: build --file").count(), 1, "{run}");
+    assert_eq!(all.matches("`podman build --file").count(), 1, "{run}");
 }
 
 #[test]
@@ -253,7 +257,7 @@ fn failing_test_collects_diagnostics_before_scale_down_and_still_deletes() {
     assert!(export < scale && describe < scale, "diagnostics before scale-down");
     assert!(scale < delete);
     assert!(run.stdout.contains("1 passed, 1 failed, 1 skipped"), "{run}");
-    assert!(run.stderr.contains("1 E2E test(s) failed"), "{run}");
+    assert!(run.stdout.contains("1 E2E test(s) failed"), "{run}");
     let logs: Vec<_> = std::fs::read_dir(sandbox.root.join("target/xtask/logs")).unwrap().collect();
     assert_eq!(logs.len(), 1);
     let run_dir = logs[0].as_ref().unwrap().path();
@@ -440,11 +444,7 @@ fn sigterm_during_a_rollout_stops_waiting_and_deletes_the_cluster() {
         interrupt_when(&sandbox, Signal::SIGTERM, |call| call.contains(" rollout status "));
     assert_eq!(interrupted.run.code, 1, "{}", interrupted.run.stderr);
     assert!(interrupted.took < Duration::from_secs(10), "waited for the rollout timeout");
-    assert!(
-        interrupted.run.stderr.contains("interrupted by a signal"),
-        "{}",
-        interrupted.run.stderr
-    );
+    assert!(interrupted.run.stdout.contains("interrupted by a signal"), "{}", interrupted.run);
     assert_eq!(sandbox.count("kind export logs"), 0, "no diagnostics after an interrupt");
     assert!(sandbox.position("kind delete cluster") > sandbox.position("kubectl"));
 }
@@ -459,7 +459,7 @@ fn transient_create_errors_are_retried_at_most_twice() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(sandbox.count("kind create cluster"), 3, "one try and two retries");
-    assert!(run.stderr.contains("failed 3 times"), "{run}");
+    assert!(run.stdout.contains("failed 3 times"), "{run}");
 
     let mut once = kind_sandbox("kind-transient-once");
     once.env("FAKE_FAIL", "^kind create")
@@ -479,7 +479,7 @@ fn other_create_errors_are_not_retried() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(sandbox.count("kind create cluster"), 1);
-    assert!(run.stderr.contains("node image not found"), "{run}");
+    assert!(run.stdout.contains("node image not found"), "{run}");
     assert!(sandbox.count("kind delete cluster") >= 1, "a half-created cluster is removed");
 }
 
@@ -495,8 +495,8 @@ fn a_refused_privileged_container_is_not_retried_and_says_what_it_means() {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(sandbox.count("kind create cluster"), 1, "no retry:\n{run}");
     assert!(!run.stdout.contains("transient"), "{run}");
-    assert!(run.stderr.contains("unable to apply caps"), "{run}");
-    let fix = run.stderr.lines().find(|l| l.starts_with("fix: ")).unwrap_or_default();
+    assert!(run.stdout.contains("unable to apply caps"), "{run}");
+    let fix = run.stdout.lines().find(|l| l.starts_with("  fix  ")).unwrap_or_default();
     assert!(fix.contains("privileged containers cannot run"), "{run}");
     assert!(fix.contains("Kind's docker provider cannot run on this machine; use podman"), "{run}");
     assert!(sandbox.count("kind delete cluster") >= 1, "a half-created cluster is removed");
@@ -711,13 +711,13 @@ fn a_test_timeout_is_named_as_such() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--", "-timeout", "10s"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains(
+        run.stdout.contains(
             "1 E2E test(s) failed (TestDeduplication/same_fingerprint): \
              TestDeduplication/same_fingerprint hit `go test`'s -timeout (10s)"
         ),
         "{run}"
     );
-    assert!(run.stderr.contains("-- -timeout 30m"), "{run}");
+    assert!(run.stdout.contains("-- -timeout 30m"), "{run}");
     // The summary counts what ran before the timeout, names the test it stopped, and keeps
     // the JUnit file, which gotestsum wrote.
     let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
@@ -829,7 +829,7 @@ fn a_suite_that_crashes_keeps_the_counts_of_what_ran() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains("phase 6 (test) failed: the suite failed (exit status: 2): it ended without a failed test"),
+        run.stdout.contains("phase 6 (test) failed: the suite failed (exit status: 2): it ended without a failed test"),
         "{run}"
     );
     let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();

@@ -59,10 +59,7 @@ fn a_pod_and_a_network_of_our_names_without_our_label_stop_the_run_untouched() {
     assert_eq!(run.code, 1, "{run}");
     let what = "the pod probe-d-gateway-pod-0 has no label e2e.xtask/cluster (an e2e run labels everything it creates); the network xtask-probe-d has no label e2e.xtask/cluster (an e2e run labels everything it creates): a run removes only what an earlier run of its name left";
     let fix = "remove them yourself if nobody needs them (`podman pod rm --force probe-d-gateway-pod-0; podman network rm xtask-probe-d`), or run under another `--cluster-name`";
-    assert!(
-        run.stderr.contains(&format!("error: phase 1 (preflight) failed: {what}: {fix}")),
-        "{run}"
-    );
+    assert!(run.stdout.contains(&format!("phase 1 (preflight) failed: {what}: {fix}")), "{run}");
     assert!(!run.stdout.contains("an earlier run left"), "{run}");
     assert_eq!(
         touching(&sandbox, before),
@@ -104,9 +101,9 @@ fn our_labelled_leftover_goes_but_not_while_a_stranger_stands_beside_it() {
     let before = sandbox.calls().len();
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "mixed"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("the pod mixed-datastorage-pod-0 has no label"), "{run}");
-    assert!(!run.stderr.contains("the network xtask-mixed"), "ours is no stranger: {run}");
-    assert!(run.stderr.contains("(`podman pod rm --force mixed-datastorage-pod-0`)"), "{run}");
+    assert!(run.stdout.contains("the pod mixed-datastorage-pod-0 has no label"), "{run}");
+    assert!(!run.stdout.contains("the network xtask-mixed"), "ours is no stranger: {run}");
+    assert!(run.stdout.contains("(`podman pod rm --force mixed-datastorage-pod-0`)"), "{run}");
     assert_eq!(touching(&sandbox, before), Vec::<String>::new());
 
     // Without the stranger, our network is an earlier run's: removed, and made again.
@@ -135,20 +132,20 @@ fn a_pod_of_a_live_run_of_another_name_is_never_offered_for_removal() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "x"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains("the pod x-gateway-pod-0 belongs to the live e2e run of the cluster name other (pid 4242, checkout /elsewhere, since 2026-12-07T00:00:00Z): a run removes only what an earlier run of its name left: run under another `--cluster-name` (a live run's objects are never removed)"),
+        run.stdout.contains("the pod x-gateway-pod-0 belongs to the live e2e run of the cluster name other (pid 4242, checkout /elsewhere, since 2026-12-07T00:00:00Z): a run removes only what an earlier run of its name left: run under another `--cluster-name` (a live run's objects are never removed)"),
         "{run}"
     );
-    assert!(!run.stderr.contains("rm --force"), "{run}");
+    assert!(!run.stdout.contains("rm --force"), "{run}");
 
     // Once that run is over, removing it is the fix.
     drop(held);
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--cluster-name", "x"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains("the pod x-gateway-pod-0 was left by an e2e run of the cluster name other, which is over"),
+        run.stdout.contains("the pod x-gateway-pod-0 was left by an e2e run of the cluster name other, which is over"),
         "{run}"
     );
-    assert!(run.stderr.contains("(`podman pod rm --force x-gateway-pod-0`)"), "{run}");
+    assert!(run.stdout.contains("(`podman pod rm --force x-gateway-pod-0`)"), "{run}");
     assert_eq!(touching(&sandbox, before), Vec::<String>::new());
 }
 
@@ -162,7 +159,7 @@ fn a_container_named_like_our_kind_node_without_kinds_label_is_not_deleted() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains("error: phase 1 (preflight) failed: the container gateway-e2e-control-plane is named like a node of the Kind cluster gateway-e2e but is not one (it has no label io.x-k8s.kind.cluster=gateway-e2e): a run removes only what an earlier run of its name left: remove it yourself if nobody needs it (`podman rm --force gateway-e2e-control-plane`), or run under another `--cluster-name`"),
+        run.stdout.contains("phase 1 (preflight) failed: the container gateway-e2e-control-plane is named like a node of the Kind cluster gateway-e2e but is not one (it has no label io.x-k8s.kind.cluster=gateway-e2e): a run removes only what an earlier run of its name left: remove it yourself if nobody needs it (`podman rm --force gateway-e2e-control-plane`), or run under another `--cluster-name`"),
         "{run}"
     );
     assert_eq!(touching(&sandbox, 0), Vec::<String>::new());
@@ -189,7 +186,7 @@ fn a_pod_of_our_name_made_after_the_preflight_is_left_alone_by_the_teardown() {
     let run = common::finish(xtask);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains("\"gateway-e2e-gateway-pod-0\" is in use: pod already exists"),
+        run.stdout.contains("\"gateway-e2e-gateway-pod-0\" is in use: pod already exists"),
         "{run}"
     );
     assert!(sandbox.state.join("pod-gateway-e2e-gateway-pod-0").exists(), "{run}");
@@ -255,7 +252,7 @@ fn host_ports_of_a_live_runs_pods_are_named_and_the_fix_is_another_port() {
         );
     }
     assert!(
-        run.stderr.contains(&format!("preflight failed (port {datastorage}, port {gateway})")),
+        run.stdout.contains(&format!("preflight failed (port {datastorage}, port {gateway})")),
         "{run}"
     );
     assert!(!run.stdout.contains("pod rm"), "{run}");
@@ -316,12 +313,15 @@ fn a_port_taken_between_the_preflight_and_kube_play_is_named_with_its_pod() {
     let early_run = common::finish(running);
     assert_eq!(run.code, 1, "{run}");
     let port = late.env_value("DATASTORAGE_HOST_PORT");
-    let said = format!("error: phase 5 (deploy) failed: datastorage could not start: its host port {port} is in use by the pod early-datastorage-pod-0, which belongs to the live e2e run of the cluster name early (pid {pid}, checkout {}, since ", early.root);
-    assert!(run.stderr.contains(&said), "{run}");
+    let said = format!("phase 5 (deploy) failed: datastorage could not start: its host port {port} is in use by the pod early-datastorage-pod-0, which belongs to the live e2e run of the cluster name early (pid {pid}, checkout {}, since ", early.root);
+    assert!(common::summary_row(&run, "result").contains(&said), "{run}");
     assert!(
-        run.stderr.contains("): set DATASTORAGE_HOST_PORT to a free port: a live run's pod is never to be removed: `podman kube play "),
+        common::summary_row(&run, "cause").starts_with("`podman kube play --network xtask-late "),
         "{run}"
     );
+    let fix = "set DATASTORAGE_HOST_PORT to a free port: a live run's pod is never to be removed";
+    assert_eq!(common::summary_row(&run, "fix"), fix, "{run}");
+    assert_eq!(run.stdout.matches(fix).count(), 1, "said once: {run}");
     let last_run = std::fs::read_to_string(late.root.join("target/xtask/last-run.txt")).unwrap();
     assert!(last_run.contains(&format!("result                   failed (exit 1): phase 5 (deploy) failed: datastorage could not start: its host port {port} is in use by the pod early-datastorage-pod-0")), "{last_run}");
     // Its own pod that could not start is removed; the other run's are not touched.

@@ -34,8 +34,8 @@ fn a_second_run_of_the_same_name_is_refused_and_touches_nothing_of_the_first() {
         running.id(),
         first.root
     );
-    assert!(refused.stderr.contains(&holder), "{refused}");
-    assert!(refused.stderr.contains("--cluster-name <another name>"), "{refused}");
+    assert!(refused.stdout.contains(&holder), "{refused}");
+    assert!(refused.stdout.contains("--cluster-name <another name>"), "{refused}");
     let touched: Vec<String> = second
         .calls()
         .into_iter()
@@ -143,7 +143,7 @@ fn an_engine_that_cannot_start_containers_stops_the_run_at_deploy_with_its_words
     assert!(line("cause").contains("error setting rlimits"));
     let conf = format!("export CONTAINERS_CONF={}/.ci/containers.conf", sandbox.root);
     assert!(line("fix").contains(&conf), "{last_run}");
-    assert!(run.stderr.contains("fix: podman may not raise"), "{run}");
+    assert!(run.stdout.contains("\n  fix                      podman may not raise"), "{run}");
     // Nothing started, so there is nothing to stop for coverage.
     assert_eq!(sandbox.count("podman pod stop"), 0, "{:#?}", sandbox.calls());
 }
@@ -175,7 +175,7 @@ fn sigterm_during_the_build_stops_it_at_once() {
     let run = common::finish(child);
     assert_eq!(run.code, 1, "{run}");
     assert!(signalled.elapsed() < Duration::from_secs(10), "the build ran on");
-    assert!(run.stderr.contains("phase 2 (build images) failed: interrupted"), "{run}");
+    assert!(run.stdout.contains("phase 2 (build images) failed: interrupted"), "{run}");
     assert_eq!(sandbox.count("kind create"), 0);
 }
 
@@ -306,6 +306,47 @@ fn a_failed_cluster_creation_keeps_its_cause_and_collects_nothing_from_it() {
     assert_eq!(sandbox.count("kind export logs"), 0);
     assert_eq!(sandbox.count("kubectl --kubeconfig"), 0, "{:#?}", sandbox.calls());
     assert!(!last_run.contains("  logs "), "{last_run}");
+    // What to do, not merely to run doctor.
+    assert!(run.stdout.contains("run this command by hand with --retain added"), "{run}");
+    assert!(!format!("{run}").contains("run `cargo xtask doctor`"), "{run}");
+    // Each text once: what the run was doing in `result`, the command and kind's words in
+    // `cause`, the fix in `fix`; the error after the summary repeats none of them.
+    let all = format!("{}{}", run.stdout, run.stderr);
+    let result = "  result                   failed (exit 1): phase 3 (create cluster) failed: creating the Kind cluster gateway-e2e failed\n";
+    assert!(run.stdout.contains(result), "{run}");
+    for once in [
+        "node image not found",
+        "kind create cluster --name",
+        "with --retain added",
+        "creating the Kind cluster",
+    ] {
+        assert_eq!(all.matches(once).count(), 1, "`{once}` in:\n{run}");
+    }
+    assert_eq!(
+        run.stderr,
+        "error: phase 3 (create cluster) failed: the summary above says why and what to do (also in target/xtask/last-run.txt)\n"
+    );
+
+    // What kind printed before its last line is the error's, once.
+    let mut chatty = Sandbox::new("create-fails-chatty", KIND_TOOLS);
+    let said = "Creating cluster \"gateway-e2e\" ...\n ✗ Preparing nodes\nERROR: failed to create cluster: command \"podman run --name gateway-e2e-control-plane\" failed with error: exit status 126\nCommand Output: Error: runc: runc create failed: unable to start container process: unable to apply caps: operation not permitted";
+    chatty.env("FAKE_FAIL", "^kind create").env("FAKE_FAIL_MESSAGE", said);
+    let run = chatty.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    let all = format!("{}{}", run.stdout, run.stderr);
+    for once in [
+        "Preparing nodes",
+        "failed with error: exit status 126",
+        "unable to start container process",
+        "privileged containers cannot run",
+    ] {
+        assert_eq!(all.matches(once).count(), 1, "`{once}` in:\n{run}");
+    }
+    assert!(run.stdout.contains("exited with 1: Command Output: Error: runc"), "{run}");
+    assert!(
+        run.stderr.starts_with("error: phase 3 (create cluster) failed; before the line the cause quotes, `kind` printed:\n    Creating cluster \"gateway-e2e\" ...\n     ✗ Preparing nodes\n    ERROR: failed to create cluster:"),
+        "{run}"
+    );
 }
 
 #[test]
@@ -318,8 +359,8 @@ fn an_unpullable_node_image_names_it_and_offers_a_local_one() {
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(
-        run.stderr.contains("kind could not pull the node image kindest/node:v1.37.0")
-            && run.stderr.contains("--node-image (or E2E_NODE_IMAGE)"),
+        run.stdout.contains("kind could not pull the node image kindest/node:v1.37.0")
+            && run.stdout.contains("--node-image (or E2E_NODE_IMAGE)"),
         "{run}"
     );
 
@@ -414,9 +455,43 @@ fn a_registry_that_refuses_stops_the_run_at_the_push_before_any_cluster() {
     ]);
     assert_eq!(run.code, 1, "{run}");
     assert!(run.stderr.contains("phase 2 (build images) failed"), "{run}");
-    assert!(run.stderr.contains("unauthorized: authentication required"), "{run}");
-    assert!(run.stderr.contains("log in with `podman login registry.example.com`"), "{run}");
+    assert!(run.stdout.contains("unauthorized: authentication required"), "{run}");
+    assert!(run.stdout.contains("log in with `podman login registry.example.com`"), "{run}");
     assert_eq!(sandbox.count("kind create"), 0);
+}
+
+/// A registry that refuses the connection (nothing listens there) is named as such, with the
+/// fix; --registry-insecure, given already, is not suggested again.
+#[test]
+fn a_registry_that_refuses_the_connection_is_named_and_insecure_not_suggested_again() {
+    let mut sandbox = Sandbox::new("registry-refused", KIND_TOOLS);
+    let host = format!("127.0.0.1:{}", free_port());
+    let said = format!("Error: trying to reuse blob sha256:cd7192b2 at destination: pinging container registry {host}: Get \"http://{host}/v2/\": dial tcp {host}: connect: connection refused");
+    sandbox
+        .env("FAKE_FAIL", "^podman push")
+        .env("FAKE_FAIL_CODE", "125")
+        .env("FAKE_FAIL_MESSAGE", &said);
+    let registry = format!("{host}/e2e");
+    let args = ["e2e-gateway", "--cluster", "kind", "--registry", &registry, "--registry-insecure"];
+    let run = sandbox.run(&args);
+    assert_eq!(run.code, 1, "{run}");
+    let fix = format!("the registry {host} refused the connection: nothing listens at that address and port; start the registry, or check the address and port given to --registry");
+    assert!(run.stdout.contains(&fix) || run.stderr.contains(&fix), "{run}");
+    assert!(!format!("{run}").contains("add --registry-insecure"), "{run}");
+    assert_eq!(sandbox.count("kind create"), 0);
+
+    // Over TLS, a registry that speaks plain HTTP: then it is the fix.
+    let mut tls = Sandbox::new("registry-tls", KIND_TOOLS);
+    let said = format!("Error: trying to reuse blob sha256:cd7192b2 at destination: pinging container registry {host}: Get \"https://{host}/v2/\": tls: first record does not look like a TLS handshake");
+    tls.env("FAKE_FAIL", "^podman push")
+        .env("FAKE_FAIL_CODE", "125")
+        .env("FAKE_FAIL_MESSAGE", &said);
+    let run = tls.run(&args[..5]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        format!("{run}").contains("a registry that serves plain HTTP needs --registry-insecure"),
+        "{run}"
+    );
 }
 
 #[test]
@@ -424,7 +499,7 @@ fn kind_with_docker_refuses_a_loopback_registry_before_anything_is_built() {
     let sandbox = Sandbox::new("kind-docker-loopback", &["docker", "kind", "kubectl", "go"]);
     let run = sandbox.run(&["e2e-gateway", "--cluster", "kind", "--registry", "127.0.0.1:5000"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("preflight failed (registry)"), "{run}");
+    assert!(run.stdout.contains("preflight failed (registry)"), "{run}");
     assert!(run.stdout.contains("127.0.0.1:5000 is on this machine's loopback"), "{run}");
     assert_eq!(sandbox.count("docker build --"), 0);
     assert_eq!(sandbox.count("kind create"), 0);

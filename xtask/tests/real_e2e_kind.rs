@@ -298,8 +298,8 @@ fn a_stopped_node_is_recreated_once_and_a_load_into_one_fails_clearly() {
     let failed = scratch.xtask(&args, &env);
     assert_eq!(failed.code, 1, "{failed}");
     assert!(
-        failed.stderr.contains("failed because a node stopped")
-            && failed.stderr.contains("container state improper"),
+        failed.stdout.contains("failed because a node stopped")
+            && failed.stdout.contains("container state improper"),
         "{failed}"
     );
     cluster.assert_gone(&failed);
@@ -403,7 +403,7 @@ fn a_failing_test_on_kind_leaves_real_diagnostics() {
     let mut cluster = Cluster::new("kfail");
     let run = cluster.e2e(&scratch, &["--coverage"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("TestThatFailsOnPurpose"), "{run}");
+    assert!(run.stdout.contains("1 E2E test(s) failed (TestThatFailsOnPurpose)"), "{run}");
     let logs = scratch.root.join("target/xtask/logs");
     let dir = logs.read_dir_utf8().unwrap().next().unwrap().unwrap().into_path();
     let read = |file: &str| {

@@ -297,8 +297,8 @@ fn another_services_image_under_our_tag_in_the_registry_is_refused() {
     assert_eq!(run.code, 1, "{run}");
     let (ours, theirs) = (&gateway["localhost/".len()..], &datastorage["localhost/".len()..]);
     let refused = format!("the registry's {remote} is not the image it should be: it holds an image labelled e2e.xtask/content={theirs}, not {ours}; delete that tag in the registry {target} (or push the right image under it), or use another --registry prefix");
-    assert!(run.stderr.contains(&refused), "{run}");
-    assert!(run.stderr.contains("phase 2 (build images) failed"), "{run}");
+    assert!(run.stdout.contains(&refused), "{run}");
+    assert!(run.stdout.contains("phase 2 (build images) failed"), "{run}");
     for pod in &guard.pods {
         assert!(!podman(&["pod", "exists", pod]).status.success(), "{pod} was created:\n{run}");
     }
@@ -342,9 +342,9 @@ fn a_registry_that_stopped_answering_stops_the_run_in_phase_2_with_its_name() {
     let run = Run::from(xtask.wait_with_output().unwrap());
     assert_eq!(run.code, 1, "{run}");
     let host = &registry.addr;
-    let said = format!("error: phase 2 (build images) failed: the registry {host} stopped answering: it took the connection but sent no answer to `HEAD /v2/e2e/datastorage/manifests/e2e-");
-    assert!(run.stderr.contains(&said), "{run}");
-    assert!(run.stderr.contains(&format!("(`curl http://{host}/v2/` answers at once")), "{run}");
+    let said = format!("failed (exit 1): phase 2 (build images) failed: the registry {host} stopped answering: it took the connection but sent no answer to `HEAD /v2/e2e/datastorage/manifests/e2e-");
+    assert!(run.stdout.contains(&said), "{run}");
+    assert!(run.stdout.contains(&format!("(`curl http://{host}/v2/` answers at once")), "{run}");
     assert!(!run.stdout.contains("pushed: "), "{run}");
     for pod in &guard.pods {
         assert!(!podman(&["pod", "exists", pod]).status.success(), "{pod} was created:\n{run}");

@@ -33,8 +33,8 @@ fn a_pod_and_a_network_of_our_names_without_our_label_survive_and_stop_the_run()
         &[("GATEWAY_HOST_PORT", &gateway), ("DATASTORAGE_HOST_PORT", &datastorage)],
     );
     assert_eq!(run.code, 1, "{run}");
-    let said = format!("error: phase 1 (preflight) failed: the pod {pod} has no label e2e.xtask/cluster (an e2e run labels everything it creates); the network {network} has no label e2e.xtask/cluster (an e2e run labels everything it creates): a run removes only what an earlier run of its name left: remove them yourself if nobody needs them (`podman pod rm --force {pod}; podman network rm {network}`), or run under another `--cluster-name`");
-    assert!(run.stderr.contains(&said), "{run}");
+    let said = format!("phase 1 (preflight) failed: the pod {pod} has no label e2e.xtask/cluster (an e2e run labels everything it creates); the network {network} has no label e2e.xtask/cluster (an e2e run labels everything it creates): a run removes only what an earlier run of its name left: remove them yourself if nobody needs them (`podman pod rm --force {pod}; podman network rm {network}`), or run under another `--cluster-name`");
+    assert!(run.stdout.contains(&said), "{run}");
     assert!(!run.stdout.contains("2. build images"), "it stops before anything is made: {run}");
     let labels = podman(&["pod", "inspect", "--format", "{{.Labels}}", &pod]);
     assert!(labels.status.success(), "the pod {pod} was removed: {}", text(&labels));

@@ -179,7 +179,7 @@ fn a_third_party_mirror_is_checked_by_its_image_id() {
         theirs.lines().nth(1).unwrap(),
         redis_id.lines().nth(1).unwrap()
     );
-    assert!(second.stderr.contains(&refused), "{second}");
+    assert!(second.stdout.contains(&refused), "{second}");
     for pod in &guard.pods {
         assert!(!podman(&["pod", "exists", pod]).status.success(), "{pod} was left behind");
     }

@@ -60,10 +60,12 @@ fn a_registry_that_takes_connections_but_never_answers_stops_the_run_at_the_tag_
     let xtask = sandbox.spawn(&[&args[..], &["--registry-insecure"]].concat());
     let run = finish_within(xtask, Duration::from_secs(60));
     assert_eq!(run.code, 1, "{run}");
-    let said = format!("error: phase 2 (build images) failed: the registry {host} stopped answering: it took the connection but sent no answer to `HEAD /v2/e2e/datastorage/manifests/e2e-");
-    assert!(run.stderr.contains(&said), "{run}");
-    let fix = format!("within 2 s; check that it runs and is not stopped or overloaded (`curl http://{host}/v2/` answers at once when it is well), then rerun\n");
-    assert!(run.stderr.ends_with(&fix), "{run}");
+    // The summary's result, which ends with the fix.
+    let result = run.stdout.lines().find(|l| l.starts_with("  result ")).unwrap_or_default();
+    let said = format!("failed (exit 1): phase 2 (build images) failed: the registry {host} stopped answering: it took the connection but sent no answer to `HEAD /v2/e2e/datastorage/manifests/e2e-");
+    assert!(result.contains(&said), "{run}");
+    let fix = format!("within 2 s; check that it runs and is not stopped or overloaded (`curl http://{host}/v2/` answers at once when it is well), then rerun");
+    assert!(result.ends_with(&fix), "{run}");
     // The first service's check stopped the run: no second wait, no push, no pods.
     let calls = sandbox.calls();
     assert!(!calls.iter().any(|c| c.starts_with("podman push")), "{calls:#?}");
@@ -107,10 +109,10 @@ fn a_pull_that_hangs_fails_the_run_with_the_registrys_name_before_any_pod() {
     let args = ["e2e-gateway", "--cluster", "podman", "--registry", "registry.example.com/e2e"];
     let run = finish_within(sandbox.spawn(&args), Duration::from_secs(60));
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("pulling registry.example.com/e2e/datastorage:e2e-"), "{run}");
-    assert!(run.stderr.contains("from registry.example.com failed"), "{run}");
-    assert!(run.stderr.contains("the registry registry.example.com stopped answering"), "{run}");
-    assert!(run.stderr.contains("phase 2 (build images) failed"), "{run}");
+    assert!(run.stdout.contains("pulling registry.example.com/e2e/datastorage:e2e-"), "{run}");
+    assert!(run.stdout.contains("from registry.example.com failed"), "{run}");
+    assert!(run.stdout.contains("the registry registry.example.com stopped answering"), "{run}");
+    assert!(run.stdout.contains("phase 2 (build images) failed"), "{run}");
     assert!(sandbox.position("podman push") < sandbox.position("podman pull"));
     assert!(!sandbox.calls().iter().any(|c| c.starts_with("podman kube play")));
     assert_hung_commands_are_gone(&sandbox);
@@ -178,8 +180,8 @@ fn another_image_under_our_tag_in_the_registry_is_refused_before_any_pod() {
         std::fs::write(&labels, text).unwrap();
         let run = sandbox.run(&args);
         assert_eq!(run.code, 1, "{run}");
-        let refused = format!("phase 2 (build images) failed: the registry's {remote} is not the image it should be: it holds {said}, not {}; delete that tag in the registry registry.example.com/e2e (or push the right image under it), or use another --registry prefix\n", content(&gateway));
-        assert!(run.stderr.ends_with(&refused), "{run}");
+        let refused = format!("failed (exit 1): phase 2 (build images) failed: the registry's {remote} is not the image it should be: it holds {said}, not {}; delete that tag in the registry registry.example.com/e2e (or push the right image under it), or use another --registry prefix", content(&gateway));
+        assert_eq!(common::summary_row(&run, "result"), refused, "{run}");
         assert!(run.stdout.contains("nothing to tear down"), "{run}");
         assert_eq!(sandbox.count("podman kube play"), plays, "a pod was started:\n{run}");
     }

@@ -95,7 +95,7 @@ fn a_broken_service_document_fails_every_backend_before_anything_starts() {
             run.stdout.contains("fix: fix the YAML there in test/infrastructure/gateway.yaml"),
             "{backend}: {run}"
         );
-        assert!(run.stderr.contains("preflight failed (manifests (gateway))"), "{backend}: {run}");
+        assert!(run.stdout.contains("preflight failed (manifests (gateway))"), "{backend}: {run}");
         let calls = sandbox.calls();
         // The existing cluster's checks read from it; nothing is created or applied.
         let started = [

@@ -208,16 +208,16 @@ fn a_failed_spec_is_named_and_a_failed_pull_says_how_to_have_the_image() {
     sandbox.env("FAKE_TEST_FAIL", "1");
     let run = sandbox.run(&["e2e", "datastorage", "--cluster", "podman"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("1 E2E test(s) failed ([It] queries filter [query])"), "{run}");
+    assert!(run.stdout.contains("1 E2E test(s) failed ([It] queries filter [query])"), "{run}");
 
     let mut offline = Sandbox::new("suite-no-pull", TOOLS);
     with_datastorage_suite(&mut offline);
     offline.env("FAKE_FAIL", "^podman pull").env("FAKE_FAIL_MESSAGE", "Error: initializing source docker://redis:7.4-alpine: pinging container registry registry-1.docker.io: dial tcp: lookup registry-1.docker.io: no such host");
     let run = offline.run(&["e2e", "datastorage", "--cluster", "podman"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("phase 2 (build images) failed: pulling the third-party image docker.io/library/redis:7.4-alpine failed"), "{run}");
-    assert!(run.stderr.contains("load it into podman (`podman load -i image.tar`"), "{run}");
-    assert!(run.stderr.contains("pass that with --registry"), "{run}");
+    assert!(run.stdout.contains("phase 2 (build images) failed: pulling the third-party image docker.io/library/redis:7.4-alpine failed"), "{run}");
+    assert!(run.stdout.contains("load it into podman (`podman load -i image.tar`"), "{run}");
+    assert!(run.stdout.contains("pass that with --registry"), "{run}");
 }
 
 /// On Kind the third-party image goes into the node with ours, from an archive named after its
@@ -256,7 +256,7 @@ fn a_third_party_mirror_of_another_image_is_refused_by_its_id() {
     common::write(&sandbox.state.join("ids"), &format!("{mirror} sha256:2222\n"));
     let run = sandbox.run(&args);
     assert_eq!(run.code, 1, "{run}");
-    let refused = format!("phase 2 (build images) failed: the registry's {mirror} is not the image it should be: it holds the image sha256:2222, while podman's docker.io/library/redis:7.4-alpine is sha256:1111; delete that tag in the registry registry.example.com/e2e (or push the right image under it), or use another --registry prefix\n");
-    assert!(run.stderr.ends_with(&refused), "{run}");
+    let refused = format!("failed (exit 1): phase 2 (build images) failed: the registry's {mirror} is not the image it should be: it holds the image sha256:2222, while podman's docker.io/library/redis:7.4-alpine is sha256:1111; delete that tag in the registry registry.example.com/e2e (or push the right image under it), or use another --registry prefix");
+    assert_eq!(common::summary_row(&run, "result"), refused, "{run}");
     assert_eq!(sandbox.count("podman kube play"), 2, "no pod of the second run:\n{run}");
 }

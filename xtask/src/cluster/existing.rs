@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     build_images::Image,
-    check::{Check, Needs},
+    check::{Check, Needs, Writes},
     cmd::{step, Running},
     http,
     manifests::{self, Document, Placement},
@@ -54,19 +54,78 @@ impl Existing {
             None => Check::fail("registry", none, fix),
         }];
         let kubectl = |args: &[&str]| step(self.kubectl.cmd(sh).args(args));
+        let file = self.settings.access.kubeconfig.as_ref();
+        // Every command we suggest reads the same file the run does.
+        let with_file = file.map(|f| format!(" --kubeconfig {f}")).unwrap_or_default();
+        let source = file
+            .map_or("kubectl's configuration (KUBECONFIG, else ~/.kube/config)".into(), |f| {
+                f.to_string()
+            });
+        let fix_file = "point --kubeconfig at a valid kubeconfig file (for a Kind cluster `kind get kubeconfig --name NAME > FILE` writes one)";
         // Each check needs the one before it: the first that fails is the last row.
         let mut rows = || -> Result<(), Check> {
-            let context = self.settings.access.context.clone();
-            let context =
-                context.map_or_else(|| kubectl(&["config", "current-context"]).read(), Ok);
-            let fix = "pass --context NAME (and --kubeconfig PATH) for the cluster to use";
-            let context = context.map_err(|err| Check::fail("context", err.one_line(), fix))?;
+            // kubectl reads a missing kubeconfig as an empty one, which has no current context.
+            if let Some(Err(err)) = file.map(std::fs::metadata) {
+                let detail = match err.kind() {
+                    std::io::ErrorKind::NotFound => format!("{source} does not exist"),
+                    _ => format!("{source} cannot be read: {err}"),
+                };
+                return Err(Check::fail("kubeconfig", detail, fix_file));
+            }
+            let names = "--output=jsonpath={.current-context}{\"\\n\"}{range .contexts[*]}{.name}{\"\\n\"}{end}";
+            // Not `read`: its trim would take the empty first line of no current context.
+            let read = kubectl(&["config", "view", names]).run().map(|out| out.stdout);
+            let read = read.map_err(|err| {
+                let said = err.cause().unwrap_or("(nothing)").trim_start_matches("error: ");
+                let detail = format!("{source} is not a kubeconfig: kubectl says `{said}`");
+                Check::fail("kubeconfig", detail, fix_file)
+            })?;
+            let mut lines = read.lines().map(str::trim);
+            let current = lines.next().unwrap_or_default().to_string();
+            let contexts: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+            if contexts.is_empty() {
+                let detail =
+                    format!("{source} has no contexts: it is not a kubeconfig, or an empty one");
+                return Err(Check::fail("kubeconfig", detail, fix_file));
+            }
+            checks
+                .push(Check::ok("kubeconfig", format!("{source}: {} context(s)", contexts.len())));
+            let has = contexts.join(", ");
+            let list = format!("`kubectl{with_file} config get-contexts` lists them");
+            let context = match &self.settings.access.context {
+                Some(given) if contexts.contains(&given.as_str()) => given.clone(),
+                Some(given) => {
+                    let detail = format!("{source} has no context {given}; its contexts: {has}");
+                    let fix = format!("pass one of them with --context ({list}), or point --kubeconfig at the file that has {given}");
+                    return Err(Check::fail("context", detail, fix));
+                }
+                None if current.is_empty() => {
+                    let detail = format!("{source} sets no current context; its contexts: {has}");
+                    return Err(Check::fail(
+                        "context",
+                        detail,
+                        format!("pass one of them with --context ({list})"),
+                    ));
+                }
+                None if !contexts.contains(&current.as_str()) => {
+                    let detail = format!(
+                        "{source}'s current context {current} is not one of its contexts: {has}"
+                    );
+                    return Err(Check::fail(
+                        "context",
+                        detail,
+                        format!("pass one of them with --context ({list})"),
+                    ));
+                }
+                None => current,
+            };
             checks.push(Check::ok("context", &context));
-            let fix = format!("check that {context} is up and your credentials are valid: `kubectl --context {context} get --raw /version`");
+            let access = format!("kubectl{with_file} --context {context}");
+            let fix = format!("check that {context} is up and your credentials are valid: `{access} get --raw /version` says why");
             let version = kubectl(&["get", "--raw", "/version"]).timeout(Duration::from_secs(30));
             version.read().map_err(|err| Check::fail("cluster api", err.one_line(), fix))?;
             checks.push(Check::ok("cluster api", format!("{context} answers")));
-            let fix = "run `kubectl auth can-i create namespaces` to see why";
+            let fix = format!("run `{access} auth can-i create namespaces` to see why");
             let may = kubectl(&["auth", "can-i", "create", "namespaces"]).output();
             let may = may.map_err(|err| Check::fail("namespaces", err.one_line(), fix))?;
             let answer = may.stdout.trim();
@@ -90,7 +149,9 @@ impl Cluster for Existing {
     /// ports); a registry, then the context, the API and the permission to create namespaces:
     /// each of these needs the one before it, so the first that fails is the last row.
     fn preflight(&self, sh: &Shell) -> Preflight {
-        let needs = Needs { engine: Some(self.settings.engine), kubectl: true, ..Needs::default() };
+        let writes = vec![Writes::Dir(self.kubectl.cache.clone())];
+        let needs =
+            Needs { engine: Some(self.settings.engine), kubectl: true, writes, ..Needs::default() };
         Preflight { needs, checks: self.checks(sh), archives: false }
     }
 
@@ -116,8 +177,9 @@ impl Cluster for Existing {
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels:\n    e2e.xtask/user: \"{user}\"\n    e2e.xtask/checkout: \"{checkout}\"\n  annotations:\n    e2e.xtask/checkout-path: \"{root}\"\n"
         );
         let file = write_file(&self.settings.rendered, "namespace.yaml", &manifest)?;
+        let access = self.kubectl.access.iter().map(|a| format!(" {a}")).collect::<String>();
         step(self.kubectl.cmd(sh).args(["create", "-f", file.as_str()]))
-            .hint("check the permissions with `cargo xtask doctor --cluster existing`")
+            .hint(format!("this user may need the right to create namespaces: `kubectl{access} auth can-i create namespaces` says whether it has it"))
             .run()?;
         println!("    created the namespace {namespace}");
         Ok(())

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     build_images::Image,
-    check::{self, Check, Needs},
+    check::{self, Check, Needs, Writes},
     cmd::{step, Failure},
     engine,
     engine::Engine,
@@ -133,8 +133,9 @@ impl Kind {
     fn nodes(&self, sh: &Shell) -> Result<Vec<(String, NodeState)>> {
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         let get = cmd!(kind_sh, "kind get nodes --name {name}");
-        let listed = step(get).hint("run `cargo xtask doctor`").read()?;
-        let (program, format) = (self.settings.engine.program(), "{{.State.Status}}");
+        let program = self.settings.engine.program();
+        let listed = step(get).hint(engine::answers(self.settings.engine)).read()?;
+        let format = "{{.State.Status}}";
         let mut nodes = Vec::new();
         for node in listed.lines().map(str::trim).filter(|n| !n.is_empty()) {
             let output = step(cmd!(sh, "{program} inspect --format {format} {node}")).output()?;
@@ -412,15 +413,28 @@ impl Cluster for Kind {
                 checks.push(Check::fail("registry", detail, fix));
             }
         }
+        let archives = self.settings.registry.is_none();
+        let root = &self.settings.root;
+        let mut writes =
+            vec![Writes::File(self.kubeconfig.clone()), Writes::Dir(self.kubectl.cache.clone())];
+        if archives {
+            writes.push(Writes::Dir(project::xtask_dir(root).join("images")));
+        }
+        // The node mounts the suite's coverdata/, which `create` makes when it is missing.
+        let coverdata = project::suite_coverdata(root, &self.settings.suite.name);
+        if !coverdata.exists() {
+            writes.push(Writes::Dir(coverdata));
+        }
         let needs = Needs {
             engine: Some(engine),
             kubectl: true,
             kubectl_skew,
             ports: self.settings.suite.components.clone(),
+            writes,
             node_disk: true,
             ..Needs::default()
         };
-        Preflight { needs, checks, archives: self.settings.registry.is_none() }
+        Preflight { needs, checks, archives }
     }
 
     /// kind counts as its cluster's only the node containers with its label: a container of a
@@ -428,9 +442,10 @@ impl Cluster for Kind {
     fn leftover(&self, sh: &Shell) -> Result<Leftover> {
         let (kind_sh, name) = (kind_shell(sh, self.settings.engine), &self.settings.name);
         let (program, format) = (self.settings.engine.program(), "{{.Names}}");
+        let hint = engine::answers(self.settings.engine);
         let list = |filter: &[&str]| {
             let ps = cmd!(sh, "{program} ps --all {filter...} --format {format}");
-            step(ps).hint("run `cargo xtask doctor`").read()
+            step(ps).hint(hint.clone()).read()
         };
         let label = format!("label={KIND_LABEL}={name}");
         let (all, kinds) = (list(&[])?, list(&["--filter", &label])?);
@@ -446,8 +461,7 @@ impl Cluster for Kind {
         if !foreign.is_empty() {
             return Ok(Leftover::foreign(foreign));
         }
-        let clusters =
-            step(cmd!(kind_sh, "kind get clusters")).hint("run `cargo xtask doctor`").read()?;
+        let clusters = step(cmd!(kind_sh, "kind get clusters")).hint(hint).read()?;
         Ok(match clusters.lines().any(|l| l.trim() == name) {
             true => Leftover::Stale(format!("a Kind cluster named {name} exists already")),
             false => Leftover::Nothing,
@@ -502,7 +516,9 @@ impl Cluster for Kind {
                 "kind create cluster --name {name} --config {config} --kubeconfig {kubeconfig}"
             );
             let create = create.args(self.settings.node_image.iter().flat_map(|i| ["--image", i]));
-            let Err(err) = step(create).hint("run `cargo xtask doctor`, then retry").run() else {
+            let program = self.settings.engine.program();
+            let hint = format!("what kind printed says which step failed; to look at a node that would not start, run this command by hand with --retain added and read `{program} logs {name}-control-plane`, then `kind delete cluster --name {name}`");
+            let Err(err) = step(create).hint(hint).run() else {
                 self.ready_at = Some(Instant::now());
                 return self.use_registry(sh);
             };
@@ -636,7 +652,7 @@ impl Cluster for Kind {
     fn diagnostics(&self, sh: &Shell, dir: &Utf8Path, what: Diagnose) -> Result<bool> {
         if self.ready_at.is_none() {
             println!(
-                "    the cluster never became ready: nothing to collect beyond the error above"
+                "    the cluster never became ready: nothing to collect; the summary below says why"
             );
             return Ok(false);
         }

@@ -195,7 +195,7 @@ impl Cluster for Podman {
         let created = self.ours(sh, "network", network).and_then(|there| {
             if !there {
                 step(cmd!(sh, "podman network create --label {label} {network}"))
-                    .hint("check that podman answers: `cargo xtask doctor`")
+                    .hint(engine::answers(Engine::Podman))
                     .run()?;
             }
             Ok(())
@@ -298,7 +298,7 @@ fn port_taken(sh: &Shell, component: &Component, err: CmdError) -> anyhow::Error
     }
     let (name, detail, fix) = (&component.name, &check.detail, &check.hint);
     let headline = format!("{name} could not start: its host port {port} is {detail}");
-    anyhow::Error::new(err.with_hint(fix)).context(format!("{headline}: {fix}"))
+    anyhow::Error::new(err.with_hint(fix)).context(headline)
 }
 
 /// Drops the documents of a kind `podman kube play` does not run (Services), as read.

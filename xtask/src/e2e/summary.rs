@@ -63,10 +63,12 @@ pub struct Summary {
     pub tests: Option<TestReport>,
     pub coverage: Option<Coverage>,
     pub logs: Option<Utf8PathBuf>,
+    /// What the run was doing when it failed: the failed phase and the contexts above the failed
+    /// command (the `result` row shows its first line).
     pub error: Option<String>,
-    /// The failed command and the last line it printed: the first line of `error` may not say.
+    /// The failed command, how it ended and the last line it printed.
     pub cause: Option<String>,
-    /// What to do, for failures we recognise.
+    /// What to do: for failures we recognise, else the failed command's own hint.
     pub fix: Option<String>,
     /// `last-run.txt` from `start` until `finish`: rewritten as each phase starts, so a run
     /// that never gets to its summary (a second Ctrl-C, kill -9) leaves what it did, not the

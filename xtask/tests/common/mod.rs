@@ -171,6 +171,20 @@ impl Sandbox {
         self.command_for(env!("CARGO_BIN_EXE_xtask").as_ref(), args)
     }
 
+    /// The xtask with `args` through `wrapper` (`setpriv --reuid=...`, say: found on the test's
+    /// PATH, not the sandbox's), in this sandbox's environment.
+    pub fn run_through(&self, wrapper: &[&str], args: &[&str]) -> Run {
+        let (program, before) = wrapper.split_first().expect("a wrapper command");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let found = std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file());
+        let found = found.unwrap_or_else(|| panic!("test setup: `{program}` is not on PATH"));
+        let found = Utf8PathBuf::from_path_buf(found).expect("a UTF-8 path");
+        let mut all: Vec<&str> = before.to_vec();
+        all.push(env!("CARGO_BIN_EXE_xtask"));
+        all.extend(args);
+        Run::from(self.command_for(&found, &all).output().unwrap())
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         let output = self.command(args).output().unwrap();
         Run::from(output)
@@ -348,6 +362,37 @@ impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
     }
+}
+
+/// One table row: (status, detail, the `fix:` line under it if any).
+#[derive(Debug)]
+pub struct Row {
+    pub status: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+pub fn row(run: &Run, name: &str) -> Row {
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with("  ")))
+        .unwrap_or_else(|| panic!("no row `{name}` in:\n{}", run.stdout));
+    let (status, detail) = lines[i][name.len()..].trim_start().split_once("  ").unwrap();
+    let fix =
+        lines.get(i + 1).and_then(|l| l.trim_start().strip_prefix("fix: ")).map(str::to_string);
+    Row { status: status.trim().to_string(), detail: detail.trim().to_string(), fix }
+}
+
+/// The value of a row of an e2e run's summary (`result`, `cause`, `fix`, ...).
+pub fn summary_row<'a>(run: &'a Run, name: &str) -> &'a str {
+    let prefix = format!("  {name} ");
+    let line = run.stdout.lines().find(|l| l.starts_with(&prefix));
+    line.unwrap_or_else(|| panic!("no summary row `{name}` in:\n{run}"))[prefix.len()..].trim()
+}
+
+pub fn has_row(run: &Run, name: &str) -> bool {
+    run.stdout.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with("  ")))
 }
 
 pub fn write(path: &Utf8Path, content: &str) {
