@@ -98,6 +98,49 @@ fn modules_have_no_import_cycles() {
     assert!(cycles.is_empty(), "import cycles between modules:\n{}", cycles.join("\n"));
 }
 
+/// The rows of ARCHITECTURE.md's `## Layers` block, top first: the module names of each.
+fn layers() -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(common::repo_root().join("ARCHITECTURE.md")).unwrap();
+    let section = text.split("\n## Layers\n").nth(1).expect("ARCHITECTURE.md has ## Layers");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("    "))
+        .map(|row| {
+            let modules = row.split('(').next().unwrap();
+            modules.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn modules_use_only_the_layers_below_their_own() {
+    let (graph, layers) = (uses(), layers());
+    let row_of = |module: &str| layers.iter().position(|row| row.iter().any(|m| m == module));
+    let mut wrong = Vec::new();
+    for (module, edges) in &graph {
+        let Some(row) = row_of(module) else {
+            wrong.push(format!("{module} is in no row of ARCHITECTURE.md's layers"));
+            continue;
+        };
+        for (used, file) in edges {
+            match row_of(used) {
+                Some(below) if below > row => {}
+                Some(_) => wrong.push(format!("{module} uses {used} (in {file}), not below it")),
+                None => wrong.push(format!("{used} is in no row of ARCHITECTURE.md's layers")),
+            }
+        }
+    }
+    for row in &layers {
+        for module in row {
+            if !graph.contains_key(module) {
+                wrong.push(format!("ARCHITECTURE.md's layers name {module}, which is no module"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "the layers of ARCHITECTURE.md:\n{}", wrong.join("\n"));
+}
+
 /// Suites are data: the code names no suite, service or image (the words of this repository's
 /// suites), but for the `e2e-gateway` task, kept as it was documented before suites.
 #[test]

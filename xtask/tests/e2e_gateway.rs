@@ -860,7 +860,7 @@ fn a_real_test_timeout_is_counted_named_and_its_junit_kept() {
     );
     let run = sandbox.run(&["e2e-gateway", "--cluster", "podman", "--", "-timeout", "5s"]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.stderr.contains("TestSecond/hangs hit `go test`'s -timeout (5s)"), "{run}");
+    assert!(run.stdout.contains("TestSecond/hangs hit `go test`'s -timeout (5s)"), "{run}");
     let last_run = std::fs::read_to_string(sandbox.root.join("target/xtask/last-run.txt")).unwrap();
     assert!(
         last_run.contains(
