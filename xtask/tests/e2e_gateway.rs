@@ -339,6 +339,14 @@ fn reuse_cluster_loads_only_the_images_the_node_lacks() {
     assert!(loads[2].contains("/gateway-"), "only the changed gateway: {loads:#?}");
     assert!(second.stdout.contains("    localhost/datastorage:e2e-"), "{second}");
     assert!(second.stdout.contains(" is in the node already"), "{second}");
+    // CoreDNS is set to probe every second once, on the new cluster, before anything is applied.
+    let patches: Vec<usize> = (sandbox.calls().iter().enumerate())
+        .filter(|(_, c)| c.contains("patch deployment coredns") && c.contains("\"value\":1"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(patches.len(), 1, "{:#?}", sandbox.calls());
+    let first_apply = sandbox.calls().iter().position(|c| c.contains(" apply ")).unwrap();
+    assert!(patches[0] < first_apply, "{:#?}", sandbox.calls());
 }
 
 #[test]
