@@ -313,20 +313,13 @@ fn save_third_party(
     if archive.exists() {
         return Ok(archive);
     }
-    let partial = dir.join(format!("{stem}.tar.{}.partial", std::process::id()));
-    let program = engine.program();
-    let format: &[&str] =
-        if engine == Engine::Podman { &["--format", "docker-archive"] } else { &[] };
-    step(cmd!(sh, "{program} save {format...} --output {partial} {reference}"))
-        .hint("free disk space where target/ is (`df -h target`) and in the engine's store")
-        .run()
-        .with_context(|| format!("saving {reference} to {partial} failed"))?;
-    std::fs::rename(&partial, &archive)
-        .with_context(|| format!("renaming {partial} to {archive}: {WRITABLE_TARGET}"))?;
+    write_archive(sh, engine, reference, &archive)?;
     let older =
         (dir.read_dir_utf8().with_context(|| format!("listing {dir}: {WRITABLE_TARGET}"))?)
             .flatten()
-            .filter(|e| e.file_name().starts_with(&format!("{stem}@")) && e.path() != archive);
+            .filter(|e| e.file_name().starts_with(&format!("{stem}@")) && e.path() != archive)
+            // Another run's partial archive is not an old one.
+            .filter(|e| e.file_name().ends_with(".tar"));
     for old in older {
         let path = old.into_path();
         std::fs::remove_file(&path)
@@ -735,18 +728,7 @@ fn save_archive(sh: &Shell, root: &Utf8Path, engine: Engine, p: &Planned) -> Res
             .with_context(|| format!("touching {archive}: {WRITABLE_TARGET}"))?;
         return Ok(archive);
     }
-    // Unique per process: two runs saving the same tag must not write into one file.
-    let partial = dir.join(format!("{name}.tar.{}.partial", std::process::id()));
-    let _ = std::fs::remove_file(&partial);
-    let (program, reference) = (engine.program(), &p.reference);
-    let format: &[&str] =
-        if engine == Engine::Podman { &["--format", "docker-archive"] } else { &[] };
-    step(cmd!(sh, "{program} save {format...} --output {partial} {reference}"))
-        .hint("free disk space where target/ is (`df -h target`) and in the engine's store")
-        .run()
-        .with_context(|| format!("saving {reference} to {partial} failed"))?;
-    std::fs::rename(&partial, &archive)
-        .with_context(|| format!("renaming {partial} to {archive}: {WRITABLE_TARGET}"))?;
+    write_archive(sh, engine, &p.reference, &archive)?;
     let prefix = format!("{}-e2e-", p.service.name);
     let mut older: Vec<_> =
         (dir.read_dir_utf8().with_context(|| format!("listing {dir}: {WRITABLE_TARGET}"))?)
@@ -761,6 +743,23 @@ fn save_archive(sh: &Shell, root: &Utf8Path, engine: Engine, p: &Planned) -> Res
             .with_context(|| format!("removing old archive {path}: {WRITABLE_TARGET}"))?;
     }
     Ok(archive)
+}
+
+/// Saves `reference` as a docker-archive at `archive`, through a file of this process's own
+/// beside it: two runs saving the same image never write into one file, and a half-written
+/// archive never has the final name.
+fn write_archive(sh: &Shell, engine: Engine, reference: &str, archive: &Utf8Path) -> Result<()> {
+    let partial = Utf8PathBuf::from(format!("{archive}.{}.partial", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    let program = engine.program();
+    let format: &[&str] =
+        if engine == Engine::Podman { &["--format", "docker-archive"] } else { &[] };
+    step(cmd!(sh, "{program} save {format...} --output {partial} {reference}"))
+        .hint("free disk space where target/ is (`df -h target`) and in the engine's store")
+        .run()
+        .with_context(|| format!("saving {reference} to {partial} failed"))?;
+    std::fs::rename(&partial, archive)
+        .with_context(|| format!("renaming {partial} to {archive}: {WRITABLE_TARGET}"))
 }
 
 #[cfg(test)]
