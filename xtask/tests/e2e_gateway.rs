@@ -436,6 +436,28 @@ fn services_that_never_started_are_not_stopped_for_coverage() {
 }
 
 #[test]
+fn a_coredns_patch_that_fails_stops_the_deploy_naming_the_step_and_the_command_to_look() {
+    let mut sandbox = kind_sandbox("kind-coredns-patch-fails");
+    sandbox.env("FAKE_FAIL", "^kubectl.* patch deployment coredns");
+    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+    assert_eq!(run.code, 1, "{run}");
+    let result = common::summary_row(&run, "result");
+    assert!(
+        result
+            .contains("phase 5 (deploy) failed: setting CoreDNS's readiness probe to every second"),
+        "{run}"
+    );
+    let fix = common::summary_row(&run, "fix");
+    assert!(fix.contains("--namespace kube-system get deployment coredns"), "{run}");
+    assert!(
+        fix.contains("kubectl --kubeconfig ") && fix.contains("kubeconfig-gateway-e2e"),
+        "{run}"
+    );
+    assert!(!sandbox.calls().iter().any(|c| c.contains(" apply ")), "nothing applied: {run}");
+    assert!(sandbox.position("kubectl") < sandbox.position("kind delete cluster"));
+}
+
+#[test]
 fn missing_counters_are_diagnosed_with_the_service_logs() {
     let mut sandbox = Sandbox::new("meta-only-diagnosed", &["podman", "go"]);
     sandbox.env("FAKE_META_ONLY", "datastorage");

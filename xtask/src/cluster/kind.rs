@@ -213,7 +213,8 @@ impl Kind {
         let patch = r#"[{"op":"replace","path":"/spec/template/spec/containers/0/readinessProbe/periodSeconds","value":1}]"#;
         let args = ["--namespace", "kube-system", "patch", "deployment", "coredns"];
         let command = self.kubectl.cmd(sh).args(args).args(["--type", "json", "--patch", patch]);
-        let hint = "check the cluster's kube-system/coredns Deployment: `kubectl --namespace kube-system get deployment coredns`";
+        let kubeconfig = &self.kubeconfig;
+        let hint = format!("the new cluster has no CoreDNS Deployment to patch, or its API stopped answering: see `kubectl --kubeconfig {kubeconfig} --namespace kube-system get deployment coredns`");
         step(command)
             .hint(hint)
             .timeout(PATCH_LIMIT)
