@@ -339,12 +339,18 @@ fn reuse_cluster_loads_only_the_images_the_node_lacks() {
     assert!(loads[2].contains("/gateway-"), "only the changed gateway: {loads:#?}");
     assert!(second.stdout.contains("    localhost/datastorage:e2e-"), "{second}");
     assert!(second.stdout.contains(" is in the node already"), "{second}");
-    // CoreDNS is set to probe every second once, on the new cluster, before anything is applied.
+    // CoreDNS is set once, on the new cluster, before anything is applied: to probe every
+    // second and to reach the API server at the address of the `kubernetes` endpoints.
     let patches: Vec<usize> = (sandbox.calls().iter().enumerate())
-        .filter(|(_, c)| c.contains("patch deployment coredns") && c.contains("\"value\":1"))
+        .filter(|(_, c)| c.contains("patch deployment coredns"))
         .map(|(i, _)| i)
         .collect();
     assert_eq!(patches.len(), 1, "{:#?}", sandbox.calls());
+    let patch = &sandbox.calls()[patches[0]];
+    assert!(patch.contains(r#"readinessProbe/periodSeconds","value":1}"#), "{patch}");
+    assert!(patch.contains(r#"{"name":"KUBERNETES_SERVICE_HOST","value":"10.89.0.2"}"#), "{patch}");
+    assert!(patch.contains(r#"{"name":"KUBERNETES_SERVICE_PORT","value":"6443"}"#), "{patch}");
+    assert!(first.stdout.contains("reaching the API server at 10.89.0.2:6443"), "{first}");
     let first_apply = sandbox.calls().iter().position(|c| c.contains(" apply ")).unwrap();
     assert!(patches[0] < first_apply, "{:#?}", sandbox.calls());
 }
@@ -437,24 +443,30 @@ fn services_that_never_started_are_not_stopped_for_coverage() {
 
 #[test]
 fn a_coredns_patch_that_fails_stops_the_deploy_naming_the_step_and_the_command_to_look() {
-    let mut sandbox = kind_sandbox("kind-coredns-patch-fails");
-    sandbox.env("FAKE_FAIL", "^kubectl.* patch deployment coredns");
-    let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
-    assert_eq!(run.code, 1, "{run}");
-    let result = common::summary_row(&run, "result");
-    assert!(
-        result
-            .contains("phase 5 (deploy) failed: setting CoreDNS's readiness probe to every second"),
-        "{run}"
-    );
-    let fix = common::summary_row(&run, "fix");
-    assert!(fix.contains("--namespace kube-system get deployment coredns"), "{run}");
-    assert!(
-        fix.contains("kubectl --kubeconfig ") && fix.contains("kubeconfig-gateway-e2e"),
-        "{run}"
-    );
-    assert!(!sandbox.calls().iter().any(|c| c.contains(" apply ")), "nothing applied: {run}");
-    assert!(sandbox.position("kubectl") < sandbox.position("kind delete cluster"));
+    // The patch refused, the API server's address unreadable, or read as something else.
+    let cases = [
+        ("FAKE_FAIL", "^kubectl.* patch deployment coredns", "setting CoreDNS to probe every second and to reach the API server directly", "--namespace kube-system get deployment coredns"),
+        ("FAKE_FAIL", "^kubectl.* get endpoints kubernetes", "finding the API server's address for CoreDNS", " get endpoints kubernetes"),
+        ("FAKE_API_ENDPOINT", "", "finding the API server's address for CoreDNS: the `kubernetes` endpoints read ``, not an address and a port", " get endpoints kubernetes"),
+    ];
+    for (i, (variable, value, failed, look)) in cases.into_iter().enumerate() {
+        let mut sandbox = kind_sandbox(&format!("kind-coredns-patch-fails-{i}"));
+        sandbox.env(variable, value);
+        let run = sandbox.run(&["e2e-gateway", "--cluster", "kind"]);
+        assert_eq!(run.code, 1, "{run}");
+        let result = common::summary_row(&run, "result");
+        assert!(result.contains(&format!("phase 5 (deploy) failed: {failed}")), "{run}");
+        let fix =
+            if common::has_row(&run, "  fix") { common::summary_row(&run, "fix") } else { "" };
+        let said = format!("{result} {fix}");
+        assert!(said.contains(look), "{run}");
+        assert!(
+            said.contains("kubectl --kubeconfig ") && said.contains("kubeconfig-gateway-e2e"),
+            "{run}"
+        );
+        assert!(!sandbox.calls().iter().any(|c| c.contains(" apply ")), "nothing applied: {run}");
+        assert!(sandbox.position("kubectl") < sandbox.position("kind delete cluster"));
+    }
 }
 
 #[test]
