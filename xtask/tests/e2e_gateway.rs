@@ -447,7 +447,9 @@ fn a_coredns_patch_that_fails_stops_the_deploy_naming_the_step_and_the_command_t
     let cases = [
         ("FAKE_FAIL", "^kubectl.* patch deployment coredns", "setting CoreDNS to probe every second and to reach the API server directly", "--namespace kube-system get deployment coredns"),
         ("FAKE_FAIL", "^kubectl.* get endpoints kubernetes", "finding the API server's address for CoreDNS", " get endpoints kubernetes"),
-        ("FAKE_API_ENDPOINT", "", "finding the API server's address for CoreDNS: the `kubernetes` endpoints read ``, not an address and a port", " get endpoints kubernetes"),
+        ("FAKE_API_ENDPOINT", "", "finding the API server's address for CoreDNS: the `kubernetes` endpoints read nothing, not an IP address and a port", " get endpoints kubernetes"),
+        ("FAKE_API_ENDPOINT", "10.89.0.2 https", "finding the API server's address for CoreDNS: the `kubernetes` endpoints read `10.89.0.2 https`, not an IP address and a port", " get endpoints kubernetes"),
+        ("FAKE_API_ENDPOINT", "control-plane 6443", "finding the API server's address for CoreDNS: the `kubernetes` endpoints read `control-plane 6443`, not an IP address and a port", " get endpoints kubernetes"),
     ];
     for (i, (variable, value, failed, look)) in cases.into_iter().enumerate() {
         let mut sandbox = kind_sandbox(&format!("kind-coredns-patch-fails-{i}"));
@@ -465,7 +467,10 @@ fn a_coredns_patch_that_fails_stops_the_deploy_naming_the_step_and_the_command_t
             "{run}"
         );
         assert!(!sandbox.calls().iter().any(|c| c.contains(" apply ")), "nothing applied: {run}");
-        assert!(sandbox.position("kubectl") < sandbox.position("kind delete cluster"));
+        // The cluster is deleted after the step that failed, not before it.
+        let calls = sandbox.calls();
+        let looked = calls.iter().rposition(|c| c.contains(" get endpoints kubernetes")).unwrap();
+        assert!(looked < sandbox.position("kind delete cluster"), "{calls:#?}");
     }
 }
 

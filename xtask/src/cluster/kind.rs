@@ -2,6 +2,7 @@
 //! images are built and loaded at once, so the node never sits idle (the old flow's
 //! "container state improper").
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -223,10 +224,12 @@ impl Kind {
         let get = step(self.kubectl.cmd(sh).args(endpoints).arg(path)).hint(hint);
         let context = "finding the API server's address for CoreDNS";
         let address = get.timeout(PATCH_LIMIT).read().context(context)?;
-        let Some((host, port)) =
-            address.split_once(' ').filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-        else {
-            bail!("{context}: the `kubernetes` endpoints read `{address}`, not an address and a port: see `{look} get endpoints kubernetes`");
+        let parsed = address.split_once(' ').and_then(|(host, port)| {
+            Some((host.parse::<IpAddr>().ok()?, port.parse::<u16>().ok()?))
+        });
+        let Some((host, port)) = parsed else {
+            let read = if address.is_empty() { "nothing".into() } else { format!("`{address}`") };
+            bail!("{context}: the `kubernetes` endpoints read {read}, not an IP address and a port: see `{look} get endpoints kubernetes`");
         };
         let patch = format!(
             r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/readinessProbe/periodSeconds","value":1}},{{"op":"add","path":"/spec/template/spec/containers/0/env","value":[{{"name":"KUBERNETES_SERVICE_HOST","value":"{host}"}},{{"name":"KUBERNETES_SERVICE_PORT","value":"{port}"}}]}}]"#
@@ -238,7 +241,8 @@ impl Kind {
             "setting CoreDNS to probe every second and to reach the API server directly",
         )?;
         println!(
-            "    CoreDNS probed every second, reaching the API server at {host}:{port} ({})",
+            "    CoreDNS probed every second, reaching the API server at {} ({})",
+            SocketAddr::new(host, port),
             ui::seconds(started.elapsed())
         );
         Ok(())
