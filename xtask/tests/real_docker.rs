@@ -18,8 +18,8 @@ use std::{
 use camino::Utf8Path;
 use common::{
     real::{
-        ensure_standin_builder, images_of, text, unique, Image, RegistryServer, Scratch,
-        STANDIN_BUILDER,
+        ensure_standin_builder, images_of, registry_references, text, unique, Image,
+        RegistryServer, Scratch, STANDIN_BUILDER,
     },
     Run,
 };
@@ -291,11 +291,7 @@ fn images_go_to_a_registry_and_a_second_run_pushes_nothing() {
     let args = ["build-images", "--engine", "docker", "--registry", &target, "--registry-insecure"];
     let first = scratch.xtask(&args, &[]);
     made.of(&first);
-    let pushed: Vec<String> = first
-        .stdout
-        .lines()
-        .filter_map(|l| l.split_once("  pushed: ").map(|(_, r)| r.trim().to_string()))
-        .collect();
+    let pushed = registry_references(&first);
     made.0.extend(pushed.iter().cloned());
     assert_eq!(first.code, 0, "{first}");
     assert_eq!(pushed.len(), 2, "{first}");

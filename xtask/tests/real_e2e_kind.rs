@@ -18,8 +18,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use common::{
     free_port,
     real::{
-        assert_covmeta_and_covcounters, ensure_redis_standin, images_of, podman, text, unique,
-        RegistryServer, Scratch, REDIS,
+        assert_covmeta_and_covcounters, ensure_redis_standin, images_of, podman,
+        registry_references, text, unique, RegistryServer, Scratch, REDIS,
     },
     Run,
 };
@@ -76,6 +76,7 @@ impl Cluster {
         let env = self.ports.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>();
         let run = scratch.xtask(&all, &env);
         self.images.extend(images_of(&run).into_iter().map(|i| i.reference));
+        self.images.extend(registry_references(&run));
         run
     }
 

@@ -8,8 +8,8 @@ use camino::Utf8Path;
 use common::{
     free_port,
     real::{
-        assert_covmeta_and_covcounters, images_of, podman, text, unique, Cleanup, RegistryServer,
-        Scratch,
+        assert_covmeta_and_covcounters, images_of, podman, registry_references, text, unique,
+        Cleanup, RegistryServer, Scratch,
     },
     Run,
 };
@@ -241,11 +241,7 @@ fn images_go_through_a_registry_and_a_second_run_pushes_nothing() {
     let first = e2e_with(&scratch, &name, &mut guard, &flags);
     assert_eq!(first.code, 0, "{first}");
     assert_eq!(first.stdout.matches("  pushed: ").count(), 2, "{first}");
-    let remote: Vec<String> = first
-        .stdout
-        .lines()
-        .filter_map(|l| l.split_once("  pushed: ").map(|(_, r)| r.trim().to_string()))
-        .collect();
+    let remote = registry_references(&first);
     guard.images.extend(remote.iter().cloned());
     assert_coverage(&scratch, &first);
 

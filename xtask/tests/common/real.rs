@@ -159,6 +159,20 @@ pub fn images_of(run: &Run) -> Vec<Image> {
         .collect()
 }
 
+/// The registry references the build phase names (`  pushed: REF`, `  in the registry: REF`):
+/// the engine holds each under that name afterwards (pushed from it, or pulled to verify it).
+pub fn registry_references(run: &Run) -> Vec<String> {
+    let mut references = Vec::new();
+    for line in run.stdout.lines() {
+        for mark in ["  pushed: ", "  in the registry: "] {
+            if let Some((_, reference)) = line.split_once(mark) {
+                references.push(reference.trim().to_string());
+            }
+        }
+    }
+    references
+}
+
 /// Panics unless `dir` holds the `covmeta.*` and `covcounters.*` files of a process that
 /// exited normally; `context` (the xtask output, if any) goes into the message.
 pub fn assert_covmeta_and_covcounters(dir: &Utf8Path, context: &str) {
