@@ -75,9 +75,15 @@ impl Cluster {
         all.extend(args);
         let env = self.ports.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>();
         let run = scratch.xtask(&all, &env);
-        self.images.extend(images_of(&run).into_iter().map(|i| i.reference));
-        self.images.extend(registry_references(&run));
+        self.track_images(&run);
         run
+    }
+
+    /// Remembers the images `run` built or pulled (under our names and the registry's), which
+    /// the guard removes.
+    fn track_images(&mut self, run: &Run) {
+        self.images.extend(images_of(run).into_iter().map(|i| i.reference));
+        self.images.extend(registry_references(run));
     }
 
     fn exists(&self) -> bool {
@@ -297,6 +303,7 @@ fn a_stopped_node_is_recreated_once_and_a_load_into_one_fails_clearly() {
     let mut env: Vec<(&str, &str)> = cluster.ports.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.push(("PATH", &path));
     let failed = scratch.xtask(&args, &env);
+    cluster.track_images(&failed);
     assert_eq!(failed.code, 1, "{failed}");
     assert!(
         failed.stdout.contains("failed because a node stopped")
@@ -344,6 +351,7 @@ fn a_registry_feeds_kind_and_an_existing_cluster_pushing_each_image_once() {
         ],
         &[],
     );
+    cluster.track_images(&existing);
     assert_eq!(existing.code, 0, "{existing}");
     assert_eq!(existing.stdout.matches("  pushed: ").count(), 0, "{existing}");
     assert_eq!(existing.stdout.matches("  in the registry: ").count(), 2, "{existing}");
@@ -446,7 +454,7 @@ fn a_failing_test_on_kind_leaves_real_diagnostics() {
 fn ctrl_c_during_deploy_deletes_the_cluster() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new("kind-ctrl-c");
-    let cluster = Cluster::new("kint");
+    let mut cluster = Cluster::new("kint");
     let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["e2e-gateway", "--cluster", "kind", "--cluster-name", &cluster.name])
         .args(node_image_args())
@@ -483,5 +491,6 @@ fn ctrl_c_during_deploy_deletes_the_cluster() {
     assert!(!status.success(), "{out}");
     assert!(out.contains("deleted the cluster"), "{out}");
     let run = Run { code: status.code().unwrap_or(-1), stdout: out, stderr: String::new() };
+    cluster.track_images(&run);
     cluster.assert_gone(&run);
 }
