@@ -294,6 +294,7 @@ fn images_go_to_a_registry_and_a_second_run_pushes_nothing() {
     let pushed = registry_references(&first);
     made.0.extend(pushed.iter().cloned());
     assert_eq!(first.code, 0, "{first}");
+    assert_eq!(first.stdout.matches("  pushed: ").count(), 2, "{first}");
     assert_eq!(pushed.len(), 2, "{first}");
     assert!(pushed.iter().all(|r| r.starts_with(&format!("{target}/"))), "{first}");
 
@@ -449,8 +450,9 @@ const DOCTOR: [&str; 5] = ["doctor", "--engine", "docker", "--cluster", "kind"];
 #[ignore = "needs docker (a daemon answering; .ci/run starts one) and go"]
 fn doctor_with_docker_starts_a_container() {
     daemon_answers();
-    // Built only when missing: this run builds it.
+    // Built only when missing: this run builds it, and the guard removes it.
     let _ = docker(&["rmi", "localhost/xtask-probe:1"]);
+    let _probe = Images(vec!["localhost/xtask-probe:1".to_string()]);
     let scratch = Scratch::new("docker-doctor");
     let run = scratch.xtask(&DOCTOR, &[]);
     let (docker_row, _) = row(&run, "docker");

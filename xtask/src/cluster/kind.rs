@@ -229,7 +229,7 @@ impl Kind {
         });
         let Some((host, port)) = parsed else {
             let read = if address.is_empty() { "nothing".into() } else { format!("`{address}`") };
-            bail!("{context}: the `kubernetes` endpoints read {read}, not an IP address and a port: see `{look} get endpoints kubernetes`");
+            bail!("{context}: the `kubernetes` endpoints read {read}, not an IP address and a port: the new cluster's API server has not published its address; look with `{look} get endpoints kubernetes`, then rerun (a new cluster is made)");
         };
         let patch = format!(
             r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/readinessProbe/periodSeconds","value":1}},{{"op":"add","path":"/spec/template/spec/containers/0/env","value":[{{"name":"KUBERNETES_SERVICE_HOST","value":"{host}"}},{{"name":"KUBERNETES_SERVICE_PORT","value":"{port}"}}]}}]"#
